@@ -1,0 +1,1 @@
+//! The DeXpression network (work in progress).

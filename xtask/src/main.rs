@@ -1,0 +1,74 @@
+//! `cargo xtask <command>`: the dexpression command line.
+//!
+//! Each command lives in its own module and is a thin layer of argument parsing and progress
+//! display over the library crates, which hold all the logic.
+
+mod bench;
+mod bench_prepare;
+mod demo;
+mod download;
+mod import_torch;
+mod predict;
+mod prepare;
+mod report;
+mod synth;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// DeXpression facial expression recognition: data, training, reports.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train on a generated synthetic CK+ and write a report, with no download (the quick start).
+    Demo(demo::Args),
+    /// Write a synthetic dataset in the official CK+ layout.
+    Synth(synth::Args),
+    /// Crop, resize and cache a dataset, and print its summary.
+    Prepare(prepare::Args),
+    /// Measure how fast a dataset is prepared.
+    BenchPrepare(bench_prepare::Args),
+    /// Download CK+ (Hugging Face mirror), import the official release, or fetch pretrained weights.
+    Download(download::Args),
+    /// Cross-validated training with per-epoch history and checkpoints.
+    Train(train::Args),
+    /// Plots, confusion matrices and a summary table from a training history.
+    Report(report::Args),
+    /// Convert a PyTorch port checkpoint (`.tar`/`.pt`) into safetensors.
+    ImportTorch(import_torch::Args),
+    /// Classify the expression of faces in images.
+    Predict(predict::Args),
+    /// Time a training step and inference of the network.
+    Bench(bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    match try_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo(args) => demo::run(args),
+        Command::Synth(args) => synth::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::BenchPrepare(args) => bench_prepare::run(args),
+        Command::Download(args) => download::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Report(args) => report::run(args),
+        Command::ImportTorch(args) => import_torch::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
