@@ -1,5 +1,48 @@
-//! CK+ (Extended Cohn-Kanade) parsing, face cropping, caching and subject-independent folds for facial expression recognition.
+//! CK+ (Extended Cohn-Kanade) for facial expression recognition: reads the dataset in its
+//! official layout (extracted or as zips) or as one folder per class, crops the faces in
+//! parallel, caches the crops, and deals subject-independent folds.
 //!
-//! (Work in progress.)
+//! It yields `u8` grayscale pixels and class indices; it does not depend on candle or make
+//! tensors (the train crate does), and knows nothing of the network. [`synth`] writes a
+//! procedurally drawn CK+ look-alike in the official layout: the test fixture of every crate
+//! and the data of the no-download demo.
+//!
+//! ```
+//! use dexpression_dataset::{k_fold, prepare, synth, PrepareOptions, SplitBy};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let folder = std::env::temp_dir().join(format!("dexpression-doc-{}", std::process::id()));
+//! let ck = folder.join("ck");
+//! synth::generate(&ck, &synth::SynthOptions { subjects: 3, ..Default::default() })?;
+//! let options = PrepareOptions { image_size: 48, ..Default::default() };
+//! let dataset = prepare(&ck, &folder.join("cache"), &options, &|_progress| {})?;
+//! println!("{}", dataset.summary);
+//! let folds = k_fold(&dataset.samples, 3, SplitBy::Subject, 0)?;
+//! assert_eq!(folds.len(), 3);
+//! # std::fs::remove_dir_all(&folder)?;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
+
+mod archive;
+pub mod cache;
+pub mod crop;
+mod error;
+mod expression;
+mod folds;
+mod layout;
+pub mod parse;
+mod prepare;
+pub mod synth;
+mod types;
+
+pub use error::{Error, Result};
+pub use expression::{class_names, n_classes, Expression};
+pub use folds::{k_fold, Fold, SplitBy};
+pub use prepare::prepare;
+pub use types::{
+    CropMethod, Dataset, Layout, PrepareOptions, Progress, Sample, Selection, SkipKind, Skipped,
+    Stage, Summary, DEFAULT_CROP_MARGIN,
+};

@@ -1,0 +1,109 @@
+//! The crate's error type: every variant names the file or option involved and, where there is
+//! one, the fix, so a message printed alone is enough to act on.
+
+use std::path::PathBuf;
+
+/// Everything that can stop [`crate::prepare`], [`crate::k_fold`], the cache or the synthetic
+/// generator. Bad individual files are not errors unless `strict` is set: they are skipped and
+/// listed in [`crate::Summary::skipped`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file or folder failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source path does not exist.
+    #[error("{path}: no such file or folder; pass the folder holding CK+ (or run `cargo xtask synth --out {path}` for synthetic data)")]
+    SourceMissing {
+        /// The path that was given.
+        path: PathBuf,
+    },
+    /// The source folder matches none of the layouts this crate reads.
+    #[error("{root}: no known dataset layout found; looked for {looked_for}")]
+    UnknownLayout {
+        /// The folder that was searched.
+        root: PathBuf,
+        /// Every layout that was tried, in words.
+        looked_for: String,
+    },
+    /// The layout was recognised but holds no usable sample.
+    #[error("{root}: no usable sample found ({detail})")]
+    NoSamples {
+        /// The dataset folder.
+        root: PathBuf,
+        /// Why, e.g. how many files were skipped.
+        detail: String,
+    },
+    /// A bad input file met in `strict` mode (without `strict` it would have been skipped).
+    #[error("{path}: {reason} (strict mode stops at the first bad file; drop --strict to skip and list such files instead)")]
+    Strict {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An option is out of its valid range.
+    #[error("invalid option {name} = {value}: {expected}")]
+    InvalidOption {
+        /// The option, as named on the command line.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+    /// There are fewer groups (subjects, sequences or frames) than folds.
+    #[error("cannot make {k} folds split by {split}: only {n_groups} distinct {split} group(s); lower k or split by a finer unit")]
+    TooFewGroups {
+        /// Folds asked for.
+        k: usize,
+        /// How many groups exist.
+        n_groups: usize,
+        /// The grouping unit.
+        split: crate::SplitBy,
+    },
+    /// The cache exists but cannot be read back; it is rebuilt by [`crate::prepare`], this is
+    /// only returned by [`crate::cache::load`] itself.
+    #[error("{path}: unreadable cache ({reason}); delete the folder to rebuild it")]
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing an image failed (synthetic generator).
+    #[error("{path}: cannot write image: {source}")]
+    ImageWrite {
+        /// The image file.
+        path: PathBuf,
+        /// The encoder's error.
+        #[source]
+        source: image::ImageError,
+    },
+    /// A CK+ zip archive could not be read.
+    #[error("{path}: cannot read zip archive ({reason}); re-download it or extract it by hand and pass the folder")]
+    Zip {
+        /// The archive.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

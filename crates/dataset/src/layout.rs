@@ -1,0 +1,484 @@
+//! Recognising a source's layout and listing the frames to crop, with their labels.
+//!
+//! Scanning reads only directory listings and the tiny label files; images and landmark files
+//! are read later, in parallel, by [`crate::prepare`].
+
+use crate::parse::{parse_ck_stem, parse_emotion_label, ParseError};
+use crate::{Error, Expression, Layout, PrepareOptions, Result, Selection, SkipKind, Skipped};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// What the layout detection looked for, for the error when nothing matches.
+pub(crate) const LOOKED_FOR: &str = "the official CK+ release (folders `cohn-kanade-images/` and \
+`Emotion/`, optionally `Landmarks/`, at most three levels down; or the archives \
+`extended-cohn-kanade-images.zip` and `Emotion_labels.zip`), or one folder per class \
+(`anger/`, `contempt/`, `disgust/`, `fear/`, `happy/`, `sadness/`, `surprise/`, `neutral/` \
+holding PNG or JPEG images)";
+
+/// One image to crop, with everything known about it before decoding.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameJob {
+    pub image: PathBuf,
+    pub landmarks: Option<PathBuf>,
+    pub label: usize,
+    pub subject: String,
+    pub sequence: String,
+    pub frame: u32,
+    /// The layout holds ready-made face crops (folder-per-class): no landmarks exist, and a
+    /// square or small image is used as it is.
+    pub precropped: bool,
+}
+
+/// The result of scanning a source.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub layout: Layout,
+    /// The folder the relative paths below start from.
+    pub root: PathBuf,
+    pub jobs: Vec<FrameJob>,
+    pub skipped: Vec<Skipped>,
+    pub n_ignored_files: usize,
+    /// One line per input file (relative path, size, and for labels the content): hashed
+    /// into the cache key.
+    pub listing: Vec<String>,
+}
+
+/// Detects the layout of an extracted source folder and lists its frames. Zip archives are
+/// handled by the caller, which extracts them and calls this on the result.
+pub(crate) fn scan(root: &Path, options: &PrepareOptions) -> Result<Scan> {
+    if let Some(official) = find_official(root)? {
+        return scan_official(root, &official, options);
+    }
+    if let Some(scan) = scan_folder_per_class(root, options)? {
+        return Ok(scan);
+    }
+    Err(Error::UnknownLayout {
+        root: root.to_path_buf(),
+        looked_for: LOOKED_FOR.to_string(),
+    })
+}
+
+/// The three folders of the official release.
+#[derive(Debug)]
+struct OfficialDirs {
+    images: PathBuf,
+    emotion: PathBuf,
+    landmarks: Option<PathBuf>,
+}
+
+fn find_official(root: &Path) -> Result<Option<OfficialDirs>> {
+    let Some(images) = find_subject_dir(root, "cohn-kanade-images")? else {
+        return Ok(None);
+    };
+    let Some(emotion) = find_subject_dir(root, "Emotion")? else {
+        return Ok(None);
+    };
+    let landmarks = find_subject_dir(root, "Landmarks")?;
+    Ok(Some(OfficialDirs {
+        images,
+        emotion,
+        landmarks,
+    }))
+}
+
+/// Finds a folder called `name` (case-insensitive) at most three levels below `root` that
+/// holds subject folders (`S005`, ...). Searching by content copes with the archives'
+/// habit of unzipping nested (`Emotion_labels/Emotion/`, `Landmarks/Landmarks/`).
+fn find_subject_dir(root: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let mut level = vec![root.to_path_buf()];
+    for _depth in 0..4 {
+        let mut next_level = Vec::new();
+        for dir in &level {
+            for child in sorted_entries(dir)? {
+                if !child.is_dir() {
+                    continue;
+                }
+                let child_name = file_name(&child);
+                if child_name.eq_ignore_ascii_case(name) && has_subject_dirs(&child)? {
+                    return Ok(Some(child));
+                }
+                next_level.push(child);
+            }
+        }
+        level = next_level;
+    }
+    Ok(None)
+}
+
+fn has_subject_dirs(dir: &Path) -> Result<bool> {
+    Ok(sorted_entries(dir)?
+        .iter()
+        .any(|entry| entry.is_dir() && is_subject_name(&file_name(entry))))
+}
+
+fn is_subject_name(name: &str) -> bool {
+    name.len() >= 2
+        && name.starts_with(['S', 's'])
+        && name[1..].bytes().all(|byte| byte.is_ascii_digit())
+}
+
+fn scan_official(root: &Path, dirs: &OfficialDirs, options: &PrepareOptions) -> Result<Scan> {
+    let mut scan = Scan {
+        layout: Layout::Official,
+        root: root.to_path_buf(),
+        jobs: Vec::new(),
+        skipped: Vec::new(),
+        n_ignored_files: 0,
+        listing: Vec::new(),
+    };
+    // Every frame of every sequence: (subject, sequence folder) → frames sorted by number.
+    let mut sequences: BTreeMap<(String, String), Vec<(u32, PathBuf)>> = BTreeMap::new();
+    for subject_dir in sorted_entries(&dirs.images)? {
+        let subject = file_name(&subject_dir);
+        if !subject_dir.is_dir() {
+            scan.n_ignored_files += 1;
+            continue;
+        }
+        for sequence_dir in sorted_entries(&subject_dir)? {
+            if !sequence_dir.is_dir() {
+                scan.n_ignored_files += 1;
+                continue;
+            }
+            let mut frames = Vec::new();
+            for file in sorted_entries(&sequence_dir)? {
+                let stem = parse_ck_stem(&file_stem(&file));
+                match stem {
+                    Some(stem) if is_image_file(&file) => {
+                        scan.listing.push(listing_line(root, &file));
+                        frames.push((stem.frame, file));
+                    }
+                    _ => scan.n_ignored_files += 1,
+                }
+            }
+            frames.sort();
+            sequences.insert((subject.clone(), file_name(&sequence_dir)), frames);
+        }
+    }
+
+    for subject_dir in sorted_entries(&dirs.emotion)? {
+        if !subject_dir.is_dir() {
+            scan.n_ignored_files += 1;
+            continue;
+        }
+        let subject = file_name(&subject_dir);
+        for sequence_dir in sorted_entries(&subject_dir)? {
+            if !sequence_dir.is_dir() {
+                scan.n_ignored_files += 1;
+                continue;
+            }
+            let sequence_name = file_name(&sequence_dir);
+            let label_files: Vec<PathBuf> = sorted_entries(&sequence_dir)?
+                .into_iter()
+                .filter(|file| {
+                    let is_label = file.extension().is_some_and(|ext| ext == "txt");
+                    if !is_label {
+                        scan.n_ignored_files += 1;
+                    }
+                    is_label
+                })
+                .collect();
+            // One label per sequence; a second file (never seen in the release) is ignored.
+            let Some(label_file) = label_files.first() else {
+                continue;
+            };
+            scan.n_ignored_files += label_files.len() - 1;
+            let key = (subject.clone(), sequence_name.clone());
+            let frames = sequences.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            add_labeled_sequence(&mut scan, dirs, label_file, &key, frames, options)?;
+        }
+    }
+    scan.listing.sort();
+    Ok(scan)
+}
+
+fn add_labeled_sequence(
+    scan: &mut Scan,
+    dirs: &OfficialDirs,
+    label_file: &Path,
+    (subject, sequence_name): &(String, String),
+    frames: &[(u32, PathBuf)],
+    options: &PrepareOptions,
+) -> Result<()> {
+    let text = match fs::read(label_file) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(error) => {
+            let reason = format!("cannot read: {error}");
+            return skip(scan, options, label_file, SkipKind::UnreadableLabel, reason);
+        }
+    };
+    scan.listing.push(format!(
+        "{}\tlabel\t{}",
+        relative(&scan.root, label_file),
+        text.trim()
+    ));
+    let expression = match parse_emotion_label(&text) {
+        Ok(expression) => expression,
+        Err(error @ ParseError::LabelOutOfRange(_)) => {
+            return skip(
+                scan,
+                options,
+                label_file,
+                SkipKind::LabelOutOfRange,
+                error.to_string(),
+            );
+        }
+        Err(error) => {
+            return skip(
+                scan,
+                options,
+                label_file,
+                SkipKind::UnreadableLabel,
+                error.to_string(),
+            );
+        }
+    };
+    if expression == Expression::Neutral && !options.neutral {
+        let reason = "label 0 (neutral) is only used with the neutral option".to_string();
+        return skip(scan, options, label_file, SkipKind::LabelOutOfRange, reason);
+    }
+    // The label sits at the peak frame; frames after it (never seen in the release) are not
+    // part of the expression.
+    let peak_frame = parse_ck_stem(&file_stem(label_file)).map(|stem| stem.frame);
+    let frames: Vec<&(u32, PathBuf)> = match peak_frame {
+        Some(peak) if frames.iter().any(|(frame, _)| *frame <= peak) => {
+            frames.iter().filter(|(frame, _)| *frame <= peak).collect()
+        }
+        _ => frames.iter().collect(),
+    };
+    if frames.is_empty() {
+        let reason = format!(
+            "no images for sequence {subject}/{sequence_name} in {}",
+            dirs.images.display()
+        );
+        return skip(
+            scan,
+            options,
+            label_file,
+            SkipKind::LabelWithoutImages,
+            reason,
+        );
+    }
+    let with_neutral = options.neutral && expression != Expression::Neutral && frames.len() >= 2;
+    // The neutral frame never also carries the expression label.
+    let expressive = if with_neutral {
+        &frames[1..]
+    } else {
+        &frames[..]
+    };
+    let selected = match options.selection {
+        Selection::Peak(n_frames) => &expressive[expressive.len().saturating_sub(n_frames)..],
+        Selection::All => expressive,
+    };
+    let sequence = format!("{subject}_{sequence_name}");
+    let mut add = |(frame, image): &(u32, PathBuf), label: Expression| {
+        let landmarks = dirs.landmarks.as_ref().map(|landmarks_dir| {
+            landmarks_dir
+                .join(subject)
+                .join(sequence_name)
+                .join(format!("{}_landmarks.txt", file_stem(image)))
+        });
+        let landmarks = landmarks.filter(|path| {
+            let exists = path.is_file();
+            if exists {
+                scan.listing.push(listing_line(&scan.root, path));
+            }
+            exists
+        });
+        scan.jobs.push(FrameJob {
+            image: image.clone(),
+            landmarks,
+            label: label.index(),
+            subject: subject.clone(),
+            sequence: sequence.clone(),
+            frame: *frame,
+            precropped: false,
+        });
+    };
+    if with_neutral {
+        add(frames[0], Expression::Neutral);
+    }
+    for frame in selected {
+        add(frame, expression);
+    }
+    Ok(())
+}
+
+fn scan_folder_per_class(root: &Path, options: &PrepareOptions) -> Result<Option<Scan>> {
+    let mut scan = Scan {
+        layout: Layout::FolderPerClass,
+        root: root.to_path_buf(),
+        jobs: Vec::new(),
+        skipped: Vec::new(),
+        n_ignored_files: 0,
+        listing: Vec::new(),
+    };
+    let mut n_class_dirs = 0;
+    let mut unknown_dirs = Vec::new();
+    for class_dir in sorted_entries(root)? {
+        if !class_dir.is_dir() {
+            scan.n_ignored_files += 1;
+            continue;
+        }
+        let class_name = file_name(&class_dir);
+        let images: Vec<PathBuf> = sorted_entries(&class_dir)?
+            .into_iter()
+            .filter(|file| {
+                let is_image = file.is_file() && is_image_file(file);
+                if !is_image {
+                    scan.n_ignored_files += 1;
+                }
+                is_image
+            })
+            .collect();
+        let expression = Expression::parse_name(&class_name);
+        let Some(expression) = expression.filter(|e| options.neutral || *e != Expression::Neutral)
+        else {
+            if !images.is_empty() {
+                let reason = match expression {
+                    Some(_) => {
+                        "class folder `neutral` is only used with the neutral option".to_string()
+                    }
+                    None => format!(
+                        "folder name `{class_name}` is not an expression ({} images left out)",
+                        images.len()
+                    ),
+                };
+                unknown_dirs.push((class_dir, reason));
+            }
+            continue;
+        };
+        n_class_dirs += 1;
+        add_class_folder(&mut scan, &class_name, expression, images, options);
+    }
+    if n_class_dirs == 0 {
+        return Ok(None);
+    }
+    for (dir, reason) in unknown_dirs {
+        skip(&mut scan, options, &dir, SkipKind::UnknownClass, reason)?;
+    }
+    scan.listing.sort();
+    Ok(Some(scan))
+}
+
+/// Files named like CK+ frames are grouped into sequences and the frame selection applies
+/// (the "CK+48" copy already holds only the last 3 frames, so `Peak(3)` keeps them all); other
+/// files are each their own subject, named after class folder and stem so that equal stems in
+/// two class folders stay apart.
+fn add_class_folder(
+    scan: &mut Scan,
+    class_name: &str,
+    expression: Expression,
+    images: Vec<PathBuf>,
+    options: &PrepareOptions,
+) {
+    let mut sequences: BTreeMap<String, Vec<(u32, PathBuf, String)>> = BTreeMap::new();
+    for image in images {
+        scan.listing.push(listing_line(&scan.root, &image));
+        let stem = file_stem(&image);
+        match parse_ck_stem(&stem) {
+            Some(ck) => sequences
+                .entry(ck.sequence)
+                .or_default()
+                .push((ck.frame, image, ck.subject)),
+            None => {
+                let id = format!("{class_name}/{stem}");
+                scan.jobs.push(FrameJob {
+                    image,
+                    landmarks: None,
+                    label: expression.index(),
+                    subject: id.clone(),
+                    sequence: id,
+                    frame: 0,
+                    precropped: true,
+                });
+            }
+        }
+    }
+    for (sequence, mut frames) in sequences {
+        frames.sort();
+        let selected = match options.selection {
+            Selection::Peak(n_frames) => &frames[frames.len().saturating_sub(n_frames)..],
+            Selection::All => &frames[..],
+        };
+        for (frame, image, subject) in selected {
+            scan.jobs.push(FrameJob {
+                image: image.clone(),
+                landmarks: None,
+                label: expression.index(),
+                subject: subject.clone(),
+                sequence: sequence.clone(),
+                frame: *frame,
+                precropped: true,
+            });
+        }
+    }
+}
+
+/// Records a skipped file, or in strict mode turns it into the error.
+fn skip(
+    scan: &mut Scan,
+    options: &PrepareOptions,
+    path: &Path,
+    kind: SkipKind,
+    reason: String,
+) -> Result<()> {
+    if options.strict {
+        return Err(Error::Strict {
+            path: path.to_path_buf(),
+            reason: format!("{kind}: {reason}"),
+        });
+    }
+    scan.skipped.push(Skipped {
+        path: path.to_path_buf(),
+        kind,
+        reason,
+    });
+    Ok(())
+}
+
+/// A folder's entries sorted by name, so every run sees the same order.
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let reader = fs::read_dir(dir).map_err(|error| Error::io(dir, error))?;
+    let mut entries = Vec::new();
+    for entry in reader {
+        let entry = entry.map_err(|error| Error::io(dir, error))?;
+        entries.push(entry.path());
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn is_image_file(path: &Path) -> bool {
+    let name = file_name(path);
+    if name.starts_with('.') {
+        return false; // macOS resource forks (`._S005_001_00000001.png`) and .DS_Store.
+    }
+    path.extension()
+        .map(|ext| ext.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|ext| matches!(ext.as_str(), "png" | "jpg" | "jpeg"))
+}
+
+pub(crate) fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+fn listing_line(root: &Path, path: &Path) -> String {
+    let size = fs::metadata(path).map_or(0, |meta| meta.len());
+    format!("{}\t{size}", relative(root, path))
+}

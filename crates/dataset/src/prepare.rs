@@ -1,0 +1,340 @@
+//! [`prepare`]: source folder → cached face crops, in parallel.
+
+use crate::crop::{crop_and_resize, landmark_box};
+use crate::layout::{self, FrameJob, Scan};
+use crate::parse::parse_landmarks;
+use crate::{
+    cache, class_names, CropMethod, Dataset, Error, Layout, PrepareOptions, Progress, Result,
+    Sample, Selection, SkipKind, Skipped, Stage, Summary,
+};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bumped whenever the crop pipeline changes what it produces, so old caches are rebuilt.
+const PIPELINE_VERSION: &str = "dexpression-dataset crops v1";
+
+/// The largest accepted `image_size`: far above any network input, small enough that a
+/// typo cannot ask for terabytes.
+const MAX_IMAGE_SIZE: usize = 2048;
+
+/// Reads a dataset, crops every selected face and caches the result.
+///
+/// `source` is the official CK+ release (extracted, or the folder holding its zip archives) or
+/// a folder per class; the layout is detected. When `cache_dir` holds a cache built from the
+/// same file listing with the same options it is loaded instead (well under a second for CK+);
+/// otherwise frames are decoded, cropped and resized in parallel with rayon and the cache is
+/// written atomically (a temporary folder renamed into place), so an interrupted run leaves no
+/// half-written cache. `progress` is called from worker threads.
+pub fn prepare(
+    source: &Path,
+    cache_dir: &Path,
+    options: &PrepareOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Dataset> {
+    validate(options)?;
+    if !source.exists() {
+        return Err(Error::SourceMissing {
+            path: source.to_path_buf(),
+        });
+    }
+    progress(Progress {
+        stage: Stage::Scanning,
+        done: 0,
+        total: 0,
+    });
+    let scan = match crate::archive::official_zips(source)? {
+        Some(archives) => {
+            let extracted = crate::archive::extract(&archives, cache_dir, progress)?;
+            let mut scan = layout::scan(&extracted, options)?;
+            scan.layout = Layout::OfficialZips;
+            scan
+        }
+        None => layout::scan(source, options)?,
+    };
+    let key = cache_key(&scan, options);
+    let cache_path = cache_dir.join(&key[..16]);
+    let classes = class_names(options.neutral);
+
+    if let Ok(Some(cached)) = cache::load(&cache_path, &key, &scan.root, progress) {
+        if cached.image_size == options.image_size {
+            let summary = summarize(
+                source,
+                scan.layout,
+                &classes,
+                &cached.samples,
+                cached.skipped,
+                cached.n_ignored_files,
+                true,
+                &cache_path,
+            );
+            return Ok(Dataset {
+                image_size: options.image_size,
+                class_names: classes,
+                samples: cached.samples,
+                key,
+                summary,
+            });
+        }
+    }
+
+    let (samples, skipped) = crop_all(&scan, options, progress)?;
+    let summary = summarize(
+        source,
+        scan.layout,
+        &classes,
+        &samples,
+        skipped,
+        scan.n_ignored_files,
+        false,
+        &cache_path,
+    );
+    if samples.is_empty() {
+        return Err(Error::NoSamples {
+            root: source.to_path_buf(),
+            detail: format!(
+                "{} labeled frames found, {} files skipped: {}",
+                scan.jobs.len(),
+                summary.skipped.len(),
+                summary
+                    .skipped
+                    .first()
+                    .map_or("none".to_string(), |skip| format!(
+                        "first: {}: {}",
+                        skip.path.display(),
+                        skip.reason
+                    ))
+            ),
+        });
+    }
+    progress(Progress {
+        stage: Stage::WritingCache,
+        done: 0,
+        total: 1,
+    });
+    cache::store(
+        &cache_path,
+        &key,
+        &scan.root,
+        options.image_size,
+        &samples,
+        &summary,
+    )?;
+    progress(Progress {
+        stage: Stage::WritingCache,
+        done: 1,
+        total: 1,
+    });
+    Ok(Dataset {
+        image_size: options.image_size,
+        class_names: classes,
+        samples,
+        key,
+        summary,
+    })
+}
+
+fn validate(options: &PrepareOptions) -> Result<()> {
+    if !(1..=MAX_IMAGE_SIZE).contains(&options.image_size) {
+        return Err(Error::InvalidOption {
+            name: "image-size",
+            value: options.image_size.to_string(),
+            expected: "a side between 1 and 2048 pixels",
+        });
+    }
+    if options.selection == Selection::Peak(0) {
+        return Err(Error::InvalidOption {
+            name: "peak-frames",
+            value: "0".to_string(),
+            expected: "at least 1 frame",
+        });
+    }
+    if !(options.crop_margin.is_finite() && (0.0..=2.0).contains(&options.crop_margin)) {
+        return Err(Error::InvalidOption {
+            name: "crop-margin",
+            value: options.crop_margin.to_string(),
+            expected: "a fraction between 0 and 2",
+        });
+    }
+    Ok(())
+}
+
+/// SHA-256 over the pipeline version, the options that change the crops and the source
+/// listing (relative paths, sizes, label contents). File times are left out on purpose: a
+/// re-extracted or copied dataset keeps its cache and its checkpoints.
+fn cache_key(scan: &Scan, options: &PrepareOptions) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(PIPELINE_VERSION.as_bytes());
+    hasher.update(
+        format!(
+            "\nlayout={}\nsize={}\nselect={}\nneutral={}\nmargin={}\n",
+            match scan.layout {
+                // Zips and their extraction hold the same files.
+                Layout::OfficialZips => Layout::Official,
+                other => other,
+            },
+            options.image_size,
+            options.selection,
+            options.neutral,
+            options.crop_margin.to_bits()
+        )
+        .as_bytes(),
+    );
+    for line in &scan.listing {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn crop_all(
+    scan: &Scan,
+    options: &PrepareOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(Vec<Sample>, Vec<Skipped>)> {
+    let total = scan.jobs.len();
+    let done = AtomicUsize::new(0);
+    progress(Progress {
+        stage: Stage::Cropping,
+        done: 0,
+        total,
+    });
+    // Each worker holds one decoded frame at a time and keeps only the small crop, so memory
+    // stays at (threads x one full frame) + the crops.
+    let results: Vec<std::result::Result<Sample, Skipped>> = scan
+        .jobs
+        .par_iter()
+        .map(|job| {
+            let result = crop_one(job, options);
+            let done_now = done.fetch_add(1, Ordering::Relaxed) + 1;
+            progress(Progress {
+                stage: Stage::Cropping,
+                done: done_now,
+                total,
+            });
+            result
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(results.len());
+    let mut skipped = scan.skipped.clone();
+    for result in results {
+        match result {
+            Ok(sample) => samples.push(sample),
+            Err(skip) if options.strict => {
+                return Err(Error::Strict {
+                    path: skip.path,
+                    reason: format!("{}: {}", skip.kind, skip.reason),
+                })
+            }
+            Err(skip) => skipped.push(skip),
+        }
+    }
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((samples, skipped))
+}
+
+/// Longest side up to which a folder-per-class image counts as a ready-made face crop even
+/// when it is not square (CK+48 is 48x48; larger non-square images are whole photos).
+const PRECROPPED_MAX_SIDE: u32 = 256;
+
+fn crop_one(job: &FrameJob, options: &PrepareOptions) -> std::result::Result<Sample, Skipped> {
+    let skipped = |path: &Path, kind: SkipKind, reason: String| Skipped {
+        path: path.to_path_buf(),
+        kind,
+        reason,
+    };
+    let bytes = std::fs::read(&job.image).map_err(|error| {
+        skipped(
+            &job.image,
+            SkipKind::CorruptImage,
+            format!("cannot read: {error}"),
+        )
+    })?;
+    let image = image::load_from_memory(&bytes).map_err(|error| {
+        skipped(
+            &job.image,
+            SkipKind::CorruptImage,
+            format!("cannot decode: {error}"),
+        )
+    })?;
+    let (face, crop) = if let Some(landmarks_path) = &job.landmarks {
+        let text = std::fs::read(landmarks_path).map_err(|error| {
+            skipped(
+                landmarks_path,
+                SkipKind::BadLandmarks,
+                format!("cannot read: {error}"),
+            )
+        })?;
+        let points = parse_landmarks(&String::from_utf8_lossy(&text))
+            .map_err(|error| skipped(landmarks_path, SkipKind::BadLandmarks, error.to_string()))?;
+        let face = landmark_box(&points, options.crop_margin, image.width(), image.height());
+        (face, CropMethod::Landmarks)
+    } else if job.precropped
+        && (image.width() == image.height()
+            || image.width().max(image.height()) <= PRECROPPED_MAX_SIDE)
+    {
+        (None, CropMethod::Precropped)
+    } else {
+        // No landmarks and no face detector: the whole frame, counted in the summary.
+        (None, CropMethod::Whole)
+    };
+    let crop = if face.is_none() && crop == CropMethod::Landmarks {
+        CropMethod::Whole
+    } else {
+        crop
+    };
+    let pixels = crop_and_resize(&image, face, options.image_size as u32);
+    Ok(Sample {
+        pixels,
+        label: job.label,
+        subject: job.subject.clone(),
+        sequence: job.sequence.clone(),
+        frame: job.frame,
+        source: job.image.clone(),
+        crop,
+    })
+}
+
+/// Builds the printable summary from the samples and skipped files.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn summarize(
+    source: &Path,
+    layout: Layout,
+    class_names: &[String],
+    samples: &[Sample],
+    skipped: Vec<Skipped>,
+    n_ignored_files: usize,
+    from_cache: bool,
+    cache_path: &Path,
+) -> Summary {
+    let mut per_class = vec![0; class_names.len()];
+    for sample in samples {
+        if let Some(count) = per_class.get_mut(sample.label) {
+            *count += 1;
+        }
+    }
+    let subjects: BTreeSet<&str> = samples.iter().map(|s| s.subject.as_str()).collect();
+    let sequences: BTreeSet<(&str, &str)> = samples
+        .iter()
+        .map(|s| (s.subject.as_str(), s.sequence.as_str()))
+        .collect();
+    let crops = CropMethod::ALL
+        .into_iter()
+        .map(|method| (method, samples.iter().filter(|s| s.crop == method).count()))
+        .collect();
+    Summary {
+        source: source.to_path_buf(),
+        layout,
+        class_names: class_names.to_vec(),
+        per_class,
+        n_subjects: subjects.len(),
+        n_sequences: sequences.len(),
+        crops,
+        n_ignored_files,
+        skipped,
+        from_cache,
+        cache_path: cache_path.to_path_buf(),
+    }
+}
