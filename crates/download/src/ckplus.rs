@@ -1,0 +1,355 @@
+//! Import of the official CK+ release from disk (`--from PATH`): the zips a user obtained under
+//! the CK+ licence, a folder holding them, or the folder they were extracted into.
+//!
+//! Only entries under the release's own top-level folders are kept (`cohn-kanade-images/`,
+//! `Emotion/`, `Landmarks/`, `FACS/`), wherever they sit inside the archive, so a wrapper folder
+//! or macOS metadata does not matter. Nothing goes online.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::mirror::sibling;
+use crate::progress::{Progress, Unit};
+
+/// The top-level folders of the official release, as the dataset crate expects them.
+pub const CKPLUS_PARTS: [&str; 4] = ["cohn-kanade-images", "Emotion", "Landmarks", "FACS"];
+
+/// The file in the import folder recording what it was imported from.
+pub const IMPORT_MARKER: &str = ".dexpression-import";
+
+/// What an import wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// The CK+ folder, with `cohn-kanade-images/`, `Emotion/`, ... inside.
+    pub dest: PathBuf,
+    /// Files written per part, in [`CKPLUS_PARTS`] order.
+    pub n_files_per_part: [usize; 4],
+    /// Whether the folder already held this import and was left as it was.
+    pub already_imported: bool,
+}
+
+/// Imports the CK+ release from `from` (a zip, or a folder of zips and/or extracted files) into
+/// `dest`.
+///
+/// The files are unpacked beside `dest` and renamed into place only when the images and the
+/// emotion labels are both there. A zip with nothing from CK+ is an error naming its entries.
+pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Result<ImportSummary> {
+    let sources = list_sources(from)?;
+    let fingerprint = fingerprint(&sources)?;
+    let marker = dest.join(IMPORT_MARKER);
+    if fs::read_to_string(&marker).is_ok_and(|recorded| recorded == fingerprint) {
+        return Ok(ImportSummary {
+            dest: dest.to_path_buf(),
+            n_files_per_part: count_part_files(dest),
+            already_imported: true,
+        });
+    }
+
+    let staging = sibling(dest, ".importing");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|err| Error::io("removing", &staging, err))?;
+    }
+    fs::create_dir_all(&staging).map_err(|err| Error::io("creating", &staging, err))?;
+    let mut n_files_per_part = [0usize; 4];
+    for source in &sources {
+        match source {
+            Source::Zip(zip) => {
+                let n_kept = unpack_zip(zip, &staging, &mut n_files_per_part, progress)?;
+                if n_kept == 0 {
+                    // A lone zip must be CK+; in a folder, other archives are passed over.
+                    if from.is_file() {
+                        let _ = fs::remove_dir_all(&staging);
+                        return Err(Error::NotCkPlus {
+                            path: zip.clone(),
+                            found: zip_entry_names(zip)?,
+                        });
+                    }
+                    progress.note(&format!(
+                        "{} holds nothing from CK+; skipped",
+                        zip.display()
+                    ));
+                }
+            }
+            Source::File { path, relative } => {
+                if let Some((part_idx, inside)) = ckplus_relative(relative) {
+                    let target = staging.join(&inside);
+                    create_parent(&target)?;
+                    fs::copy(path, &target).map_err(|err| Error::io("copying", path, err))?;
+                    n_files_per_part[part_idx] += 1;
+                }
+            }
+        }
+    }
+
+    let mut missing = Vec::new();
+    if !has_file_with_suffix(&staging.join(CKPLUS_PARTS[0]), ".png") {
+        missing.push("cohn-kanade-images/ (the PNG frames)".to_string());
+    }
+    if !has_file_with_suffix(&staging.join(CKPLUS_PARTS[1]), "_emotion.txt") {
+        missing.push("Emotion/ (the *_emotion.txt labels)".to_string());
+    }
+    if !missing.is_empty() {
+        let _ = fs::remove_dir_all(&staging);
+        if n_files_per_part.iter().all(|&n_files| n_files == 0) {
+            return Err(Error::NotCkPlus {
+                path: from.to_path_buf(),
+                found: first_entries(&sources),
+            });
+        }
+        return Err(Error::IncompleteCkPlus {
+            from: from.to_path_buf(),
+            missing,
+        });
+    }
+
+    fs::write(staging.join(IMPORT_MARKER), &fingerprint)
+        .map_err(|err| Error::io("writing", staging.join(IMPORT_MARKER), err))?;
+    if dest.exists() {
+        fs::remove_dir_all(dest).map_err(|err| Error::io("replacing", dest, err))?;
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|err| Error::io("creating", parent, err))?;
+    }
+    fs::rename(&staging, dest).map_err(|err| Error::io("renaming into place", dest, err))?;
+    Ok(ImportSummary {
+        dest: dest.to_path_buf(),
+        n_files_per_part,
+        already_imported: false,
+    })
+}
+
+enum Source {
+    Zip(PathBuf),
+    File { path: PathBuf, relative: PathBuf },
+}
+
+fn list_sources(from: &Path) -> Result<Vec<Source>> {
+    let meta = fs::metadata(from).map_err(|err| Error::io("reading", from, err))?;
+    if meta.is_file() {
+        return Ok(vec![Source::Zip(from.to_path_buf())]);
+    }
+    let mut sources = Vec::new();
+    let mut pending = vec![from.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(|err| Error::io("reading", &dir, err))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("zip"))
+            {
+                sources.push(Source::Zip(path));
+            } else {
+                let relative = path.strip_prefix(from).unwrap_or(&path).to_path_buf();
+                sources.push(Source::File { path, relative });
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// Names, sizes and modification times of the inputs: a cheap stand-in for their content that
+/// tells a repeated import of the same files from a new one.
+fn fingerprint(sources: &[Source]) -> Result<String> {
+    let mut lines = Vec::new();
+    for source in sources {
+        let path = match source {
+            Source::Zip(path) | Source::File { path, .. } => path,
+        };
+        let meta = fs::metadata(path).map_err(|err| Error::io("reading", path, err))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |elapsed| elapsed.as_secs());
+        lines.push(format!("{}\t{}\t{modified}", path.display(), meta.len()));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+fn unpack_zip(
+    zip_path: &Path,
+    staging: &Path,
+    n_files_per_part: &mut [usize; 4],
+    progress: &dyn Progress,
+) -> Result<usize> {
+    let zip_error = |reason: String| Error::Zip {
+        path: zip_path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(zip_path).map_err(|err| Error::io("reading", zip_path, err))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|err| zip_error(err.to_string()))?;
+    let label = zip_path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    progress.begin(
+        &format!("unpacking {label}"),
+        Some(archive.len() as u64),
+        Unit::Items,
+    );
+    let mut n_kept = 0usize;
+    for entry_idx in 0..archive.len() {
+        let mut entry = archive
+            .by_index(entry_idx)
+            .map_err(|err| zip_error(err.to_string()))?;
+        progress.set_position(entry_idx as u64 + 1);
+        if entry.is_dir() {
+            continue;
+        }
+        // `enclosed_name` refuses absolute paths and `..`, so an archive cannot write outside.
+        let Some(relative) = entry.enclosed_name() else {
+            continue;
+        };
+        let Some((part_idx, inside)) = ckplus_relative(&relative) else {
+            continue;
+        };
+        let target = staging.join(&inside);
+        create_parent(&target)?;
+        let mut out = File::create(&target).map_err(|err| Error::io("writing", &target, err))?;
+        io::copy(&mut entry, &mut out).map_err(|err| match err.kind() {
+            io::ErrorKind::StorageFull => Error::DiskFull {
+                path: target.clone(),
+            },
+            _ => zip_error(format!("entry {}: {err}", relative.display())),
+        })?;
+        n_files_per_part[part_idx] += 1;
+        n_kept += 1;
+    }
+    progress.end();
+    Ok(n_kept)
+}
+
+fn zip_entry_names(zip_path: &Path) -> Result<Vec<String>> {
+    let file = File::open(zip_path).map_err(|err| Error::io("reading", zip_path, err))?;
+    let archive = zip::ZipArchive::new(file).map_err(|err| Error::Zip {
+        path: zip_path.to_path_buf(),
+        reason: err.to_string(),
+    })?;
+    Ok(archive
+        .file_names()
+        .take(5)
+        .filter_map(|name| name.ok().map(|name| name.into_owned()))
+        .collect())
+}
+
+/// The part index and the path from the part folder on (`Emotion/S005/001/x.txt`), when the
+/// path lies under one of the CK+ folders; macOS metadata is skipped.
+fn ckplus_relative(path: &Path) -> Option<(usize, PathBuf)> {
+    let components: Vec<&str> = path
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => name.to_str(),
+            _ => None,
+        })
+        .collect();
+    if components
+        .iter()
+        .any(|name| *name == "__MACOSX" || name.starts_with("._") || *name == ".DS_Store")
+    {
+        return None;
+    }
+    let (start, part_idx) = components
+        .iter()
+        .enumerate()
+        .find_map(|(component_idx, name)| {
+            CKPLUS_PARTS
+                .iter()
+                .position(|part| part.eq_ignore_ascii_case(name))
+                .map(|part_idx| (component_idx, part_idx))
+        })?;
+    if start + 1 >= components.len() {
+        return None;
+    }
+    let mut inside = PathBuf::from(CKPLUS_PARTS[part_idx]);
+    inside.extend(&components[start + 1..]);
+    Some((part_idx, inside))
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) => {
+            fs::create_dir_all(parent).map_err(|err| Error::io("creating", parent, err))
+        }
+        None => Ok(()),
+    }
+}
+
+fn has_file_with_suffix(dir: &Path, suffix: &str) -> bool {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(|entry| entry.ok()) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().ends_with(suffix))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn count_part_files(dest: &Path) -> [usize; 4] {
+    let mut counts = [0usize; 4];
+    for (part_idx, part) in CKPLUS_PARTS.iter().enumerate() {
+        let mut pending = vec![dest.join(part)];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(|entry| entry.ok()) {
+                if entry.path().is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    counts[part_idx] += 1;
+                }
+            }
+        }
+    }
+    counts
+}
+
+fn first_entries(sources: &[Source]) -> Vec<String> {
+    sources
+        .iter()
+        .take(5)
+        .map(|source| match source {
+            Source::Zip(path) => path.display().to_string(),
+            Source::File { relative, .. } => relative.display().to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ckplus_paths_are_found_under_wrappers() {
+        let (part_idx, inside) = ckplus_relative(Path::new(
+            "CK+/Emotion/S005/001/S005_001_00000011_emotion.txt",
+        ))
+        .expect("CK+ path");
+        assert_eq!(part_idx, 1);
+        assert_eq!(
+            inside,
+            PathBuf::from("Emotion/S005/001/S005_001_00000011_emotion.txt")
+        );
+        assert!(ckplus_relative(Path::new("__MACOSX/Emotion/S005/001/._x.txt")).is_none());
+        assert!(ckplus_relative(Path::new("photos/cat.png")).is_none());
+    }
+}

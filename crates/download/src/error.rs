@@ -1,0 +1,288 @@
+//! The one error type of the crate: every variant names what was tried (a URL, a file, a
+//! repository) and says what to do next, so a message printed alone is enough to act on.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while downloading, verifying, converting or importing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached at all (no network, DNS failure, refused connection).
+    #[error(
+        "could not reach {url}: {reason}. Check the network connection (and HTTPS_PROXY/NO_PROXY); \
+         to work without a network, import the official CK+ release from disk with `--from PATH`, \
+         which never goes online"
+    )]
+    Offline {
+        /// What was being fetched.
+        url: String,
+        /// The transport's own description of the failure.
+        reason: String,
+    },
+
+    /// `--offline` was given but a file that needs downloading is not on disk yet.
+    #[error(
+        "--offline: {what} is not on disk yet (looked for {}); run once without --offline to \
+         download it, or import the official CK+ release with `--from PATH`",
+        path.display()
+    )]
+    MissingOffline {
+        /// What was needed, in words.
+        what: String,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+
+    /// 401 or 403: the server wants credentials, or the ones sent are not enough.
+    #[error(
+        "{url} answered {status} (not authorised): the repository is gated, private, or the token \
+         is wrong. Accept the dataset's terms on its Hugging Face page, then set HF_TOKEN to an \
+         access token (https://huggingface.co/settings/tokens) and run again"
+    )]
+    Unauthorized {
+        /// The URL or repository that refused.
+        url: String,
+        /// The HTTP status code (401 or 403).
+        status: u16,
+    },
+
+    /// 404: the repository, the revision or the file does not exist.
+    #[error(
+        "{url} was not found (404): check the repository name (--repo / --weights-repo), the \
+         revision (--revision) and the file name ({file})"
+    )]
+    NotFound {
+        /// The URL or repository that was asked for.
+        url: String,
+        /// The file name inside the repository, or the Drive file id.
+        file: String,
+    },
+
+    /// Any other unexpected HTTP status.
+    #[error("{url} answered HTTP {status}; try again later, or check the address")]
+    Http {
+        /// The URL that answered.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+
+    /// The connection broke in the middle of a transfer; the bytes received so far are kept.
+    #[error(
+        "the transfer of {url} stopped after {bytes_received} bytes ({reason}); the partial file \
+         is kept at {} and the next run resumes from there",
+        part.display()
+    )]
+    Interrupted {
+        /// The URL being fetched.
+        url: String,
+        /// The partial file kept for resuming.
+        part: PathBuf,
+        /// How many bytes the partial file now holds.
+        bytes_received: u64,
+        /// The transport's own description of the failure.
+        reason: String,
+    },
+
+    /// The server closed the transfer before sending as many bytes as it announced.
+    #[error(
+        "{url} ended after {received} of {expected} bytes (truncated); the partial file is kept \
+         at {} and the next run resumes from there",
+        part.display()
+    )]
+    Truncated {
+        /// The URL being fetched.
+        url: String,
+        /// The partial file kept for resuming.
+        part: PathBuf,
+        /// Bytes announced by the server.
+        expected: u64,
+        /// Bytes actually on disk.
+        received: u64,
+    },
+
+    /// A file on disk no longer matches the sha256 recorded when it was downloaded.
+    #[error(
+        "{} does not match its recorded sha256 (expected {expected}, found {actual}); it was moved \
+         aside to {} and will not be used. Run the command again to download a fresh copy",
+        path.display(),
+        moved_to.display()
+    )]
+    ChecksumMismatch {
+        /// The file that failed verification.
+        path: PathBuf,
+        /// The recorded checksum.
+        expected: String,
+        /// The checksum of the file as found.
+        actual: String,
+        /// Where the bad file now lies.
+        moved_to: PathBuf,
+    },
+
+    /// The disk filled up while writing.
+    #[error(
+        "the disk is full while writing {}; free some space (CK+ needs about 2 GB, the mirror \
+         a few MB) and run again, finished files are kept",
+        path.display()
+    )]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
+
+    /// Any other failure to read or write a local file.
+    #[error("{} while {action} {}", source, path.display())]
+    Io {
+        /// What was being done ("writing", "reading", ...).
+        action: &'static str,
+        /// The file or folder involved.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// A Hugging Face Hub request failed for a reason not covered above.
+    #[error("Hugging Face Hub request for {file} in {repo} failed: {source}")]
+    Hub {
+        /// The repository, such as `datasets/AlirezaF138/ckplus-dataset`.
+        repo: String,
+        /// The file inside it.
+        file: String,
+        /// hf-hub's error.
+        source: Box<hf_hub::HFError>,
+    },
+
+    /// A repository id that is not `owner/name`.
+    #[error("repository id {repo:?} is not of the form owner/name (for example AlirezaF138/ckplus-dataset)")]
+    BadRepoId {
+        /// The id as given.
+        repo: String,
+    },
+
+    /// Google Drive answered with a page that holds no download link or confirmation token.
+    #[error(
+        "Google Drive answered {url} with an HTML page that holds no download link or confirmation \
+         token (the file may have hit its download quota, or been removed); try again later or \
+         download it in a browser and place it at {}",
+        dest.display()
+    )]
+    DriveNoConfirmation {
+        /// The Drive URL asked.
+        url: String,
+        /// Where the file should have gone.
+        dest: PathBuf,
+    },
+
+    /// The parquet file could not be read at all.
+    #[error("{} is not a readable parquet file ({reason}); delete it and run again to fetch a fresh copy", path.display())]
+    Parquet {
+        /// The parquet file.
+        path: PathBuf,
+        /// The parquet reader's message.
+        reason: String,
+    },
+
+    /// The parquet file has no column usable as image or label.
+    #[error(
+        "{} has no usable {missing} column: expected `image` (struct {{bytes, path}} or binary) \
+         and `label` (class name or integer), found columns [{}]. Pick another file or revision \
+         with --repo/--revision",
+        path.display(),
+        found.join(", ")
+    )]
+    ParquetColumns {
+        /// The parquet file.
+        path: PathBuf,
+        /// Which column is missing or unusable ("image" or "label").
+        missing: &'static str,
+        /// The top-level columns found, with their types.
+        found: Vec<String>,
+    },
+
+    /// A row whose label is not one of the seven CK+ expressions.
+    #[error(
+        "{} row {row}: label {value:?} is not a CK+ expression (anger, contempt, disgust, fear, \
+         happy, sadness, surprise, or an index 0-6)",
+        path.display()
+    )]
+    BadLabel {
+        /// The parquet file.
+        path: PathBuf,
+        /// The row index, from 0.
+        row: usize,
+        /// The label as found.
+        value: String,
+    },
+
+    /// A row whose image bytes do not decode.
+    #[error("{} row {row}: the image does not decode ({reason})", path.display())]
+    BadImage {
+        /// The parquet file.
+        path: PathBuf,
+        /// The row index, from 0.
+        row: usize,
+        /// The decoder's message.
+        reason: String,
+    },
+
+    /// A zip archive that cannot be read.
+    #[error("{} is not a readable zip archive ({reason})", path.display())]
+    Zip {
+        /// The archive.
+        path: PathBuf,
+        /// The zip reader's message.
+        reason: String,
+    },
+
+    /// An input given to `--from` that holds nothing from the CK+ release.
+    #[error(
+        "{} does not look like the CK+ release: none of its entries lies under \
+         cohn-kanade-images/, Emotion/, Landmarks/ or FACS/ (first entries: [{}]). Give the \
+         official zips (extended-cohn-kanade-images.zip, Emotion_labels.zip, ...) or the folder \
+         they were extracted into",
+        path.display(),
+        found.join(", ")
+    )]
+    NotCkPlus {
+        /// The zip or folder given.
+        path: PathBuf,
+        /// A few of the entries found, to show what it is instead.
+        found: Vec<String>,
+    },
+
+    /// The import found some of CK+ but not the parts training needs.
+    #[error(
+        "the CK+ import from {} lacks {}: give all the official archives (the images are in \
+         extended-cohn-kanade-images.zip, the labels in Emotion_labels.zip)",
+        from.display(),
+        missing.join(" and ")
+    )]
+    IncompleteCkPlus {
+        /// What was given to `--from`.
+        from: PathBuf,
+        /// The missing parts, such as `cohn-kanade-images/ (PNG frames)`.
+        missing: Vec<String>,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps an I/O error, turning "no space left" into [`Error::DiskFull`].
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            Error::DiskFull { path }
+        } else {
+            Error::Io {
+                action,
+                path,
+                source,
+            }
+        }
+    }
+}

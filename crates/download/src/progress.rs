@@ -1,0 +1,37 @@
+//! How the library reports progress without drawing anything itself: the caller (xtask) passes
+//! a [`Progress`] implementation and decides how to show it.
+
+/// Receives progress of one step at a time: a transfer, a conversion or an import.
+///
+/// Calls arrive from the thread doing the work (and, for Hub transfers, from hf-hub's runtime
+/// thread), so implementations must be cheap and must not block.
+pub trait Progress: Send + Sync {
+    /// A new step starts; `total` is its size in `unit`s when known.
+    fn begin(&self, label: &str, total: Option<u64>, unit: Unit);
+    /// The current step has reached `done` bytes (or items) in all.
+    fn set_position(&self, done: u64);
+    /// The current step ended, successfully or not.
+    fn end(&self);
+    /// A one-line message worth showing to the user (a skipped file, a resumed transfer).
+    fn note(&self, message: &str);
+}
+
+/// What a step counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Bytes of a transfer.
+    Bytes,
+    /// Files or images of a conversion or import.
+    Items,
+}
+
+/// A [`Progress`] that shows nothing; for tests and quiet callers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&self, _label: &str, _total: Option<u64>, _unit: Unit) {}
+    fn set_position(&self, _done: u64) {}
+    fn end(&self) {}
+    fn note(&self, _message: &str) {}
+}

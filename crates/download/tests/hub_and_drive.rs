@@ -1,0 +1,531 @@
+//! Downloads against a local server: the mirror in every accepted schema, Drive's confirmation
+//! flow, cut and resumed transfers, checksums, and the errors a user can meet.
+
+mod common;
+
+use std::fs;
+
+use common::{
+    fake_checkpoint, png, write_mirror_parquet, write_unusable_parquet, ImageColumn, Label,
+    MirrorRow, Route, Server,
+};
+use dexpression_download::{
+    convert_mirror, download_mirror, fetch_drive_file, fetch_hub_file, sidecar_path, DataDir,
+    DriveFile, DriveOptions, Error, FetchStatus, HubFile, MirrorSource, NoProgress, RepoKind,
+};
+
+const REPO: &str = "AlirezaF138/ckplus-dataset";
+const FILE: &str = "data/train-00000-of-00001.parquet";
+
+fn rows(labels: &[Label]) -> Vec<MirrorRow> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(row_idx, label)| MirrorRow {
+            image: png(row_idx as u8),
+            label: label.clone(),
+            file: format!("S{:03}_004_{:08}", 10 + row_idx / 3, 15 + row_idx % 3),
+        })
+        .collect()
+}
+
+fn names(names: &[&str]) -> Vec<Label> {
+    names
+        .iter()
+        .map(|name| Label::Name(name.to_string()))
+        .collect()
+}
+
+/// Serves `parquet_bytes` as the mirror, downloads it into a fresh data folder, and checks that
+/// each row landed in `expected_classes[row]/<stem>.png` with its bytes unchanged.
+fn check_mirror(parquet_rows: &[MirrorRow], parquet_bytes: Vec<u8>, expected_classes: &[&str]) {
+    let server = Server::start();
+    server.hub_dataset_file(REPO, "main", FILE, parquet_bytes);
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = server.hub_options(&work.path().join("hf-cache"));
+    let (fetched, summary) =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+            .expect("mirror downloads");
+    assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert!(
+        sidecar_path(&fetched.path).is_file(),
+        "a sha256 is kept beside {}",
+        fetched.path.display()
+    );
+    assert_eq!(summary.n_images(), parquet_rows.len());
+    for (row, class) in parquet_rows.iter().zip(expected_classes) {
+        let written = data
+            .mirror_dir()
+            .join(class)
+            .join(format!("{}.png", row.file));
+        assert_eq!(
+            fs::read(&written).expect("converted image exists"),
+            row.image,
+            "{}",
+            written.display()
+        );
+    }
+}
+
+fn parquet_bytes(
+    image_column: ImageColumn,
+    parquet_rows: &[MirrorRow],
+    class_names: Option<&[&str]>,
+) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("mirror.parquet");
+    write_mirror_parquet(&path, image_column, parquet_rows, class_names);
+    fs::read(&path).expect("read parquet back")
+}
+
+#[test]
+fn mirror_with_struct_images_and_label_names() {
+    let parquet_rows = rows(&names(&[
+        "anger", "HAPPY", "Sadness", "surprise", "contempt", "fear", "disgust",
+    ]));
+    let bytes = parquet_bytes(ImageColumn::Struct, &parquet_rows, None);
+    check_mirror(
+        &parquet_rows,
+        bytes,
+        &[
+            "Anger",
+            "Happiness",
+            "Sadness",
+            "Surprise",
+            "Contempt",
+            "Fear",
+            "Disgust",
+        ],
+    );
+}
+
+#[test]
+fn mirror_with_binary_images_and_integer_labels() {
+    let labels: Vec<Label> = [0, 4, 6, 1].into_iter().map(Label::Index).collect();
+    let parquet_rows = rows(&labels);
+    let bytes = parquet_bytes(ImageColumn::Binary, &parquet_rows, None);
+    check_mirror(
+        &parquet_rows,
+        bytes,
+        &["Anger", "Happiness", "Surprise", "Contempt"],
+    );
+}
+
+#[test]
+fn mirror_integer_labels_follow_the_hub_class_names() {
+    // An order other than alphabetical proves the names in the metadata are used.
+    let class_names = [
+        "surprise", "sadness", "happy", "fear", "disgust", "contempt", "anger",
+    ];
+    let labels: Vec<Label> = [0, 2, 6].into_iter().map(Label::Index).collect();
+    let parquet_rows = rows(&labels);
+    let bytes = parquet_bytes(ImageColumn::Struct, &parquet_rows, Some(&class_names));
+    check_mirror(&parquet_rows, bytes, &["Surprise", "Happiness", "Anger"]);
+}
+
+#[test]
+fn mirror_integer_labels_one_to_seven_are_ckplus_codes() {
+    let labels: Vec<Label> = [1, 5, 7].into_iter().map(Label::Index).collect();
+    let parquet_rows = rows(&labels);
+    let bytes = parquet_bytes(ImageColumn::Binary, &parquet_rows, None);
+    check_mirror(&parquet_rows, bytes, &["Anger", "Happiness", "Surprise"]);
+}
+
+#[test]
+fn second_run_downloads_nothing_and_offline_run_works() {
+    let parquet_rows = rows(&names(&["anger", "happy", "fear"]));
+    let server = Server::start();
+    server.hub_dataset_file(
+        REPO,
+        "main",
+        FILE,
+        parquet_bytes(ImageColumn::Struct, &parquet_rows, None),
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = server.hub_options(&work.path().join("hf-cache"));
+    download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect("first run");
+    assert!(server.n_gets() >= 1);
+
+    server.clear_seen();
+    let (fetched, summary) =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+            .expect("second run");
+    assert_eq!(fetched.status, FetchStatus::AlreadyPresent);
+    assert!(summary.already_converted);
+    assert_eq!(summary.n_images(), 3);
+    assert!(
+        server.seen().is_empty(),
+        "second run sent {:?}",
+        server.seen()
+    );
+
+    // Offline, with the server gone: everything is on disk, so it still succeeds.
+    drop(server);
+    let mut offline = options.clone();
+    offline.offline = true;
+    offline.endpoint = Some("http://127.0.0.1:9".to_string());
+    let (fetched, summary) =
+        download_mirror(&data, &MirrorSource::default(), &offline, &NoProgress)
+            .expect("offline run");
+    assert_eq!(fetched.status, FetchStatus::AlreadyPresent);
+    assert!(summary.already_converted);
+}
+
+#[test]
+fn offline_without_the_file_says_what_to_do() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let mut options = Server::start().hub_options(&work.path().join("hf-cache"));
+    options.offline = true;
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("nothing on disk");
+    assert!(matches!(err, Error::MissingOffline { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("without --offline") && message.contains("--from"),
+        "{message}"
+    );
+}
+
+#[test]
+fn checksum_mismatch_moves_the_file_aside() {
+    let parquet_rows = rows(&names(&["anger", "happy"]));
+    let server = Server::start();
+    server.hub_dataset_file(
+        REPO,
+        "main",
+        FILE,
+        parquet_bytes(ImageColumn::Struct, &parquet_rows, None),
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = server.hub_options(&work.path().join("hf-cache"));
+    let (fetched, _) =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect("first run");
+
+    let mut bytes = fs::read(&fetched.path).expect("raw file");
+    bytes[100] ^= 0xff;
+    fs::write(&fetched.path, &bytes).expect("corrupt it");
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("mismatch");
+    let Error::ChecksumMismatch { path, moved_to, .. } = &err else {
+        panic!("expected a checksum mismatch, got {err:?}")
+    };
+    assert_eq!(path, &fetched.path);
+    assert!(
+        !fetched.path.exists(),
+        "the bad file is no longer where it would be used"
+    );
+    assert_eq!(fs::read(moved_to).expect("moved aside"), bytes);
+    assert!(
+        err.to_string()
+            .contains("does not match its recorded sha256"),
+        "{err}"
+    );
+
+    // The next run fetches a good copy again.
+    let (again, _) = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect("re-download");
+    assert_eq!(again.status, FetchStatus::Downloaded);
+    assert_eq!(again.sha256, fetched.sha256);
+}
+
+#[test]
+fn missing_file_is_a_404_naming_repo_revision_and_file() {
+    let server = Server::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let source = MirrorSource {
+        revision: "v9".to_string(),
+        ..MirrorSource::default()
+    };
+    let err = download_mirror(
+        &data,
+        &source,
+        &server.hub_options(&work.path().join("hf-cache")),
+        &NoProgress,
+    )
+    .expect_err("404");
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("--revision") && message.contains(FILE) && message.contains("/v9/"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unauthorised_is_a_401_pointing_at_hf_token() {
+    let server = Server::start();
+    server.route(
+        &format!("/datasets/{REPO}/resolve/main/{FILE}"),
+        Route::Status(401),
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let err = download_mirror(
+        &data,
+        &MirrorSource::default(),
+        &server.hub_options(&work.path().join("hf-cache")),
+        &NoProgress,
+    )
+    .expect_err("401");
+    assert!(
+        matches!(err, Error::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("HF_TOKEN"), "{err}");
+}
+
+#[test]
+fn no_network_mentions_that_from_works_offline() {
+    // A port that was free a moment ago: the connection is refused, as with no network.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let _server = Server::start(); // sets NO_PROXY
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let mut options = dexpression_download::HubOptions {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..Default::default()
+    };
+    options.cache_dir = Some(work.path().join("hf-cache"));
+    options.retry_max_attempts = Some(1);
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("refused");
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+    assert!(err.to_string().contains("--from"), "{err}");
+
+    let drive = DriveOptions {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        offline: false,
+    };
+    let err = fetch_drive_file(
+        &DriveFile::port_checkpoint(),
+        &work.path().join("w.tar"),
+        &drive,
+        &NoProgress,
+    )
+    .expect_err("refused");
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+}
+
+#[test]
+fn parquet_without_usable_columns_lists_the_columns_found() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let parquet = work.path().join("odd.parquet");
+    write_unusable_parquet(&parquet);
+    let err = convert_mirror(&parquet, "sha", &work.path().join("out"), &NoProgress)
+        .expect_err("no image column");
+    assert!(
+        matches!(
+            err,
+            Error::ParquetColumns {
+                missing: "image",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("text: string") && message.contains("score: double"),
+        "{message}"
+    );
+    assert!(
+        !work.path().join("out").exists(),
+        "nothing half-converted is left"
+    );
+}
+
+#[test]
+fn truncated_parquet_is_a_clear_error() {
+    let parquet_rows = rows(&names(&["anger"]));
+    let bytes = parquet_bytes(ImageColumn::Struct, &parquet_rows, None);
+    let work = tempfile::tempdir().expect("temp dir");
+    let parquet = work.path().join("cut.parquet");
+    fs::write(&parquet, &bytes[..bytes.len() / 2]).expect("write half");
+    let err = convert_mirror(&parquet, "sha", &work.path().join("out"), &NoProgress)
+        .expect_err("truncated");
+    assert!(matches!(err, Error::Parquet { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("not a readable parquet file"),
+        "{err}"
+    );
+}
+
+fn serve_drive_file(server: &Server, id: &str, body: Vec<u8>, cut_after: Option<usize>) {
+    server.route(
+        &format!("/uc?id={id}"),
+        Route::DriveConfirm { id: id.to_string() },
+    );
+    server.route(
+        &format!("/download?id={id}"),
+        Route::File {
+            body,
+            cut_first_get_after: cut_after,
+            content_type: "application/x-tar",
+        },
+    );
+}
+
+#[test]
+fn drive_confirmation_flow_fetches_the_checkpoint() {
+    let server = Server::start();
+    let checkpoint = DriveFile::port_checkpoint();
+    let body = fake_checkpoint(200_000);
+    serve_drive_file(&server, &checkpoint.id, body.clone(), None);
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join("weights").join(&checkpoint.file_name);
+    let options = DriveOptions {
+        endpoint: server.base.clone(),
+        offline: false,
+    };
+    let fetched =
+        fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect("drive download");
+    assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert_eq!(fs::read(&dest).expect("file"), body);
+    let targets: Vec<String> = server.seen().into_iter().map(|seen| seen.target).collect();
+    assert!(
+        targets
+            .iter()
+            .any(|target| target.starts_with("/download?") && target.contains("confirm=t")),
+        "{targets:?}"
+    );
+
+    server.clear_seen();
+    let again = fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect("second run");
+    assert_eq!(again.status, FetchStatus::AlreadyPresent);
+    assert!(server.seen().is_empty());
+    let offline = DriveOptions {
+        offline: true,
+        ..options
+    };
+    assert_eq!(
+        fetch_drive_file(&checkpoint, &dest, &offline, &NoProgress)
+            .expect("offline")
+            .sha256,
+        fetched.sha256
+    );
+}
+
+#[test]
+fn cut_transfer_resumes_with_a_range_request() {
+    let server = Server::start();
+    let checkpoint = DriveFile::port_checkpoint();
+    let body = fake_checkpoint(300_000);
+    let cut_at = 120_000;
+    serve_drive_file(&server, &checkpoint.id, body.clone(), Some(cut_at));
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join(&checkpoint.file_name);
+    let options = DriveOptions {
+        endpoint: server.base.clone(),
+        offline: false,
+    };
+
+    let err = fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect_err("cut");
+    assert!(
+        matches!(err, Error::Interrupted { .. } | Error::Truncated { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("resumes"), "{err}");
+    assert!(!dest.exists(), "an incomplete file is never put in place");
+    let part = dexpression_download::part_path(&dest);
+    assert_eq!(
+        fs::metadata(&part).expect("partial file kept").len(),
+        cut_at as u64
+    );
+
+    let fetched = fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect("resume");
+    assert_eq!(fetched.status, FetchStatus::Resumed);
+    assert_eq!(fetched.bytes_transferred, (body.len() - cut_at) as u64);
+    assert_eq!(fs::read(&dest).expect("file"), body);
+    assert!(!part.exists());
+    let expected_range = format!("bytes={cut_at}-");
+    assert!(
+        server
+            .seen()
+            .iter()
+            .any(|seen| seen.range.as_deref() == Some(expected_range.as_str())),
+        "{:?}",
+        server.seen()
+    );
+}
+
+#[test]
+fn drive_page_without_token_is_a_clear_error() {
+    let server = Server::start();
+    server.route(
+        "/uc?id=nope",
+        Route::File {
+            body: b"<html>Quota exceeded</html>".to_vec(),
+            cut_first_get_after: None,
+            content_type: "text/html",
+        },
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = DriveFile {
+        id: "nope".to_string(),
+        file_name: "x.tar".to_string(),
+    };
+    let options = DriveOptions {
+        endpoint: server.base.clone(),
+        offline: false,
+    };
+    let err = fetch_drive_file(&file, &work.path().join("x.tar"), &options, &NoProgress)
+        .expect_err("no token");
+    assert!(matches!(err, Error::DriveNoConfirmation { .. }), "{err:?}");
+}
+
+#[test]
+fn weights_from_a_hub_model_repo() {
+    let server = Server::start();
+    let body = fake_checkpoint(5_000);
+    server.route(
+        "/someone/dexpression/resolve/main/model.safetensors",
+        common::file_route(body.clone()),
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = HubFile {
+        kind: RepoKind::Model,
+        repo: "someone/dexpression".to_string(),
+        revision: "main".to_string(),
+        file: "model.safetensors".to_string(),
+    };
+    let dest = work.path().join("weights").join("model.safetensors");
+    let fetched = fetch_hub_file(
+        &file,
+        &dest,
+        &server.hub_options(&work.path().join("hf-cache")),
+        &NoProgress,
+    )
+    .expect("weights");
+    assert_eq!(fs::read(&fetched.path).expect("weights file"), body);
+    let recorded = fs::read_to_string(sidecar_path(&dest)).expect("sidecar");
+    assert!(
+        recorded.starts_with(&fetched.sha256) && recorded.trim_end().ends_with("model.safetensors"),
+        "{recorded}"
+    );
+}
+
+#[test]
+fn bad_repo_id_is_refused() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let source = MirrorSource {
+        repo: "no-slash".to_string(),
+        ..MirrorSource::default()
+    };
+    let err = download_mirror(
+        &DataDir::new(work.path()),
+        &source,
+        &Default::default(),
+        &NoProgress,
+    )
+    .expect_err("bad id");
+    assert!(matches!(err, Error::BadRepoId { .. }), "{err:?}");
+}
