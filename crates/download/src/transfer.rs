@@ -318,14 +318,20 @@ fn parse_content_range(headers: &reqwest::header::HeaderMap) -> (Option<u64>, Op
 
 /// The innermost cause of a transport error, which is where "connection refused" or "dns error"
 /// is said.
+/// reqwest's own top-level text repeats the URL, which the caller already names, so it is only
+/// used when there is no cause below it.
 pub(crate) fn describe_transport_error(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
+    let mut causes = Vec::new();
     let mut source = err.source();
     while let Some(cause) = source {
-        message = format!("{message}: {cause}");
+        causes.push(cause.to_string());
         source = cause.source();
     }
-    message
+    if causes.is_empty() {
+        err.to_string()
+    } else {
+        causes.join(": ")
+    }
 }
 
 fn append_to_file_name(path: &Path, suffix: &str) -> PathBuf {
