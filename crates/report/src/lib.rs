@@ -1,5 +1,39 @@
-//! Accuracy and loss curves, confusion matrices and summary tables for DeXpression runs.
+//! Accuracy and loss curves, confusion matrices and a summary table for DeXpression runs.
 //!
-//! (Work in progress.)
+//! The crate reads the per-epoch `history.csv` that `cargo xtask train` writes (or the PyTorch
+//! port's own `history.csv`, with pandas' index column and `"[4, 0, 3]"` label lists) and the
+//! optional `config.json` beside it, and writes PNG/SVG figures, confusion-matrix CSVs and a
+//! `summary.md`. It only reads files: it knows nothing of candle, the network or the dataset,
+//! and it needs no system fonts (DejaVu Sans is embedded and drawn with plotters' `ab_glyph`).
+//!
+//! ```no_run
+//! use dexpression_report::{write_report, EpochChoice, History, ReportOptions};
+//!
+//! # fn main() -> dexpression_report::Result<()> {
+//! // One directory per `--fold K` run, merged into one report.
+//! let histories = vec![History::from_run("results/fold1")?, History::from_run("results/fold2")?];
+//! let options = ReportOptions { epoch: EpochChoice::Final, ..ReportOptions::default() };
+//! let summary = write_report(&histories, "results/report", &options)?;
+//! for warning in &summary.warnings {
+//!     eprintln!("warning: {warning}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
+
+mod config;
+mod error;
+mod history;
+mod metrics;
+mod plot;
+mod report;
+mod summary;
+
+pub use config::{RunConfig, CK_PLUS_CLASS_NAMES, NEUTRAL_CLASS_NAME};
+pub use error::{Error, Result};
+pub use history::{EpochRecord, History, CONFIG_FILE_NAME, HISTORY_FILE_NAME};
+pub use metrics::{class_scores, confusion_matrix, mean_and_std, ClassScores};
+pub use plot::{draw_confusion_matrix, CONFUSION_SIZE, CURVES_SIZE};
+pub use report::{write_report, EpochChoice, IncompleteFold, ReportOptions, ReportSummary};

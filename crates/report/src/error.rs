@@ -1,0 +1,105 @@
+//! The one error type of this crate; every message names the file (and line) it is about.
+
+use std::path::PathBuf;
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What can go wrong while reading a history or writing a report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A directory was given as a history but neither it nor a subdirectory holds `history.csv`.
+    #[error("{dir}: no history.csv in this directory or its subdirectories; pass the CSV file itself or the directory `cargo xtask train` wrote")]
+    NoHistoryInDirectory {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The CSV could not be parsed at all (bad quoting, unequal field counts, not UTF-8).
+    #[error("{path}:{line}: not a valid CSV row: {message}")]
+    Csv {
+        /// The history file.
+        path: PathBuf,
+        /// One-based line number in the file.
+        line: u64,
+        /// The CSV reader's description.
+        message: String,
+    },
+    /// The header lacks a column the report needs.
+    #[error("{path}: the header has no `{column}` column; a history needs fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss (and test_pred,test_truth for confusion matrices)")]
+    MissingColumn {
+        /// The history file.
+        path: PathBuf,
+        /// The column name that was looked for.
+        column: &'static str,
+    },
+    /// One field of a row does not hold what its column should.
+    #[error("{path}:{line}: column `{column}` holds {value:?}, expected {expected}; fix or delete this row")]
+    MalformedRow {
+        /// The history file.
+        path: PathBuf,
+        /// One-based line number in the file.
+        line: u64,
+        /// The column name.
+        column: &'static str,
+        /// The text found in the field.
+        value: String,
+        /// What the field should hold.
+        expected: &'static str,
+    },
+    /// A row's `test_pred` and `test_truth` lists differ in length.
+    #[error("{path}:{line}: test_pred has {n_pred} labels but test_truth has {n_truth}; the two lists must pair up")]
+    PredictionLengthMismatch {
+        /// The history file.
+        path: PathBuf,
+        /// One-based line number in the file.
+        line: u64,
+        /// Length of `test_pred`.
+        n_pred: usize,
+        /// Length of `test_truth`.
+        n_truth: usize,
+    },
+    /// The history holds no rows, so there is nothing to report.
+    #[error("{path}: the history has a header but no rows; wait for the first epoch to finish")]
+    EmptyHistory {
+        /// The history file (or files, joined).
+        path: PathBuf,
+    },
+    /// `config.json` is not the JSON object `cargo xtask train` writes.
+    #[error("{path}: not a valid run configuration: {source}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// What the JSON parser said.
+        source: serde_json::Error,
+    },
+    /// `--epoch` was neither `final`, `best` nor an epoch number.
+    #[error("epoch choice {0:?} is not `final`, `best` or an epoch number such as 25")]
+    InvalidEpochChoice(String),
+    /// The embedded font could not be registered with plotters.
+    #[error("the embedded font could not be loaded; the crate's assets/DejaVuSans.ttf is damaged")]
+    Font,
+    /// Plotters failed to draw a figure.
+    #[error("{path}: could not draw the figure: {message}")]
+    Draw {
+        /// The figure being drawn.
+        path: PathBuf,
+        /// Plotters' description.
+        message: String,
+    },
+    /// A PNG could not be encoded or written.
+    #[error("{path}: could not write the PNG: {source}")]
+    Png {
+        /// The image file.
+        path: PathBuf,
+        /// The encoder's description.
+        source: image::ImageError,
+    },
+}

@@ -1,0 +1,399 @@
+//! Reading per-epoch training histories, ours or the PyTorch port's, and merging partial ones.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+
+/// File name of a history inside a run directory.
+pub const HISTORY_FILE_NAME: &str = "history.csv";
+/// File name of the run configuration beside a history.
+pub const CONFIG_FILE_NAME: &str = "config.json";
+
+/// One row of a history: the averages of one epoch of one fold, and the test predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRecord {
+    /// Fold number, counted from 1 (port files counted from 0 are shifted on reading).
+    pub fold: u32,
+    /// Epoch number as written in the file.
+    pub epoch: u32,
+    /// Training accuracy in percent.
+    pub train_accuracy: f64,
+    /// Test accuracy in percent.
+    pub test_accuracy: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean test loss.
+    pub test_loss: f64,
+    /// Predicted label of each test sample; empty when the file has no predictions.
+    pub test_pred: Vec<usize>,
+    /// True label of each test sample, paired with `test_pred`.
+    pub test_truth: Vec<usize>,
+}
+
+/// The rows of one or several history files, sorted by fold then epoch, with the run
+/// configuration found beside them.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    records: Vec<EpochRecord>,
+    sources: Vec<PathBuf>,
+    config: Option<RunConfig>,
+    notes: Vec<String>,
+}
+
+impl History {
+    /// Reads one history CSV (and nothing beside it).
+    ///
+    /// Accepts our columns and the port's: `fold,epoch,avg_train_accuracy,avg_test_accuracy,
+    /// avg_train_loss,avg_test_loss,test_pred,test_truth`, in any order, with or without pandas'
+    /// unnamed index column; `test_pred`/`test_truth` may be absent (no confusion matrices then).
+    /// Folds numbered from 0 are renumbered from 1. A zero-byte file (a run that has not finished
+    /// its first epoch) is an empty history. A malformed row is an error naming its line.
+    pub fn from_csv(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut history = History {
+            sources: vec![path.to_path_buf()],
+            ..History::default()
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            history.notes.push(format!(
+                "{} is empty (no epoch finished yet)",
+                path.display()
+            ));
+            return Ok(history);
+        }
+        history.records = parse_records(path, &bytes)?;
+        if history.records.iter().any(|record| record.fold == 0) {
+            for record in &mut history.records {
+                record.fold += 1;
+            }
+            history.notes.push(format!(
+                "{} numbers folds from 0 (as the PyTorch port does); they are shown from 1",
+                path.display()
+            ));
+        }
+        history
+            .records
+            .sort_by_key(|record| (record.fold, record.epoch));
+        Ok(history)
+    }
+
+    /// Reads a run: a history CSV, or a directory holding `history.csv`, plus the `config.json`
+    /// beside it when there is one.
+    ///
+    /// A directory without `history.csv` whose subdirectories hold one (one directory per
+    /// `--fold K` run) is read as all of those runs, merged with [`History::merge`].
+    pub fn from_run(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_dir() {
+            return Self::from_csv_with_config(path);
+        }
+        let csv_path = path.join(HISTORY_FILE_NAME);
+        if csv_path.is_file() {
+            return Self::from_csv_with_config(&csv_path);
+        }
+        let io_error = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut run_dirs = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io_error)? {
+            let entry_path = entry.map_err(io_error)?.path();
+            if entry_path.join(HISTORY_FILE_NAME).is_file() {
+                run_dirs.push(entry_path);
+            }
+        }
+        if run_dirs.is_empty() {
+            return Err(Error::NoHistoryInDirectory {
+                dir: path.to_path_buf(),
+            });
+        }
+        run_dirs.sort();
+        let runs = run_dirs
+            .iter()
+            .map(|dir| Self::from_csv_with_config(&dir.join(HISTORY_FILE_NAME)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::merge(runs))
+    }
+
+    fn from_csv_with_config(csv_path: &Path) -> Result<Self> {
+        let mut history = Self::from_csv(csv_path)?;
+        let config_path = csv_path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(CONFIG_FILE_NAME);
+        if config_path.is_file() {
+            history.config = Some(RunConfig::from_json(&config_path)?);
+        }
+        Ok(history)
+    }
+
+    /// Merges the histories of separate runs (for example one `--fold K` run per directory).
+    ///
+    /// When the same fold and epoch occur twice, the row read last wins and a note says so; the
+    /// first configuration found is kept and a note is added when a later one disagrees on the
+    /// split or the class names.
+    pub fn merge(histories: impl IntoIterator<Item = History>) -> History {
+        let mut merged = History::default();
+        // (fold, epoch) -> (record, index into `source_names` of the input it came from)
+        let mut by_key: BTreeMap<(u32, u32), (EpochRecord, usize)> = BTreeMap::new();
+        let mut source_names: Vec<String> = Vec::new();
+        for history in histories {
+            let source_idx = source_names.len();
+            source_names.push(describe_sources(&history.sources));
+            merged.sources.extend(history.sources);
+            merged.notes.extend(history.notes);
+            for record in history.records {
+                let key = (record.fold, record.epoch);
+                if let Some((_, previous_idx)) = by_key.insert(key, (record, source_idx)) {
+                    let name = &source_names[source_idx];
+                    let previous_name = &source_names[previous_idx];
+                    let place = if previous_idx == source_idx {
+                        format!("twice in {name}")
+                    } else {
+                        format!("in {previous_name} and in {name}")
+                    };
+                    merged.notes.push(format!(
+                        "fold {} epoch {} appears {place}; the row read last is used",
+                        key.0, key.1
+                    ));
+                }
+            }
+            match (&merged.config, history.config) {
+                (None, Some(config)) => merged.config = Some(config),
+                (Some(kept), Some(other))
+                    if kept.split_name() != other.split_name()
+                        || kept.class_names != other.class_names =>
+                {
+                    merged.notes.push(format!(
+                        "the runs disagree on their configuration (split {} vs {}); the first is used",
+                        kept.split_name(),
+                        other.split_name()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        merged.records = by_key.into_values().map(|(record, _)| record).collect();
+        merged
+    }
+
+    /// All rows, sorted by fold then epoch.
+    pub fn records(&self) -> &[EpochRecord] {
+        &self.records
+    }
+
+    /// The fold numbers present, ascending.
+    pub fn folds(&self) -> Vec<u32> {
+        let mut folds: Vec<u32> = self.records.iter().map(|record| record.fold).collect();
+        folds.dedup();
+        folds
+    }
+
+    /// The rows of one fold, sorted by epoch.
+    pub fn fold_records(&self, fold: u32) -> Vec<&EpochRecord> {
+        self.records
+            .iter()
+            .filter(|record| record.fold == fold)
+            .collect()
+    }
+
+    /// The configuration read beside the history, if any.
+    pub fn config(&self) -> Option<&RunConfig> {
+        self.config.as_ref()
+    }
+
+    /// The files this history was read from.
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// Things a reader should know about how the files were read (renumbered folds, duplicate
+    /// rows, empty files, disagreeing configurations).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+fn describe_sources(sources: &[PathBuf]) -> String {
+    sources
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Column positions in the header; the label lists are optional.
+struct Columns {
+    fold: usize,
+    epoch: usize,
+    train_accuracy: usize,
+    test_accuracy: usize,
+    train_loss: usize,
+    test_loss: usize,
+    test_pred: Option<usize>,
+    test_truth: Option<usize>,
+}
+
+fn parse_records(path: &Path, bytes: &[u8]) -> Result<Vec<EpochRecord>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let header = reader
+        .headers()
+        .map_err(|err| csv_error(path, &err))?
+        .clone();
+    let find = |column: &'static str| header.iter().position(|name| name.trim() == column);
+    let require = |column: &'static str| {
+        find(column).ok_or(Error::MissingColumn {
+            path: path.to_path_buf(),
+            column,
+        })
+    };
+    let columns = Columns {
+        fold: require("fold")?,
+        epoch: require("epoch")?,
+        train_accuracy: require("avg_train_accuracy")?,
+        test_accuracy: require("avg_test_accuracy")?,
+        train_loss: require("avg_train_loss")?,
+        test_loss: require("avg_test_loss")?,
+        test_pred: find("test_pred"),
+        test_truth: find("test_truth"),
+    };
+
+    let mut records = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(|err| csv_error(path, &err))?;
+        let line = row.position().map(|position| position.line()).unwrap_or(0);
+        let field = |idx: usize| row.get(idx).unwrap_or("");
+        let malformed =
+            |column: &'static str, idx: usize, expected: &'static str| Error::MalformedRow {
+                path: path.to_path_buf(),
+                line,
+                column,
+                value: field(idx).to_string(),
+                expected,
+            };
+        let integer = |column: &'static str, idx: usize| {
+            parse_integer(field(idx)).ok_or_else(|| malformed(column, idx, "a whole number"))
+        };
+        let number = |column: &'static str, idx: usize| {
+            parse_number(field(idx)).ok_or_else(|| malformed(column, idx, "a number"))
+        };
+        let labels = |column: &'static str, idx: Option<usize>| match idx {
+            None => Ok(Vec::new()),
+            Some(idx) => parse_labels(field(idx))
+                .ok_or_else(|| malformed(column, idx, "a list of labels such as \"[4, 0, 3]\"")),
+        };
+        let record = EpochRecord {
+            fold: integer("fold", columns.fold)?,
+            epoch: integer("epoch", columns.epoch)?,
+            train_accuracy: number("avg_train_accuracy", columns.train_accuracy)?,
+            test_accuracy: number("avg_test_accuracy", columns.test_accuracy)?,
+            train_loss: number("avg_train_loss", columns.train_loss)?,
+            test_loss: number("avg_test_loss", columns.test_loss)?,
+            test_pred: labels("test_pred", columns.test_pred)?,
+            test_truth: labels("test_truth", columns.test_truth)?,
+        };
+        if record.test_pred.len() != record.test_truth.len() {
+            return Err(Error::PredictionLengthMismatch {
+                path: path.to_path_buf(),
+                line,
+                n_pred: record.test_pred.len(),
+                n_truth: record.test_truth.len(),
+            });
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
+fn csv_error(path: &Path, err: &csv::Error) -> Error {
+    Error::Csv {
+        path: path.to_path_buf(),
+        line: err.position().map(|position| position.line()).unwrap_or(1),
+        message: err.to_string(),
+    }
+}
+
+/// Strips a PyTorch `tensor(...)` wrapper (with its `device=` argument), which the port's
+/// history can contain when a tensor was stored instead of a float.
+fn strip_tensor_wrapper(text: &str) -> &str {
+    let text = text.trim();
+    match text.strip_prefix("tensor(") {
+        Some(inner) => {
+            let inner = inner.strip_suffix(')').unwrap_or(inner);
+            // A list argument contains commas itself, so cut at `, device=` / `, dtype=` only.
+            let end = [", device=", ", dtype=", ", grad_fn="]
+                .iter()
+                .filter_map(|keyword| inner.find(keyword))
+                .min()
+                .unwrap_or(inner.len());
+            inner[..end].trim()
+        }
+        None => text,
+    }
+}
+
+fn parse_number(text: &str) -> Option<f64> {
+    strip_tensor_wrapper(text).parse::<f64>().ok()
+}
+
+/// Whole numbers, also written as floats (`3.0`) when pandas stored the column as float.
+fn parse_integer(text: &str) -> Option<u32> {
+    let text = strip_tensor_wrapper(text);
+    if let Ok(value) = text.parse::<u32>() {
+        return Some(value);
+    }
+    let value = text.parse::<f64>().ok()?;
+    (value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value)).then_some(value as u32)
+}
+
+/// Parses `"[4, 0, 3]"`, numpy's `"[4 0 3]"` or `"tensor([4, 0, 3])"`; an empty field is an
+/// empty list.
+fn parse_labels(text: &str) -> Option<Vec<usize>> {
+    let text = strip_tensor_wrapper(text);
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    inner
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+        .map(|item| parse_integer(item).map(|label| label as usize))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_lists_in_the_forms_the_port_writes() {
+        assert_eq!(parse_labels("[4, 0, 3]"), Some(vec![4, 0, 3]));
+        assert_eq!(parse_labels("[4 0 3]"), Some(vec![4, 0, 3]));
+        assert_eq!(
+            parse_labels("tensor([1, 2], device='cuda:0')"),
+            Some(vec![1, 2])
+        );
+        assert_eq!(parse_labels("[]"), Some(vec![]));
+        assert_eq!(parse_labels(""), Some(vec![]));
+        assert_eq!(parse_labels("[4, x]"), None);
+        assert_eq!(parse_labels("4, 0"), None);
+    }
+
+    #[test]
+    fn numbers_plain_and_wrapped_in_tensors() {
+        assert_eq!(parse_number("95.5"), Some(95.5));
+        assert_eq!(parse_number("tensor(0.25, device='cuda:0')"), Some(0.25));
+        assert_eq!(parse_number("abc"), None);
+        assert_eq!(parse_integer("3.0"), Some(3));
+        assert_eq!(parse_integer("3.5"), None);
+        assert_eq!(parse_integer("-1"), None);
+    }
+}

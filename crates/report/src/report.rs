@@ -1,0 +1,349 @@
+//! `write_report`: every figure, CSV and the summary of one (possibly merged) training history.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::history::{EpochRecord, History};
+use crate::metrics::{add_counts, confusion_matrix};
+use crate::plot::{draw_confusion_matrix, draw_curves, CurveMetric};
+use crate::summary::{write_summary, SummaryInput};
+
+/// Which epoch of each fold the confusion matrices and per-class scores are taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EpochChoice {
+    /// The last epoch each fold has reached.
+    #[default]
+    Final,
+    /// The epoch with the highest test accuracy in each fold (the earliest on ties).
+    Best,
+    /// This epoch number, as written in the history.
+    Number(u32),
+}
+
+impl EpochChoice {
+    /// The record of `records` (one fold, sorted by epoch) this choice picks, if there is one.
+    pub fn select<'a>(&self, records: &[&'a EpochRecord]) -> Option<&'a EpochRecord> {
+        match self {
+            EpochChoice::Final => records.last().copied(),
+            EpochChoice::Best => best_test_epoch(records),
+            EpochChoice::Number(epoch) => records.iter().find(|r| r.epoch == *epoch).copied(),
+        }
+    }
+}
+
+/// The record with the highest test accuracy, the earliest on ties; NaN accuracies never win.
+pub(crate) fn best_test_epoch<'a>(records: &[&'a EpochRecord]) -> Option<&'a EpochRecord> {
+    let mut best: Option<&'a EpochRecord> = None;
+    for &record in records {
+        let is_better = match best {
+            None => true,
+            Some(current) => {
+                record.test_accuracy > current.test_accuracy
+                    || (current.test_accuracy.is_nan() && !record.test_accuracy.is_nan())
+            }
+        };
+        if is_better {
+            best = Some(record);
+        }
+    }
+    best
+}
+
+impl FromStr for EpochChoice {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_lowercase().as_str() {
+            "final" | "last" => Ok(EpochChoice::Final),
+            "best" => Ok(EpochChoice::Best),
+            other => other
+                .parse::<u32>()
+                .map(EpochChoice::Number)
+                .map_err(|_| Error::InvalidEpochChoice(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for EpochChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EpochChoice::Final => write!(f, "final epoch"),
+            EpochChoice::Best => write!(f, "best test epoch"),
+            EpochChoice::Number(epoch) => write!(f, "epoch {epoch}"),
+        }
+    }
+}
+
+/// Options of [`write_report`].
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Epoch of each fold for the confusion matrices and per-class scores.
+    pub epoch: EpochChoice,
+    /// Overrides the `config.json` found beside the histories.
+    pub config: Option<RunConfig>,
+}
+
+/// A fold that has fewer epochs than the run was asked for (or than the other folds have).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncompleteFold {
+    /// Fold number.
+    pub fold: u32,
+    /// Epochs present in the history.
+    pub n_epochs: usize,
+    /// Epochs expected (`epochs` of `config.json`, else the most any fold has).
+    pub expected_epochs: usize,
+}
+
+/// What [`write_report`] wrote and what it found missing.
+#[derive(Debug, Clone, Default)]
+pub struct ReportSummary {
+    /// Every file written, in the order written.
+    pub written: Vec<PathBuf>,
+    /// Folds expected (by `folds` of `config.json`, else up to the highest fold seen) but absent.
+    pub missing_folds: Vec<u32>,
+    /// Folds present with fewer epochs than expected.
+    pub incomplete_folds: Vec<IncompleteFold>,
+    /// Sentences for the user, also in `summary.md`: missing data, renumbered folds, duplicate
+    /// rows, a frame split.
+    pub warnings: Vec<String>,
+}
+
+/// File names written into the output directory.
+pub(crate) mod file_names {
+    pub const ACCURACY_PNG: &str = "train_test_accuracy.png";
+    pub const ACCURACY_SVG: &str = "train_test_accuracy.svg";
+    pub const LOSS_PNG: &str = "train_test_loss.png";
+    pub const LOSS_SVG: &str = "train_test_loss.svg";
+    pub const CONFUSION_ALL_PNG: &str = "confusion_matrix-all.png";
+    pub const CONFUSION_ALL_CSV: &str = "confusion_matrix-all.csv";
+    pub const SUMMARY: &str = "summary.md";
+
+    pub fn confusion_fold(fold: u32, extension: &str) -> String {
+        format!("confusion_matrix-fold{fold}.{extension}")
+    }
+}
+
+/// Writes the report of `histories` (merged, see [`History::merge`]) into `out_dir`:
+/// `train_test_accuracy.{png,svg}`, `train_test_loss.{png,svg}`,
+/// `confusion_matrix-fold{k}.{png,csv}`, `confusion_matrix-all.{png,csv}` and `summary.md`.
+///
+/// Missing and incomplete folds do not stop the report: they are listed in the returned
+/// [`ReportSummary`] and in `summary.md`, and the means and the all-fold matrix then use the
+/// complete folds only.
+pub fn write_report(
+    histories: &[History],
+    out_dir: impl AsRef<Path>,
+    options: &ReportOptions,
+) -> Result<ReportSummary> {
+    let out_dir = out_dir.as_ref();
+    let history = History::merge(histories.iter().cloned());
+    if history.records().is_empty() {
+        let sources: Vec<String> = history
+            .sources()
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        return Err(Error::EmptyHistory {
+            path: PathBuf::from(sources.join(", ")),
+        });
+    }
+    let config = options
+        .config
+        .clone()
+        .or_else(|| history.config().cloned())
+        .unwrap_or_default();
+    let mut summary = ReportSummary {
+        warnings: history.notes().to_vec(),
+        ..ReportSummary::default()
+    };
+
+    // Completeness: folds absent, folds with fewer epochs than expected.
+    let folds = history.folds();
+    let highest_fold = folds.last().copied().unwrap_or(0);
+    let expected_n_folds = config.folds.unwrap_or(highest_fold).max(highest_fold);
+    summary.missing_folds = (1..=expected_n_folds)
+        .filter(|fold| !folds.contains(fold))
+        .collect();
+    let n_epochs_of = |fold: u32| history.fold_records(fold).len();
+    let most_epochs = folds
+        .iter()
+        .map(|&fold| n_epochs_of(fold))
+        .max()
+        .unwrap_or(0);
+    let expected_epochs = config
+        .epochs
+        .map(|epochs| epochs as usize)
+        .unwrap_or(most_epochs);
+    summary.incomplete_folds = folds
+        .iter()
+        .filter(|&&fold| n_epochs_of(fold) < expected_epochs)
+        .map(|&fold| IncompleteFold {
+            fold,
+            n_epochs: n_epochs_of(fold),
+            expected_epochs,
+        })
+        .collect();
+    for fold in &summary.missing_folds {
+        summary.warnings.push(format!(
+            "fold {fold} is missing (expected folds 1 to {expected_n_folds})"
+        ));
+    }
+    for incomplete in &summary.incomplete_folds {
+        summary.warnings.push(format!(
+            "fold {} is incomplete: {} of {} epochs",
+            incomplete.fold, incomplete.n_epochs, incomplete.expected_epochs
+        ));
+    }
+    let complete_folds: Vec<u32> = folds
+        .iter()
+        .copied()
+        .filter(|fold| !summary.incomplete_folds.iter().any(|i| i.fold == *fold))
+        .collect();
+    // Averages over unfinished folds would mix epochs; they fall back to all folds only when no
+    // fold has finished, and the summary says which folds they cover.
+    let aggregate_folds = if complete_folds.is_empty() {
+        folds.clone()
+    } else {
+        complete_folds
+    };
+    if config.split_name() == "frame" {
+        summary.warnings.push(
+            "the split was by frame: test accuracy includes faces seen in training".to_string(),
+        );
+    }
+
+    std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+
+    for (metric, png_name, svg_name) in [
+        (
+            CurveMetric::Accuracy,
+            file_names::ACCURACY_PNG,
+            file_names::ACCURACY_SVG,
+        ),
+        (
+            CurveMetric::Loss,
+            file_names::LOSS_PNG,
+            file_names::LOSS_SVG,
+        ),
+    ] {
+        let (png_path, svg_path) = (out_dir.join(png_name), out_dir.join(svg_name));
+        draw_curves(&history, metric, &png_path, &svg_path)?;
+        summary.written.extend([png_path, svg_path]);
+    }
+
+    // Confusion matrices at the chosen epoch of each fold.
+    let n_labels = history
+        .records()
+        .iter()
+        .flat_map(|record| record.test_pred.iter().chain(&record.test_truth))
+        .map(|&label| label + 1)
+        .max()
+        .unwrap_or(0);
+    let class_names = config.class_names(n_labels);
+    let n_classes = class_names.len();
+    let mut total_counts: Option<Vec<Vec<u64>>> = None;
+    let mut fold_matrices: Vec<u32> = Vec::new();
+    for &fold in &folds {
+        let records = history.fold_records(fold);
+        let Some(record) = options.epoch.select(&records) else {
+            summary.warnings.push(format!(
+                "fold {fold} has no {}; no confusion matrix for it",
+                options.epoch
+            ));
+            continue;
+        };
+        if record.test_truth.is_empty() {
+            summary.warnings.push(format!(
+                "fold {fold} epoch {} has no test predictions; no confusion matrix for it",
+                record.epoch
+            ));
+            continue;
+        }
+        let counts = confusion_matrix(&record.test_truth, &record.test_pred, n_classes);
+        let csv_path = out_dir.join(file_names::confusion_fold(fold, "csv"));
+        let png_path = out_dir.join(file_names::confusion_fold(fold, "png"));
+        write_confusion_csv(&counts, &class_names, &csv_path)?;
+        let title = match options.epoch {
+            EpochChoice::Final => format!("Fold {fold}, final epoch ({})", record.epoch),
+            EpochChoice::Best => format!("Fold {fold}, best test epoch ({})", record.epoch),
+            EpochChoice::Number(_) => format!("Fold {fold}, epoch {}", record.epoch),
+        };
+        draw_confusion_matrix(&counts, &class_names, &title, &png_path)?;
+        summary.written.extend([png_path, csv_path]);
+        fold_matrices.push(fold);
+        if aggregate_folds.contains(&fold) {
+            add_counts(total_counts.get_or_insert_with(Vec::new), &counts);
+        }
+    }
+    if let Some(total) = &total_counts {
+        let csv_path = out_dir.join(file_names::CONFUSION_ALL_CSV);
+        let png_path = out_dir.join(file_names::CONFUSION_ALL_PNG);
+        write_confusion_csv(total, &class_names, &csv_path)?;
+        let folds_label = if aggregate_folds.len() == folds.len() {
+            format!("All {} folds", folds.len())
+        } else {
+            format!("{} complete folds", aggregate_folds.len())
+        };
+        let title = match options.epoch {
+            EpochChoice::Final => format!("{folds_label}, final epochs"),
+            EpochChoice::Best => format!("{folds_label}, best test epochs"),
+            EpochChoice::Number(epoch) => format!("{folds_label}, epoch {epoch}"),
+        };
+        draw_confusion_matrix(total, &class_names, &title, &png_path)?;
+        summary.written.extend([png_path, csv_path]);
+    }
+
+    let summary_path = out_dir.join(file_names::SUMMARY);
+    let markdown = write_summary(&SummaryInput {
+        history: &history,
+        config: &config,
+        has_config: options.config.is_some() || history.config().is_some(),
+        epoch_choice: options.epoch,
+        folds: &folds,
+        aggregate_folds: &aggregate_folds,
+        missing_folds: &summary.missing_folds,
+        incomplete_folds: &summary.incomplete_folds,
+        expected_epochs,
+        notes: history.notes(),
+        class_names: &class_names,
+        total_counts: total_counts.as_deref(),
+        fold_matrices: &fold_matrices,
+    });
+    std::fs::write(&summary_path, markdown).map_err(|source| Error::Io {
+        path: summary_path.clone(),
+        source,
+    })?;
+    summary.written.push(summary_path);
+    Ok(summary)
+}
+
+/// Writes counts with class names as the first row and column (rows: true, columns: predicted).
+fn write_confusion_csv(counts: &[Vec<u64>], class_names: &[String], path: &Path) -> Result<()> {
+    let io_error = |source: std::io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let csv_error = |err: csv::Error| io_error(std::io::Error::other(err.to_string()));
+    let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
+    let name = |class_idx: usize| {
+        class_names
+            .get(class_idx)
+            .cloned()
+            .unwrap_or_else(|| format!("class {class_idx}"))
+    };
+    let mut header = vec!["true\\predicted".to_string()];
+    header.extend((0..counts.len()).map(name));
+    writer.write_record(&header).map_err(csv_error)?;
+    for (class_idx, row) in counts.iter().enumerate() {
+        let mut fields = vec![name(class_idx)];
+        fields.extend(row.iter().map(u64::to_string));
+        writer.write_record(&fields).map_err(csv_error)?;
+    }
+    writer.flush().map_err(io_error)
+}

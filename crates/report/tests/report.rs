@@ -1,0 +1,552 @@
+//! End-to-end checks of `write_report` on small histories whose numbers were worked out by hand.
+
+use std::path::{Path, PathBuf};
+
+use dexpression_report::{
+    write_report, EpochChoice, Error, History, ReportOptions, ReportSummary, CONFUSION_SIZE,
+    CURVES_SIZE,
+};
+
+/// Two folds of three epochs in the PyTorch port's format: pandas' index column first, folds
+/// counted from 0, label lists quoted. Fold 0 has 5 test samples, fold 1 has 4.
+const PORT_HISTORY: &str = r#",fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth
+0,0,0,50.0,40.0,1.5,1.8,"[0, 1, 1, 2, 4]","[0, 1, 2, 2, 4]"
+1,0,1,80.0,80.0,0.6,0.9,"[0, 1, 2, 2, 3]","[0, 1, 2, 2, 4]"
+2,0,2,90.0,60.0,0.3,1.1,"[0, 0, 2, 1, 4]","[0, 1, 2, 2, 4]"
+3,1,0,60.0,50.0,1.2,1.3,"[6, 0, 0, 0]","[6, 5, 0, 3]"
+4,1,1,70.0,100.0,0.8,0.5,"[6, 5, 0, 3]","[6, 5, 0, 3]"
+5,1,2,100.0,75.0,0.1,0.7,"[6, 5, 0, 0]","[6, 5, 0, 3]"
+"#;
+
+struct Report {
+    dir: tempfile::TempDir,
+    summary: ReportSummary,
+    markdown: String,
+}
+
+impl Report {
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    fn read(&self, name: &str) -> String {
+        let path = self.out().join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    }
+}
+
+/// Writes `files` (relative path, content) into a temporary directory, reads the histories at
+/// `history_paths` with `History::from_run` and writes the report into `out/`.
+fn check_report(files: &[(&str, &str)], history_paths: &[&str], epoch: EpochChoice) -> Report {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for (relative_path, content) in files {
+        let path = dir.path().join(relative_path);
+        std::fs::create_dir_all(path.parent().expect("file has a parent")).expect("create dir");
+        std::fs::write(&path, content).expect("write input");
+    }
+    let histories: Vec<History> = history_paths
+        .iter()
+        .map(|path| History::from_run(dir.path().join(path)).expect("history reads"))
+        .collect();
+    let options = ReportOptions {
+        epoch,
+        config: None,
+    };
+    let summary = write_report(&histories, dir.path().join("out"), &options).expect("report");
+    let markdown = std::fs::read_to_string(dir.path().join("out/summary.md")).expect("summary");
+    Report {
+        dir,
+        summary,
+        markdown,
+    }
+}
+
+fn port_report(epoch: EpochChoice) -> Report {
+    check_report(&[("history.csv", PORT_HISTORY)], &["history.csv"], epoch)
+}
+
+fn assert_contains(text: &str, expected: &str) {
+    assert!(
+        text.contains(expected),
+        "expected to find\n{expected}\nin\n{text}"
+    );
+}
+
+#[test]
+fn summary_tables_match_hand_computed_numbers() {
+    let report = port_report(EpochChoice::Final);
+    // Final epochs: fold 1 (file's fold 0) epoch 2, fold 2 epoch 2.
+    // Means (90+100)/2 = 95, (60+75)/2 = 67.5, (0.3+0.1)/2 = 0.2, (1.1+0.7)/2 = 0.9; with two
+    // values the sample standard deviation is |a - b| / sqrt(2): 7.0711, 10.6066, 0.1414, 0.2828.
+    assert_contains(
+        &report.markdown,
+        "| Fold | Train Accuracy | Test Accuracy | Train Loss | Test Loss |\n\
+         |---:|---:|---:|---:|---:|\n\
+         | 1 | 90.00 | 60.00 | 0.3000 | 1.1000 |\n\
+         | 2 | 100.00 | 75.00 | 0.1000 | 0.7000 |\n\
+         | Mean ± std | 95.00 ± 7.07 | 67.50 ± 10.61 | 0.2000 ± 0.1414 | 0.9000 ± 0.2828 |\n",
+    );
+    // Best test epochs: fold 1 epoch 1 (80 %), fold 2 epoch 1 (100 %).
+    assert_contains(
+        &report.markdown,
+        "| 1 | 1 | 80.00 | 80.00 | 0.6000 | 0.9000 |\n\
+         | 2 | 1 | 70.00 | 100.00 | 0.8000 | 0.5000 |\n\
+         | Mean ± std | | 75.00 ± 7.07 | 90.00 ± 14.14 | 0.7000 ± 0.1414 | 0.7000 ± 0.2828 |\n",
+    );
+}
+
+#[test]
+fn per_class_scores_match_hand_computed_numbers() {
+    let report = port_report(EpochChoice::Final);
+    // Pooled final-epoch counts (rows true, columns predicted), see the CSV test below:
+    // Anger: tp 2, predicted 4, support 2 -> 0.5, 1.0, F1 2/3.
+    // Contempt: tp 0, predicted 1 -> 0, 0, F1 0.  Disgust: tp 1, predicted 1, support 2 -> 1, 0.5.
+    // Fear: never predicted -> precision and F1 undefined, recall 0.
+    // Macro: precision (0.5+0+1+1+1+1)/6 = 0.75, recall (1+0+0.5+0+1+1+1)/7 = 0.6429,
+    // F1 (2/3+0+2/3+1+1+1)/6 = 0.7222. Pooled accuracy 6 of 9.
+    assert_contains(
+        &report.markdown,
+        "| Class | Precision | Recall | F1 | Support |\n\
+         |---|---:|---:|---:|---:|\n\
+         | Anger | 0.500 | 1.000 | 0.667 | 2 |\n\
+         | Contempt | 0.000 | 0.000 | 0.000 | 1 |\n\
+         | Disgust | 1.000 | 0.500 | 0.667 | 2 |\n\
+         | Fear | – | 0.000 | – | 1 |\n\
+         | Happiness | 1.000 | 1.000 | 1.000 | 1 |\n\
+         | Sadness | 1.000 | 1.000 | 1.000 | 1 |\n\
+         | Surprise | 1.000 | 1.000 | 1.000 | 1 |\n\
+         | Macro average | 0.750 | 0.643 | 0.722 | 9 |\n",
+    );
+    assert_contains(
+        &report.markdown,
+        "Pooled accuracy: 66.67 % (6 of 9 test predictions).",
+    );
+}
+
+#[test]
+fn confusion_csvs_hold_hand_counted_final_epoch_counts() {
+    let report = port_report(EpochChoice::Final);
+    let header = "true\\predicted,Anger,Contempt,Disgust,Fear,Happiness,Sadness,Surprise\n";
+    // Fold 1, epoch 2: truth [0, 1, 2, 2, 4], predicted [0, 0, 2, 1, 4].
+    assert_eq!(
+        report.read("confusion_matrix-fold1.csv"),
+        format!(
+            "{header}Anger,1,0,0,0,0,0,0\nContempt,1,0,0,0,0,0,0\nDisgust,0,1,1,0,0,0,0\n\
+             Fear,0,0,0,0,0,0,0\nHappiness,0,0,0,0,1,0,0\nSadness,0,0,0,0,0,0,0\nSurprise,0,0,0,0,0,0,0\n"
+        )
+    );
+    // Fold 2, epoch 2: truth [6, 5, 0, 3], predicted [6, 5, 0, 0].
+    assert_eq!(
+        report.read("confusion_matrix-fold2.csv"),
+        format!(
+            "{header}Anger,1,0,0,0,0,0,0\nContempt,0,0,0,0,0,0,0\nDisgust,0,0,0,0,0,0,0\n\
+             Fear,1,0,0,0,0,0,0\nHappiness,0,0,0,0,0,0,0\nSadness,0,0,0,0,0,1,0\nSurprise,0,0,0,0,0,0,1\n"
+        )
+    );
+    assert_eq!(
+        report.read("confusion_matrix-all.csv"),
+        format!(
+            "{header}Anger,2,0,0,0,0,0,0\nContempt,1,0,0,0,0,0,0\nDisgust,0,1,1,0,0,0,0\n\
+             Fear,1,0,0,0,0,0,0\nHappiness,0,0,0,0,1,0,0\nSadness,0,0,0,0,0,1,0\nSurprise,0,0,0,0,0,0,1\n"
+        )
+    );
+}
+
+#[test]
+fn epoch_choice_best_and_number_pick_other_rows() {
+    // Best: fold 1 epoch 1 (truth [0,1,2,2,4], predicted [0,1,2,2,3]) and fold 2 epoch 1 (all
+    // right). Happiness was taken for Fear once.
+    let report = port_report(EpochChoice::Best);
+    assert_eq!(
+        report.read("confusion_matrix-all.csv"),
+        "true\\predicted,Anger,Contempt,Disgust,Fear,Happiness,Sadness,Surprise\n\
+         Anger,2,0,0,0,0,0,0\nContempt,0,1,0,0,0,0,0\nDisgust,0,0,2,0,0,0,0\n\
+         Fear,0,0,0,1,0,0,0\nHappiness,0,0,0,1,0,0,0\nSadness,0,0,0,0,0,1,0\nSurprise,0,0,0,0,0,0,1\n"
+    );
+    assert_contains(&report.markdown, "at the best test epoch of each fold");
+
+    // Epoch 0 of fold 2: truth [6, 5, 0, 3], predicted [6, 0, 0, 0].
+    let report = port_report(EpochChoice::Number(0));
+    assert_eq!(
+        report.read("confusion_matrix-fold2.csv"),
+        "true\\predicted,Anger,Contempt,Disgust,Fear,Happiness,Sadness,Surprise\n\
+         Anger,1,0,0,0,0,0,0\nContempt,0,0,0,0,0,0,0\nDisgust,0,0,0,0,0,0,0\n\
+         Fear,1,0,0,0,0,0,0\nHappiness,0,0,0,0,0,0,0\nSadness,1,0,0,0,0,0,0\nSurprise,0,0,0,0,0,0,1\n"
+    );
+}
+
+#[test]
+fn all_files_are_written_and_linked() {
+    let report = port_report(EpochChoice::Final);
+    let expected = [
+        "train_test_accuracy.png",
+        "train_test_accuracy.svg",
+        "train_test_loss.png",
+        "train_test_loss.svg",
+        "confusion_matrix-fold1.png",
+        "confusion_matrix-fold1.csv",
+        "confusion_matrix-fold2.png",
+        "confusion_matrix-fold2.csv",
+        "confusion_matrix-all.png",
+        "confusion_matrix-all.csv",
+        "summary.md",
+    ];
+    let written: Vec<String> = report
+        .summary
+        .written
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written, expected);
+    for name in expected {
+        assert!(report.out().join(name).is_file(), "{name} missing");
+    }
+    for link in [
+        "](train_test_accuracy.png)",
+        "](train_test_loss.png)",
+        "](confusion_matrix-all.png)",
+        "](confusion_matrix-fold1.png)",
+        "](confusion_matrix-fold2.png)",
+    ] {
+        assert_contains(&report.markdown, link);
+    }
+    // The port file counts folds from 0; the report says so.
+    assert_contains(&report.markdown, "numbers folds from 0");
+    assert_contains(&report.markdown, "The split protocol is not recorded");
+}
+
+/// Decodes a PNG, checks its size, and that it is neither blank nor a single flat colour: the
+/// grey levels must vary and some pixels must be dark (axes and text).
+fn check_png(path: &Path, expected_size: (u32, u32)) {
+    let image = image::open(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .to_luma8();
+    assert_eq!(image.dimensions(), expected_size, "{}", path.display());
+    let values: Vec<f64> = image.pixels().map(|pixel| f64::from(pixel.0[0])).collect();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+    assert!(variance > 100.0, "{}: variance {variance}", path.display());
+    let n_dark = values.iter().filter(|&&v| v < 80.0).count();
+    assert!(
+        n_dark > 500,
+        "{}: only {n_dark} dark pixels",
+        path.display()
+    );
+}
+
+#[test]
+fn pngs_decode_with_expected_size_and_are_not_blank() {
+    let report = port_report(EpochChoice::Final);
+    check_png(&report.out().join("train_test_accuracy.png"), CURVES_SIZE);
+    check_png(&report.out().join("train_test_loss.png"), CURVES_SIZE);
+    for name in [
+        "confusion_matrix-fold1.png",
+        "confusion_matrix-fold2.png",
+        "confusion_matrix-all.png",
+    ] {
+        check_png(&report.out().join(name), CONFUSION_SIZE);
+    }
+    assert_eq!(CURVES_SIZE, (1200, 500));
+    assert_eq!(CONFUSION_SIZE, (820, 740));
+}
+
+#[test]
+fn confusion_png_text_is_drawn_with_the_embedded_font() {
+    // The title band holds only the title: with a working font it has dark pixels.
+    let report = port_report(EpochChoice::Final);
+    let image = image::open(report.out().join("confusion_matrix-all.png"))
+        .expect("decodes")
+        .to_luma8();
+    let n_dark_in_title = (0..CONFUSION_SIZE.0)
+        .flat_map(|x| (10..42).map(move |y| (x, y)))
+        .filter(|&(x, y)| image.get_pixel(x, y).0[0] < 100)
+        .count();
+    assert!(n_dark_in_title > 100, "{n_dark_in_title} dark title pixels");
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn accuracy_svg_structure_is_golden() {
+    let report = port_report(EpochChoice::Final);
+    let svg = report.read("train_test_accuracy.svg");
+    assert!(svg.starts_with("<svg width=\"1200\" height=\"500\""));
+    // Per panel: 12 axis lines and ticks (7 value ticks, 3 epoch ticks, 2 axes), then one
+    // curve and one legend swatch per fold, the only lines drawn 2 px wide.
+    assert_eq!(count(&svg, "<polyline"), 32, "polylines");
+    assert_eq!(count(&svg, "stroke-width=\"2\""), 8, "fold lines");
+    // Fold colours are matplotlib's tab10, in fold order.
+    assert_eq!(count(&svg, "stroke=\"#1F77B4\""), 4, "fold 1 colour");
+    assert_eq!(count(&svg, "stroke=\"#FF7F0E\""), 4, "fold 2 colour");
+    for text in [
+        ">\nTrain accuracy\n</text>",
+        ">\nTest accuracy\n</text>",
+        ">\nEpoch\n</text>",
+        ">\nAccuracy (%)\n</text>",
+        ">\nFold 1\n</text>",
+        ">\nFold 2\n</text>",
+    ] {
+        let expected = if text.contains("Fold") || text.contains("Epoch") || text.contains("(%)") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(count(&svg, text), expected, "{text:?}");
+    }
+    // 2 titles, 2 + 2 axis labels, 14 value and 6 epoch tick labels, 4 legend entries.
+    assert_eq!(count(&svg, "<text"), 30, "text elements");
+    // No text is turned into paths: SVG text stays searchable.
+    assert_eq!(count(&svg, "<path"), 0, "paths");
+
+    let loss_svg = report.read("train_test_loss.svg");
+    assert_contains(&loss_svg, ">\nTrain loss\n</text>");
+    assert_contains(&loss_svg, ">\nLoss\n</text>");
+}
+
+const OUR_FOLD1: &str = "fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth
+1,1,50.0,50.0,1.0,1.2,\"[0, 1]\",\"[0, 0]\"
+1,2,75.0,100.0,0.5,0.6,\"[0, 1]\",\"[0, 1]\"
+1,3,100.0,50.0,0.2,0.9,\"[1, 1]\",\"[0, 1]\"
+";
+const OUR_FOLD2_RUNNING: &str = "fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth
+2,1,40.0,0.0,1.1,1.5,\"[3]\",\"[2]\"
+2,2,60.0,100.0,0.7,0.8,\"[2]\",\"[2]\"
+";
+const CONFIG_3_FOLDS: &str = r#"{"split": "subject", "folds": 3, "epochs": 3, "batch_size": 32,
+  "learning_rate": 0.001, "selection": "peak:3", "neutral": false, "seed": 7,
+  "dataset": "ck+", "a_field_from_a_newer_trainer": {"x": 1}}"#;
+
+#[test]
+fn partial_runs_in_separate_directories_are_merged_and_gaps_reported() {
+    let files = [
+        ("runs/fold1/history.csv", OUR_FOLD1),
+        ("runs/fold1/config.json", CONFIG_3_FOLDS),
+        ("runs/fold2/history.csv", OUR_FOLD2_RUNNING),
+        ("runs/fold2/config.json", CONFIG_3_FOLDS),
+    ];
+    // The parent directory stands for both run directories; listing them gives the same report.
+    for history_paths in [&["runs"][..], &["runs/fold1", "runs/fold2"][..]] {
+        let report = check_report(&files, history_paths, EpochChoice::Final);
+        assert_eq!(report.summary.missing_folds, vec![3]);
+        assert_eq!(report.summary.incomplete_folds.len(), 1);
+        let incomplete = report.summary.incomplete_folds[0];
+        assert_eq!(
+            (
+                incomplete.fold,
+                incomplete.n_epochs,
+                incomplete.expected_epochs
+            ),
+            (2, 2, 3)
+        );
+        assert!(report
+            .summary
+            .warnings
+            .contains(&"fold 3 is missing (expected folds 1 to 3)".to_string()));
+        assert!(report
+            .summary
+            .warnings
+            .contains(&"fold 2 is incomplete: 2 of 3 epochs".to_string()));
+        assert_contains(&report.markdown, "- Fold 3 is missing.");
+        assert_contains(&report.markdown, "- Fold 2 is incomplete: 2 of 3 epochs.");
+        // The running fold is listed at its last epoch but not averaged: the mean is fold 1's.
+        assert_contains(
+            &report.markdown,
+            "| 1 | 100.00 | 50.00 | 0.2000 | 0.9000 |\n\
+             | 2 (incomplete, 2/3 epochs) | 60.00 | 100.00 | 0.7000 | 0.8000 |\n\
+             | Mean ± std | 100.00 | 50.00 | 0.2000 | 0.9000 |\n",
+        );
+        assert_contains(&report.markdown, "over the 1 complete folds (1)");
+        // Both folds get a matrix; the pooled one holds fold 1 only (truth [0, 1], pred [1, 1]).
+        assert!(report.out().join("confusion_matrix-fold2.png").is_file());
+        assert!(report
+            .read("confusion_matrix-all.csv")
+            .starts_with("true\\predicted,Anger,Contempt,Disgust,Fear,Happiness,Sadness,Surprise\nAnger,0,1,0,0,0,0,0\nContempt,0,1,0,0,0,0,0\nDisgust,0,0,0,0,0,0,0\n"));
+        // The configuration's protocol and options.
+        assert_contains(&report.markdown, "Folds were split by subject");
+        assert_contains(&report.markdown, "- frame selection: peak:3");
+        assert_contains(&report.markdown, "- batch size: 32");
+        assert_contains(&report.markdown, "- learning rate: 0.001");
+        assert_contains(&report.markdown, "- seed: 7");
+    }
+}
+
+#[test]
+fn a_frame_split_gets_a_plain_warning() {
+    let report = check_report(
+        &[
+            ("run/history.csv", OUR_FOLD1),
+            ("run/config.json", r#"{"split": "frame"}"#),
+        ],
+        &["run"],
+        EpochChoice::Final,
+    );
+    assert_contains(
+        &report.markdown,
+        "> **Warning:** this run split the data by frame",
+    );
+    assert_contains(
+        &report.markdown,
+        "test accuracy includes faces seen in training",
+    );
+    assert!(report
+        .summary
+        .warnings
+        .iter()
+        .any(|warning| warning.contains("split was by frame")));
+}
+
+#[test]
+fn neutral_label_and_configured_class_names() {
+    let with_neutral = "Unnamed: 0,fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth
+0,1,1,50.0,50.0,1.0,1.0,\"[7, 0]\",\"[7, 1]\"
+";
+    let report = check_report(
+        &[("history.csv", with_neutral)],
+        &["history.csv"],
+        EpochChoice::Final,
+    );
+    assert!(report.read("confusion_matrix-all.csv").starts_with(
+        "true\\predicted,Anger,Contempt,Disgust,Fear,Happiness,Sadness,Surprise,Neutral\n"
+    ));
+    assert_contains(
+        &report.read("confusion_matrix-all.csv"),
+        "Neutral,0,0,0,0,0,0,0,1\n",
+    );
+
+    let report = check_report(
+        &[
+            ("run/history.csv", with_neutral),
+            (
+                "run/config.json",
+                r#"{"class_names": ["a", "b"], "folds": "ten"}"#,
+            ),
+        ],
+        &["run"],
+        EpochChoice::Final,
+    );
+    // Named classes first, then placeholders up to the highest label; a mistyped field is dropped.
+    assert!(report
+        .read("confusion_matrix-all.csv")
+        .starts_with("true\\predicted,a,b,class 2,class 3,class 4,class 5,class 6,class 7\n"));
+}
+
+#[test]
+fn a_malformed_row_is_an_error_naming_its_line() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("history.csv");
+    let bad_number = PORT_HISTORY.replace("2,0,2,90.0,60.0", "2,0,2,90.0,sixty");
+    std::fs::write(&path, bad_number).expect("write");
+    match History::from_csv(&path) {
+        Err(
+            err @ Error::MalformedRow {
+                line: 4,
+                column: "avg_test_accuracy",
+                ..
+            },
+        ) => {
+            let message = err.to_string();
+            assert!(message.contains("history.csv:4:"), "{message}");
+            assert!(message.contains("\"sixty\""), "{message}");
+        }
+        other => panic!("expected a malformed row on line 4, got {other:?}"),
+    }
+
+    let bad_list = PORT_HISTORY.replace(
+        "\"[6, 5, 0, 3]\",\"[6, 5, 0, 3]\"",
+        "\"[6, 5, x]\",\"[6, 5, 0, 3]\"",
+    );
+    std::fs::write(&path, bad_list).expect("write");
+    assert!(matches!(
+        History::from_csv(&path),
+        Err(Error::MalformedRow {
+            line: 6,
+            column: "test_pred",
+            ..
+        })
+    ));
+
+    let short_list = PORT_HISTORY.replace("\"[6, 0, 0, 0]\"", "\"[6, 0, 0]\"");
+    std::fs::write(&path, short_list).expect("write");
+    assert!(matches!(
+        History::from_csv(&path),
+        Err(Error::PredictionLengthMismatch {
+            line: 5,
+            n_pred: 3,
+            n_truth: 4,
+            ..
+        })
+    ));
+
+    let missing_field = PORT_HISTORY.replace("3,1,0,60.0,50.0,", "3,1,0,60.0,");
+    std::fs::write(&path, missing_field).expect("write");
+    match History::from_csv(&path) {
+        Err(err @ Error::Csv { line: 5, .. }) => {
+            assert!(err.to_string().contains("history.csv:5:"), "{err}");
+        }
+        other => panic!("expected a CSV error on line 5, got {other:?}"),
+    }
+
+    std::fs::write(&path, "fold,epoch,avg_train_accuracy\n1,1,50\n").expect("write");
+    assert!(matches!(
+        History::from_csv(&path),
+        Err(Error::MissingColumn {
+            column: "avg_test_accuracy",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_empty_history_is_an_error_not_a_blank_report() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("history.csv");
+    std::fs::write(&path, "").expect("write");
+    let history = History::from_csv(&path).expect("an empty file is an empty history");
+    assert!(history.records().is_empty());
+    let result = write_report(
+        &[history],
+        dir.path().join("out"),
+        &ReportOptions::default(),
+    );
+    assert!(matches!(result, Err(Error::EmptyHistory { .. })));
+}
+
+#[test]
+fn duplicate_rows_keep_the_last_and_say_so() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let first = dir.path().join("a.csv");
+    let second = dir.path().join("b.csv");
+    std::fs::write(&first, OUR_FOLD1).expect("write");
+    std::fs::write(
+        &second,
+        OUR_FOLD1.replace("1,3,100.0,50.0", "1,3,99.0,50.0"),
+    )
+    .expect("write");
+    let merged = History::merge([
+        History::from_csv(&first).expect("a reads"),
+        History::from_csv(&second).expect("b reads"),
+    ]);
+    assert_eq!(merged.records().len(), 3);
+    assert_eq!(merged.records()[2].train_accuracy, 99.0);
+    assert_eq!(merged.notes().len(), 3);
+    assert!(merged.notes()[2].contains("fold 1 epoch 3 appears in"));
+}
+
+#[test]
+fn epoch_choices_parse() {
+    assert_eq!(
+        "final".parse::<EpochChoice>().ok(),
+        Some(EpochChoice::Final)
+    );
+    assert_eq!("best".parse::<EpochChoice>().ok(), Some(EpochChoice::Best));
+    assert_eq!(
+        "25".parse::<EpochChoice>().ok(),
+        Some(EpochChoice::Number(25))
+    );
+    assert!(matches!(
+        "latest".parse::<EpochChoice>(),
+        Err(Error::InvalidEpochChoice(_))
+    ));
+}
