@@ -1,9 +1,85 @@
-//! Not written yet.
+//! `cargo xtask prepare`: crop, resize and cache a dataset, then print its summary.
+
+use dexpression_dataset::{prepare, PrepareOptions, Progress, Selection, Stage};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
 
 /// Arguments.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The dataset: official CK+ (extracted, or the folder with its zips) or one folder per class.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Where the cache of crops is kept.
+    #[arg(long, default_value = "data/cache")]
+    pub cache: PathBuf,
+    /// Side of the square crops in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Which frames of each labeled sequence: `peak` (the last --peak-frames) or `all`.
+    #[arg(long, default_value = "peak", value_parser = ["peak", "all"])]
+    pub select: String,
+    /// How many of the last frames `--select peak` keeps.
+    #[arg(long, default_value_t = 3)]
+    pub peak_frames: usize,
+    /// Add each labeled sequence's first frame as an 8th class, Neutral.
+    #[arg(long)]
+    pub neutral: bool,
+    /// Stop at the first bad file instead of skipping and listing it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Widen the landmark box by this fraction of its size on each side.
+    #[arg(long, default_value_t = dexpression_dataset::DEFAULT_CROP_MARGIN)]
+    pub crop_margin: f32,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not implemented yet")
+impl Args {
+    /// The library options these flags stand for.
+    pub fn options(&self) -> PrepareOptions {
+        PrepareOptions {
+            image_size: self.image_size,
+            selection: if self.select == "all" {
+                Selection::All
+            } else {
+                Selection::Peak(self.peak_frames)
+            },
+            neutral: self.neutral,
+            strict: self.strict,
+            crop_margin: self.crop_margin,
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let bar = progress_bar();
+    let started = std::time::Instant::now();
+    let dataset = prepare(&args.source, &args.cache, &args.options(), &|p| {
+        show(&bar, p)
+    });
+    bar.finish_and_clear();
+    let dataset = dataset?;
+    println!("{}", dataset.summary);
+    println!("key:       {}", dataset.key);
+    println!("time:      {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A bar that `show` drives from `prepare`'s progress reports.
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let style =
+        ProgressStyle::with_template("{msg:>13} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+/// Moves the bar to a progress report (called from worker threads; indicatif is thread-safe).
+pub fn show(bar: &ProgressBar, progress: Progress) {
+    if progress.done == 0 || progress.stage == Stage::Scanning {
+        bar.set_message(progress.stage.to_string());
+        bar.set_length(progress.total as u64);
+    }
+    bar.set_position(progress.done as u64);
 }

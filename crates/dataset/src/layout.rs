@@ -145,7 +145,8 @@ fn scan_official(root: &Path, dirs: &OfficialDirs, options: &PrepareOptions) -> 
                 let stem = parse_ck_stem(&file_stem(&file));
                 match stem {
                     Some(stem) if is_image_file(&file) => {
-                        scan.listing.push(listing_line(root, &file));
+                        scan.listing
+                            .push(listing_line("images", &dirs.images, &file));
                         frames.push((stem.frame, file));
                     }
                     _ => scan.n_ignored_files += 1,
@@ -208,8 +209,8 @@ fn add_labeled_sequence(
         }
     };
     scan.listing.push(format!(
-        "{}\tlabel\t{}",
-        relative(&scan.root, label_file),
+        "emotion/{}\tlabel\t{}",
+        relative(&dirs.emotion, label_file),
         text.trim()
     ));
     let expression = match parse_emotion_label(&text) {
@@ -280,8 +281,9 @@ fn add_labeled_sequence(
         });
         let landmarks = landmarks.filter(|path| {
             let exists = path.is_file();
-            if exists {
-                scan.listing.push(listing_line(&scan.root, path));
+            if let (true, Some(landmarks_dir)) = (exists, &dirs.landmarks) {
+                scan.listing
+                    .push(listing_line("landmarks", landmarks_dir, path));
             }
             exists
         });
@@ -374,7 +376,8 @@ fn add_class_folder(
 ) {
     let mut sequences: BTreeMap<String, Vec<(u32, PathBuf, String)>> = BTreeMap::new();
     for image in images {
-        scan.listing.push(listing_line(&scan.root, &image));
+        scan.listing
+            .push(listing_line("classes", &scan.root, &image));
         let stem = file_stem(&image);
         match parse_ck_stem(&stem) {
             Some(ck) => sequences
@@ -478,7 +481,9 @@ pub(crate) fn relative(root: &Path, path: &Path) -> String {
         .replace('\\', "/")
 }
 
-fn listing_line(root: &Path, path: &Path) -> String {
+/// `tree/relative/path<TAB>size`, relative to the tree's own folder so that where the tree
+/// sits (nested archives, moved datasets) does not change the cache key.
+fn listing_line(tree: &str, tree_dir: &Path, path: &Path) -> String {
     let size = fs::metadata(path).map_or(0, |meta| meta.len());
-    format!("{}\t{size}", relative(root, path))
+    format!("{tree}/{}\t{size}", relative(tree_dir, path))
 }

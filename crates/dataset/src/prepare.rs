@@ -60,6 +60,12 @@ pub fn prepare(
 
     if let Ok(Some(cached)) = cache::load(&cache_path, &key, &scan.root, progress) {
         if cached.image_size == options.image_size {
+            if let (true, Some(first)) = (options.strict, cached.skipped.first()) {
+                return Err(Error::Strict {
+                    path: first.path.clone(),
+                    reason: format!("{}: {}", first.kind, first.reason),
+                });
+            }
             let summary = summarize(
                 source,
                 scan.layout,
