@@ -1,1 +1,46 @@
-//! The DeXpression network (work in progress).
+//! The DeXpression network (Burkert, Trier, Afzal, Dengel and Liwicki, "DeXpression: Deep
+//! Convolutional Neural Network for Expression Recognition", 2015) in candle, layer for layer the
+//! PyTorch port's (rdgozum/dexpression-pytorch), with its `state_dict` names so that weights move
+//! between the two by name.
+//!
+//! The crate holds the network ([`Dexpression`], configured by [`DexpressionConfig`]), the ops
+//! where candle 0.11 falls short for it ([`ops`]), plain Adam ([`Adam`]), safetensors weights and
+//! the import of the port's checkpoints ([`import_torch`]). It knows nothing of CK+, folds or
+//! training schedules: those live in the dataset and train crates.
+//!
+//! ```
+//! use candle_core::{Device, ModuleT, Tensor};
+//! use dexpression_model::{Dexpression, DexpressionConfig};
+//!
+//! # fn main() -> dexpression_model::Result<()> {
+//! // A small input side keeps the example fast; the port uses 224.
+//! let config = DexpressionConfig::with(7, 64);
+//! let model = Dexpression::new(config, 42, &Device::Cpu)?;
+//! let faces = Tensor::zeros((2, 1, 64, 64), candle_core::DType::F32, &Device::Cpu)?;
+//! let log_probabilities = model.forward_t(&faces, false)?;
+//! assert_eq!(log_probabilities.dims(), &[2, 7]);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod config;
+mod device;
+mod dexpression;
+mod error;
+mod input;
+pub mod ops;
+mod optim;
+mod weights;
+
+pub use config::{DexpressionConfig, FEATEX_CHANNELS};
+pub use device::{device_name, parse_device};
+pub use dexpression::{Dexpression, NamedVar, NUM_BATCHES_TRACKED};
+pub use error::{Error, Result};
+pub use input::{batch_from_pixels, load_face_pixels};
+pub use optim::{Adam, AdamConfig};
+pub use weights::{import_torch, save_atomic, ImportSummary};
+
+/// Re-exported so that users need no direct candle dependency for the basics.
+pub use candle_core;

@@ -1,0 +1,388 @@
+//! The DeXpression network, layer for layer the PyTorch port's, with its `state_dict` names.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{DexpressionConfig, FEATEX_CHANNELS};
+use crate::ops::{self, Pool2d};
+use crate::{Error, Result};
+
+/// LayerNorm epsilon of the port's `nn.LayerNorm([64, 55, 55], eps=1e-5)`.
+const LAYER_NORM_EPS: f64 = 1e-5;
+/// BatchNorm epsilon and momentum: PyTorch's `nn.BatchNorm2d` defaults.
+const BATCH_NORM_EPS: f64 = 1e-5;
+const BATCH_NORM_MOMENTUM: f64 = 0.1;
+
+/// pool1, pool2b, pool3b: 3x3 stride 2, no padding.
+const POOL_REDUCE: Pool2d = Pool2d { kernel: 3, stride: 2, padding: 0 };
+/// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch).
+const POOL_KEEP: Pool2d = Pool2d { kernel: 3, stride: 1, padding: 1 };
+
+/// The key PyTorch adds to BatchNorm's state; read and written, never used for computation.
+pub const NUM_BATCHES_TRACKED: &str = "batch_normalization.num_batches_tracked";
+
+/// The DeXpression CNN (Burkert et al., 2015) as the PyTorch port builds it.
+///
+/// Input `N x 1 x S x S` with pixel values / 255; output `N x n_classes` log-probabilities.
+/// Implements [`ModuleT`]: `train = true` uses dropout and batch statistics (and updates the
+/// running statistics), `train = false` uses running statistics and no dropout.
+pub struct Dexpression {
+    config: DexpressionConfig,
+    /// Every tensor of the port's `state_dict`, in its order, with whether Adam updates it.
+    tensors: Vec<NamedVar>,
+    conv1: Conv,
+    lrn1: Affine,
+    conv2a: Conv,
+    conv2b: Conv,
+    conv2c: Conv,
+    conv3a: Conv,
+    conv3b: Conv,
+    conv3c: Conv,
+    batch_normalization: BatchNorm,
+    fc: Affine,
+    dropout: DropoutRng,
+}
+
+/// A named tensor of the network.
+#[derive(Clone)]
+pub struct NamedVar {
+    /// The PyTorch `state_dict` key, e.g. `conv2b.weight`.
+    pub name: String,
+    /// The tensor, shared with the layer that uses it.
+    pub var: Var,
+    /// Whether it is a learned parameter (false for BatchNorm's running statistics).
+    pub trainable: bool,
+}
+
+struct Conv {
+    weight: Var,
+    bias: Var,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        ops::conv2d(xs, self.weight.as_tensor(), self.bias.as_tensor(), self.stride, self.padding)?.relu()
+    }
+}
+
+/// A weight and bias pair: the LayerNorm's affine part, or the linear layer.
+struct Affine {
+    weight: Var,
+    bias: Var,
+}
+
+struct BatchNorm {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: AtomicI64,
+}
+
+/// Seeded, resumable randomness for dropout: call `k` uses stream `k` of a ChaCha generator.
+struct DropoutRng {
+    seed: AtomicU64,
+    calls: AtomicU64,
+}
+
+/// How a tensor is initialised, following PyTorch's defaults.
+#[derive(Clone, Copy)]
+enum Init {
+    /// kaiming_uniform(a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); PyTorch's biases use the same bound.
+    Uniform { fan_in: usize },
+    Ones,
+    Zeros,
+}
+
+struct TensorSpec {
+    name: String,
+    shape: Vec<usize>,
+    init: Init,
+    trainable: bool,
+}
+
+/// The port's `state_dict` (minus `num_batches_tracked`), in order, with shapes and initialisers.
+fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
+    let conv = |name: &str, out: usize, inp: usize, k: usize| {
+        let init = Init::Uniform { fan_in: inp * k * k };
+        [
+            TensorSpec { name: format!("{name}.weight"), shape: vec![out, inp, k, k], init, trainable: true },
+            TensorSpec { name: format!("{name}.bias"), shape: vec![out], init, trainable: true },
+        ]
+    };
+    let mut specs = Vec::new();
+    specs.extend(conv("conv1", 64, 1, 7));
+    let side = config.block1_side();
+    specs.push(TensorSpec { name: "lrn1.weight".into(), shape: vec![64, side, side], init: Init::Ones, trainable: true });
+    specs.push(TensorSpec { name: "lrn1.bias".into(), shape: vec![64, side, side], init: Init::Zeros, trainable: true });
+    for (name, out, inp, k) in [
+        ("conv2a", 96, 64, 1),
+        ("conv2b", 208, 96, 3),
+        ("conv2c", 64, 64, 1),
+        ("conv3a", 96, FEATEX_CHANNELS, 1),
+        ("conv3b", 208, 96, 3),
+        ("conv3c", 64, FEATEX_CHANNELS, 1),
+    ] {
+        specs.extend(conv(name, out, inp, k));
+    }
+    let fc_in = config.fc_in_features();
+    specs.push(TensorSpec { name: "fc.weight".into(), shape: vec![config.n_classes, fc_in], init: Init::Uniform { fan_in: fc_in }, trainable: true });
+    specs.push(TensorSpec { name: "fc.bias".into(), shape: vec![config.n_classes], init: Init::Uniform { fan_in: fc_in }, trainable: true });
+    let bn = |suffix: &str, init: Init, trainable: bool| TensorSpec {
+        name: format!("batch_normalization.{suffix}"),
+        shape: vec![FEATEX_CHANNELS],
+        init,
+        trainable,
+    };
+    specs.push(bn("weight", Init::Ones, true));
+    specs.push(bn("bias", Init::Zeros, true));
+    specs.push(bn("running_mean", Init::Zeros, false));
+    specs.push(bn("running_var", Init::Ones, false));
+    specs
+}
+
+impl Dexpression {
+    /// A freshly initialised network, as PyTorch initialises the port's, from a seeded generator
+    /// (candle's own CPU generator cannot be seeded, and runs must be reproducible).
+    pub fn new(config: DexpressionConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        for spec in tensor_specs(&config) {
+            let count: usize = spec.shape.iter().product();
+            let values: Vec<f32> = match spec.init {
+                Init::Uniform { fan_in } => {
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    (0..count).map(|_| rng.random_range(-bound..bound)).collect()
+                }
+                Init::Ones => vec![1.0; count],
+                Init::Zeros => vec![0.0; count],
+            };
+            tensors.insert(spec.name, Tensor::from_vec(values, spec.shape, device)?);
+        }
+        let model = Self::from_tensors(config, tensors, Path::new("<initialisation>"), device)?;
+        model.set_dropout_state(seed, 0);
+        Ok(model)
+    }
+
+    /// Builds the network from named tensors (a `state_dict`), checking every name and shape.
+    /// `source` names where they came from, for error messages.
+    pub fn from_tensors(config: DexpressionConfig, mut tensors: HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let mut named = Vec::new();
+        for spec in tensor_specs(&config) {
+            let tensor = tensors.remove(&spec.name).ok_or_else(|| Error::MissingTensor {
+                path: source.to_path_buf(),
+                name: spec.name.clone(),
+                expected: spec.shape.clone(),
+            })?;
+            if tensor.dims() != spec.shape.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    path: source.to_path_buf(),
+                    name: spec.name,
+                    found: tensor.dims().to_vec(),
+                    expected: spec.shape,
+                });
+            }
+            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?.contiguous()?;
+            named.push(NamedVar { name: spec.name, var: Var::from_tensor(&tensor)?, trainable: spec.trainable });
+        }
+        let num_batches_tracked = match tensors.remove(NUM_BATCHES_TRACKED) {
+            Some(t) => t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?.first().copied().unwrap_or(0),
+            None => 0,
+        };
+        let var = |name: &str| -> Var {
+            named.iter().find(|n| n.name == name).map(|n| n.var.clone()).expect("every spec name was just inserted")
+        };
+        let conv = |name: &str, stride: usize, padding: usize| Conv {
+            weight: var(&format!("{name}.weight")),
+            bias: var(&format!("{name}.bias")),
+            stride,
+            padding,
+        };
+        Ok(Self {
+            conv1: conv("conv1", 2, 3),
+            lrn1: Affine { weight: var("lrn1.weight"), bias: var("lrn1.bias") },
+            conv2a: conv("conv2a", 1, 0),
+            conv2b: conv("conv2b", 1, 1),
+            conv2c: conv("conv2c", 1, 0),
+            conv3a: conv("conv3a", 1, 0),
+            conv3b: conv("conv3b", 1, 1),
+            conv3c: conv("conv3c", 1, 0),
+            batch_normalization: BatchNorm {
+                weight: var("batch_normalization.weight"),
+                bias: var("batch_normalization.bias"),
+                running_mean: var("batch_normalization.running_mean"),
+                running_var: var("batch_normalization.running_var"),
+                num_batches_tracked: AtomicI64::new(num_batches_tracked),
+            },
+            fc: Affine { weight: var("fc.weight"), bias: var("fc.bias") },
+            dropout: DropoutRng { seed: AtomicU64::new(0), calls: AtomicU64::new(0) },
+            tensors: named,
+            config,
+        })
+    }
+
+    /// Loads weights from a safetensors file written by [`Dexpression::save`], by the port's
+    /// `state_dict` saved as safetensors, or by `import_torch`; the class count and input side are
+    /// read from the tensor shapes.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let tensors = read_safetensors(path)?;
+        let config = infer_config(&tensors, path)?;
+        Self::from_tensors(config, tensors, path, device)
+    }
+
+    /// Loads weights for a given configuration; a tensor of another shape is an error naming it.
+    pub fn load_with_config(path: &Path, config: DexpressionConfig, device: &Device) -> Result<Self> {
+        Self::from_tensors(config, read_safetensors(path)?, path, device)
+    }
+
+    /// Writes every tensor of the `state_dict` (and `num_batches_tracked`) to a safetensors file,
+    /// through a temporary file renamed into place so that a crash never leaves half a file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::weights::save_atomic(&self.state_dict()?, path)
+    }
+
+    /// The port's `state_dict`: every tensor by name, plus `num_batches_tracked` as an i64 scalar.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out: Vec<(String, Tensor)> = self.tensors.iter().map(|n| (n.name.clone(), n.var.as_tensor().clone())).collect();
+        let tracked = self.batch_normalization.num_batches_tracked.load(Ordering::Relaxed);
+        out.push((NUM_BATCHES_TRACKED.to_string(), Tensor::new(tracked, &Device::Cpu)?));
+        Ok(out)
+    }
+
+    /// The configuration the network was built with.
+    pub fn config(&self) -> &DexpressionConfig {
+        &self.config
+    }
+
+    /// Every tensor with its name, trainable or not.
+    pub fn named_vars(&self) -> &[NamedVar] {
+        &self.tensors
+    }
+
+    /// The learned parameters, for an optimiser.
+    pub fn trainable_vars(&self) -> Vec<NamedVar> {
+        self.tensors.iter().filter(|n| n.trainable).cloned().collect()
+    }
+
+    /// Sets the dropout generator: the seed and how many training forwards have run, so a resumed
+    /// run draws the same masks as an uninterrupted one.
+    pub fn set_dropout_state(&self, seed: u64, calls: u64) {
+        self.dropout.seed.store(seed, Ordering::Relaxed);
+        self.dropout.calls.store(calls, Ordering::Relaxed);
+    }
+
+    /// The dropout generator's seed and call count (see [`Self::set_dropout_state`]).
+    pub fn dropout_state(&self) -> (u64, u64) {
+        (self.dropout.seed.load(Ordering::Relaxed), self.dropout.calls.load(Ordering::Relaxed))
+    }
+
+    /// Class probabilities (eval mode), one row per input.
+    pub fn probabilities(&self, xs: &Tensor) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward_t(xs, false)?.exp()?.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+    }
+
+    fn featex(&self, xs: &Tensor, a: &Conv, b: &Conv, c: &Conv) -> candle_core::Result<Tensor> {
+        let conv_branch = b.forward_relu(&a.forward_relu(xs)?)?;
+        let pool_branch = c.forward_relu(&ops::max_pool2d(xs, POOL_KEEP)?)?;
+        let joined = Tensor::cat(&[&conv_branch, &pool_branch], 1)?;
+        ops::max_pool2d(&joined, POOL_REDUCE)
+    }
+
+    fn apply_dropout(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let p = self.config.dropout;
+        if p == 0.0 {
+            return Ok(xs.clone());
+        }
+        let call = self.dropout.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.dropout.seed.load(Ordering::Relaxed));
+        rng.set_stream(call);
+        let keep = 1.0 - p;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 }).collect();
+        xs.mul(&Tensor::from_vec(mask, xs.shape(), xs.device())?)
+    }
+}
+
+impl BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = xs.dims4()?;
+        let (mean, variance) = if train {
+            // Statistics in f64, as PyTorch's CPU kernel accumulates them: channels that are nearly
+            // constant (ReLU zeros) have tiny variances that amplify any rounding difference.
+            let per_channel = xs.transpose(0, 1)?.reshape((c, ()))?.to_dtype(DType::F64)?;
+            let mean64 = per_channel.mean_keepdim(1)?;
+            let variance = per_channel.broadcast_sub(&mean64)?.sqr()?.mean_keepdim(1)?.to_dtype(xs.dtype())?;
+            let mean = mean64.to_dtype(xs.dtype())?;
+            // Running statistics use the unbiased variance, as PyTorch does.
+            let count = (n * h * w) as f64;
+            let unbiased = (variance.detach() * (count / (count - 1.0).max(1.0)))?;
+            let m = BATCH_NORM_MOMENTUM;
+            let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+            let running_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
+            self.running_mean.set(&running_mean)?;
+            self.running_var.set(&running_var)?;
+            self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+            (mean, variance)
+        } else {
+            (self.running_mean.as_tensor().detach(), self.running_var.as_tensor().detach())
+        };
+        let shape = (1, c, 1, 1);
+        let inv_std = (variance.reshape(shape)? + BATCH_NORM_EPS)?.sqrt()?.recip()?;
+        xs.broadcast_sub(&mean.reshape(shape)?)?
+            .broadcast_mul(&inv_std)?
+            .broadcast_mul(&self.weight.as_tensor().reshape(shape)?)?
+            .broadcast_add(&self.bias.as_tensor().reshape(shape)?)
+    }
+}
+
+impl ModuleT for Dexpression {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        // Block 1: N x 1 x S x S -> N x 64 x 55 x 55 (at S = 224).
+        let xs = self.conv1.forward_relu(xs)?;
+        let xs = ops::max_pool2d(&xs, POOL_REDUCE)?;
+        let xs = ops::layer_norm(&xs, self.lrn1.weight.as_tensor(), self.lrn1.bias.as_tensor(), LAYER_NORM_EPS)?;
+        // FeatEx 2: -> N x 272 x 27 x 27.
+        let xs = self.featex(&xs, &self.conv2a, &self.conv2b, &self.conv2c)?;
+        // FeatEx 3: -> N x 272 x 13 x 13.
+        let xs = self.featex(&xs, &self.conv3a, &self.conv3b, &self.conv3c)?;
+        // Head: dropout, batch norm, flatten, fc, log-softmax (the port's order).
+        let xs = if train { self.apply_dropout(&xs)? } else { xs };
+        let xs = self.batch_normalization.forward_t(&xs, train)?;
+        let logits = xs.flatten_from(1)?.matmul(&self.fc.weight.as_tensor().t()?)?.broadcast_add(self.fc.bias.as_tensor())?;
+        candle_nn::ops::log_softmax(&logits, D::Minus1)
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|err| Error::Weights {
+        path: path.to_path_buf(),
+        message: format!("cannot read as safetensors ({err}); a PyTorch `.tar`/`.pt` checkpoint must first go through `cargo xtask import-torch`"),
+    })
+}
+
+/// Reads the class count from `fc.weight` and the input side from `lrn1.weight`.
+pub(crate) fn infer_config(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<DexpressionConfig> {
+    let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
+        let tensor = tensors.get(name).ok_or_else(|| Error::MissingTensor { path: path.to_path_buf(), name: name.into(), expected: vec![] })?;
+        if tensor.rank() != rank {
+            return Err(Error::Weights { path: path.into(), message: format!("`{name}` has shape {:?}, expected rank {rank}", tensor.dims()) });
+        }
+        Ok(tensor.dims().to_vec())
+    };
+    let n_classes = dims("fc.weight", 2)?[0];
+    let lrn_side = dims("lrn1.weight", 3)?[1];
+    let image_size = std::iter::once(224)
+        .chain(32..=4096)
+        .find(|&side| DexpressionConfig::with(n_classes, side).block1_side() == lrn_side)
+        .ok_or_else(|| Error::Weights { path: path.into(), message: format!("no input side gives a LayerNorm of side {lrn_side}") })?;
+    Ok(DexpressionConfig::with(n_classes, image_size))
+}

@@ -1,0 +1,230 @@
+//! 2-D max pooling with padding and PyTorch's backward.
+//!
+//! candle 0.11's `max_pool2d` has no padding and refuses a backward pass when kernel and stride
+//! differ, which is every pool in DeXpression. This op pads with minus infinity (as PyTorch does)
+//! and sends each output's gradient to the *first* maximum of its window in scan order, as
+//! PyTorch's CPU and CUDA kernels do. That choice matters here: LayerNorm maps the zeros left by
+//! ReLU to equal values, ties are common, and splitting tied gradients gives lrn1 gradients up to
+//! 50% off.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Geometry of a square pooling window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    /// Window side.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Implicit minus-infinity border on each side.
+    pub padding: usize,
+}
+
+impl Pool2d {
+    /// Output side for an input side (floor mode).
+    pub fn out_side(&self, side: usize) -> usize {
+        (side + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
+/// Max pooling of an `N x C x H x W` tensor; differentiable on every device.
+///
+/// The CPU kernel runs natively; on other devices the tensor makes a round trip through host memory.
+pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if h + 2 * pool.padding < pool.kernel || w + 2 * pool.padding < pool.kernel {
+        candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {0}x{0} window", pool.kernel)
+    }
+    if xs.device().is_cpu() {
+        xs.contiguous()?.apply_op1(MaxPoolOp(pool))
+    } else {
+        // Fallback for GPUs: `to_device` is differentiable, so gradients flow back.
+        let device = xs.device().clone();
+        let host = xs.to_device(&candle_core::Device::Cpu)?;
+        host.contiguous()?.apply_op1(MaxPoolOp(pool))?.to_device(&device)
+    }
+}
+
+struct MaxPoolOp(Pool2d);
+
+/// Applies `f` to every (input plane, output plane) pair in parallel.
+fn for_each_plane<T: Send + Sync, U: Send>(
+    input: &[T],
+    output: &mut [U],
+    in_plane: usize,
+    out_plane: usize,
+    f: impl Fn(&[T], &mut [U]) + Sync + Send,
+) {
+    output
+        .par_chunks_mut(out_plane)
+        .zip(input.par_chunks(in_plane))
+        .for_each(|(out, inp)| f(inp, out));
+}
+
+/// Index of the first maximum of the window of output (oy, ox), or `None` if it holds only padding.
+#[inline]
+fn window_argmax<T: WithDType>(plane: &[T], h: usize, w: usize, pool: Pool2d, oy: usize, ox: usize) -> Option<usize> {
+    let y0 = (oy * pool.stride) as isize - pool.padding as isize;
+    let x0 = (ox * pool.stride) as isize - pool.padding as isize;
+    let mut best: Option<(usize, T)> = None;
+    for ky in 0..pool.kernel as isize {
+        let y = y0 + ky;
+        if y < 0 || y >= h as isize {
+            continue;
+        }
+        let row = y as usize * w;
+        for kx in 0..pool.kernel as isize {
+            let x = x0 + kx;
+            if x < 0 || x >= w as isize {
+                continue;
+            }
+            let idx = row + x as usize;
+            let value = plane[idx];
+            // Strictly greater (or NaN) keeps the first maximum, as PyTorch does.
+            let better = match best {
+                None => true,
+                Some((_, current)) => value > current || value.to_f64().is_nan(),
+            };
+            if better {
+                best = Some((idx, value));
+            }
+        }
+    }
+    best.map(|(idx, _)| idx)
+}
+
+fn pool_forward<T: WithDType>(input: &[T], dims: &[usize], pool: Pool2d) -> (Vec<T>, Shape) {
+    let (n, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
+    let (oh, ow) = (pool.out_side(h), pool.out_side(w));
+    let mut output = vec![T::from_f64(f64::NEG_INFINITY); n * c * oh * ow];
+    for_each_plane(input, &mut output, h * w, oh * ow, |plane, out| {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                if let Some(idx) = window_argmax(plane, h, w, pool, oy, ox) {
+                    out[oy * ow + ox] = plane[idx];
+                }
+            }
+        }
+    });
+    (output, Shape::from((n, c, oh, ow)))
+}
+
+fn pool_backward<T: WithDType>(input: &[T], grad_out: &[T], dims: &[usize], pool: Pool2d) -> Vec<T> {
+    let (h, w) = (dims[2], dims[3]);
+    let (oh, ow) = (pool.out_side(h), pool.out_side(w));
+    let mut grad_in = vec![T::zero(); input.len()];
+    grad_in
+        .par_chunks_mut(h * w)
+        .zip(input.par_chunks(h * w))
+        .zip(grad_out.par_chunks(oh * ow))
+        .for_each(|((grad_plane, plane), grad_out_plane)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    if let Some(idx) = window_argmax(plane, h, w, pool, oy, ox) {
+                        grad_plane[idx] += grad_out_plane[oy * ow + ox];
+                    }
+                }
+            }
+        });
+    grad_in
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("max_pool2d: the input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        if dims.len() != 4 {
+            candle_core::bail!("max_pool2d expects N x C x H x W, got {:?}", dims)
+        }
+        match storage {
+            CpuStorage::F32(data) => {
+                let (out, shape) = pool_forward(contiguous(data, layout)?, dims, self.0);
+                Ok((CpuStorage::F32(out), shape))
+            }
+            CpuStorage::F64(data) => {
+                let (out, shape) = pool_forward(contiguous(data, layout)?, dims, self.0);
+                Ok((CpuStorage::F64(out), shape))
+            }
+            other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackwardOp(self.0))?;
+        Ok(Some(grad))
+    }
+}
+
+/// Gradient of [`MaxPoolOp`]: arguments are the forward input and the output gradient.
+struct MaxPoolBackwardOp(Pool2d);
+
+impl CustomOp2 for MaxPoolBackwardOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = input_layout.dims();
+        let shape = Shape::from(dims);
+        match (input, grad) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => Ok((
+                CpuStorage::F32(pool_backward(contiguous(x, input_layout)?, contiguous(g, grad_layout)?, dims, self.0)),
+                shape,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => Ok((
+                CpuStorage::F64(pool_backward(contiguous(x, input_layout)?, contiguous(g, grad_layout)?, dims, self.0)),
+                shape,
+            )),
+            (x, g) => candle_core::bail!("max_pool2d backward: unsupported dtypes {:?}/{:?}", x.dtype(), g.dtype()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn forward_matches_hand_computed_values_with_padding() {
+        let xs = Tensor::arange(0f32, 16., &Device::Cpu).unwrap().reshape((1, 1, 4, 4)).unwrap();
+        let pool = Pool2d { kernel: 3, stride: 1, padding: 1 };
+        let ys = max_pool2d(&xs, pool).unwrap();
+        let expected = [5., 6., 7., 7., 9., 10., 11., 11., 13., 14., 15., 15., 13., 14., 15., 15.];
+        assert_eq!(ys.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+    }
+
+    #[test]
+    fn backward_sends_gradient_to_the_first_tied_maximum() {
+        // All equal: every window's gradient goes to its top-left element.
+        let xs = Var::from_tensor(&Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let pool = Pool2d { kernel: 3, stride: 2, padding: 0 };
+        let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
+        assert_eq!(ys.dims(), &[1, 1, 2, 2]);
+        let grads = ys.sum_all().unwrap().backward().unwrap();
+        let grad = grads.get(xs.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut expected = vec![0f32; 25];
+        for idx in [0, 2, 10, 12] {
+            expected[idx] = 1.0;
+        }
+        assert_eq!(grad, expected);
+    }
+}
