@@ -3,8 +3,9 @@
 
 use super::prepare::{progress_bar, show};
 use dexpression_dataset::synth::{generate, SynthOptions};
-use dexpression_dataset::{prepare, PrepareOptions, Selection};
+use dexpression_dataset::{prepare, PrepareOptions, Progress, Selection, Stage};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Arguments.
@@ -65,16 +66,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let cache = work.join(format!("cache-{threads}"));
         let bar = progress_bar();
         let started = Instant::now();
-        let dataset = pool.install(|| prepare(&written.root, &cache, &options, &|p| show(&bar, p)));
+        // The crop stage alone (decode, crop, resize: the parallel part), timed from the
+        // progress reports; scanning and writing the cache are reported separately.
+        let crop_times = Mutex::new((None::<Instant>, None::<Instant>));
+        let report = |p: Progress| {
+            show(&bar, p);
+            if p.stage == Stage::Cropping {
+                let mut times = crop_times
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                if p.done == 0 {
+                    times.0 = Some(Instant::now());
+                }
+                if p.done == p.total {
+                    times.1 = Some(Instant::now());
+                }
+            }
+        };
+        let dataset = pool.install(|| prepare(&written.root, &cache, &options, &report));
         bar.finish_and_clear();
         let dataset = dataset?;
         let seconds = started.elapsed().as_secs_f64();
-        let rate = dataset.samples.len() as f64 / seconds;
+        let crop_seconds = match crop_times.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            (Some(start), Some(end)) => end.duration_since(start).as_secs_f64(),
+            _ => seconds,
+        };
+        let rate = dataset.samples.len() as f64 / crop_seconds;
         let speedup = single_rate.map_or(String::new(), |single: f64| {
             format!(", {:.2}x the single thread", rate / single)
         });
         println!(
-            "{threads:>2} thread(s): {} frames at {} px in {seconds:.2} s: {rate:.0} frames/s{speedup}",
+            "{threads:>2} thread(s): {} frames at {} px cropped in {crop_seconds:.2} s \
+             ({seconds:.2} s with scan and cache write): {rate:.0} frames/s{speedup}",
             dataset.samples.len(),
             args.image_size
         );

@@ -13,9 +13,8 @@ use crate::layout::relative;
 use crate::{
     CropMethod, Error, Layout, Progress, Result, Sample, SkipKind, Skipped, Stage, Summary,
 };
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 const PIXELS_FILE: &str = "pixels.safetensors";
@@ -74,23 +73,21 @@ pub fn load(
         path: pixels_path.clone(),
         reason,
     };
-    let bytes = fs::read(&pixels_path).map_err(|error| Error::io(&pixels_path, error))?;
-    let tensors = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|error| damaged(error.to_string()))?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|error| damaged(error.to_string()))?;
-    let info = metadata.metadata().clone().unwrap_or_default();
-    if info.get("key").map(String::as_str) != Some(key) {
+    let mut file = std::io::BufReader::new(
+        fs::File::open(&pixels_path).map_err(|error| Error::io(&pixels_path, error))?,
+    );
+    let header = read_header(&mut file).map_err(damaged)?;
+    if header.key.as_deref() != Some(key) {
         return Ok(None);
     }
-    let pixels = tensors
-        .tensor(PIXELS_TENSOR)
-        .map_err(|error| damaged(error.to_string()))?;
-    let shape = pixels.shape().to_vec();
-    if pixels.dtype() != Dtype::U8 || shape.len() != 3 || shape[1] != shape[2] {
+    let file_len = fs::metadata(&pixels_path)
+        .map_err(|error| Error::io(&pixels_path, error))?
+        .len();
+    let shape = header.shape.clone();
+    let data_len = shape.iter().product::<usize>() as u64;
+    if shape.len() != 3 || shape[1] != shape[2] || file_len != header.data_start + data_len {
         return Err(damaged(format!(
-            "tensor `pixels` is {:?} {shape:?}, expected u8 [n, size, size]",
-            pixels.dtype()
+            "tensor `pixels` of shape {shape:?} does not fill the {file_len}-byte file"
         )));
     }
     let (n_samples, image_size) = (shape[0], shape[1]);
@@ -107,7 +104,6 @@ pub fn load(
         total: n_samples,
     });
     let sample_len = image_size * image_size;
-    let data = pixels.data();
     let mut samples = Vec::with_capacity(n_samples);
     for (row_idx, row) in rows.into_iter().enumerate() {
         let crop: CropMethod = row.crop.parse().map_err(|_| {
@@ -122,8 +118,18 @@ pub fn load(
                 row.index
             )));
         }
+        if row.label >= crate::Expression::ALL.len() {
+            return Err(damaged(format!(
+                "manifest row {row_idx}: label {} out of range",
+                row.label
+            )));
+        }
+        // Read straight into each sample's buffer: the crops are never in memory twice.
+        let mut pixels = vec![0; sample_len];
+        file.read_exact(&mut pixels)
+            .map_err(|error| damaged(format!("crop {row_idx}: {error}")))?;
         samples.push(Sample {
-            pixels: data[row_idx * sample_len..(row_idx + 1) * sample_len].to_vec(),
+            pixels,
             label: row.label,
             subject: row.subject,
             sequence: row.sequence,
@@ -150,11 +156,8 @@ pub fn load(
         image_size,
         samples,
         skipped,
-        n_ignored_files: info
-            .get("n_ignored_files")
-            .and_then(|count| count.parse().ok())
-            .unwrap_or(0),
-        layout: info.get("layout").and_then(|name| Layout::from_name(name)),
+        n_ignored_files: header.n_ignored_files,
+        layout: header.layout.as_deref().and_then(Layout::from_name),
     }))
 }
 
@@ -198,34 +201,7 @@ fn write_files(
     samples: &[Sample],
     summary: &Summary,
 ) -> Result<()> {
-    let sample_len = image_size * image_size;
-    let mut data = Vec::with_capacity(samples.len() * sample_len);
-    for sample in samples {
-        debug_assert_eq!(sample.pixels.len(), sample_len);
-        data.extend_from_slice(&sample.pixels);
-    }
-    let pixels_path = folder.join(PIXELS_FILE);
-    let shape = vec![samples.len(), image_size, image_size];
-    let view = TensorView::new(Dtype::U8, shape, &data).map_err(|error| Error::Cache {
-        path: pixels_path.clone(),
-        reason: error.to_string(),
-    })?;
-    let metadata = HashMap::from([
-        ("key".to_string(), key.to_string()),
-        ("layout".to_string(), summary.layout.name().to_string()),
-        (
-            "n_ignored_files".to_string(),
-            summary.n_ignored_files.to_string(),
-        ),
-        ("class_names".to_string(), summary.class_names.join(",")),
-    ]);
-    safetensors::serialize_to_file([(PIXELS_TENSOR, view)], Some(metadata), &pixels_path).map_err(
-        |error| Error::Cache {
-            path: pixels_path.clone(),
-            reason: error.to_string(),
-        },
-    )?;
-
+    write_pixels(&folder.join(PIXELS_FILE), key, image_size, samples, summary)?;
     let manifest = samples
         .iter()
         .enumerate()
@@ -274,4 +250,154 @@ fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         .deserialize()
         .collect::<std::result::Result<Vec<T>, _>>()
         .map_err(csv_error)
+}
+
+/// The parts of the safetensors header this cache uses.
+struct Header {
+    shape: Vec<usize>,
+    /// Byte offset of the tensor data in the file.
+    data_start: u64,
+    key: Option<String>,
+    layout: Option<String>,
+    n_ignored_files: usize,
+}
+
+/// Writes the crops as a safetensors file with one `u8` tensor, streaming sample by sample so
+/// the crops are never copied into one big buffer. The format: an 8-byte little-endian header
+/// length, a JSON header padded with spaces to a multiple of 8, then the raw data.
+fn write_pixels(
+    path: &Path,
+    key: &str,
+    image_size: usize,
+    samples: &[Sample],
+    summary: &Summary,
+) -> Result<()> {
+    let sample_len = image_size * image_size;
+    let data_len = samples.len() * sample_len;
+    let header = serde_json::json!({
+        "__metadata__": {
+            "key": key,
+            "layout": summary.layout.name(),
+            "n_ignored_files": summary.n_ignored_files.to_string(),
+            "class_names": summary.class_names.join(","),
+        },
+        PIXELS_TENSOR: {
+            "dtype": "U8",
+            "shape": [samples.len(), image_size, image_size],
+            "data_offsets": [0, data_len],
+        },
+    });
+    let mut header = header.to_string().into_bytes();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let file = fs::File::create(path).map_err(|error| Error::io(path, error))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut write = |bytes: &[u8]| {
+        writer
+            .write_all(bytes)
+            .map_err(|error| Error::io(path, error))
+    };
+    write(&(header.len() as u64).to_le_bytes())?;
+    write(&header)?;
+    for sample in samples {
+        if sample.pixels.len() != sample_len {
+            return Err(Error::Cache {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "crop of {} has {} pixels, expected {sample_len}",
+                    sample.source.display(),
+                    sample.pixels.len()
+                ),
+            });
+        }
+        write(&sample.pixels)?;
+    }
+    writer.flush().map_err(|error| Error::io(path, error))
+}
+
+/// Reads the header of a cache file written by [`write_pixels`], leaving `file` at the data.
+fn read_header(file: &mut impl Read) -> std::result::Result<Header, String> {
+    // Headers of this cache are a few hundred bytes; refuse anything absurd before allocating.
+    const MAX_HEADER_LEN: u64 = 1 << 20;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
+        .map_err(|error| format!("header length: {error}"))?;
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER_LEN {
+        return Err(format!("header of {length} bytes"));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header)
+        .map_err(|error| format!("header: {error}"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|error| format!("header: {error}"))?;
+    let tensor = &header[PIXELS_TENSOR];
+    if tensor["dtype"] != "U8" || tensor["data_offsets"][0] != 0 {
+        return Err(format!(
+            "tensor `{PIXELS_TENSOR}` missing or not u8 from offset 0"
+        ));
+    }
+    let shape = tensor["shape"]
+        .as_array()
+        .map(|dims| {
+            dims.iter()
+                .filter_map(serde_json::Value::as_u64)
+                .map(|dim| dim as usize)
+                .collect()
+        })
+        .unwrap_or_default();
+    let metadata = &header["__metadata__"];
+    let text = |name: &str| metadata[name].as_str().map(str::to_string);
+    Ok(Header {
+        shape,
+        data_start: 8 + length,
+        key: text("key"),
+        layout: text("layout"),
+        n_ignored_files: text("n_ignored_files")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written file must be valid safetensors for other readers (candle, Python).
+    #[test]
+    fn pixels_file_is_valid_safetensors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let samples: Vec<Sample> = (0..3u8)
+            .map(|value| Sample {
+                pixels: vec![value; 4],
+                label: value as usize,
+                subject: "S010".into(),
+                sequence: "S010_001".into(),
+                frame: value as u32,
+                source: PathBuf::from("x.png"),
+                crop: CropMethod::Landmarks,
+            })
+            .collect();
+        let summary = crate::prepare::summarize(
+            Path::new("src"),
+            Layout::Official,
+            &crate::class_names(false),
+            &samples,
+            Vec::new(),
+            2,
+            false,
+            dir.path(),
+        );
+        let path = dir.path().join(PIXELS_FILE);
+        write_pixels(&path, "abc", 2, &samples, &summary).expect("written");
+        let bytes = fs::read(&path).expect("read back");
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+        let pixels = tensors.tensor(PIXELS_TENSOR).expect("pixels tensor");
+        assert_eq!(pixels.shape(), &[3, 2, 2]);
+        assert_eq!(pixels.dtype(), safetensors::Dtype::U8);
+        assert_eq!(pixels.data(), &[0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]);
+        let header = read_header(&mut bytes.as_slice()).expect("header");
+        assert_eq!(header.key.as_deref(), Some("abc"));
+        assert_eq!(header.n_ignored_files, 2);
+        assert_eq!(header.data_start as usize + 12, bytes.len());
+    }
 }
