@@ -62,7 +62,6 @@ pub fn fetch_drive_file(
     progress: &dyn Progress,
 ) -> Result<Fetched> {
     if let Some(sha256) = transfer::verify_existing(dest)? {
-        progress.note(&format!("{} is present and verified", dest.display()));
         return Ok(Fetched {
             path: dest.to_path_buf(),
             sha256,

@@ -181,6 +181,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// The parquet file uses a compression codec that this build does not read.
+    #[error(
+        "{} uses a compression codec this build does not read ({reason}); it reads snappy, gzip, \
+         lz4 and zstd. Pick another file or revision with --file/--revision, or import the \
+         official release with --from",
+        path.display()
+    )]
+    ParquetCodec {
+        /// The parquet file.
+        path: PathBuf,
+        /// The parquet reader's message.
+        reason: String,
+    },
+
     /// The parquet file has no column usable as image or label.
     #[error(
         "{} has no usable {missing} column: expected `image` (struct {{bytes, path}} or binary) \

@@ -133,9 +133,18 @@ enum RawLabel {
 
 /// Reads every row, checking the schema first so an unusable file fails with its columns listed.
 fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
-    let parquet_error = |err: parquet::errors::ParquetError| Error::Parquet {
-        path: parquet.to_path_buf(),
-        reason: err.to_string(),
+    let parquet_error = |err: parquet::errors::ParquetError| match err {
+        // A codec left out of this build: fetching the file again would not help.
+        parquet::errors::ParquetError::General(message) if message.contains("Disabled feature") => {
+            Error::ParquetCodec {
+                path: parquet.to_path_buf(),
+                reason: message,
+            }
+        }
+        err => Error::Parquet {
+            path: parquet.to_path_buf(),
+            reason: err.to_string(),
+        },
     };
     let file = File::open(parquet).map_err(|err| Error::io("reading", parquet, err))?;
     let reader = SerializedFileReader::new(file).map_err(parquet_error)?;

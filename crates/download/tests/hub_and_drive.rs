@@ -113,6 +113,32 @@ fn mirror_with_binary_images_and_integer_labels() {
 }
 
 #[test]
+fn mirror_compressed_with_zstd_and_lz4() {
+    use parquet::basic::{Compression, ZstdLevel};
+    let parquet_rows = rows(&names(&["fear", "Surprise"]));
+    for compression in [
+        Compression::ZSTD(ZstdLevel::default()),
+        Compression::LZ4_RAW,
+        Compression::UNCOMPRESSED,
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mirror.parquet");
+        common::write_mirror_parquet_with(
+            &path,
+            ImageColumn::Binary,
+            &parquet_rows,
+            None,
+            compression,
+        );
+        check_mirror(
+            &parquet_rows,
+            fs::read(&path).expect("read parquet back"),
+            &["Fear", "Surprise"],
+        );
+    }
+}
+
+#[test]
 fn mirror_integer_labels_follow_the_hub_class_names() {
     // An order other than alphabetical proves the names in the metadata are used.
     let class_names = [
@@ -528,4 +554,26 @@ fn bad_repo_id_is_refused() {
     )
     .expect_err("bad id");
     assert!(matches!(err, Error::BadRepoId { .. }), "{err:?}");
+}
+
+/// `/dev/full` answers every write with "no space left", like a full disk; the partial file is
+/// made a link to it.
+#[cfg(target_os = "linux")]
+#[test]
+fn disk_full_is_reported_as_such() {
+    let server = Server::start();
+    let checkpoint = DriveFile::port_checkpoint();
+    serve_drive_file(&server, &checkpoint.id, fake_checkpoint(100_000), None);
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join(&checkpoint.file_name);
+    std::os::unix::fs::symlink("/dev/full", dexpression_download::part_path(&dest))
+        .expect("link to /dev/full");
+    let options = DriveOptions {
+        endpoint: server.base.clone(),
+        offline: false,
+    };
+    let err = fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect_err("disk full");
+    assert!(matches!(err, Error::DiskFull { .. }), "{err:?}");
+    assert!(err.to_string().contains("disk is full"), "{err}");
+    assert!(!dest.exists());
 }

@@ -381,7 +381,23 @@ pub fn write_mirror_parquet(
     rows: &[MirrorRow],
     class_names: Option<&[&str]>,
 ) {
-    use parquet::basic::Compression;
+    write_mirror_parquet_with(
+        path,
+        image_column,
+        rows,
+        class_names,
+        parquet::basic::Compression::SNAPPY,
+    )
+}
+
+/// [`write_mirror_parquet`] with another compression codec.
+pub fn write_mirror_parquet_with(
+    path: &Path,
+    image_column: ImageColumn,
+    rows: &[MirrorRow],
+    class_names: Option<&[&str]>,
+    compression: parquet::basic::Compression,
+) {
     use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
     use parquet::file::metadata::KeyValue;
     use parquet::file::properties::WriterProperties;
@@ -404,7 +420,7 @@ pub fn write_mirror_parquet(
         "message schema {{ {image_schema} {label_schema} optional binary file (STRING); }}"
     );
     let schema = Arc::new(parse_message_type(&message).expect("test schema parses"));
-    let mut properties = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    let mut properties = WriterProperties::builder().set_compression(compression);
     if let Some(names) = class_names {
         let json = serde_json::json!({"info": {"features": {
             "image": {"_type": "Image"},
