@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use dexpression_report::{write_report, EpochChoice, History, ReportOptions, RunConfig};
 
 /// Arguments of `cargo xtask report`.
@@ -36,11 +35,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let histories = args
         .history
         .iter()
-        .map(|path| {
-            History::from_run(path)
-                .with_context(|| format!("reading the history {}", path.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(History::from_run)
+        .collect::<Result<Vec<_>, _>>()?;
     let config = args.config.as_ref().map(RunConfig::from_json).transpose()?;
     let options = ReportOptions {
         epoch: args.epoch,

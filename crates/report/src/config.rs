@@ -69,13 +69,13 @@ impl RunConfig {
     /// Reads a `config.json`.
     pub fn from_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        serde_json::from_str(&text).map_err(|source| Error::Config {
+        serde_json::from_str(&text).map_err(|error| Error::Config {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 

@@ -9,12 +9,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    // The cause is part of the message and deliberately not a `source()`, so that `anyhow`'s
+    // chained display does not print it twice.
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A directory was given as a history but neither it nor a subdirectory holds `history.csv`.
     #[error("{dir}: no history.csv in this directory or its subdirectories; pass the CSV file itself or the directory `cargo xtask train` wrote")]
@@ -73,12 +75,12 @@ pub enum Error {
         path: PathBuf,
     },
     /// `config.json` is not the JSON object `cargo xtask train` writes.
-    #[error("{path}: not a valid run configuration: {source}")]
+    #[error("{path}: not a valid run configuration: {error}")]
     Config {
         /// The configuration file.
         path: PathBuf,
         /// What the JSON parser said.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// `--epoch` was neither `final`, `best` nor an epoch number.
     #[error("epoch choice {0:?} is not `final`, `best` or an epoch number such as 25")]
@@ -95,11 +97,11 @@ pub enum Error {
         message: String,
     },
     /// A PNG could not be encoded or written.
-    #[error("{path}: could not write the PNG: {source}")]
+    #[error("{path}: could not write the PNG: {error}")]
     Png {
         /// The image file.
         path: PathBuf,
         /// The encoder's description.
-        source: image::ImageError,
+        error: image::ImageError,
     },
 }

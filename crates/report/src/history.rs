@@ -52,9 +52,9 @@ impl History {
     /// its first epoch) is an empty history. A malformed row is an error naming its line.
     pub fn from_csv(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|error| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut history = History {
             sources: vec![path.to_path_buf()],
@@ -97,9 +97,9 @@ impl History {
         if csv_path.is_file() {
             return Self::from_csv_with_config(&csv_path);
         }
-        let io_error = |source| Error::Io {
+        let io_error = |error| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let mut run_dirs = Vec::new();
         for entry in std::fs::read_dir(path).map_err(io_error)? {

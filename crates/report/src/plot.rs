@@ -38,6 +38,15 @@ const FOLD_COLOURS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// How far above the requested point plotters' `ab_glyph` backend draws capitals that are
+/// centred vertically, as a fraction of the font size (it puts the baseline half a size below the
+/// layout box top, not at the font's ascent); added back so labels sit in the middle of cells.
+const AB_GLYPH_CENTRE_SHIFT: f64 = 0.27;
+
+fn centre_shift(size: f64) -> i32 {
+    (size * AB_GLYPH_CENTRE_SHIFT).round() as i32
+}
+
 /// Registers the embedded font with plotters; later calls only return the first outcome.
 pub(crate) fn register_embedded_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
@@ -131,9 +140,9 @@ pub(crate) fn draw_curves(
         draw_curve_panels(&root, &curves, metric).map_err(|err| draw_error(svg_path, err))?;
         root.present().map_err(|err| draw_error(svg_path, err))?;
     }
-    std::fs::write(svg_path, svg).map_err(|source| Error::Io {
+    std::fs::write(svg_path, svg).map_err(|error| Error::Io {
         path: svg_path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -221,7 +230,7 @@ fn draw_curve_panels<DB: DrawingBackend>(
         chart
             .configure_series_labels()
             .position(legend_position)
-            .label_font((FONT_FAMILY, 13))
+            .label_font((FONT_FAMILY, 14))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
             .draw()?;
@@ -371,7 +380,7 @@ fn draw_confusion_on<DB: DrawingBackend>(
             };
             root.draw(&Text::new(
                 value_text,
-                (centre.0, centre.1 - value_offset),
+                (centre.0, centre.1 - value_offset + centre_shift(value_size)),
                 TextStyle::from((FONT_FAMILY, value_size).into_font())
                     .color(&text_colour)
                     .pos(centred),
@@ -379,7 +388,10 @@ fn draw_confusion_on<DB: DrawingBackend>(
             if cell >= 34 {
                 root.draw(&Text::new(
                     format!("({count})"),
-                    (centre.0, centre.1 + (count_size * 0.8) as i32),
+                    (
+                        centre.0,
+                        centre.1 + (count_size * 0.8) as i32 + centre_shift(count_size),
+                    ),
                     TextStyle::from((FONT_FAMILY, count_size).into_font())
                         .color(&text_colour)
                         .pos(centred),
@@ -409,7 +421,10 @@ fn draw_confusion_on<DB: DrawingBackend>(
         let centre = left + class_idx as i32 * cell + cell / 2;
         root.draw(&Text::new(
             name.clone(),
-            (left - 8, top + class_idx as i32 * cell + cell / 2),
+            (
+                left - 8,
+                top + class_idx as i32 * cell + cell / 2 + centre_shift(f64::from(name_size)),
+            ),
             name_style.clone().pos(Pos::new(HPos::Right, VPos::Center)),
         ))?;
         root.draw(&Text::new(
@@ -462,7 +477,7 @@ fn draw_confusion_on<DB: DrawingBackend>(
         ))?;
         root.draw(&Text::new(
             format!("{fraction:.1}"),
-            (bar_left + bar_width + 9, y),
+            (bar_left + bar_width + 9, y + centre_shift(13.0)),
             TextStyle::from((FONT_FAMILY, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
@@ -499,9 +514,9 @@ fn save_png(path: &Path, pixels: &[u8], (width, height): (u32, u32)) -> Result<(
         image::ExtendedColorType::Rgb8,
         image::ImageFormat::Png,
     )
-    .map_err(|source| Error::Png {
+    .map_err(|error| Error::Png {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -215,9 +215,9 @@ pub fn write_report(
         );
     }
 
-    std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
+    std::fs::create_dir_all(out_dir).map_err(|error| Error::Io {
         path: out_dir.to_path_buf(),
-        source,
+        error,
     })?;
 
     for (metric, png_name, svg_name) in [
@@ -315,9 +315,9 @@ pub fn write_report(
         total_counts: total_counts.as_deref(),
         fold_matrices: &fold_matrices,
     });
-    std::fs::write(&summary_path, markdown).map_err(|source| Error::Io {
+    std::fs::write(&summary_path, markdown).map_err(|error| Error::Io {
         path: summary_path.clone(),
-        source,
+        error,
     })?;
     summary.written.push(summary_path);
     Ok(summary)
@@ -325,9 +325,9 @@ pub fn write_report(
 
 /// Writes counts with class names as the first row and column (rows: true, columns: predicted).
 fn write_confusion_csv(counts: &[Vec<u64>], class_names: &[String], path: &Path) -> Result<()> {
-    let io_error = |source: std::io::Error| Error::Io {
+    let io_error = |error: std::io::Error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let csv_error = |err: csv::Error| io_error(std::io::Error::other(err.to_string()));
     let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
@@ -346,4 +346,42 @@ fn write_confusion_csv(counts: &[Vec<u64>], class_names: &[String], path: &Path)
         writer.write_record(&fields).map_err(csv_error)?;
     }
     writer.flush().map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: u32, test_accuracy: f64) -> EpochRecord {
+        EpochRecord {
+            fold: 1,
+            epoch,
+            train_accuracy: 0.0,
+            test_accuracy,
+            train_loss: 0.0,
+            test_loss: 0.0,
+            test_pred: Vec::new(),
+            test_truth: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn best_epoch_is_the_earliest_maximum_and_skips_nan() {
+        let records = [
+            record(1, f64::NAN),
+            record(2, 70.0),
+            record(3, 90.0),
+            record(4, 90.0),
+            record(5, f64::NAN),
+        ];
+        let refs: Vec<&EpochRecord> = records.iter().collect();
+        assert_eq!(best_test_epoch(&refs).map(|r| r.epoch), Some(3));
+        assert_eq!(EpochChoice::Final.select(&refs).map(|r| r.epoch), Some(5));
+        assert_eq!(
+            EpochChoice::Number(2).select(&refs).map(|r| r.epoch),
+            Some(2)
+        );
+        assert_eq!(EpochChoice::Number(9).select(&refs), None);
+        assert_eq!(best_test_epoch(&[]), None);
+    }
 }
