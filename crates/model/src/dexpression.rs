@@ -68,7 +68,7 @@ struct Conv {
 
 impl Conv {
     fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        ops::conv2d(xs, self.weight.as_tensor(), self.bias.as_tensor(), self.stride, self.padding)?.relu()
+        ops::conv2d_relu(xs, self.weight.as_tensor(), self.bias.as_tensor(), self.stride, self.padding)
     }
 }
 

@@ -1,10 +1,59 @@
-//! 2-D convolution with bias.
+//! 2-D convolution with bias (and ReLU), on the fast CPU kernels or as candle's conv.
 
 use candle_core::Tensor;
 
+use super::fast_conv::ConvReluOp;
+
 /// Convolution of `N x Cin x H x W` with a `Cout x Cin x k x k` kernel, square stride and
-/// zero padding, plus a per-channel bias (PyTorch's `nn.Conv2d`).
-pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+/// zero padding, plus a per-channel bias (PyTorch's `nn.Conv2d`). Always candle's own conv: the
+/// fast kernels fuse the ReLU, see [`conv2d_relu`].
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
     let out_channels = bias.dim(0)?;
-    xs.conv2d(weight, padding, stride, 1, 1)?.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?)
+    xs.conv2d(weight, padding, stride, 1, 1)?
+        .broadcast_add(&bias.reshape((1, out_channels, 1, 1))?)
+}
+
+/// `relu(conv2d(xs, weight, bias))`: on the CPU in f32, one fused op whose backward is GEMMs and
+/// skips the input gradient when `xs` needs none; elsewhere [`conv2d`] then ReLU.
+pub fn conv2d_relu(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    conv2d_relu_on(
+        xs,
+        weight,
+        bias,
+        stride,
+        padding,
+        super::fast_kernels_for(xs),
+    )
+}
+
+/// [`conv2d_relu`] on a chosen path, so tests can compare both in one process.
+pub(crate) fn conv2d_relu_on(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    fast: bool,
+) -> candle_core::Result<Tensor> {
+    if fast {
+        xs.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            ConvReluOp { stride, padding },
+        )
+    } else {
+        conv2d(xs, weight, bias, stride, padding)?.relu()
+    }
 }

@@ -35,7 +35,10 @@ impl Pool2d {
 pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     if h + 2 * pool.padding < pool.kernel || w + 2 * pool.padding < pool.kernel {
-        candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {0}x{0} window", pool.kernel)
+        candle_core::bail!(
+            "max_pool2d: input {h}x{w} is smaller than the {0}x{0} window",
+            pool.kernel
+        )
     }
     if xs.device().is_cpu() {
         xs.contiguous()?.apply_op1(MaxPoolOp(pool))
@@ -43,7 +46,9 @@ pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
         // Fallback for GPUs: `to_device` is differentiable, so gradients flow back.
         let device = xs.device().clone();
         let host = xs.to_device(&candle_core::Device::Cpu)?;
-        host.contiguous()?.apply_op1(MaxPoolOp(pool))?.to_device(&device)
+        host.contiguous()?
+            .apply_op1(MaxPoolOp(pool))?
+            .to_device(&device)
     }
 }
 
@@ -65,7 +70,14 @@ fn for_each_plane<T: Send + Sync, U: Send>(
 
 /// Index of the first maximum of the window of output (oy, ox), or `None` if it holds only padding.
 #[inline]
-fn window_argmax<T: WithDType>(plane: &[T], h: usize, w: usize, pool: Pool2d, oy: usize, ox: usize) -> Option<usize> {
+fn window_argmax<T: WithDType>(
+    plane: &[T],
+    h: usize,
+    w: usize,
+    pool: Pool2d,
+    oy: usize,
+    ox: usize,
+) -> Option<usize> {
     let y0 = (oy * pool.stride) as isize - pool.padding as isize;
     let x0 = (ox * pool.stride) as isize - pool.padding as isize;
     let mut best: Option<(usize, T)> = None;
@@ -111,7 +123,12 @@ fn pool_forward<T: WithDType>(input: &[T], dims: &[usize], pool: Pool2d) -> (Vec
     (output, Shape::from((n, c, oh, ow)))
 }
 
-fn pool_backward<T: WithDType>(input: &[T], grad_out: &[T], dims: &[usize], pool: Pool2d) -> Vec<T> {
+fn pool_backward<T: WithDType>(
+    input: &[T],
+    grad_out: &[T],
+    dims: &[usize],
+    pool: Pool2d,
+) -> Vec<T> {
     let (h, w) = (dims[2], dims[3]);
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
     let mut grad_in = vec![T::zero(); input.len()];
@@ -143,7 +160,11 @@ impl CustomOp1 for MaxPoolOp {
         "dexpression-max-pool2d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = layout.dims();
         if dims.len() != 4 {
             candle_core::bail!("max_pool2d expects N x C x H x W, got {:?}", dims)
@@ -161,7 +182,12 @@ impl CustomOp1 for MaxPoolOp {
         }
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackwardOp(self.0))?;
         Ok(Some(grad))
     }
@@ -186,14 +212,28 @@ impl CustomOp2 for MaxPoolBackwardOp {
         let shape = Shape::from(dims);
         match (input, grad) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => Ok((
-                CpuStorage::F32(pool_backward(contiguous(x, input_layout)?, contiguous(g, grad_layout)?, dims, self.0)),
+                CpuStorage::F32(pool_backward(
+                    contiguous(x, input_layout)?,
+                    contiguous(g, grad_layout)?,
+                    dims,
+                    self.0,
+                )),
                 shape,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => Ok((
-                CpuStorage::F64(pool_backward(contiguous(x, input_layout)?, contiguous(g, grad_layout)?, dims, self.0)),
+                CpuStorage::F64(pool_backward(
+                    contiguous(x, input_layout)?,
+                    contiguous(g, grad_layout)?,
+                    dims,
+                    self.0,
+                )),
                 shape,
             )),
-            (x, g) => candle_core::bail!("max_pool2d backward: unsupported dtypes {:?}/{:?}", x.dtype(), g.dtype()),
+            (x, g) => candle_core::bail!(
+                "max_pool2d backward: unsupported dtypes {:?}/{:?}",
+                x.dtype(),
+                g.dtype()
+            ),
         }
     }
 }
@@ -205,22 +245,47 @@ mod tests {
 
     #[test]
     fn forward_matches_hand_computed_values_with_padding() {
-        let xs = Tensor::arange(0f32, 16., &Device::Cpu).unwrap().reshape((1, 1, 4, 4)).unwrap();
-        let pool = Pool2d { kernel: 3, stride: 1, padding: 1 };
+        let xs = Tensor::arange(0f32, 16., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap();
+        let pool = Pool2d {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
         let ys = max_pool2d(&xs, pool).unwrap();
-        let expected = [5., 6., 7., 7., 9., 10., 11., 11., 13., 14., 15., 15., 13., 14., 15., 15.];
-        assert_eq!(ys.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+        let expected = [
+            5., 6., 7., 7., 9., 10., 11., 11., 13., 14., 15., 15., 13., 14., 15., 15.,
+        ];
+        assert_eq!(
+            ys.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            expected
+        );
     }
 
     #[test]
     fn backward_sends_gradient_to_the_first_tied_maximum() {
         // All equal: every window's gradient goes to its top-left element.
-        let xs = Var::from_tensor(&Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let pool = Pool2d { kernel: 3, stride: 2, padding: 0 };
+        let xs = Var::from_tensor(
+            &Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let pool = Pool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+        };
         let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
         assert_eq!(ys.dims(), &[1, 1, 2, 2]);
         let grads = ys.sum_all().unwrap().backward().unwrap();
-        let grad = grads.get(xs.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let grad = grads
+            .get(xs.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mut expected = vec![0f32; 25];
         for idx in [0, 2, 10, 12] {
             expected[idx] = 1.0;

@@ -5,12 +5,59 @@
 //! - [`max_pool2d`]: candle's has no padding and no backward when kernel and stride differ;
 //! - [`layer_norm`]: candle-nn's fused LayerNorm has no backward (gradients silently stop) and
 //!   normalises only the last dimension, where the port normalises over `[C, H, W]`;
-//! - [`conv2d`]: the place where a faster CPU convolution plugs in.
+//! - [`conv2d`] and [`conv2d_relu`]: candle's CPU conv backward is a naive loop and computes the
+//!   input gradient even for the network input.
+//!
+//! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
+//! the bias and ReLU fused, one-pass LayerNorm) are used by default; the reference path composes
+//! candle tensor ops and serves every other device (CUDA) and dtype. [`set_reference_ops`] (or
+//! `DEXPRESSION_REFERENCE_OPS=1`) forces the reference path, for comparisons and benchmarks.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{DType, Tensor};
 
 mod conv;
+mod fast_conv;
+mod fast_layer_norm;
 mod layer_norm;
 mod max_pool;
+mod parallel;
 
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_relu};
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, Pool2d};
+
+/// The environment variable that selects the reference path when set to `1` or `true`.
+pub const REFERENCE_OPS_ENV: &str = "DEXPRESSION_REFERENCE_OPS";
+
+/// 0: not decided yet (read the environment), 1: fast kernels, 2: reference path.
+static PATH: AtomicU8 = AtomicU8::new(0);
+
+/// Forces the reference path (`true`) or allows the fast CPU kernels (`false`) for every
+/// following call, in every thread. The default comes from [`REFERENCE_OPS_ENV`].
+pub fn set_reference_ops(reference: bool) {
+    PATH.store(if reference { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether the reference path is forced (see [`set_reference_ops`]).
+pub fn reference_ops() -> bool {
+    match PATH.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let reference = std::env::var(REFERENCE_OPS_ENV)
+                .is_ok_and(|value| matches!(value.trim(), "1" | "true" | "yes"));
+            set_reference_ops(reference);
+            reference
+        }
+    }
+}
+
+/// Whether an op on `xs` runs on the fast kernels: CPU, f32, and the reference path not forced.
+fn fast_kernels_for(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && !reference_ops()
+}
+
+#[cfg(test)]
+mod fast_tests;

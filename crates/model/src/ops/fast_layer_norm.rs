@@ -1,0 +1,238 @@
+//! Fast CPU LayerNorm over every non-batch dimension (f32 data, f64 statistics): one pass for the
+//! statistics and one for the output forward; backward in two passes (input gradient per sample,
+//! then the affine gradients per feature).
+//!
+//! The reference composition of tensor ops converts the whole activation to f64 and back and keeps
+//! several full-size temporaries for its backward; here the statistics are still accumulated in
+//! f64 (PyTorch's precision: a plain f32 sum over 193,600 values drifts), but nothing else is.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::parallel::{contiguous_f32, thread_count};
+
+/// Mean and standard deviation (`sqrt(var + eps)`, biased variance) of one sample, in f64.
+fn sample_statistics(x: &[f32], eps: f64) -> (f64, f64) {
+    let count = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / count;
+    let variance = x
+        .iter()
+        .map(|&v| {
+            let centred = v as f64 - mean;
+            centred * centred
+        })
+        .sum::<f64>()
+        / count;
+    (mean, (variance + eps).sqrt())
+}
+
+/// `rstd` and `-rstd * mean` in f32, from statistics accumulated in f64, rounded as PyTorch's CPU
+/// kernel rounds them: it computes `y = (x * rstd + (-rstd * mean)) * gamma + beta`, one f32
+/// operation at a time. Matching that order matters: LayerNorm maps the zeros left by ReLU to
+/// values that tie exactly in the next max-pool, and which element wins a tie decides where the
+/// gradient goes.
+pub(crate) fn pytorch_scale_shift(x: &[f32], eps: f64) -> (f32, f32) {
+    let (mean, std) = sample_statistics(x, eps);
+    let variance = (std * std - eps) as f32;
+    let mean = mean as f32;
+    let scale = 1.0f32 / (variance + eps as f32).sqrt();
+    (scale, -scale * mean)
+}
+
+fn split_len(len: usize) -> usize {
+    len.div_ceil(thread_count() * 4).max(1024)
+}
+
+/// `((x - mean) / std) * weight + bias` per sample.
+fn forward(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> Vec<f32> {
+    let features = weight.len();
+    let mut out = vec![0f32; x.len()];
+    for (out, x) in out.chunks_mut(features).zip(x.chunks(features)) {
+        let (scale, shift) = pytorch_scale_shift(x, eps);
+        let chunk = split_len(features);
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .zip(weight.par_chunks(chunk).zip(bias.par_chunks(chunk)))
+            .for_each(|((out, x), (weight, bias))| {
+                for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+                    // PyTorch's order of f32 operations (see `pytorch_scale_shift`).
+                    *o = (v * scale + shift) * w + b;
+                }
+            });
+    }
+    out
+}
+
+/// Input, weight and bias gradients, concatenated (`x.len()`, then two of `weight.len()`).
+fn backward(x: &[f32], weight: &[f32], grad: &[f32], eps: f64) -> Vec<f32> {
+    let features = weight.len();
+    let n = x.len() / features;
+    let mut out = vec![0f32; x.len() + 2 * features];
+    let (dx, affine) = out.split_at_mut(x.len());
+    let mut statistics = Vec::with_capacity(n);
+    for ((dx, x), grad) in dx
+        .chunks_mut(features)
+        .zip(x.chunks(features))
+        .zip(grad.chunks(features))
+    {
+        let (mean, std) = sample_statistics(x, eps);
+        statistics.push((mean, std));
+        let chunk = split_len(features);
+        // Sums of g = dy * w and of g * xhat, in f64.
+        let (sum_g, sum_g_xhat) = x
+            .par_chunks(chunk)
+            .zip(grad.par_chunks(chunk))
+            .zip(weight.par_chunks(chunk))
+            .map(|((x, grad), weight)| {
+                let mut sums = (0f64, 0f64);
+                for ((&v, &dy), &w) in x.iter().zip(grad).zip(weight) {
+                    let g = (dy * w) as f64;
+                    sums.0 += g;
+                    sums.1 += g * ((v as f64 - mean) / std);
+                }
+                sums
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold((0f64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (mean_g, mean_g_xhat) = (sum_g / features as f64, sum_g_xhat / features as f64);
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .zip(grad.par_chunks(chunk).zip(weight.par_chunks(chunk)))
+            .for_each(|((dx, x), (grad, weight))| {
+                for (((d, &v), &dy), &w) in dx.iter_mut().zip(x).zip(grad).zip(weight) {
+                    let xhat = (v as f64 - mean) / std;
+                    *d = (((dy * w) as f64 - mean_g - xhat * mean_g_xhat) / std) as f32;
+                }
+            });
+    }
+    let (dw, db) = affine.split_at_mut(features);
+    let chunk = split_len(features);
+    dw.par_chunks_mut(chunk)
+        .zip(db.par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(chunk_idx, (dw, db))| {
+            let start = chunk_idx * chunk;
+            for (sample_idx, &(mean, std)) in statistics.iter().enumerate() {
+                let offset = sample_idx * features + start;
+                let x = &x[offset..offset + dw.len()];
+                let grad = &grad[offset..offset + dw.len()];
+                for (((w, b), &v), &dy) in dw.iter_mut().zip(db.iter_mut()).zip(x).zip(grad) {
+                    let xhat = ((v as f64 - mean) / std) as f32;
+                    *w += dy * xhat;
+                    *b += dy;
+                }
+            }
+        });
+    out
+}
+
+/// LayerNorm with affine weight and bias: arguments input, weight, bias (contiguous f32, CPU).
+pub(crate) struct LayerNormOp {
+    pub eps: f64,
+}
+
+fn check_features(x: &Layout, weight_len: usize) -> candle_core::Result<()> {
+    let features: usize = x.dims().iter().skip(1).product();
+    if x.dims().is_empty() || features != weight_len {
+        candle_core::bail!(
+            "layer_norm: input {:?} does not match an affine part of {weight_len} values",
+            x.dims()
+        )
+    }
+    Ok(())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "dexpression-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x_values, w, b) = (
+            contiguous_f32(x, xl, "layer_norm input")?,
+            contiguous_f32(w, wl, "layer_norm weight")?,
+            contiguous_f32(b, bl, "layer_norm bias")?,
+        );
+        check_features(xl, w.len())?;
+        if b.len() != w.len() {
+            candle_core::bail!(
+                "layer_norm: weight of {} values but bias of {}",
+                w.len(),
+                b.len()
+            )
+        }
+        Ok((
+            CpuStorage::F32(forward(x_values, w, b, self.eps)),
+            xl.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let all = x.apply_op3_no_bwd(
+            w,
+            &grad_res.contiguous()?,
+            &LayerNormBackwardOp { eps: self.eps },
+        )?;
+        let (n_inputs, features) = (x.elem_count(), w.elem_count());
+        let grad_x = all.narrow(0, 0, n_inputs)?.reshape(x.shape())?;
+        let grad_w = all.narrow(0, n_inputs, features)?.reshape(w.shape())?;
+        let grad_b = all
+            .narrow(0, n_inputs + features, features)?
+            .reshape(w.shape())?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+/// Gradients of [`LayerNormOp`], flat: arguments input, weight and output gradient.
+struct LayerNormBackwardOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormBackwardOp {
+    fn name(&self) -> &'static str {
+        "dexpression-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x_values, w, g) = (
+            contiguous_f32(x, xl, "layer_norm input")?,
+            contiguous_f32(w, wl, "layer_norm weight")?,
+            contiguous_f32(g, gl, "layer_norm gradient")?,
+        );
+        check_features(xl, w.len())?;
+        if g.len() != x_values.len() {
+            candle_core::bail!(
+                "layer_norm backward: gradient of {} values for an input of {}",
+                g.len(),
+                x_values.len()
+            )
+        }
+        let out = backward(x_values, w, g, self.eps);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}

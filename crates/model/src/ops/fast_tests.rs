@@ -1,0 +1,136 @@
+//! The fast CPU kernels against the reference tensor-op path, on small random inputs: outputs and
+//! every gradient must agree within f32 rounding.
+
+use candle_core::{Device, Tensor, Var};
+
+use super::conv::conv2d_relu_on;
+use super::layer_norm::layer_norm_on;
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    let count = shape.iter().product();
+    Var::from_tensor(&Tensor::from_vec(values(count, seed), shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// Max abs difference relative to the reference's max abs value.
+fn relative_diff(fast: &Tensor, reference: &Tensor) -> f32 {
+    assert_eq!(fast.dims(), reference.dims());
+    let fast = fast.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    fast.iter()
+        .zip(&reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+/// Runs `f` on both paths with the same variables; compares the output and each variable's gradient.
+fn check_paths(name: &str, vars: &[Var], f: impl Fn(bool) -> Tensor) {
+    // A fixed random projection of the output makes every output gradient distinct.
+    let run = |fast: bool| {
+        let out = f(fast);
+        let weights =
+            Tensor::from_vec(values(out.elem_count(), 99), out.shape(), &Device::Cpu).unwrap();
+        let grads = (&out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grads: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        (out, grads)
+    };
+    let (fast_out, fast_grads) = run(true);
+    let (reference_out, reference_grads) = run(false);
+    let diff = relative_diff(&fast_out, &reference_out);
+    assert!(diff < 1e-5, "{name}: output differs by {diff:e}");
+    for (idx, (fast, reference)) in fast_grads.iter().zip(&reference_grads).enumerate() {
+        let (fast, reference) = (
+            fast.as_ref().expect("fast gradient"),
+            reference.as_ref().expect("reference gradient"),
+        );
+        let diff = relative_diff(fast, reference);
+        assert!(
+            diff < 1e-5,
+            "{name}: gradient of argument {idx} differs by {diff:e}"
+        );
+    }
+}
+
+#[test]
+fn fast_conv_relu_matches_the_reference_with_gradients() {
+    for (c_in, c_out, side, kernel, stride, padding, batch) in [
+        (3, 5, 9, 3, 1, 1, 3),
+        (1, 4, 15, 7, 2, 3, 2),
+        (6, 4, 5, 1, 1, 0, 3),
+        (4, 3, 8, 3, 2, 0, 1),
+        (2, 3, 6, 3, 1, 1, 1),
+    ] {
+        let xs = var(&[batch, c_in, side, side], 1);
+        let weight = var(&[c_out, c_in, kernel, kernel], 2);
+        let bias = var(&[c_out], 3);
+        let name = format!("conv k{kernel} s{stride} p{padding} n{batch}");
+        check_paths(&name, &[xs.clone(), weight.clone(), bias.clone()], |fast| {
+            conv2d_relu_on(
+                xs.as_tensor(),
+                weight.as_tensor(),
+                bias.as_tensor(),
+                stride,
+                padding,
+                fast,
+            )
+            .unwrap()
+        });
+    }
+}
+
+#[test]
+fn fast_conv_skips_the_gradient_of_a_constant_input() {
+    let xs = Tensor::from_vec(values(2 * 9 * 9, 4), (2, 1, 9, 9), &Device::Cpu).unwrap();
+    let weight = var(&[4, 1, 3, 3], 5);
+    let bias = var(&[4], 6);
+    let out = conv2d_relu_on(&xs, weight.as_tensor(), bias.as_tensor(), 2, 1, true).unwrap();
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&xs).is_none());
+    assert!(grads.get(weight.as_tensor()).is_some());
+}
+
+#[test]
+fn fast_layer_norm_matches_the_reference_with_gradients() {
+    for batch in [1, 3] {
+        let xs = var(&[batch, 4, 7, 6], 7);
+        let weight = var(&[4, 7, 6], 8);
+        let bias = var(&[4, 7, 6], 9);
+        check_paths(
+            &format!("layer_norm n{batch}"),
+            &[xs.clone(), weight.clone(), bias.clone()],
+            |fast| {
+                layer_norm_on(
+                    xs.as_tensor(),
+                    weight.as_tensor(),
+                    bias.as_tensor(),
+                    1e-5,
+                    fast,
+                )
+                .unwrap()
+            },
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Threading and GEMM helpers shared by the fast CPU kernels.
+//!
+//! Threads come from rayon's global pool, so `RAYON_NUM_THREADS` is respected and every logical
+//! CPU is used by default (the `gemm` crate on its own counts physical cores, which leaves one of
+//! the two vCPUs of a small cloud machine idle).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout};
+
+/// How a GEMM may use threads: `gemm::Parallelism::None` inside a batch split across threads,
+/// `Rayon(n)` when one image at a time uses every thread.
+pub(crate) type Parallel = gemm::Parallelism;
+
+/// Threads the kernels use: the size of rayon's pool.
+pub(crate) fn thread_count() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Splits a batch of `n` images across threads: images per group and the GEMM parallelism
+/// inside a group. With at least one image per thread, each thread runs whole images with a
+/// single-threaded GEMM (no synchronisation inside a layer); otherwise images run one after the
+/// other and the GEMM uses every thread.
+pub(crate) fn image_groups(n: usize) -> (usize, Parallel) {
+    let threads = thread_count();
+    if threads > 1 && n >= threads {
+        (n.div_ceil(threads), gemm::Parallelism::None)
+    } else if threads > 1 {
+        (n.max(1), gemm::Parallelism::Rayon(threads))
+    } else {
+        (n.max(1), gemm::Parallelism::None)
+    }
+}
+
+/// A row-major GEMM `dst (m x n, rows of n) = [dst +] lhs (m x k) * rhs (k x n)`, the operands
+/// given by their row and column strides so transposes cost nothing.
+pub(crate) struct Gemm<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst: &'a mut [f32],
+    pub accumulate: bool,
+    pub lhs: &'a [f32],
+    pub lhs_rs: usize,
+    pub lhs_cs: usize,
+    pub rhs: &'a [f32],
+    pub rhs_rs: usize,
+    pub rhs_cs: usize,
+}
+
+/// Runs a [`Gemm`], checking every access stays inside its slice.
+pub(crate) fn gemm(op: Gemm<'_>, parallelism: Parallel) {
+    let Gemm {
+        m,
+        n,
+        k,
+        dst,
+        accumulate,
+        lhs,
+        lhs_rs,
+        lhs_cs,
+        rhs,
+        rhs_rs,
+        rhs_cs,
+    } = op;
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        dst.len() >= m * n,
+        "gemm: destination of {} values for {m} x {n}",
+        dst.len()
+    );
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        lhs.len() > last(m, k, lhs_rs, lhs_cs),
+        "gemm: lhs of {} values too short for {m} x {k}",
+        lhs.len()
+    );
+    assert!(
+        rhs.len() > last(k, n, rhs_rs, rhs_cs),
+        "gemm: rhs of {} values too short for {k} x {n}",
+        rhs.len()
+    );
+    // SAFETY: the asserts above keep every element the GEMM reads or writes inside its slice, and
+    // `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor; `what` names it in the error.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!(
+            "{what}: the fast CPU kernels take f32, got {:?}",
+            storage.dtype()
+        )
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: the fast CPU kernels need a contiguous tensor"),
+    }
+}
