@@ -354,14 +354,25 @@ fn parse_integer(text: &str) -> Option<u32> {
     (value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value)).then_some(value as u32)
 }
 
-/// Parses `"[4, 0, 3]"`, numpy's `"[4 0 3]"` or `"tensor([4, 0, 3])"`; an empty field is an
-/// empty list.
+/// Parses `"[4, 0, 3]"`, numpy's `"[4 0 3]"`, `"tensor([4, 0, 3])"` or a list of scalar
+/// tensors `"[tensor(4, device='cuda:0'), ...]"` (what a Python list of `argmax` results prints);
+/// an empty field is an empty list.
 fn parse_labels(text: &str) -> Option<Vec<usize>> {
     let text = strip_tensor_wrapper(text);
     if text.is_empty() {
         return Some(Vec::new());
     }
     let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    if inner.contains("tensor(") {
+        return inner
+            .split("tensor(")
+            .skip(1)
+            .map(|piece| {
+                let end = piece.find([',', ')']).unwrap_or(piece.len());
+                parse_integer(&piece[..end]).map(|label| label as usize)
+            })
+            .collect();
+    }
     inner
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|item| !item.is_empty())
@@ -381,6 +392,11 @@ mod tests {
             parse_labels("tensor([1, 2], device='cuda:0')"),
             Some(vec![1, 2])
         );
+        assert_eq!(
+            parse_labels("[tensor(4, device='cuda:0'), tensor(0, device='cuda:0')]"),
+            Some(vec![4, 0])
+        );
+        assert_eq!(parse_labels("[tensor(4), tensor(1)]"), Some(vec![4, 1]));
         assert_eq!(parse_labels("[]"), Some(vec![]));
         assert_eq!(parse_labels(""), Some(vec![]));
         assert_eq!(parse_labels("[4, x]"), None);

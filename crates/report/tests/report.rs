@@ -550,3 +550,39 @@ fn epoch_choices_parse() {
         Err(Error::InvalidEpochChoice(_))
     ));
 }
+
+#[test]
+fn a_history_without_predictions_still_gets_curves_and_tables() {
+    let no_lists = "epoch,fold,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss
+1,1,50.0,40.0,1.0,1.2
+2,1,70.0,60.0,0.5,0.8
+";
+    let report = check_report(&[("h.csv", no_lists)], &["h.csv"], EpochChoice::Final);
+    let written: Vec<String> = report
+        .summary
+        .written
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        written,
+        [
+            "train_test_accuracy.png",
+            "train_test_accuracy.svg",
+            "train_test_loss.png",
+            "train_test_loss.svg",
+            "summary.md"
+        ]
+    );
+    assert_contains(
+        &report.markdown,
+        "| 1 | 70.00 | 60.00 | 0.5000 | 0.8000 |\n",
+    );
+    assert_contains(&report.markdown, "so there are no per-class scores");
+    assert!(!report.markdown.contains("confusion_matrix-all.png"));
+    assert!(report
+        .summary
+        .warnings
+        .iter()
+        .any(|warning| warning.contains("fold 1 epoch 2 has no test predictions")));
+}
