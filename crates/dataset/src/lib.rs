@@ -29,6 +29,7 @@
 mod archive;
 pub mod cache;
 pub mod crop;
+pub mod detect;
 mod error;
 mod expression;
 mod folds;

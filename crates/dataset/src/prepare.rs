@@ -1,6 +1,7 @@
 //! [`prepare`]: source folder → cached face crops, in parallel.
 
 use crate::crop::{crop_and_resize, landmark_box};
+use crate::detect::detect_faces;
 use crate::layout::{self, FrameJob, Scan};
 use crate::parse::parse_landmarks;
 use crate::{
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bumped whenever the crop pipeline changes what it produces, so old caches are rebuilt.
-const PIPELINE_VERSION: &str = "dexpression-dataset crops v1";
+const PIPELINE_VERSION: &str = "dexpression-dataset crops v2 (landmarks, SeetaFace detector)";
 
 /// The largest accepted `image_size`: far above any network input, small enough that a
 /// typo cannot ask for terabytes.
@@ -283,8 +284,11 @@ fn crop_one(job: &FrameJob, options: &PrepareOptions) -> std::result::Result<Sam
     {
         (None, CropMethod::Precropped)
     } else {
-        // No landmarks and no face detector: the whole frame, counted in the summary.
-        (None, CropMethod::Whole)
+        // No landmarks: the detector's best face, else the whole frame (counted in the summary).
+        match detect_faces(&image.to_luma8()).first() {
+            Some(detected) => (Some(detected.face), CropMethod::Detector),
+            None => (None, CropMethod::Whole),
+        }
     };
     let crop = if face.is_none() && crop == CropMethod::Landmarks {
         CropMethod::Whole

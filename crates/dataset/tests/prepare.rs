@@ -629,3 +629,51 @@ fn synthetic_expressions_are_learnable_across_subjects() {
         "held-out-subject accuracy {accuracy:.2} (chance 0.14)"
     );
 }
+
+/// Without landmark files the SeetaFace detector finds the synthetic faces, close to where
+/// the landmarks put them; a frame with no face falls back to the whole image.
+#[test]
+fn detector_crops_faces_without_landmarks() {
+    use dexpression_dataset::crop::{landmark_box, CropBox};
+    use dexpression_dataset::detect::detect_faces;
+    use dexpression_dataset::parse::parse_landmarks;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (root, _) = synthetic(dir.path(), 1);
+    let iou = |a: CropBox, b: CropBox| -> f64 {
+        let overlap_x = (a.x + a.width)
+            .min(b.x + b.width)
+            .saturating_sub(a.x.max(b.x));
+        let overlap_y = (a.y + a.height)
+            .min(b.y + b.height)
+            .saturating_sub(a.y.max(b.y));
+        let overlap = (overlap_x * overlap_y) as f64;
+        overlap / ((a.width * a.height + b.width * b.height) as f64 - overlap)
+    };
+    for sequence in ["001", "004"] {
+        let stem = format!("S010_{sequence}_00000005");
+        let image_path = root.join(format!("cohn-kanade-images/S010/{sequence}/{stem}.png"));
+        let image = image::open(&image_path)
+            .expect("synthetic frame")
+            .to_luma8();
+        let landmarks_path = root.join(format!("Landmarks/S010/{sequence}/{stem}_landmarks.txt"));
+        let points = parse_landmarks(&fs::read_to_string(landmarks_path).expect("landmarks"))
+            .expect("68 points");
+        let expected = landmark_box(&points, 0.1, image.width(), image.height()).expect("box");
+        let detected = detect_faces(&image);
+        assert_eq!(detected.len(), 1, "{detected:?}");
+        let overlap = iou(detected[0].face, expected);
+        assert!(
+            overlap > 0.5,
+            "detector {:?} vs landmarks {expected:?}: IoU {overlap:.2}",
+            detected[0]
+        );
+    }
+
+    fs::remove_dir_all(root.join("Landmarks")).expect("remove landmarks");
+    let dataset = run(&root, &dir.path().join("cache"), &options());
+    assert_eq!(
+        dataset.summary.crops_by(CropMethod::Detector),
+        dataset.samples.len()
+    );
+}
