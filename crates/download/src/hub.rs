@@ -211,6 +211,10 @@ fn map_hub_error(file: &HubFile, endpoint: &str, err: HFError) -> Error {
                 reason: transfer::describe_transport_error(&source),
             }
         }
+        HFError::Request { source, .. } => Error::HubInterrupted {
+            url,
+            reason: transfer::describe_transport_error(&source),
+        },
         HFError::Io(source) if source.kind() == std::io::ErrorKind::StorageFull => {
             Error::DiskFull {
                 path: PathBuf::from("the Hugging Face cache (HF_HUB_CACHE)"),

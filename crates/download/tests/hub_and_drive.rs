@@ -577,3 +577,37 @@ fn disk_full_is_reported_as_such() {
     assert!(err.to_string().contains("disk is full"), "{err}");
     assert!(!dest.exists());
 }
+
+/// hf-hub restarts a cut Hub transfer rather than resuming it: the cut is reported, nothing is
+/// put in place, and the next run gets the whole file.
+#[test]
+fn cut_hub_transfer_is_reported_and_the_next_run_completes() {
+    let parquet_rows = rows(&names(&["anger", "happy", "fear"]));
+    let bytes = parquet_bytes(ImageColumn::Struct, &parquet_rows, None);
+    let server = Server::start();
+    server.route(
+        &format!("/datasets/{REPO}/resolve/main/{FILE}"),
+        Route::File {
+            body: bytes.clone(),
+            cut_first_get_after: Some(bytes.len() / 2),
+            content_type: "application/octet-stream",
+        },
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = server.hub_options(&work.path().join("hf-cache"));
+    let err =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect_err("cut");
+    assert!(matches!(err, Error::HubInterrupted { .. }), "{err:?}");
+    assert!(err.to_string().contains("Run the command again"), "{err}");
+    assert!(!data
+        .raw_hub_file(&MirrorSource::default().hub_file())
+        .exists());
+    assert!(!data.mirror_dir().exists());
+
+    let (fetched, summary) =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+            .expect("second run");
+    assert_eq!(fs::read(&fetched.path).expect("raw file"), bytes);
+    assert_eq!(summary.n_images(), 3);
+}
