@@ -1,6 +1,7 @@
 //! CK+ (Extended Cohn-Kanade) for facial expression recognition: reads the dataset in its
 //! official layout (extracted or as zips) or as one folder per class, crops the faces in
-//! parallel, caches the crops, and deals subject-independent folds.
+//! parallel (from the CK+ landmarks, else with a bundled SeetaFace detector), caches the crops,
+//! and deals subject-independent folds.
 //!
 //! It yields `u8` grayscale pixels and class indices; it does not depend on candle or make
 //! tensors (the train crate does), and knows nothing of the network. [`synth`] writes a
