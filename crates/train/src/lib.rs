@@ -1,5 +1,54 @@
-//! k-fold training of DeXpression: loop, metrics, history, checkpoints and resume.
+//! k-fold cross-validated training of DeXpression: the loop, per-epoch metrics, the history the
+//! report reads, checkpoints and resumption.
 //!
-//! (Work in progress.)
+//! [`run`] deals folds that do not share people (by default), trains a fresh network per fold
+//! with Adam and NLL loss (the PyTorch port's schedule by default), evaluates every epoch, and
+//! writes into the output folder `config.json` ([`TrainConfig`]), `history.csv` (the port's
+//! columns), `history.jsonl` (everything) and per fold `last`/`best` checkpoints
+//! ([`TrainState`]). A killed run started again resumes after its last finished epoch and ends
+//! with the same history; the same seed, options and thread count on the CPU give the same
+//! history byte for byte.
+//!
+//! It does not read CK+ (the dataset crate prepares samples), define the network (the model
+//! crate) or draw anything (the report crate, from the files written here).
+//!
+//! ```no_run
+//! use dexpression_dataset::{prepare, PrepareOptions, Selection};
+//! use dexpression_train::{run, RunOptions, Silent, TrainConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let options = PrepareOptions { image_size: 64, ..Default::default() };
+//! let dataset = prepare("data/ckplus".as_ref(), "data/cache".as_ref(), &options, &|_| {})?;
+//! let mut config = TrainConfig::port_defaults(&dataset, "data/ckplus", Selection::Peak(3), false);
+//! config.epochs = 3;
+//! let device = dexpression_model::parse_device("cpu")?;
+//! let summary = run(&config, &dataset, "results".as_ref(), &RunOptions::default(), &device, &mut Silent)?;
+//! println!("mean test accuracy {:?}", summary.mean_final_test_accuracy());
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
+
+mod augment;
+pub mod batching;
+pub mod checkpoint;
+mod config;
+mod error;
+pub mod folds;
+mod history;
+mod metrics;
+mod progress;
+mod run;
+
+pub use augment::augment;
+pub use checkpoint::{BestEpoch, BestState, TrainState};
+pub use config::{selection_name, SelectOn, TrainConfig, CONFIG_FILE};
+pub use error::{Error, Result};
+pub use history::{
+    history_csv, read_history_jsonl, write_history, EpochRecord, CSV_HEADER, HISTORY_CSV,
+    HISTORY_JSONL,
+};
+pub use metrics::{Metrics, MetricsAccumulator};
+pub use progress::{FoldInfo, Progress, RunInfo, Silent};
+pub use run::{evaluate, run, train_batch, BatchOutcome, RunOptions, RunSummary};
