@@ -1,9 +1,32 @@
-//! Not written yet.
+//! `cargo xtask import-torch`: the PyTorch port's checkpoints into safetensors.
 
-/// Arguments.
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Convert a PyTorch port checkpoint (`cnn-fold1-..._25-1.00.tar`, a bare `state_dict`, or a
+/// DataParallel one) into DeXpression safetensors weights.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The checkpoint written by `torch.save`.
+    checkpoint: PathBuf,
+    /// Where to write the safetensors weights.
+    #[arg(long, default_value = "data/weights/dexpression-port.safetensors")]
+    out: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let summary = dexpression_model::import_torch(&args.checkpoint, &args.out)
+        .with_context(|| format!("importing {}", args.checkpoint.display()))?;
+    println!(
+        "{} -> {}: {} tensors, {} classes, input {}x{}{}",
+        summary.source.display(),
+        summary.output.display(),
+        summary.n_tensors,
+        summary.config.n_classes,
+        summary.config.image_size,
+        summary.config.image_size,
+        if summary.stripped_module_prefix { " (DataParallel `module.` prefix removed)" } else { "" }
+    );
+    Ok(())
 }
