@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bumped whenever the crop pipeline changes what it produces, so old caches are rebuilt.
-const PIPELINE_VERSION: &str = "dexpression-dataset crops v2 (landmarks, SeetaFace detector)";
+const PIPELINE_VERSION: &str = "dexpression-dataset crops v3 (landmarks, SeetaFace detector, sorted samples)";
 
 /// The largest accepted `image_size`: far above any network input, small enough that a
 /// typo cannot ask for terabytes.
@@ -239,6 +239,15 @@ fn crop_all(
         }
     }
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    // A stable order whatever the layout's folder order (class folders come first there).
+    samples.sort_by(|a, b| {
+        (&a.subject, &a.sequence, a.frame, a.label).cmp(&(
+            &b.subject,
+            &b.sequence,
+            b.frame,
+            b.label,
+        ))
+    });
     Ok((samples, skipped))
 }
 
