@@ -36,6 +36,16 @@ pub struct ImportSummary {
 /// The files are unpacked beside `dest` and renamed into place only when the images and the
 /// emotion labels are both there. A zip with nothing from CK+ is an error naming its entries.
 pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Result<ImportSummary> {
+    if let (Ok(from_canonical), Ok(dest_canonical)) = (from.canonicalize(), dest.canonicalize()) {
+        if from_canonical == dest_canonical {
+            // Already in place: nothing to copy onto itself.
+            return Ok(ImportSummary {
+                dest: dest.to_path_buf(),
+                n_files_per_part: count_part_files(dest),
+                already_imported: true,
+            });
+        }
+    }
     let sources = list_sources(from)?;
     let fingerprint = fingerprint(&sources)?;
     let marker = dest.join(IMPORT_MARKER);
@@ -147,7 +157,10 @@ fn list_sources(from: &Path) -> Result<Vec<Source>> {
             {
                 sources.push(Source::Zip(path));
             } else {
-                let relative = path.strip_prefix(from).unwrap_or(&path).to_path_buf();
+                // Relative to the folder's parent, so that giving `.../Emotion` itself keeps
+                // the `Emotion/` that marks its files.
+                let base = from.parent().unwrap_or(from);
+                let relative = path.strip_prefix(base).unwrap_or(&path).to_path_buf();
                 sources.push(Source::File { path, relative });
             }
         }

@@ -109,7 +109,14 @@ pub fn fetch_drive_file(
     } else {
         (response, url)
     };
-    transfer::receive(response, &url, &file.id, dest, offset, progress)
+    transfer::receive(response, &url, &file.id, dest, offset, progress).map_err(|err| match err {
+        Error::NotFound { url, .. } => Error::DriveNotFound {
+            url,
+            id: file.id.clone(),
+            dest: dest.to_path_buf(),
+        },
+        err => err,
+    })
 }
 
 fn is_html(response: &reqwest::blocking::Response) -> bool {

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 pub enum Error {
     /// The server could not be reached at all (no network, DNS failure, refused connection).
     #[error(
-        "could not reach {url}: {reason}. Check the network connection (and HTTPS_PROXY/NO_PROXY); \
-         to work without a network, import the official CK+ release from disk with `--from PATH`, \
-         which never goes online"
+        "could not reach {url}: {reason}. Check the network connection (and HTTPS_PROXY/NO_PROXY). \
+         Without a network, CK+ can be imported from disk with `--from PATH`, and files \
+         downloaded before are used as they are with --offline"
     )]
     Offline {
         /// What was being fetched.
@@ -22,7 +22,7 @@ pub enum Error {
     /// `--offline` was given but a file that needs downloading is not on disk yet.
     #[error(
         "--offline: {what} is not on disk yet (looked for {}); run once without --offline to \
-         download it, or import the official CK+ release with `--from PATH`",
+         download it (CK+ can also be imported from disk with `--from PATH`)",
         path.display()
     )]
     MissingOffline {
@@ -55,6 +55,22 @@ pub enum Error {
         url: String,
         /// The file name inside the repository, or the Drive file id.
         file: String,
+    },
+
+    /// 404 from Google Drive: the file id is no longer shared.
+    #[error(
+        "Google Drive has no file {id} ({url} answered 404): the file is no longer shared there. \
+         Fetch weights from a Hub model repository with --weights-repo, or place the file at {} \
+         yourself",
+        dest.display()
+    )]
+    DriveNotFound {
+        /// The URL asked.
+        url: String,
+        /// The Drive file id.
+        id: String,
+        /// Where the file should have gone.
+        dest: PathBuf,
     },
 
     /// Any other unexpected HTTP status.

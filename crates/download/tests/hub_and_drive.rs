@@ -611,3 +611,26 @@ fn cut_hub_transfer_is_reported_and_the_next_run_completes() {
     assert_eq!(fs::read(&fetched.path).expect("raw file"), bytes);
     assert_eq!(summary.n_images(), 3);
 }
+
+#[test]
+fn drive_file_gone_is_a_404_naming_the_id() {
+    let server = Server::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let checkpoint = DriveFile::port_checkpoint();
+    let options = DriveOptions {
+        endpoint: server.base.clone(),
+        offline: false,
+    };
+    let err = fetch_drive_file(
+        &checkpoint,
+        &work.path().join("w.tar"),
+        &options,
+        &NoProgress,
+    )
+    .expect_err("404");
+    assert!(matches!(err, Error::DriveNotFound { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&checkpoint.id) && err.to_string().contains("--weights-repo"),
+        "{err}"
+    );
+}

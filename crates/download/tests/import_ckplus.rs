@@ -158,3 +158,25 @@ fn images_without_labels_are_incomplete() {
     assert!(err.to_string().contains("Emotion_labels.zip"), "{err}");
     assert!(!dest.exists(), "nothing half-imported is left");
 }
+
+#[test]
+fn giving_the_part_folders_themselves_works() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let extracted = work.path().join("CK+");
+    for (name, bytes) in tiny_release() {
+        let path = extracted.join(&name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, bytes).expect("write");
+    }
+    let dest = work.path().join("ckplus");
+    // Only the labels: recognised as CK+, but the images are missing.
+    let err = import_ckplus(&extracted.join("Emotion"), &dest, &NoProgress).expect_err("no images");
+    assert!(matches!(err, Error::IncompleteCkPlus { .. }), "{err:?}");
+    assert!(err.to_string().contains("cohn-kanade-images/"), "{err}");
+
+    import_ckplus(&extracted, &dest, &NoProgress).expect("import");
+    let again =
+        import_ckplus(&dest, &dest, &NoProgress).expect("importing the destination onto itself");
+    assert!(again.already_imported);
+    check_release_in(&dest);
+}
