@@ -634,3 +634,29 @@ fn drive_file_gone_is_a_404_naming_the_id() {
         "{err}"
     );
 }
+
+#[test]
+fn server_without_ranges_gets_the_whole_file_again() {
+    let server = Server::start();
+    let body = fake_checkpoint(50_000);
+    server.route("/uc?id=plain", Route::NoRanges(body.clone()));
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join("plain.tar");
+    // A partial file from an earlier run that the server cannot continue.
+    fs::write(dexpression_download::part_path(&dest), vec![0xAAu8; 20_000]).expect("stale part");
+    let file = DriveFile {
+        id: "plain".to_string(),
+        file_name: "plain.tar".to_string(),
+    };
+    let options = DriveOptions {
+        endpoint: server.base.clone(),
+        offline: false,
+    };
+    let fetched = fetch_drive_file(&file, &dest, &options, &NoProgress).expect("download");
+    assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert_eq!(fs::read(&dest).expect("file"), body);
+    assert!(server
+        .seen()
+        .iter()
+        .any(|seen| seen.range.as_deref() == Some("bytes=20000-")));
+}

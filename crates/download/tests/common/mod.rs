@@ -38,6 +38,8 @@ pub enum Route {
         cut_first_get_after: Option<usize>,
         content_type: &'static str,
     },
+    /// A file from a server that ignores `Range` and always answers 200 with all of it.
+    NoRanges(Vec<u8>),
     /// A bare status code (401, 404, ...).
     Status(u16),
     /// A Drive-style confirmation page pointing at `target` (form action) for file id `id`.
@@ -61,9 +63,13 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        // The client must never route 127.0.0.1 through a proxy from the environment.
-        std::env::set_var("NO_PROXY", "127.0.0.1,localhost");
-        std::env::set_var("no_proxy", "127.0.0.1,localhost");
+        // The client must never route 127.0.0.1 through a proxy from the environment. Set once,
+        // before any client exists, since changing the environment races with threads reading it.
+        static NO_PROXY: std::sync::Once = std::sync::Once::new();
+        NO_PROXY.call_once(|| {
+            std::env::set_var("NO_PROXY", "127.0.0.1,localhost");
+            std::env::set_var("no_proxy", "127.0.0.1,localhost");
+        });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free local port");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
         let state = Arc::new(Mutex::new(State::default()));
@@ -208,6 +214,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
     let mut stream = stream;
     match route {
         None => reply(&mut stream, &method, 404, &[], b"not found", None),
+        Some(Route::NoRanges(body)) => reply(&mut stream, &method, 200, &[], &body, None),
         Some(Route::Status(status)) => reply(&mut stream, &method, status, &[], b"refused", None),
         Some(Route::DriveConfirm { id }) => {
             let page = format!(
