@@ -293,8 +293,9 @@ impl Dexpression {
     fn featex(&self, xs: &Tensor, a: &Conv, b: &Conv, c: &Conv) -> candle_core::Result<Tensor> {
         let conv_branch = b.forward_relu(&a.forward_relu(xs)?)?;
         let pool_branch = c.forward_relu(&ops::max_pool2d(xs, POOL_KEEP)?)?;
-        let joined = Tensor::cat(&[&conv_branch, &pool_branch], 1)?;
-        ops::max_pool2d(&joined, POOL_REDUCE)
+        // Pooling works channel by channel, so pooling each branch and then concatenating equals
+        // the port's pool of the concatenation, with the copy made on a quarter of the data.
+        Tensor::cat(&[&ops::max_pool2d(&conv_branch, POOL_REDUCE)?, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?], 1)
     }
 
     fn apply_dropout(&self, xs: &Tensor) -> candle_core::Result<Tensor> {

@@ -272,7 +272,7 @@ pub(crate) fn weight_bias_grad(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec
                     par,
                 );
                 for (b, row) in db.iter_mut().zip(grad.chunks(plane)) {
-                    *b += row.iter().sum::<f32>();
+                    *b += lane_sum(row);
                 }
             }
             sums
@@ -285,6 +285,20 @@ pub(crate) fn weight_bias_grad(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec
         }
     }
     total
+}
+
+/// Sum of a row in eight interleaved lanes: the compiler vectorises it, where one running sum is
+/// a chain of dependent scalar adds.
+fn lane_sum(row: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            *lane += value;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Input gradient: per image `col2im(W^T * dY)`; for 1x1 kernels just `W^T * dY`.

@@ -68,43 +68,91 @@ fn for_each_plane<T: Send + Sync, U: Send>(
         .for_each(|(out, inp)| f(inp, out));
 }
 
-/// Index of the first maximum of the window of output (oy, ox), or `None` if it holds only padding.
+/// The rows or columns of a window along one axis, clipped to the image: padding is never the
+/// maximum (it acts as minus infinity), so it is simply skipped.
+#[inline]
+fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> std::ops::Range<usize> {
+    let start = (out_idx * pool.stride).saturating_sub(pool.padding);
+    let end = (out_idx * pool.stride + pool.kernel)
+        .saturating_sub(pool.padding)
+        .min(size);
+    start..end.max(start)
+}
+
+/// Whether `value` replaces `best` as a window's maximum: strictly greater, or NaN (as in
+/// PyTorch); a NaN never equals itself, which is how the test is written for any element type.
+#[inline(always)]
+fn replaces<T: WithDType>(value: T, best: T) -> bool {
+    #[allow(clippy::eq_op)]
+    let is_nan = value != value;
+    value > best || is_nan
+}
+
+/// The maximum of a window (`None` if it holds only padding), computed without branches on the
+/// data: random activations make such branches unpredictable, which cost more than the compares.
+#[inline]
+fn window_max<T: WithDType>(
+    plane: &[T],
+    w: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Option<T> {
+    if rows.is_empty() || cols.is_empty() {
+        return None;
+    }
+    let mut best = plane[rows.start * w + cols.start];
+    for y in rows {
+        for &value in &plane[y * w + cols.start..y * w + cols.end] {
+            best = if replaces(value, best) { value } else { best };
+        }
+    }
+    Some(best)
+}
+
+/// Index of the first maximum of a window in scan order (the first NaN if there is one), or
+/// `None` if the window holds only padding.
 #[inline]
 fn window_argmax<T: WithDType>(
+    plane: &[T],
+    w: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Option<usize> {
+    let best = window_max(plane, w, rows.clone(), cols.clone())?;
+    #[allow(clippy::eq_op)]
+    let best_is_nan = best != best;
+    for y in rows {
+        for x in cols.clone() {
+            let value = plane[y * w + x];
+            #[allow(clippy::eq_op)]
+            let is_nan = value != value;
+            if value == best || (best_is_nan && is_nan) {
+                return Some(y * w + x);
+            }
+        }
+    }
+    None
+}
+
+/// Calls `f(output index, argmax)` for every output of a plane.
+#[inline]
+fn for_each_window<T: WithDType>(
     plane: &[T],
     h: usize,
     w: usize,
     pool: Pool2d,
-    oy: usize,
-    ox: usize,
-) -> Option<usize> {
-    let y0 = (oy * pool.stride) as isize - pool.padding as isize;
-    let x0 = (ox * pool.stride) as isize - pool.padding as isize;
-    let mut best: Option<(usize, T)> = None;
-    for ky in 0..pool.kernel as isize {
-        let y = y0 + ky;
-        if y < 0 || y >= h as isize {
-            continue;
-        }
-        let row = y as usize * w;
-        for kx in 0..pool.kernel as isize {
-            let x = x0 + kx;
-            if x < 0 || x >= w as isize {
-                continue;
-            }
-            let idx = row + x as usize;
-            let value = plane[idx];
-            // Strictly greater (or NaN) keeps the first maximum, as PyTorch does.
-            let better = match best {
-                None => true,
-                Some((_, current)) => value > current || value.to_f64().is_nan(),
-            };
-            if better {
-                best = Some((idx, value));
-            }
+    mut f: impl FnMut(usize, Option<usize>),
+) {
+    let (oh, ow) = (pool.out_side(h), pool.out_side(w));
+    for oy in 0..oh {
+        let rows = window_range(oy, h, pool);
+        for ox in 0..ow {
+            f(
+                oy * ow + ox,
+                window_argmax(plane, w, rows.clone(), window_range(ox, w, pool)),
+            );
         }
     }
-    best.map(|(idx, _)| idx)
 }
 
 fn pool_forward<T: WithDType>(input: &[T], dims: &[usize], pool: Pool2d) -> (Vec<T>, Shape) {
@@ -112,10 +160,12 @@ fn pool_forward<T: WithDType>(input: &[T], dims: &[usize], pool: Pool2d) -> (Vec
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
     let mut output = vec![T::from_f64(f64::NEG_INFINITY); n * c * oh * ow];
     for_each_plane(input, &mut output, h * w, oh * ow, |plane, out| {
+        let (oh, ow) = (pool.out_side(h), pool.out_side(w));
         for oy in 0..oh {
+            let rows = window_range(oy, h, pool);
             for ox in 0..ow {
-                if let Some(idx) = window_argmax(plane, h, w, pool, oy, ox) {
-                    out[oy * ow + ox] = plane[idx];
+                if let Some(best) = window_max(plane, w, rows.clone(), window_range(ox, w, pool)) {
+                    out[oy * ow + ox] = best;
                 }
             }
         }
@@ -137,13 +187,11 @@ fn pool_backward<T: WithDType>(
         .zip(input.par_chunks(h * w))
         .zip(grad_out.par_chunks(oh * ow))
         .for_each(|((grad_plane, plane), grad_out_plane)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    if let Some(idx) = window_argmax(plane, h, w, pool, oy, ox) {
-                        grad_plane[idx] += grad_out_plane[oy * ow + ox];
-                    }
+            for_each_window(plane, h, w, pool, |out_idx, argmax| {
+                if let Some(idx) = argmax {
+                    grad_plane[idx] += grad_out_plane[out_idx];
                 }
-            }
+            });
         });
     grad_in
 }
