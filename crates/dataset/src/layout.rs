@@ -68,48 +68,81 @@ struct OfficialDirs {
 }
 
 fn find_official(root: &Path) -> Result<Option<OfficialDirs>> {
-    let Some(images) = find_subject_dir(root, "cohn-kanade-images")? else {
-        return Ok(None);
+    let image_dirs = find_subject_dirs(root, "cohn-kanade-images");
+    let emotion_dirs = find_subject_dirs(root, "Emotion");
+    let landmark_dirs = find_subject_dirs(root, "Landmarks");
+    // A root may hold several copies (or a copy and a stray folder): each labels or landmarks
+    // folder belongs to the images folder it shares the longest path with, so one copy's
+    // images are never paired with another copy's labels.
+    let owned_by = |candidates: &[PathBuf], images: &Path| -> Option<PathBuf> {
+        candidates
+            .iter()
+            .filter(|candidate| {
+                let closest = image_dirs
+                    .iter()
+                    .max_by_key(|other| shared_depth(other, candidate))
+                    .map(|other| shared_depth(other, candidate));
+                closest == Some(shared_depth(images, candidate))
+            })
+            .max_by_key(|candidate| shared_depth(images, candidate))
+            .cloned()
     };
-    let Some(emotion) = find_subject_dir(root, "Emotion")? else {
-        return Ok(None);
-    };
-    let landmarks = find_subject_dir(root, "Landmarks")?;
-    Ok(Some(OfficialDirs {
-        images,
-        emotion,
-        landmarks,
-    }))
-}
-
-/// Finds a folder called `name` (case-insensitive) at most three levels below `root` that
-/// holds subject folders (`S005`, ...). Searching by content copes with the archives'
-/// habit of unzipping nested (`Emotion_labels/Emotion/`, `Landmarks/Landmarks/`).
-fn find_subject_dir(root: &Path, name: &str) -> Result<Option<PathBuf>> {
-    let mut level = vec![root.to_path_buf()];
-    for _depth in 0..4 {
-        let mut next_level = Vec::new();
-        for dir in &level {
-            for child in sorted_entries(dir)? {
-                if !child.is_dir() {
-                    continue;
-                }
-                let child_name = file_name(&child);
-                if child_name.eq_ignore_ascii_case(name) && has_subject_dirs(&child)? {
-                    return Ok(Some(child));
-                }
-                next_level.push(child);
-            }
+    for images in &image_dirs {
+        if let Some(emotion) = owned_by(&emotion_dirs, images) {
+            return Ok(Some(OfficialDirs {
+                images: images.clone(),
+                emotion,
+                landmarks: owned_by(&landmark_dirs, images),
+            }));
         }
-        level = next_level;
     }
     Ok(None)
 }
 
-fn has_subject_dirs(dir: &Path) -> Result<bool> {
-    Ok(sorted_entries(dir)?
+/// How many leading path components two paths share.
+fn shared_depth(a: &Path, b: &Path) -> usize {
+    a.components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// Every folder called `name` (case-insensitive) at most four levels below `root` that holds
+/// subject folders (`S005`, ...), nearest first. Searching by content copes with the archives'
+/// habit of unzipping nested (`Emotion_labels/Emotion/`, `Landmarks/Landmarks/`). Subject
+/// folders and matches are not searched further (they hold sequences, never datasets) and
+/// unreadable folders are passed over.
+fn find_subject_dirs(root: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut level = vec![root.to_path_buf()];
+    for _depth in 0..4 {
+        let mut next_level = Vec::new();
+        for dir in &level {
+            for child in sorted_entries(dir).unwrap_or_default() {
+                if !child.is_dir() {
+                    continue;
+                }
+                let child_name = file_name(&child);
+                if is_subject_name(&child_name) {
+                    continue;
+                }
+                if child_name.eq_ignore_ascii_case(name) && has_subject_dirs(&child) {
+                    found.push(child);
+                } else {
+                    next_level.push(child);
+                }
+            }
+        }
+        level = next_level;
+    }
+    found
+}
+
+fn has_subject_dirs(dir: &Path) -> bool {
+    sorted_entries(dir)
+        .unwrap_or_default()
         .iter()
-        .any(|entry| entry.is_dir() && is_subject_name(&file_name(entry))))
+        .any(|entry| entry.is_dir() && is_subject_name(&file_name(entry)))
 }
 
 fn is_subject_name(name: &str) -> bool {

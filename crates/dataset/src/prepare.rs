@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bumped whenever the crop pipeline changes what it produces, so old caches are rebuilt.
-const PIPELINE_VERSION: &str = "dexpression-dataset crops v3 (landmarks, SeetaFace detector, sorted samples)";
+const PIPELINE_VERSION: &str =
+    "dexpression-dataset crops v3 (landmarks, SeetaFace detector, sorted samples)";
 
 /// The largest accepted `image_size`: far above any network input, small enough that a
 /// typo cannot ask for terabytes.

@@ -732,3 +732,27 @@ fn prepare_never_panics_on_damaged_trees() {
         }
     }
 }
+
+/// A root holding two copies must not pair the first copy's images with the second's labels.
+#[test]
+fn labels_are_taken_from_the_copy_holding_the_images() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("datasets");
+    let options_for = |subjects| synth::SynthOptions {
+        subjects,
+        min_frames: 4,
+        max_frames: 5,
+        ..Default::default()
+    };
+    // `a/` has images only; `b/` is complete. Sorted search meets `a/cohn-kanade-images` first.
+    synth::generate(&root.join("a"), &options_for(1)).expect("written");
+    fs::remove_dir_all(root.join("a/Emotion")).expect("remove a's labels");
+    synth::generate(&root.join("b"), &options_for(2)).expect("written");
+    let dataset = run(&root, &dir.path().join("cache"), &options());
+    assert!(dataset.summary.skipped.is_empty(), "{}", dataset.summary);
+    assert_eq!(dataset.samples.len(), 2 * 7 * 3);
+    assert!(dataset
+        .samples
+        .iter()
+        .all(|s| s.source.starts_with(root.join("b"))));
+}
