@@ -1,9 +1,327 @@
-//! Not written yet.
+//! `cargo xtask train`: prepare the dataset, then cross-validated training with per-epoch history
+//! and checkpoints (see `dexpression_train`), with progress bars and a line per epoch.
 
-/// Arguments.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use dexpression_dataset::{prepare, PrepareOptions, Selection};
+use dexpression_train::{
+    run as train, EpochRecord, FoldInfo, Progress, RunInfo, RunOptions, SelectOn, TrainConfig,
+};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Arguments of `cargo xtask train`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The dataset (official CK+ or one folder per class); default: what `download` produced
+    /// (<DATA>/ckplus, else <DATA>/ckplus48).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Data folder used to find the default source.
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
+    /// Where the cache of prepared crops is kept.
+    #[arg(long, default_value = "data/cache")]
+    pub cache: PathBuf,
+    /// Number of folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Epochs per fold.
+    #[arg(long, default_value_t = 25)]
+    pub epochs: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Side of the square network input in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Unit kept on one side of each fold: subject (honest), sequence, or frame (the port's).
+    #[arg(long, default_value = "subject", value_parser = ["subject", "sequence", "frame"])]
+    pub split: String,
+    /// Which frames of each labeled sequence: `peak` (the last --peak-frames) or `all` (the port's).
+    #[arg(long, default_value = "peak", value_parser = ["peak", "all"])]
+    pub select: String,
+    /// How many of the last frames `--select peak` keeps.
+    #[arg(long, default_value_t = 3)]
+    pub peak_frames: usize,
+    /// Add each labeled sequence's first frame as an 8th class, Neutral.
+    #[arg(long)]
+    pub neutral: bool,
+    /// Seed of folds, initialisation, shuffling, dropout and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: config.json, history.csv, history.jsonl, fold*/ checkpoints.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Train only fold K (from 1), e.g. one job of a scheduler array; runs into one --out merge.
+    #[arg(long, value_name = "K")]
+    pub fold: Option<usize>,
+    /// Discard an earlier run in --out instead of resuming it.
+    #[arg(long)]
+    pub restart: bool,
+    /// Random flips, rotations, shifts, scaling and brightness/contrast of training images.
+    #[arg(long)]
+    pub augment: bool,
+    /// What picks the `best` checkpoint: test accuracy (the port's) or a validation split (honest).
+    #[arg(long, default_value = "test", value_parser = ["test", "val"])]
+    pub select_on: String,
+    /// Keep every epoch's weights, not only the last and the best.
+    #[arg(long)]
+    pub keep_every_epoch: bool,
+    /// No progress bars and no per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let device = dexpression_model::parse_device(&args.device)?;
+    let source = args
+        .source
+        .clone()
+        .unwrap_or_else(|| default_source(&args.data));
+    let selection = if args.select == "all" {
+        Selection::All
+    } else {
+        Selection::Peak(args.peak_frames)
+    };
+    let prepare_options = PrepareOptions {
+        image_size: args.image_size,
+        selection,
+        neutral: args.neutral,
+        ..PrepareOptions::default()
+    };
+    let bar = crate::prepare::progress_bar();
+    if args.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let dataset = prepare(&source, &args.cache, &prepare_options, &|p| {
+        crate::prepare::show(&bar, p)
+    });
+    bar.finish_and_clear();
+    let dataset = dataset.with_context(|| format!("preparing {}", source.display()))?;
+    if !args.quiet {
+        println!(
+            "dataset: {} samples, {} subjects, {} px, from {}",
+            dataset.samples.len(),
+            dataset.summary.n_subjects,
+            dataset.image_size,
+            source.display()
+        );
+    }
+
+    let mut config = TrainConfig::port_defaults(
+        &dataset,
+        &source.display().to_string(),
+        selection,
+        args.neutral,
+    );
+    config.split = args.split.clone();
+    config.folds = args.folds;
+    config.epochs = args.epochs;
+    config.batch_size = args.batch_size;
+    config.learning_rate = args.lr;
+    config.seed = args.seed;
+    config.augment = args.augment;
+    config.select_on = args.select_on.parse::<SelectOn>()?;
+    config.keep_every_epoch = args.keep_every_epoch;
+
+    let options = RunOptions {
+        only_fold: args.fold,
+        restart: args.restart,
+    };
+    let mut bars = Bars::new(args.quiet);
+    let summary = train(&config, &dataset, &args.out, &options, &device, &mut bars);
+    bars.finish();
+    let summary = summary?;
+    if let Some(mean) = summary.mean_final_test_accuracy() {
+        println!(
+            "mean final test accuracy over the folds in {}: {mean:.2}%",
+            args.out.display()
+        );
+    }
+    println!("history: {}", summary.history_csv.display());
+    println!(
+        "total time: {}",
+        format_seconds(started.elapsed().as_secs_f64())
+    );
+    Ok(())
+}
+
+/// The official release if `download --from` imported it, else the Hugging Face mirror.
+fn default_source(data: &std::path::Path) -> PathBuf {
+    let data_dir = dexpression_download::DataDir::new(data);
+    let official = data_dir.ckplus_dir();
+    if official.exists() {
+        official
+    } else {
+        data_dir.mirror_dir()
+    }
+}
+
+/// Bars for folds, epochs and batches (images/s and ETA), and a line per epoch; silent when quiet.
+pub struct Bars {
+    quiet: bool,
+    multi: MultiProgress,
+    folds: ProgressBar,
+    epochs: ProgressBar,
+    batches: ProgressBar,
+    n_folds: usize,
+    epochs_per_fold: usize,
+}
+
+impl Bars {
+    /// Bars drawn on stderr, or hidden when `quiet`.
+    pub fn new(quiet: bool) -> Self {
+        let multi = if quiet {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        } else {
+            MultiProgress::new()
+        };
+        let style = |template: &str| {
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ")
+        };
+        let folds = multi.add(
+            ProgressBar::new(0)
+                .with_style(style("folds   [{bar:30}] {pos}/{len} {elapsed_precise}")),
+        );
+        let epochs = multi.add(
+            ProgressBar::new(0)
+                .with_style(style("epochs  [{bar:30}] {pos}/{len} {msg} (ETA {eta})")),
+        );
+        let batches = multi.add(ProgressBar::new(0).with_style(style(
+            "images  [{bar:30}] {pos}/{len} {msg} {per_sec} (ETA {eta})",
+        )));
+        Bars {
+            quiet,
+            multi,
+            folds,
+            epochs,
+            batches,
+            n_folds: 0,
+            epochs_per_fold: 0,
+        }
+    }
+
+    /// Removes the bars.
+    pub fn finish(&self) {
+        self.batches.finish_and_clear();
+        self.epochs.finish_and_clear();
+        self.folds.finish_and_clear();
+    }
+
+    fn line(&self, text: String) {
+        if self.quiet {
+            return;
+        }
+        if self.multi.is_hidden() {
+            // Not a terminal (a log file, CI): no bars, so plain lines.
+            println!("{text}");
+        } else {
+            // Printed above the bars, which stay at the bottom.
+            let _ = self.multi.println(text);
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn run_start(&mut self, info: &RunInfo) {
+        self.n_folds = info.n_folds;
+        self.epochs_per_fold = info.epochs;
+        self.folds.set_length(info.folds.len() as u64);
+        self.line(format!(
+            "training fold(s) {:?} of {}, {} epochs each, on {}",
+            info.folds, info.n_folds, info.epochs, info.device
+        ));
+    }
+
+    fn warning(&mut self, message: &str) {
+        if self.multi.is_hidden() {
+            eprintln!("warning: {message}");
+        } else {
+            let _ = self.multi.println(format!("warning: {message}"));
+        }
+    }
+
+    fn fold_start(&mut self, fold: &FoldInfo) {
+        self.epochs.set_length(fold.epochs as u64);
+        self.epochs.set_position(fold.resumed_epochs as u64);
+        self.epochs.reset_eta();
+        self.epochs.set_message(format!("fold {}", fold.fold));
+        let resumed = if fold.resumed_epochs > 0 {
+            format!(", resumed after epoch {}", fold.resumed_epochs)
+        } else {
+            String::new()
+        };
+        let validation = if fold.n_validation > 0 {
+            format!(", {} validation", fold.n_validation)
+        } else {
+            String::new()
+        };
+        self.line(format!(
+            "fold {}/{}: {} training{validation}, {} test samples{resumed}",
+            fold.fold, self.n_folds, fold.n_train, fold.n_test
+        ));
+    }
+
+    fn fold_skipped(&mut self, fold: usize) {
+        self.line(format!(
+            "fold {fold}/{}: already finished, not trained again",
+            self.n_folds
+        ));
+        self.folds.inc(1);
+    }
+
+    fn epoch_start(&mut self, _fold: usize, epoch: usize, _n_batches: usize, n_images: usize) {
+        self.batches.set_length(n_images as u64);
+        self.batches.set_position(0);
+        self.batches.reset();
+        self.batches.set_message(format!("epoch {epoch}"));
+    }
+
+    fn batch_done(&mut self, _fold: usize, _epoch: usize, _batch: usize, n_images: usize) {
+        self.batches.inc(n_images as u64);
+    }
+
+    fn epoch_done(&mut self, record: &EpochRecord) {
+        self.epochs.inc(1);
+        self.line(format!(
+            "fold {}/{} epoch {:>2}/{}  train acc {:6.2}% loss {:.4}  test acc {:6.2}% loss {:.4}  ({:.1} s, {:.1} images/s)",
+            record.fold,
+            self.n_folds,
+            record.epoch,
+            self.epochs_per_fold,
+            record.train.accuracy,
+            record.train.loss,
+            record.test.accuracy,
+            record.test.loss,
+            record.seconds,
+            record.images_per_second,
+        ));
+    }
+
+    fn fold_done(&mut self, _fold: usize) {
+        self.folds.inc(1);
+    }
+}
+
+/// `1 h 02 min`, `3 min 05 s` or `12.3 s`.
+pub fn format_seconds(seconds: f64) -> String {
+    let whole = seconds as u64;
+    if whole >= 3600 {
+        format!("{} h {:02} min", whole / 3600, (whole % 3600) / 60)
+    } else if whole >= 60 {
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    } else {
+        format!("{seconds:.1} s")
+    }
 }

@@ -14,8 +14,8 @@ pub trait Progress {
     fn fold_start(&mut self, _fold: &FoldInfo) {}
     /// A finished fold was found and is not trained again.
     fn fold_skipped(&mut self, _fold: usize) {}
-    /// An epoch of `n_batches` training batches begins.
-    fn epoch_start(&mut self, _fold: usize, _epoch: usize, _n_batches: usize) {}
+    /// An epoch of `n_batches` training batches holding `n_images` images begins.
+    fn epoch_start(&mut self, _fold: usize, _epoch: usize, _n_batches: usize, _n_images: usize) {}
     /// A training batch of `n_images` images is done (`batch` from 1).
     fn batch_done(&mut self, _fold: usize, _epoch: usize, _batch: usize, _n_images: usize) {}
     /// An epoch is done, evaluated and saved.

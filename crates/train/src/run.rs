@@ -148,7 +148,7 @@ fn train_fold(
     for epoch in state.epoch + 1..=config.epochs {
         let started = Instant::now();
         let batches = epoch_batches(&plan.train, config.batch_size, config.seed, fold, epoch);
-        progress.epoch_start(fold, epoch, batches.len());
+        progress.epoch_start(fold, epoch, batches.len(), plan.train.len());
         let mut augment_rng = config
             .augment
             .then(|| derived_rng(config.seed, Purpose::Augment, fold, epoch));
