@@ -1,8 +1,10 @@
 //! `cargo xtask predict`: the expression of the face in each image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use dexpression_dataset::crop::{crop_and_resize, CropBox};
+use dexpression_dataset::detect::detect_faces;
 use dexpression_model::{batch_from_pixels, load_face_pixels, parse_device, Dexpression};
 
 /// Classify the facial expression in each image with trained weights.
@@ -15,7 +17,7 @@ pub struct Args {
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Treat each image as an already cropped face: grayscale, resized to the input side, /255
-    /// (how the port fed its network).
+    /// (how the port fed its network). Without it, every face the detector finds is classified.
     #[arg(long)]
     no_crop: bool,
     /// Print one JSON object per image: {"path", "label", "probabilities": {name: p}}.
@@ -39,28 +41,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.weights.display(),
         model.config().n_classes
     );
-    if !args.no_crop {
-        eprintln!("note: no face detector is built in yet; each whole image is taken as the face (as with --no-crop)");
-    }
     for path in &args.images {
-        let pixels = load_face_pixels(path, side)?;
-        let batch = batch_from_pixels(&pixels, side, &device)?;
-        let probabilities = model.probabilities(&batch)?.remove(0);
-        let best = probabilities
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(idx, _)| idx)
-            .context("the network returned no probabilities")?;
-        if args.json {
-            let by_name: serde_json::Map<String, serde_json::Value> =
-                class_names.iter().zip(&probabilities).map(|(name, p)| (name.clone(), serde_json::json!(p))).collect();
-            let record = serde_json::json!({"path": path, "label": class_names[best], "probabilities": by_name});
-            println!("{record}");
-        } else {
-            let detail: Vec<String> = class_names.iter().zip(&probabilities).map(|(name, p)| format!("{name} {:.1}%", 100.0 * p)).collect();
-            println!("{}: {} ({})", path.display(), class_names[best], detail.join(", "));
+        for face in faces_of(path, side, args.no_crop)? {
+            let batch = batch_from_pixels(&face.pixels, side, &device)?;
+            let probabilities = model.probabilities(&batch)?.remove(0);
+            print_prediction(path, &face, &probabilities, &class_names, args.json)?;
         }
+    }
+    Ok(())
+}
+
+/// One face to classify: its pixels at the network's side and where it was found.
+struct Face {
+    pixels: Vec<u8>,
+    /// `None` when the whole image was used.
+    region: Option<CropBox>,
+}
+
+/// The faces of an image: every face the detector finds (cropped as `prepare` crops frames
+/// without landmarks), the whole image when it finds none, or the whole image as an already
+/// cropped face with `--no-crop`.
+fn faces_of(path: &Path, side: usize, no_crop: bool) -> anyhow::Result<Vec<Face>> {
+    if no_crop {
+        return Ok(vec![Face { pixels: load_face_pixels(path, side)?, region: None }]);
+    }
+    let image = image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
+    let detected = detect_faces(&image.to_luma8());
+    if detected.is_empty() {
+        eprintln!("{}: no face found, classifying the whole image", path.display());
+        return Ok(vec![Face { pixels: crop_and_resize(&image, None, side as u32), region: None }]);
+    }
+    Ok(detected
+        .iter()
+        .map(|found| Face { pixels: crop_and_resize(&image, Some(found.face), side as u32), region: Some(found.face) })
+        .collect())
+}
+
+fn print_prediction(path: &Path, face: &Face, probabilities: &[f32], class_names: &[String], json: bool) -> anyhow::Result<()> {
+    let best = probabilities
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(idx, _)| idx)
+        .context("the network returned no probabilities")?;
+    let region = face.region.map(|r| serde_json::json!({"x": r.x, "y": r.y, "width": r.width, "height": r.height}));
+    if json {
+        let by_name: serde_json::Map<String, serde_json::Value> =
+            class_names.iter().zip(probabilities).map(|(name, p)| (name.clone(), serde_json::json!(p))).collect();
+        let mut record = serde_json::json!({"path": path, "label": class_names[best], "probabilities": by_name});
+        if let Some(region) = region {
+            record["box"] = region;
+        }
+        println!("{record}");
+    } else {
+        let detail: Vec<String> = class_names.iter().zip(probabilities).map(|(name, p)| format!("{name} {:.1}%", 100.0 * p)).collect();
+        let at = face.region.map(|r| format!(" [face at {},{} {}x{}]", r.x, r.y, r.width, r.height)).unwrap_or_default();
+        println!("{}{at}: {} ({})", path.display(), class_names[best], detail.join(", "));
     }
     Ok(())
 }
