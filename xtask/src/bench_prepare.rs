@@ -66,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let cache = work.join(format!("cache-{threads}"));
         let bar = progress_bar();
         let started = Instant::now();
+        let cpu_before = process_cpu_seconds();
         // The crop stage alone (decode, crop, resize: the parallel part), timed from the
         // progress reports; scanning and writing the cache are reported separately.
         let crop_times = Mutex::new((None::<Instant>, None::<Instant>));
@@ -92,12 +93,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ => seconds,
         };
         let rate = dataset.samples.len() as f64 / crop_seconds;
+        // CPU seconds per wall second: how many cores the run actually got. On a machine
+        // shared with other work this, not the thread count, bounds the speed-up.
+        let cores_used = match (cpu_before, process_cpu_seconds()) {
+            (Some(before), Some(after)) => {
+                format!(", {:.2} cores busy", (after - before) / seconds)
+            }
+            _ => String::new(),
+        };
         let speedup = single_rate.map_or(String::new(), |single: f64| {
             format!(", {:.2}x the single thread", rate / single)
         });
         println!(
             "{threads:>2} thread(s): {} frames at {} px cropped in {crop_seconds:.2} s \
-             ({seconds:.2} s with scan and cache write): {rate:.0} frames/s{speedup}",
+             ({seconds:.2} s with scan and cache write): {rate:.0} frames/s{speedup}{cores_used}",
             dataset.samples.len(),
             args.image_size
         );
@@ -138,4 +147,15 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// User + system CPU time of this process (all threads) from /proc/self/stat, in seconds,
+/// assuming the usual 100 clock ticks per second.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / 100.0)
 }
