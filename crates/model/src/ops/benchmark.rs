@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_core::{Device, ModuleT, Tensor, Var};
 
 use super::{conv2d_relu, layer_norm, max_pool2d, set_reference_ops, Pool2d};
 use crate::{Adam, AdamConfig, Dexpression, DexpressionConfig, Result};
@@ -105,6 +105,10 @@ pub struct PathReport {
     pub train_peak_rss_mib: f64,
     /// Peak resident memory (VmHWM) over the whole path, MiB.
     pub peak_rss_mib: f64,
+    /// Process CPU time over wall time times threads during the training measurement: about 1
+    /// when the benchmark owns the cores, clearly lower when another process competes for them
+    /// (the figures are then not trustworthy), as `bench_torch.py` reports it.
+    pub train_cpu_utilisation: f64,
 }
 
 /// Forward and backward milliseconds of one layer, alone, at the benchmark's batch size.
@@ -135,6 +139,16 @@ fn proc_status_kib(key: &str) -> Option<f64> {
 /// own; returns false where the kernel does not allow it.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// CPU seconds (user and system) this process has used, from `/proc/self/stat`.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are
+    // fields 14 and 15, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn random_batch(batch_size: usize, image_size: usize, seed: u64) -> Result<Tensor> {
@@ -191,9 +205,13 @@ pub fn bench_path(
 
     let mut train_seconds = Vec::new();
     let mut adam_seconds = Vec::new();
+    let mut cpu_at_first_timed_step = None;
     for step in 0..=iterations {
         progress(&format!("train step {step}/{iterations}"));
         let (xs, ys) = &batches[step % batches.len()];
+        if step == 1 {
+            cpu_at_first_timed_step = process_cpu_seconds();
+        }
         let mut adam_time = 0.0;
         let total = seconds(|| {
             let logp = model.forward_t(xs, true)?;
@@ -209,6 +227,12 @@ pub fn bench_path(
         }
     }
     let train_peak_rss_mib = peak_rss_mib().unwrap_or(f64::NAN);
+    let train_cpu_seconds = match (cpu_at_first_timed_step, process_cpu_seconds()) {
+        (Some(start), Some(end)) => end - start,
+        _ => f64::NAN,
+    };
+    let train_cpu_utilisation = train_cpu_seconds
+        / (train_seconds.iter().sum::<f64>() * super::parallel::thread_count() as f64);
 
     let mut eval_seconds = Vec::new();
     let (xs, _) = &batches[0];
@@ -251,6 +275,7 @@ pub fn bench_path(
         latency_ms_batch1: Spread::of(&latency_seconds).millis(),
         train_peak_rss_mib,
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+        train_cpu_utilisation,
     })
 }
 
@@ -395,8 +420,8 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
             let out = layer(&input)?;
             forward.push(start.elapsed().as_secs_f64());
             output = out.dims().to_vec();
-            let weights = Tensor::ones(out.shape(), DType::F32, &Device::Cpu)?;
-            let objective = (out * weights)?.sum_all()?;
+            // A plain sum: its backward is one tensor of ones, so the timing is the layer's own.
+            let objective = out.sum_all()?;
             let start = Instant::now();
             let grads = objective.backward()?;
             backward.push(start.elapsed().as_secs_f64());

@@ -1,0 +1,55 @@
+//! `cargo bench -p dexpression-model`: the training step (batch 32) and inference (batch 32 and 1)
+//! at 224x224 on the fast CPU kernels, as medians over timed iterations after a warm-up. It prints
+//! the same figures as `cargo xtask bench --fast-only`, comparable with
+//! `shared/anchors/bench_torch.py`; `BENCH_IMAGE_SIZE`, `BENCH_BATCH_SIZE` and `BENCH_ITERATIONS`
+//! override the defaults, `DEXPRESSION_REFERENCE_OPS=1` times the reference path instead.
+//!
+//! A plain harness rather than criterion: one 224x224 training step takes about a second, so
+//! criterion's many-sample statistics would take minutes and add nothing to a median and a range.
+
+use dexpression_model::ops::benchmark::{bench_path, BenchConfig};
+use dexpression_model::ops::reference_ops;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> dexpression_model::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
+    let quick = !std::env::args().any(|arg| arg == "--bench");
+    let defaults = BenchConfig::default();
+    let config = if quick {
+        BenchConfig {
+            image_size: 64,
+            batch_size: 2,
+            iterations: 1,
+            latency_iterations: 1,
+        }
+    } else {
+        BenchConfig {
+            image_size: env_or("BENCH_IMAGE_SIZE", defaults.image_size),
+            batch_size: env_or("BENCH_BATCH_SIZE", defaults.batch_size),
+            iterations: env_or("BENCH_ITERATIONS", defaults.iterations),
+            latency_iterations: defaults.latency_iterations,
+        }
+    };
+    let report = bench_path(&config, reference_ops(), |_| {})?;
+    println!(
+        "{} path, batch {} at {}x{}: train {:.1} images/s ({:.0} ms/step, {:.0}-{:.0}), eval {:.1} images/s, batch-1 latency {:.1} ms, training peak RSS {:.0} MiB",
+        report.path,
+        config.batch_size,
+        config.image_size,
+        config.image_size,
+        report.train_images_per_s.median,
+        report.train_ms_per_step.median,
+        report.train_ms_per_step.min,
+        report.train_ms_per_step.max,
+        report.eval_images_per_s.median,
+        report.latency_ms_batch1.median,
+        report.train_peak_rss_mib,
+    );
+    Ok(())
+}
