@@ -184,7 +184,9 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The `name (old -> new)` list of fields that differ from `earlier`, ignoring the version.
+    /// The `name: old -> new` list of fields that differ from `earlier`, ignoring the version and
+    /// the dataset's path (the same data reached by another path, or on another machine of a
+    /// `--fold` job array, is the same run: `dataset_key` identifies the data).
     pub fn differences(&self, earlier: &TrainConfig) -> Vec<String> {
         let (Ok(new), Ok(old)) = (serde_json::to_value(self), serde_json::to_value(earlier)) else {
             return vec!["unreadable".into()];
@@ -193,7 +195,7 @@ impl TrainConfig {
             return vec!["unreadable".into()];
         };
         new.iter()
-            .filter(|(name, _)| name.as_str() != "version")
+            .filter(|(name, _)| !matches!(name.as_str(), "version" | "dataset"))
             .filter_map(|(name, value)| {
                 let before = old.get(name).cloned().unwrap_or(serde_json::Value::Null);
                 (before != *value).then(|| format!("{name}: {before} -> {value}"))
@@ -221,5 +223,59 @@ pub fn selection_name(selection: Selection) -> String {
     match selection {
         Selection::Peak(n_frames) => format!("peak:{n_frames}"),
         Selection::All => "all".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TrainConfig {
+        TrainConfig {
+            dataset: "data/ckplus".into(),
+            dataset_key: "abc".into(),
+            class_names: vec!["a".into(), "b".into()],
+            image_size: 64,
+            split: "subject".into(),
+            selection: "peak:3".into(),
+            neutral: false,
+            folds: 5,
+            epochs: 25,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            dropout: 0.2,
+            seed: 0,
+            augment: false,
+            select_on: SelectOn::Test,
+            validation_fraction: 0.2,
+            keep_every_epoch: false,
+            version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn differences_name_the_fields_but_not_the_path_or_version() {
+        let earlier = config();
+        let mut moved = config();
+        moved.dataset = "/mnt/other/ckplus".into();
+        moved.version = "0.2.0".into();
+        assert!(moved.differences(&earlier).is_empty());
+        let mut changed = config();
+        changed.epochs = 3;
+        changed.dataset_key = "def".into();
+        assert_eq!(
+            changed.differences(&earlier),
+            vec!["dataset_key: \"abc\" -> \"def\"", "epochs: 25 -> 3"]
+        );
+        assert!(config().validate().is_ok());
+        changed.batch_size = 0;
+        assert!(changed
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("batch-size"));
     }
 }
