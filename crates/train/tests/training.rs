@@ -364,3 +364,34 @@ fn validation_splits_keep_subjects_apart() {
         );
     }
 }
+
+#[test]
+fn augmentation_is_seeded_and_validation_selects_the_best_epoch() {
+    let folder = tempfile::tempdir().unwrap();
+    let dataset = synthetic(folder.path(), 5);
+    let mut config = small_config(&dataset);
+    config.folds = 5;
+    config.epochs = 1;
+    config.batch_size = 16;
+    config.augment = true;
+    let (first, again, plain) = (
+        folder.path().join("a"),
+        folder.path().join("b"),
+        folder.path().join("c"),
+    );
+    train(&config, &dataset, &first, Some(1)).unwrap();
+    train(&config, &dataset, &again, Some(1)).unwrap();
+    assert_eq!(history(&first), history(&again));
+    let mut unaugmented = config.clone();
+    unaugmented.augment = false;
+    unaugmented.select_on = dexpression_train::SelectOn::Val;
+    unaugmented.validation_fraction = 0.34;
+    train(&unaugmented, &dataset, &plain, Some(1)).unwrap();
+    assert_ne!(history(&first), history(&plain));
+    let best: dexpression_train::BestState =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("fold1/best.json")).unwrap())
+            .unwrap();
+    let validation = best.validation.expect("selected on validation");
+    assert_eq!(best.best.score, validation.accuracy);
+    assert!(plain.join("fold1").join(&best.best.weights).is_file());
+}
