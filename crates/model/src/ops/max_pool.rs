@@ -41,32 +41,35 @@ pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
         )
     }
     if xs.device().is_cpu() {
-        xs.contiguous()?.apply_op1(MaxPoolOp(pool))
+        xs.contiguous()?.apply_op1(MaxPoolOp::new(pool))
     } else {
         // Fallback for GPUs: `to_device` is differentiable, so gradients flow back.
         let device = xs.device().clone();
         let host = xs.to_device(&candle_core::Device::Cpu)?;
         host.contiguous()?
-            .apply_op1(MaxPoolOp(pool))?
+            .apply_op1(MaxPoolOp::new(pool))?
             .to_device(&device)
     }
 }
 
-struct MaxPoolOp(Pool2d);
-
-/// Applies `f` to every (input plane, output plane) pair in parallel.
-fn for_each_plane<T: Send + Sync, U: Send>(
-    input: &[T],
-    output: &mut [U],
-    in_plane: usize,
-    out_plane: usize,
-    f: impl Fn(&[T], &mut [U]) + Sync + Send,
-) {
-    output
-        .par_chunks_mut(out_plane)
-        .zip(input.par_chunks(in_plane))
-        .for_each(|(out, inp)| f(inp, out));
+/// The pooling op. On the CPU forward it records, per output, the offset of its window's first
+/// maximum (one byte each), so the backward is a scatter instead of a second search.
+struct MaxPoolOp {
+    pool: Pool2d,
+    argmax: std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>,
 }
+
+impl MaxPoolOp {
+    fn new(pool: Pool2d) -> Self {
+        Self {
+            pool,
+            argmax: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// No window offset: the window holds only padding (or is too large to record).
+const NO_OFFSET: u8 = u8::MAX;
 
 /// The rows or columns of a window along one axis, clipped to the image: padding is never the
 /// maximum (it acts as minus infinity), so it is simply skipped.
@@ -155,22 +158,101 @@ fn for_each_window<T: WithDType>(
     }
 }
 
-fn pool_forward<T: WithDType>(input: &[T], dims: &[usize], pool: Pool2d) -> (Vec<T>, Shape) {
+fn pool_forward<T: WithDType>(
+    input: &[T],
+    dims: &[usize],
+    pool: Pool2d,
+) -> (Vec<T>, Vec<u8>, Shape) {
     let (n, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
     let mut output = vec![T::from_f64(f64::NEG_INFINITY); n * c * oh * ow];
-    for_each_plane(input, &mut output, h * w, oh * ow, |plane, out| {
-        let (oh, ow) = (pool.out_side(h), pool.out_side(w));
-        for oy in 0..oh {
-            let rows = window_range(oy, h, pool);
-            for ox in 0..ow {
-                if let Some(best) = window_max(plane, w, rows.clone(), window_range(ox, w, pool)) {
-                    out[oy * ow + ox] = best;
+    let mut offsets = vec![NO_OFFSET; n * c * oh * ow];
+    // Offsets fit a byte for windows of up to 15x15; larger ones are searched again backward.
+    let record = pool.kernel * pool.kernel < NO_OFFSET as usize;
+    output
+        .par_chunks_mut(oh * ow)
+        .zip(offsets.par_chunks_mut(oh * ow))
+        .zip(input.par_chunks(h * w))
+        .for_each(|((out, offsets), plane)| {
+            for oy in 0..oh {
+                let rows = window_range(oy, h, pool);
+                for ox in 0..ow {
+                    let cols = window_range(ox, w, pool);
+                    if let Some((best, offset)) = window_max_at(plane, w, rows.clone(), cols) {
+                        out[oy * ow + ox] = best;
+                        if record {
+                            offsets[oy * ow + ox] = offset as u8;
+                        }
+                    }
                 }
             }
+        });
+    (output, offsets, Shape::from((n, c, oh, ow)))
+}
+
+/// [`window_max`] and the offset `row * kernel + column` of the first maximum within the
+/// (clipped) window, still without branches on the data.
+#[inline]
+fn window_max_at<T: WithDType>(
+    plane: &[T],
+    w: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Option<(T, usize)> {
+    if rows.is_empty() || cols.is_empty() {
+        return None;
+    }
+    let kernel_side = cols.len().max(rows.len());
+    let mut best = plane[rows.start * w + cols.start];
+    let mut best_offset = 0;
+    for (dy, y) in rows.enumerate() {
+        for (dx, &value) in plane[y * w + cols.start..y * w + cols.end]
+            .iter()
+            .enumerate()
+        {
+            let take = replaces(value, best);
+            best = if take { value } else { best };
+            best_offset = if take {
+                dy * kernel_side + dx
+            } else {
+                best_offset
+            };
         }
-    });
-    (output, Shape::from((n, c, oh, ow)))
+    }
+    Some((best, best_offset))
+}
+
+/// Backward from recorded offsets: each output's gradient goes to its window's first maximum.
+fn pool_backward_recorded<T: WithDType>(
+    offsets: &[u8],
+    grad_out: &[T],
+    dims: &[usize],
+    pool: Pool2d,
+) -> Vec<T> {
+    let (h, w) = (dims[2], dims[3]);
+    let (oh, ow) = (pool.out_side(h), pool.out_side(w));
+    let mut grad_in = vec![T::zero(); dims.iter().product()];
+    grad_in
+        .par_chunks_mut(h * w)
+        .zip(offsets.par_chunks(oh * ow))
+        .zip(grad_out.par_chunks(oh * ow))
+        .for_each(|((grad_plane, offsets), grad_out_plane)| {
+            for oy in 0..oh {
+                let rows = window_range(oy, h, pool);
+                for ox in 0..ow {
+                    let offset = offsets[oy * ow + ox];
+                    if offset == NO_OFFSET {
+                        continue;
+                    }
+                    let cols = window_range(ox, w, pool);
+                    let side = cols.len().max(rows.len());
+                    let (dy, dx) = (offset as usize / side, offset as usize % side);
+                    grad_plane[(rows.start + dy) * w + cols.start + dx] +=
+                        grad_out_plane[oy * ow + ox];
+                }
+            }
+        });
+    grad_in
 }
 
 fn pool_backward<T: WithDType>(
@@ -219,11 +301,15 @@ impl CustomOp1 for MaxPoolOp {
         }
         match storage {
             CpuStorage::F32(data) => {
-                let (out, shape) = pool_forward(contiguous(data, layout)?, dims, self.0);
+                let (out, offsets, shape) =
+                    pool_forward(contiguous(data, layout)?, dims, self.pool);
+                self.remember(offsets);
                 Ok((CpuStorage::F32(out), shape))
             }
             CpuStorage::F64(data) => {
-                let (out, shape) = pool_forward(contiguous(data, layout)?, dims, self.0);
+                let (out, offsets, shape) =
+                    pool_forward(contiguous(data, layout)?, dims, self.pool);
+                self.remember(offsets);
                 Ok((CpuStorage::F64(out), shape))
             }
             other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
@@ -236,8 +322,78 @@ impl CustomOp1 for MaxPoolOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackwardOp(self.0))?;
+        let recorded = self.argmax.lock().ok().and_then(|guard| guard.clone());
+        let grad = match recorded {
+            Some(offsets) if self.pool.kernel * self.pool.kernel < NO_OFFSET as usize => grad_res
+                .contiguous()?
+                .apply_op1_no_bwd(&MaxPoolRecordedBackwardOp {
+                    pool: self.pool,
+                    offsets,
+                    input_dims: arg.dims().to_vec(),
+                })?,
+            _ => arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackwardOp(self.pool))?,
+        };
         Ok(Some(grad))
+    }
+}
+
+impl MaxPoolOp {
+    fn remember(&self, offsets: Vec<u8>) {
+        if let Ok(mut guard) = self.argmax.lock() {
+            *guard = Some(std::sync::Arc::new(offsets));
+        }
+    }
+}
+
+/// Gradient of [`MaxPoolOp`] from the offsets its forward recorded; argument the output gradient.
+struct MaxPoolRecordedBackwardOp {
+    pool: Pool2d,
+    offsets: std::sync::Arc<Vec<u8>>,
+    input_dims: Vec<usize>,
+}
+
+impl CustomOp1 for MaxPoolRecordedBackwardOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d-backward-recorded"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = &self.input_dims;
+        if self.offsets.len() != layout.shape().elem_count() {
+            candle_core::bail!(
+                "max_pool2d backward: {} recorded windows for a gradient of shape {:?}",
+                self.offsets.len(),
+                layout.dims()
+            )
+        }
+        let shape = Shape::from(dims.as_slice());
+        match grad {
+            CpuStorage::F32(g) => Ok((
+                CpuStorage::F32(pool_backward_recorded(
+                    &self.offsets,
+                    contiguous(g, layout)?,
+                    dims,
+                    self.pool,
+                )),
+                shape,
+            )),
+            CpuStorage::F64(g) => Ok((
+                CpuStorage::F64(pool_backward_recorded(
+                    &self.offsets,
+                    contiguous(g, layout)?,
+                    dims,
+                    self.pool,
+                )),
+                shape,
+            )),
+            other => {
+                candle_core::bail!("max_pool2d backward: unsupported dtype {:?}", other.dtype())
+            }
+        }
     }
 }
 
@@ -339,5 +495,58 @@ mod tests {
             expected[idx] = 1.0;
         }
         assert_eq!(grad, expected);
+    }
+
+    #[test]
+    fn recorded_backward_equals_searching_again_with_ties_and_padding() {
+        // Values on a coarse grid make ties common, as LayerNorm of ReLU zeros does.
+        let values: Vec<f32> = (0..2 * 3 * 9 * 8)
+            .map(|i| ((i * 7919 % 13) / 4) as f32)
+            .collect();
+        for pool in [
+            Pool2d {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            Pool2d {
+                kernel: 3,
+                stride: 2,
+                padding: 0,
+            },
+            Pool2d {
+                kernel: 2,
+                stride: 3,
+                padding: 1,
+            },
+        ] {
+            let xs = Var::from_tensor(
+                &Tensor::from_vec(values.clone(), (2, 3, 9, 8), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
+            let weights: Vec<f32> = (0..ys.elem_count()).map(|i| (i % 5) as f32 + 1.0).collect();
+            let weights = Tensor::from_vec(weights, ys.shape(), &Device::Cpu).unwrap();
+            let grads = (&ys * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let recorded = grads
+                .get(xs.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let searched = pool_backward(
+                &values,
+                &weights.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                &[2, 3, 9, 8],
+                pool,
+            );
+            assert_eq!(recorded, searched, "{pool:?}");
+        }
     }
 }
