@@ -199,6 +199,9 @@ fn window_max_at<T: WithDType>(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) -> Option<(T, usize)> {
+    if rows.len() == 3 && cols.len() == 3 {
+        return Some(full_window_3x3(plane, w, rows.start * w + cols.start));
+    }
     if rows.is_empty() || cols.is_empty() {
         return None;
     }
@@ -220,6 +223,32 @@ fn window_max_at<T: WithDType>(
         }
     }
     Some((best, best_offset))
+}
+
+/// A whole 3x3 window (every pool of DeXpression away from the border), unrolled: the generic
+/// loop's row slicing and bounds checks cost more than its nine compares.
+#[inline(always)]
+fn full_window_3x3<T: WithDType>(plane: &[T], w: usize, top_left: usize) -> (T, usize) {
+    let window = &plane[top_left..top_left + 2 * w + 3];
+    let values = [
+        window[0],
+        window[1],
+        window[2],
+        window[w],
+        window[w + 1],
+        window[w + 2],
+        window[2 * w],
+        window[2 * w + 1],
+        window[2 * w + 2],
+    ];
+    let mut best = values[0];
+    let mut best_offset = 0;
+    for (offset, &value) in values.iter().enumerate().skip(1) {
+        let take = replaces(value, best);
+        best = if take { value } else { best };
+        best_offset = if take { offset } else { best_offset };
+    }
+    (best, best_offset)
 }
 
 /// Backward from recorded offsets: each output's gradient goes to its window's first maximum.
