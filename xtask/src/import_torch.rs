@@ -26,7 +26,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary.config.n_classes,
         summary.config.image_size,
         summary.config.image_size,
-        if summary.stripped_module_prefix { " (DataParallel `module.` prefix removed)" } else { "" }
+        if summary.stripped_module_prefix {
+            " (DataParallel `module.` prefix removed)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -11,7 +11,10 @@ use dexpression_model::{batch_from_pixels, load_face_pixels, parse_device, Dexpr
 #[derive(clap::Args)]
 pub struct Args {
     /// Safetensors weights (from `train`, `download --weights` or `import-torch`).
-    #[arg(long, default_value = "data/weights/dexpression-port-fold1.safetensors")]
+    #[arg(
+        long,
+        default_value = "data/weights/dexpression-port-fold1.safetensors"
+    )]
     weights: PathBuf,
     /// Images to classify.
     #[arg(required = true)]
@@ -31,7 +34,10 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let model = Dexpression::load(&args.weights, &device).with_context(|| {
-        format!("loading {} (get weights with `cargo xtask download --weights` or `cargo xtask train`)", args.weights.display())
+        format!(
+            "loading {} (get weights with `cargo xtask download --weights` or `cargo xtask train`)",
+            args.weights.display()
+        )
     })?;
     let side = model.config().image_size;
     let class_names = dexpression_dataset::class_names(model.config().n_classes > 7);
@@ -63,40 +69,77 @@ struct Face {
 /// cropped face with `--no-crop`.
 fn faces_of(path: &Path, side: usize, no_crop: bool) -> anyhow::Result<Vec<Face>> {
     if no_crop {
-        return Ok(vec![Face { pixels: load_face_pixels(path, side)?, region: None }]);
+        return Ok(vec![Face {
+            pixels: load_face_pixels(path, side)?,
+            region: None,
+        }]);
     }
-    let image = image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
+    let image =
+        image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
     let detected = detect_faces(&image.to_luma8());
     if detected.is_empty() {
-        eprintln!("{}: no face found, classifying the whole image", path.display());
-        return Ok(vec![Face { pixels: crop_and_resize(&image, None, side as u32), region: None }]);
+        eprintln!(
+            "{}: no face found, classifying the whole image",
+            path.display()
+        );
+        return Ok(vec![Face {
+            pixels: crop_and_resize(&image, None, side as u32),
+            region: None,
+        }]);
     }
     Ok(detected
         .iter()
-        .map(|found| Face { pixels: crop_and_resize(&image, Some(found.face), side as u32), region: Some(found.face) })
+        .map(|found| Face {
+            pixels: crop_and_resize(&image, Some(found.face), side as u32),
+            region: Some(found.face),
+        })
         .collect())
 }
 
-fn print_prediction(path: &Path, face: &Face, probabilities: &[f32], class_names: &[String], json: bool) -> anyhow::Result<()> {
+fn print_prediction(
+    path: &Path,
+    face: &Face,
+    probabilities: &[f32],
+    class_names: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
     let best = probabilities
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(idx, _)| idx)
         .context("the network returned no probabilities")?;
-    let region = face.region.map(|r| serde_json::json!({"x": r.x, "y": r.y, "width": r.width, "height": r.height}));
+    let region = face
+        .region
+        .map(|r| serde_json::json!({"x": r.x, "y": r.y, "width": r.width, "height": r.height}));
     if json {
-        let by_name: serde_json::Map<String, serde_json::Value> =
-            class_names.iter().zip(probabilities).map(|(name, p)| (name.clone(), serde_json::json!(p))).collect();
-        let mut record = serde_json::json!({"path": path, "label": class_names[best], "probabilities": by_name});
+        let by_name: serde_json::Map<String, serde_json::Value> = class_names
+            .iter()
+            .zip(probabilities)
+            .map(|(name, p)| (name.clone(), serde_json::json!(p)))
+            .collect();
+        let mut record =
+            serde_json::json!({"path": path, "label": class_names[best], "probabilities": by_name});
         if let Some(region) = region {
             record["box"] = region;
         }
         println!("{record}");
     } else {
-        let detail: Vec<String> = class_names.iter().zip(probabilities).map(|(name, p)| format!("{name} {:.1}%", 100.0 * p)).collect();
-        let at = face.region.map(|r| format!(" [face at {},{} {}x{}]", r.x, r.y, r.width, r.height)).unwrap_or_default();
-        println!("{}{at}: {} ({})", path.display(), class_names[best], detail.join(", "));
+        let detail: Vec<String> = class_names
+            .iter()
+            .zip(probabilities)
+            .map(|(name, p)| format!("{name} {:.1}%", 100.0 * p))
+            .collect();
+        let at = face
+            .region
+            .map(|r| format!(" [face at {},{} {}x{}]", r.x, r.y, r.width, r.height))
+            .unwrap_or_default();
+        println!(
+            "{}{at}: {} ({})",
+            path.display(),
+            class_names[best],
+            detail.join(", ")
+        );
     }
     Ok(())
 }

@@ -10,14 +10,27 @@ use dexpression_model::candle_core::{safetensors, Device};
 fn fixture_dir() -> PathBuf {
     let dir = std::env::var_os("DEXPRESSION_TORCH_FIXTURE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/torch"));
-    assert!(dir.join("reference.safetensors").is_file(), "PyTorch fixture not found in {}", dir.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/torch")
+        });
+    assert!(
+        dir.join("reference.safetensors").is_file(),
+        "PyTorch fixture not found in {}",
+        dir.display()
+    );
     dir
 }
 
 fn xtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("xtask runs");
-    assert!(output.status.success(), "xtask {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("xtask runs");
+    assert!(
+        output.status.success(),
+        "xtask {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
@@ -32,16 +45,43 @@ fn imported_port_checkpoint_predicts_pytorch_probabilities() {
     let out = tempfile::tempdir().unwrap();
     let weights = out.path().join("port.safetensors");
     let weights = weights.to_str().unwrap();
-    xtask(&["import-torch", checkpoint.to_str().unwrap(), "--out", weights]);
+    xtask(&[
+        "import-torch",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        weights,
+    ]);
 
-    let images: Vec<String> = (0..4).map(|idx| dir.join(format!("input-{idx}.png")).display().to_string()).collect();
-    let mut args = vec!["predict", "--weights", weights, "--no-crop", "--json", "--device", "cpu"];
+    let images: Vec<String> = (0..4)
+        .map(|idx| dir.join(format!("input-{idx}.png")).display().to_string())
+        .collect();
+    let mut args = vec![
+        "predict",
+        "--weights",
+        weights,
+        "--no-crop",
+        "--json",
+        "--device",
+        "cpu",
+    ];
     args.extend(images.iter().map(String::as_str));
     let stdout = xtask(&args);
 
     let reference = safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let expected = reference["eval.logp"].exp().unwrap().to_vec2::<f32>().unwrap();
-    let names = ["Anger", "Contempt", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"];
+    let expected = reference["eval.logp"]
+        .exp()
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let names = [
+        "Anger",
+        "Contempt",
+        "Disgust",
+        "Fear",
+        "Happiness",
+        "Sadness",
+        "Surprise",
+    ];
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "one JSON object per image:\n{stdout}");
     for (line, (expected_row, image)) in lines.iter().zip(expected.iter().zip(&images)) {
@@ -49,9 +89,18 @@ fn imported_port_checkpoint_predicts_pytorch_probabilities() {
         assert_eq!(record["path"], image.as_str());
         for (name, &p) in names.iter().zip(expected_row) {
             let ours = record["probabilities"][name].as_f64().unwrap() as f32;
-            assert!((ours - p).abs() <= 1e-4, "{image} {name}: {ours} vs PyTorch {p}");
+            assert!(
+                (ours - p).abs() <= 1e-4,
+                "{image} {name}: {ours} vs PyTorch {p}"
+            );
         }
-        let best = names[expected_row.iter().enumerate().fold(0, |best, (i, &p)| if p > expected_row[best] { i } else { best })];
+        let best = names[expected_row.iter().enumerate().fold(0, |best, (i, &p)| {
+            if p > expected_row[best] {
+                i
+            } else {
+                best
+            }
+        })];
         assert_eq!(record["label"], best);
     }
 }

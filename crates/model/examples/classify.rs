@@ -12,12 +12,22 @@ use candle_core::Device;
 use dexpression_model::{batch_from_pixels, load_face_pixels, Dexpression};
 
 /// The class order of CK+'s seven emotions, as the port labels them.
-const CLASS_NAMES: [&str; 7] = ["Anger", "Contempt", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"];
+const CLASS_NAMES: [&str; 7] = [
+    "Anger",
+    "Contempt",
+    "Disgust",
+    "Fear",
+    "Happiness",
+    "Sadness",
+    "Surprise",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(PathBuf::from);
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/torch");
-    let weights = args.next().unwrap_or_else(|| fixture.join("weights.safetensors"));
+    let weights = args
+        .next()
+        .unwrap_or_else(|| fixture.join("weights.safetensors"));
     let mut images: Vec<PathBuf> = args.collect();
     if images.is_empty() {
         images.push(fixture.join("input-0.png"));
@@ -25,11 +35,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let model = Dexpression::load(&weights, &Device::Cpu)?;
     let side = model.config().image_size;
-    println!("{}: {} classes, {side}x{side} input", weights.display(), model.config().n_classes);
+    println!(
+        "{}: {} classes, {side}x{side} input",
+        weights.display(),
+        model.config().n_classes
+    );
     for image in &images {
         let input = batch_from_pixels(&load_face_pixels(image, side)?, side, &Device::Cpu)?;
         let probabilities = model.probabilities(&input)?.remove(0);
-        let (best, p) = probabilities.iter().enumerate().fold((0, 0f32), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+        let (best, p) =
+            probabilities.iter().enumerate().fold(
+                (0, 0f32),
+                |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
+            );
         let name = CLASS_NAMES.get(best).copied().unwrap_or("class");
         println!("{}: {name} ({:.1}%)", image.display(), 100.0 * p);
     }

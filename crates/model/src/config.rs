@@ -27,21 +27,35 @@ impl Default for DexpressionConfig {
 impl DexpressionConfig {
     /// The PyTorch port's network (rdgozum/dexpression-pytorch): 7 classes, 224x224, dropout 0.2.
     pub fn port() -> Self {
-        Self { n_classes: 7, image_size: 224, dropout: 0.2 }
+        Self {
+            n_classes: 7,
+            image_size: 224,
+            dropout: 0.2,
+        }
     }
 
     /// The same network with another class count and input side.
     pub fn with(n_classes: usize, image_size: usize) -> Self {
-        Self { n_classes, image_size, ..Self::port() }
+        Self {
+            n_classes,
+            image_size,
+            ..Self::port()
+        }
     }
 
     /// Checks that the input side leaves at least one pixel after the last pooling.
     pub fn validate(&self) -> Result<()> {
         if self.n_classes < 2 {
-            return Err(Error::Config(format!("n_classes is {}, at least 2 are needed", self.n_classes)));
+            return Err(Error::Config(format!(
+                "n_classes is {}, at least 2 are needed",
+                self.n_classes
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config(format!("dropout is {}, it must be in [0, 1)", self.dropout)));
+            return Err(Error::Config(format!(
+                "dropout is {}, it must be in [0, 1)",
+                self.dropout
+            )));
         }
         if self.image_size < 32 {
             return Err(Error::Config(format!(
@@ -106,7 +120,10 @@ mod tests {
         assert_eq!(c64.block1_side(), 15);
         assert_eq!(c64.head_side(), 3);
         let side = DexpressionConfig::image_size_for_fc(c64.fc_in_features()).unwrap();
-        assert_eq!(DexpressionConfig::with(7, side).fc_in_features(), c64.fc_in_features());
+        assert_eq!(
+            DexpressionConfig::with(7, side).fc_in_features(),
+            c64.fc_in_features()
+        );
         assert!(DexpressionConfig::with(7, 16).validate().is_err());
     }
 }

@@ -10,10 +10,17 @@ use crate::{Error, Result};
 /// present, else the CPU. Asking for CUDA without the feature, or without a GPU, is an error that
 /// says which.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let error = |message: &str| Error::Device { spec: spec.to_string(), message: message.to_string() };
+    let error = |message: &str| Error::Device {
+        spec: spec.to_string(),
+        message: message.to_string(),
+    };
     match spec.trim().to_ascii_lowercase().as_str() {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() { Device::new_cuda(0).unwrap_or(Device::Cpu) } else { Device::Cpu }),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
         other => {
             let ordinal = match other.strip_prefix("cuda") {
                 Some("") => 0,
@@ -28,7 +35,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                     "this build has no CUDA support; rebuild with `--features cuda` (see docs/gpu.md) or use `--device cpu`",
                 ));
             }
-            Device::new_cuda(ordinal).map_err(|err| error(&format!("no usable CUDA GPU {ordinal}: {err}")))
+            Device::new_cuda(ordinal)
+                .map_err(|err| error(&format!("no usable CUDA GPU {ordinal}: {err}")))
         }
     }
 }

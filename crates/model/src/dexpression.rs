@@ -19,9 +19,17 @@ const BATCH_NORM_EPS: f64 = 1e-5;
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
 /// pool1, pool2b, pool3b: 3x3 stride 2, no padding.
-const POOL_REDUCE: Pool2d = Pool2d { kernel: 3, stride: 2, padding: 0 };
+const POOL_REDUCE: Pool2d = Pool2d {
+    kernel: 3,
+    stride: 2,
+    padding: 0,
+};
 /// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch).
-const POOL_KEEP: Pool2d = Pool2d { kernel: 3, stride: 1, padding: 1 };
+const POOL_KEEP: Pool2d = Pool2d {
+    kernel: 3,
+    stride: 1,
+    padding: 1,
+};
 
 /// The key PyTorch adds to BatchNorm's state; read and written, never used for computation.
 pub const NUM_BATCHES_TRACKED: &str = "batch_normalization.num_batches_tracked";
@@ -68,7 +76,13 @@ struct Conv {
 
 impl Conv {
     fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        ops::conv2d_relu(xs, self.weight.as_tensor(), self.bias.as_tensor(), self.stride, self.padding)
+        ops::conv2d_relu(
+            xs,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            self.stride,
+            self.padding,
+        )
     }
 }
 
@@ -96,7 +110,9 @@ struct DropoutRng {
 #[derive(Clone, Copy)]
 enum Init {
     /// kaiming_uniform(a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); PyTorch's biases use the same bound.
-    Uniform { fan_in: usize },
+    Uniform {
+        fan_in: usize,
+    },
     Ones,
     Zeros,
 }
@@ -111,17 +127,39 @@ struct TensorSpec {
 /// The port's `state_dict` (minus `num_batches_tracked`), in order, with shapes and initialisers.
 fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
     let conv = |name: &str, out: usize, inp: usize, k: usize| {
-        let init = Init::Uniform { fan_in: inp * k * k };
+        let init = Init::Uniform {
+            fan_in: inp * k * k,
+        };
         [
-            TensorSpec { name: format!("{name}.weight"), shape: vec![out, inp, k, k], init, trainable: true },
-            TensorSpec { name: format!("{name}.bias"), shape: vec![out], init, trainable: true },
+            TensorSpec {
+                name: format!("{name}.weight"),
+                shape: vec![out, inp, k, k],
+                init,
+                trainable: true,
+            },
+            TensorSpec {
+                name: format!("{name}.bias"),
+                shape: vec![out],
+                init,
+                trainable: true,
+            },
         ]
     };
     let mut specs = Vec::new();
     specs.extend(conv("conv1", 64, 1, 7));
     let side = config.block1_side();
-    specs.push(TensorSpec { name: "lrn1.weight".into(), shape: vec![64, side, side], init: Init::Ones, trainable: true });
-    specs.push(TensorSpec { name: "lrn1.bias".into(), shape: vec![64, side, side], init: Init::Zeros, trainable: true });
+    specs.push(TensorSpec {
+        name: "lrn1.weight".into(),
+        shape: vec![64, side, side],
+        init: Init::Ones,
+        trainable: true,
+    });
+    specs.push(TensorSpec {
+        name: "lrn1.bias".into(),
+        shape: vec![64, side, side],
+        init: Init::Zeros,
+        trainable: true,
+    });
     for (name, out, inp, k) in [
         ("conv2a", 96, 64, 1),
         ("conv2b", 208, 96, 3),
@@ -133,8 +171,18 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
         specs.extend(conv(name, out, inp, k));
     }
     let fc_in = config.fc_in_features();
-    specs.push(TensorSpec { name: "fc.weight".into(), shape: vec![config.n_classes, fc_in], init: Init::Uniform { fan_in: fc_in }, trainable: true });
-    specs.push(TensorSpec { name: "fc.bias".into(), shape: vec![config.n_classes], init: Init::Uniform { fan_in: fc_in }, trainable: true });
+    specs.push(TensorSpec {
+        name: "fc.weight".into(),
+        shape: vec![config.n_classes, fc_in],
+        init: Init::Uniform { fan_in: fc_in },
+        trainable: true,
+    });
+    specs.push(TensorSpec {
+        name: "fc.bias".into(),
+        shape: vec![config.n_classes],
+        init: Init::Uniform { fan_in: fc_in },
+        trainable: true,
+    });
     let bn = |suffix: &str, init: Init, trainable: bool| TensorSpec {
         name: format!("batch_normalization.{suffix}"),
         shape: vec![FEATEX_CHANNELS],
@@ -160,7 +208,9 @@ impl Dexpression {
             let values: Vec<f32> = match spec.init {
                 Init::Uniform { fan_in } => {
                     let bound = 1.0 / (fan_in as f32).sqrt();
-                    (0..count).map(|_| rng.random_range(-bound..bound)).collect()
+                    (0..count)
+                        .map(|_| rng.random_range(-bound..bound))
+                        .collect()
                 }
                 Init::Ones => vec![1.0; count],
                 Init::Zeros => vec![0.0; count],
@@ -174,15 +224,22 @@ impl Dexpression {
 
     /// Builds the network from named tensors (a `state_dict`), checking every name and shape.
     /// `source` names where they came from, for error messages.
-    pub fn from_tensors(config: DexpressionConfig, mut tensors: HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        config: DexpressionConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let mut named = Vec::new();
         for spec in tensor_specs(&config) {
-            let tensor = tensors.remove(&spec.name).ok_or_else(|| Error::MissingTensor {
-                path: source.to_path_buf(),
-                name: spec.name.clone(),
-                expected: spec.shape.clone(),
-            })?;
+            let tensor = tensors
+                .remove(&spec.name)
+                .ok_or_else(|| Error::MissingTensor {
+                    path: source.to_path_buf(),
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                })?;
             if tensor.dims() != spec.shape.as_slice() {
                 return Err(Error::ShapeMismatch {
                     path: source.to_path_buf(),
@@ -191,15 +248,32 @@ impl Dexpression {
                     expected: spec.shape,
                 });
             }
-            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?.contiguous()?;
-            named.push(NamedVar { name: spec.name, var: Var::from_tensor(&tensor)?, trainable: spec.trainable });
+            let tensor = tensor
+                .to_dtype(DType::F32)?
+                .to_device(device)?
+                .contiguous()?;
+            named.push(NamedVar {
+                name: spec.name,
+                var: Var::from_tensor(&tensor)?,
+                trainable: spec.trainable,
+            });
         }
         let num_batches_tracked = match tensors.remove(NUM_BATCHES_TRACKED) {
-            Some(t) => t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?.first().copied().unwrap_or(0),
+            Some(t) => t
+                .to_dtype(DType::I64)?
+                .flatten_all()?
+                .to_vec1::<i64>()?
+                .first()
+                .copied()
+                .unwrap_or(0),
             None => 0,
         };
         let var = |name: &str| -> Var {
-            named.iter().find(|n| n.name == name).map(|n| n.var.clone()).expect("every spec name was just inserted")
+            named
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.var.clone())
+                .expect("every spec name was just inserted")
         };
         let conv = |name: &str, stride: usize, padding: usize| Conv {
             weight: var(&format!("{name}.weight")),
@@ -209,7 +283,10 @@ impl Dexpression {
         };
         Ok(Self {
             conv1: conv("conv1", 2, 3),
-            lrn1: Affine { weight: var("lrn1.weight"), bias: var("lrn1.bias") },
+            lrn1: Affine {
+                weight: var("lrn1.weight"),
+                bias: var("lrn1.bias"),
+            },
             conv2a: conv("conv2a", 1, 0),
             conv2b: conv("conv2b", 1, 1),
             conv2c: conv("conv2c", 1, 0),
@@ -223,8 +300,14 @@ impl Dexpression {
                 running_var: var("batch_normalization.running_var"),
                 num_batches_tracked: AtomicI64::new(num_batches_tracked),
             },
-            fc: Affine { weight: var("fc.weight"), bias: var("fc.bias") },
-            dropout: DropoutRng { seed: AtomicU64::new(0), calls: AtomicU64::new(0) },
+            fc: Affine {
+                weight: var("fc.weight"),
+                bias: var("fc.bias"),
+            },
+            dropout: DropoutRng {
+                seed: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+            },
             tensors: named,
             config,
         })
@@ -240,7 +323,11 @@ impl Dexpression {
     }
 
     /// Loads weights for a given configuration; a tensor of another shape is an error naming it.
-    pub fn load_with_config(path: &Path, config: DexpressionConfig, device: &Device) -> Result<Self> {
+    pub fn load_with_config(
+        path: &Path,
+        config: DexpressionConfig,
+        device: &Device,
+    ) -> Result<Self> {
         Self::from_tensors(config, read_safetensors(path)?, path, device)
     }
 
@@ -252,9 +339,19 @@ impl Dexpression {
 
     /// The port's `state_dict`: every tensor by name, plus `num_batches_tracked` as an i64 scalar.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out: Vec<(String, Tensor)> = self.tensors.iter().map(|n| (n.name.clone(), n.var.as_tensor().clone())).collect();
-        let tracked = self.batch_normalization.num_batches_tracked.load(Ordering::Relaxed);
-        out.push((NUM_BATCHES_TRACKED.to_string(), Tensor::new(tracked, &Device::Cpu)?));
+        let mut out: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|n| (n.name.clone(), n.var.as_tensor().clone()))
+            .collect();
+        let tracked = self
+            .batch_normalization
+            .num_batches_tracked
+            .load(Ordering::Relaxed);
+        out.push((
+            NUM_BATCHES_TRACKED.to_string(),
+            Tensor::new(tracked, &Device::Cpu)?,
+        ));
         Ok(out)
     }
 
@@ -270,7 +367,11 @@ impl Dexpression {
 
     /// The learned parameters, for an optimiser.
     pub fn trainable_vars(&self) -> Vec<NamedVar> {
-        self.tensors.iter().filter(|n| n.trainable).cloned().collect()
+        self.tensors
+            .iter()
+            .filter(|n| n.trainable)
+            .cloned()
+            .collect()
     }
 
     /// Sets the dropout generator: the seed and how many training forwards have run, so a resumed
@@ -282,12 +383,19 @@ impl Dexpression {
 
     /// The dropout generator's seed and call count (see [`Self::set_dropout_state`]).
     pub fn dropout_state(&self) -> (u64, u64) {
-        (self.dropout.seed.load(Ordering::Relaxed), self.dropout.calls.load(Ordering::Relaxed))
+        (
+            self.dropout.seed.load(Ordering::Relaxed),
+            self.dropout.calls.load(Ordering::Relaxed),
+        )
     }
 
     /// Class probabilities (eval mode), one row per input.
     pub fn probabilities(&self, xs: &Tensor) -> Result<Vec<Vec<f32>>> {
-        Ok(self.forward_t(xs, false)?.exp()?.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+        Ok(self
+            .forward_t(xs, false)?
+            .exp()?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?)
     }
 
     fn featex(&self, xs: &Tensor, a: &Conv, b: &Conv, c: &Conv) -> candle_core::Result<Tensor> {
@@ -295,7 +403,13 @@ impl Dexpression {
         let pool_branch = c.forward_relu(&ops::max_pool2d(xs, POOL_KEEP)?)?;
         // Pooling works channel by channel, so pooling each branch and then concatenating equals
         // the port's pool of the concatenation, with the copy made on a quarter of the data.
-        Tensor::cat(&[&ops::max_pool2d(&conv_branch, POOL_REDUCE)?, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?], 1)
+        Tensor::cat(
+            &[
+                &ops::max_pool2d(&conv_branch, POOL_REDUCE)?,
+                &ops::max_pool2d(&pool_branch, POOL_REDUCE)?,
+            ],
+            1,
+        )
     }
 
     fn apply_dropout(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -308,7 +422,15 @@ impl Dexpression {
         rng.set_stream(call);
         let keep = 1.0 - p;
         let scale = 1.0 / keep;
-        let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..xs.elem_count())
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         xs.mul(&Tensor::from_vec(mask, xs.shape(), xs.device())?)
     }
 }
@@ -321,23 +443,34 @@ impl BatchNorm {
             // constant (ReLU zeros) have tiny variances that amplify any rounding difference.
             let per_channel = xs.transpose(0, 1)?.reshape((c, ()))?.to_dtype(DType::F64)?;
             let mean64 = per_channel.mean_keepdim(1)?;
-            let variance = per_channel.broadcast_sub(&mean64)?.sqr()?.mean_keepdim(1)?.to_dtype(xs.dtype())?;
+            let variance = per_channel
+                .broadcast_sub(&mean64)?
+                .sqr()?
+                .mean_keepdim(1)?
+                .to_dtype(xs.dtype())?;
             let mean = mean64.to_dtype(xs.dtype())?;
             // Running statistics use the unbiased variance, as PyTorch does.
             let count = (n * h * w) as f64;
             let unbiased = (variance.detach() * (count / (count - 1.0).max(1.0)))?;
             let m = BATCH_NORM_MOMENTUM;
-            let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
-            let running_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
+            let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
+                + (mean.detach().flatten_all()? * m)?)?;
+            let running_var =
+                ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
             self.running_mean.set(&running_mean)?;
             self.running_var.set(&running_var)?;
             self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
             (mean, variance)
         } else {
-            (self.running_mean.as_tensor().detach(), self.running_var.as_tensor().detach())
+            (
+                self.running_mean.as_tensor().detach(),
+                self.running_var.as_tensor().detach(),
+            )
         };
         let shape = (1, c, 1, 1);
-        let inv_std = (variance.reshape(shape)? + BATCH_NORM_EPS)?.sqrt()?.recip()?;
+        let inv_std = (variance.reshape(shape)? + BATCH_NORM_EPS)?
+            .sqrt()?
+            .recip()?;
         xs.broadcast_sub(&mean.reshape(shape)?)?
             .broadcast_mul(&inv_std)?
             .broadcast_mul(&self.weight.as_tensor().reshape(shape)?)?
@@ -350,7 +483,12 @@ impl ModuleT for Dexpression {
         // Block 1: N x 1 x S x S -> N x 64 x 55 x 55 (at S = 224).
         let xs = self.conv1.forward_relu(xs)?;
         let xs = ops::max_pool2d(&xs, POOL_REDUCE)?;
-        let xs = ops::layer_norm(&xs, self.lrn1.weight.as_tensor(), self.lrn1.bias.as_tensor(), LAYER_NORM_EPS)?;
+        let xs = ops::layer_norm(
+            &xs,
+            self.lrn1.weight.as_tensor(),
+            self.lrn1.bias.as_tensor(),
+            LAYER_NORM_EPS,
+        )?;
         // FeatEx 2: -> N x 272 x 27 x 27.
         let xs = self.featex(&xs, &self.conv2a, &self.conv2b, &self.conv2c)?;
         // FeatEx 3: -> N x 272 x 13 x 13.
@@ -358,7 +496,10 @@ impl ModuleT for Dexpression {
         // Head: dropout, batch norm, flatten, fc, log-softmax (the port's order).
         let xs = if train { self.apply_dropout(&xs)? } else { xs };
         let xs = self.batch_normalization.forward_t(&xs, train)?;
-        let logits = xs.flatten_from(1)?.matmul(&self.fc.weight.as_tensor().t()?)?.broadcast_add(self.fc.bias.as_tensor())?;
+        let logits = xs
+            .flatten_from(1)?
+            .matmul(&self.fc.weight.as_tensor().t()?)?
+            .broadcast_add(self.fc.bias.as_tensor())?;
         candle_nn::ops::log_softmax(&logits, D::Minus1)
     }
 }
@@ -371,11 +512,24 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Reads the class count from `fc.weight` and the input side from `lrn1.weight`.
-pub(crate) fn infer_config(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<DexpressionConfig> {
+pub(crate) fn infer_config(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<DexpressionConfig> {
     let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
-        let tensor = tensors.get(name).ok_or_else(|| Error::MissingTensor { path: path.to_path_buf(), name: name.into(), expected: vec![] })?;
+        let tensor = tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: path.to_path_buf(),
+            name: name.into(),
+            expected: vec![],
+        })?;
         if tensor.rank() != rank {
-            return Err(Error::Weights { path: path.into(), message: format!("`{name}` has shape {:?}, expected rank {rank}", tensor.dims()) });
+            return Err(Error::Weights {
+                path: path.into(),
+                message: format!(
+                    "`{name}` has shape {:?}, expected rank {rank}",
+                    tensor.dims()
+                ),
+            });
         }
         Ok(tensor.dims().to_vec())
     };
@@ -384,6 +538,9 @@ pub(crate) fn infer_config(tensors: &HashMap<String, Tensor>, path: &Path) -> Re
     let image_size = std::iter::once(224)
         .chain(32..=4096)
         .find(|&side| DexpressionConfig::with(n_classes, side).block1_side() == lrn_side)
-        .ok_or_else(|| Error::Weights { path: path.into(), message: format!("no input side gives a LayerNorm of side {lrn_side}") })?;
+        .ok_or_else(|| Error::Weights {
+            path: path.into(),
+            message: format!("no input side gives a LayerNorm of side {lrn_side}"),
+        })?;
     Ok(DexpressionConfig::with(n_classes, image_size))
 }

@@ -10,7 +10,10 @@ use crate::{Error, Result};
 /// Reads an image as an already cropped face, as the port fed its network: grayscale, resized to
 /// `side` x `side` (Catmull-Rom) when it has another size, row-major u8 pixels.
 pub fn load_face_pixels(path: &Path, side: usize) -> Result<Vec<u8>> {
-    let image = image::open(path).map_err(|source| Error::Image { path: path.to_path_buf(), source })?;
+    let image = image::open(path).map_err(|source| Error::Image {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let gray = image.to_luma8();
     let gray = if gray.width() as usize == side && gray.height() as usize == side {
         gray
@@ -25,8 +28,15 @@ pub fn load_face_pixels(path: &Path, side: usize) -> Result<Vec<u8>> {
 pub fn batch_from_pixels(pixels: &[u8], side: usize, device: &Device) -> Result<Tensor> {
     let plane = side * side;
     if plane == 0 || pixels.len() % plane != 0 {
-        return Err(Error::Config(format!("{} pixels is not a whole number of {side}x{side} images", pixels.len())));
+        return Err(Error::Config(format!(
+            "{} pixels is not a whole number of {side}x{side} images",
+            pixels.len()
+        )));
     }
     let values: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
-    Ok(Tensor::from_vec(values, (pixels.len() / plane, 1, side, side), device)?)
+    Ok(Tensor::from_vec(
+        values,
+        (pixels.len() / plane, 1, side, side),
+        device,
+    )?)
 }

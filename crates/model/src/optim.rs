@@ -26,7 +26,12 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self {
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -43,9 +48,21 @@ impl Adam {
     /// A fresh optimiser (zero moments, step 0) over `params`.
     pub fn new(params: Vec<NamedVar>, config: AdamConfig) -> Result<Self> {
         let zeros = |p: &NamedVar| p.var.as_tensor().zeros_like();
-        let first_moments = params.iter().map(zeros).collect::<candle_core::Result<_>>()?;
-        let second_moments = params.iter().map(zeros).collect::<candle_core::Result<_>>()?;
-        Ok(Self { config, params, first_moments, second_moments, step: 0 })
+        let first_moments = params
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<_>>()?;
+        let second_moments = params
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            config,
+            params,
+            first_moments,
+            second_moments,
+            step: 0,
+        })
     }
 
     /// The hyper-parameters.
@@ -62,12 +79,24 @@ impl Adam {
     /// unchanged (their moments too), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
-        let AdamConfig { learning_rate, beta1, beta2, eps } = self.config;
+        let AdamConfig {
+            learning_rate,
+            beta1,
+            beta2,
+            eps,
+        } = self.config;
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
         let bias_correction2 = 1.0 - beta2.powi(self.step as i32);
         let step_size = learning_rate / bias_correction1;
-        for ((param, m), v) in self.params.iter().zip(&mut self.first_moments).zip(&mut self.second_moments) {
-            let Some(grad) = grads.get(param.var.as_tensor()) else { continue };
+        for ((param, m), v) in self
+            .params
+            .iter()
+            .zip(&mut self.first_moments)
+            .zip(&mut self.second_moments)
+        {
+            let Some(grad) = grads.get(param.var.as_tensor()) else {
+                continue;
+            };
             *m = ((&*m * beta1)? + (grad * (1.0 - beta1))?)?;
             *v = ((&*v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
             // PyTorch's form: denom = sqrt(v) / sqrt(bias_correction2) + eps.
@@ -82,16 +111,28 @@ impl Adam {
     /// to be saved beside the weights.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.params.len() + 1);
-        for ((param, m), v) in self.params.iter().zip(&self.first_moments).zip(&self.second_moments) {
+        for ((param, m), v) in self
+            .params
+            .iter()
+            .zip(&self.first_moments)
+            .zip(&self.second_moments)
+        {
             out.push((format!("adam.m.{}", param.name), m.clone()));
             out.push((format!("adam.v.{}", param.name), v.clone()));
         }
-        out.push(("adam.step".into(), Tensor::new(self.step as i64, &candle_core::Device::Cpu)?));
+        out.push((
+            "adam.step".into(),
+            Tensor::new(self.step as i64, &candle_core::Device::Cpu)?,
+        ));
         Ok(out)
     }
 
     /// Restores a state written by [`Adam::state`]; every moment must be present with its shape.
-    pub fn load_state(&mut self, state: &HashMap<String, Tensor>, source: &std::path::Path) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        state: &HashMap<String, Tensor>,
+        source: &std::path::Path,
+    ) -> Result<()> {
         let get = |name: String, like: &Var| -> Result<Tensor> {
             let tensor = state.get(&name).ok_or_else(|| Error::MissingTensor {
                 path: source.to_path_buf(),
@@ -117,7 +158,10 @@ impl Adam {
             name: "adam.step".into(),
             expected: vec![],
         })?;
-        self.step = step.to_dtype(candle_core::DType::I64)?.to_scalar::<i64>()?.max(0) as u64;
+        self.step = step
+            .to_dtype(candle_core::DType::I64)?
+            .to_scalar::<i64>()?
+            .max(0) as u64;
         Ok(())
     }
 }

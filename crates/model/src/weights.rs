@@ -30,15 +30,21 @@ pub struct ImportSummary {
 /// `module.` prefix that `nn.DataParallel` adds. The tensors are checked against the network
 /// (names and shapes) before anything is written.
 pub fn import_torch(checkpoint: &Path, output: &Path) -> Result<ImportSummary> {
-    let unreadable = |message: String| Error::Weights { path: checkpoint.to_path_buf(), message };
+    let unreadable = |message: String| Error::Weights {
+        path: checkpoint.to_path_buf(),
+        message,
+    };
     if !checkpoint.is_file() {
         return Err(unreadable("no such file".into()));
     }
     // The port nests the state_dict under "model"; `read_all` alone would return nothing for it.
-    let nested = candle_core::pickle::read_all_with_key(checkpoint, Some("model")).unwrap_or_default();
+    let nested =
+        candle_core::pickle::read_all_with_key(checkpoint, Some("model")).unwrap_or_default();
     let tensors = if nested.is_empty() {
         candle_core::pickle::read_all_with_key(checkpoint, None).map_err(|err| {
-            unreadable(format!("not a readable PyTorch checkpoint ({err}); expected a file written by torch.save"))
+            unreadable(format!(
+                "not a readable PyTorch checkpoint ({err}); expected a file written by torch.save"
+            ))
         })?
     } else {
         nested
@@ -52,7 +58,11 @@ pub fn import_torch(checkpoint: &Path, output: &Path) -> Result<ImportSummary> {
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(name, tensor)| {
-            let name = if stripped_module_prefix { name["module.".len()..].to_string() } else { name };
+            let name = if stripped_module_prefix {
+                name["module.".len()..].to_string()
+            } else {
+                name
+            };
             (name, tensor)
         })
         .collect();
@@ -72,7 +82,10 @@ pub fn import_torch(checkpoint: &Path, output: &Path) -> Result<ImportSummary> {
 /// Writes named tensors as safetensors through a temporary file in the same directory, renamed
 /// into place only once complete.
 pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let io_error = |err: std::io::Error| Error::Weights { path: path.to_path_buf(), message: format!("cannot write: {err}") };
+    let io_error = |err: std::io::Error| Error::Weights {
+        path: path.to_path_buf(),
+        message: format!("cannot write: {err}"),
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_error)?;
     }
@@ -83,7 +96,9 @@ pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         .iter()
         .map(|(name, tensor)| Ok((name.clone(), tensor.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&map, &tmp)
-        .map_err(|err| Error::Weights { path: tmp.clone(), message: format!("cannot write: {err}") })?;
+    candle_core::safetensors::save(&map, &tmp).map_err(|err| Error::Weights {
+        path: tmp.clone(),
+        message: format!("cannot write: {err}"),
+    })?;
     std::fs::rename(&tmp, path).map_err(io_error)
 }

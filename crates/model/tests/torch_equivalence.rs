@@ -11,13 +11,20 @@ use dexpression_model::{import_torch, Adam, AdamConfig, Dexpression, Dexpression
 fn fixture_dir() -> PathBuf {
     let dir = std::env::var_os("DEXPRESSION_TORCH_FIXTURE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/torch"));
-    assert!(dir.join("reference.safetensors").is_file(), "PyTorch fixture not found in {}: the tests need ../shared/ beside the repository", dir.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/torch")
+        });
+    assert!(
+        dir.join("reference.safetensors").is_file(),
+        "PyTorch fixture not found in {}: the tests need ../shared/ beside the repository",
+        dir.display()
+    );
     dir
 }
 
 fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir().join("reference.safetensors"), &Device::Cpu).expect("reference.safetensors loads")
+    candle_core::safetensors::load(fixture_dir().join("reference.safetensors"), &Device::Cpu)
+        .expect("reference.safetensors loads")
 }
 
 fn checkpoint_tar() -> PathBuf {
@@ -32,22 +39,44 @@ fn checkpoint_tar() -> PathBuf {
 /// Max absolute difference and max absolute reference value.
 fn max_diff(ours: &Tensor, theirs: &Tensor) -> (f32, f32) {
     assert_eq!(ours.dims(), theirs.dims());
-    let a = ours.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = theirs.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let a = ours
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = theirs
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
     (diff, scale)
 }
 
 fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor, tolerance: f32) {
     let (diff, _) = max_diff(ours, theirs);
-    assert!(diff <= tolerance, "{name}: max abs diff {diff:e} > {tolerance:e}");
+    assert!(
+        diff <= tolerance,
+        "{name}: max abs diff {diff:e} > {tolerance:e}"
+    );
 }
 
 fn load_training_model() -> Dexpression {
     let weights = fixture_dir().join("weights.safetensors");
     // The fixture's training-mode outputs were made with dropout disabled.
-    let config = DexpressionConfig { dropout: 0.0, ..DexpressionConfig::port() };
+    let config = DexpressionConfig {
+        dropout: 0.0,
+        ..DexpressionConfig::port()
+    };
     Dexpression::load_with_config(&weights, config, &Device::Cpu).unwrap()
 }
 
@@ -58,10 +87,14 @@ fn imported_checkpoint_equals_the_safetensors_weights() {
     let summary = import_torch(&checkpoint_tar(), &converted).unwrap();
     assert_eq!(summary.config, DexpressionConfig::port());
     let ours = candle_core::safetensors::load(&converted, &Device::Cpu).unwrap();
-    let theirs = candle_core::safetensors::load(fixture_dir().join("weights.safetensors"), &Device::Cpu).unwrap();
+    let theirs =
+        candle_core::safetensors::load(fixture_dir().join("weights.safetensors"), &Device::Cpu)
+            .unwrap();
     assert_eq!(ours.len(), theirs.len(), "same number of tensors");
     for (name, tensor) in &theirs {
-        let mine = ours.get(name).unwrap_or_else(|| panic!("{name} missing after import"));
+        let mine = ours
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing after import"));
         assert_eq!(mine.dims(), tensor.dims(), "{name}");
         let (diff, _) = max_diff(mine, tensor);
         assert_eq!(diff, 0.0, "{name} differs after import");
@@ -71,7 +104,8 @@ fn imported_checkpoint_equals_the_safetensors_weights() {
 #[test]
 fn eval_log_probabilities_match_pytorch() {
     let reference = reference();
-    let model = Dexpression::load(&fixture_dir().join("weights.safetensors"), &Device::Cpu).unwrap();
+    let model =
+        Dexpression::load(&fixture_dir().join("weights.safetensors"), &Device::Cpu).unwrap();
     let logp = model.forward_t(&reference["x"], false).unwrap();
     assert_close("eval.logp", &logp, &reference["eval.logp"], 1e-4);
 }
@@ -89,15 +123,27 @@ fn training_forward_backward_and_adam_match_pytorch() {
     let state: HashMap<String, Tensor> = model.state_dict().unwrap().into_iter().collect();
     for stat in ["running_mean", "running_var"] {
         let name = format!("batch_normalization.{stat}");
-        assert_close(&name, &state[&name], &reference[&format!("train.{name}")], 1e-4);
+        assert_close(
+            &name,
+            &state[&name],
+            &reference[&format!("train.{name}")],
+            1e-4,
+        );
     }
 
     let grads = loss.backward().unwrap();
     for param in model.trainable_vars() {
-        let grad = grads.get(param.var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {}", param.name));
+        let grad = grads
+            .get(param.var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {}", param.name));
         let reference = &reference[&format!("grad.{}", param.name)];
         let (_, scale) = max_diff(grad, reference);
-        assert_matches_except_ties(&format!("grad.{}", param.name), grad, reference, 1e-3 * scale);
+        assert_matches_except_ties(
+            &format!("grad.{}", param.name),
+            grad,
+            reference,
+            1e-3 * scale,
+        );
     }
 
     // One Adam step on our gradients.
@@ -107,9 +153,19 @@ fn training_forward_backward_and_adam_match_pytorch() {
         // For |g| well above eps, Adam's first step is about lr * sign(g): where the reference
         // gradient is smaller than the gradient tolerance its sign is not determined, so those
         // elements are left to the strict test on PyTorch's own gradients below.
-        let reference_grad = reference[&format!("grad.{}", param.name)].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (_, scale) = max_diff(&reference[&format!("grad.{}", param.name)], &reference[&format!("grad.{}", param.name)]);
-        let determined: Vec<f32> = reference_grad.iter().map(|g| if g.abs() > 1e-3 * scale { 1.0 } else { 0.0 }).collect();
+        let reference_grad = reference[&format!("grad.{}", param.name)]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let (_, scale) = max_diff(
+            &reference[&format!("grad.{}", param.name)],
+            &reference[&format!("grad.{}", param.name)],
+        );
+        let determined: Vec<f32> = reference_grad
+            .iter()
+            .map(|g| if g.abs() > 1e-3 * scale { 1.0 } else { 0.0 })
+            .collect();
         let mask = Tensor::from_vec(determined, param.var.dims(), &Device::Cpu).unwrap();
         let name = format!("adam.{}", param.name);
         let ours = param.var.as_tensor().mul(&mask).unwrap();
@@ -124,14 +180,28 @@ fn adam_step_on_pytorch_gradients_matches_pytorch_exactly() {
     let model = load_training_model();
     // GradStore has no public constructor: take one from a trivial backward, then overwrite.
     let params = model.trainable_vars();
-    let mut grads = params[0].var.as_tensor().sum_all().unwrap().backward().unwrap();
+    let mut grads = params[0]
+        .var
+        .as_tensor()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for param in model.trainable_vars() {
-        grads.insert(param.var.as_tensor(), reference[&format!("grad.{}", param.name)].clone());
+        grads.insert(
+            param.var.as_tensor(),
+            reference[&format!("grad.{}", param.name)].clone(),
+        );
     }
     let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default()).unwrap();
     adam.step(&grads).unwrap();
     for param in model.trainable_vars() {
-        assert_close(&format!("adam.{}", param.name), param.var.as_tensor(), &reference[&format!("adam.{}", param.name)], 1e-5);
+        assert_close(
+            &format!("adam.{}", param.name),
+            param.var.as_tensor(),
+            &reference[&format!("adam.{}", param.name)],
+            1e-5,
+        );
     }
 }
 
@@ -150,9 +220,18 @@ fn assert_matches_except_ties(name: &str, ours: &Tensor, theirs: &Tensor, tolera
     assert_eq!(ours.dims(), theirs.dims(), "{name}");
     let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let outliers: Vec<(usize, f32, f32)> =
-        a.iter().zip(&b).enumerate().filter(|(_, (x, y))| (*x - *y).abs() > tolerance).map(|(i, (x, y))| (i, *x, *y)).collect();
-    let allowed = if name.contains("lrn1.") { LRN1_TIE_ELEMENTS } else { 0 };
+    let outliers: Vec<(usize, f32, f32)> = a
+        .iter()
+        .zip(&b)
+        .enumerate()
+        .filter(|(_, (x, y))| (*x - *y).abs() > tolerance)
+        .map(|(i, (x, y))| (i, *x, *y))
+        .collect();
+    let allowed = if name.contains("lrn1.") {
+        LRN1_TIE_ELEMENTS
+    } else {
+        0
+    };
     assert!(
         outliers.len() <= allowed,
         "{name}: {} of {} elements differ by more than {tolerance:e} (allowed {allowed}); first: {:?}",
@@ -165,15 +244,26 @@ fn assert_matches_except_ties(name: &str, ours: &Tensor, theirs: &Tensor, tolera
 #[test]
 fn predicting_the_fixture_pngs_reproduces_eval_probabilities() {
     let reference = reference();
-    let model = Dexpression::load(&fixture_dir().join("weights.safetensors"), &Device::Cpu).unwrap();
+    let model =
+        Dexpression::load(&fixture_dir().join("weights.safetensors"), &Device::Cpu).unwrap();
     let mut pixels = Vec::new();
     for idx in 0..4 {
-        pixels.extend(dexpression_model::load_face_pixels(&fixture_dir().join(format!("input-{idx}.png")), 224).unwrap());
+        pixels.extend(
+            dexpression_model::load_face_pixels(
+                &fixture_dir().join(format!("input-{idx}.png")),
+                224,
+            )
+            .unwrap(),
+        );
     }
     let batch = dexpression_model::batch_from_pixels(&pixels, 224, &Device::Cpu).unwrap();
     assert_close("x from PNG", &batch, &reference["x"], 0.0);
     let probabilities = model.probabilities(&batch).unwrap();
-    let expected = reference["eval.logp"].exp().unwrap().to_vec2::<f32>().unwrap();
+    let expected = reference["eval.logp"]
+        .exp()
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     for (ours, theirs) in probabilities.iter().zip(&expected) {
         for (a, b) in ours.iter().zip(theirs) {
             assert!((a - b).abs() <= 1e-4, "{a} vs {b}");
