@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::transfer::{self, FetchStatus, Fetched};
+use crate::transfer::{self, Fetched};
 
 /// Google Drive's public download address.
 pub const DRIVE_ENDPOINT: &str = "https://drive.google.com";
@@ -61,13 +61,8 @@ pub fn fetch_drive_file(
     options: &DriveOptions,
     progress: &dyn Progress,
 ) -> Result<Fetched> {
-    if let Some(sha256) = transfer::verify_existing(dest)? {
-        return Ok(Fetched {
-            path: dest.to_path_buf(),
-            sha256,
-            bytes_transferred: 0,
-            status: FetchStatus::AlreadyPresent,
-        });
+    if let Some(found) = transfer::already_present(dest)? {
+        return Ok(found);
     }
     if options.offline {
         return Err(Error::MissingOffline {

@@ -60,13 +60,8 @@ pub fn fetch_hub_file(
     options: &HubOptions,
     progress: &dyn Progress,
 ) -> Result<Fetched> {
-    if let Some(sha256) = transfer::verify_existing(dest)? {
-        return Ok(Fetched {
-            path: dest.to_path_buf(),
-            sha256,
-            bytes_transferred: 0,
-            status: FetchStatus::AlreadyPresent,
-        });
+    if let Some(found) = transfer::already_present(dest)? {
+        return Ok(found);
     }
     let (owner, name) = file
         .repo

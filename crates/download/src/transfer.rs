@@ -39,6 +39,17 @@ pub struct Fetched {
     pub status: FetchStatus,
 }
 
+/// The file at `dest` as a [`Fetched`] that needed no transfer, when it is there and matches the
+/// sha256 recorded beside it (see [`verify_existing`]).
+pub(crate) fn already_present(dest: &Path) -> Result<Option<Fetched>> {
+    Ok(verify_existing(dest)?.map(|sha256| Fetched {
+        path: dest.to_path_buf(),
+        sha256,
+        bytes_transferred: 0,
+        status: FetchStatus::AlreadyPresent,
+    }))
+}
+
 /// The path of the checksum file kept beside `path`: `<file>.sha256`.
 pub fn sidecar_path(path: &Path) -> PathBuf {
     append_to_file_name(path, ".sha256")
