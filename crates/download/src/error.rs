@@ -99,18 +99,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A Hub transfer broke off; hf-hub starts such a file over on the next run.
-    #[error(
-        "the transfer of {url} was cut ({reason}); nothing was put in place. Run the command \
-         again: hf-hub fetches the file again from its start"
-    )]
-    HubInterrupted {
-        /// The Hub URL being fetched.
-        url: String,
-        /// The transport's own description of the failure.
-        reason: String,
-    },
-
     /// The server closed the transfer before sending as many bytes as it announced.
     #[error(
         "{url} ended after {received} of {expected} bytes (truncated); the partial file is kept \

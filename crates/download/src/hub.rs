@@ -1,16 +1,19 @@
 //! Files from Hugging Face Hub repositories, through the `hf-hub` crate.
 //!
-//! hf-hub fetches into its own cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-//! `~/.cache/huggingface/hub`); the file is then copied into the data folder with its sha256
-//! beside it, so later runs, including `--offline` ones, verify it without going online.
+//! A file streams from hf-hub straight into `<file>.part` in the data folder, with the Hub's ETag
+//! of the file in `<file>.part.etag`, so that an interrupted transfer continues with a ranged
+//! request on the next run (or starts over if the file changed on the Hub). The finished file is
+//! renamed into place with its sha256 beside it, so later runs, including `--offline` ones, verify
+//! it without going online. Offline, a file missing from the data folder is taken from hf-hub's
+//! cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) when it is there.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
-use hf_hub::{HFClient, HFError, HFRepositorySync, RepoType};
+use futures::StreamExt;
+use hf_hub::repository::download::HFByteStream;
+use hf_hub::{HFClient, HFError, HFRepository, RepoType};
 
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
@@ -54,6 +57,12 @@ pub struct HubOptions {
 }
 
 /// Fetches one Hub file to `dest`, or verifies the copy already there.
+///
+/// The file streams into `<dest>.part`; an interrupted transfer leaves it there with the file's
+/// ETag in `<dest>.part.etag`, and the next call continues it with a ranged request when the Hub
+/// still serves the same ETag (otherwise it starts over). When the ETag is a sha256, as for LFS
+/// and Xet files, the finished file must match it. With `options.offline`, the file comes from
+/// hf-hub's cache if it is not in the data folder.
 pub fn fetch_hub_file(
     file: &HubFile,
     dest: &Path,
@@ -84,61 +93,240 @@ pub fn fetch_hub_file(
     if let Some(attempts) = options.retry_max_attempts {
         builder = builder.retry_max_attempts(attempts);
     }
-    let client = builder.build_sync().map_err(|err| hub_error(file, err))?;
+    let client = builder.build().map_err(|err| hub_error(file, err))?;
     let endpoint = options
         .endpoint
         .clone()
         .or_else(|| std::env::var("HF_ENDPOINT").ok())
         .unwrap_or_else(|| "https://huggingface.co".to_string());
-
-    let cached = match file.kind {
-        RepoKind::Dataset => download(
-            &client.dataset(owner, name),
-            file,
-            options.offline,
-            progress,
-        ),
-        RepoKind::Model => download(&client.model(owner, name), file, options.offline, progress),
+    let transfer = HubTransfer {
+        file,
+        url: resolve_url(file, &endpoint),
+        dest,
+        offline: options.offline,
+        progress,
     };
-    let cached = cached.map_err(|err| match err {
-        HFError::LocalEntryNotFound { .. } if options.offline => Error::MissingOffline {
-            what: format!("{} from {}", file.file, file.repo),
-            path: dest.to_path_buf(),
-        },
-        err => map_hub_error(file, &endpoint, err),
-    })?;
-    copy_verified(&cached, dest)
+
+    // hf-hub is async; one small runtime per file keeps this function blocking for callers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|err| Error::io("starting the download runtime for", dest, err))?;
+    runtime.block_on(async {
+        match file.kind {
+            RepoKind::Dataset => transfer.run(&client.dataset(owner, name)).await,
+            RepoKind::Model => transfer.run(&client.model(owner, name)).await,
+        }
+    })
 }
 
-fn download<T: RepoType>(
-    repo: &HFRepositorySync<T>,
-    file: &HubFile,
+/// One file on its way from the Hub into the data folder.
+struct HubTransfer<'a> {
+    file: &'a HubFile,
+    url: String,
+    dest: &'a Path,
     offline: bool,
-    progress: &dyn Progress,
-) -> std::result::Result<PathBuf, HFError> {
-    // hf-hub wants a `'static` handler, which `progress` is not; the handler stores the latest
-    // position and a scoped thread relays it to `progress` while the transfer runs.
-    let position = Arc::new(RelayedPosition::default());
-    let handler = PositionHandler(Arc::clone(&position));
-    let label = file
-        .file
-        .rsplit('/')
-        .next()
-        .unwrap_or(&file.file)
-        .to_string();
-    std::thread::scope(|scope| {
-        let relay = scope.spawn(|| position.relay(&label, progress));
-        let result = repo
-            .download_file()
-            .filename(file.file.clone())
-            .revision(file.revision.clone())
-            .local_files_only(offline)
-            .progress(handler)
-            .send();
-        position.finish();
-        let _ = relay.join();
-        result
-    })
+    progress: &'a dyn Progress,
+}
+
+impl HubTransfer<'_> {
+    async fn run<T: RepoType>(&self, repo: &HFRepository<T>) -> Result<Fetched> {
+        if self.offline {
+            let cached = repo
+                .download_file()
+                .filename(self.file.file.clone())
+                .revision(self.file.revision.clone())
+                .local_files_only(true)
+                .send()
+                .await
+                .map_err(|err| match err {
+                    HFError::LocalEntryNotFound { .. } => Error::MissingOffline {
+                        what: format!("{} from {}", self.file.file, self.file.repo),
+                        path: self.dest.to_path_buf(),
+                    },
+                    err => self.hub_error(err),
+                })?;
+            return copy_verified(&cached, self.dest);
+        }
+
+        let metadata = repo
+            .get_file_metadata()
+            .filepath(self.file.file.clone())
+            .revision(&self.file.revision)
+            .send()
+            .await
+            .map_err(|err| self.hub_error(err))?;
+        // hf-hub reports 0 when the Hub sent no size; the transfer is then not resumable.
+        let total = (metadata.file_size > 0).then_some(metadata.file_size);
+        let part = transfer::part_path(self.dest);
+        let mut offset = self.resumable_offset(&part, &metadata.etag, total)?;
+
+        if total != Some(offset) {
+            let range = match total {
+                Some(total) if offset > 0 => Some(offset..total),
+                _ => None,
+            };
+            let (content_length, stream) = repo
+                .download_file_stream()
+                .filename(self.file.file.clone())
+                .revision(self.file.revision.clone())
+                .maybe_range(range)
+                .send()
+                .await
+                .map_err(|err| self.hub_error(err))?;
+            // A server that ignores the range sends the whole file: take it from the start.
+            if offset > 0 && content_length == total {
+                offset = 0;
+            }
+            self.receive(stream, offset, total, &part).await?;
+        }
+
+        let sha256 = transfer::sha256_file(&part)?;
+        if is_sha256(&metadata.etag) && sha256 != metadata.etag {
+            let moved_to = transfer::move_aside(&part)?;
+            let _ = fs::remove_file(etag_path(self.dest));
+            return Err(Error::ChecksumMismatch {
+                path: self.dest.to_path_buf(),
+                expected: metadata.etag,
+                actual: sha256,
+                moved_to,
+            });
+        }
+        let sha256 = transfer::commit_part(&part, self.dest)?;
+        let _ = fs::remove_file(etag_path(self.dest));
+        let size = fs::metadata(self.dest)
+            .map(|meta| meta.len())
+            .map_err(|err| Error::io("reading", self.dest, err))?;
+        Ok(Fetched {
+            path: self.dest.to_path_buf(),
+            sha256,
+            bytes_transferred: size - offset,
+            status: if offset > 0 {
+                FetchStatus::Resumed
+            } else {
+                FetchStatus::Downloaded
+            },
+        })
+    }
+
+    /// How many bytes of a partial file from an earlier run can be kept: all of them when it was
+    /// written for the same ETag and is not longer than the file, else none (and it is removed).
+    /// Records `etag` for the next run.
+    fn resumable_offset(&self, part: &Path, etag: &str, total: Option<u64>) -> Result<u64> {
+        if let Some(parent) = self.dest.parent() {
+            fs::create_dir_all(parent).map_err(|err| Error::io("creating", parent, err))?;
+        }
+        let etag_file = etag_path(self.dest);
+        let recorded = fs::read_to_string(&etag_file).unwrap_or_default();
+        let size = transfer::partial_size(self.dest);
+        let same_version = !etag.is_empty() && recorded.trim() == etag;
+        let fits = total.is_some_and(|total| size <= total);
+        if size > 0 && same_version && fits {
+            return Ok(size);
+        }
+        if part.exists() {
+            fs::remove_file(part).map_err(|err| Error::io("removing", part, err))?;
+        }
+        fs::write(&etag_file, etag).map_err(|err| Error::io("writing", &etag_file, err))?;
+        Ok(0)
+    }
+
+    /// Appends the stream to the partial file from `offset` on, with progress.
+    async fn receive(
+        &self,
+        mut stream: HFByteStream,
+        offset: u64,
+        total: Option<u64>,
+        part: &Path,
+    ) -> Result<()> {
+        let mut out = if offset == 0 {
+            File::create(part).map_err(|err| Error::io("creating", part, err))?
+        } else {
+            OpenOptions::new()
+                .append(true)
+                .open(part)
+                .map_err(|err| Error::io("opening", part, err))?
+        };
+        let label = self.file.file.rsplit('/').next().unwrap_or(&self.file.file);
+        self.progress.begin(label, total, Unit::Bytes);
+        self.progress.set_position(offset);
+        if offset > 0 {
+            self.progress
+                .note(&format!("resuming {label} from byte {offset}"));
+        }
+        let mut position = offset;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    let _ = out.sync_all();
+                    self.progress.end();
+                    return Err(Error::Interrupted {
+                        url: self.url.clone(),
+                        part: part.to_path_buf(),
+                        bytes_received: position,
+                        reason: describe_hub_error(&err),
+                    });
+                }
+            };
+            out.write_all(&chunk)
+                .map_err(|err| Error::io("writing", part, err))?;
+            position += chunk.len() as u64;
+            self.progress.set_position(position);
+        }
+        out.sync_all()
+            .map_err(|err| Error::io("writing", part, err))?;
+        self.progress.end();
+        match total {
+            Some(expected) if position != expected => Err(Error::Truncated {
+                url: self.url.clone(),
+                part: part.to_path_buf(),
+                expected,
+                received: position,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn hub_error(&self, err: HFError) -> Error {
+        map_hub_error(self.file, &self.url, err)
+    }
+}
+
+/// The resolve URL of a file, as the Hub serves it; used in messages.
+fn resolve_url(file: &HubFile, endpoint: &str) -> String {
+    let prefix = match file.kind {
+        RepoKind::Dataset => "datasets/",
+        RepoKind::Model => "",
+    };
+    format!(
+        "{}/{prefix}{}/resolve/{}/{}",
+        endpoint.trim_end_matches('/'),
+        file.repo,
+        file.revision,
+        file.file
+    )
+}
+
+/// Where the ETag of a partial file is kept: `<file>.part.etag`.
+fn etag_path(dest: &Path) -> PathBuf {
+    let mut name = transfer::part_path(dest).into_os_string();
+    name.push(".etag");
+    PathBuf::from(name)
+}
+
+/// LFS and Xet files carry their content's sha256 as ETag; other files a git blob id.
+fn is_sha256(etag: &str) -> bool {
+    etag.len() == 64 && etag.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// The cause of a failed chunk, without hf-hub's wrapper text.
+fn describe_hub_error(err: &HFError) -> String {
+    match err {
+        HFError::Request { source, .. } => transfer::describe_transport_error(source),
+        err => err.to_string(),
+    }
 }
 
 /// Copies hf-hub's cached file into `dest` through a partial file, recording its sha256.
@@ -176,15 +364,8 @@ fn copy_verified(cached: &Path, dest: &Path) -> Result<Fetched> {
     })
 }
 
-fn map_hub_error(file: &HubFile, endpoint: &str, err: HFError) -> Error {
-    let prefix = match file.kind {
-        RepoKind::Dataset => "datasets/",
-        RepoKind::Model => "",
-    };
-    let url = format!(
-        "{endpoint}/{prefix}{}/resolve/{}/{}",
-        file.repo, file.revision, file.file
-    );
+fn map_hub_error(file: &HubFile, url: &str, err: HFError) -> Error {
+    let url = url.to_string();
     match err {
         HFError::AuthRequired { context } | HFError::Forbidden { context } => Error::Unauthorized {
             url,
@@ -200,13 +381,7 @@ fn map_hub_error(file: &HubFile, endpoint: &str, err: HFError) -> Error {
             url,
             file: file.file.clone(),
         },
-        HFError::Request { source, .. } if source.is_connect() || source.is_timeout() => {
-            Error::Offline {
-                url,
-                reason: transfer::describe_transport_error(&source),
-            }
-        }
-        HFError::Request { source, .. } => Error::HubInterrupted {
+        HFError::Request { source, .. } => Error::Offline {
             url,
             reason: transfer::describe_transport_error(&source),
         },
@@ -228,90 +403,5 @@ fn hub_error(file: &HubFile, err: HFError) -> Error {
         repo: format!("{prefix}{}@{}", file.repo, file.revision),
         file: file.file.clone(),
         source: Box::new(err),
-    }
-}
-
-/// The latest byte position reported by hf-hub, shared with the relaying thread.
-#[derive(Default)]
-struct RelayedPosition {
-    state: std::sync::Mutex<RelayState>,
-    changed: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct RelayState {
-    total: Option<u64>,
-    done: u64,
-    finished: bool,
-}
-
-impl RelayedPosition {
-    fn update(&self, total: Option<u64>, done: Option<u64>) {
-        if let Ok(mut state) = self.state.lock() {
-            if total.is_some() {
-                state.total = total;
-            }
-            if let Some(done) = done {
-                state.done = done;
-            }
-            self.changed.notify_all();
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.finished = true;
-            self.changed.notify_all();
-        }
-    }
-
-    /// Forwards positions to `progress` until [`Self::finish`] is called.
-    fn relay(&self, label: &str, progress: &dyn Progress) {
-        let mut started = false;
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        loop {
-            if !started && (state.total.is_some() || state.done > 0) {
-                progress.begin(label, state.total, Unit::Bytes);
-                started = true;
-            }
-            if started {
-                progress.set_position(state.done);
-            }
-            if state.finished {
-                break;
-            }
-            state = match self.changed.wait(state) {
-                Ok(state) => state,
-                Err(_) => return,
-            };
-        }
-        if started {
-            progress.end();
-        }
-    }
-}
-
-struct PositionHandler(Arc<RelayedPosition>);
-
-impl ProgressHandler for PositionHandler {
-    fn on_progress(&self, event: &ProgressEvent) {
-        match event {
-            ProgressEvent::Download(DownloadEvent::Start { total_bytes, .. }) => {
-                self.0.update(Some(*total_bytes), None)
-            }
-            ProgressEvent::Download(DownloadEvent::Progress { files }) => {
-                if let Some(latest) = files.last() {
-                    self.0.update(None, Some(latest.bytes_completed));
-                }
-            }
-            ProgressEvent::Download(DownloadEvent::AggregateProgress {
-                bytes_completed,
-                total_bytes,
-                ..
-            }) => self.0.update(Some(*total_bytes), Some(*bytes_completed)),
-            _ => {}
-        }
     }
 }

@@ -99,18 +99,24 @@ pub fn verify_existing(path: &Path) -> Result<Option<String>> {
     if actual == expected {
         return Ok(Some(actual));
     }
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0);
-    let moved_to = append_to_file_name(path, &format!(".bad-{seconds}"));
-    fs::rename(path, &moved_to).map_err(|err| Error::io("moving aside", path, err))?;
+    let moved_to = move_aside(path)?;
     Err(Error::ChecksumMismatch {
         path: path.to_path_buf(),
         expected,
         actual,
         moved_to,
     })
+}
+
+/// Renames a file that must not be used to `<file>.bad-<unix seconds>` and returns that path.
+pub(crate) fn move_aside(path: &Path) -> Result<PathBuf> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let moved_to = append_to_file_name(path, &format!(".bad-{seconds}"));
+    fs::rename(path, &moved_to).map_err(|err| Error::io("moving aside", path, err))?;
+    Ok(moved_to)
 }
 
 /// Records the sha256 of a complete `part` file beside `dest` and renames it to `dest`.

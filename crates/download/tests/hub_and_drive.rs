@@ -578,36 +578,149 @@ fn disk_full_is_reported_as_such() {
     assert!(!dest.exists());
 }
 
-/// hf-hub restarts a cut Hub transfer rather than resuming it: the cut is reported, nothing is
-/// put in place, and the next run gets the whole file.
-#[test]
-fn cut_hub_transfer_is_reported_and_the_next_run_completes() {
-    let parquet_rows = rows(&names(&["anger", "happy", "fear"]));
-    let bytes = parquet_bytes(ImageColumn::Struct, &parquet_rows, None);
-    let server = Server::start();
+/// Serves the mirror's parquet file, cut after `cut_at` bytes on the first GET.
+fn serve_cut_mirror(server: &Server, bytes: &[u8], cut_at: usize) -> String {
+    let path = format!("/datasets/{REPO}/resolve/main/{FILE}");
     server.route(
-        &format!("/datasets/{REPO}/resolve/main/{FILE}"),
+        &path,
         Route::File {
-            body: bytes.clone(),
-            cut_first_get_after: Some(bytes.len() / 2),
+            body: bytes.to_vec(),
+            cut_first_get_after: Some(cut_at),
             content_type: "application/octet-stream",
         },
     );
+    path
+}
+
+#[test]
+fn cut_hub_transfer_resumes_with_a_range_request() {
+    let parquet_rows = rows(&names(&["anger", "happy", "fear"]));
+    let bytes = parquet_bytes(ImageColumn::Struct, &parquet_rows, None);
+    let cut_at = bytes.len() / 2;
+    let server = Server::start();
+    serve_cut_mirror(&server, &bytes, cut_at);
     let work = tempfile::tempdir().expect("temp dir");
     let data = DataDir::new(work.path().join("data"));
     let options = server.hub_options(&work.path().join("hf-cache"));
+    let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
+
     let err =
         download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect_err("cut");
-    assert!(matches!(err, Error::HubInterrupted { .. }), "{err:?}");
-    assert!(err.to_string().contains("Run the command again"), "{err}");
-    assert!(!data
-        .raw_hub_file(&MirrorSource::default().hub_file())
-        .exists());
+    assert!(
+        matches!(err, Error::Interrupted { .. } | Error::Truncated { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("next run resumes"), "{err}");
+    assert!(!raw.exists(), "nothing is put in place");
     assert!(!data.mirror_dir().exists());
+    let part = dexpression_download::part_path(&raw);
+    assert_eq!(
+        fs::read(&part).expect("partial file kept"),
+        bytes[..cut_at],
+        "the partial file holds exactly the bytes received"
+    );
 
+    server.clear_seen();
     let (fetched, summary) =
         download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
             .expect("second run");
+    assert_eq!(fetched.status, FetchStatus::Resumed);
+    assert_eq!(fetched.bytes_transferred, (bytes.len() - cut_at) as u64);
+    assert_eq!(fs::read(&fetched.path).expect("raw file"), bytes);
+    assert!(!part.exists());
+    assert_eq!(summary.n_images(), 3);
+    let expected_range = format!("bytes={cut_at}-{}", bytes.len() - 1);
+    let gets: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].range.as_deref(), Some(expected_range.as_str()));
+}
+
+#[test]
+fn cut_hub_transfer_of_a_file_that_changed_starts_over() {
+    let old_bytes = parquet_bytes(
+        ImageColumn::Struct,
+        &rows(&names(&["anger", "happy"])),
+        None,
+    );
+    let new_bytes = parquet_bytes(
+        ImageColumn::Binary,
+        &rows(&names(&["fear", "sadness", "surprise"])),
+        None,
+    );
+    let server = Server::start();
+    serve_cut_mirror(&server, &old_bytes, old_bytes.len() / 2);
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = server.hub_options(&work.path().join("hf-cache"));
+    download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect_err("cut");
+
+    // A new commit on the Hub: another ETag, so the partial file is of no use.
+    server.hub_dataset_file(REPO, "main", FILE, new_bytes.clone());
+    server.clear_seen();
+    let (fetched, summary) =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+            .expect("second run");
+    assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert_eq!(fs::read(&fetched.path).expect("raw file"), new_bytes);
+    assert_eq!(summary.n_images(), 3);
+    assert!(server.seen().iter().all(|seen| seen.range.is_none()));
+}
+
+#[test]
+fn hub_file_that_does_not_match_its_sha256_etag_is_refused() {
+    let bytes = parquet_bytes(
+        ImageColumn::Struct,
+        &rows(&names(&["anger", "happy"])),
+        None,
+    );
+    let server = Server::start();
+    server.hub_dataset_file(REPO, "main", FILE, bytes.clone());
+    let announced = "ab".repeat(32);
+    server.set_etag(&format!("/datasets/{REPO}/resolve/main/{FILE}"), &announced);
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = server.hub_options(&work.path().join("hf-cache"));
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("corrupt transfer");
+    let Error::ChecksumMismatch {
+        expected, moved_to, ..
+    } = &err
+    else {
+        panic!("expected a checksum mismatch, got {err:?}")
+    };
+    assert_eq!(expected, &announced);
+    assert_eq!(fs::read(moved_to).expect("moved aside"), bytes);
+    let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
+    assert!(!raw.exists() && !dexpression_download::part_path(&raw).exists());
+}
+
+#[test]
+fn offline_takes_a_file_from_the_hugging_face_cache() {
+    let bytes = parquet_bytes(
+        ImageColumn::Struct,
+        &rows(&names(&["anger", "happy", "fear"])),
+        None,
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    // The cache layout that hf-hub and Python's huggingface_hub share.
+    let cache = work.path().join("hf-cache");
+    let repo_dir = cache.join(format!("datasets--{}", REPO.replace('/', "--")));
+    let snapshot = repo_dir.join("snapshots").join(common::COMMIT).join(FILE);
+    fs::create_dir_all(snapshot.parent().expect("parent")).expect("snapshot dir");
+    fs::write(&snapshot, &bytes).expect("cached file");
+    fs::create_dir_all(repo_dir.join("refs")).expect("refs");
+    fs::write(repo_dir.join("refs").join("main"), common::COMMIT).expect("ref");
+
+    let data = DataDir::new(work.path().join("data"));
+    let mut options = Server::start().hub_options(&cache);
+    options.offline = true;
+    let (fetched, summary) =
+        download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+            .expect("offline from the cache");
     assert_eq!(fs::read(&fetched.path).expect("raw file"), bytes);
     assert_eq!(summary.n_images(), 3);
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dexpression_download::{HubOptions, Progress, Unit};
+use sha2::{Digest, Sha256};
 
 /// A commit id as the Hub sends it in `X-Repo-Commit`.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -51,6 +52,7 @@ struct State {
     routes: HashMap<String, Route>,
     seen: Vec<Seen>,
     gets_by_path: HashMap<String, usize>,
+    etags: HashMap<String, String>,
 }
 
 /// A local HTTP server, stopped when dropped.
@@ -114,6 +116,15 @@ impl Server {
             &format!("/datasets/{repo}/resolve/{revision}/{file}"),
             file_route(body),
         );
+    }
+
+    /// Sends `etag` for `path` instead of the body's sha256 (what the Hub sends for LFS files).
+    pub fn set_etag(&self, path: &str, etag: &str) {
+        self.state
+            .lock()
+            .expect("server state")
+            .etags
+            .insert(path.to_string(), etag.to_string());
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -188,7 +199,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
 
-    let (route, n_previous_gets) = {
+    let (route, n_previous_gets, etag) = {
         let mut state = state.lock().expect("server state");
         state.seen.push(Seen {
             method: method.clone(),
@@ -201,6 +212,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
             None => path.to_string(),
         };
         let route = state.routes.get(&key).cloned();
+        let etag = state.etags.get(&key).cloned();
         let n_previous_gets = if method == "GET" {
             let count = state.gets_by_path.entry(key).or_insert(0);
             *count += 1;
@@ -208,7 +220,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
         } else {
             0
         };
-        (route, n_previous_gets)
+        (route, n_previous_gets, etag)
     };
 
     let mut stream = stream;
@@ -251,16 +263,19 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
                 );
             }
             let etag = format!(
-                "\"{:08x}{:08x}\"",
-                body.len(),
-                body.iter().map(|&b| u32::from(b)).sum::<u32>()
+                "\"{}\"",
+                etag.unwrap_or_else(|| hex::encode(Sha256::digest(&body)))
             );
             let total = body.len();
-            let start = range
+            // `bytes=START-` or `bytes=START-END` (END inclusive).
+            let (start, end) = match range
                 .as_deref()
                 .and_then(|range| range.strip_prefix("bytes="))
-                .and_then(|range| range.split('-').next())
-                .and_then(|start| start.parse::<usize>().ok());
+                .and_then(|range| range.split_once('-'))
+            {
+                Some((start, end)) => (start.parse::<usize>().ok(), end.parse::<usize>().ok()),
+                None => (None, None),
+            };
             let common = [
                 ("ETag", etag.as_str()),
                 ("X-Repo-Commit", COMMIT),
@@ -285,10 +300,11 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
                     )
                 }
                 Some(start) => {
-                    let content_range = format!("bytes {start}-{}/{total}", total - 1);
+                    let end = end.unwrap_or(total - 1).min(total - 1);
+                    let content_range = format!("bytes {start}-{end}/{total}");
                     let mut headers = common.to_vec();
                     headers.push(("Content-Range", &content_range));
-                    reply(&mut stream, &method, 206, &headers, &body[start..], cut)
+                    reply(&mut stream, &method, 206, &headers, &body[start..=end], cut)
                 }
                 None => reply(&mut stream, &method, 200, &common, &body, cut),
             }
