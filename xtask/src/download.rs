@@ -1,217 +1,53 @@
 //! `cargo xtask download`: CK+ from the Hugging Face mirror (or the official release with
 //! `--from`), and the PyTorch port's pretrained weights with `--weights`.
 //!
-//! Argument parsing and progress bars only; fetching, verifying, converting and importing live
-//! in `dexpression-download`, converting the checkpoint in `dexpression-model`.
+//! The download stack (hf-hub with its async runtime and Xet client, parquet) is most of what
+//! a cold build of xtask would compile, and only this command needs it. It therefore sits behind
+//! xtask's `download` feature, so that `cargo xtask demo` on a fresh clone builds without it.
+//! Without the feature, this command builds and runs xtask once more with it (the first time
+//! takes a few minutes; after that both builds are kept side by side).
 
-use std::path::PathBuf;
-use std::sync::Mutex;
+#[cfg(feature = "download")]
+mod fetch;
+#[cfg(feature = "download")]
+pub use fetch::{run, Args};
 
-use anyhow::Context;
-use dexpression_download::{
-    download_mirror, fetch_drive_file, fetch_hub_file, import_ckplus, DataDir, DriveFile,
-    DriveOptions, FetchStatus, Fetched, HubFile, HubOptions, MirrorSource, Progress, RepoKind,
-    Unit, CLASS_FOLDERS, DEFAULT_MIRROR_FILE, DEFAULT_MIRROR_REPO, DRIVE_ENDPOINT,
-};
-use indicatif::{ProgressBar, ProgressStyle};
+#[cfg(not(feature = "download"))]
+pub use relay::{run, Args};
 
-/// Arguments of `cargo xtask download`.
-#[derive(clap::Args)]
-pub struct Args {
-    /// Hugging Face dataset repository of the CK+ mirror.
-    #[arg(long, default_value = DEFAULT_MIRROR_REPO)]
-    repo: String,
-    /// Branch, tag or commit of the mirror (a commit pins the data).
-    #[arg(long, default_value = "main")]
-    revision: String,
-    /// The parquet file inside the mirror repository.
-    #[arg(long, default_value = DEFAULT_MIRROR_FILE)]
-    file: String,
-    /// Data folder: the mirror goes to <DATA>/ckplus48, `--from` to <DATA>/ckplus, weights to <DATA>/weights.
-    #[arg(long, default_value = "data")]
-    data: PathBuf,
-    /// Never go online: verify what is on disk and fail if something is missing.
-    #[arg(long)]
-    offline: bool,
-    /// Import the official CK+ release from disk (its zips, a folder of them, or the extracted folder) instead of the mirror.
-    #[arg(long, value_name = "PATH")]
-    from: Option<PathBuf>,
-    /// Also fetch the PyTorch port's pretrained checkpoint (Google Drive) and convert it to safetensors.
-    #[arg(long)]
-    weights: bool,
-    /// Fetch safetensors weights from this Hugging Face model repository instead of Google Drive.
-    #[arg(long, value_name = "REPO")]
-    weights_repo: Option<String>,
-    /// The weights file inside `--weights-repo`.
-    #[arg(long, value_name = "F", default_value = "model.safetensors")]
-    weights_file: String,
-    /// Branch, tag or commit of `--weights-repo`.
-    #[arg(long, default_value = "main")]
-    weights_revision: String,
-    /// Fetch only the weights, no dataset.
-    #[arg(long)]
-    weights_only: bool,
-    /// Hugging Face Hub address (default: HF_ENDPOINT, else https://huggingface.co).
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
-    /// Google Drive address (for tests against a local server).
-    #[arg(long, value_name = "URL", default_value = DRIVE_ENDPOINT, hide = true)]
-    drive_endpoint: String,
-}
+#[cfg(not(feature = "download"))]
+mod relay {
+    use std::ffi::OsString;
+    use std::process::Command;
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let data = DataDir::new(&args.data);
-    let bar = Bar::default();
-    let hub = HubOptions {
-        endpoint: args.endpoint.clone(),
-        offline: args.offline,
-        ..HubOptions::default()
-    };
+    use anyhow::{bail, Context};
 
-    if !args.weights_only {
-        match &args.from {
-            Some(from) => {
-                let summary = import_ckplus(from, &data.ckplus_dir(), &bar)?;
-                let [n_images, n_emotions, n_landmarks, n_facs] = summary.n_files_per_part;
-                let verb = if summary.already_imported {
-                    "already imported"
-                } else {
-                    "imported"
-                };
-                println!(
-                    "CK+ {verb} into {}: {n_images} images, {n_emotions} emotion labels, {n_landmarks} landmark files, {n_facs} FACS files",
-                    summary.dest.display()
-                );
-            }
-            None => {
-                let source = MirrorSource {
-                    repo: args.repo.clone(),
-                    revision: args.revision.clone(),
-                    file: args.file.clone(),
-                };
-                let (parquet, summary) = download_mirror(&data, &source, &hub, &bar)?;
-                report_fetched("CK+ mirror", &parquet);
-                let verb = if summary.already_converted {
-                    "already converted"
-                } else {
-                    "converted"
-                };
-                let per_class: Vec<String> = CLASS_FOLDERS
-                    .iter()
-                    .zip(summary.n_images_per_class)
-                    .map(|(class, n_images)| format!("{class} {n_images}"))
-                    .collect();
-                println!(
-                    "{} images {verb} into {} ({})",
-                    summary.n_images(),
-                    summary.out_dir.display(),
-                    per_class.join(", ")
-                );
-            }
-        }
+    /// Every argument of `cargo xtask download`, passed on untouched (`--help` included).
+    #[derive(clap::Args)]
+    #[command(disable_help_flag = true)]
+    pub struct Args {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<OsString>,
     }
 
-    if let Some(repo) = &args.weights_repo {
-        let file = HubFile {
-            kind: RepoKind::Model,
-            repo: repo.clone(),
-            revision: args.weights_revision.clone(),
-            file: args.weights_file.clone(),
-        };
-        let name = args
-            .weights_file
-            .rsplit('/')
-            .next()
-            .unwrap_or(&args.weights_file);
-        let fetched = fetch_hub_file(&file, &data.weights_dir().join(name), &hub, &bar)?;
-        report_fetched("weights", &fetched);
-    } else if args.weights {
-        let checkpoint = DriveFile::port_checkpoint();
-        let drive = DriveOptions {
-            endpoint: args.drive_endpoint.clone(),
-            offline: args.offline,
-        };
-        let fetched = fetch_drive_file(
-            &checkpoint,
-            &data.weights_dir().join(&checkpoint.file_name),
-            &drive,
-            &bar,
-        )?;
-        report_fetched("PyTorch port checkpoint", &fetched);
-        let converted = data.port_weights();
-        if fetched.status == FetchStatus::AlreadyPresent && converted.is_file() {
-            println!("weights already converted: {}", converted.display());
-        } else {
-            let summary = dexpression_model::import_torch(&fetched.path, &converted)
-                .with_context(|| format!("converting {} to safetensors", fetched.path.display()))?;
-            println!(
-                "converted {} tensors into {}",
-                summary.n_tensors,
-                summary.output.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-fn report_fetched(what: &str, fetched: &Fetched) {
-    let how = match fetched.status {
-        FetchStatus::Downloaded => format!("downloaded ({} bytes)", fetched.bytes_transferred),
-        FetchStatus::Resumed => format!("resumed ({} more bytes)", fetched.bytes_transferred),
-        FetchStatus::AlreadyPresent => "present and verified".to_string(),
-    };
-    println!(
-        "{what}: {} {how}, sha256 {}",
-        fetched.path.display(),
-        fetched.sha256
-    );
-}
-
-/// Draws the library's progress with indicatif, one bar per step.
-#[derive(Default)]
-struct Bar {
-    current: Mutex<Option<ProgressBar>>,
-}
-
-impl Progress for Bar {
-    fn begin(&self, label: &str, total: Option<u64>, unit: Unit) {
-        let bar = match total {
-            Some(total) => ProgressBar::new(total),
-            None => ProgressBar::new_spinner(),
-        };
-        let template = match unit {
-            Unit::Bytes => "{msg:32!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            Unit::Items => "{msg:32!} [{bar:30}] {pos}/{len}",
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(label.to_string());
-        if let Ok(mut current) = self.current.lock() {
-            *current = Some(bar);
-        }
-    }
-
-    fn set_position(&self, done: u64) {
-        if let Ok(current) = self.current.lock() {
-            if let Some(bar) = current.as_ref() {
-                bar.set_position(done);
-            }
-        }
-    }
-
-    fn end(&self) {
-        if let Ok(mut current) = self.current.lock() {
-            if let Some(bar) = current.take() {
-                bar.finish_and_clear();
-            }
-        }
-    }
-
-    fn note(&self, message: &str) {
-        match self.current.lock().ok().and_then(|current| current.clone()) {
-            Some(bar) => bar.println(message),
-            None => eprintln!("{message}"),
+    pub fn run(args: Args) -> anyhow::Result<()> {
+        // `cargo run` sets CARGO to the cargo that runs us, so the same toolchain builds again.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        eprintln!(
+            "running xtask with its `download` feature (compiled on first use: a few minutes)"
+        );
+        let status = Command::new(&cargo)
+            .args(["run", "--quiet", "--release", "--manifest-path", manifest])
+            .args(["--features", "download", "--", "download"])
+            .args(&args.args)
+            .status()
+            .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+        match status.code() {
+            Some(0) => Ok(()),
+            // The inner run has printed its own error; pass its exit code on.
+            Some(code) => std::process::exit(code),
+            None => bail!("`cargo xtask download` was stopped by a signal ({status})"),
         }
     }
 }

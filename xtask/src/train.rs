@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let source = args
         .source
         .clone()
-        .unwrap_or_else(|| default_source(&args.data));
+        .unwrap_or_else(|| dexpression_dataset::default_source(&args.data));
     let selection = if args.select == "all" {
         Selection::All
     } else {
@@ -153,17 +153,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         format_seconds(started.elapsed().as_secs_f64())
     );
     Ok(())
-}
-
-/// The official release if `download --from` imported it, else the Hugging Face mirror.
-fn default_source(data: &std::path::Path) -> PathBuf {
-    let data_dir = dexpression_download::DataDir::new(data);
-    let official = data_dir.ckplus_dir();
-    if official.exists() {
-        official
-    } else {
-        data_dir.mirror_dir()
-    }
 }
 
 /// Bars for folds, epochs and batches (images/s and ETA), and a line per epoch; silent when quiet.

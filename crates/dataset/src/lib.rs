@@ -48,3 +48,21 @@ pub use types::{
     CropMethod, Dataset, Layout, PrepareOptions, Progress, Sample, Selection, SkipKind, Skipped,
     Stage, Summary, DEFAULT_CROP_MARGIN,
 };
+
+/// The folder of a data folder that holds the official CK+ release once imported
+/// (`cargo xtask download --from`): `<data>/ckplus`.
+pub const OFFICIAL_RELEASE_FOLDER: &str = "ckplus";
+
+/// The folder of a data folder that holds the Hugging Face mirror of CK+, one folder per class
+/// (`cargo xtask download`): `<data>/ckplus48`.
+pub const MIRROR_FOLDER: &str = "ckplus48";
+
+/// The dataset to use in a data folder: the official release if it was imported, else the mirror.
+pub fn default_source(data: &std::path::Path) -> std::path::PathBuf {
+    let official = data.join(OFFICIAL_RELEASE_FOLDER);
+    if official.exists() {
+        official
+    } else {
+        data.join(MIRROR_FOLDER)
+    }
+}

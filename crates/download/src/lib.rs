@@ -72,12 +72,12 @@ impl DataDir {
 
     /// The mirror converted to folder-per-class: `<root>/ckplus48/<Class>/<stem>.png`.
     pub fn mirror_dir(&self) -> PathBuf {
-        self.root.join("ckplus48")
+        self.root.join(dexpression_dataset::MIRROR_FOLDER)
     }
 
     /// The official release imported with `--from`: `<root>/ckplus/cohn-kanade-images/...`.
     pub fn ckplus_dir(&self) -> PathBuf {
-        self.root.join("ckplus")
+        self.root.join(dexpression_dataset::OFFICIAL_RELEASE_FOLDER)
     }
 
     /// Pretrained weights: `<root>/weights/`.
