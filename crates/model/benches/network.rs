@@ -3,11 +3,13 @@
 //! the same figures as `cargo xtask bench --fast-only`, comparable with
 //! `shared/anchors/bench_torch.py`; `BENCH_IMAGE_SIZE`, `BENCH_BATCH_SIZE` and `BENCH_ITERATIONS`
 //! override the defaults, `DEXPRESSION_REFERENCE_OPS=1` times the reference path instead.
+//! `BENCH_PROFILE=1` prints only the per-layer profile (forward and backward of each layer alone)
+//! at `BENCH_BATCH_SIZE`, which is quicker when working on one kernel.
 //!
 //! A plain harness rather than criterion: one 224x224 training step takes about a second, so
 //! criterion's many-sample statistics would take minutes and add nothing to a median and a range.
 
-use dexpression_model::ops::benchmark::{bench_path, BenchConfig};
+use dexpression_model::ops::benchmark::{bench_path, profile_layers, BenchConfig};
 use dexpression_model::ops::reference_ops;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -36,6 +38,36 @@ fn main() -> dexpression_model::Result<()> {
             latency_iterations: defaults.latency_iterations,
         }
     };
+    if std::env::var("BENCH_PROFILE").is_ok_and(|value| value == "1") {
+        println!(
+            "{} path, batch {} at {}x{}, each layer alone (median ms)",
+            if reference_ops() { "reference" } else { "fast" },
+            config.batch_size,
+            config.image_size,
+            config.image_size
+        );
+        println!(
+            "{:<8} {:>22} {:>10} {:>10}",
+            "layer", "output", "forward", "backward"
+        );
+        let mut totals = (0.0, 0.0);
+        for layer in profile_layers(&config, reference_ops())? {
+            println!(
+                "{:<8} {:>22} {:>10.2} {:>10.2}",
+                layer.layer,
+                format!("{:?}", layer.output),
+                layer.forward_ms,
+                layer.backward_ms
+            );
+            totals.0 += layer.forward_ms;
+            totals.1 += layer.backward_ms;
+        }
+        println!(
+            "{:<8} {:>22} {:>10.2} {:>10.2}",
+            "total", "", totals.0, totals.1
+        );
+        return Ok(());
+    }
     let report = bench_path(&config, reference_ops(), |_| {})?;
     println!(
         "{} path, batch {} at {}x{}: train {:.1} images/s ({:.0} ms/step, {:.0}-{:.0}), eval {:.1} images/s, batch-1 latency {:.1} ms, training peak RSS {:.0} MiB",

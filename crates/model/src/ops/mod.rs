@@ -27,7 +27,7 @@ mod parallel;
 
 pub use conv::{conv2d, conv2d_relu};
 pub use layer_norm::layer_norm;
-pub use max_pool::{max_pool2d, Pool2d};
+pub use max_pool::{max_pool2d, max_pool2d_cat, Pool2d};
 
 /// The environment variable that selects the reference path when set to `1` or `true`.
 pub const REFERENCE_OPS_ENV: &str = "DEXPRESSION_REFERENCE_OPS";

@@ -131,3 +131,33 @@ pub(crate) fn contiguous_f32<'a>(
         None => candle_core::bail!("{what}: the fast CPU kernels need a contiguous tensor"),
     }
 }
+
+/// A vector of `len` values built in parallel, `chunk` values at a time: each chunk is filled with
+/// `fill` and then handed to `write(chunk index, chunk)` by the same thread, so a large output is
+/// touched once, while in cache, by every thread (a `vec![fill; len]` first would be one more
+/// single-threaded pass over all of it).
+pub(crate) fn par_build<T: Copy + Send + Sync>(
+    len: usize,
+    chunk: usize,
+    fill: T,
+    write: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut values: Vec<T> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(chunk_idx, uninit)| {
+            for value in uninit.iter_mut() {
+                value.write(fill);
+            }
+            // SAFETY: every element of `uninit` was initialised just above, and `MaybeUninit<T>`
+            // has the layout of `T`.
+            let chunk_values =
+                unsafe { &mut *(uninit as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
+            write(chunk_idx, chunk_values);
+        });
+    // SAFETY: the chunks above cover the first `len` elements and each was initialised.
+    unsafe { values.set_len(len) };
+    values
+}
