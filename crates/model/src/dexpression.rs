@@ -475,8 +475,14 @@ impl BatchNorm {
 impl ModuleT for Dexpression {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         // Block 1: N x 1 x S x S -> N x 64 x 55 x 55 (at S = 224).
-        let xs = self.conv1.forward_relu(xs)?;
-        let xs = ops::max_pool2d(&xs, POOL_REDUCE)?;
+        let xs = ops::conv2d_relu_max_pool2d(
+            xs,
+            self.conv1.weight.as_tensor(),
+            self.conv1.bias.as_tensor(),
+            self.conv1.stride,
+            self.conv1.padding,
+            POOL_REDUCE,
+        )?;
         let xs = ops::layer_norm(
             &xs,
             self.lrn1.weight.as_tensor(),

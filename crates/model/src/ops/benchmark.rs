@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use candle_core::{Device, ModuleT, Tensor, Var};
 
-use super::{conv2d_relu, layer_norm, max_pool2d, max_pool2d_cat, set_reference_ops, Pool2d};
+use super::{
+    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, max_pool2d_cat, set_reference_ops,
+    Pool2d,
+};
 use crate::{Adam, AdamConfig, Dexpression, DexpressionConfig, Result};
 
 /// What to time.
@@ -329,16 +332,13 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
     };
     let layers: Vec<(&str, Vec<usize>, bool, Layer<'_>)> = vec![
         (
-            "conv1",
+            "conv1+pool1",
             vec![n, 1, config.image_size, config.image_size],
             false,
-            conv("conv1", 2, 3),
-        ),
-        (
-            "pool1",
-            vec![n, 64, side1, side1],
-            true,
-            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_reduce)),
+            {
+                let (w, b) = (param("conv1.weight"), param("conv1.bias"));
+                Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
+            },
         ),
         ("lrn1", vec![n, 64, side2, side2], true, {
             let (w, b) = (param("lrn1.weight"), param("lrn1.bias"));

@@ -3,6 +3,8 @@
 use candle_core::Tensor;
 
 use super::fast_conv::ConvReluOp;
+use super::fast_conv_pool::ConvReluPoolOp;
+use super::max_pool::{max_pool2d, Pool2d};
 
 /// Convolution of `N x Cin x H x W` with a `Cout x Cin x k x k` kernel, square stride and
 /// zero padding, plus a per-channel bias (PyTorch's `nn.Conv2d`). Always candle's own conv: the
@@ -55,5 +57,51 @@ pub(crate) fn conv2d_relu_on(
         )
     } else {
         conv2d(xs, weight, bias, stride, padding)?.relu()
+    }
+}
+
+/// `max_pool2d(relu(conv2d(xs, weight, bias)), pool)`: on the CPU in f32 one fused op that never
+/// stores the convolution's whole output (each image's is pooled as soon as it is computed, and
+/// rebuilt from the pooled gradient in the backward); elsewhere [`conv2d_relu`] then
+/// [`max_pool2d`].
+pub fn conv2d_relu_max_pool2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    pool: Pool2d,
+) -> candle_core::Result<Tensor> {
+    conv2d_relu_max_pool2d_on(
+        xs,
+        weight,
+        bias,
+        (stride, padding),
+        pool,
+        super::fast_kernels_for(xs),
+    )
+}
+
+/// [`conv2d_relu_max_pool2d`] on a chosen path; `conv` is `(stride, padding)`.
+pub(crate) fn conv2d_relu_max_pool2d_on(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    conv: (usize, usize),
+    pool: Pool2d,
+    fast: bool,
+) -> candle_core::Result<Tensor> {
+    let (stride, padding) = conv;
+    if fast && pool.records_offsets() {
+        xs.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            ConvReluPoolOp::new(stride, padding, pool),
+        )
+    } else {
+        max_pool2d(
+            &conv2d_relu_on(xs, weight, bias, stride, padding, fast)?,
+            pool,
+        )
     }
 }

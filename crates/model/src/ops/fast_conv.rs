@@ -26,7 +26,7 @@ pub(crate) struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    fn new(
+    pub(super) fn new(
         x_dims: &[usize],
         w_dims: &[usize],
         stride: usize,
@@ -56,34 +56,34 @@ impl ConvGeometry {
         Ok(geometry)
     }
 
-    fn out_h(&self) -> usize {
+    pub(super) fn out_h(&self) -> usize {
         (self.h + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
-    fn out_w(&self) -> usize {
+    pub(super) fn out_w(&self) -> usize {
         (self.w + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
     /// Output pixels per channel.
-    fn out_plane(&self) -> usize {
+    pub(super) fn out_plane(&self) -> usize {
         self.out_h() * self.out_w()
     }
 
     /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
-    fn col_rows(&self) -> usize {
+    pub(super) fn col_rows(&self) -> usize {
         self.c_in * self.kernel * self.kernel
     }
 
-    fn in_image(&self) -> usize {
+    pub(super) fn in_image(&self) -> usize {
         self.c_in * self.h * self.w
     }
 
-    fn out_image(&self) -> usize {
+    pub(super) fn out_image(&self) -> usize {
         self.c_out * self.out_plane()
     }
 
     /// A 1x1 stride-1 convolution reads its input as the im2col matrix directly.
-    fn is_pointwise(&self) -> bool {
+    pub(super) fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.padding == 0
     }
 
@@ -105,7 +105,7 @@ impl ConvGeometry {
 
 /// Unfolds one image (`c_in x h x w`) into `col` (`col_rows x out_plane`), zero where the window
 /// reaches into the padding.
-fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
+pub(super) fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
     let (oh, ow, k) = (g.out_h(), g.out_w(), g.kernel);
     let plane = oh * ow;
     col.resize(g.col_rows() * plane, 0.0);
@@ -141,7 +141,7 @@ fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it came from.
-fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
+pub(super) fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
     let (oh, ow, k) = (g.out_h(), g.out_w(), g.kernel);
     let plane = oh * ow;
     for c in 0..g.c_in {
@@ -175,7 +175,7 @@ fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
 }
 
 /// Forward of one image into `out` (`c_out x out_plane`): `relu(W * im2col(x) + b)`.
-fn forward_image(
+pub(super) fn forward_image(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -289,7 +289,7 @@ pub(crate) fn weight_bias_grad(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec
 
 /// Sum of a row in eight interleaved lanes: the compiler vectorises it, where one running sum is
 /// a chain of dependent scalar adds.
-fn lane_sum(row: &[f32]) -> f32 {
+pub(super) fn lane_sum(row: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = row.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -407,7 +407,7 @@ impl CustomOp3 for ConvReluOp {
 }
 
 /// `grad * (output > 0)`: arguments the ReLU output and its gradient.
-struct ReluMaskOp;
+pub(super) struct ReluMaskOp;
 
 impl CustomOp2 for ReluMaskOp {
     fn name(&self) -> &'static str {

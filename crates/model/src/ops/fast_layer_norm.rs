@@ -9,20 +9,38 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::parallel::{contiguous_f32, thread_count};
+use super::parallel::{contiguous_f32, par_build, thread_count};
+
+/// Values per partial sum of the statistics. The sums run over fixed chunks, added in order, so
+/// the result is the same whether one thread or several compute the chunks.
+const STATISTICS_CHUNK: usize = 8192;
+
+/// `sum(f(chunk))` over the fixed chunks of `x`, in order; the chunks run on every thread when
+/// `parallel`.
+fn chunked_sum(x: &[f32], parallel: bool, f: impl Fn(&[f32]) -> f64 + Sync + Send) -> f64 {
+    if parallel {
+        let partials: Vec<f64> = x.par_chunks(STATISTICS_CHUNK).map(f).collect();
+        partials.into_iter().sum()
+    } else {
+        x.chunks(STATISTICS_CHUNK).map(f).sum()
+    }
+}
 
 /// Mean and standard deviation (`sqrt(var + eps)`, biased variance) of one sample, in f64.
-fn sample_statistics(x: &[f32], eps: f64) -> (f64, f64) {
+fn sample_statistics(x: &[f32], eps: f64, parallel: bool) -> (f64, f64) {
     let count = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / count;
-    let variance = x
-        .iter()
-        .map(|&v| {
-            let centred = v as f64 - mean;
-            centred * centred
-        })
-        .sum::<f64>()
-        / count;
+    let mean = chunked_sum(x, parallel, |chunk| {
+        chunk.iter().map(|&v| v as f64).sum::<f64>()
+    }) / count;
+    let variance = chunked_sum(x, parallel, |chunk| {
+        chunk
+            .iter()
+            .map(|&v| {
+                let centred = v as f64 - mean;
+                centred * centred
+            })
+            .sum::<f64>()
+    }) / count;
     (mean, (variance + eps).sqrt())
 }
 
@@ -31,36 +49,100 @@ fn sample_statistics(x: &[f32], eps: f64) -> (f64, f64) {
 /// operation at a time. Matching that order matters: LayerNorm maps the zeros left by ReLU to
 /// values that tie exactly in the next max-pool, and which element wins a tie decides where the
 /// gradient goes.
-pub(crate) fn pytorch_scale_shift(x: &[f32], eps: f64) -> (f32, f32) {
-    let (mean, std) = sample_statistics(x, eps);
+fn pytorch_scale_shift(x: &[f32], eps: f64, parallel: bool) -> (f32, f32) {
+    let (mean, std) = sample_statistics(x, eps, parallel);
     let variance = (std * std - eps) as f32;
     let mean = mean as f32;
     let scale = 1.0f32 / (variance + eps as f32).sqrt();
     (scale, -scale * mean)
 }
 
+/// Whether samples are too few to give each thread whole samples: then each sample's work is
+/// split across the threads instead.
+fn split_samples(n: usize) -> bool {
+    n < thread_count()
+}
+
 fn split_len(len: usize) -> usize {
     len.div_ceil(thread_count() * 4).max(1024)
+}
+
+/// `out = (x * scale + shift) * weight + bias` over one sample or a part of it.
+fn normalise(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], scale: f32, shift: f32) {
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+        // PyTorch's order of f32 operations (see `pytorch_scale_shift`).
+        *o = (v * scale + shift) * w + b;
+    }
 }
 
 /// `((x - mean) / std) * weight + bias` per sample.
 fn forward(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> Vec<f32> {
     let features = weight.len();
+    if !split_samples(x.len() / features) {
+        return par_build(x.len(), features, 0.0, |sample_idx, out| {
+            let x = &x[sample_idx * features..(sample_idx + 1) * features];
+            let (scale, shift) = pytorch_scale_shift(x, eps, false);
+            normalise(out, x, weight, bias, scale, shift);
+        });
+    }
     let mut out = vec![0f32; x.len()];
     for (out, x) in out.chunks_mut(features).zip(x.chunks(features)) {
-        let (scale, shift) = pytorch_scale_shift(x, eps);
+        let (scale, shift) = pytorch_scale_shift(x, eps, true);
         let chunk = split_len(features);
         out.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .zip(weight.par_chunks(chunk).zip(bias.par_chunks(chunk)))
-            .for_each(|((out, x), (weight, bias))| {
-                for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
-                    // PyTorch's order of f32 operations (see `pytorch_scale_shift`).
-                    *o = (v * scale + shift) * w + b;
-                }
-            });
+            .for_each(|((out, x), (weight, bias))| normalise(out, x, weight, bias, scale, shift));
     }
     out
+}
+
+/// Sums of `g = dy * w` and of `g * xhat` over one sample, in f64.
+fn gradient_sums(
+    x: &[f32],
+    grad: &[f32],
+    weight: &[f32],
+    (mean, std): (f64, f64),
+    parallel: bool,
+) -> (f64, f64) {
+    let chunk_sums = |chunk_idx: usize| {
+        let range = chunk_idx * STATISTICS_CHUNK..((chunk_idx + 1) * STATISTICS_CHUNK).min(x.len());
+        let mut sums = (0f64, 0f64);
+        for ((&v, &dy), &w) in x[range.clone()]
+            .iter()
+            .zip(&grad[range.clone()])
+            .zip(&weight[range])
+        {
+            let g = (dy * w) as f64;
+            sums.0 += g;
+            sums.1 += g * ((v as f64 - mean) / std);
+        }
+        sums
+    };
+    let n_chunks = x.len().div_ceil(STATISTICS_CHUNK);
+    let partials: Vec<(f64, f64)> = if parallel {
+        (0..n_chunks).into_par_iter().map(chunk_sums).collect()
+    } else {
+        (0..n_chunks).map(chunk_sums).collect()
+    };
+    partials
+        .into_iter()
+        .fold((0f64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// One sample's (or part of one sample's) input gradient.
+fn input_grad_part(
+    dx: &mut [f32],
+    x: &[f32],
+    grad: &[f32],
+    weight: &[f32],
+    (mean, std): (f64, f64),
+    (mean_g, mean_g_xhat): (f64, f64),
+) {
+    for (((d, &v), &dy), &w) in dx.iter_mut().zip(x).zip(grad).zip(weight) {
+        let xhat = (v as f64 - mean) / std;
+        *d = (((dy * w) as f64 - mean_g - xhat * mean_g_xhat) / std) as f32;
+    }
 }
 
 /// Input, weight and bias gradients, concatenated (`x.len()`, then two of `weight.len()`).
@@ -69,43 +151,36 @@ fn backward(x: &[f32], weight: &[f32], grad: &[f32], eps: f64) -> Vec<f32> {
     let n = x.len() / features;
     let mut out = vec![0f32; x.len() + 2 * features];
     let (dx, affine) = out.split_at_mut(x.len());
-    let mut statistics = Vec::with_capacity(n);
-    for ((dx, x), grad) in dx
-        .chunks_mut(features)
-        .zip(x.chunks(features))
-        .zip(grad.chunks(features))
-    {
-        let (mean, std) = sample_statistics(x, eps);
-        statistics.push((mean, std));
-        let chunk = split_len(features);
-        // Sums of g = dy * w and of g * xhat, in f64.
-        let (sum_g, sum_g_xhat) = x
-            .par_chunks(chunk)
-            .zip(grad.par_chunks(chunk))
-            .zip(weight.par_chunks(chunk))
-            .map(|((x, grad), weight)| {
-                let mut sums = (0f64, 0f64);
-                for ((&v, &dy), &w) in x.iter().zip(grad).zip(weight) {
-                    let g = (dy * w) as f64;
-                    sums.0 += g;
-                    sums.1 += g * ((v as f64 - mean) / std);
-                }
-                sums
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .fold((0f64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1));
-        let (mean_g, mean_g_xhat) = (sum_g / features as f64, sum_g_xhat / features as f64);
-        dx.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .zip(grad.par_chunks(chunk).zip(weight.par_chunks(chunk)))
-            .for_each(|((dx, x), (grad, weight))| {
-                for (((d, &v), &dy), &w) in dx.iter_mut().zip(x).zip(grad).zip(weight) {
-                    let xhat = (v as f64 - mean) / std;
-                    *d = (((dy * w) as f64 - mean_g - xhat * mean_g_xhat) / std) as f32;
-                }
-            });
-    }
+    let one_sample = |dx: &mut [f32], x: &[f32], grad: &[f32], parallel: bool| {
+        let statistics = sample_statistics(x, eps, parallel);
+        let (sum_g, sum_g_xhat) = gradient_sums(x, grad, weight, statistics, parallel);
+        let means = (sum_g / features as f64, sum_g_xhat / features as f64);
+        if parallel {
+            let chunk = split_len(features);
+            dx.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk))
+                .zip(grad.par_chunks(chunk).zip(weight.par_chunks(chunk)))
+                .for_each(|((dx, x), (grad, weight))| {
+                    input_grad_part(dx, x, grad, weight, statistics, means)
+                });
+        } else {
+            input_grad_part(dx, x, grad, weight, statistics, means);
+        }
+        statistics
+    };
+    let statistics: Vec<(f64, f64)> = if split_samples(n) {
+        dx.chunks_mut(features)
+            .zip(x.chunks(features))
+            .zip(grad.chunks(features))
+            .map(|((dx, x), grad)| one_sample(dx, x, grad, true))
+            .collect()
+    } else {
+        dx.par_chunks_mut(features)
+            .zip(x.par_chunks(features))
+            .zip(grad.par_chunks(features))
+            .map(|((dx, x), grad)| one_sample(dx, x, grad, false))
+            .collect()
+    };
     let (dw, db) = affine.split_at_mut(features);
     let chunk = split_len(features);
     dw.par_chunks_mut(chunk)

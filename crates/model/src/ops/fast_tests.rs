@@ -3,8 +3,9 @@
 
 use candle_core::{Device, Tensor, Var};
 
-use super::conv::conv2d_relu_on;
+use super::conv::{conv2d_relu_max_pool2d_on, conv2d_relu_on};
 use super::layer_norm::layer_norm_on;
+use super::max_pool::Pool2d;
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(count: usize, seed: u64) -> Vec<f32> {
@@ -132,5 +133,39 @@ fn fast_layer_norm_matches_the_reference_with_gradients() {
                 .unwrap()
             },
         );
+    }
+}
+
+#[test]
+fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
+    // conv1 and pool1's geometry at a small size, a stride-1 case with a padded pool, and batches
+    // below and above the thread count (the two ways the kernels split work).
+    for (c_in, c_out, side, conv, pool, batch) in [
+        (1, 4, 17, (2, 3), (3, 2, 0), 3),
+        (1, 4, 17, (2, 3), (3, 2, 0), 1),
+        (3, 5, 10, (1, 1), (3, 1, 1), 2),
+        (2, 3, 9, (1, 0), (2, 2, 0), 1),
+    ] {
+        let (kernel, (stride, padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
+        let xs = var(&[batch, c_in, side, side], 11);
+        let weight = var(&[c_out, c_in, kernel, kernel], 12);
+        let bias = var(&[c_out], 13);
+        let pool = Pool2d {
+            kernel: pool.0,
+            stride: pool.1,
+            padding: pool.2,
+        };
+        let name = format!("conv k{kernel} s{stride} p{padding} + pool {pool:?} n{batch}");
+        check_paths(&name, &[xs.clone(), weight.clone(), bias.clone()], |fast| {
+            conv2d_relu_max_pool2d_on(
+                xs.as_tensor(),
+                weight.as_tensor(),
+                bias.as_tensor(),
+                (stride, padding),
+                pool,
+                fast,
+            )
+            .unwrap()
+        });
     }
 }

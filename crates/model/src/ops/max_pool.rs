@@ -52,7 +52,7 @@ impl Pool2d {
     }
 
     /// Whether each window's maximum position fits a byte (windows of up to 15x15).
-    fn records_offsets(&self) -> bool {
+    pub(super) fn records_offsets(&self) -> bool {
         self.kernel * self.kernel < NO_OFFSET as usize
     }
 }
@@ -246,7 +246,7 @@ struct PoolGeometry {
 }
 
 /// No window offset: the window holds only padding.
-const NO_OFFSET: u8 = u8::MAX;
+pub(super) const NO_OFFSET: u8 = u8::MAX;
 
 /// The rows or columns of a window along one axis, clipped to the image: padding is never the
 /// maximum (it acts as minus infinity), so it is simply skipped.
@@ -271,7 +271,7 @@ fn replaces<T: WithDType>(value: T, best: T) -> bool {
 /// A kernel for the interior outputs of one output row (windows wholly inside the image along
 /// the row): the window's input rows (`rows[i]` is window row `first_window_row + i`), the
 /// outputs, and the row of outputs and offsets to write. Returns false when it does not apply.
-type InteriorKernel<T> = fn(&[&[T]], usize, Range<usize>, &mut [T], &mut [u8]) -> bool;
+pub(super) type InteriorKernel<T> = fn(&[&[T]], usize, Range<usize>, &mut [T], &mut [u8]) -> bool;
 
 /// Pools `sources` (each a contiguous `N x C_i x H x W` slice and its `C_i`) into one
 /// `N x sum(C_i) x OH x OW` output and the offsets of each window's maximum.
@@ -334,7 +334,7 @@ impl<T> SharedMut<T> {
 }
 
 /// Pools one `h x w` plane into `out` and `offsets` (`OH x OW` each).
-fn pool_plane<T: WithDType>(
+pub(super) fn pool_plane<T: WithDType>(
     plane: &[T],
     h: usize,
     w: usize,
@@ -420,7 +420,7 @@ fn window_max_at<T: WithDType>(
 
 /// The vectorised kernel for this CPU and pool, if there is one (3x3 windows, stride 1 or 2,
 /// AVX2).
-fn interior_kernel_f32(pool: Pool2d) -> Option<InteriorKernel<f32>> {
+pub(super) fn interior_kernel_f32(pool: Pool2d) -> Option<InteriorKernel<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
         if pool.kernel == 3 && std::arch::is_x86_feature_detected!("avx2") {
@@ -578,31 +578,55 @@ fn pool_backward_recorded<T: WithDType>(
     let (c, h, w) = (input_dims[1], input_dims[2], input_dims[3]);
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
     let plane_len = oh * ow;
-    // Offset within the window -> distance from the window's top-left corner in the plane.
-    let steps: Vec<usize> = (0..pool.kernel * pool.kernel)
-        .map(|offset| (offset / pool.kernel) * w + offset % pool.kernel)
-        .collect();
+    let steps = window_steps(pool, w);
     let len = input_dims.iter().product();
     par_build(len, h * w, T::zero(), |plane_idx, grad_plane| {
         let source = (plane_idx / c) * channels_total + channel_start + plane_idx % c;
-        let offsets = &offsets[source * plane_len..(source + 1) * plane_len];
-        let grad_out = &grad_out[source * plane_len..(source + 1) * plane_len];
-        for oy in 0..oh {
-            // The window's top-left corner, padding included, may lie before the plane: the
-            // index wraps and comes back into range once the step is added.
-            let row_corner = (oy * pool.stride * w).wrapping_sub(pool.padding * w + pool.padding);
-            for ox in 0..ow {
-                let offset = offsets[oy * ow + ox];
-                if offset == NO_OFFSET {
-                    continue;
-                }
-                let idx = row_corner
-                    .wrapping_add(ox * pool.stride)
-                    .wrapping_add(steps[offset as usize]);
-                grad_plane[idx] += grad_out[oy * ow + ox];
-            }
-        }
+        scatter_plane(
+            &offsets[source * plane_len..(source + 1) * plane_len],
+            &grad_out[source * plane_len..(source + 1) * plane_len],
+            grad_plane,
+            (oh, ow, w),
+            pool,
+            &steps,
+        );
     })
+}
+
+/// For each offset within a window, the distance of its input from the window's top-left corner
+/// in a plane of width `w`.
+pub(super) fn window_steps(pool: Pool2d, w: usize) -> Vec<usize> {
+    (0..pool.kernel * pool.kernel)
+        .map(|offset| (offset / pool.kernel) * w + offset % pool.kernel)
+        .collect()
+}
+
+/// Adds each output's gradient (`grad_out`, `OH x OW`) onto the input its offset names, in
+/// `grad_plane` (`H x W`). `sides` is `(OH, OW, W)`, `steps` from [`window_steps`].
+pub(super) fn scatter_plane<T: WithDType>(
+    offsets: &[u8],
+    grad_out: &[T],
+    grad_plane: &mut [T],
+    sides: (usize, usize, usize),
+    pool: Pool2d,
+    steps: &[usize],
+) {
+    let (oh, ow, w) = sides;
+    for oy in 0..oh {
+        // The window's top-left corner, padding included, may lie before the plane: the index
+        // wraps and comes back into range once the step is added.
+        let row_corner = (oy * pool.stride * w).wrapping_sub(pool.padding * w + pool.padding);
+        for ox in 0..ow {
+            let offset = offsets[oy * ow + ox];
+            if offset == NO_OFFSET {
+                continue;
+            }
+            let idx = row_corner
+                .wrapping_add(ox * pool.stride)
+                .wrapping_add(steps[offset as usize]);
+            grad_plane[idx] += grad_out[oy * ow + ox];
+        }
+    }
 }
 
 /// Backward without recorded offsets: searches each window again for its first maximum (the last

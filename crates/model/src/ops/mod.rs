@@ -20,12 +20,13 @@ use candle_core::{DType, Tensor};
 pub mod benchmark;
 mod conv;
 mod fast_conv;
+mod fast_conv_pool;
 mod fast_layer_norm;
 mod layer_norm;
 mod max_pool;
 mod parallel;
 
-pub use conv::{conv2d, conv2d_relu};
+pub use conv::{conv2d, conv2d_relu, conv2d_relu_max_pool2d};
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, max_pool2d_cat, Pool2d};
 
