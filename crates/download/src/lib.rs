@@ -42,7 +42,7 @@ pub use ckplus::{import_ckplus, ImportSummary, CKPLUS_PARTS, IMPORT_MARKER};
 pub use drive::{fetch_drive_file, DriveFile, DriveOptions, DRIVE_ENDPOINT};
 pub use error::{Error, Result};
 pub use hub::{fetch_hub_file, HubFile, HubOptions, RepoKind};
-pub use mirror::{class_from_name, convert_mirror, MirrorSummary, CLASS_FOLDERS, SOURCE_MARKER};
+pub use mirror::{class_from_name, convert_mirror, MirrorSummary, SOURCE_MARKER};
 pub use progress::{NoProgress, Progress, Unit};
 pub use transfer::{part_path, sha256_file, sidecar_path, verify_existing, FetchStatus, Fetched};
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use dexpression_dataset::Expression;
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
@@ -16,18 +17,6 @@ use parquet::schema::types::Type;
 
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
-
-/// The seven CK+ expressions as the dataset crate names its class folders, in the order the
-/// mirror's integer labels follow (alphabetical, as the Hub's `ClassLabel` sorts them).
-pub const CLASS_FOLDERS: [&str; 7] = [
-    "Anger",
-    "Contempt",
-    "Disgust",
-    "Fear",
-    "Happiness",
-    "Sadness",
-    "Surprise",
-];
 
 /// The file in the output folder that records which parquet file it was made from, so that a
 /// second run with the same input does nothing.
@@ -38,7 +27,8 @@ pub const SOURCE_MARKER: &str = ".dexpression-source";
 pub struct MirrorSummary {
     /// The output folder.
     pub out_dir: PathBuf,
-    /// Images per class folder, in [`CLASS_FOLDERS`] order.
+    /// Images per class folder, in [`Expression::EMOTIONS`] order (the mirror's integer labels follow it too:
+    /// alphabetical, as the Hub's `ClassLabel` sorts them).
     pub n_images_per_class: [usize; 7],
     /// Whether the folder was already complete for this input and left as it was.
     pub already_converted: bool,
@@ -76,7 +66,7 @@ pub fn convert_mirror(
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(|err| Error::io("removing", &staging, err))?;
     }
-    for class in CLASS_FOLDERS {
+    for class in Expression::EMOTIONS.map(Expression::name) {
         let folder = staging.join(class);
         fs::create_dir_all(&folder).map_err(|err| Error::io("creating", &folder, err))?;
     }
@@ -94,7 +84,7 @@ pub fn convert_mirror(
             reason,
         })?;
         let target = staging
-            .join(CLASS_FOLDERS[row.class_idx])
+            .join(Expression::EMOTIONS[row.class_idx].name())
             .join(format!("{}.png", row.stem));
         if !target.exists() {
             n_images_per_class[row.class_idx] += 1;
@@ -260,7 +250,7 @@ fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
                         .and_then(|name| class_from_name(name)),
                     None => usize::try_from(index - index_base)
                         .ok()
-                        .filter(|&class_idx| class_idx < CLASS_FOLDERS.len()),
+                        .filter(|&class_idx| class_idx < Expression::EMOTIONS.len()),
                 },
             };
             let value = match label {
@@ -281,19 +271,12 @@ fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
         .collect()
 }
 
-/// The class of an expression name, accepting the usual spellings in any case.
+/// The class index of one of the seven CK+ emotions, from its name in any of the usual spellings
+/// and in any case (the dataset crate's [`Expression::parse_name`]); `None` for neutral.
 pub fn class_from_name(name: &str) -> Option<usize> {
-    let class_idx = match name.trim().to_ascii_lowercase().as_str() {
-        "anger" | "angry" => 0,
-        "contempt" => 1,
-        "disgust" | "disgusted" => 2,
-        "fear" | "fearful" | "afraid" => 3,
-        "happy" | "happiness" | "joy" => 4,
-        "sad" | "sadness" => 5,
-        "surprise" | "surprised" => 6,
-        _ => return None,
-    };
-    Some(class_idx)
+    Expression::parse_name(name)
+        .filter(|expression| *expression != Expression::Neutral)
+        .map(Expression::index)
 }
 
 /// Integer labels without class names in the metadata are 0-6 in alphabetical order, unless
@@ -469,8 +452,8 @@ fn as_png(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
 
 fn count_existing(out_dir: &Path) -> [usize; 7] {
     let mut counts = [0usize; 7];
-    for (class_idx, class) in CLASS_FOLDERS.iter().enumerate() {
-        counts[class_idx] = fs::read_dir(out_dir.join(class))
+    for (class_idx, class) in Expression::EMOTIONS.iter().enumerate() {
+        counts[class_idx] = fs::read_dir(out_dir.join(class.name()))
             .map(|entries| {
                 entries
                     .filter_map(|entry| entry.ok())

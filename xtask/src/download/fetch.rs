@@ -10,7 +10,7 @@ use anyhow::Context;
 use dexpression_download::{
     download_mirror, fetch_drive_file, fetch_hub_file, import_ckplus, DataDir, DriveFile,
     DriveOptions, FetchStatus, Fetched, HubFile, HubOptions, MirrorSource, Progress, RepoKind,
-    Unit, CLASS_FOLDERS, DEFAULT_MIRROR_FILE, DEFAULT_MIRROR_REPO, DRIVE_ENDPOINT,
+    Unit, DEFAULT_MIRROR_FILE, DEFAULT_MIRROR_REPO, DRIVE_ENDPOINT,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -95,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     "converted"
                 };
-                let per_class: Vec<String> = CLASS_FOLDERS
+                let per_class: Vec<String> = dexpression_dataset::Expression::EMOTIONS
                     .iter()
                     .zip(summary.n_images_per_class)
                     .map(|(class, n_images)| format!("{class} {n_images}"))
