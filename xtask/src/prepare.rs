@@ -16,15 +16,8 @@ pub struct Args {
     /// Side of the square crops in pixels.
     #[arg(long, default_value_t = 224)]
     pub image_size: usize,
-    /// Which frames of each labeled sequence: `peak` (the last --peak-frames) or `all`.
-    #[arg(long, default_value = "peak", value_parser = ["peak", "all"])]
-    pub select: String,
-    /// How many of the last frames `--select peak` keeps.
-    #[arg(long, default_value_t = 3)]
-    pub peak_frames: usize,
-    /// Add each labeled sequence's first frame as an 8th class, Neutral.
-    #[arg(long)]
-    pub neutral: bool,
+    #[command(flatten)]
+    pub frames: FrameArgs,
     /// Stop at the first bad file instead of skipping and listing it.
     #[arg(long)]
     pub strict: bool,
@@ -33,17 +26,38 @@ pub struct Args {
     pub crop_margin: f32,
 }
 
+/// Which frames become samples; shared by `prepare` and `train`.
+#[derive(clap::Args)]
+pub struct FrameArgs {
+    /// Which frames of each labeled sequence: `peak` (the last --peak-frames) or `all` (the port's).
+    #[arg(long, default_value = "peak", value_parser = ["peak", "all"])]
+    pub select: String,
+    /// How many of the last frames `--select peak` keeps.
+    #[arg(long, default_value_t = 3)]
+    pub peak_frames: usize,
+    /// Add each labeled sequence's first frame as an 8th class, Neutral.
+    #[arg(long)]
+    pub neutral: bool,
+}
+
+impl FrameArgs {
+    /// The frame selection these flags stand for.
+    pub fn selection(&self) -> Selection {
+        if self.select == "all" {
+            Selection::All
+        } else {
+            Selection::Peak(self.peak_frames)
+        }
+    }
+}
+
 impl Args {
     /// The library options these flags stand for.
     pub fn options(&self) -> PrepareOptions {
         PrepareOptions {
             image_size: self.image_size,
-            selection: if self.select == "all" {
-                Selection::All
-            } else {
-                Selection::Peak(self.peak_frames)
-            },
-            neutral: self.neutral,
+            selection: self.frames.selection(),
+            neutral: self.frames.neutral,
             strict: self.strict,
             crop_margin: self.crop_margin,
         }

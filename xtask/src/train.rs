@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use dexpression_dataset::{prepare, PrepareOptions, Selection};
+use dexpression_dataset::{prepare, PrepareOptions};
 use dexpression_train::{
     run as train, EpochRecord, FoldInfo, Progress, RunInfo, RunOptions, SelectOn, TrainConfig,
 };
@@ -42,15 +42,8 @@ pub struct Args {
     /// Unit kept on one side of each fold: subject (honest), sequence, or frame (the port's).
     #[arg(long, default_value = "subject", value_parser = ["subject", "sequence", "frame"])]
     pub split: String,
-    /// Which frames of each labeled sequence: `peak` (the last --peak-frames) or `all` (the port's).
-    #[arg(long, default_value = "peak", value_parser = ["peak", "all"])]
-    pub select: String,
-    /// How many of the last frames `--select peak` keeps.
-    #[arg(long, default_value_t = 3)]
-    pub peak_frames: usize,
-    /// Add each labeled sequence's first frame as an 8th class, Neutral.
-    #[arg(long)]
-    pub neutral: bool,
+    #[command(flatten)]
+    pub frames: super::prepare::FrameArgs,
     /// Seed of folds, initialisation, shuffling, dropout and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -87,15 +80,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .source
         .clone()
         .unwrap_or_else(|| dexpression_dataset::default_source(&args.data));
-    let selection = if args.select == "all" {
-        Selection::All
-    } else {
-        Selection::Peak(args.peak_frames)
-    };
+    let selection = args.frames.selection();
     let prepare_options = PrepareOptions {
         image_size: args.image_size,
         selection,
-        neutral: args.neutral,
+        neutral: args.frames.neutral,
         ..PrepareOptions::default()
     };
     let bar = crate::prepare::progress_bar();
@@ -121,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &dataset,
         &source.display().to_string(),
         selection,
-        args.neutral,
+        args.frames.neutral,
     );
     config.split = args.split.clone();
     config.folds = args.folds;
