@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::parallel::{contiguous_f32, gemm, image_groups, Gemm, Parallel};
+use super::winograd::{Scratch as WinogradScratch, Winograd};
 
 /// Shape of one convolution: input `n x c_in x h x w`, kernel `c_out x c_in x kernel x kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,19 @@ impl ConvGeometry {
         self.c_out * self.out_plane()
     }
 
+    /// A 3x3 convolution with stride 1 and padding 1 computes its input gradient by Winograd's
+    /// F(2x2, 3x3). Not its forward: that rounds differently from PyTorch's by a few ulps, which
+    /// flips near-ties in the next max-pool and sends some gradients elsewhere (the equivalence
+    /// test against PyTorch then fails on conv1's weight gradient); a gradient decides no maximum.
+    pub(super) fn winograd(&self) -> Option<Winograd> {
+        (self.kernel == 3 && self.stride == 1 && self.padding == 1).then_some(Winograd {
+            c_in: self.c_in,
+            c_out: self.c_out,
+            h: self.h,
+            w: self.w,
+        })
+    }
+
     /// A 1x1 stride-1 convolution reads its input as the im2col matrix directly.
     pub(super) fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.padding == 0
@@ -106,18 +120,22 @@ impl ConvGeometry {
 /// Unfolds one image (`c_in x h x w`) into `col` (`col_rows x out_plane`), zero where the window
 /// reaches into the padding.
 pub(super) fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
+    im2col_rows(x, g, 0..g.out_h(), col);
+}
+
+/// [`im2col`] for the output rows `out_rows` only: `col` is `col_rows x (rows * out_w)`.
+fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: std::ops::Range<usize>, col: &mut Vec<f32>) {
     let (oh, ow, k) = (g.out_h(), g.out_w(), g.kernel);
-    let plane = oh * ow;
-    col.resize(g.col_rows() * plane, 0.0);
+    let band = out_rows.len() * ow;
+    col.resize(g.col_rows() * band, 0.0);
     for c in 0..g.c_in {
         let x_c = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             let (oy_lo, oy_hi) = g.valid_outputs(ky, g.h, oh);
             for kx in 0..k {
                 let (ox_lo, ox_hi) = g.valid_outputs(kx, g.w, ow);
-                let row = &mut col[((c * k + ky) * k + kx) * plane..][..plane];
-                for oy in 0..oh {
-                    let out = &mut row[oy * ow..(oy + 1) * ow];
+                let row = &mut col[((c * k + ky) * k + kx) * band..][..band];
+                for (out, oy) in row.chunks_mut(ow).zip(out_rows.clone()) {
                     if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
                         out.fill(0.0);
                         continue;
@@ -174,7 +192,10 @@ pub(super) fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
     }
 }
 
-/// Forward of one image into `out` (`c_out x out_plane`): `relu(W * im2col(x) + b)`.
+/// Forward of one image into `out` (`c_out x out_plane`): `relu(W * im2col(x) + b)`. With
+/// `Parallel::None` the calling thread does it all; otherwise the output rows are split into bands,
+/// one per thread, each with its own im2col and single-threaded GEMM (for a batch smaller than the
+/// thread count, where the im2col and output passes would otherwise run on one thread).
 pub(super) fn forward_image(
     x: &[f32],
     weight: &[f32],
@@ -184,29 +205,80 @@ pub(super) fn forward_image(
     col: &mut Vec<f32>,
     par: Parallel,
 ) {
-    let (plane, rows) = (g.out_plane(), g.col_rows());
-    let rhs: &[f32] = if g.is_pointwise() {
-        x
+    let (oh, ow, plane) = (g.out_h(), g.out_w(), g.out_plane());
+    let threads = match par {
+        Parallel::None => 1,
+        _ => super::parallel::thread_count(),
+    };
+    if threads == 1 || oh < 2 * threads {
+        forward_band(x, weight, g, 0..oh, out, col);
+        bias_relu(out, bias, plane);
+        return;
+    }
+    let rows_per_band = oh.div_ceil(threads);
+    let n_bands = oh.div_ceil(rows_per_band);
+    let bands: Vec<Vec<f32>> = (0..n_bands)
+        .into_par_iter()
+        .map(|band| {
+            let rows = band * rows_per_band..((band + 1) * rows_per_band).min(oh);
+            let mut band_out = vec![0f32; g.c_out * rows.len() * ow];
+            forward_band(x, weight, g, rows, &mut band_out, &mut Vec::new());
+            band_out
+        })
+        .collect();
+    out.par_chunks_mut(plane)
+        .zip(bias)
+        .enumerate()
+        .for_each(|(channel, (out, b))| {
+            for (band_idx, band) in bands.iter().enumerate() {
+                let band_plane = band.len() / g.c_out;
+                let start = band_idx * rows_per_band * ow;
+                let src = &band[channel * band_plane..(channel + 1) * band_plane];
+                for (o, value) in out[start..start + band_plane].iter_mut().zip(src) {
+                    *o = (value + b).max(0.0);
+                }
+            }
+        });
+}
+
+/// `W * im2col(x)` for the output rows `rows` into `out` (`c_out x (rows * out_w)`), on the
+/// calling thread.
+fn forward_band(
+    x: &[f32],
+    weight: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    col: &mut Vec<f32>,
+) {
+    let (plane, col_rows) = (g.out_plane(), g.col_rows());
+    let band = rows.len() * g.out_w();
+    let (rhs, rhs_rs): (&[f32], usize) = if g.is_pointwise() {
+        (&x[rows.start * g.out_w()..], plane)
     } else {
-        im2col(x, g, col);
-        col
+        im2col_rows(x, g, rows, col);
+        (col, band)
     };
     gemm(
         Gemm {
             m: g.c_out,
-            n: plane,
-            k: rows,
+            n: band,
+            k: col_rows,
             dst: out,
             accumulate: false,
             lhs: weight,
-            lhs_rs: rows,
+            lhs_rs: col_rows,
             lhs_cs: 1,
             rhs,
-            rhs_rs: plane,
+            rhs_rs,
             rhs_cs: 1,
         },
-        par,
+        Parallel::None,
     );
+}
+
+/// Adds each channel's bias and applies the ReLU, in place.
+fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize) {
     for (row, b) in out.chunks_mut(plane).zip(bias) {
         for value in row {
             *value = (*value + b).max(0.0);
@@ -306,6 +378,22 @@ pub(crate) fn input_grad(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
     let (plane, rows) = (g.out_plane(), g.col_rows());
     let mut dx = vec![0f32; g.n * g.in_image()];
     let (per_group, par) = image_groups(g.n);
+    if let Some(winograd) = g.winograd() {
+        // The input gradient is the output gradient convolved with the flipped kernel, its
+        // channels swapped.
+        let swapped = winograd.transposed();
+        let transformed = swapped.transform_weights(&winograd.flipped_weights(weight));
+        let parallel_inside = !matches!(par, Parallel::None);
+        dx.par_chunks_mut(per_group * g.in_image())
+            .zip(grad.par_chunks(per_group * g.out_image()))
+            .for_each(|(dx, grad)| {
+                let mut scratch = WinogradScratch::default();
+                for (dx, grad) in dx.chunks_mut(g.in_image()).zip(grad.chunks(g.out_image())) {
+                    swapped.image(grad, &transformed, dx, &mut scratch, parallel_inside);
+                }
+            });
+        return dx;
+    }
     dx.par_chunks_mut(per_group * g.in_image())
         .zip(grad.par_chunks(per_group * g.out_image()))
         .for_each(|(dx, grad)| {

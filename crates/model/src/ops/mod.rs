@@ -25,6 +25,7 @@ mod fast_layer_norm;
 mod layer_norm;
 mod max_pool;
 mod parallel;
+mod winograd;
 
 pub use conv::{conv2d, conv2d_relu, conv2d_relu_max_pool2d};
 pub use layer_norm::layer_norm;
