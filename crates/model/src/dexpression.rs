@@ -75,14 +75,15 @@ struct Conv {
 }
 
 impl Conv {
-    fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        ops::conv2d_relu(
-            xs,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            self.stride,
-            self.padding,
-        )
+    /// `relu(conv(xs))`; in eval mode on the variant that may round differently in the last bits
+    /// (see `ops::conv2d_relu_inference`).
+    fn forward_relu_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if train {
+            ops::conv2d_relu(xs, weight, bias, self.stride, self.padding)
+        } else {
+            ops::conv2d_relu_inference(xs, weight, bias, self.stride, self.padding)
+        }
     }
 }
 
@@ -398,9 +399,14 @@ impl Dexpression {
             .to_vec2::<f32>()?)
     }
 
-    fn featex(&self, xs: &Tensor, a: &Conv, b: &Conv, c: &Conv) -> candle_core::Result<Tensor> {
-        let conv_branch = b.forward_relu(&a.forward_relu(xs)?)?;
-        let pool_branch = c.forward_relu(&ops::max_pool2d(xs, POOL_KEEP)?)?;
+    fn featex(
+        &self,
+        xs: &Tensor,
+        (a, b, c): (&Conv, &Conv, &Conv),
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let conv_branch = b.forward_relu_t(&a.forward_relu_t(xs, train)?, train)?;
+        let pool_branch = c.forward_relu_t(&ops::max_pool2d(xs, POOL_KEEP)?, train)?;
         // Pooling works channel by channel, so pooling each branch into its part of one output
         // equals the port's pool of the concatenation, without copying either.
         ops::max_pool2d_cat(&conv_branch, &pool_branch, POOL_REDUCE)
@@ -490,9 +496,9 @@ impl ModuleT for Dexpression {
             LAYER_NORM_EPS,
         )?;
         // FeatEx 2: -> N x 272 x 27 x 27.
-        let xs = self.featex(&xs, &self.conv2a, &self.conv2b, &self.conv2c)?;
+        let xs = self.featex(&xs, (&self.conv2a, &self.conv2b, &self.conv2c), train)?;
         // FeatEx 3: -> N x 272 x 13 x 13.
-        let xs = self.featex(&xs, &self.conv3a, &self.conv3b, &self.conv3c)?;
+        let xs = self.featex(&xs, (&self.conv3a, &self.conv3b, &self.conv3c), train)?;
         // Head: dropout, batch norm, flatten, fc, log-softmax (the port's order).
         let xs = if train { self.apply_dropout(&xs)? } else { xs };
         let xs = self.batch_normalization.forward_t(&xs, train)?;

@@ -40,6 +40,43 @@ pub fn conv2d_relu(
     )
 }
 
+/// [`conv2d_relu`] for inference: on the fast kernels a 3x3 stride-1 convolution may use
+/// Winograd's algorithm, which rounds differently from a direct sum in the last bits (about
+/// 1e-6 relative). Training uses [`conv2d_relu`], whose rounding matches PyTorch's closely enough
+/// that max-pool near-ties, and so the gradients, resolve as in PyTorch.
+pub fn conv2d_relu_inference(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    if super::fast_kernels_for(xs) {
+        conv_relu_op(xs, weight, bias, stride, padding, true)
+    } else {
+        conv2d(xs, weight, bias, stride, padding)?.relu()
+    }
+}
+
+fn conv_relu_op(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    winograd_forward: bool,
+) -> candle_core::Result<Tensor> {
+    xs.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        ConvReluOp {
+            stride,
+            padding,
+            winograd_forward,
+        },
+    )
+}
+
 /// [`conv2d_relu`] on a chosen path, so tests can compare both in one process.
 pub(crate) fn conv2d_relu_on(
     xs: &Tensor,
@@ -50,11 +87,7 @@ pub(crate) fn conv2d_relu_on(
     fast: bool,
 ) -> candle_core::Result<Tensor> {
     if fast {
-        xs.contiguous()?.apply_op3(
-            &weight.contiguous()?,
-            &bias.contiguous()?,
-            ConvReluOp { stride, padding },
-        )
+        conv_relu_op(xs, weight, bias, stride, padding, false)
     } else {
         conv2d(xs, weight, bias, stride, padding)?.relu()
     }

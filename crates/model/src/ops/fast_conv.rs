@@ -83,10 +83,11 @@ impl ConvGeometry {
         self.c_out * self.out_plane()
     }
 
-    /// A 3x3 convolution with stride 1 and padding 1 computes its input gradient by Winograd's
-    /// F(2x2, 3x3). Not its forward: that rounds differently from PyTorch's by a few ulps, which
-    /// flips near-ties in the next max-pool and sends some gradients elsewhere (the equivalence
-    /// test against PyTorch then fails on conv1's weight gradient); a gradient decides no maximum.
+    /// A 3x3 convolution with stride 1 and padding 1 computes its input gradient, and its forward
+    /// for inference, by Winograd's F(2x2, 3x3). Not its training forward: that rounds differently
+    /// from PyTorch's by a few ulps, which flips near-ties in the next max-pool and sends some
+    /// gradients elsewhere (the equivalence test against PyTorch then fails on conv1's weight
+    /// gradient); a gradient decides no maximum, and inference sends no gradient.
     pub(super) fn winograd(&self) -> Option<Winograd> {
         (self.kernel == 3 && self.stride == 1 && self.padding == 1).then_some(Winograd {
             c_in: self.c_in,
@@ -286,10 +287,31 @@ fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize) {
     }
 }
 
-/// `relu(conv2d(x, weight) + bias)` for a whole batch.
-pub(crate) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// `relu(conv2d(x, weight) + bias)` for a whole batch; by Winograd's algorithm where it applies
+/// and `winograd` allows it.
+pub(crate) fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: &ConvGeometry,
+    winograd: bool,
+) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.out_image()];
     let (per_group, par) = image_groups(g.n);
+    if let Some(winograd) = g.winograd().filter(|_| winograd) {
+        let transformed = winograd.transform_weights(weight);
+        let parallel_inside = !matches!(par, Parallel::None);
+        out.par_chunks_mut(per_group * g.out_image())
+            .zip(x.par_chunks(per_group * g.in_image()))
+            .for_each(|(out, x)| {
+                let mut scratch = WinogradScratch::default();
+                for (out, x) in out.chunks_mut(g.out_image()).zip(x.chunks(g.in_image())) {
+                    let bias = Some(bias);
+                    winograd.image(x, &transformed, bias, out, &mut scratch, parallel_inside);
+                }
+            });
+        return out;
+    }
     out.par_chunks_mut(per_group * g.out_image())
         .zip(x.par_chunks(per_group * g.in_image()))
         .for_each(|(out, x)| {
@@ -389,7 +411,7 @@ pub(crate) fn input_grad(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
             .for_each(|(dx, grad)| {
                 let mut scratch = WinogradScratch::default();
                 for (dx, grad) in dx.chunks_mut(g.in_image()).zip(grad.chunks(g.out_image())) {
-                    swapped.image(grad, &transformed, dx, &mut scratch, parallel_inside);
+                    swapped.image(grad, &transformed, None, dx, &mut scratch, parallel_inside);
                 }
             });
         return dx;
@@ -434,6 +456,9 @@ pub(crate) fn input_grad(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
 pub(crate) struct ConvReluOp {
     pub stride: usize,
     pub padding: usize,
+    /// Whether the forward may use Winograd's algorithm (for inference only, see
+    /// `ConvGeometry::winograd`).
+    pub winograd_forward: bool,
 }
 
 impl CustomOp3 for ConvReluOp {
@@ -463,7 +488,7 @@ impl CustomOp3 for ConvReluOp {
                 g.c_out
             )
         }
-        let out = forward(x, w, b, &g);
+        let out = forward(x, w, b, &g, self.winograd_forward);
         Ok((
             CpuStorage::F32(out),
             Shape::from((g.n, g.c_out, g.out_h(), g.out_w())),
@@ -641,7 +666,7 @@ mod tests {
                 .map(|i| ((i * 11 % 13) as f32 - 6.0) / 5.0)
                 .collect();
             let b = [0.1, -0.2, 0.3, 0.0];
-            let fast = forward(&x, &wt, &b, &g);
+            let fast = forward(&x, &wt, &b, &g, false);
             let slow = naive(&x, &wt, &b, &g);
             for (a, e) in fast.iter().zip(&slow) {
                 assert!(

@@ -169,3 +169,22 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
         });
     }
 }
+
+#[test]
+fn inference_conv_matches_the_reference_forward() {
+    // 3x3, stride 1, padding 1 runs by Winograd's algorithm here: a batch below and above the
+    // thread count, odd and even sides.
+    for (c_in, c_out, side, batch) in [(5, 7, 11, 1), (4, 3, 8, 3)] {
+        let xs = var(&[batch, c_in, side, side], 21);
+        let weight = var(&[c_out, c_in, 3, 3], 22);
+        let bias = var(&[c_out], 23);
+        let (xs, weight, bias) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
+        let fast = super::conv::conv2d_relu_inference(xs, weight, bias, 1, 1).unwrap();
+        let reference = conv2d_relu_on(xs, weight, bias, 1, 1, false).unwrap();
+        let diff = relative_diff(&fast, &reference);
+        assert!(
+            diff < 1e-5,
+            "inference conv n{batch}: output differs by {diff:e}"
+        );
+    }
+}

@@ -27,7 +27,7 @@ mod max_pool;
 mod parallel;
 mod winograd;
 
-pub use conv::{conv2d, conv2d_relu, conv2d_relu_max_pool2d};
+pub use conv::{conv2d, conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, max_pool2d_cat, Pool2d};
 

@@ -1,5 +1,6 @@
 //! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the input
-//! gradients of conv2b and conv3b (see `ConvGeometry::winograd` for why not their forward):
+//! gradients of conv2b and conv3b and their inference forward (see `ConvGeometry::winograd` for
+//! why not their training forward):
 //! each 2x2 block of outputs comes from a 4x4 block of inputs with 16 multiplications per input
 //! and output channel pair instead of 36, so the GEMMs do 2.25x less work than im2col's.
 //!
@@ -104,13 +105,14 @@ impl Winograd {
     }
 
     /// Convolves one image `x` (`c_in x h x w`) with the transformed weights `u` into `out`
-    /// (`c_out x h x w`). `parallel` spreads the
+    /// (`c_out x h x w`); with `bias`, `out = relu(conv + bias)`. `parallel` spreads the
     /// transforms and GEMMs of this one image over every thread (for batches smaller than the
     /// thread count); otherwise the calling thread does everything.
     pub(super) fn image(
         &self,
         x: &[f32],
         u: &[f32],
+        bias: Option<&[f32]>,
         out: &mut [f32],
         scratch: &mut Scratch,
         parallel: bool,
@@ -143,8 +145,15 @@ impl Winograd {
                 .for_each(|(position, m)| self.one_gemm(u, input, position, m));
         }
         let products: &[f32] = products;
-        let transform_output =
-            |(channel, out): (usize, &mut [f32])| self.transform_output(products, channel, out);
+        let transform_output = |(channel, out): (usize, &mut [f32])| {
+            self.transform_output(products, channel, out);
+            if let Some(bias) = bias {
+                let b = bias[channel];
+                for value in out.iter_mut() {
+                    *value = (*value + b).max(0.0);
+                }
+            }
+        };
         if parallel {
             out.par_chunks_mut(plane)
                 .enumerate()
@@ -343,9 +352,25 @@ mod tests {
             for parallel in [false, true] {
                 let mut out = vec![f32::NAN; c_out * h * w];
                 let u = g.transform_weights(&weight);
-                g.image(&x, &u, &mut out, &mut Scratch::default(), parallel);
+                g.image(&x, &u, None, &mut out, &mut Scratch::default(), parallel);
                 for (a, e) in out.iter().zip(&expected) {
                     assert!(((*a as f64) - e).abs() / scale < 1e-6, "{g:?}: {a} vs {e}");
+                }
+                let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.1 - 0.2).collect();
+                g.image(
+                    &x,
+                    &u,
+                    Some(&bias),
+                    &mut out,
+                    &mut Scratch::default(),
+                    parallel,
+                );
+                for (idx, (a, e)) in out.iter().zip(&expected).enumerate() {
+                    let e = (e + bias[idx / (h * w)] as f64).max(0.0);
+                    assert!(
+                        ((*a as f64) - e).abs() / scale < 1e-6,
+                        "{g:?}, bias: {a} vs {e}"
+                    );
                 }
             }
         }
@@ -367,6 +392,7 @@ mod tests {
         g.image(
             &x,
             &g.transform_weights(&weight),
+            None,
             &mut forward,
             &mut Scratch::default(),
             false,
@@ -377,6 +403,7 @@ mod tests {
         swapped.image(
             &y,
             &swapped.transform_weights(&flipped),
+            None,
             &mut backward,
             &mut Scratch::default(),
             false,
