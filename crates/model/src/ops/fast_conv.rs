@@ -323,64 +323,6 @@ pub(crate) fn forward(
     out
 }
 
-/// Weight and bias gradients, concatenated: `c_out x col_rows` then `c_out`.
-/// `grad` is the gradient at the convolution's output (after the ReLU mask).
-pub(crate) fn weight_bias_grad(x: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let (plane, rows) = (g.out_plane(), g.col_rows());
-    let (per_group, par) = image_groups(g.n);
-    // One partial sum per group of images, added in a fixed order so results do not depend on
-    // scheduling.
-    let partials: Vec<Vec<f32>> = grad
-        .par_chunks(per_group * g.out_image())
-        .zip(x.par_chunks(per_group * g.in_image()))
-        .map(|(grad, x)| {
-            let mut sums = vec![0f32; g.c_out * rows + g.c_out];
-            let (dw, db) = sums.split_at_mut(g.c_out * rows);
-            let mut col = Vec::new();
-            for (image_idx, (grad, x)) in grad
-                .chunks(g.out_image())
-                .zip(x.chunks(g.in_image()))
-                .enumerate()
-            {
-                let cols: &[f32] = if g.is_pointwise() {
-                    x
-                } else {
-                    im2col(x, g, &mut col);
-                    &col
-                };
-                // dW (c_out x rows) += dY (c_out x plane) * cols^T (plane x rows).
-                gemm(
-                    Gemm {
-                        m: g.c_out,
-                        n: rows,
-                        k: plane,
-                        dst: dw,
-                        accumulate: image_idx > 0,
-                        lhs: grad,
-                        lhs_rs: plane,
-                        lhs_cs: 1,
-                        rhs: cols,
-                        rhs_rs: 1,
-                        rhs_cs: plane,
-                    },
-                    par,
-                );
-                for (b, row) in db.iter_mut().zip(grad.chunks(plane)) {
-                    *b += lane_sum(row);
-                }
-            }
-            sums
-        })
-        .collect();
-    let mut total = vec![0f32; g.c_out * rows + g.c_out];
-    for partial in partials {
-        for (t, p) in total.iter_mut().zip(partial) {
-            *t += p;
-        }
-    }
-    total
-}
-
 /// Sum of a row in eight interleaved lanes: the compiler vectorises it, where one running sum is
 /// a chain of dependent scalar adds.
 pub(super) fn lane_sum(row: &[f32]) -> f32 {
@@ -395,34 +337,98 @@ pub(super) fn lane_sum(row: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Input gradient: per image `col2im(W^T * dY)`; for 1x1 kernels just `W^T * dY`.
-pub(crate) fn input_grad(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// Gradients of `relu(conv2d(x, w) + b)` in one pass over the batch: per image the output
+/// gradient is masked by the ReLU output `y` into a per-thread buffer, then feeds the weight and
+/// bias gradients (one GEMM over im2col) and, with `with_input_grad`, the input gradient (Winograd
+/// for 3x3 stride-1 kernels, else a GEMM and col2im). Returns the weight and bias gradients
+/// concatenated (`c_out x col_rows`, then `c_out`) and the input gradient. Nothing of the size of
+/// the whole batch is allocated but the input gradient itself.
+pub(crate) fn backward(
+    x: &[f32],
+    weight: &[f32],
+    y: &[f32],
+    grad_y: &[f32],
+    g: &ConvGeometry,
+    with_input_grad: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (plane, rows) = (g.out_plane(), g.col_rows());
-    let mut dx = vec![0f32; g.n * g.in_image()];
+    let n_params = g.c_out * rows + g.c_out;
     let (per_group, par) = image_groups(g.n);
-    if let Some(winograd) = g.winograd() {
-        // The input gradient is the output gradient convolved with the flipped kernel, its
-        // channels swapped.
+    let parallel_inside = !matches!(par, Parallel::None);
+    // The input gradient by Winograd: the flipped, channel-swapped kernel, transformed once.
+    let winograd = g.winograd().map(|winograd| {
         let swapped = winograd.transposed();
         let transformed = swapped.transform_weights(&winograd.flipped_weights(weight));
-        let parallel_inside = !matches!(par, Parallel::None);
-        dx.par_chunks_mut(per_group * g.in_image())
-            .zip(grad.par_chunks(per_group * g.out_image()))
-            .for_each(|(dx, grad)| {
-                let mut scratch = WinogradScratch::default();
-                for (dx, grad) in dx.chunks_mut(g.in_image()).zip(grad.chunks(g.out_image())) {
-                    swapped.image(grad, &transformed, None, dx, &mut scratch, parallel_inside);
-                }
-            });
-        return dx;
-    }
-    dx.par_chunks_mut(per_group * g.in_image())
-        .zip(grad.par_chunks(per_group * g.out_image()))
-        .for_each(|(dx, grad)| {
+        (swapped, transformed)
+    });
+    let mut dx = if with_input_grad {
+        vec![0f32; g.n * g.in_image()]
+    } else {
+        Vec::new()
+    };
+    let dx_groups: Vec<Option<&mut [f32]>> = if with_input_grad {
+        dx.chunks_mut(per_group * g.in_image()).map(Some).collect()
+    } else {
+        (0..g.n.div_ceil(per_group)).map(|_| None).collect()
+    };
+    // One partial sum of the parameter gradients per group of images, added in a fixed order so
+    // results do not depend on scheduling.
+    let mut partials: Vec<Vec<f32>> = Vec::new();
+    grad_y
+        .par_chunks(per_group * g.out_image())
+        .zip(y.par_chunks(per_group * g.out_image()))
+        .zip(x.par_chunks(per_group * g.in_image()))
+        .zip(dx_groups.into_par_iter())
+        .map(|(((grad_y, y), x), dx)| {
+            let mut sums = vec![0f32; n_params];
+            let (dw, db) = sums.split_at_mut(g.c_out * rows);
+            let mut col = Vec::new();
             let mut dcol = Vec::new();
-            for (dx, grad) in dx.chunks_mut(g.in_image()).zip(grad.chunks(g.out_image())) {
+            let mut scratch = WinogradScratch::default();
+            let mut grad = vec![0f32; g.out_image()];
+            let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
+            for (image_idx, ((grad_y, y), x)) in grad_y
+                .chunks(g.out_image())
+                .zip(y.chunks(g.out_image()))
+                .zip(x.chunks(g.in_image()))
+                .enumerate()
+            {
+                relu_mask(&mut grad, y, grad_y, parallel_inside);
+                let cols: &[f32] = if g.is_pointwise() {
+                    x
+                } else {
+                    im2col(x, g, &mut col);
+                    &col
+                };
+                // dW (c_out x rows) += dY (c_out x plane) * cols^T (plane x rows).
+                gemm(
+                    Gemm {
+                        m: g.c_out,
+                        n: rows,
+                        k: plane,
+                        dst: dw,
+                        accumulate: image_idx > 0,
+                        lhs: &grad,
+                        lhs_rs: plane,
+                        lhs_cs: 1,
+                        rhs: cols,
+                        rhs_rs: 1,
+                        rhs_cs: plane,
+                    },
+                    par,
+                );
+                for (b, row) in db.iter_mut().zip(grad.chunks(plane)) {
+                    *b += lane_sum(row);
+                }
+                let Some(dx) = dx_images.as_mut().and_then(|images| images.next()) else {
+                    continue;
+                };
+                if let Some((swapped, transformed)) = &winograd {
+                    swapped.image(&grad, transformed, None, dx, &mut scratch, parallel_inside);
+                    continue;
+                }
                 // W^T (rows x c_out): element (r, o) sits at weight[o * rows + r].
-                let lhs_transposed = |dst: &mut [f32]| {
+                let input_grad_into = |dst: &mut [f32]| {
                     gemm(
                         Gemm {
                             m: rows,
@@ -433,7 +439,7 @@ pub(crate) fn input_grad(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
                             lhs: weight,
                             lhs_rs: 1,
                             lhs_cs: rows,
-                            rhs: grad,
+                            rhs: &grad,
                             rhs_rs: plane,
                             rhs_cs: 1,
                         },
@@ -441,15 +447,52 @@ pub(crate) fn input_grad(weight: &[f32], grad: &[f32], g: &ConvGeometry) -> Vec<
                     )
                 };
                 if g.is_pointwise() {
-                    lhs_transposed(dx);
+                    input_grad_into(dx);
                 } else {
                     dcol.resize(rows * plane, 0.0);
-                    lhs_transposed(&mut dcol);
+                    input_grad_into(&mut dcol);
                     col2im_add(&dcol, g, dx);
                 }
             }
-        });
-    dx
+            sums
+        })
+        .collect_into_vec(&mut partials);
+    let mut total = vec![0f32; n_params];
+    for partial in partials {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+    (total, with_input_grad.then_some(dx))
+}
+
+/// `out = grad * (y > 0)` for one image, on every thread when `parallel`.
+fn relu_mask(out: &mut [f32], y: &[f32], grad: &[f32], parallel: bool) {
+    let mask = |((out, y), grad): ((&mut [f32], &[f32]), &[f32])| {
+        for ((o, y), g) in out.iter_mut().zip(y).zip(grad) {
+            *o = if *y > 0.0 { *g } else { 0.0 };
+        }
+    };
+    if parallel {
+        out.par_chunks_mut(1 << 14)
+            .zip(y.par_chunks(1 << 14))
+            .zip(grad.par_chunks(1 << 14))
+            .for_each(mask);
+    } else {
+        mask(((out, y), grad));
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor, with its storage held for reading.
+fn read_f32<'a>(
+    guard: &'a candle_core::Storage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match guard {
+        candle_core::Storage::Cpu(storage) => contiguous_f32(storage, layout, what),
+        _ => candle_core::bail!("{what}: the fast kernels run on the CPU only"),
+    }
 }
 
 /// `relu(conv2d(x, w) + b)`: arguments input, weight, bias, all contiguous f32 on the CPU.
@@ -504,16 +547,31 @@ impl CustomOp3 for ConvReluOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = ConvGeometry::new(x.dims(), w.dims(), self.stride, self.padding)?;
-        let grad = res.apply_op2_no_bwd(&grad_res.contiguous()?, &ReluMaskOp)?;
-        let weight_bias = x.apply_op2_no_bwd(&grad, &ConvWeightGradOp(g))?;
-        let n_weights = g.c_out * g.col_rows();
-        let grad_w = weight_bias.narrow(0, 0, n_weights)?.reshape(w.shape())?;
-        let grad_b = weight_bias.narrow(0, n_weights, g.c_out)?;
+        let grad_res = grad_res.contiguous()?;
         // The network input needs no gradient: skip the most expensive part for it.
-        let grad_x = if x.track_op() {
-            Some(w.apply_op2_no_bwd(&grad, &ConvInputGradOp(g))?)
-        } else {
-            None
+        let with_input_grad = x.track_op();
+        // The storages are only read here, and no op runs on these tensors meanwhile.
+        let (params, dx) = {
+            let (x_storage, x_layout) = x.storage_and_layout();
+            let (w_storage, w_layout) = w.storage_and_layout();
+            let (y_storage, y_layout) = res.storage_and_layout();
+            let (g_storage, g_layout) = grad_res.storage_and_layout();
+            backward(
+                read_f32(&x_storage, x_layout, "conv2d input")?,
+                read_f32(&w_storage, w_layout, "conv2d weight")?,
+                read_f32(&y_storage, y_layout, "conv2d output")?,
+                read_f32(&g_storage, g_layout, "conv2d gradient")?,
+                &g,
+                with_input_grad,
+            )
+        };
+        let n_weights = g.c_out * g.col_rows();
+        let device = x.device();
+        let grad_w = Tensor::from_slice(&params[..n_weights], w.shape(), device)?;
+        let grad_b = Tensor::from_slice(&params[n_weights..], g.c_out, device)?;
+        let grad_x = match dx {
+            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), device)?),
+            None => None,
         };
         Ok((grad_x, Some(grad_w), Some(grad_b)))
     }
@@ -548,57 +606,6 @@ impl CustomOp2 for ReluMaskOp {
                 }
             });
         Ok((CpuStorage::F32(out), yl.shape().clone()))
-    }
-}
-
-/// Weight and bias gradients, flat: arguments the forward input and the masked output gradient.
-struct ConvWeightGradOp(ConvGeometry);
-
-impl CustomOp2 for ConvWeightGradOp {
-    fn name(&self) -> &'static str {
-        "dexpression-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        grad: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let out = weight_bias_grad(
-            contiguous_f32(x, xl, "conv2d input")?,
-            contiguous_f32(grad, gl, "conv2d gradient")?,
-            g,
-        );
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
-    }
-}
-
-/// Input gradient: arguments the weight and the masked output gradient.
-struct ConvInputGradOp(ConvGeometry);
-
-impl CustomOp2 for ConvInputGradOp {
-    fn name(&self) -> &'static str {
-        "dexpression-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        w: &CpuStorage,
-        wl: &Layout,
-        grad: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let out = input_grad(
-            contiguous_f32(w, wl, "conv2d weight")?,
-            contiguous_f32(grad, gl, "conv2d gradient")?,
-            g,
-        );
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.h, g.w))))
     }
 }
 
