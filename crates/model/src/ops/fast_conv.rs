@@ -7,7 +7,7 @@
 //! op skips it when the input does not need a gradient. Only the CPU forward exists: other
 //! devices never reach this op (see [`super::conv2d_relu`]).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::parallel::{contiguous_f32, gemm, image_groups, Gemm, Parallel};
@@ -351,6 +351,26 @@ pub(crate) fn backward(
     g: &ConvGeometry,
     with_input_grad: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
+    let image = g.out_image();
+    let output_grad = |image_idx: usize, grad: &mut [f32], parallel: bool| {
+        let range = image_idx * image..(image_idx + 1) * image;
+        relu_mask(grad, &y[range.clone()], &grad_y[range], parallel)
+    };
+    backward_from(x, weight, &output_grad, g, with_input_grad)
+}
+
+/// Writes image `image_idx`'s gradient at the convolution output (`c_out x out_plane`, after the
+/// ReLU) into the buffer; the last argument says whether it may use every thread.
+pub(super) type OutputGrad<'a> = dyn Fn(usize, &mut [f32], bool) + Sync + 'a;
+
+/// [`backward`] with the output gradient of each image given by `output_grad`.
+pub(super) fn backward_from(
+    x: &[f32],
+    weight: &[f32],
+    output_grad: &OutputGrad<'_>,
+    g: &ConvGeometry,
+    with_input_grad: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (plane, rows) = (g.out_plane(), g.col_rows());
     let n_params = g.c_out * rows + g.c_out;
     let (per_group, par) = image_groups(g.n);
@@ -374,12 +394,10 @@ pub(crate) fn backward(
     // One partial sum of the parameter gradients per group of images, added in a fixed order so
     // results do not depend on scheduling.
     let mut partials: Vec<Vec<f32>> = Vec::new();
-    grad_y
-        .par_chunks(per_group * g.out_image())
-        .zip(y.par_chunks(per_group * g.out_image()))
-        .zip(x.par_chunks(per_group * g.in_image()))
+    x.par_chunks(per_group * g.in_image())
+        .enumerate()
         .zip(dx_groups.into_par_iter())
-        .map(|(((grad_y, y), x), dx)| {
+        .map(|((group_idx, x), dx)| {
             let mut sums = vec![0f32; n_params];
             let (dw, db) = sums.split_at_mut(g.c_out * rows);
             let mut col = Vec::new();
@@ -387,13 +405,12 @@ pub(crate) fn backward(
             let mut scratch = WinogradScratch::default();
             let mut grad = vec![0f32; g.out_image()];
             let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
-            for (image_idx, ((grad_y, y), x)) in grad_y
-                .chunks(g.out_image())
-                .zip(y.chunks(g.out_image()))
-                .zip(x.chunks(g.in_image()))
-                .enumerate()
-            {
-                relu_mask(&mut grad, y, grad_y, parallel_inside);
+            for (image_idx, x) in x.chunks(g.in_image()).enumerate() {
+                output_grad(
+                    group_idx * per_group + image_idx,
+                    &mut grad,
+                    parallel_inside,
+                );
                 let cols: &[f32] = if g.is_pointwise() {
                     x
                 } else {
@@ -484,7 +501,7 @@ fn relu_mask(out: &mut [f32], y: &[f32], grad: &[f32], parallel: bool) {
 }
 
 /// The f32 values of a contiguous CPU tensor, with its storage held for reading.
-fn read_f32<'a>(
+pub(super) fn read_f32<'a>(
     guard: &'a candle_core::Storage,
     layout: &Layout,
     what: &str,
@@ -574,38 +591,6 @@ impl CustomOp3 for ConvReluOp {
             None => None,
         };
         Ok((grad_x, Some(grad_w), Some(grad_b)))
-    }
-}
-
-/// `grad * (output > 0)`: arguments the ReLU output and its gradient.
-pub(super) struct ReluMaskOp;
-
-impl CustomOp2 for ReluMaskOp {
-    fn name(&self) -> &'static str {
-        "dexpression-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        y: &CpuStorage,
-        yl: &Layout,
-        grad: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, grad) = (
-            contiguous_f32(y, yl, "relu output")?,
-            contiguous_f32(grad, gl, "relu gradient")?,
-        );
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(y.par_chunks(1 << 14))
-            .zip(grad.par_chunks(1 << 14))
-            .for_each(|((out, y), grad)| {
-                for ((o, y), g) in out.iter_mut().zip(y).zip(grad) {
-                    *o = if *y > 0.0 { *g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), yl.shape().clone()))
     }
 }
 

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_conv::{col2im_add, forward_image, im2col, ConvGeometry};
+use super::fast_conv::{backward_from, forward_image, read_f32, ConvGeometry};
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
-use super::parallel::{contiguous_f32, gemm, image_groups, thread_count, Gemm};
+use super::parallel::{contiguous_f32, image_groups, thread_count};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -145,130 +145,6 @@ fn forward(
     (out, offsets)
 }
 
-/// Weight and bias gradients, then the input gradient if `with_input_grad`, all flat.
-/// `grad` is the gradient at the pooled output, already masked by the ReLU.
-fn backward(
-    x: &[f32],
-    weight: &[f32],
-    grad: &[f32],
-    offsets: &[u8],
-    geometry: &ConvPoolGeometry,
-    with_input_grad: bool,
-) -> Vec<f32> {
-    let g = &geometry.conv;
-    let (plane, rows, pooled_image) = (g.out_plane(), g.col_rows(), geometry.pooled_image());
-    let n_params = g.c_out * rows + g.c_out;
-    let (per_group, par) = image_groups(g.n);
-    let steps = window_steps(geometry.pool, g.out_w());
-    let sides = (geometry.pooled_h(), geometry.pooled_w(), g.out_w());
-    let mut dx = if with_input_grad {
-        vec![0f32; g.n * g.in_image()]
-    } else {
-        Vec::new()
-    };
-    let n_groups = g.n.div_ceil(per_group);
-    let dx_groups: Vec<Option<&mut [f32]>> = if with_input_grad {
-        dx.chunks_mut(per_group * g.in_image()).map(Some).collect()
-    } else {
-        (0..n_groups).map(|_| None).collect()
-    };
-    // One partial sum of the parameter gradients per group of images, added in a fixed order so
-    // results do not depend on scheduling.
-    let mut partials: Vec<Vec<f32>> = Vec::new();
-    grad.par_chunks(per_group * pooled_image)
-        .zip(offsets.par_chunks(per_group * pooled_image))
-        .zip(x.par_chunks(per_group * g.in_image()))
-        .zip(dx_groups.into_par_iter())
-        .map(|(((grad, offsets), x), dx)| {
-            let mut sums = vec![0f32; n_params];
-            let (dw, db) = sums.split_at_mut(g.c_out * rows);
-            let mut col = Vec::new();
-            let mut dcol = Vec::new();
-            let mut conv_grad = vec![0f32; g.out_image()];
-            let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
-            for (image_idx, ((grad, offsets), x)) in grad
-                .chunks(pooled_image)
-                .zip(offsets.chunks(pooled_image))
-                .zip(x.chunks(g.in_image()))
-                .enumerate()
-            {
-                conv_grad.fill(0.0);
-                for ((conv_plane, grad), offsets) in conv_grad
-                    .chunks_mut(plane)
-                    .zip(grad.chunks(geometry.pooled_plane()))
-                    .zip(offsets.chunks(geometry.pooled_plane()))
-                {
-                    scatter_plane(offsets, grad, conv_plane, sides, geometry.pool, &steps);
-                }
-                let cols: &[f32] = if g.is_pointwise() {
-                    x
-                } else {
-                    im2col(x, g, &mut col);
-                    &col
-                };
-                // dW (c_out x rows) += dY (c_out x plane) * cols^T (plane x rows).
-                gemm(
-                    Gemm {
-                        m: g.c_out,
-                        n: rows,
-                        k: plane,
-                        dst: dw,
-                        accumulate: image_idx > 0,
-                        lhs: &conv_grad,
-                        lhs_rs: plane,
-                        lhs_cs: 1,
-                        rhs: cols,
-                        rhs_rs: 1,
-                        rhs_cs: plane,
-                    },
-                    par,
-                );
-                // The output gradient is the pooled one moved around: the same sums.
-                for (b, grad) in db.iter_mut().zip(grad.chunks(geometry.pooled_plane())) {
-                    *b += super::fast_conv::lane_sum(grad);
-                }
-                if let Some(dx) = dx_images.as_mut().and_then(|images| images.next()) {
-                    let input_grad_into = |dst: &mut [f32]| {
-                        // W^T (rows x c_out): element (r, o) sits at weight[o * rows + r].
-                        gemm(
-                            Gemm {
-                                m: rows,
-                                n: plane,
-                                k: g.c_out,
-                                dst,
-                                accumulate: false,
-                                lhs: weight,
-                                lhs_rs: 1,
-                                lhs_cs: rows,
-                                rhs: &conv_grad,
-                                rhs_rs: plane,
-                                rhs_cs: 1,
-                            },
-                            par,
-                        )
-                    };
-                    if g.is_pointwise() {
-                        input_grad_into(dx);
-                    } else {
-                        dcol.resize(rows * plane, 0.0);
-                        input_grad_into(&mut dcol);
-                        col2im_add(&dcol, g, dx);
-                    }
-                }
-            }
-            sums
-        })
-        .collect_into_vec(&mut partials);
-    let mut total = vec![0f32; n_params];
-    for partial in partials {
-        for (t, p) in total.iter_mut().zip(partial) {
-            *t += p;
-        }
-    }
-    total.extend_from_slice(&dx);
-    total
-}
-
 impl CustomOp3 for ConvReluPoolOp {
     fn name(&self) -> &'static str {
         "dexpression-conv2d-relu-max-pool2d"
@@ -328,72 +204,66 @@ impl CustomOp3 for ConvReluPoolOp {
             conv: ConvGeometry::new(x.dims(), w.dims(), self.stride, self.padding)?,
             pool: self.pool,
         };
-        // The ReLU passes a window's gradient when its maximum, the pooled value, is positive.
-        let grad = res.apply_op2_no_bwd(&grad_res.contiguous()?, &super::fast_conv::ReluMaskOp)?;
+        let grad_res = grad_res.contiguous()?;
         let with_input_grad = x.track_op();
-        let all = x.apply_op3_no_bwd(
-            w,
-            &grad,
-            &ConvReluPoolBackwardOp {
-                geometry,
-                offsets,
-                with_input_grad,
-            },
-        )?;
-        let g = &geometry.conv;
-        let n_weights = g.c_out * g.col_rows();
-        let grad_w = all.narrow(0, 0, n_weights)?.reshape(w.shape())?;
-        let grad_b = all.narrow(0, n_weights, g.c_out)?;
-        let grad_x = if with_input_grad {
-            Some(
-                all.narrow(0, n_weights + g.c_out, g.n * g.in_image())?
-                    .reshape(x.shape())?,
-            )
-        } else {
-            None
-        };
-        Ok((grad_x, Some(grad_w), Some(grad_b)))
-    }
-}
-
-/// Parameter (and input) gradients of [`ConvReluPoolOp`], flat: arguments the forward input, the
-/// weight and the masked pooled gradient.
-struct ConvReluPoolBackwardOp {
-    geometry: ConvPoolGeometry,
-    offsets: Arc<Vec<u8>>,
-    with_input_grad: bool,
-}
-
-impl CustomOp3 for ConvReluPoolBackwardOp {
-    fn name(&self) -> &'static str {
-        "dexpression-conv2d-relu-max-pool2d-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-        grad: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let geometry = &self.geometry;
-        let (x, w, grad) = (
-            contiguous_f32(x, xl, "conv2d input")?,
-            contiguous_f32(w, wl, "conv2d weight")?,
-            contiguous_f32(grad, gl, "pooled gradient")?,
+        let g = geometry.conv;
+        let (plane, pooled_plane, pooled_image) = (
+            g.out_plane(),
+            geometry.pooled_plane(),
+            geometry.pooled_image(),
         );
-        let expected = geometry.conv.n * geometry.pooled_image();
-        if grad.len() != expected || self.offsets.len() != expected {
+        if offsets.len() != g.n * pooled_image || grad_res.elem_count() != offsets.len() {
             candle_core::bail!(
-                "conv2d_relu_max_pool2d backward: {} gradients and {} offsets for {expected} outputs",
-                grad.len(),
-                self.offsets.len()
+                "conv2d_relu_max_pool2d backward: {} offsets for a gradient of shape {:?}",
+                offsets.len(),
+                grad_res.dims()
             )
         }
-        let out = backward(x, w, grad, &self.offsets, geometry, self.with_input_grad);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
+        let steps = window_steps(geometry.pool, g.out_w());
+        let sides = (geometry.pooled_h(), geometry.pooled_w(), g.out_w());
+        // The storages are only read here, and no op runs on these tensors meanwhile.
+        let (params, dx) = {
+            let (x_storage, x_layout) = x.storage_and_layout();
+            let (w_storage, w_layout) = w.storage_and_layout();
+            let (y_storage, y_layout) = res.storage_and_layout();
+            let (g_storage, g_layout) = grad_res.storage_and_layout();
+            let pooled = read_f32(&y_storage, y_layout, "pooled output")?;
+            let grad = read_f32(&g_storage, g_layout, "pooled gradient")?;
+            // An image's output gradient: each pooled gradient goes back to its window's maximum,
+            // where the ReLU passes it if that maximum, the pooled value, is positive.
+            let output_grad = |image_idx: usize, conv_grad: &mut [f32], _parallel: bool| {
+                conv_grad.fill(0.0);
+                let start = image_idx * pooled_image;
+                for (channel, conv_plane) in conv_grad.chunks_mut(plane).enumerate() {
+                    let range =
+                        start + channel * pooled_plane..start + (channel + 1) * pooled_plane;
+                    scatter_plane(
+                        &offsets[range.clone()],
+                        &grad[range.clone()],
+                        Some(&pooled[range]),
+                        conv_plane,
+                        sides,
+                        geometry.pool,
+                        &steps,
+                    );
+                }
+            };
+            backward_from(
+                read_f32(&x_storage, x_layout, "conv2d input")?,
+                read_f32(&w_storage, w_layout, "conv2d weight")?,
+                &output_grad,
+                &g,
+                with_input_grad,
+            )
+        };
+        let n_weights = g.c_out * g.col_rows();
+        let device = x.device();
+        let grad_w = Tensor::from_slice(&params[..n_weights], w.shape(), device)?;
+        let grad_b = Tensor::from_slice(&params[n_weights..], g.c_out, device)?;
+        let grad_x = match dx {
+            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), device)?),
+            None => None,
+        };
+        Ok((grad_x, Some(grad_w), Some(grad_b)))
     }
 }

@@ -585,6 +585,7 @@ fn pool_backward_recorded<T: WithDType>(
         scatter_plane(
             &offsets[source * plane_len..(source + 1) * plane_len],
             &grad_out[source * plane_len..(source + 1) * plane_len],
+            None,
             grad_plane,
             (oh, ow, w),
             pool,
@@ -602,10 +603,12 @@ pub(super) fn window_steps(pool: Pool2d, w: usize) -> Vec<usize> {
 }
 
 /// Adds each output's gradient (`grad_out`, `OH x OW`) onto the input its offset names, in
-/// `grad_plane` (`H x W`). `sides` is `(OH, OW, W)`, `steps` from [`window_steps`].
+/// `grad_plane` (`H x W`); with `positive`, only where that plane of outputs is positive (a ReLU
+/// before the pool). `sides` is `(OH, OW, W)`, `steps` from [`window_steps`].
 pub(super) fn scatter_plane<T: WithDType>(
     offsets: &[u8],
     grad_out: &[T],
+    positive: Option<&[T]>,
     grad_plane: &mut [T],
     sides: (usize, usize, usize),
     pool: Pool2d,
@@ -618,7 +621,7 @@ pub(super) fn scatter_plane<T: WithDType>(
         let row_corner = (oy * pool.stride * w).wrapping_sub(pool.padding * w + pool.padding);
         for ox in 0..ow {
             let offset = offsets[oy * ow + ox];
-            if offset == NO_OFFSET {
+            if offset == NO_OFFSET || positive.is_some_and(|out| out[oy * ow + ox] <= T::zero()) {
                 continue;
             }
             let idx = row_corner
