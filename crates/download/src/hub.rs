@@ -28,6 +28,16 @@ pub enum RepoKind {
     Model,
 }
 
+impl RepoKind {
+    /// What comes before `owner/name` in the Hub's URLs: `datasets/` or nothing.
+    pub fn url_prefix(self) -> &'static str {
+        match self {
+            RepoKind::Dataset => "datasets/",
+            RepoKind::Model => "",
+        }
+    }
+}
+
 /// One file of one revision of a Hub repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubFile {
@@ -296,13 +306,10 @@ impl HubTransfer<'_> {
 
 /// The resolve URL of a file, as the Hub serves it; used in messages.
 fn resolve_url(file: &HubFile, endpoint: &str) -> String {
-    let prefix = match file.kind {
-        RepoKind::Dataset => "datasets/",
-        RepoKind::Model => "",
-    };
     format!(
-        "{}/{prefix}{}/resolve/{}/{}",
+        "{}/{}{}/resolve/{}/{}",
         endpoint.trim_end_matches('/'),
+        file.kind.url_prefix(),
         file.repo,
         file.revision,
         file.file
@@ -395,12 +402,8 @@ fn map_hub_error(file: &HubFile, url: &str, err: HFError) -> Error {
 }
 
 fn hub_error(file: &HubFile, err: HFError) -> Error {
-    let prefix = match file.kind {
-        RepoKind::Dataset => "datasets/",
-        RepoKind::Model => "",
-    };
     Error::Hub {
-        repo: format!("{prefix}{}@{}", file.repo, file.revision),
+        repo: format!("{}{}@{}", file.kind.url_prefix(), file.repo, file.revision),
         file: file.file.clone(),
         source: Box::new(err),
     }
