@@ -10,8 +10,7 @@ use std::time::Instant;
 use candle_core::{Device, ModuleT, Tensor, Var};
 
 use super::{
-    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, max_pool2d_cat, set_reference_ops,
-    Pool2d,
+    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, set_reference_ops, Pool2d,
 };
 use crate::{Adam, AdamConfig, Dexpression, DexpressionConfig, Result};
 
@@ -312,6 +311,7 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
     };
     let side2 = pool_reduce.out_side(side1);
     let side3 = pool_reduce.out_side(side2);
+    let side4 = pool_reduce.out_side(side3);
     // Profiling needs no reproducible values: candle's own generator will do.
     let random = |shape: &[usize]| Tensor::rand(-1f32, 1f32, shape, &Device::Cpu);
     type Layer<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
@@ -324,10 +324,19 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
     };
     // The FeatEx pooling of the conv branch (the layer's input) and of the pool branch (a second,
     // fixed input) into one concatenated output.
+    // As the training step runs FeatEx: the conv branch's 3x3 convolution, ReLU and pool as one
+    // op, then the concatenation with the pooled pool branch (a second, fixed input).
+    let conv_pool = |name: &'static str| -> Layer<'_> {
+        let (w, b) = (
+            param(&format!("{name}.weight")),
+            param(&format!("{name}.bias")),
+        );
+        Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 1, 1, pool_reduce))
+    };
     let pool_cat = |second_shape: &[usize]| -> candle_core::Result<Layer<'_>> {
         let second = Var::from_tensor(&random(second_shape)?)?;
         Ok(Box::new(move |xs: &Tensor| {
-            max_pool2d_cat(xs, second.as_tensor(), pool_reduce)
+            Tensor::cat(&[xs, &max_pool2d(second.as_tensor(), pool_reduce)?], 1)
         }))
     };
     let layers: Vec<(&str, Vec<usize>, bool, Layer<'_>)> = vec![
@@ -351,10 +360,10 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
             conv("conv2a", 1, 0),
         ),
         (
-            "conv2b",
+            "conv2b+pool2b",
             vec![n, 96, side2, side2],
             true,
-            conv("conv2b", 1, 1),
+            conv_pool("conv2b"),
         ),
         (
             "pool2a",
@@ -370,7 +379,7 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         ),
         (
             "pool2b+cat",
-            vec![n, 208, side2, side2],
+            vec![n, 208, side3, side3],
             true,
             pool_cat(&[n, 64, side2, side2])?,
         ),
@@ -381,10 +390,10 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
             conv("conv3a", 1, 0),
         ),
         (
-            "conv3b",
+            "conv3b+pool3b",
             vec![n, 96, side3, side3],
             true,
-            conv("conv3b", 1, 1),
+            conv_pool("conv3b"),
         ),
         (
             "pool3a",
@@ -400,7 +409,7 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         ),
         (
             "pool3b+cat",
-            vec![n, 208, side3, side3],
+            vec![n, 208, side4, side4],
             true,
             pool_cat(&[n, 64, side3, side3])?,
         ),

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::parallel::{contiguous_f32, gemm, image_groups, Gemm, Parallel};
-use super::winograd::{Scratch as WinogradScratch, Winograd};
+use super::winograd::{with_scratch as with_winograd_scratch, Winograd};
 
 /// Shape of one convolution: input `n x c_in x h x w`, kernel `c_out x c_in x kernel x kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,11 +304,12 @@ pub(crate) fn forward(
         out.par_chunks_mut(per_group * g.out_image())
             .zip(x.par_chunks(per_group * g.in_image()))
             .for_each(|(out, x)| {
-                let mut scratch = WinogradScratch::default();
-                for (out, x) in out.chunks_mut(g.out_image()).zip(x.chunks(g.in_image())) {
-                    let bias = Some(bias);
-                    winograd.image(x, &transformed, bias, out, &mut scratch, parallel_inside);
-                }
+                with_winograd_scratch(|scratch| {
+                    for (out, x) in out.chunks_mut(g.out_image()).zip(x.chunks(g.in_image())) {
+                        let bias = Some(bias);
+                        winograd.image(x, &transformed, bias, out, scratch, parallel_inside);
+                    }
+                })
             });
         return out;
     }
@@ -402,7 +403,6 @@ pub(super) fn backward_from(
             let (dw, db) = sums.split_at_mut(g.c_out * rows);
             let mut col = Vec::new();
             let mut dcol = Vec::new();
-            let mut scratch = WinogradScratch::default();
             let mut grad = vec![0f32; g.out_image()];
             let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
             for (image_idx, x) in x.chunks(g.in_image()).enumerate() {
@@ -441,7 +441,9 @@ pub(super) fn backward_from(
                     continue;
                 };
                 if let Some((swapped, transformed)) = &winograd {
-                    swapped.image(&grad, transformed, None, dx, &mut scratch, parallel_inside);
+                    with_winograd_scratch(|scratch| {
+                        swapped.image(&grad, transformed, None, dx, scratch, parallel_inside)
+                    });
                     continue;
                 }
                 // W^T (rows x c_out): element (r, o) sits at weight[o * rows + r].

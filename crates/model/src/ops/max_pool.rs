@@ -495,8 +495,10 @@ mod avx2 {
         loop {
             let block_start = block.min(last_block);
             let base = block_start * STRIDE - PADDING;
-            let mut best = _mm256_setzero_ps();
-            let mut offset = _mm256_setzero_ps();
+            // A pairwise tree over the window in scan order (each row, then the rows): `later`
+            // wins when strictly greater or NaN, which picks the same element as the sequential
+            // scan (the first maximum, or the last NaN) with half its chain of dependent steps.
+            let mut window: Option<(__m256, __m256)> = None;
             for (row_idx, row) in rows.iter().enumerate() {
                 let dy = first_window_row + row_idx;
                 let ptr = row.as_ptr().add(base);
@@ -512,21 +514,19 @@ mod avx2 {
                     let (low1, high1) = (_mm256_loadu_ps(ptr.add(1)), _mm256_loadu_ps(ptr.add(9)));
                     [even(low, high), odd(low, high), odd(low1, high1)]
                 };
-                for (dx, value) in columns.into_iter().enumerate() {
-                    let position = _mm256_set1_ps((dy * 3 + dx) as f32);
-                    if row_idx == 0 && dx == 0 {
-                        best = value;
-                        offset = position;
-                        continue;
-                    }
-                    let take = _mm256_or_ps(
-                        _mm256_cmp_ps::<_CMP_GT_OQ>(value, best),
-                        _mm256_cmp_ps::<_CMP_UNORD_Q>(value, value),
-                    );
-                    best = _mm256_blendv_ps(best, value, take);
-                    offset = _mm256_blendv_ps(offset, position, take);
-                }
+                let at = |dx: usize| _mm256_set1_ps((dy * 3 + dx) as f32);
+                let row_best = later_wins(
+                    later_wins((columns[0], at(0)), (columns[1], at(1))),
+                    (columns[2], at(2)),
+                );
+                window = Some(match window {
+                    None => row_best,
+                    Some(earlier) => later_wins(earlier, row_best),
+                });
             }
+            let Some((best, offset)) = window else {
+                return;
+            };
             _mm256_storeu_ps(out_row.as_mut_ptr().add(block_start), best);
             let offsets = _mm256_cvttps_epi32(offset);
             let words = _mm_packus_epi32(
@@ -543,6 +543,20 @@ mod avx2 {
             }
             block += 8;
         }
+    }
+
+    /// The maximum of two windows' parts with its offset, `later` following `earlier` in scan
+    /// order: `later` wins where it is strictly greater or NaN (as the scalar `replaces`).
+    #[inline(always)]
+    unsafe fn later_wins(earlier: (__m256, __m256), later: (__m256, __m256)) -> (__m256, __m256) {
+        let take = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(later.0, earlier.0),
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(later.0, later.0),
+        );
+        (
+            _mm256_blendv_ps(earlier.0, later.0, take),
+            _mm256_blendv_ps(earlier.1, later.1, take),
+        )
     }
 
     /// Elements 0, 2, 4, ... of the sixteen values `low, high`.
