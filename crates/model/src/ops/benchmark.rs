@@ -192,8 +192,8 @@ pub fn bench_path(
         &Device::Cpu,
     )?;
     let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
-    // Distinct batches with random labels, made before timing, as bench_torch.py does.
-    let batches: Vec<(Tensor, Tensor)> = (0..2)
+    // Four distinct batches with random labels, made before timing, as bench_torch.py does.
+    let batches: Vec<(Tensor, Tensor)> = (0..4)
         .map(|idx| {
             let labels: Vec<u32> = (0..config.batch_size)
                 .map(|i| ((i * 5 + idx * 3) % 7) as u32)
@@ -205,13 +205,49 @@ pub fn bench_path(
         })
         .collect::<Result<_>>()?;
 
+    // The order and warm-ups of bench_torch.py, so that both measure the same thing: inference on
+    // the freshly initialised network first (2 warm-up batches, 5 warm-up single images), then
+    // training (3 warm-up steps).
+    let mut eval_seconds = Vec::new();
+    let (xs, _) = &batches[0];
+    for step in 0..iterations + 2 {
+        progress(&format!("eval batch {step}/{iterations}"));
+        let elapsed = seconds(|| {
+            let logp = model.forward_t(&xs.detach(), false)?;
+            logp.to_vec2::<f32>()?;
+            Ok(())
+        })?;
+        if step >= 2 {
+            eval_seconds.push(elapsed);
+        }
+    }
+
+    let single = random_batch(1, config.image_size, 7)?;
+    let latency_iterations = config.latency_iterations.max(1);
+    let mut latency_seconds = Vec::new();
+    for step in 0..latency_iterations + 5 {
+        if step % 5 == 0 {
+            progress(&format!("latency {step}/{latency_iterations}"));
+        }
+        let elapsed = seconds(|| {
+            model.forward_t(&single, false)?.to_vec2::<f32>()?;
+            Ok(())
+        })?;
+        if step >= 5 {
+            latency_seconds.push(elapsed);
+        }
+    }
+
+    // The training peak is measured from here, so it is training's own.
+    let inference_peak_rss_mib = peak_rss_mib().unwrap_or(f64::NAN);
+    reset_peak_rss();
     let mut train_seconds = Vec::new();
     let mut adam_seconds = Vec::new();
     let mut cpu_at_first_timed_step = None;
-    for step in 0..=iterations {
+    for step in 0..iterations + 3 {
         progress(&format!("train step {step}/{iterations}"));
         let (xs, ys) = &batches[step % batches.len()];
-        if step == 1 {
+        if step == 3 {
             cpu_at_first_timed_step = process_cpu_seconds();
         }
         let mut adam_time = 0.0;
@@ -222,8 +258,7 @@ pub fn bench_path(
             adam_time = seconds(|| adam.step(&grads))?;
             Ok(())
         })?;
-        // Step 0 warms up allocations and caches.
-        if step > 0 {
+        if step >= 3 {
             train_seconds.push(total);
             adam_seconds.push(adam_time);
         }
@@ -236,35 +271,6 @@ pub fn bench_path(
     let train_cpu_utilisation = train_cpu_seconds
         / (train_seconds.iter().sum::<f64>() * super::parallel::thread_count() as f64);
 
-    let mut eval_seconds = Vec::new();
-    let (xs, _) = &batches[0];
-    for step in 0..=iterations {
-        progress(&format!("eval batch {step}/{iterations}"));
-        let elapsed = seconds(|| {
-            let logp = model.forward_t(&xs.detach(), false)?;
-            logp.to_vec2::<f32>()?;
-            Ok(())
-        })?;
-        if step > 0 {
-            eval_seconds.push(elapsed);
-        }
-    }
-
-    let single = random_batch(1, config.image_size, 7)?;
-    let latency_iterations = config.latency_iterations.max(1);
-    let mut latency_seconds = Vec::new();
-    for step in 0..latency_iterations + 3 {
-        if step % 5 == 0 {
-            progress(&format!("latency {step}/{latency_iterations}"));
-        }
-        let elapsed = seconds(|| {
-            model.forward_t(&single, false)?.to_vec2::<f32>()?;
-            Ok(())
-        })?;
-        if step >= 3 {
-            latency_seconds.push(elapsed);
-        }
-    }
     let train = Spread::of(&train_seconds);
     let eval = Spread::of(&eval_seconds);
     Ok(PathReport {
@@ -276,7 +282,7 @@ pub fn bench_path(
         eval_ms_per_batch: eval.millis(),
         latency_ms_batch1: Spread::of(&latency_seconds).millis(),
         train_peak_rss_mib,
-        peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+        peak_rss_mib: inference_peak_rss_mib.max(train_peak_rss_mib),
         train_cpu_utilisation,
     })
 }
