@@ -535,6 +535,26 @@ pub(crate) struct ConvReluOp {
     pub winograd_forward: bool,
 }
 
+/// The gradients of a convolution's input, weight and bias as tensors, from the flat weight and
+/// bias gradients (`params`, weights first) and the input gradient when there is one.
+pub(super) fn gradient_tensors(
+    params: Vec<f32>,
+    dx: Option<Vec<f32>>,
+    g: &ConvGeometry,
+    x: &Tensor,
+    w: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let n_weights = g.c_out * g.col_rows();
+    let device = x.device();
+    let grad_w = Tensor::from_slice(&params[..n_weights], w.shape(), device)?;
+    let grad_b = Tensor::from_slice(&params[n_weights..], g.c_out, device)?;
+    let grad_x = match dx {
+        Some(dx) => Some(Tensor::from_vec(dx, x.shape(), device)?),
+        None => None,
+    };
+    Ok((grad_x, Some(grad_w), Some(grad_b)))
+}
+
 impl CustomOp3 for ConvReluOp {
     fn name(&self) -> &'static str {
         "dexpression-conv2d-relu"
@@ -596,15 +616,7 @@ impl CustomOp3 for ConvReluOp {
                 with_input_grad,
             )
         };
-        let n_weights = g.c_out * g.col_rows();
-        let device = x.device();
-        let grad_w = Tensor::from_slice(&params[..n_weights], w.shape(), device)?;
-        let grad_b = Tensor::from_slice(&params[n_weights..], g.c_out, device)?;
-        let grad_x = match dx {
-            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), device)?),
-            None => None,
-        };
-        Ok((grad_x, Some(grad_w), Some(grad_b)))
+        gradient_tensors(params, dx, &g, x, w)
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_conv::{backward_from, forward_image, read_f32, ConvGeometry};
+use super::fast_conv::{backward_from, forward_image, gradient_tensors, read_f32, ConvGeometry};
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
@@ -256,14 +256,6 @@ impl CustomOp3 for ConvReluPoolOp {
                 with_input_grad,
             )
         };
-        let n_weights = g.c_out * g.col_rows();
-        let device = x.device();
-        let grad_w = Tensor::from_slice(&params[..n_weights], w.shape(), device)?;
-        let grad_b = Tensor::from_slice(&params[n_weights..], g.c_out, device)?;
-        let grad_x = match dx {
-            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), device)?),
-            None => None,
-        };
-        Ok((grad_x, Some(grad_w), Some(grad_b)))
+        gradient_tensors(params, dx, &g, x, w)
     }
 }
