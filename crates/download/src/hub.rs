@@ -203,7 +203,7 @@ impl HubTransfer<'_> {
                 moved_to,
             });
         }
-        let sha256 = transfer::commit_part(&part, self.dest)?;
+        let sha256 = transfer::commit_hashed_part(&part, self.dest, sha256)?;
         let _ = fs::remove_file(etag_path(self.dest));
         let size = fs::metadata(self.dest)
             .map(|meta| meta.len())

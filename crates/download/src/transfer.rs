@@ -125,6 +125,11 @@ pub(crate) fn move_aside(path: &Path) -> Result<PathBuf> {
 /// two steps leaves a checksum without its file, which the next run simply downloads again.
 pub(crate) fn commit_part(part: &Path, dest: &Path) -> Result<String> {
     let sha256 = sha256_file(part)?;
+    commit_hashed_part(part, dest, sha256)
+}
+
+/// [`commit_part`] for a partial file whose sha256 the caller has already computed.
+pub(crate) fn commit_hashed_part(part: &Path, dest: &Path, sha256: String) -> Result<String> {
     let sidecar = sidecar_path(dest);
     let file_name = dest
         .file_name()
