@@ -17,7 +17,7 @@ use super::fast_conv::{backward_from, forward_image, gradient_tensors, read_f32,
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
-use super::parallel::{contiguous_f32, image_groups, thread_count};
+use super::parallel::{contiguous_f32, grown, image_groups, thread_count, with_spare_buffer};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -131,16 +131,19 @@ fn forward(
         .zip(offsets.par_chunks_mut(per_group * pooled_image))
         .zip(x.par_chunks(per_group * g.in_image()))
         .for_each(|((out, offsets), x)| {
-            let mut col = Vec::new();
-            let mut conv_out = vec![0f32; g.out_image()];
-            for ((out, offsets), x) in out
-                .chunks_mut(pooled_image)
-                .zip(offsets.chunks_mut(pooled_image))
-                .zip(x.chunks(g.in_image()))
-            {
-                forward_image(x, weight, bias, g, &mut conv_out, &mut col, par);
-                pool_image(&conv_out, geometry, out, offsets, parallel_inside);
-            }
+            with_spare_buffer(|col| {
+                with_spare_buffer(|conv_out| {
+                    let conv_out = grown(conv_out, g.out_image());
+                    for ((out, offsets), x) in out
+                        .chunks_mut(pooled_image)
+                        .zip(offsets.chunks_mut(pooled_image))
+                        .zip(x.chunks(g.in_image()))
+                    {
+                        forward_image(x, weight, bias, g, conv_out, col, par);
+                        pool_image(conv_out, geometry, out, offsets, parallel_inside);
+                    }
+                })
+            })
         });
     (out, offsets)
 }

@@ -26,6 +26,7 @@ mod layer_norm;
 mod max_pool;
 mod parallel;
 mod winograd;
+mod winograd_f4;
 
 pub use conv::{conv2d, conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
 pub use layer_norm::layer_norm;

@@ -1,6 +1,6 @@
 //! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the input
-//! gradients of conv2b and conv3b and their inference forward (see `ConvGeometry::winograd` for
-//! why not their training forward):
+//! gradients of conv2b and conv3b (inference takes the larger tiles of [`super::winograd_f4`]; see
+//! `ConvGeometry::winograd` for why the training forward takes neither):
 //! each 2x2 block of outputs comes from a 4x4 block of inputs with 16 multiplications per input
 //! and output channel pair instead of 36, so the GEMMs do 2.25x less work than im2col's.
 //!
@@ -34,6 +34,20 @@ pub(super) struct Scratch {
     input: Vec<f32>,
     /// Products, `16 x c_out x tiles`.
     products: Vec<f32>,
+}
+
+impl Scratch {
+    /// The first `input` and `products` values of the buffers, grown (never shrunk) to fit: the
+    /// layers that take turns with one thread's buffers differ in size, and shrinking then
+    /// growing again would zero the regrown part on every call.
+    pub(super) fn buffers(&mut self, input: usize, products: usize) -> (&mut [f32], &mut [f32]) {
+        for (buffer, len) in [(&mut self.input, input), (&mut self.products, products)] {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+        }
+        (&mut self.input[..input], &mut self.products[..products])
+    }
 }
 
 thread_local! {
@@ -149,12 +163,13 @@ impl Winograd {
     ) {
         let tiles = self.tiles();
         let plane = self.h * self.w;
-        scratch.input.resize(self.c_in * POSITIONS * tiles, 0.0);
-        scratch.products.resize(POSITIONS * self.c_out * tiles, 0.0);
+        let (input, products) = scratch.buffers(
+            self.c_in * POSITIONS * tiles,
+            POSITIONS * self.c_out * tiles,
+        );
         let transform_channel = |(channel, v): (usize, &mut [f32])| {
             self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
         };
-        let Scratch { input, products } = scratch;
         if parallel {
             input
                 .par_chunks_mut(POSITIONS * tiles)

@@ -1,0 +1,569 @@
+//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(4x4, 3x3), for the inference
+//! forward of conv2b and conv3b: each 4x4 block of outputs comes from a 6x6 block of inputs with
+//! 36 multiplications per input and output channel pair, against 64 for F(2x2, 3x3) ([`super::
+//! winograd`]) and 144 for im2col. Fewer tiles also mean fewer transformed values to write and
+//! read back, which is what bounds the transforms at batch 1.
+//!
+//! The transforms multiply by small integers (up to 8) and the weight transform divides by 6
+//! and 24, so the result rounds a little further from the direct sum than F(2x2, 3x3)'s (about
+//! 1e-6 of the output's scale against 1e-7; the tests check both). That is why only inference
+//! uses it: training keeps the gradient paths that match PyTorch's.
+//!
+//! Per image: each input channel's 6x6 tiles are gathered position by position and transformed in
+//! place (`V = B^T d B`), so every loop runs over all of the channel's tiles and vectorises even
+//! where a row holds few tiles (7 at conv3b); 36 GEMMs, one per tile position, multiply the
+//! transformed weights (`U = G g G^T`, remembered between calls with the same weights) by them;
+//! and each output channel's products are transformed back (`Y = A^T M A`) with the bias and ReLU.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use super::parallel::{gemm, Gemm};
+use super::winograd::Scratch;
+
+/// Positions in a transformed 6x6 tile: one GEMM each.
+const POSITIONS: usize = 36;
+/// Side of the output block of one tile.
+const BLOCK: usize = 4;
+/// Side of the input tile.
+const TILE: usize = 6;
+
+/// Geometry of one 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out x h x w`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WinogradF4 {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// `G` applied to one kernel row or column `g[0..3]`, in f64: the six values.
+fn weight_combination(g: [f64; 3]) -> [f64; 6] {
+    [
+        g[0] / 4.0,
+        -(g[0] + g[1] + g[2]) / 6.0,
+        -(g[0] - g[1] + g[2]) / 6.0,
+        g[0] / 24.0 + g[1] / 12.0 + g[2] / 6.0,
+        g[0] / 24.0 - g[1] / 12.0 + g[2] / 6.0,
+        g[2],
+    ]
+}
+
+impl WinogradF4 {
+    fn tiles_h(&self) -> usize {
+        self.h.div_ceil(BLOCK)
+    }
+
+    fn tiles_w(&self) -> usize {
+        self.w.div_ceil(BLOCK)
+    }
+
+    fn tiles(&self) -> usize {
+        self.tiles_h() * self.tiles_w()
+    }
+
+    /// `U = G g G^T` for every kernel, as 36 `c_out x c_in` matrices (`36 x c_out x c_in`),
+    /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`.
+    pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
+        let (c_out, c_in) = (self.c_out, self.c_in);
+        let mut transformed = vec![0f32; POSITIONS * c_out * c_in];
+        let per_output: Vec<Vec<[f32; POSITIONS]>> = (0..c_out)
+            .into_par_iter()
+            .map(|o| {
+                (0..c_in)
+                    .map(|i| {
+                        let g = &weight[(o * c_in + i) * 9..][..9];
+                        // G g: 6 x 3, column by column.
+                        let columns: [[f64; 6]; 3] = std::array::from_fn(|col| {
+                            weight_combination([
+                                g[col] as f64,
+                                g[3 + col] as f64,
+                                g[6 + col] as f64,
+                            ])
+                        });
+                        // (G g) G^T: 6 x 6, row by row.
+                        let mut block = [0f32; POSITIONS];
+                        for row in 0..TILE {
+                            let values = weight_combination([
+                                columns[0][row],
+                                columns[1][row],
+                                columns[2][row],
+                            ]);
+                            for (col, value) in values.into_iter().enumerate() {
+                                block[row * TILE + col] = value as f32;
+                            }
+                        }
+                        block
+                    })
+                    .collect()
+            })
+            .collect();
+        transformed
+            .par_chunks_mut(c_out * c_in)
+            .enumerate()
+            .for_each(|(position, matrix)| {
+                for (row, blocks) in matrix.chunks_mut(c_in).zip(&per_output) {
+                    for (value, block) in row.iter_mut().zip(blocks) {
+                        *value = block[position];
+                    }
+                }
+            });
+        transformed
+    }
+
+    /// [`Self::transform_weights`], remembered for the last few weights seen: inference calls
+    /// the same layers with the same weights again and again, and transforming conv2b's weights
+    /// costs about as much as a tenth of its convolution at batch 1. A hit needs the weights to be
+    /// equal bit for bit (compared in full, which is far cheaper than the transform), so weights
+    /// that changed, as in training, are transformed anew.
+    pub(super) fn transform_weights_cached(&self, weight: &[f32]) -> Arc<Vec<f32>> {
+        /// Two layers of one network, and room for a second network.
+        const REMEMBERED: usize = 4;
+        static RECENT: Mutex<Vec<RememberedWeights>> = Mutex::new(Vec::new());
+        let same = |entry: &RememberedWeights| {
+            (entry.c_in, entry.c_out) == (self.c_in, self.c_out)
+                && entry
+                    .weight
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .eq(weight.iter().map(|v| v.to_bits()))
+        };
+        if let Ok(mut recent) = RECENT.lock() {
+            if let Some(at) = recent.iter().position(same) {
+                let entry = recent.remove(at);
+                let transformed = entry.transformed.clone();
+                recent.insert(0, entry);
+                return transformed;
+            }
+        }
+        let transformed = Arc::new(self.transform_weights(weight));
+        if let Ok(mut recent) = RECENT.lock() {
+            recent.truncate(REMEMBERED - 1);
+            recent.insert(
+                0,
+                RememberedWeights {
+                    c_in: self.c_in,
+                    c_out: self.c_out,
+                    weight: weight.to_vec(),
+                    transformed: transformed.clone(),
+                },
+            );
+        }
+        transformed
+    }
+
+    /// Convolves one image `x` (`c_in x h x w`) with the transformed weights `u` into `out`
+    /// (`c_out x h x w`); with `bias`, `out = relu(conv + bias)`. `parallel` spreads this one
+    /// image over every thread; otherwise the calling thread does everything.
+    pub(super) fn image(
+        &self,
+        x: &[f32],
+        u: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let tiles = self.tiles();
+        let plane = self.h * self.w;
+        let (input, products) = scratch.buffers(
+            self.c_in * POSITIONS * tiles,
+            POSITIONS * self.c_out * tiles,
+        );
+
+        let transform_channel = |(channel, v): (usize, &mut [f32])| {
+            self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
+        };
+        if parallel {
+            let channels = input.par_chunks_mut(POSITIONS * tiles).enumerate();
+            channels.for_each(transform_channel);
+        } else {
+            let channels = input.chunks_mut(POSITIONS * tiles).enumerate();
+            channels.for_each(transform_channel);
+        }
+
+        let input: &[f32] = input;
+        let gemm_at = |(position, m): (usize, &mut [f32])| self.one_gemm(u, input, position, m);
+        if parallel {
+            let positions = products.par_chunks_mut(self.c_out * tiles).enumerate();
+            positions.for_each(gemm_at);
+        } else {
+            let positions = products.chunks_mut(self.c_out * tiles).enumerate();
+            positions.for_each(gemm_at);
+        }
+
+        let products: &[f32] = products;
+        let transform_output = |buffer: &mut Vec<f32>, (channel, out): (usize, &mut [f32])| {
+            let bias = bias.map(|bias| bias[channel]);
+            self.transform_output(products, channel, bias, out, buffer)
+        };
+        if parallel {
+            let planes = out.par_chunks_mut(plane).enumerate();
+            planes.for_each_init(Vec::new, transform_output);
+        } else {
+            let mut buffer = Vec::new();
+            let planes = out.chunks_mut(plane).enumerate();
+            planes.for_each(|channel| transform_output(&mut buffer, channel));
+        }
+    }
+
+    /// One of the 36 GEMMs: `M[position] (c_out x tiles) = U[position] (c_out x c_in) *
+    /// V[position] (c_in x tiles)`, where `V[position]`'s rows lie `36 * tiles` values apart.
+    fn one_gemm(&self, u: &[f32], input: &[f32], position: usize, m: &mut [f32]) {
+        let (c_in, c_out, tiles) = (self.c_in, self.c_out, self.tiles());
+        gemm(
+            Gemm {
+                m: c_out,
+                n: tiles,
+                k: c_in,
+                dst: m,
+                accumulate: false,
+                lhs: &u[position * c_out * c_in..][..c_out * c_in],
+                lhs_rs: c_in,
+                lhs_cs: 1,
+                rhs: &input[position * tiles..],
+                rhs_rs: POSITIONS * tiles,
+                rhs_cs: 1,
+            },
+            gemm::Parallelism::None,
+        )
+    }
+
+    /// `V = B^T d B` for every 6x6 tile of one channel, into `v` (`36 x tiles`): the tiles are
+    /// gathered position by position (`v[6i + j]` holds element `(i, j)` of every tile), then
+    /// transformed in place, rows first (`B^T d`), then columns (`(.) B`). Each step combines six
+    /// rows of `tiles` values element by element, so the loops run over all the channel's tiles
+    /// and vectorise whatever the width of the layer.
+    fn transform_input(&self, x: &[f32], v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: AVX2 and FMA are present (checked just above).
+            return unsafe { self.transform_input_avx2(x, v) };
+        }
+        self.transform_input_portable(x, v)
+    }
+
+    /// [`Self::transform_input`] compiled for AVX2: the same code, vectorised eight wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transform_input_avx2(&self, x: &[f32], v: &mut [f32]) {
+        self.transform_input_portable(x, v)
+    }
+
+    #[inline(always)]
+    fn transform_input_portable(&self, x: &[f32], v: &mut [f32]) {
+        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
+        // Element (i, j) of tile (ty, tx) is input row 4ty + i - 1, column 4tx + j - 1 (zero
+        // outside: the padding).
+        for (position, row_of_tiles) in v.chunks_exact_mut(tiles).enumerate() {
+            let (i, j) = (position / TILE, position % TILE);
+            for (ty, dst) in row_of_tiles.chunks_exact_mut(tiles_w).enumerate() {
+                let Some(y) = (BLOCK * ty + i).checked_sub(1).filter(|&y| y < h) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let row = &x[y * w..(y + 1) * w];
+                // Tile 0's column j - 1 is the padding for j = 0.
+                let (first_tile, first_column) = match j.checked_sub(1) {
+                    Some(column) => (0, column),
+                    None => (1, BLOCK - 1),
+                };
+                dst[..first_tile].fill(0.0);
+                let mut written = first_tile;
+                for (d, &value) in dst[first_tile..]
+                    .iter_mut()
+                    .zip(row.iter().skip(first_column).step_by(BLOCK))
+                {
+                    *d = value;
+                    written += 1;
+                }
+                dst[written..].fill(0.0);
+            }
+        }
+        for j in 0..TILE {
+            input_transform_6(rows_of(v, tiles, j, TILE));
+        }
+        for i in 0..TILE {
+            input_transform_6(rows_of(v, tiles, i * TILE, 1));
+        }
+    }
+
+    /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), then with
+    /// `bias` `out = relu(out + bias)`. `buffer` holds the channel's `24 x tiles` partial sums.
+    fn transform_output(
+        &self,
+        products: &[f32],
+        channel: usize,
+        bias: Option<f32>,
+        out: &mut [f32],
+        buffer: &mut Vec<f32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: AVX2 and FMA are present (checked just above).
+            return unsafe { self.transform_output_avx2(products, channel, bias, out, buffer) };
+        }
+        self.transform_output_portable(products, channel, bias, out, buffer)
+    }
+
+    /// [`Self::transform_output`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transform_output_avx2(
+        &self,
+        products: &[f32],
+        channel: usize,
+        bias: Option<f32>,
+        out: &mut [f32],
+        buffer: &mut Vec<f32>,
+    ) {
+        self.transform_output_portable(products, channel, bias, out, buffer)
+    }
+
+    #[inline(always)]
+    fn transform_output_portable(
+        &self,
+        products: &[f32],
+        channel: usize,
+        bias: Option<f32>,
+        out: &mut [f32],
+        buffer: &mut Vec<f32>,
+    ) {
+        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
+        buffer.resize(BLOCK * TILE * tiles, 0.0);
+        // A^T m: for each column j, rows i = 0..5 of M become rows r = 0..3 (kept as 6r + j).
+        for j in 0..TILE {
+            let m: [&[f32]; TILE] = std::array::from_fn(|i| {
+                &products[((i * TILE + j) * self.c_out + channel) * tiles..][..tiles]
+            });
+            let mut dst = buffer.chunks_exact_mut(tiles).skip(j).step_by(TILE);
+            let dst = [(); BLOCK].map(|_| dst.next().expect("four rows"));
+            output_transform_6(m, dst);
+        }
+        // (A^T m) A, in place: row r's six columns become its four outputs (6r .. 6r + 3).
+        for r in 0..BLOCK {
+            output_transform_6_in_place(rows_of(buffer, tiles, r * TILE, 1));
+        }
+        // Output (4ty + r, 4tx + dx) is element (ty, tx) of row 6r + dx.
+        let b = bias.unwrap_or(0.0);
+        let activate = |value: f32| {
+            if bias.is_some() {
+                (value + b).max(0.0)
+            } else {
+                value
+            }
+        };
+        for ty in 0..self.tiles_h() {
+            for r in 0..BLOCK {
+                let y = BLOCK * ty + r;
+                if y >= h {
+                    break;
+                }
+                let o: [&[f32]; BLOCK] = std::array::from_fn(|dx| {
+                    &buffer[(r * TILE + dx) * tiles + ty * tiles_w..][..tiles_w]
+                });
+                let out_row = &mut out[y * w..(y + 1) * w];
+                for (tx, chunk) in out_row.chunks_mut(BLOCK).enumerate() {
+                    let values = [o[0][tx], o[1][tx], o[2][tx], o[3][tx]];
+                    for (d, value) in chunk.iter_mut().zip(values) {
+                        *d = activate(value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Weights and their transform, remembered by [`WinogradF4::transform_weights_cached`].
+struct RememberedWeights {
+    c_in: usize,
+    c_out: usize,
+    weight: Vec<f32>,
+    transformed: Arc<Vec<f32>>,
+}
+
+/// Six rows of `len` values of `matrix`: rows `first`, `first + step`, ...
+#[inline(always)]
+fn rows_of(matrix: &mut [f32], len: usize, first: usize, step: usize) -> [&mut [f32]; TILE] {
+    let mut rows = matrix.chunks_exact_mut(len).skip(first).step_by(step);
+    [(); TILE].map(|_| rows.next().expect("six rows"))
+}
+
+/// `B^T` applied along six equally long rows `d[0..6]` in place, element by element. The
+/// products are arranged as in the usual factorisation (shared sums first), so each output costs
+/// two or three operations.
+#[inline(always)]
+fn input_transform_6(d: [&mut [f32]; TILE]) {
+    let n = d[0].len();
+    let [d0, d1, d2, d3, d4, d5] = d.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (a0, a1, a2, a3, a4, a5) = (d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]);
+        d0[k] = 4.0 * a0 - 5.0 * a2 + a4;
+        let (p, q) = (a3 + a4, a1 + a2);
+        d1[k] = p - 4.0 * q;
+        let (p, q) = (a4 - a3, a1 - a2);
+        d2[k] = p + 4.0 * q;
+        let (p, q) = (a4 - a2, a3 - a1);
+        d3[k] = p + 2.0 * q;
+        d4[k] = p - 2.0 * q;
+        d5[k] = 4.0 * a1 - 5.0 * a3 + a5;
+    }
+}
+
+/// `A^T` applied along six equally long rows `m[0..6]`, into four: `o = A^T m`.
+#[inline(always)]
+fn output_transform_6(m: [&[f32]; TILE], o: [&mut [f32]; BLOCK]) {
+    let n = o[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
+    let [o0, o1, o2, o3] = o.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        o0[k] = m0[k] + s12 + s34;
+        o1[k] = d12 + 2.0 * d34;
+        o2[k] = s12 + 4.0 * s34;
+        o3[k] = d12 + 8.0 * d34 + m5[k];
+    }
+}
+
+/// [`output_transform_6`] in place: the four outputs replace the first four rows.
+#[inline(always)]
+fn output_transform_6_in_place(m: [&mut [f32]; TILE]) {
+    let n = m[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        let m5 = m5[k];
+        m0[k] += s12 + s34;
+        m1[k] = d12 + 2.0 * d34;
+        m2[k] = s12 + 4.0 * s34;
+        m3[k] = d12 + 8.0 * d34 + m5;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::winograd::Winograd;
+
+    /// Direct 3x3 convolution, stride 1, padding 1, in f64.
+    fn direct(x: &[f32], weight: &[f32], g: &WinogradF4) -> Vec<f64> {
+        let (h, w) = (g.h as isize, g.w as isize);
+        let mut out = vec![0f64; g.c_out * g.h * g.w];
+        for o in 0..g.c_out {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut sum = 0f64;
+                    for i in 0..g.c_in {
+                        for ky in 0..3isize {
+                            for kx in 0..3isize {
+                                let (iy, ix) = (y + ky - 1, xx + kx - 1);
+                                if iy >= 0 && ix >= 0 && iy < h && ix < w {
+                                    sum += x[(i * g.h + iy as usize) * g.w + ix as usize] as f64
+                                        * weight[(o * g.c_in + i) * 9 + (ky * 3 + kx) as usize]
+                                            as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[(o * g.h + y as usize) * g.w + xx as usize] = sum;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(count: usize, seed: usize) -> Vec<f32> {
+        (0..count)
+            .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_direct_convolution_on_every_side_modulo_four() {
+        for (c_in, c_out, h, w) in [
+            (3, 5, 7, 6),
+            (4, 2, 8, 9),
+            (1, 1, 1, 1),
+            (2, 3, 2, 5),
+            (5, 4, 13, 11),
+            (16, 8, 27, 27),
+        ] {
+            let g = WinogradF4 { c_in, c_out, h, w };
+            let x = values(c_in * h * w, 1);
+            let weight = values(c_out * c_in * 9, 2);
+            let expected = direct(&x, &weight, &g);
+            let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+            let u = g.transform_weights(&weight);
+            for parallel in [false, true] {
+                let mut out = vec![f32::NAN; c_out * h * w];
+                g.image(&x, &u, None, &mut out, &mut Scratch::default(), parallel);
+                for (a, e) in out.iter().zip(&expected) {
+                    assert!(((*a as f64) - e).abs() / scale < 5e-6, "{g:?}: {a} vs {e}");
+                }
+                let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.1 - 0.2).collect();
+                let mut scratch = Scratch::default();
+                g.image(&x, &u, Some(&bias), &mut out, &mut scratch, parallel);
+                for (idx, (a, e)) in out.iter().zip(&expected).enumerate() {
+                    let e = (e + bias[idx / (h * w)] as f64).max(0.0);
+                    assert!(
+                        ((*a as f64) - e).abs() / scale < 5e-6,
+                        "{g:?}, bias: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn remembers_the_transform_of_the_same_weights_only() {
+        let g = WinogradF4 {
+            c_in: 3,
+            c_out: 2,
+            h: 5,
+            w: 5,
+        };
+        let weight = values(g.c_out * g.c_in * 9, 11);
+        let first = g.transform_weights_cached(&weight);
+        assert_eq!(*first, g.transform_weights(&weight));
+        assert!(Arc::ptr_eq(&first, &g.transform_weights_cached(&weight)));
+        let mut changed = weight.clone();
+        changed[17] += 1e-3;
+        let other = g.transform_weights_cached(&changed);
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(*other, g.transform_weights(&changed));
+    }
+
+    #[test]
+    fn agrees_with_f2x2_on_a_feat_ex_sized_layer() {
+        // conv3b's shape with fewer channels: both algorithms give the same outputs to within
+        // their rounding.
+        let f4 = WinogradF4 {
+            c_in: 24,
+            c_out: 12,
+            h: 27,
+            w: 27,
+        };
+        let f2 = Winograd {
+            c_in: 24,
+            c_out: 12,
+            h: 27,
+            w: 27,
+        };
+        let x = values(f4.c_in * f4.h * f4.w, 7);
+        let weight = values(f4.c_out * f4.c_in * 9, 8);
+        let (mut a, mut b) = (vec![0f32; 12 * 27 * 27], vec![0f32; 12 * 27 * 27]);
+        let u4 = f4.transform_weights(&weight);
+        f4.image(&x, &u4, None, &mut a, &mut Scratch::default(), false);
+        let u2 = f2.transform_weights(&weight);
+        f2.image(&x, &u2, None, &mut b, &mut Scratch::default(), false);
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() / scale < 5e-6, "{a} vs {b}");
+        }
+    }
+}
