@@ -431,6 +431,8 @@ pub(super) fn backward_from(
             let (dw, db) = sums.split_at_mut(g.c_out * rows);
             let mut col = Vec::new();
             let mut dcol = Vec::new();
+            // The weight gradient in Winograd's domain, for 3x3 stride-1 kernels.
+            let mut du = Vec::new();
             let mut grad = vec![0f32; g.out_image()];
             let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
             for (image_idx, x) in x.chunks(g.in_image()).enumerate() {
@@ -439,29 +441,43 @@ pub(super) fn backward_from(
                     &mut grad,
                     parallel_inside,
                 );
-                let cols: &[f32] = if g.is_pointwise() {
-                    x
+                if let Some(winograd) = g.winograd() {
+                    let du = grown(&mut du, winograd.transformed_len());
+                    with_winograd_scratch(|scratch| {
+                        winograd.accumulate_weight_grad(
+                            x,
+                            &grad,
+                            du,
+                            image_idx > 0,
+                            scratch,
+                            parallel_inside,
+                        )
+                    });
                 } else {
-                    im2col(x, g, &mut col);
-                    &col
-                };
-                // dW (c_out x rows) += dY (c_out x plane) * cols^T (plane x rows).
-                gemm(
-                    Gemm {
-                        m: g.c_out,
-                        n: rows,
-                        k: plane,
-                        dst: dw,
-                        accumulate: image_idx > 0,
-                        lhs: &grad,
-                        lhs_rs: plane,
-                        lhs_cs: 1,
-                        rhs: cols,
-                        rhs_rs: 1,
-                        rhs_cs: plane,
-                    },
-                    par,
-                );
+                    let cols: &[f32] = if g.is_pointwise() {
+                        x
+                    } else {
+                        im2col(x, g, &mut col);
+                        &col
+                    };
+                    // dW (c_out x rows) += dY (c_out x plane) * cols^T (plane x rows).
+                    gemm(
+                        Gemm {
+                            m: g.c_out,
+                            n: rows,
+                            k: plane,
+                            dst: dw,
+                            accumulate: image_idx > 0,
+                            lhs: &grad,
+                            lhs_rs: plane,
+                            lhs_cs: 1,
+                            rhs: cols,
+                            rhs_rs: 1,
+                            rhs_cs: plane,
+                        },
+                        par,
+                    );
+                }
                 for (b, row) in db.iter_mut().zip(grad.chunks(plane)) {
                     *b += lane_sum(row);
                 }
@@ -500,6 +516,9 @@ pub(super) fn backward_from(
                     input_grad_into(&mut dcol);
                     col2im_add(&dcol, g, dx);
                 }
+            }
+            if let Some(winograd) = g.winograd() {
+                winograd.weight_grad(&du, dw);
             }
             sums
         })

@@ -208,6 +208,109 @@ impl Winograd {
         }
     }
 
+    /// Values in the transformed weights, or in their gradient: `16 x c_out x c_in`.
+    pub(super) fn transformed_len(&self) -> usize {
+        POSITIONS * self.c_out * self.c_in
+    }
+
+    /// Adds one image's share of the weight gradient in the Winograd domain to `du` (`16 x c_out x
+    /// c_in`): for each tile position `p`, `dU[p] += dM[p] * V[p]^T`, where `V = B^T d B` are the
+    /// input `x`'s tiles (as in the forward) and `dM = A dY A^T` the output gradient `grad`'s
+    /// 2x2 blocks (the adjoint of the output transform). With `accumulate` false, `du` is
+    /// overwritten. [`Self::weight_grad`] turns the sum into the kernel's gradient. The sixteen
+    /// GEMMs sum over the tiles, 2.25x fewer multiplications than the GEMM over im2col, and
+    /// neither im2col's nine-fold copy of the input nor its memory traffic is needed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accumulate_weight_grad(
+        &self,
+        x: &[f32],
+        grad: &[f32],
+        du: &mut [f32],
+        accumulate: bool,
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let tiles = self.tiles();
+        let (plane, (c_in, c_out)) = (self.h * self.w, (self.c_in, self.c_out));
+        let (input, grads) = scratch.buffers(c_in * POSITIONS * tiles, c_out * POSITIONS * tiles);
+        let transform_input = |(channel, v): (usize, &mut [f32])| {
+            self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
+        };
+        let transform_grad = |(channel, m): (usize, &mut [f32])| {
+            self.transform_output_grad(&grad[channel * plane..(channel + 1) * plane], m)
+        };
+        if parallel {
+            input
+                .par_chunks_mut(POSITIONS * tiles)
+                .enumerate()
+                .for_each(transform_input);
+            grads
+                .par_chunks_mut(POSITIONS * tiles)
+                .enumerate()
+                .for_each(transform_grad);
+        } else {
+            input
+                .chunks_mut(POSITIONS * tiles)
+                .enumerate()
+                .for_each(transform_input);
+            grads
+                .chunks_mut(POSITIONS * tiles)
+                .enumerate()
+                .for_each(transform_grad);
+        }
+        let (input, grads): (&[f32], &[f32]) = (input, grads);
+        let gemm_at = |(position, du): (usize, &mut [f32])| {
+            // dU[p] (c_out x c_in) += dM[p] (c_out x tiles) * V[p]^T (tiles x c_in); both
+            // operands' rows lie 16 * tiles values apart.
+            gemm(
+                Gemm {
+                    m: c_out,
+                    n: c_in,
+                    k: tiles,
+                    dst: du,
+                    accumulate,
+                    lhs: &grads[position * tiles..],
+                    lhs_rs: POSITIONS * tiles,
+                    lhs_cs: 1,
+                    rhs: &input[position * tiles..],
+                    rhs_rs: 1,
+                    rhs_cs: POSITIONS * tiles,
+                },
+                gemm::Parallelism::None,
+            )
+        };
+        if parallel {
+            du.par_chunks_mut(c_out * c_in)
+                .enumerate()
+                .for_each(gemm_at);
+        } else {
+            du.chunks_mut(c_out * c_in).enumerate().for_each(gemm_at);
+        }
+    }
+
+    /// The kernel gradient `dg = G^T dU G` for every kernel, added to `dw` (`c_out x c_in x 3 x
+    /// 3`), from the sum `du` of [`Self::accumulate_weight_grad`] (`16 x c_out x c_in`).
+    pub(super) fn weight_grad(&self, du: &[f32], dw: &mut [f32]) {
+        let pairs = self.c_out * self.c_in;
+        for (pair, dg) in dw.chunks_exact_mut(9).enumerate().take(pairs) {
+            let u = |row: usize, col: usize| du[(row * 4 + col) * pairs + pair];
+            // G^T dU: 3 x 4, G^T's rows being (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1);
+            // kept as its four columns.
+            let column = |col: usize| {
+                let (a, b, c, d) = (u(0, col), u(1, col), u(2, col), u(3, col));
+                [a + (b + c) * 0.5, (b - c) * 0.5, (b + c) * 0.5 + d]
+            };
+            let columns = [column(0), column(1), column(2), column(3)];
+            // (G^T dU) G: 3 x 3, G's columns being G^T's rows.
+            for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
+                let [a, b, c, d] = columns.map(|column| column[row]);
+                dg_row[0] += a + (b + c) * 0.5;
+                dg_row[1] += (b - c) * 0.5;
+                dg_row[2] += (b + c) * 0.5 + d;
+            }
+        }
+    }
+
     /// One of the sixteen GEMMs: `M[position] (c_out x tiles) = U[position] (c_out x c_in) *
     /// V[position] (c_in x tiles)`, where `V[position]`'s rows lie `16 * tiles` values apart.
     fn one_gemm(&self, u: &[f32], input: &[f32], position: usize, m: &mut [f32]) {
@@ -320,6 +423,91 @@ impl Winograd {
                 let dst = &mut v[at(3)..][..tiles_w];
                 for ((d, &a), &b) in dst.iter_mut().zip(o0).zip(o1) {
                     *d = a - b;
+                }
+            }
+        }
+    }
+
+    /// `dM = A dY A^T` for every 2x2 block of one channel's output gradient `grad` (`h x w`), into
+    /// `m` (`16 x tiles`), a row of tiles at a time: blocks past the last row or column are zero.
+    /// With `A^T` = ((1, 1, 1, 0), (0, 1, -1, -1)), a block ((a, b), (c, d)) gives the rows
+    /// (a, b), (a + c, b + d), (a - c, b - d), (-c, -d), and each row (p, q) the four values
+    /// (p, p + q, p - q, -q).
+    fn transform_output_grad(&self, grad: &[f32], m: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked just above).
+            return unsafe { self.transform_output_grad_avx2(grad, m) };
+        }
+        self.transform_output_grad_portable(grad, m)
+    }
+
+    /// [`Self::transform_output_grad`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn transform_output_grad_avx2(&self, grad: &[f32], m: &mut [f32]) {
+        self.transform_output_grad_portable(grad, m)
+    }
+
+    #[inline(always)]
+    fn transform_output_grad_portable(&self, grad: &[f32], m: &mut [f32]) {
+        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
+        // The block's four values for every tile of the row: a, b (row 2ty), c, d (row 2ty + 1),
+        // each the even (a, c) or odd (b, d) columns.
+        let mut block = vec![0f32; 4 * tiles_w];
+        let mut rows = vec![0f32; 8 * tiles_w];
+        for ty in 0..self.tiles_h() {
+            block.fill(0.0);
+            for (dy, y) in [2 * ty, 2 * ty + 1].into_iter().enumerate() {
+                if y >= h {
+                    continue;
+                }
+                let row = &grad[y * w..(y + 1) * w];
+                let (even, odd) =
+                    block[dy * 2 * tiles_w..(dy + 1) * 2 * tiles_w].split_at_mut(tiles_w);
+                for (e, value) in even.iter_mut().zip(row.iter().step_by(2)) {
+                    *e = *value;
+                }
+                for (o, value) in odd.iter_mut().zip(row.iter().skip(1).step_by(2)) {
+                    *o = *value;
+                }
+            }
+            let (ab, cd) = block.split_at(2 * tiles_w);
+            let (a, b) = ab.split_at(tiles_w);
+            let (c, d) = cd.split_at(tiles_w);
+            // The rows (p, q) of A dY for every tile, then their four values each.
+            let (p, q) = rows.split_at_mut(4 * tiles_w);
+            let mut p = p.chunks_exact_mut(tiles_w);
+            let mut q = q.chunks_exact_mut(tiles_w);
+            let [p0, p1, p2, p3] = [(); 4].map(|_| p.next().expect("four rows"));
+            let [q0, q1, q2, q3] = [(); 4].map(|_| q.next().expect("four rows"));
+            p0.copy_from_slice(a);
+            q0.copy_from_slice(b);
+            for t in 0..tiles_w {
+                p1[t] = a[t] + c[t];
+                q1[t] = b[t] + d[t];
+                p2[t] = a[t] - c[t];
+                q2[t] = b[t] - d[t];
+                p3[t] = -c[t];
+                q3[t] = -d[t];
+            }
+            let tile_row = ty * tiles_w;
+            let (p, q): (&[f32], &[f32]) = (&rows[..4 * tiles_w], &rows[4 * tiles_w..]);
+            for (i, (p, q)) in p
+                .chunks_exact(tiles_w)
+                .zip(q.chunks_exact(tiles_w))
+                .enumerate()
+            {
+                let at = |j: usize| (i * 4 + j) * tiles + tile_row;
+                m[at(0)..][..tiles_w].copy_from_slice(p);
+                for ((m, p), q) in m[at(1)..][..tiles_w].iter_mut().zip(p).zip(q) {
+                    *m = p + q;
+                }
+                for ((m, p), q) in m[at(2)..][..tiles_w].iter_mut().zip(p).zip(q) {
+                    *m = p - q;
+                }
+                for (m, q) in m[at(3)..][..tiles_w].iter_mut().zip(q) {
+                    *m = -q;
                 }
             }
         }
