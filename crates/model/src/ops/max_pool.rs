@@ -21,7 +21,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::parallel::par_build;
+use super::parallel::{par_build, SharedMut};
 
 /// Geometry of a square pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,21 +325,6 @@ fn pool_forward<T: WithDType>(
         },
     );
     (out, offsets)
-}
-
-/// A pointer that threads may share because each writes a disjoint part of its target.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-
-// SAFETY: only used for disjoint writes, see `pool_forward`.
-unsafe impl<T> Send for SharedMut<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 /// Pools one `h x w` plane into `out` and `offsets` (`OH x OW` each).

@@ -16,6 +16,23 @@ pub(crate) fn thread_count() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// A pointer that threads may share because each writes a disjoint part of its target (the users
+/// say which part is whose).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+
+// SAFETY: only used for disjoint writes, see `max_pool::pool_forward` and
+// `fast_conv::forward_image`.
+unsafe impl<T> Send for SharedMut<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 thread_local! {
     /// Each thread's spare working buffers, lent by [`with_spare_buffer`].
     static SPARE_BUFFERS: std::cell::RefCell<Vec<Vec<f32>>> =
