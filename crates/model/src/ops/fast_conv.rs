@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::parallel::{
-    contiguous_f32, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut,
+    contiguous_f32, filled, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut,
 };
 use super::winograd::{with_scratch as with_winograd_scratch, Winograd};
 use super::winograd_f4::WinogradF4;
@@ -365,7 +365,7 @@ pub(crate) fn forward(
     g: &ConvGeometry,
     winograd: bool,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; g.n * g.out_image()];
+    let mut out = filled(g.n * g.out_image(), 0f32);
     let (per_group, par) = image_groups(g.n);
     if let Some(winograd) = g.winograd_f4().filter(|_| winograd) {
         let transformed = winograd.transform_weights_cached(weight);
@@ -453,7 +453,7 @@ pub(super) fn backward_from(
         (swapped, transformed)
     });
     let mut dx = if with_input_grad {
-        vec![0f32; g.n * g.in_image()]
+        filled(g.n * g.in_image(), 0f32)
     } else {
         Vec::new()
     };

@@ -17,7 +17,9 @@ use super::fast_conv::{backward_from, forward_image, gradient_tensors, read_f32,
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
-use super::parallel::{contiguous_f32, grown, image_groups, thread_count, with_spare_buffer};
+use super::parallel::{
+    contiguous_f32, filled, grown, image_groups, thread_count, with_spare_buffer,
+};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -122,8 +124,8 @@ fn forward(
 ) -> (Vec<f32>, Vec<u8>) {
     let g = &geometry.conv;
     let pooled_image = geometry.pooled_image();
-    let mut out = vec![0f32; g.n * pooled_image];
-    let mut offsets = vec![NO_OFFSET; g.n * pooled_image];
+    let mut out = filled(g.n * pooled_image, 0f32);
+    let mut offsets = filled(g.n * pooled_image, NO_OFFSET);
     let (per_group, par) = image_groups(g.n);
     // Fewer images than threads: the GEMM and the pooling of each image use every thread.
     let parallel_inside = g.n < thread_count();

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::parallel::{contiguous_f32, par_build, thread_count};
+use super::parallel::{contiguous_f32, filled, par_build, thread_count};
 
 /// Values per partial sum of the statistics. The sums run over fixed chunks, added in order, so
 /// the result is the same whether one thread or several compute the chunks.
@@ -85,7 +85,7 @@ fn forward(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> Vec<f32> {
             normalise(out, x, weight, bias, scale, shift);
         });
     }
-    let mut out = vec![0f32; x.len()];
+    let mut out = filled(x.len(), 0f32);
     for (out, x) in out.chunks_mut(features).zip(x.chunks(features)) {
         let (scale, shift) = pytorch_scale_shift(x, eps, true);
         let chunk = split_len(features);
@@ -152,7 +152,7 @@ fn input_grad_part(
 fn backward(x: &[f32], weight: &[f32], grad: &[f32], eps: f64) -> Vec<f32> {
     let features = weight.len();
     let n = x.len() / features;
-    let mut out = vec![0f32; x.len() + 2 * features];
+    let mut out = filled(x.len() + 2 * features, 0f32);
     let (dx, affine) = out.split_at_mut(x.len());
     let one_sample = |dx: &mut [f32], x: &[f32], grad: &[f32], parallel: bool| {
         let statistics = sample_statistics(x, eps, parallel);

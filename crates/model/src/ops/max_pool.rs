@@ -21,7 +21,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::parallel::{par_build, SharedMut};
+use super::parallel::{filled, par_build, SharedMut};
 
 /// Geometry of a square pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +297,7 @@ fn pool_forward<T: WithDType>(
     let plane_len = oh * ow;
     let len = n * channels_total * plane_len;
     // Offsets first (one byte per output), then the values, each plane written by one thread.
-    let mut offsets = vec![NO_OFFSET; len];
+    let mut offsets = filled(len, NO_OFFSET);
     let offsets_ptr = SharedMut(offsets.as_mut_ptr());
     // Several planes per task when planes are many and small: a task costs about a microsecond.
     let planes_per_task =
