@@ -366,7 +366,8 @@ pub(super) fn pool_plane<T: WithDType>(
                 }
             }
         }
-        for ox in (0..ow).filter(|ox| !done.contains(ox)) {
+        // The windows the vectorised kernel did not take: those before and after its range.
+        for ox in (0..done.start.min(ow)).chain(done.end.max(done.start)..ow) {
             if let Some((best, offset)) = window_max_at(plane, w, pool, oy, ox, rows.clone()) {
                 out_row[ox] = best;
                 offsets_row[ox] = offset;
