@@ -123,11 +123,7 @@ impl WinogradF4 {
         static RECENT: Mutex<Vec<RememberedWeights>> = Mutex::new(Vec::new());
         let same = |entry: &RememberedWeights| {
             (entry.c_in, entry.c_out) == (self.c_in, self.c_out)
-                && entry
-                    .weight
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .eq(weight.iter().map(|v| v.to_bits()))
+                && bits(&entry.weight) == bits(weight)
         };
         if let Ok(mut recent) = RECENT.lock() {
             if let Some(at) = recent.iter().position(same) {
@@ -375,6 +371,14 @@ impl WinogradF4 {
             }
         }
     }
+}
+
+/// The bit patterns of `values`, for an exact comparison that runs as one `memcmp` (comparing the
+/// floats themselves would take 0.0 for -0.0 and never match a NaN).
+fn bits(values: &[f32]) -> &[u32] {
+    // SAFETY: `u32` has the size and alignment of `f32`, and every bit pattern is a valid `u32`;
+    // the slice borrows `values` for its whole life.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u32>(), values.len()) }
 }
 
 /// Weights and their transform, remembered by [`WinogradF4::transform_weights_cached`].
