@@ -578,11 +578,11 @@ impl Winograd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Direct 3x3 convolution, stride 1, padding 1, in f64.
-    fn direct(x: &[f32], weight: &[f32], g: &Winograd) -> Vec<f64> {
+    pub(in crate::ops) fn direct(x: &[f32], weight: &[f32], g: &Winograd) -> Vec<f64> {
         let (h, w) = (g.h as isize, g.w as isize);
         let mut out = vec![0f64; g.c_out * g.h * g.w];
         for o in 0..g.c_out {
@@ -608,7 +608,8 @@ mod tests {
         out
     }
 
-    fn values(count: usize, seed: usize) -> Vec<f32> {
+    /// Deterministic values between -1 and 1.
+    pub(in crate::ops) fn values(count: usize, seed: usize) -> Vec<f32> {
         (0..count)
             .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0)
             .collect()

@@ -452,39 +452,12 @@ fn output_transform_6_in_place(m: [&mut [f32]; TILE]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::winograd::Winograd;
+    use crate::ops::winograd::{self, tests::values, Winograd};
 
     /// Direct 3x3 convolution, stride 1, padding 1, in f64.
     fn direct(x: &[f32], weight: &[f32], g: &WinogradF4) -> Vec<f64> {
-        let (h, w) = (g.h as isize, g.w as isize);
-        let mut out = vec![0f64; g.c_out * g.h * g.w];
-        for o in 0..g.c_out {
-            for y in 0..h {
-                for xx in 0..w {
-                    let mut sum = 0f64;
-                    for i in 0..g.c_in {
-                        for ky in 0..3isize {
-                            for kx in 0..3isize {
-                                let (iy, ix) = (y + ky - 1, xx + kx - 1);
-                                if iy >= 0 && ix >= 0 && iy < h && ix < w {
-                                    sum += x[(i * g.h + iy as usize) * g.w + ix as usize] as f64
-                                        * weight[(o * g.c_in + i) * 9 + (ky * 3 + kx) as usize]
-                                            as f64;
-                                }
-                            }
-                        }
-                    }
-                    out[(o * g.h + y as usize) * g.w + xx as usize] = sum;
-                }
-            }
-        }
-        out
-    }
-
-    fn values(count: usize, seed: usize) -> Vec<f32> {
-        (0..count)
-            .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0)
-            .collect()
+        let (c_in, c_out, h, w) = (g.c_in, g.c_out, g.h, g.w);
+        winograd::tests::direct(x, weight, &Winograd { c_in, c_out, h, w })
     }
 
     #[test]
