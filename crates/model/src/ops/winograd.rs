@@ -65,7 +65,44 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
+/// The sizes of one of a Winograd convolution's GEMMs: `c_in`, `c_out`, tiles per channel, and
+/// positions per tile.
+pub(super) type GemmSizes = (usize, usize, usize, usize);
+
+/// One of a Winograd convolution's GEMMs: `M[position] (c_out x tiles) = U[position] (c_out x
+/// c_in) * V[position] (c_in x tiles)`, where `U` is `positions x c_out x c_in` and `V` holds, per
+/// input channel, `positions` runs of `tiles` values.
+pub(super) fn position_gemm(
+    u: &[f32],
+    v: &[f32],
+    position: usize,
+    m: &mut [f32],
+    (c_in, c_out, tiles, positions): GemmSizes,
+) {
+    gemm(
+        Gemm {
+            m: c_out,
+            n: tiles,
+            k: c_in,
+            dst: m,
+            accumulate: false,
+            lhs: &u[position * c_out * c_in..][..c_out * c_in],
+            lhs_rs: c_in,
+            lhs_cs: 1,
+            rhs: &v[position * tiles..],
+            rhs_rs: positions * tiles,
+            rhs_cs: 1,
+        },
+        gemm::Parallelism::None,
+    )
+}
+
 impl Winograd {
+    /// This convolution's [`GemmSizes`] with `positions` per tile.
+    pub(super) fn sizes(&self, positions: usize) -> GemmSizes {
+        (self.c_in, self.c_out, self.tiles(), positions)
+    }
+
     fn tiles_h(&self) -> usize {
         self.h.div_ceil(2)
     }
@@ -178,7 +215,9 @@ impl Winograd {
             products
                 .par_chunks_mut(self.c_out * tiles)
                 .enumerate()
-                .for_each(|(position, m)| self.one_gemm(u, input, position, m));
+                .for_each(|(position, m)| {
+                    position_gemm(u, input, position, m, self.sizes(POSITIONS))
+                });
         } else {
             input
                 .chunks_mut(POSITIONS * tiles)
@@ -187,7 +226,9 @@ impl Winograd {
             products
                 .chunks_mut(self.c_out * tiles)
                 .enumerate()
-                .for_each(|(position, m)| self.one_gemm(u, input, position, m));
+                .for_each(|(position, m)| {
+                    position_gemm(u, input, position, m, self.sizes(POSITIONS))
+                });
         }
         let products: &[f32] = products;
         let transform_output = |(channel, out): (usize, &mut [f32])| {
@@ -309,28 +350,6 @@ impl Winograd {
                 dg_row[2] += (b + c) * 0.5 + d;
             }
         }
-    }
-
-    /// One of the sixteen GEMMs: `M[position] (c_out x tiles) = U[position] (c_out x c_in) *
-    /// V[position] (c_in x tiles)`, where `V[position]`'s rows lie `16 * tiles` values apart.
-    fn one_gemm(&self, u: &[f32], input: &[f32], position: usize, m: &mut [f32]) {
-        let (c_in, c_out, tiles) = (self.c_in, self.c_out, self.tiles());
-        gemm(
-            Gemm {
-                m: c_out,
-                n: tiles,
-                k: c_in,
-                dst: m,
-                accumulate: false,
-                lhs: &u[position * c_out * c_in..][..c_out * c_in],
-                lhs_rs: c_in,
-                lhs_cs: 1,
-                rhs: &input[position * tiles..],
-                rhs_rs: POSITIONS * tiles,
-                rhs_cs: 1,
-            },
-            gemm::Parallelism::None,
-        )
     }
 
     /// `V = B^T d B` for every 4x4 tile of one channel, into `v` (`16 x tiles`). Written as

@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::parallel::{gemm, Gemm};
-use super::winograd::Scratch;
+use super::winograd::{position_gemm, Scratch};
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
 const POSITIONS: usize = 36;
@@ -180,7 +179,9 @@ impl WinogradF4 {
         }
 
         let input: &[f32] = input;
-        let gemm_at = |(position, m): (usize, &mut [f32])| self.one_gemm(u, input, position, m);
+        let sizes = (self.c_in, self.c_out, tiles, POSITIONS);
+        let gemm_at =
+            |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
         if parallel {
             let positions = products.par_chunks_mut(self.c_out * tiles).enumerate();
             positions.for_each(gemm_at);
@@ -202,28 +203,6 @@ impl WinogradF4 {
             let planes = out.chunks_mut(plane).enumerate();
             planes.for_each(|channel| transform_output(&mut buffer, channel));
         }
-    }
-
-    /// One of the 36 GEMMs: `M[position] (c_out x tiles) = U[position] (c_out x c_in) *
-    /// V[position] (c_in x tiles)`, where `V[position]`'s rows lie `36 * tiles` values apart.
-    fn one_gemm(&self, u: &[f32], input: &[f32], position: usize, m: &mut [f32]) {
-        let (c_in, c_out, tiles) = (self.c_in, self.c_out, self.tiles());
-        gemm(
-            Gemm {
-                m: c_out,
-                n: tiles,
-                k: c_in,
-                dst: m,
-                accumulate: false,
-                lhs: &u[position * c_out * c_in..][..c_out * c_in],
-                lhs_rs: c_in,
-                lhs_cs: 1,
-                rhs: &input[position * tiles..],
-                rhs_rs: POSITIONS * tiles,
-                rhs_cs: 1,
-            },
-            gemm::Parallelism::None,
-        )
     }
 
     /// `V = B^T d B` for every 6x6 tile of one channel, into `v` (`36 x tiles`): the tiles are
