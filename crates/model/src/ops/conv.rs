@@ -40,9 +40,9 @@ pub fn conv2d_relu(
     )
 }
 
-/// [`conv2d_relu`] for inference: on the fast kernels a 3x3 stride-1 convolution may use
-/// Winograd's algorithm, which rounds differently from a direct sum in the last bits (about
-/// 1e-6 relative). Training uses [`conv2d_relu`], whose rounding matches PyTorch's closely enough
+/// [`conv2d_relu`] for inference: on the fast kernels a 3x3 stride-1 convolution runs by
+/// Winograd's F(4x4, 3x3), which rounds differently from a direct sum (about 1e-6 of the output's
+/// scale). Training uses [`conv2d_relu`], whose rounding matches PyTorch's closely enough
 /// that max-pool near-ties, and so the gradients, resolve as in PyTorch.
 pub fn conv2d_relu_inference(
     xs: &Tensor,

@@ -9,7 +9,8 @@
 //!   input gradient even for the network input.
 //!
 //! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
-//! the bias and ReLU fused, one-pass LayerNorm) are used by default; the reference path composes
+//! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
+//! one-pass LayerNorm) are used by default; the reference path composes
 //! candle tensor ops and serves every other device (CUDA) and dtype. [`set_reference_ops`] (or
 //! `DEXPRESSION_REFERENCE_OPS=1`) forces the reference path, for comparisons and benchmarks.
 
