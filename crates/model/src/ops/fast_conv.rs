@@ -1,6 +1,8 @@
 //! Fast CPU convolution in f32: im2col and one GEMM per image forward, with the bias and ReLU
 //! fused into the output pass; backward as GEMMs too (the weight gradient over im2col, the input
 //! gradient as a GEMM followed by col2im). 1x1 convolutions skip im2col: they are plain GEMMs.
+//! 3x3 stride-1 convolutions take both gradients, and their inference forward, by Winograd's
+//! algorithm (`super::winograd`, `super::winograd_f4`).
 //!
 //! candle 0.11's own backward computes the input gradient with a naive transposed-convolution
 //! loop (seconds per layer at batch 32) and always computes it, even for the network input; this
@@ -86,12 +88,12 @@ impl ConvGeometry {
         self.c_out * self.out_plane()
     }
 
-    /// A 3x3 convolution with stride 1 and padding 1 computes its input gradient by Winograd's
-    /// F(2x2, 3x3), and its forward for inference by F(4x4, 3x3) ([`Self::winograd_f4`]). Not its
-    /// training forward: that rounds differently
-    /// from PyTorch's by a few ulps, which flips near-ties in the next max-pool and sends some
-    /// gradients elsewhere (the equivalence test against PyTorch then fails on conv1's weight
-    /// gradient); a gradient decides no maximum, and inference sends no gradient.
+    /// A 3x3 convolution with stride 1 and padding 1 computes its weight and input gradients by
+    /// Winograd's F(2x2, 3x3), and its forward for inference by F(4x4, 3x3)
+    /// ([`Self::winograd_f4`]). Not its training forward: that rounds differently from PyTorch's
+    /// by a few ulps, which flips near-ties in the later max-pools and sends some gradients
+    /// elsewhere (the equivalence test against PyTorch then fails on conv1's weight gradient); a
+    /// gradient decides no maximum, and inference sends no gradient.
     pub(super) fn winograd(&self) -> Option<Winograd> {
         (self.kernel == 3 && self.stride == 1 && self.padding == 1).then_some(Winograd {
             c_in: self.c_in,
@@ -410,8 +412,9 @@ pub(super) fn lane_sum(row: &[f32]) -> f32 {
 
 /// Gradients of `relu(conv2d(x, w) + b)` in one pass over the batch: per image the output
 /// gradient is masked by the ReLU output `y` into a per-thread buffer, then feeds the weight and
-/// bias gradients (one GEMM over im2col) and, with `with_input_grad`, the input gradient (Winograd
-/// for 3x3 stride-1 kernels, else a GEMM and col2im). Returns the weight and bias gradients
+/// bias gradients (one GEMM over im2col; Winograd for 3x3 stride-1 kernels) and, with
+/// `with_input_grad`, the input gradient (Winograd for 3x3 stride-1 kernels, else a GEMM and
+/// col2im). Returns the weight and bias gradients
 /// concatenated (`c_out x col_rows`, then `c_out`) and the input gradient. Nothing of the size of
 /// the whole batch is allocated but the input gradient itself.
 pub(crate) fn backward(
