@@ -1,5 +1,5 @@
-//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the input
-//! gradients of conv2b and conv3b (inference takes the larger tiles of [`super::winograd_f4`]; see
+//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the input and
+//! weight gradients of conv2b and conv3b (inference takes the larger tiles of [`super::winograd_f4`]; see
 //! `ConvGeometry::winograd` for why the training forward takes neither):
 //! each 2x2 block of outputs comes from a 4x4 block of inputs with 16 multiplications per input
 //! and output channel pair instead of 36, so the GEMMs do 2.25x less work than im2col's.
@@ -9,7 +9,9 @@
 //! and the products are transformed back (`Y = A^T M A`). The transforms only add, subtract and
 //! halve, so the rounding stays close to the direct sum's (the tests compare both). The input
 //! gradient of such a convolution is the same convolution of the output gradient with the kernel
-//! flipped and its channels swapped, so it runs here too.
+//! flipped and its channels swapped, so it runs here too. The weight gradient takes the adjoint
+//! path: per tile position, the transformed output gradient (`A dY A^T`) times the transformed
+//! input, summed over the tiles by sixteen GEMMs, then `G^T dU G`.
 
 use rayon::prelude::*;
 
