@@ -69,6 +69,40 @@ pub(crate) fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
+/// Runs `f(state, (index, chunk))` on each `chunk`-long piece of `data`: on every thread when
+/// `parallel` (each rayon job with its own `init()` state), else in order on the calling thread
+/// with one state. Kernels that spread one image over the threads only below the thread count
+/// take this choice at every step.
+pub(crate) fn for_each_chunk_with<T: Send, S>(
+    data: &mut [T],
+    chunk: usize,
+    parallel: bool,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, (usize, &mut [T])) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if parallel {
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(init, f);
+    } else {
+        let mut state = init();
+        for item in data.chunks_mut(chunk).enumerate() {
+            f(&mut state, item);
+        }
+    }
+}
+
+/// [`for_each_chunk_with`] without a per-thread state.
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    for_each_chunk_with(data, chunk, parallel, || (), |_, item| f(item));
+}
+
 /// Splits a batch of `n` images across threads: images per group and the GEMM parallelism
 /// inside a group. With at least one image per thread, each thread runs whole images with a
 /// single-threaded GEMM (no synchronisation inside a layer); otherwise images run one after the

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::parallel::{gemm, Gemm};
+use super::parallel::{for_each_chunk, gemm, Gemm};
 
 /// Positions in a transformed 4x4 tile: one GEMM each.
 const POSITIONS: usize = 16;
@@ -209,29 +209,12 @@ impl Winograd {
         let transform_channel = |(channel, v): (usize, &mut [f32])| {
             self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
         };
-        if parallel {
-            input
-                .par_chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(transform_channel);
-            products
-                .par_chunks_mut(self.c_out * tiles)
-                .enumerate()
-                .for_each(|(position, m)| {
-                    position_gemm(u, input, position, m, self.sizes(POSITIONS))
-                });
-        } else {
-            input
-                .chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(transform_channel);
-            products
-                .chunks_mut(self.c_out * tiles)
-                .enumerate()
-                .for_each(|(position, m)| {
-                    position_gemm(u, input, position, m, self.sizes(POSITIONS))
-                });
-        }
+        for_each_chunk(input, POSITIONS * tiles, parallel, transform_channel);
+        let input: &[f32] = input;
+        let sizes = self.sizes(POSITIONS);
+        let gemm_at =
+            |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
+        for_each_chunk(products, self.c_out * tiles, parallel, gemm_at);
         let products: &[f32] = products;
         let transform_output = |(channel, out): (usize, &mut [f32])| {
             self.transform_output(products, channel, out);
@@ -242,13 +225,7 @@ impl Winograd {
                 }
             }
         };
-        if parallel {
-            out.par_chunks_mut(plane)
-                .enumerate()
-                .for_each(transform_output);
-        } else {
-            out.chunks_mut(plane).enumerate().for_each(transform_output);
-        }
+        for_each_chunk(out, plane, parallel, transform_output);
     }
 
     /// Values in the transformed weights, or in their gradient: `16 x c_out x c_in`.
@@ -282,25 +259,8 @@ impl Winograd {
         let transform_grad = |(channel, m): (usize, &mut [f32])| {
             self.transform_output_grad(&grad[channel * plane..(channel + 1) * plane], m)
         };
-        if parallel {
-            input
-                .par_chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(transform_input);
-            grads
-                .par_chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(transform_grad);
-        } else {
-            input
-                .chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(transform_input);
-            grads
-                .chunks_mut(POSITIONS * tiles)
-                .enumerate()
-                .for_each(transform_grad);
-        }
+        for_each_chunk(input, POSITIONS * tiles, parallel, transform_input);
+        for_each_chunk(grads, POSITIONS * tiles, parallel, transform_grad);
         let (input, grads): (&[f32], &[f32]) = (input, grads);
         let gemm_at = |(position, du): (usize, &mut [f32])| {
             // dU[p] (c_out x c_in) += dM[p] (c_out x tiles) * V[p]^T (tiles x c_in); both
@@ -322,13 +282,7 @@ impl Winograd {
                 gemm::Parallelism::None,
             )
         };
-        if parallel {
-            du.par_chunks_mut(c_out * c_in)
-                .enumerate()
-                .for_each(gemm_at);
-        } else {
-            du.chunks_mut(c_out * c_in).enumerate().for_each(gemm_at);
-        }
+        for_each_chunk(du, c_out * c_in, parallel, gemm_at);
     }
 
     /// The kernel gradient `dg = G^T dU G` for every kernel, added to `dw` (`c_out x c_in x 3 x

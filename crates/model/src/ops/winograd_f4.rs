@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use super::parallel::{for_each_chunk, for_each_chunk_with};
 use super::winograd::{position_gemm, Scratch};
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
@@ -170,39 +171,20 @@ impl WinogradF4 {
         let transform_channel = |(channel, v): (usize, &mut [f32])| {
             self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
         };
-        if parallel {
-            let channels = input.par_chunks_mut(POSITIONS * tiles).enumerate();
-            channels.for_each(transform_channel);
-        } else {
-            let channels = input.chunks_mut(POSITIONS * tiles).enumerate();
-            channels.for_each(transform_channel);
-        }
+        for_each_chunk(input, POSITIONS * tiles, parallel, transform_channel);
 
         let input: &[f32] = input;
         let sizes = (self.c_in, self.c_out, tiles, POSITIONS);
         let gemm_at =
             |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
-        if parallel {
-            let positions = products.par_chunks_mut(self.c_out * tiles).enumerate();
-            positions.for_each(gemm_at);
-        } else {
-            let positions = products.chunks_mut(self.c_out * tiles).enumerate();
-            positions.for_each(gemm_at);
-        }
+        for_each_chunk(products, self.c_out * tiles, parallel, gemm_at);
 
         let products: &[f32] = products;
         let transform_output = |buffer: &mut Vec<f32>, (channel, out): (usize, &mut [f32])| {
             let bias = bias.map(|bias| bias[channel]);
             self.transform_output(products, channel, bias, out, buffer)
         };
-        if parallel {
-            let planes = out.par_chunks_mut(plane).enumerate();
-            planes.for_each_init(Vec::new, transform_output);
-        } else {
-            let mut buffer = Vec::new();
-            let planes = out.chunks_mut(plane).enumerate();
-            planes.for_each(|channel| transform_output(&mut buffer, channel));
-        }
+        for_each_chunk_with(out, plane, parallel, Vec::new, transform_output);
     }
 
     /// `V = B^T d B` for every 6x6 tile of one channel, into `v` (`36 x tiles`): the tiles are
