@@ -2,23 +2,29 @@
 //! reproduce PyTorch's eval-mode probabilities (`exp(eval.logp)`) within 1e-4.
 //! `DEXPRESSION_TORCH_FIXTURE` points at a fixture made with another seed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dexpression_model::candle_core::{safetensors, Device};
 
-fn fixture_dir() -> PathBuf {
-    let dir = std::env::var_os("DEXPRESSION_TORCH_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/torch")
-        });
-    assert!(
-        dir.join("reference.safetensors").is_file(),
-        "PyTorch fixture not found in {}",
-        dir.display()
-    );
-    dir
+/// The repository's PyTorch fixture, `../shared/fixtures/torch` beside the repository where it is
+/// there, and the folder `DEXPRESSION_TORCH_FIXTURE` names where it is set.
+fn fixture_dirs() -> Vec<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![manifest.join("../crates/model/tests/fixtures/torch")];
+    let shared = manifest.join("../../shared/fixtures/torch");
+    if shared.join("reference.safetensors").is_file() {
+        dirs.push(shared);
+    }
+    dirs.extend(std::env::var_os("DEXPRESSION_TORCH_FIXTURE").map(PathBuf::from));
+    for dir in &dirs {
+        assert!(
+            dir.join("reference.safetensors").is_file(),
+            "PyTorch fixture not found in {}",
+            dir.display()
+        );
+    }
+    dirs
 }
 
 fn xtask(args: &[&str]) -> String {
@@ -36,8 +42,13 @@ fn xtask(args: &[&str]) -> String {
 
 #[test]
 fn imported_port_checkpoint_predicts_pytorch_probabilities() {
-    let dir = fixture_dir();
-    let checkpoint = std::fs::read_dir(&dir)
+    for dir in fixture_dirs() {
+        import_and_predict(&dir);
+    }
+}
+
+fn import_and_predict(dir: &Path) {
+    let checkpoint = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .find(|path| path.extension().is_some_and(|ext| ext == "tar"))

@@ -3,8 +3,8 @@
 //! ```text
 //! cargo run --release -p dexpression-model --example classify -- WEIGHTS.safetensors FACE.png...
 //! ```
-//! Without arguments it classifies the PyTorch fixture's first input with the fixture's weights
-//! from `../shared/fixtures/torch/`.
+//! Without arguments it classifies the first input of the repository's PyTorch fixture with the
+//! fixture's weights (`tests/fixtures/torch/`, a 64x64 network).
 
 use std::path::PathBuf;
 
@@ -24,7 +24,7 @@ const CLASS_NAMES: [&str; 7] = [
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(PathBuf::from);
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/torch");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
     let weights = args
         .next()
         .unwrap_or_else(|| fixture.join("weights.safetensors"));

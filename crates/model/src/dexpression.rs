@@ -561,9 +561,14 @@ pub(crate) fn infer_config(
     };
     let n_classes = dims("fc.weight", 2)?[0];
     let lrn_side = dims("lrn1.weight", 3)?[1];
+    // Up to four input sides give one LayerNorm side: prefer the port's 224, then a multiple of
+    // 16 (the usual crop sides: 48, 64, 96, ...), then the smallest.
+    let fits = |side: &usize| DexpressionConfig::with(n_classes, *side).block1_side() == lrn_side;
     let image_size = std::iter::once(224)
-        .chain(32..=4096)
-        .find(|&side| DexpressionConfig::with(n_classes, side).block1_side() == lrn_side)
+        .filter(fits)
+        .chain((32..=4096).filter(|side| side % 16 == 0).filter(fits))
+        .chain((32..=4096).filter(fits))
+        .next()
         .ok_or_else(|| Error::Weights {
             path: path.into(),
             message: format!("no input side gives a LayerNorm of side {lrn_side}"),

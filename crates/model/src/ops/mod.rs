@@ -92,3 +92,5 @@ fn keep_freed_memory() {
 
 #[cfg(test)]
 mod fast_tests;
+#[cfg(test)]
+mod gradient_tests;
