@@ -145,13 +145,16 @@ pub(super) fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
 fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: std::ops::Range<usize>, col: &mut Vec<f32>) {
     let (k, band) = (g.kernel, out_rows.len() * g.out_w());
     let col = grown(col, g.col_rows() * band);
-    for (idx, rows) in col.chunks_mut(k * band).enumerate() {
-        im2col_kernel_row(x, g, (idx / k, idx % k), out_rows.clone(), rows);
-    }
+    super::isa::vectorised(|| {
+        for (idx, rows) in col.chunks_mut(k * band).enumerate() {
+            im2col_kernel_row(x, g, (idx / k, idx % k), out_rows.clone(), rows);
+        }
+    })
 }
 
 /// The `kernel` rows of the im2col matrix for input channel `c` and kernel row `ky`
 /// (`(c, ky)`), for the output rows `out_rows`, into `rows` (`kernel x (rows * out_w)`).
+#[inline(always)]
 fn im2col_kernel_row(
     x: &[f32],
     g: &ConvGeometry,
@@ -188,6 +191,11 @@ fn im2col_kernel_row(
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it came from.
 pub(super) fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
+    super::isa::vectorised(|| col2im_add_portable(col, g, x))
+}
+
+#[inline(always)]
+fn col2im_add_portable(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
     let (oh, ow, k) = (g.out_h(), g.out_w(), g.kernel);
     let plane = oh * ow;
     for c in 0..g.c_in {

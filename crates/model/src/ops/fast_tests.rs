@@ -179,3 +179,56 @@ fn inference_conv_matches_the_reference_forward() {
         );
     }
 }
+
+#[test]
+fn every_vector_path_computes_the_same_bits() {
+    // The kernels with vector paths (Winograd's transforms in training and inference, LayerNorm,
+    // im2col, the pools) at every level this CPU has, against the portable build: bit for bit.
+    let xs = var(&[2, 6, 9, 9], 31);
+    let weight = var(&[5, 6, 3, 3], 32);
+    let bias = var(&[5], 33);
+    let norm_weight = var(&[5, 9, 9], 34);
+    let norm_bias = var(&[5, 9, 9], 35);
+    let pool = Pool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 0,
+    };
+    let run = || {
+        let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
+        let conv = conv2d_relu_on(x, w, b, 1, 1, true).unwrap();
+        let normed = layer_norm_on(
+            &conv,
+            norm_weight.as_tensor(),
+            norm_bias.as_tensor(),
+            1e-5,
+            true,
+        )
+        .unwrap();
+        let pooled = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), pool, true).unwrap();
+        let inference = super::conv::conv2d_relu_inference(x, w, b, 1, 1).unwrap();
+        let loss = (normed.sum_all().unwrap() + pooled.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let mut bits = Vec::new();
+        for tensor in [
+            &normed,
+            &pooled,
+            &inference,
+            grads.get(x).unwrap(),
+            grads.get(w).unwrap(),
+            grads.get(norm_weight.as_tensor()).unwrap(),
+        ] {
+            let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            bits.push(values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+        }
+        bits
+    };
+    let mut portable = None;
+    super::isa::for_each_supported(|level| {
+        let bits = run();
+        match &portable {
+            None => portable = Some(bits),
+            Some(expected) => assert!(*expected == bits, "{level} differs from portable"),
+        }
+    });
+}

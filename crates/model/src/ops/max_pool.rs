@@ -418,7 +418,9 @@ fn window_max_at<T: WithDType>(
 pub(super) fn interior_kernel_f32(pool: Pool2d) -> Option<InteriorKernel<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
-        if pool.kernel == 3 && std::arch::is_x86_feature_detected!("avx2") {
+        // AVX2's kernel serves AVX-512 CPUs too: eight windows at a time already keep the loads
+        // of the three input rows as the bound.
+        if pool.kernel == 3 && super::isa::isa() >= super::isa::Isa::Avx2 {
             return match (pool.stride, pool.padding) {
                 (1, 0) => Some(interior_3x3_avx2::<1, 0>),
                 (1, 1) => Some(interior_3x3_avx2::<1, 1>),

@@ -23,6 +23,7 @@ mod conv;
 mod fast_conv;
 mod fast_conv_pool;
 mod fast_layer_norm;
+mod isa;
 mod layer_norm;
 mod max_pool;
 mod parallel;
@@ -30,6 +31,12 @@ mod winograd;
 mod winograd_f4;
 
 pub use conv::{conv2d, conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
+pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
+
+/// Threads the fast kernels split their work over: those of the rayon pool they run in.
+pub fn parallel_threads() -> usize {
+    parallel::thread_count()
+}
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, max_pool2d_cat, Pool2d};
 

@@ -312,19 +312,7 @@ impl Winograd {
     /// loops over a whole row of tiles at a time, so the compiler vectorises them: the rows are
     /// combined first (`B^T d`), on the even and odd columns apart, then the columns (`(.) B`).
     fn transform_input(&self, x: &[f32], v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present (checked just above).
-            return unsafe { self.transform_input_avx2(x, v) };
-        }
-        self.transform_input_portable(x, v)
-    }
-
-    /// [`Self::transform_input`] compiled for AVX2: the same code, vectorised eight wide.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn transform_input_avx2(&self, x: &[f32], v: &mut [f32]) {
-        self.transform_input_portable(x, v)
+        super::isa::vectorised(|| self.transform_input_portable(x, v))
     }
 
     #[inline(always)]
@@ -409,19 +397,7 @@ impl Winograd {
     /// (a, b), (a + c, b + d), (a - c, b - d), (-c, -d), and each row (p, q) the four values
     /// (p, p + q, p - q, -q).
     fn transform_output_grad(&self, grad: &[f32], m: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present (checked just above).
-            return unsafe { self.transform_output_grad_avx2(grad, m) };
-        }
-        self.transform_output_grad_portable(grad, m)
-    }
-
-    /// [`Self::transform_output_grad`] compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn transform_output_grad_avx2(&self, grad: &[f32], m: &mut [f32]) {
-        self.transform_output_grad_portable(grad, m)
+        super::isa::vectorised(|| self.transform_output_grad_portable(grad, m))
     }
 
     #[inline(always)]
@@ -491,19 +467,7 @@ impl Winograd {
     /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), a row of
     /// tiles at a time as in [`Self::transform_input`].
     fn transform_output(&self, products: &[f32], channel: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present (checked just above).
-            return unsafe { self.transform_output_avx2(products, channel, out) };
-        }
-        self.transform_output_portable(products, channel, out)
-    }
-
-    /// [`Self::transform_output`] compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn transform_output_avx2(&self, products: &[f32], channel: usize, out: &mut [f32]) {
-        self.transform_output_portable(products, channel, out)
+        super::isa::vectorised(|| self.transform_output_portable(products, channel, out))
     }
 
     #[inline(always)]

@@ -193,20 +193,7 @@ impl WinogradF4 {
     /// rows of `tiles` values element by element, so the loops run over all the channel's tiles
     /// and vectorise whatever the width of the layer.
     fn transform_input(&self, x: &[f32], v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: AVX2 and FMA are present (checked just above).
-            return unsafe { self.transform_input_avx2(x, v) };
-        }
-        self.transform_input_portable(x, v)
-    }
-
-    /// [`Self::transform_input`] compiled for AVX2: the same code, vectorised eight wide.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn transform_input_avx2(&self, x: &[f32], v: &mut [f32]) {
-        self.transform_input_portable(x, v)
+        super::isa::vectorised(|| self.transform_input_portable(x, v))
     }
 
     #[inline(always)]
@@ -257,27 +244,9 @@ impl WinogradF4 {
         out: &mut [f32],
         buffer: &mut Vec<f32>,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: AVX2 and FMA are present (checked just above).
-            return unsafe { self.transform_output_avx2(products, channel, bias, out, buffer) };
-        }
-        self.transform_output_portable(products, channel, bias, out, buffer)
-    }
-
-    /// [`Self::transform_output`] compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn transform_output_avx2(
-        &self,
-        products: &[f32],
-        channel: usize,
-        bias: Option<f32>,
-        out: &mut [f32],
-        buffer: &mut Vec<f32>,
-    ) {
-        self.transform_output_portable(products, channel, bias, out, buffer)
+        super::isa::vectorised(|| {
+            self.transform_output_portable(products, channel, bias, out, buffer)
+        })
     }
 
     #[inline(always)]
