@@ -42,8 +42,9 @@ pub fn conv2d_relu(
 
 /// [`conv2d_relu`] for inference: on the fast kernels a 3x3 stride-1 convolution runs by
 /// Winograd's F(4x4, 3x3), which rounds differently from a direct sum (about 1e-6 of the output's
-/// scale). Training uses [`conv2d_relu`], whose rounding matches PyTorch's closely enough
-/// that max-pool near-ties, and so the gradients, resolve as in PyTorch.
+/// scale). [`conv2d_relu`] keeps im2col's direct sums, the reference for the op tests; the
+/// network's training forward runs its 3x3 convolutions through [`conv2d_relu_max_pool2d`],
+/// by Winograd's F(4x4, 3x3) too.
 pub fn conv2d_relu_inference(
     xs: &Tensor,
     weight: &Tensor,
@@ -93,7 +94,8 @@ pub(crate) fn conv2d_relu_on(
     }
 }
 
-/// `max_pool2d(relu(conv2d(xs, weight, bias)), pool)`: on the CPU in f32 one fused op that never
+/// `max_pool2d(relu(conv2d(xs, weight, bias)), pool)`: on the CPU in f32 one fused op (3x3
+/// stride-1 convolutions by Winograd's F(4x4, 3x3), others by im2col) that never
 /// stores the convolution's whole output (each image's is pooled as soon as it is computed, and
 /// rebuilt from the pooled gradient in the backward); elsewhere [`conv2d_relu`] then
 /// [`max_pool2d`].

@@ -89,11 +89,12 @@ impl ConvGeometry {
     }
 
     /// A 3x3 convolution with stride 1 and padding 1 computes its weight and input gradients by
-    /// Winograd's F(2x2, 3x3), and its forward for inference by F(4x4, 3x3)
-    /// ([`Self::winograd_f4`]). Not its training forward: that rounds differently from PyTorch's
-    /// by a few ulps, which flips near-ties in the later max-pools and sends some gradients
-    /// elsewhere (the equivalence test against PyTorch then fails on conv1's weight gradient); a
-    /// gradient decides no maximum, and inference sends no gradient.
+    /// Winograd's F(2x2, 3x3), and its forward by F(4x4, 3x3) ([`Self::winograd_f4`]) in
+    /// inference and in the fused conv+ReLU+pool op that training runs. That forward rounds
+    /// differently from PyTorch's by a few ulps, which may flip near-ties in the later max-pools
+    /// and send a few windows' gradients elsewhere, as another CPU's GEMM blocking does: the
+    /// equivalence tests compare gradients as tensors for that reason (see
+    /// `tests/torch_equivalence.rs`).
     pub(super) fn winograd(&self) -> Option<Winograd> {
         (self.kernel == 3 && self.stride == 1 && self.padding == 1).then_some(Winograd {
             c_in: self.c_in,
@@ -145,7 +146,7 @@ pub(super) fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
 fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: std::ops::Range<usize>, col: &mut Vec<f32>) {
     let (k, band) = (g.kernel, out_rows.len() * g.out_w());
     let col = grown(col, g.col_rows() * band);
-    super::isa::vectorised(|| {
+    super::isa::vectorised(#[inline(always)] || {
         for (idx, rows) in col.chunks_mut(k * band).enumerate() {
             im2col_kernel_row(x, g, (idx / k, idx % k), out_rows.clone(), rows);
         }
@@ -191,7 +192,7 @@ fn im2col_kernel_row(
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it came from.
 pub(super) fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
-    super::isa::vectorised(|| col2im_add_portable(col, g, x))
+    super::isa::vectorised(#[inline(always)] || col2im_add_portable(col, g, x))
 }
 
 #[inline(always)]

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast_conv::{backward_from, forward_image, gradient_tensors, read_f32, ConvGeometry};
+use super::winograd::with_scratch as with_winograd_scratch;
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
@@ -129,6 +130,32 @@ fn forward(
     let (per_group, par) = image_groups(g.n);
     // Fewer images than threads: the GEMM and the pooling of each image use every thread.
     let parallel_inside = g.n < thread_count();
+    if let Some(winograd) = g.winograd_f4() {
+        // 3x3 stride-1 convolutions (the FeatEx blocks' conv2b and conv3b) by Winograd's
+        // F(4x4, 3x3): a quarter of the multiplications, rounded within about 1e-6 of the
+        // output's scale (see `winograd_f4`).
+        let transformed = winograd.transform_weights_cached(weight);
+        out.par_chunks_mut(per_group * pooled_image)
+            .zip(offsets.par_chunks_mut(per_group * pooled_image))
+            .zip(x.par_chunks(per_group * g.in_image()))
+            .for_each(|((out, offsets), x)| {
+                with_winograd_scratch(|scratch| {
+                    with_spare_buffer(|conv_out| {
+                        let conv_out = grown(conv_out, g.out_image());
+                        for ((out, offsets), x) in out
+                            .chunks_mut(pooled_image)
+                            .zip(offsets.chunks_mut(pooled_image))
+                            .zip(x.chunks(g.in_image()))
+                        {
+                            let bias = Some(bias);
+                            winograd.image(x, &transformed, bias, conv_out, scratch, parallel_inside);
+                            pool_image(conv_out, geometry, out, offsets, parallel_inside);
+                        }
+                    })
+                })
+            });
+        return (out, offsets);
+    }
     out.par_chunks_mut(per_group * pooled_image)
         .zip(offsets.par_chunks_mut(per_group * pooled_image))
         .zip(x.par_chunks(per_group * g.in_image()))

@@ -97,7 +97,8 @@ pub fn isa() -> Isa {
 
 /// Runs `kernel` compiled for the level in use ([`isa`]): the closure is inlined into a function
 /// compiled with that level's extensions, so the loops of an `#[inline(always)]` kernel body that
-/// it calls are vectorised that wide. One body, one result: the copies differ only in register
+/// it calls are vectorised that wide. Callers mark the closure `#[inline(always)]`: a closure
+/// left out of line (it has three call sites, one per level) is compiled for the baseline only. One body, one result: the copies differ only in register
 /// width, since the compiler neither reorders float sums nor fuses multiply-adds on its own.
 #[inline]
 pub(crate) fn vectorised<R>(kernel: impl FnOnce() -> R) -> R {
