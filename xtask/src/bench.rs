@@ -1,9 +1,14 @@
 //! `cargo xtask bench`: times a training step and inference of the network on the CPU, on the fast
-//! kernels and the reference path, and prints one JSON line (the logic is
-//! `dexpression_model::ops::benchmark`).
+//! kernels and the reference path, and prints one JSON line with the machine it ran on (the logic
+//! is `dexpression_model::benchmark`).
 
 use anyhow::Context;
-use dexpression_model::ops::benchmark::{bench_path, profile_layers, BenchConfig, PathReport};
+use dexpression_model::benchmark::{
+    bench_path, profile_layers, training_flops_per_image, write_layer_table, BenchConfig, Machine,
+    PathReport,
+};
+use dexpression_model::candle_core::Device;
+use dexpression_model::{Dexpression, DexpressionConfig};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -42,11 +47,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         iterations: args.iterations,
         latency_iterations: args.latency_iterations,
     };
-    let threads = rayon::current_num_threads();
+    eprintln!("bench: measuring this machine's GEMM rate");
+    let machine = Machine::measure();
     eprintln!(
-        "bench: {threads} threads (RAYON_NUM_THREADS), batch {}, {}x{}",
-        config.batch_size, config.image_size, config.image_size
+        "bench: {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; batch {}, {}x{}",
+        machine.cpu_model,
+        machine.isa,
+        machine.threads,
+        machine.gemm_gflops,
+        config.batch_size,
+        config.image_size,
+        config.image_size
     );
+    let flops_per_image = training_flops_per_image(&Dexpression::new(
+        DexpressionConfig::with(7, config.image_size),
+        0,
+        &Device::Cpu,
+    )?);
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let run_path = |reference: bool, iterations: usize| -> anyhow::Result<PathReport> {
@@ -80,12 +97,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut report = serde_json::json!({
         "bench": "dexpression_candle_cpu",
-        "threads": threads,
+        "threads": machine.threads,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
+        "machine": machine,
+        "train_gflop_per_image": flops_per_image / 1e9,
     });
     if let Some(fast) = &fast {
         report["fast"] = serde_json::to_value(fast)?;
+        // How much of the GEMM ceiling a training step reaches (PyTorch: about a third).
+        let train_gflops = fast.train_images_per_s.median * flops_per_image / 1e9;
+        report["fast_train_gflops"] = serde_json::json!(train_gflops);
+        report["fast_train_fraction_of_gemm"] =
+            serde_json::json!(train_gflops / machine.gemm_gflops);
     }
     if let Some(reference) = &reference {
         report["reference"] = serde_json::to_value(reference)?;
@@ -98,19 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     if let Some(profile) = &profile {
-        eprintln!(
-            "{:<8} {:>22} {:>12} {:>12}",
-            "layer", "output", "forward ms", "backward ms"
-        );
-        for layer in profile {
-            eprintln!(
-                "{:<8} {:>22} {:>12.1} {:>12.1}",
-                layer.layer,
-                format!("{:?}", layer.output),
-                layer.forward_ms,
-                layer.backward_ms
-            );
-        }
+        write_layer_table(&mut std::io::stderr(), profile)?;
         report["profile"] = serde_json::to_value(profile)?;
     }
     println!("{report}");

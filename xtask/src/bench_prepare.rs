@@ -4,6 +4,7 @@
 use super::prepare::{progress_bar, show};
 use dexpression_dataset::synth::{generate, SynthOptions};
 use dexpression_dataset::{prepare, PrepareOptions, Progress, Selection, Stage};
+use dexpression_model::benchmark::{peak_rss_mib, process_cpu_seconds};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -139,23 +140,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&work).ok();
     }
     Ok(())
-}
-
-/// Peak resident set size from /proc/self/status (VmHWM), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// User + system CPU time of this process (all threads) from /proc/self/stat, in seconds,
-/// assuming the usual 100 clock ticks per second.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
-    Some((user + system) / 100.0)
 }

@@ -9,7 +9,7 @@
 //! A plain harness rather than criterion: one 224x224 training step takes about a second, so
 //! criterion's many-sample statistics would take minutes and add nothing to a median and a range.
 
-use dexpression_model::ops::benchmark::{bench_path, profile_layers, BenchConfig};
+use dexpression_model::benchmark::{bench_path, profile_layers, write_layer_table, BenchConfig};
 use dexpression_model::ops::reference_ops;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -46,26 +46,11 @@ fn main() -> dexpression_model::Result<()> {
             config.image_size,
             config.image_size
         );
-        println!(
-            "{:<8} {:>22} {:>10} {:>10}",
-            "layer", "output", "forward", "backward"
-        );
-        let mut totals = (0.0, 0.0);
-        for layer in profile_layers(&config, reference_ops())? {
-            println!(
-                "{:<8} {:>22} {:>10.2} {:>10.2}",
-                layer.layer,
-                format!("{:?}", layer.output),
-                layer.forward_ms,
-                layer.backward_ms
-            );
-            totals.0 += layer.forward_ms;
-            totals.1 += layer.backward_ms;
-        }
-        println!(
-            "{:<8} {:>22} {:>10.2} {:>10.2}",
-            "total", "", totals.0, totals.1
-        );
+        let layers = profile_layers(&config, reference_ops())?;
+        write_layer_table(&mut std::io::stdout(), &layers)?;
+        let forward: f64 = layers.iter().map(|layer| layer.forward_ms).sum();
+        let backward: f64 = layers.iter().map(|layer| layer.backward_ms).sum();
+        println!("total forward {forward:.1} ms, backward {backward:.1} ms");
         return Ok(());
     }
     let report = bench_path(&config, reference_ops(), |_| {})?;

@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod benchmark;
 mod config;
 mod device;
 mod dexpression;

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Tensor};
 
-pub mod benchmark;
 mod conv;
 mod fast_conv;
 mod fast_conv_pool;

@@ -1,6 +1,8 @@
 //! Timing of the network on the CPU: a training step (forward, NLL, backward, Adam), inference at
 //! a batch and at batch 1, peak memory, and a per-layer profile, on the fast kernels and on the
-//! reference path. `cargo xtask bench` prints these; the figures are comparable with
+//! reference path, with the machine it ran on ([`Machine`]: CPU model, vector extensions, caches,
+//! threads, and the rate of one large GEMM, the physical limit of this network's speed).
+//! `cargo xtask bench` prints these; the figures are comparable with
 //! `shared/anchors/bench_torch.py` (random inputs, medians of timed iterations after warm-up).
 //!
 //! This module measures and reports; it does not judge the figures or talk to PyTorch.
@@ -9,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{Device, ModuleT, Tensor, Var};
 
-use super::{
+use crate::ops::{
     conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, set_reference_ops, Pool2d,
 };
 use crate::{Adam, AdamConfig, Dexpression, DexpressionConfig, Result};
@@ -131,6 +133,175 @@ pub fn peak_rss_mib() -> Option<f64> {
     proc_status_kib("VmHWM:").map(|kib| kib / 1024.0)
 }
 
+/// The machine a benchmark ran on: what makes its figures comparable, or not.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Machine {
+    /// `model name` of `/proc/cpuinfo` (or `unknown`).
+    pub cpu_model: String,
+    /// The vector extensions the fast kernels use (`ops::isa`): `portable`, `avx2` or `avx512`.
+    pub isa: String,
+    /// The widest the CPU has (the kernels may be capped below it by `DEXPRESSION_ISA`).
+    pub isa_detected: String,
+    /// Data and unified cache sizes per level of the first CPU, e.g. `L1d 48K`, `L2 2048K`.
+    pub caches: Vec<String>,
+    /// Threads of the pool the kernels run on (`RAYON_NUM_THREADS`).
+    pub threads: usize,
+    /// Rate of one large single-precision GEMM (2048 cubed, the `gemm` crate the convolutions
+    /// use, all threads), GFLOP/s: the ceiling of the network's speed on this machine.
+    pub gemm_gflops: f64,
+}
+
+impl Machine {
+    /// Reads the CPU's description and times the reference GEMM (about a second).
+    pub fn measure() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == "model name").then(|| value.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            cpu_model,
+            isa: crate::ops::isa().name().into(),
+            isa_detected: crate::ops::Isa::detected().name().into(),
+            caches: cache_sizes(),
+            threads: crate::ops::parallel_threads(),
+            gemm_gflops: gemm_gflops(2048),
+        }
+    }
+}
+
+/// `L1d 48K`-style entries from `/sys/devices/system/cpu/cpu0/cache` (none off Linux).
+fn cache_sizes() -> Vec<String> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let read = |index: &std::path::Path, file: &str| {
+        std::fs::read_to_string(index.join(file)).map(|text| text.trim().to_string())
+    };
+    let mut caches: Vec<(String, String)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let index = entry.ok()?.path();
+            let kind = read(&index, "type").ok()?;
+            if kind == "Instruction" {
+                return None;
+            }
+            let level = read(&index, "level").ok()?;
+            let suffix = if kind == "Data" { "d" } else { "" };
+            Some((
+                level.clone(),
+                format!("L{level}{suffix} {}", read(&index, "size").ok()?),
+            ))
+        })
+        .collect();
+    caches.sort();
+    caches.into_iter().map(|(_, entry)| entry).collect()
+}
+
+/// GFLOP/s of the best of three `side x side x side` f32 GEMMs after a warm-up, on all threads.
+pub fn gemm_gflops(side: usize) -> f64 {
+    let a: Vec<f32> = (0..side * side).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..side * side).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; side * side];
+    let threads = crate::ops::parallel_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut best = f64::INFINITY;
+    for run in 0..4 {
+        let start = Instant::now();
+        // SAFETY: each matrix is `side x side`, row-major (row stride `side`, column stride 1),
+        // and `c` is not aliased by `a` or `b`.
+        unsafe {
+            gemm::gemm(
+                side,
+                side,
+                side,
+                c.as_mut_ptr(),
+                1,
+                side as isize,
+                false,
+                a.as_ptr(),
+                1,
+                side as isize,
+                b.as_ptr(),
+                1,
+                side as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        if run > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (side as f64).powi(3) / best / 1e9
+}
+
+/// Floating-point operations of one image's training step (forward, and the backward's weight
+/// and input gradients; conv1 needs no input gradient), counted over the convolutions and the
+/// fully connected layer, which are all but a fraction of a percent of the work.
+pub fn training_flops_per_image(model: &Dexpression) -> f64 {
+    let forward: f64 = layer_macs(model)
+        .iter()
+        .map(|(name, macs)| {
+            let backward = if *name == "conv1" { 1.0 } else { 2.0 };
+            2.0 * macs * (1.0 + backward)
+        })
+        .sum();
+    forward
+}
+
+/// Multiply-adds of one image's forward pass, per layer with weights (convolutions and fc), from
+/// the weights' shapes and the config's sides.
+pub fn layer_macs(model: &Dexpression) -> Vec<(&'static str, f64)> {
+    let config = model.config();
+    let dims = |name: &str| -> Vec<usize> {
+        model
+            .named_vars()
+            .iter()
+            .find(|var| var.name == format!("{name}.weight"))
+            .map(|var| var.var.dims().to_vec())
+            .unwrap_or_default()
+    };
+    let conv = |name: &'static str, out_side: usize| {
+        let macs = dims(name).iter().product::<usize>() * out_side * out_side;
+        (name, macs as f64)
+    };
+    let conv1_side = (config.image_size + 2 * 3 - 7) / 2 + 1;
+    let (side2, side3) = (
+        config.block1_side(),
+        pool_reduce().out_side(config.block1_side()),
+    );
+    vec![
+        conv("conv1", conv1_side),
+        conv("conv2a", side2),
+        conv("conv2b", side2),
+        conv("conv2c", side2),
+        conv("conv3a", side3),
+        conv("conv3b", side3),
+        conv("conv3c", side3),
+        ("fc", dims("fc").iter().product::<usize>() as f64),
+    ]
+}
+
+/// The FeatEx blocks' reducing pool (and pool1's): 3x3, stride 2.
+fn pool_reduce() -> Pool2d {
+    Pool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 0,
+    }
+}
+
 fn proc_status_kib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with(key))?;
@@ -144,7 +315,7 @@ pub fn reset_peak_rss() -> bool {
 }
 
 /// CPU seconds (user and system) this process has used, from `/proc/self/stat`.
-fn process_cpu_seconds() -> Option<f64> {
+pub fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start at field 3; utime and stime are
     // fields 14 and 15, in clock ticks of 1/100 s on Linux.
@@ -269,7 +440,7 @@ pub fn bench_path(
         _ => f64::NAN,
     };
     let train_cpu_utilisation = train_cpu_seconds
-        / (train_seconds.iter().sum::<f64>() * super::parallel::thread_count() as f64);
+        / (train_seconds.iter().sum::<f64>() * crate::ops::parallel_threads() as f64);
 
     let train = Spread::of(&train_seconds);
     let eval = Spread::of(&eval_seconds);
@@ -285,6 +456,29 @@ pub fn bench_path(
         peak_rss_mib: inference_peak_rss_mib.max(train_peak_rss_mib),
         train_cpu_utilisation,
     })
+}
+
+/// Writes `layers` as an aligned table: layer, output shape, forward and backward milliseconds.
+pub fn write_layer_table(
+    out: &mut impl std::io::Write,
+    layers: &[LayerTiming],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:>22} {:>12} {:>12}",
+        "layer", "output", "forward ms", "backward ms"
+    )?;
+    for layer in layers {
+        writeln!(
+            out,
+            "{:<14} {:>22} {:>12.1} {:>12.1}",
+            layer.layer,
+            format!("{:?}", layer.output),
+            layer.forward_ms,
+            layer.backward_ms
+        )?;
+    }
+    Ok(())
 }
 
 /// Forward and backward time of each feature-extraction layer alone, at the benchmark's batch size
@@ -304,20 +498,26 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         .collect();
     let param = |name: &str| vars[name].as_tensor().clone();
     let n = config.batch_size;
-    let side1 = (config.image_size + 6 - 7) / 2 + 1;
-    let pool_reduce = Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 0,
+    // Channel counts from the weights, sides from the config: the network defines both.
+    let channels = |name: &str| {
+        let dims = param(&format!("{name}.weight")).dims().to_vec();
+        (dims[0], dims[1])
     };
+    let pool_reduce = pool_reduce();
     let pool_keep = Pool2d {
         kernel: 3,
         stride: 1,
         padding: 1,
     };
-    let side2 = pool_reduce.out_side(side1);
+    let side2 = model.config().block1_side();
     let side3 = pool_reduce.out_side(side2);
     let side4 = pool_reduce.out_side(side3);
+    let (conv2a_out, block1) = channels("conv2a");
+    let (conv2b_out, _) = channels("conv2b");
+    let (conv2c_out, _) = channels("conv2c");
+    let (conv3a_out, featex) = channels("conv3a");
+    let (conv3b_out, _) = channels("conv3b");
+    let (conv3c_out, _) = channels("conv3c");
     // Profiling needs no reproducible values: candle's own generator will do.
     let random = |shape: &[usize]| Tensor::rand(-1f32, 1f32, shape, &Device::Cpu);
     type Layer<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
@@ -328,8 +528,6 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         );
         Box::new(move |xs: &Tensor| conv2d_relu(xs, &w, &b, stride, padding))
     };
-    // The FeatEx pooling of the conv branch (the layer's input) and of the pool branch (a second,
-    // fixed input) into one concatenated output.
     // As the training step runs FeatEx: the conv branch's 3x3 convolution, ReLU and pool as one
     // op, then the concatenation with the pooled pool branch (a second, fixed input).
     let conv_pool = |name: &'static str| -> Layer<'_> {
@@ -345,80 +543,64 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
             Tensor::cat(&[xs, &max_pool2d(second.as_tensor(), pool_reduce)?], 1)
         }))
     };
+    let image = config.image_size;
     let layers: Vec<(&str, Vec<usize>, bool, Layer<'_>)> = vec![
-        (
-            "conv1+pool1",
-            vec![n, 1, config.image_size, config.image_size],
-            false,
-            {
-                let (w, b) = (param("conv1.weight"), param("conv1.bias"));
-                Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
-            },
-        ),
-        ("lrn1", vec![n, 64, side2, side2], true, {
+        ("conv1+pool1", vec![n, 1, image, image], false, {
+            let (w, b) = (param("conv1.weight"), param("conv1.bias"));
+            Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
+        }),
+        ("lrn1", vec![n, block1, side2, side2], true, {
             let (w, b) = (param("lrn1.weight"), param("lrn1.bias"));
             Box::new(move |xs: &Tensor| layer_norm(xs, &w, &b, 1e-5))
         }),
         (
             "conv2a",
-            vec![n, 64, side2, side2],
+            vec![n, block1, side2, side2],
             true,
             conv("conv2a", 1, 0),
         ),
         (
             "conv2b+pool2b",
-            vec![n, 96, side2, side2],
+            vec![n, conv2a_out, side2, side2],
             true,
             conv_pool("conv2b"),
         ),
-        (
-            "pool2a",
-            vec![n, 64, side2, side2],
-            true,
-            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep)),
-        ),
+        ("pool2a", vec![n, block1, side2, side2], true, {
+            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep))
+        }),
         (
             "conv2c",
-            vec![n, 64, side2, side2],
+            vec![n, block1, side2, side2],
             true,
             conv("conv2c", 1, 0),
         ),
-        (
-            "pool2b+cat",
-            vec![n, 208, side3, side3],
-            true,
-            pool_cat(&[n, 64, side2, side2])?,
-        ),
+        ("pool2b+cat", vec![n, conv2b_out, side3, side3], true, {
+            pool_cat(&[n, conv2c_out, side2, side2])?
+        }),
         (
             "conv3a",
-            vec![n, 272, side3, side3],
+            vec![n, featex, side3, side3],
             true,
             conv("conv3a", 1, 0),
         ),
         (
             "conv3b+pool3b",
-            vec![n, 96, side3, side3],
+            vec![n, conv3a_out, side3, side3],
             true,
             conv_pool("conv3b"),
         ),
-        (
-            "pool3a",
-            vec![n, 272, side3, side3],
-            true,
-            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep)),
-        ),
+        ("pool3a", vec![n, featex, side3, side3], true, {
+            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep))
+        }),
         (
             "conv3c",
-            vec![n, 272, side3, side3],
+            vec![n, featex, side3, side3],
             true,
             conv("conv3c", 1, 0),
         ),
-        (
-            "pool3b+cat",
-            vec![n, 208, side4, side4],
-            true,
-            pool_cat(&[n, 64, side3, side3])?,
-        ),
+        ("pool3b+cat", vec![n, conv3b_out, side4, side4], true, {
+            pool_cat(&[n, conv3c_out, side3, side3])?
+        }),
     ];
     // Small batches take milliseconds: more repeats then steady the medians.
     let repeats = config.iterations.clamp(1, 5) * if n <= 4 { 4 } else { 1 };
