@@ -146,11 +146,14 @@ pub(super) fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
 fn im2col_rows(x: &[f32], g: &ConvGeometry, out_rows: std::ops::Range<usize>, col: &mut Vec<f32>) {
     let (k, band) = (g.kernel, out_rows.len() * g.out_w());
     let col = grown(col, g.col_rows() * band);
-    super::isa::vectorised(#[inline(always)] || {
-        for (idx, rows) in col.chunks_mut(k * band).enumerate() {
-            im2col_kernel_row(x, g, (idx / k, idx % k), out_rows.clone(), rows);
-        }
-    })
+    super::isa::vectorised(
+        #[inline(always)]
+        || {
+            for (idx, rows) in col.chunks_mut(k * band).enumerate() {
+                im2col_kernel_row(x, g, (idx / k, idx % k), out_rows.clone(), rows);
+            }
+        },
+    )
 }
 
 /// The `kernel` rows of the im2col matrix for input channel `c` and kernel row `ky`
@@ -192,7 +195,10 @@ fn im2col_kernel_row(
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it came from.
 pub(super) fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
-    super::isa::vectorised(#[inline(always)] || col2im_add_portable(col, g, x))
+    super::isa::vectorised(
+        #[inline(always)]
+        || col2im_add_portable(col, g, x),
+    )
 }
 
 #[inline(always)]

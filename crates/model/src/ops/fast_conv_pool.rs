@@ -14,13 +14,13 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast_conv::{backward_from, forward_image, gradient_tensors, read_f32, ConvGeometry};
-use super::winograd::with_scratch as with_winograd_scratch;
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
 use super::parallel::{
     contiguous_f32, filled, grown, image_groups, thread_count, with_spare_buffer,
 };
+use super::winograd::with_scratch as with_winograd_scratch;
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -148,7 +148,14 @@ fn forward(
                             .zip(x.chunks(g.in_image()))
                         {
                             let bias = Some(bias);
-                            winograd.image(x, &transformed, bias, conv_out, scratch, parallel_inside);
+                            winograd.image(
+                                x,
+                                &transformed,
+                                bias,
+                                conv_out,
+                                scratch,
+                                parallel_inside,
+                            );
                             pool_image(conv_out, geometry, out, offsets, parallel_inside);
                         }
                     })

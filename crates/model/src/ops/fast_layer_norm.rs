@@ -69,12 +69,15 @@ fn split_len(len: usize) -> usize {
 
 /// `out = (x * scale + shift) * weight + bias` over one sample or a part of it.
 fn normalise(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], scale: f32, shift: f32) {
-    super::isa::vectorised(#[inline(always)] || {
-        for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
-            // PyTorch's order of f32 operations (see `pytorch_scale_shift`).
-            *o = (v * scale + shift) * w + b;
-        }
-    })
+    super::isa::vectorised(
+        #[inline(always)]
+        || {
+            for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+                // PyTorch's order of f32 operations (see `pytorch_scale_shift`).
+                *o = (v * scale + shift) * w + b;
+            }
+        },
+    )
 }
 
 /// `((x - mean) / std) * weight + bias` per sample.
@@ -144,12 +147,15 @@ fn input_grad_part(
     (mean_g, mean_g_xhat): (f64, f64),
 ) {
     let inv_std = 1.0 / std;
-    super::isa::vectorised(#[inline(always)] || {
-        for (((d, &v), &dy), &w) in dx.iter_mut().zip(x).zip(grad).zip(weight) {
-            let xhat = (v as f64 - mean) * inv_std;
-            *d = (((dy * w) as f64 - mean_g - xhat * mean_g_xhat) * inv_std) as f32;
-        }
-    })
+    super::isa::vectorised(
+        #[inline(always)]
+        || {
+            for (((d, &v), &dy), &w) in dx.iter_mut().zip(x).zip(grad).zip(weight) {
+                let xhat = (v as f64 - mean) * inv_std;
+                *d = (((dy * w) as f64 - mean_g - xhat * mean_g_xhat) * inv_std) as f32;
+            }
+        },
+    )
 }
 
 /// Input, weight and bias gradients, concatenated (`x.len()`, then two of `weight.len()`).
@@ -200,13 +206,17 @@ fn backward(x: &[f32], weight: &[f32], grad: &[f32], eps: f64) -> Vec<f32> {
                 let offset = sample_idx * features + start;
                 let x = &x[offset..offset + dw.len()];
                 let grad = &grad[offset..offset + dw.len()];
-                super::isa::vectorised(#[inline(always)] || {
-                    for (((w, b), &v), &dy) in dw.iter_mut().zip(db.iter_mut()).zip(x).zip(grad) {
-                        let xhat = ((v as f64 - mean) * inv_std) as f32;
-                        *w += dy * xhat;
-                        *b += dy;
-                    }
-                })
+                super::isa::vectorised(
+                    #[inline(always)]
+                    || {
+                        for (((w, b), &v), &dy) in dw.iter_mut().zip(db.iter_mut()).zip(x).zip(grad)
+                        {
+                            let xhat = ((v as f64 - mean) * inv_std) as f32;
+                            *w += dy * xhat;
+                            *b += dy;
+                        }
+                    },
+                )
             }
         });
     out

@@ -312,7 +312,10 @@ impl Winograd {
     /// loops over a whole row of tiles at a time, so the compiler vectorises them: the rows are
     /// combined first (`B^T d`), on the even and odd columns apart, then the columns (`(.) B`).
     fn transform_input(&self, x: &[f32], v: &mut [f32]) {
-        super::isa::vectorised(#[inline(always)] || self.transform_input_portable(x, v))
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_input_portable(x, v),
+        )
     }
 
     #[inline(always)]
@@ -397,7 +400,10 @@ impl Winograd {
     /// (a, b), (a + c, b + d), (a - c, b - d), (-c, -d), and each row (p, q) the four values
     /// (p, p + q, p - q, -q).
     fn transform_output_grad(&self, grad: &[f32], m: &mut [f32]) {
-        super::isa::vectorised(#[inline(always)] || self.transform_output_grad_portable(grad, m))
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_output_grad_portable(grad, m),
+        )
     }
 
     #[inline(always)]
@@ -467,7 +473,10 @@ impl Winograd {
     /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), a row of
     /// tiles at a time as in [`Self::transform_input`].
     fn transform_output(&self, products: &[f32], channel: usize, out: &mut [f32]) {
-        super::isa::vectorised(#[inline(always)] || self.transform_output_portable(products, channel, out))
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_output_portable(products, channel, out),
+        )
     }
 
     #[inline(always)]

@@ -193,7 +193,10 @@ impl WinogradF4 {
     /// rows of `tiles` values element by element, so the loops run over all the channel's tiles
     /// and vectorise whatever the width of the layer.
     fn transform_input(&self, x: &[f32], v: &mut [f32]) {
-        super::isa::vectorised(#[inline(always)] || self.transform_input_portable(x, v))
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_input_portable(x, v),
+        )
     }
 
     #[inline(always)]
@@ -244,9 +247,10 @@ impl WinogradF4 {
         out: &mut [f32],
         buffer: &mut Vec<f32>,
     ) {
-        super::isa::vectorised(#[inline(always)] || {
-            self.transform_output_portable(products, channel, bias, out, buffer)
-        })
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_output_portable(products, channel, bias, out, buffer),
+        )
     }
 
     #[inline(always)]
