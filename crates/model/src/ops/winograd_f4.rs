@@ -1,13 +1,14 @@
-//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(4x4, 3x3), for the inference
-//! forward of conv2b and conv3b: each 4x4 block of outputs comes from a 6x6 block of inputs with
+//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(4x4, 3x3), for the forward
+//! (inference and training) and the input gradient of conv2b and conv3b: each 4x4 block of outputs comes from a 6x6 block of inputs with
 //! 36 multiplications per input and output channel pair, against 64 for F(2x2, 3x3) ([`super::
 //! winograd`]) and 144 for im2col. Fewer tiles also mean fewer transformed values to write and
 //! read back, which is what bounds the transforms at batch 1.
 //!
 //! The transforms multiply by small integers (up to 8) and the weight transform divides by 6
 //! and 24, so the result rounds a little further from the direct sum than F(2x2, 3x3)'s (about
-//! 1e-6 of the output's scale against 1e-7; the tests check both). That is why only inference
-//! uses it: training keeps the gradient paths that match PyTorch's.
+//! 1e-6 of the output's scale against 1e-7; the tests check both). Like another CPU's summation
+//! order, that can flip a max-pool near-tie downstream; the equivalence tests against PyTorch
+//! compare gradients as tensors for that reason.
 //!
 //! Per image: each input channel's 6x6 tiles are gathered position by position and transformed in
 //! place (`V = B^T d B`), so every loop runs over all of the channel's tiles and vectorises even
