@@ -19,7 +19,7 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn main() -> dexpression_model::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
     let quick = !std::env::args().any(|arg| arg == "--bench");
     let defaults = BenchConfig::default();

@@ -131,9 +131,11 @@ const POOLS: [Pool2d; 3] = [
 fn max_pool_backward_matches_finite_differences() {
     for pool in POOLS {
         let xs = var(&[2, 3, 7, 6], 1);
-        check_gradients(&format!("max_pool2d {pool:?}"), &[xs.clone()], || {
-            max_pool2d(xs.as_tensor(), pool).unwrap()
-        });
+        check_gradients(
+            &format!("max_pool2d {pool:?}"),
+            std::slice::from_ref(&xs),
+            || max_pool2d(xs.as_tensor(), pool).unwrap(),
+        );
     }
 }
 
@@ -226,7 +228,7 @@ fn the_checker_catches_a_gradient_off_by_a_ten_thousandth() {
     // the gradient 5e-5 off relative, far below what a float32 comparison could see.
     let xs = var(&[2, 3], 13);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        check_gradients("off by 1e-4", &[xs.clone()], || {
+        check_gradients("off by 1e-4", std::slice::from_ref(&xs), || {
             let x = xs.as_tensor();
             let hidden = (x.mul(&(x.detach() * 1e-4).unwrap()).unwrap()
                 - x.mul(&(x * 1e-4).unwrap()).unwrap().detach())

@@ -4,6 +4,9 @@
 //! each 2x2 block of outputs comes from a 4x4 block of inputs with 16 multiplications per input
 //! and output channel pair instead of 36, so the GEMMs do 2.25x less work than im2col's.
 //!
+//! The forward of F(2x2, 3x3) is compiled for the tests only, as a second algorithm beside
+//! F(4x4, 3x3) and the direct sum.
+//!
 //! Per image: the input's 4x4 tiles are transformed (`V = B^T d B`), sixteen GEMMs multiply the
 //! transformed weights (`U = G g G^T`, once per call) by them, one per position in the 4x4 tile,
 //! and the products are transformed back (`Y = A^T M A`). The transforms only add, subtract and
@@ -13,6 +16,7 @@
 //! path: per tile position, the transformed output gradient (`A dY A^T`) times the transformed
 //! input, summed over the tiles by sixteen GEMMs, then `G^T dU G`.
 
+#[cfg(test)]
 use rayon::prelude::*;
 
 use super::parallel::{for_each_chunk, gemm, Gemm};
@@ -100,6 +104,7 @@ pub(super) fn position_gemm(
 }
 
 impl Winograd {
+    #[cfg(test)]
     /// This convolution's [`GemmSizes`] with `positions` per tile.
     pub(super) fn sizes(&self, positions: usize) -> GemmSizes {
         (self.c_in, self.c_out, self.tiles(), positions)
@@ -117,6 +122,7 @@ impl Winograd {
         self.tiles_h() * self.tiles_w()
     }
 
+    #[cfg(test)]
     /// `U = G g G^T` for every kernel, as sixteen `c_out x c_in` matrices (`16 x c_out x c_in`).
     /// `weight` is `c_out x c_in x 3 x 3`.
     pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
@@ -187,6 +193,7 @@ impl Winograd {
         }
     }
 
+    #[cfg(test)]
     /// Convolves one image `x` (`c_in x h x w`) with the transformed weights `u` into `out`
     /// (`c_out x h x w`); with `bias`, `out = relu(conv + bias)`. `parallel` spreads the
     /// transforms and GEMMs of this one image over every thread (for batches smaller than the
@@ -470,6 +477,7 @@ impl Winograd {
         }
     }
 
+    #[cfg(test)]
     /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), a row of
     /// tiles at a time as in [`Self::transform_input`].
     fn transform_output(&self, products: &[f32], channel: usize, out: &mut [f32]) {
@@ -479,6 +487,7 @@ impl Winograd {
         )
     }
 
+    #[cfg(test)]
     #[inline(always)]
     fn transform_output_portable(&self, products: &[f32], channel: usize, out: &mut [f32]) {
         let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
