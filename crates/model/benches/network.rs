@@ -10,7 +10,7 @@
 //! criterion's many-sample statistics would take minutes and add nothing to a median and a range.
 
 use dexpression_model::benchmark::{bench_path, profile_layers, write_layer_table, BenchConfig};
-use dexpression_model::ops::reference_ops;
+use dexpression_model::reference_ops;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)

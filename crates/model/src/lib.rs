@@ -4,7 +4,8 @@
 //! between the two by name.
 //!
 //! The crate holds the network ([`Dexpression`], configured by [`DexpressionConfig`]), the ops
-//! where candle 0.11 falls short for it ([`ops`]), plain Adam ([`Adam`]), safetensors weights and
+//! where candle 0.11 falls short for it (private, behind the network; [`set_reference_ops`] and
+//! [`set_isa_limit`] choose their paths), plain Adam ([`Adam`]), safetensors weights and
 //! the import of the port's checkpoints ([`import_torch`]). It knows nothing of CK+, folds or
 //! training schedules: those live in the dataset and train crates.
 //!
@@ -31,7 +32,7 @@ mod device;
 mod dexpression;
 mod error;
 mod input;
-pub mod ops;
+mod ops;
 mod optim;
 mod weights;
 
@@ -40,6 +41,9 @@ pub use device::{device_name, parse_device};
 pub use dexpression::{Dexpression, NamedVar, NUM_BATCHES_TRACKED};
 pub use error::{Error, Result};
 pub use input::{batch_from_pixels, load_face_pixels};
+pub use ops::{
+    isa, reference_ops, set_isa_limit, set_reference_ops, Isa, ISA_ENV, REFERENCE_OPS_ENV,
+};
 pub use optim::{Adam, AdamConfig};
 pub use weights::{import_torch, save_atomic, ImportSummary};
 

@@ -29,7 +29,7 @@ mod parallel;
 mod winograd;
 mod winograd_f4;
 
-pub use conv::{conv2d, conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
+pub use conv::{conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
 pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
 
 /// Threads the fast kernels split their work over: those of the rayon pool they run in.
