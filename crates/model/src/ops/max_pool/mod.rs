@@ -1,0 +1,413 @@
+//! 2-D max pooling with padding and PyTorch's backward.
+//!
+//! candle 0.11's `max_pool2d` has no padding and refuses a backward pass when kernel and stride
+//! differ, which is every pool in DeXpression. This op pads with minus infinity (as PyTorch does)
+//! and sends each output's gradient to the *first* maximum of its window in scan order, as
+//! PyTorch's CPU and CUDA kernels do (a NaN always takes over, so the last NaN wins, also as in
+//! PyTorch's CPU kernel). That choice matters here: LayerNorm maps the zeros left by ReLU to equal
+//! values, ties are common, and splitting tied gradients gives lrn1 gradients up to 50% off.
+//!
+//! The forward records, per output, the position of its window's maximum in one byte, so the
+//! backward is a scatter. For the 3x3 windows of DeXpression (stride 1 or 2) the forward runs eight
+//! outputs at a time in AVX2 registers where the CPU has it, with the same compare-and-select
+//! sequence in the same scan order as the scalar code, so both give identical results.
+//! [`max_pool2d_cat`] pools two tensors into one concatenated output, which saves the copy of a
+//! separate concatenation forward and backward.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod kernel;
+#[cfg(test)]
+mod tests;
+
+pub(super) use kernel::{interior_kernel_f32, pool_plane, scatter_plane, window_steps, NO_OFFSET};
+use kernel::{pool_backward, pool_backward_recorded, pool_forward, PoolGeometry};
+
+/// Geometry of a square pooling window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    /// Window side.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Implicit minus-infinity border on each side.
+    pub padding: usize,
+}
+
+impl Pool2d {
+    /// Output side for an input side (floor mode).
+    pub fn out_side(&self, side: usize) -> usize {
+        (side + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Outputs along an axis of `side` inputs whose whole window lies inside the image.
+    fn interior(&self, side: usize) -> Range<usize> {
+        let first = self.padding.div_ceil(self.stride);
+        let end = if side + self.padding >= self.kernel {
+            ((side + self.padding - self.kernel) / self.stride + 1).min(self.out_side(side))
+        } else {
+            0
+        };
+        first..end.max(first)
+    }
+
+    /// Whether each window's maximum position fits a byte (windows of up to 15x15).
+    pub(super) fn records_offsets(&self) -> bool {
+        self.kernel * self.kernel < NO_OFFSET as usize
+    }
+}
+
+fn check_input(xs: &Tensor, pool: Pool2d) -> candle_core::Result<(usize, usize, usize, usize)> {
+    let (n, c, h, w) = xs.dims4()?;
+    if pool.kernel == 0 || pool.stride == 0 || pool.padding >= pool.kernel {
+        candle_core::bail!(
+            "max_pool2d: unsupported window {pool:?} (padding must be below the kernel)"
+        )
+    }
+    if h + 2 * pool.padding < pool.kernel || w + 2 * pool.padding < pool.kernel {
+        candle_core::bail!(
+            "max_pool2d: input {h}x{w} is smaller than the {0}x{0} window",
+            pool.kernel
+        )
+    }
+    Ok((n, c, h, w))
+}
+
+/// Max pooling of an `N x C x H x W` tensor; differentiable on every device.
+///
+/// The CPU kernel runs natively; on other devices the tensor makes a round trip through host memory.
+pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
+    check_input(xs, pool)?;
+    if xs.device().is_cpu() {
+        xs.contiguous()?.apply_op1(MaxPoolOp::new(pool))
+    } else {
+        // Fallback for GPUs: `to_device` is differentiable, so gradients flow back.
+        let device = xs.device().clone();
+        let host = xs.to_device(&candle_core::Device::Cpu)?;
+        host.contiguous()?
+            .apply_op1(MaxPoolOp::new(pool))?
+            .to_device(&device)
+    }
+}
+
+/// `cat([max_pool2d(first), max_pool2d(second)], 1)`: both tensors `N x C_i x H x W` with the same
+/// `N`, `H` and `W`. On the fast CPU kernels both are pooled straight into one output, and the
+/// backward reads each input's gradient straight from the concatenated one; elsewhere it is
+/// exactly that composition.
+pub fn max_pool2d_cat(
+    first: &Tensor,
+    second: &Tensor,
+    pool: Pool2d,
+) -> candle_core::Result<Tensor> {
+    max_pool2d_cat_on(first, second, pool, super::fast_kernels_for(first))
+}
+
+/// [`max_pool2d_cat`] on a chosen path, so tests can compare both in one process.
+pub(crate) fn max_pool2d_cat_on(
+    first: &Tensor,
+    second: &Tensor,
+    pool: Pool2d,
+    fast: bool,
+) -> candle_core::Result<Tensor> {
+    let (n1, _, h1, w1) = check_input(first, pool)?;
+    let (n2, _, h2, w2) = check_input(second, pool)?;
+    if (n1, h1, w1) != (n2, h2, w2) {
+        candle_core::bail!(
+            "max_pool2d_cat: inputs {:?} and {:?} differ in batch or image size",
+            first.dims(),
+            second.dims()
+        )
+    }
+    let both_cpu_same_type =
+        first.device().is_cpu() && second.device().is_cpu() && first.dtype() == second.dtype();
+    if fast && both_cpu_same_type {
+        first
+            .contiguous()?
+            .apply_op2(&second.contiguous()?, MaxPoolOp::new(pool))
+    } else {
+        Tensor::cat(&[&max_pool2d(first, pool)?, &max_pool2d(second, pool)?], 1)
+    }
+}
+
+/// The pooling op: one input ([`CustomOp1`]) or two pooled into one concatenated output
+/// ([`CustomOp2`]). The CPU forward records, per output, the offset of its window's maximum
+/// (`row * kernel + column` within the window, padding included), so the backward is a scatter
+/// instead of a second search.
+struct MaxPoolOp {
+    pool: Pool2d,
+    offsets: Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+impl MaxPoolOp {
+    fn new(pool: Pool2d) -> Self {
+        Self {
+            pool,
+            offsets: Mutex::new(None),
+        }
+    }
+
+    fn remember(&self, offsets: Vec<u8>) {
+        if let Ok(mut guard) = self.offsets.lock() {
+            *guard = Some(Arc::new(offsets));
+        }
+    }
+
+    fn recorded(&self) -> Option<Arc<Vec<u8>>> {
+        self.offsets.lock().ok().and_then(|guard| guard.clone())
+    }
+
+    /// Pools every source's channels, in order, into one output, recording the offsets.
+    fn forward(
+        &self,
+        sources: &[(&CpuStorage, &Layout)],
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = sources[0].1.dims().to_vec();
+        if dims.len() != 4 {
+            candle_core::bail!("max_pool2d expects N x C x H x W, got {:?}", dims)
+        }
+        let (n, h, w) = (dims[0], dims[2], dims[3]);
+        let mut channels = Vec::with_capacity(sources.len());
+        for (_, layout) in sources {
+            let d = layout.dims();
+            if d.len() != 4 || (d[0], d[2], d[3]) != (n, h, w) {
+                candle_core::bail!("max_pool2d: inputs {:?} and {:?} do not fit", dims, d)
+            }
+            channels.push(d[1]);
+        }
+        let geometry = PoolGeometry {
+            pool: self.pool,
+            n,
+            h,
+            w,
+        };
+        macro_rules! pool_sources {
+            ($variant:ident, $interior:expr) => {{
+                let mut slices = Vec::with_capacity(sources.len());
+                for ((storage, layout), &c) in sources.iter().zip(&channels) {
+                    let CpuStorage::$variant(data) = storage else {
+                        candle_core::bail!(
+                            "max_pool2d: inputs of different types {:?} and {:?}",
+                            sources[0].0.dtype(),
+                            storage.dtype()
+                        )
+                    };
+                    slices.push((contiguous(data, layout)?, c));
+                }
+                let (out, offsets) = pool_forward(&slices, geometry, $interior);
+                self.remember(offsets);
+                CpuStorage::$variant(out)
+            }};
+        }
+        let out = match sources[0].0 {
+            CpuStorage::F32(_) => pool_sources!(F32, interior_kernel_f32(self.pool)),
+            CpuStorage::F64(_) => pool_sources!(F64, None),
+            other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
+        };
+        let (oh, ow) = (self.pool.out_side(h), self.pool.out_side(w));
+        Ok((
+            out,
+            Shape::from((n, channels.iter().sum::<usize>(), oh, ow)),
+        ))
+    }
+
+    /// The gradient of the input that holds channels `channel_start..` of the output.
+    fn input_grad(
+        &self,
+        input: &Tensor,
+        channel_start: usize,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let channels_total = grad_res.dim(1)?;
+        match self.recorded() {
+            Some(offsets) if self.pool.records_offsets() => grad_res
+                .contiguous()?
+                .apply_op1_no_bwd(&MaxPoolRecordedBackwardOp {
+                    pool: self.pool,
+                    offsets,
+                    input_dims: input.dims().to_vec(),
+                    channel_start,
+                    channels_total,
+                }),
+            _ => {
+                let grad = grad_res.narrow(1, channel_start, input.dim(1)?)?;
+                input.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolBackwardOp(self.pool))
+            }
+        }
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("max_pool2d: the input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward(&[(storage, layout)])
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.input_grad(arg, 0, grad_res)?))
+    }
+}
+
+impl CustomOp2 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d-cat"
+    }
+
+    fn cpu_fwd(
+        &self,
+        first: &CpuStorage,
+        first_layout: &Layout,
+        second: &CpuStorage,
+        second_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward(&[(first, first_layout), (second, second_layout)])
+    }
+
+    fn bwd(
+        &self,
+        first: &Tensor,
+        second: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            Some(self.input_grad(first, 0, grad_res)?),
+            Some(self.input_grad(second, first.dim(1)?, grad_res)?),
+        ))
+    }
+}
+
+/// Gradient of [`MaxPoolOp`] for one input from the offsets its forward recorded; argument the
+/// (possibly concatenated) output gradient.
+struct MaxPoolRecordedBackwardOp {
+    pool: Pool2d,
+    offsets: Arc<Vec<u8>>,
+    input_dims: Vec<usize>,
+    channel_start: usize,
+    channels_total: usize,
+}
+
+impl CustomOp1 for MaxPoolRecordedBackwardOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d-backward-recorded"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = &self.input_dims;
+        let (oh, ow) = (self.pool.out_side(dims[2]), self.pool.out_side(dims[3]));
+        let expected = dims[0] * self.channels_total * oh * ow;
+        if self.offsets.len() != layout.shape().elem_count()
+            || self.offsets.len() != expected
+            || self.channel_start + dims[1] > self.channels_total
+        {
+            candle_core::bail!(
+                "max_pool2d backward: {} recorded windows for a gradient of shape {:?} and an input of shape {:?}",
+                self.offsets.len(),
+                layout.dims(),
+                dims
+            )
+        }
+        let shape = Shape::from(dims.as_slice());
+        match grad {
+            CpuStorage::F32(g) => Ok((
+                CpuStorage::F32(pool_backward_recorded(
+                    &self.offsets,
+                    contiguous(g, layout)?,
+                    dims,
+                    self.pool,
+                    self.channel_start,
+                    self.channels_total,
+                )),
+                shape,
+            )),
+            CpuStorage::F64(g) => Ok((
+                CpuStorage::F64(pool_backward_recorded(
+                    &self.offsets,
+                    contiguous(g, layout)?,
+                    dims,
+                    self.pool,
+                    self.channel_start,
+                    self.channels_total,
+                )),
+                shape,
+            )),
+            other => {
+                candle_core::bail!("max_pool2d backward: unsupported dtype {:?}", other.dtype())
+            }
+        }
+    }
+}
+
+/// Gradient of [`MaxPoolOp`] without recorded offsets: arguments are the forward input and the
+/// output gradient.
+struct MaxPoolBackwardOp(Pool2d);
+
+impl CustomOp2 for MaxPoolBackwardOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = input_layout.dims();
+        let shape = Shape::from(dims);
+        match (input, grad) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => Ok((
+                CpuStorage::F32(pool_backward(
+                    contiguous(x, input_layout)?,
+                    contiguous(g, grad_layout)?,
+                    dims,
+                    self.0,
+                )),
+                shape,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => Ok((
+                CpuStorage::F64(pool_backward(
+                    contiguous(x, input_layout)?,
+                    contiguous(g, grad_layout)?,
+                    dims,
+                    self.0,
+                )),
+                shape,
+            )),
+            (x, g) => candle_core::bail!(
+                "max_pool2d backward: unsupported dtypes {:?}/{:?}",
+                x.dtype(),
+                g.dtype()
+            ),
+        }
+    }
+}
