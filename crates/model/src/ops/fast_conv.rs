@@ -13,8 +13,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::parallel::{
-    contiguous_f32, filled, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut,
+    filled, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut,
 };
+use super::storage::{contiguous_f32, gradient_tensors, read_f32};
 use super::winograd::{with_scratch as with_winograd_scratch, Winograd};
 use super::winograd_f4::WinogradF4;
 
@@ -616,18 +617,6 @@ fn relu_mask(out: &mut [f32], y: &[f32], grad: &[f32], parallel: bool) {
     }
 }
 
-/// The f32 values of a contiguous CPU tensor, with its storage held for reading.
-pub(super) fn read_f32<'a>(
-    guard: &'a candle_core::Storage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match guard {
-        candle_core::Storage::Cpu(storage) => contiguous_f32(storage, layout, what),
-        _ => candle_core::bail!("{what}: the fast kernels run on the CPU only"),
-    }
-}
-
 /// `relu(conv2d(x, w) + b)`: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluOp {
     pub stride: usize,
@@ -635,26 +624,6 @@ pub(crate) struct ConvReluOp {
     /// Whether the forward may use Winograd's algorithm (for inference only, see
     /// `ConvGeometry::winograd`).
     pub winograd_forward: bool,
-}
-
-/// The gradients of a convolution's input, weight and bias as tensors, from the flat weight and
-/// bias gradients (`params`, weights first) and the input gradient when there is one.
-pub(super) fn gradient_tensors(
-    params: Vec<f32>,
-    dx: Option<Vec<f32>>,
-    g: &ConvGeometry,
-    x: &Tensor,
-    w: &Tensor,
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let n_weights = g.c_out * g.col_rows();
-    let device = x.device();
-    let grad_w = Tensor::from_slice(&params[..n_weights], w.shape(), device)?;
-    let grad_b = Tensor::from_slice(&params[n_weights..], g.c_out, device)?;
-    let grad_x = match dx {
-        Some(dx) => Some(Tensor::from_vec(dx, x.shape(), device)?),
-        None => None,
-    };
-    Ok((grad_x, Some(grad_w), Some(grad_b)))
 }
 
 impl CustomOp3 for ConvReluOp {

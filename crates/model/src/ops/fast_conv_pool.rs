@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_conv::{backward_from, forward_image, gradient_tensors, read_f32, ConvGeometry};
+use super::fast_conv::{backward_from, forward_image, ConvGeometry};
 use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
-use super::parallel::{
-    contiguous_f32, filled, grown, image_groups, thread_count, with_spare_buffer,
-};
+use super::parallel::{filled, grown, image_groups, thread_count, with_spare_buffer};
+use super::storage::{contiguous_f32, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.

@@ -9,7 +9,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::parallel::{contiguous_f32, filled, par_build, thread_count};
+use super::parallel::{filled, par_build, thread_count};
+use super::storage::contiguous_f32;
 
 /// Values per partial sum of the statistics. The sums run over fixed chunks, added in order, so
 /// the result is the same whether one thread or several compute the chunks.

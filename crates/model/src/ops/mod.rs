@@ -26,6 +26,7 @@ mod isa;
 mod layer_norm;
 mod max_pool;
 mod parallel;
+mod storage;
 mod winograd;
 mod winograd_f4;
 

@@ -4,9 +4,6 @@
 //! CPU is used by default (the `gemm` crate on its own counts physical cores, which leaves one of
 //! the two vCPUs of a small cloud machine idle).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout};
-
 /// How a GEMM may use threads: `gemm::Parallelism::None` inside a batch split across threads,
 /// `Rayon(n)` when one image at a time uses every thread.
 pub(crate) type Parallel = gemm::Parallelism;
@@ -198,24 +195,6 @@ pub(crate) fn gemm(op: Gemm<'_>, parallelism: Parallel) {
             false,
             parallelism,
         );
-    }
-}
-
-/// The f32 values of a contiguous CPU tensor; `what` names it in the error.
-pub(crate) fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!(
-            "{what}: the fast CPU kernels take f32, got {:?}",
-            storage.dtype()
-        )
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: the fast CPU kernels need a contiguous tensor"),
     }
 }
 

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use super::storage::contiguous;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod kernel;
@@ -197,7 +199,7 @@ impl MaxPoolOp {
                             storage.dtype()
                         )
                     };
-                    slices.push((contiguous(data, layout)?, c));
+                    slices.push((contiguous(data, layout, "max_pool2d")?, c));
                 }
                 let (out, offsets) = pool_forward(&slices, geometry, $interior);
                 self.remember(offsets);
@@ -239,13 +241,6 @@ impl MaxPoolOp {
                 input.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolBackwardOp(self.pool))
             }
         }
-    }
-}
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("max_pool2d: the input must be contiguous"),
     }
 }
 
@@ -340,7 +335,7 @@ impl CustomOp1 for MaxPoolRecordedBackwardOp {
             CpuStorage::F32(g) => Ok((
                 CpuStorage::F32(pool_backward_recorded(
                     &self.offsets,
-                    contiguous(g, layout)?,
+                    contiguous(g, layout, "max_pool2d")?,
                     dims,
                     self.pool,
                     self.channel_start,
@@ -351,7 +346,7 @@ impl CustomOp1 for MaxPoolRecordedBackwardOp {
             CpuStorage::F64(g) => Ok((
                 CpuStorage::F64(pool_backward_recorded(
                     &self.offsets,
-                    contiguous(g, layout)?,
+                    contiguous(g, layout, "max_pool2d")?,
                     dims,
                     self.pool,
                     self.channel_start,
@@ -387,8 +382,8 @@ impl CustomOp2 for MaxPoolBackwardOp {
         match (input, grad) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => Ok((
                 CpuStorage::F32(pool_backward(
-                    contiguous(x, input_layout)?,
-                    contiguous(g, grad_layout)?,
+                    contiguous(x, input_layout, "max_pool2d")?,
+                    contiguous(g, grad_layout, "max_pool2d")?,
                     dims,
                     self.0,
                 )),
@@ -396,8 +391,8 @@ impl CustomOp2 for MaxPoolBackwardOp {
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => Ok((
                 CpuStorage::F64(pool_backward(
-                    contiguous(x, input_layout)?,
-                    contiguous(g, grad_layout)?,
+                    contiguous(x, input_layout, "max_pool2d")?,
+                    contiguous(g, grad_layout, "max_pool2d")?,
                     dims,
                     self.0,
                 )),
