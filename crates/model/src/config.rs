@@ -80,15 +80,6 @@ impl DexpressionConfig {
     pub fn fc_in_features(&self) -> usize {
         FEATEX_CHANNELS * self.head_side() * self.head_side()
     }
-
-    /// Recovers the input side from the fc width of a weights file (inverse of [`Self::fc_in_features`]).
-    pub fn image_size_for_fc(fc_in_features: usize) -> Option<usize> {
-        // Several sides map to one head side; pick the smallest that reproduces it, preferring 224.
-        if Self::with(2, 224).fc_in_features() == fc_in_features {
-            return Some(224);
-        }
-        (32..=2048).find(|&side| Self::with(2, side).fc_in_features() == fc_in_features)
-    }
 }
 
 /// conv1: kernel 7, stride 2, padding 3.
@@ -111,7 +102,6 @@ mod tests {
         assert_eq!(config.block1_side(), 55);
         assert_eq!(config.head_side(), 13);
         assert_eq!(config.fc_in_features(), 45968);
-        assert_eq!(DexpressionConfig::image_size_for_fc(45968), Some(224));
     }
 
     #[test]
@@ -119,11 +109,7 @@ mod tests {
         let c64 = DexpressionConfig::with(7, 64);
         assert_eq!(c64.block1_side(), 15);
         assert_eq!(c64.head_side(), 3);
-        let side = DexpressionConfig::image_size_for_fc(c64.fc_in_features()).unwrap();
-        assert_eq!(
-            DexpressionConfig::with(7, side).fc_in_features(),
-            c64.fc_in_features()
-        );
+        assert_eq!(c64.fc_in_features(), 272 * 3 * 3);
         assert!(DexpressionConfig::with(7, 16).validate().is_err());
     }
 }
