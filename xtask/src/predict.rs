@@ -1,11 +1,14 @@
-//! `cargo xtask predict`: the expression of the face in each image.
+//! `cargo xtask predict`: the class (expression, or whatever the weights were trained on) of the
+//! face in each image, named as the weights file's metadata names it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use dexpression_dataset::crop::{crop_and_resize, CropBox};
 use dexpression_dataset::detect::detect_faces;
-use dexpression_model::{batch_from_pixels, load_face_pixels, parse_device, Dexpression};
+use dexpression_model::{
+    batch_from_pixels, load_face_pixels, parse_device, Dexpression, WeightsMetadata,
+};
 
 /// Classify the facial expression in each image with trained weights.
 #[derive(clap::Args)]
@@ -23,7 +26,8 @@ pub struct Args {
     /// (how the port fed its network). Without it, every face the detector finds is classified.
     #[arg(long)]
     no_crop: bool,
-    /// Print one JSON object per image: {"path", "label", "probabilities": {name: p}}.
+    /// Print one JSON object per face: {"path", "label", "probabilities": {name: p}}, with the
+    /// class names stored in the weights file.
     #[arg(long)]
     json: bool,
     /// Where to run: auto, cpu, cuda or cuda:N.
@@ -40,13 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let side = model.config().image_size;
-    let class_names = dexpression_dataset::class_names(model.config().n_classes > 7);
-    anyhow::ensure!(
-        class_names.len() == model.config().n_classes,
-        "{} has {} classes; expected 7 (CK+ emotions) or 8 (with neutral)",
-        args.weights.display(),
-        model.config().n_classes
-    );
+    let class_names = class_names_of(&args.weights, model.config().n_classes)?;
     for path in &args.images {
         for face in faces_of(path, side, args.no_crop)? {
             let batch = batch_from_pixels(&face.pixels, side, &device)?;
@@ -55,6 +53,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The class names a weights file records (every file `train` writes does); files without them
+/// (the PyTorch port's, `import-torch`'s) are CK+'s 7 emotions, or 8 with Neutral.
+fn class_names_of(weights: &Path, n_classes: usize) -> anyhow::Result<Vec<String>> {
+    if let Some(metadata) = WeightsMetadata::read(weights)? {
+        return Ok(metadata.class_names);
+    }
+    let names = dexpression_dataset::class_names(n_classes > 7);
+    anyhow::ensure!(
+        names.len() == n_classes,
+        "{} has {n_classes} classes and no class names in its metadata; only files with 7 (CK+ emotions) or 8 (with Neutral) outputs can go without them",
+        weights.display()
+    );
+    Ok(names)
 }
 
 /// One face to classify: its pixels at the network's side and where it was found.

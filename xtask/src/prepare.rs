@@ -7,7 +7,8 @@ use std::path::PathBuf;
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The dataset: official CK+ (extracted, or the folder with its zips) or one folder per class.
+    /// The dataset: official CK+ (extracted, or the folder with its zips), one folder per class
+    /// (any class names; a classes.txt beside them fixes the order), or FER2013's fer2013.csv.
     #[arg(long)]
     pub source: PathBuf,
     /// Where the cache of crops is kept.
@@ -24,6 +25,19 @@ pub struct Args {
     /// Widen the landmark box by this fraction of its size on each side.
     #[arg(long, default_value_t = dexpression_dataset::DEFAULT_CROP_MARGIN)]
     pub crop_margin: f32,
+    #[command(flatten)]
+    pub subjects: SubjectArgs,
+}
+
+/// Where a folder-per-class dataset's file names carry the person; shared by `prepare` and
+/// `train`.
+#[derive(clap::Args)]
+pub struct SubjectArgs {
+    /// Regular expression over file stems whose first group is the person, for
+    /// subject-independent folds: '^([A-Z]{2})\.' for JAFFE (KA.AN1.39), '^(\w{4})' for KDEF
+    /// (AF01ANS). Without it, files not named like CK+ frames are each their own group.
+    #[arg(long, value_name = "REGEX")]
+    pub subject_pattern: Option<String>,
 }
 
 /// Which frames become samples; shared by `prepare` and `train`.
@@ -35,7 +49,7 @@ pub struct FrameArgs {
     /// How many of the last frames `--select peak` keeps.
     #[arg(long, default_value_t = 3)]
     pub peak_frames: usize,
-    /// Add each labeled sequence's first frame as an 8th class, Neutral.
+    /// Official CK+ only: add each labeled sequence's first frame as an 8th class, Neutral.
     #[arg(long)]
     pub neutral: bool,
 }
@@ -60,6 +74,7 @@ impl Args {
             neutral: self.frames.neutral,
             strict: self.strict,
             crop_margin: self.crop_margin,
+            subject_pattern: self.subjects.subject_pattern.clone(),
         }
     }
 }

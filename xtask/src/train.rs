@@ -14,8 +14,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Arguments of `cargo xtask train`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The dataset (official CK+ or one folder per class); default: what `download` produced
-    /// (<DATA>/ckplus, else <DATA>/ckplus48).
+    /// The dataset (official CK+, one folder per class with any class names, or FER2013's
+    /// fer2013.csv); default: what `download` produced (<DATA>/ckplus, else <DATA>/ckplus48).
     #[arg(long)]
     pub source: Option<PathBuf>,
     /// Data folder used to find the default source.
@@ -24,7 +24,7 @@ pub struct Args {
     /// Where the cache of prepared crops is kept.
     #[arg(long, default_value = "data/cache")]
     pub cache: PathBuf,
-    /// Number of folds.
+    /// Number of folds (ignored with --split usage, which is one fold).
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
     /// Epochs per fold.
@@ -39,11 +39,15 @@ pub struct Args {
     /// Side of the square network input in pixels.
     #[arg(long, default_value_t = 224)]
     pub image_size: usize,
-    /// Unit kept on one side of each fold: subject (honest), sequence, or frame (the port's).
-    #[arg(long, default_value = "subject", value_parser = ["subject", "sequence", "frame"])]
+    /// Unit kept on one side of each fold: subject (honest), sequence, or frame (the port's);
+    /// or usage: FER2013's own split, one model trained on Training, its epoch chosen on
+    /// PublicTest, tested on PrivateTest.
+    #[arg(long, default_value = "subject", value_parser = ["subject", "sequence", "frame", "usage"])]
     pub split: String,
     #[command(flatten)]
     pub frames: super::prepare::FrameArgs,
+    #[command(flatten)]
+    pub subjects: super::prepare::SubjectArgs,
     /// Seed of folds, initialisation, shuffling, dropout and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -62,7 +66,8 @@ pub struct Args {
     /// Random flips, rotations, shifts, scaling and brightness/contrast of training images.
     #[arg(long)]
     pub augment: bool,
-    /// What picks the `best` checkpoint: test accuracy (the port's) or a validation split (honest).
+    /// What picks the `best` checkpoint: test accuracy (the port's) or a validation split (honest;
+    /// always with --split usage).
     #[arg(long, default_value = "test", value_parser = ["test", "val"])]
     pub select_on: String,
     /// Keep every epoch's weights, not only the last and the best.
@@ -85,6 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         image_size: args.image_size,
         selection,
         neutral: args.frames.neutral,
+        subject_pattern: args.subjects.subject_pattern.clone(),
         ..PrepareOptions::default()
     };
     let bar = crate::prepare::progress_bar();
@@ -104,6 +110,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dataset.image_size,
             source.display()
         );
+        println!(
+            "classes: {} ({})",
+            dataset.class_names.len(),
+            dataset.class_names.join(", ")
+        );
     }
 
     let mut config = TrainConfig::port_defaults(
@@ -120,6 +131,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.seed = args.seed;
     config.augment = args.augment;
     config.select_on = args.select_on.parse::<SelectOn>()?;
+    if args.split == "usage" {
+        // The dataset's own split is one fold, and PublicTest is what chooses its epoch.
+        config.folds = 1;
+        config.select_on = SelectOn::Val;
+    }
     config.keep_every_epoch = args.keep_every_epoch;
 
     let options = RunOptions {

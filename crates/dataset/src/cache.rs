@@ -3,7 +3,8 @@
 //! - `pixels.safetensors`: one `u8` tensor `pixels` of shape `[n, size, size]` (u8, not f32:
 //!   a full CK+ at 224 is 300 MB as u8 and 1.2 GB as f32), with the key in its metadata;
 //! - `manifest.csv`: `index,subject,sequence,frame,label,label_name,source,crop`, one row per
-//!   sample, `source` relative to the dataset root;
+//!   sample, `source` relative to the dataset root, and a last column `usage` for sources with
+//!   their own split (FER2013);
 //! - `skipped.csv`: `path,kind,reason` for the files left out.
 //!
 //! The folder is written under a temporary name and renamed into place, so readers only ever
@@ -11,7 +12,7 @@
 
 use crate::layout::relative;
 use crate::{
-    CropMethod, Error, Layout, Progress, Result, Sample, SkipKind, Skipped, Stage, Summary,
+    CropMethod, Error, Layout, Progress, Result, Sample, SkipKind, Skipped, Stage, Summary, Usage,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -39,6 +40,24 @@ pub struct Cached {
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ManifestRow {
+    index: usize,
+    subject: String,
+    sequence: String,
+    frame: u32,
+    label: usize,
+    label_name: String,
+    source: String,
+    crop: String,
+    /// Only in the manifests of sources with their own split (FER2013), so that the manifests
+    /// of every other source keep their columns.
+    #[serde(default)]
+    usage: Option<String>,
+}
+
+/// The manifest row of a source without its own split: the columns of [`ManifestRow`] less
+/// `usage`.
+#[derive(Debug, serde::Serialize)]
+struct ManifestRowWithoutUsage {
     index: usize,
     subject: String,
     sequence: String,
@@ -118,12 +137,18 @@ pub fn load(
                 row.index
             )));
         }
-        if row.label >= crate::Expression::ALL.len() {
+        if row.label >= header.n_classes {
             return Err(damaged(format!(
                 "manifest row {row_idx}: label {} out of range",
                 row.label
             )));
         }
+        let usage = match row.usage.as_deref().filter(|text| !text.is_empty()) {
+            Some(text) => Some(Usage::parse(text).ok_or_else(|| {
+                damaged(format!("manifest row {row_idx}: unknown usage `{text}`"))
+            })?),
+            None => None,
+        };
         // Read straight into each sample's buffer: the crops are never in memory twice.
         let mut pixels = vec![0; sample_len];
         file.read_exact(&mut pixels)
@@ -136,6 +161,7 @@ pub fn load(
             frame: row.frame,
             source: root.join(row.source),
             crop,
+            usage,
         });
     }
     progress(Progress {
@@ -218,8 +244,24 @@ fn write_files(
                 .unwrap_or_default(),
             source: relative(root, &sample.source),
             crop: sample.crop.name().to_string(),
+            usage: sample.usage.map(|usage| usage.name().to_string()),
         });
-    write_csv(&folder.join(MANIFEST_FILE), manifest)?;
+    let manifest_path = folder.join(MANIFEST_FILE);
+    if samples.iter().any(|sample| sample.usage.is_some()) {
+        write_csv(&manifest_path, manifest)?;
+    } else {
+        let without_usage = manifest.map(|row| ManifestRowWithoutUsage {
+            index: row.index,
+            subject: row.subject,
+            sequence: row.sequence,
+            frame: row.frame,
+            label: row.label,
+            label_name: row.label_name,
+            source: row.source,
+            crop: row.crop,
+        });
+        write_csv(&manifest_path, without_usage)?;
+    }
     let skipped = summary.skipped.iter().map(|skip| SkippedRow {
         path: skip.path.to_string_lossy().into_owned(),
         kind: skip.kind.name().to_string(),
@@ -260,6 +302,8 @@ struct Header {
     key: Option<String>,
     layout: Option<String>,
     n_ignored_files: usize,
+    /// Labels in the manifest must be below this.
+    n_classes: usize,
 }
 
 /// Writes the crops as a safetensors file with one `u8` tensor, streaming sample by sample so
@@ -279,7 +323,7 @@ fn write_pixels(
             "key": key,
             "layout": summary.layout.name(),
             "n_ignored_files": summary.n_ignored_files.to_string(),
-            "class_names": summary.class_names.join(","),
+            "class_names": serde_json::to_string(&summary.class_names).unwrap_or_default(),
         },
         PIXELS_TENSOR: {
             "dtype": "U8",
@@ -355,6 +399,9 @@ fn read_header(file: &mut impl Read) -> std::result::Result<Header, String> {
         n_ignored_files: text("n_ignored_files")
             .and_then(|count| count.parse().ok())
             .unwrap_or(0),
+        n_classes: text("class_names")
+            .and_then(|names| serde_json::from_str::<Vec<String>>(&names).ok())
+            .map_or(0, |names| names.len()),
     })
 }
 
@@ -375,6 +422,7 @@ mod tests {
                 frame: value as u32,
                 source: PathBuf::from("x.png"),
                 crop: CropMethod::Landmarks,
+                usage: None,
             })
             .collect();
         let summary = crate::prepare::summarize(

@@ -93,6 +93,40 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A class list with fewer than two classes.
+    #[error("{root}: only {classes} found, and a classifier needs at least 2 classes; put each class's images in a folder of their own (`{root}/<class>/<image>`)")]
+    TooFewClasses {
+        /// The dataset.
+        root: PathBuf,
+        /// The classes found, shortened.
+        classes: String,
+    },
+    /// A class list longer than [`crate::MAX_CLASSES`].
+    #[error("{root}: {n_classes} classes ({classes}), at most 1000 are taken; is this a folder per image rather than per class? Point --source at the folder whose subfolders are the classes")]
+    TooManyClasses {
+        /// The dataset.
+        root: PathBuf,
+        /// How many classes were found.
+        n_classes: usize,
+        /// The first few, shortened.
+        classes: String,
+    },
+    /// `classes.txt` does not match the class folders.
+    #[error("{path}: {reason}; list one class folder per line, or delete the file to take the folders in their default order")]
+    Classes {
+        /// The `classes.txt` file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        reason: String,
+    },
+    /// A FER2013 CSV file that cannot be read as one (header, encoding).
+    #[error("{path}: not a FER2013 CSV ({reason}); expected a header `emotion,pixels,Usage` and rows such as `0,70 80 82 ...,Training`")]
+    Csv {
+        /// The CSV file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.

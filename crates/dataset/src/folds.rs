@@ -1,6 +1,6 @@
 //! Grouped, stratified k-fold splits: no group (by default a person) on both sides of a fold.
 
-use crate::{Error, Result, Sample};
+use crate::{Error, Result, Sample, Usage};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -18,6 +18,10 @@ pub enum SplitBy {
     /// Shuffled frames: neighbouring frames of one sequence land on both sides. This is the
     /// PyTorch port's protocol, whose ~99% per fold comes from that leak.
     Frame,
+    /// The dataset's own split (FER2013's `Usage`): one model trained on Training, its epoch
+    /// chosen on PublicTest and tested on PrivateTest, as the literature reports FER2013. Not
+    /// a k-fold split: see [`usage_split`].
+    Usage,
 }
 
 impl SplitBy {
@@ -27,6 +31,7 @@ impl SplitBy {
             SplitBy::Subject => "subject",
             SplitBy::Sequence => "sequence",
             SplitBy::Frame => "frame",
+            SplitBy::Usage => "usage",
         }
     }
 }
@@ -44,13 +49,64 @@ impl FromStr for SplitBy {
             "subject" | "subjects" => Ok(SplitBy::Subject),
             "sequence" | "sequences" => Ok(SplitBy::Sequence),
             "frame" | "frames" => Ok(SplitBy::Frame),
+            "usage" => Ok(SplitBy::Usage),
             _ => Err(Error::InvalidOption {
                 name: "split",
                 value: text.to_string(),
-                expected: "subject, sequence or frame",
+                expected: "subject, sequence, frame or usage",
             }),
         }
     }
+}
+
+/// The dataset's own split: indices into the samples, each list ascending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSplit {
+    /// Samples marked Training.
+    pub training: Vec<usize>,
+    /// Samples marked PublicTest (used to choose the epoch).
+    pub public_test: Vec<usize>,
+    /// Samples marked PrivateTest (only reported).
+    pub private_test: Vec<usize>,
+}
+
+/// Splits samples by their own `usage` (FER2013's Training / PublicTest / PrivateTest).
+/// Errors when a sample has none (the source has no split of its own) or a part is empty.
+pub fn usage_split(samples: &[Sample]) -> Result<UsageSplit> {
+    let mut split = UsageSplit {
+        training: Vec::new(),
+        public_test: Vec::new(),
+        private_test: Vec::new(),
+    };
+    for (index, sample) in samples.iter().enumerate() {
+        let part = match sample.usage {
+            Some(Usage::Training) => &mut split.training,
+            Some(Usage::PublicTest) => &mut split.public_test,
+            Some(Usage::PrivateTest) => &mut split.private_test,
+            None => {
+                return Err(Error::InvalidOption {
+                    name: "split",
+                    value: format!("usage ({} has no Usage)", sample.source.display()),
+                    expected: "subject, sequence or frame: only FER2013's CSV has its own split",
+                })
+            }
+        };
+        part.push(index);
+    }
+    for (usage, part) in [
+        (Usage::Training, &split.training),
+        (Usage::PublicTest, &split.public_test),
+        (Usage::PrivateTest, &split.private_test),
+    ] {
+        if part.is_empty() {
+            return Err(Error::InvalidOption {
+                name: "split",
+                value: format!("usage (no {usage} sample)"),
+                expected: "a dataset with Training, PublicTest and PrivateTest rows, or k folds (subject, sequence or frame)",
+            });
+        }
+    }
+    Ok(split)
 }
 
 /// One fold: indices into the samples, each list sorted ascending.
@@ -67,8 +123,18 @@ pub struct Fold {
 /// Samples are grouped by `split` (subject, sequence or single frame) and whole groups are
 /// dealt to folds so that each fold's class mix is as close to the overall mix as the groups
 /// allow, with fold sizes kept even. The result depends only on the samples' groups and labels
-/// and on `seed`. Errors when `k < 2` or there are fewer groups than `k`.
+/// and on `seed`. Where the source names no people every sample is a group of its own, so the
+/// folds are stratified by class. Errors when `k < 2`, there are fewer groups than `k`, or
+/// `split` is [`SplitBy::Usage`] (see [`usage_split`]).
 pub fn k_fold(samples: &[Sample], k: usize, split: SplitBy, seed: u64) -> Result<Vec<Fold>> {
+    if split == SplitBy::Usage {
+        return Err(Error::InvalidOption {
+            name: "split",
+            value: "usage".to_string(),
+            expected:
+                "subject, sequence or frame for k folds; the usage split is one fold (usage_split)",
+        });
+    }
     if k < 2 {
         return Err(Error::InvalidOption {
             name: "folds",
@@ -84,7 +150,7 @@ pub fn k_fold(samples: &[Sample], k: usize, split: SplitBy, seed: u64) -> Result
         let key = match split {
             SplitBy::Subject => sample.subject.clone(),
             SplitBy::Sequence => format!("{}\u{0}{}", sample.subject, sample.sequence),
-            SplitBy::Frame => sample_idx.to_string(),
+            SplitBy::Frame | SplitBy::Usage => sample_idx.to_string(),
         };
         groups.entry(key).or_default().push(sample_idx);
     }
@@ -208,6 +274,7 @@ mod tests {
             frame,
             source: PathBuf::new(),
             crop: crate::CropMethod::Landmarks,
+            usage: None,
         }
     }
 
@@ -239,7 +306,7 @@ mod tests {
             let group = |index: usize| match split {
                 SplitBy::Subject => samples[index].subject.clone(),
                 SplitBy::Sequence => samples[index].sequence.clone(),
-                SplitBy::Frame => index.to_string(),
+                SplitBy::Frame | SplitBy::Usage => index.to_string(),
             };
             let train_groups: HashSet<String> = fold.train.iter().map(|&i| group(i)).collect();
             let test_groups: HashSet<String> = fold.test.iter().map(|&i| group(i)).collect();

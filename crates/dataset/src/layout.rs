@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 pub(crate) const LOOKED_FOR: &str = "the official CK+ release (folders `cohn-kanade-images/` and \
 `Emotion/`, optionally `Landmarks/`, at most three levels down; or the archives \
 `extended-cohn-kanade-images.zip` and `Emotion_labels.zip`), or one folder per class \
-(`anger/`, `contempt/`, `disgust/`, `fear/`, `happy/`, `sadness/`, `surprise/`, `neutral/` \
-holding PNG or JPEG images)";
+(`<root>/<class>/<image>` with PNG, JPEG or TIFF images, any class names), or a FER2013 CSV \
+file (`fer2013.csv`)";
 
 /// One image to crop, with everything known about it before decoding.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub(crate) struct Scan {
     pub layout: Layout,
     /// The folder the relative paths below start from.
     pub root: PathBuf,
+    /// Class names in label order.
+    pub class_names: Vec<String>,
     pub jobs: Vec<FrameJob>,
     pub skipped: Vec<Skipped>,
     pub n_ignored_files: usize,
@@ -155,6 +157,7 @@ fn scan_official(root: &Path, dirs: &OfficialDirs, options: &PrepareOptions) -> 
     let mut scan = Scan {
         layout: Layout::Official,
         root: root.to_path_buf(),
+        class_names: crate::class_names(options.neutral),
         jobs: Vec::new(),
         skipped: Vec::new(),
         n_ignored_files: 0,
@@ -343,19 +346,24 @@ fn scan_folder_per_class(root: &Path, options: &PrepareOptions) -> Result<Option
     let mut scan = Scan {
         layout: Layout::FolderPerClass,
         root: root.to_path_buf(),
+        class_names: Vec::new(),
         jobs: Vec::new(),
         skipped: Vec::new(),
         n_ignored_files: 0,
         listing: Vec::new(),
     };
-    let mut n_class_dirs = 0;
-    let mut unknown_dirs = Vec::new();
+    let subject_pattern = match &options.subject_pattern {
+        Some(pattern) => Some(SubjectPattern::new(pattern)?),
+        None => None,
+    };
+    let mut class_dirs: Vec<(PathBuf, String, Vec<PathBuf>)> = Vec::new();
+    let mut empty_dirs = Vec::new();
     for class_dir in sorted_entries(root)? {
-        if !class_dir.is_dir() {
+        let class_name = file_name(&class_dir);
+        if !class_dir.is_dir() || class_name.starts_with('.') {
             scan.n_ignored_files += 1;
             continue;
         }
-        let class_name = file_name(&class_dir);
         let images: Vec<PathBuf> = sorted_entries(&class_dir)?
             .into_iter()
             .filter(|file| {
@@ -366,63 +374,123 @@ fn scan_folder_per_class(root: &Path, options: &PrepareOptions) -> Result<Option
                 is_image
             })
             .collect();
-        let expression = Expression::parse_name(&class_name);
-        let Some(expression) = expression.filter(|e| options.neutral || *e != Expression::Neutral)
-        else {
-            if !images.is_empty() {
-                let reason = match expression {
-                    Some(_) => {
-                        "class folder `neutral` is only used with the neutral option".to_string()
-                    }
-                    None => format!(
-                        "folder name `{class_name}` is not an expression ({} images left out)",
-                        images.len()
-                    ),
-                };
-                unknown_dirs.push((class_dir, reason));
-            }
-            continue;
-        };
-        n_class_dirs += 1;
-        add_class_folder(&mut scan, &class_name, expression, images, options);
+        if images.is_empty() {
+            empty_dirs.push(class_dir);
+        } else {
+            class_dirs.push((class_dir, class_name, images));
+        }
     }
-    if n_class_dirs == 0 {
+    if class_dirs.is_empty() {
         return Ok(None);
     }
-    for (dir, reason) in unknown_dirs {
-        skip(&mut scan, options, &dir, SkipKind::UnknownClass, reason)?;
+    let names: Vec<String> = class_dirs.iter().map(|(_, name, _)| name.clone()).collect();
+    let (class_names, class_of) = crate::classes::order_classes(root, &names)?;
+    scan.class_names = class_names;
+    for ((class_dir, class_name, images), label) in class_dirs.into_iter().zip(class_of) {
+        let Some(label) = label else {
+            let reason = format!(
+                "class folder `{class_name}` is not listed in {} ({} images left out)",
+                crate::classes::CLASSES_FILE,
+                images.len()
+            );
+            skip(
+                &mut scan,
+                options,
+                &class_dir,
+                SkipKind::UnknownClass,
+                reason,
+            )?;
+            continue;
+        };
+        add_class_folder(
+            &mut scan,
+            &class_name,
+            label,
+            images,
+            subject_pattern.as_ref(),
+            options,
+        )?;
+    }
+    for dir in empty_dirs {
+        let reason = "class folder holds no PNG, JPEG or TIFF image; it is not a class".to_string();
+        skip(&mut scan, options, &dir, SkipKind::EmptyClass, reason)?;
     }
     scan.listing.sort();
     Ok(Some(scan))
 }
 
+/// `--subject-pattern`: a regular expression over file stems whose first capture group (else
+/// whole match) names the person.
+struct SubjectPattern {
+    regex: regex::Regex,
+}
+
+impl SubjectPattern {
+    fn new(pattern: &str) -> Result<Self> {
+        let regex = regex::Regex::new(pattern).map_err(|error| Error::InvalidOption {
+            name: "subject-pattern",
+            value: format!("{pattern} ({error})"),
+            expected: "a regular expression over file stems, e.g. `^([A-Z]{2})\\.` for JAFFE",
+        })?;
+        Ok(SubjectPattern { regex })
+    }
+
+    fn subject(&self, stem: &str) -> Option<String> {
+        let found = self.regex.captures(stem)?;
+        let subject = found.get(1).or_else(|| found.get(0))?.as_str();
+        (!subject.is_empty()).then(|| subject.to_string())
+    }
+}
+
 /// Files named like CK+ frames are grouped into sequences and the frame selection applies
 /// (the "CK+48" copy already holds only the last 3 frames, so `Peak(3)` keeps them all); other
 /// files are each their own subject, named after class folder and stem so that equal stems in
-/// two class folders stay apart.
+/// two class folders stay apart. With a subject pattern, every file takes its subject from its
+/// name and is a sequence of its own.
 fn add_class_folder(
     scan: &mut Scan,
     class_name: &str,
-    expression: Expression,
+    label: usize,
     images: Vec<PathBuf>,
+    subject_pattern: Option<&SubjectPattern>,
     options: &PrepareOptions,
-) {
+) -> Result<()> {
     let mut sequences: BTreeMap<String, Vec<(u32, PathBuf, String)>> = BTreeMap::new();
     for image in images {
         scan.listing
             .push(listing_line("classes", &scan.root, &image));
         let stem = file_stem(&image);
+        let id = format!("{class_name}/{stem}");
+        if let Some(pattern) = subject_pattern {
+            let Some(subject) = pattern.subject(&stem) else {
+                let reason = format!(
+                    "the subject pattern `{}` does not match the name `{stem}`",
+                    pattern.regex.as_str()
+                );
+                skip(scan, options, &image, SkipKind::NoSubject, reason)?;
+                continue;
+            };
+            scan.jobs.push(FrameJob {
+                image,
+                landmarks: None,
+                label,
+                subject,
+                sequence: id,
+                frame: 0,
+                precropped: true,
+            });
+            continue;
+        }
         match parse_ck_stem(&stem) {
             Some(ck) => sequences
                 .entry(ck.sequence)
                 .or_default()
                 .push((ck.frame, image, ck.subject)),
             None => {
-                let id = format!("{class_name}/{stem}");
                 scan.jobs.push(FrameJob {
                     image,
                     landmarks: None,
-                    label: expression.index(),
+                    label,
                     subject: id.clone(),
                     sequence: id,
                     frame: 0,
@@ -441,7 +509,7 @@ fn add_class_folder(
             scan.jobs.push(FrameJob {
                 image: image.clone(),
                 landmarks: None,
-                label: expression.index(),
+                label,
                 subject: subject.clone(),
                 sequence: sequence.clone(),
                 frame: *frame,
@@ -449,6 +517,7 @@ fn add_class_folder(
             });
         }
     }
+    Ok(())
 }
 
 /// Records a skipped file, or in strict mode turns it into the error.
@@ -504,7 +573,7 @@ fn is_image_file(path: &Path) -> bool {
     }
     path.extension()
         .map(|ext| ext.to_string_lossy().to_ascii_lowercase())
-        .is_some_and(|ext| matches!(ext.as_str(), "png" | "jpg" | "jpeg"))
+        .is_some_and(|ext| matches!(ext.as_str(), "png" | "jpg" | "jpeg" | "tif" | "tiff"))
 }
 
 pub(crate) fn relative(root: &Path, path: &Path) -> String {

@@ -1,7 +1,13 @@
-//! CK+ (Extended Cohn-Kanade) for facial expression recognition: reads the dataset in its
-//! official layout (extracted or as zips) or as one folder per class, crops the faces in
-//! parallel (from the CK+ landmarks, else with a bundled SeetaFace detector), caches the crops,
-//! and deals subject-independent folds.
+//! Face datasets for expression (or any face-class) recognition: reads CK+ (Extended
+//! Cohn-Kanade) in its official layout (extracted or as zips), any folder-per-class dataset
+//! whose folder names are its classes (CK+48, the Hub mirror, RAF-DB, JAFFE, KDEF, your own
+//! labels), or FER2013's CSV; crops the faces in parallel (from the CK+ landmarks, else with a
+//! bundled SeetaFace detector), caches the crops, and deals subject-independent or
+//! class-stratified folds.
+//!
+//! The class list is data: it comes with the source ([`Dataset::class_names`]), known
+//! spellings of one expression merge to one name ([`canonical_class_name`]), and
+//! [`CLASSES_FILE`] fixes the order of a folder-per-class dataset.
 //!
 //! It yields `u8` grayscale pixels and class indices; it does not depend on candle or make
 //! tensors (the train crate does), and knows nothing of the network. [`synth`] writes a
@@ -29,10 +35,12 @@
 
 mod archive;
 pub mod cache;
+mod classes;
 pub mod crop;
 pub mod detect;
 mod error;
 mod expression;
+mod fer2013;
 mod folds;
 mod layout;
 pub mod parse;
@@ -40,13 +48,15 @@ mod prepare;
 pub mod synth;
 mod types;
 
+pub use classes::{canonical_class_name, CLASSES_FILE, MAX_CLASSES};
 pub use error::{Error, Result};
 pub use expression::{class_names, n_classes, Expression};
-pub use folds::{k_fold, Fold, SplitBy};
+pub use fer2013::{fer2013_class_names, FER2013_CLASSES, FER2013_SIDE};
+pub use folds::{k_fold, usage_split, Fold, SplitBy, UsageSplit};
 pub use prepare::prepare;
 pub use types::{
     CropMethod, Dataset, Layout, PrepareOptions, Progress, Sample, Selection, SkipKind, Skipped,
-    Stage, Summary, DEFAULT_CROP_MARGIN,
+    Stage, Summary, Usage, DEFAULT_CROP_MARGIN,
 };
 
 /// The folder of a data folder that holds the official CK+ release once imported

@@ -5,8 +5,8 @@ use crate::detect::detect_faces;
 use crate::layout::{self, FrameJob, Scan};
 use crate::parse::parse_landmarks;
 use crate::{
-    cache, class_names, CropMethod, Dataset, Error, Layout, PrepareOptions, Progress, Result,
-    Sample, Selection, SkipKind, Skipped, Stage, Summary,
+    cache, CropMethod, Dataset, Error, Layout, PrepareOptions, Progress, Result, Sample, Selection,
+    SkipKind, Skipped, Stage, Summary, Usage,
 };
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bumped whenever the crop pipeline changes what it produces, so old caches are rebuilt.
 const PIPELINE_VERSION: &str =
-    "dexpression-dataset crops v3 (landmarks, SeetaFace detector, sorted samples)";
+    "dexpression-dataset crops v4 (landmarks, SeetaFace detector, sorted samples, class lists)";
 
 /// The largest accepted `image_size`: far above any network input, small enough that a
 /// typo cannot ask for terabytes.
@@ -24,8 +24,9 @@ const MAX_IMAGE_SIZE: usize = 2048;
 
 /// Reads a dataset, crops every selected face and caches the result.
 ///
-/// `source` is the official CK+ release (extracted, or the folder holding its zip archives) or
-/// a folder per class; the layout is detected. When `cache_dir` holds a cache built from the
+/// `source` is the official CK+ release (extracted, or the folder holding its zip archives), a
+/// folder per class (any class names, see [`crate::CLASSES_FILE`]) or a FER2013 CSV file; the
+/// layout is detected, and the class list comes with it. When `cache_dir` holds a cache built from the
 /// same file listing with the same options it is loaded instead (well under a second for CK+);
 /// otherwise frames are decoded, cropped and resized in parallel with rayon and the cache is
 /// written atomically (a temporary folder renamed into place), so an interrupted run leaves no
@@ -47,6 +48,9 @@ pub fn prepare(
         done: 0,
         total: 0,
     });
+    if crate::fer2013::is_csv(source) {
+        return prepare_csv(source, cache_dir, options, progress);
+    }
     let scan = match crate::archive::official_zips(source)? {
         Some(archives) => {
             let extracted = crate::archive::extract(&archives, cache_dir, progress)?;
@@ -56,11 +60,84 @@ pub fn prepare(
         }
         None => layout::scan(source, options)?,
     };
-    let key = cache_key(&scan, options);
-    let cache_path = cache_dir.join(&key[..16]);
-    let classes = class_names(options.neutral);
+    let planned = Planned {
+        key: cache_key(&scan, options),
+        layout: scan.layout,
+        root: scan.root.clone(),
+        class_names: scan.class_names.clone(),
+        n_ignored_files: scan.n_ignored_files,
+        n_candidates: scan.jobs.len(),
+    };
+    load_or_build(source, cache_dir, options, planned, progress, || {
+        crop_all(&scan, options, progress)
+    })
+}
 
-    if let Ok(Some(cached)) = cache::load(&cache_path, &key, &scan.root, progress) {
+/// FER2013's CSV: hashed whole for the key (its rows are its files), parsed only when the
+/// cache does not hold it.
+fn prepare_csv(
+    source: &Path,
+    cache_dir: &Path,
+    options: &PrepareOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Dataset> {
+    let bytes = std::fs::read(source).map_err(|error| Error::io(source, error))?;
+    let mut hasher = Sha256::new();
+    hasher.update(PIPELINE_VERSION.as_bytes());
+    hasher.update(
+        format!(
+            "\nlayout={}\nsize={}\nclasses={:?}\ncsv={}\n",
+            Layout::Fer2013Csv,
+            options.image_size,
+            crate::fer2013::fer2013_class_names(),
+            hex::encode(Sha256::digest(&bytes)),
+        )
+        .as_bytes(),
+    );
+    let planned = Planned {
+        key: hex::encode(hasher.finalize()),
+        layout: Layout::Fer2013Csv,
+        root: source.parent().unwrap_or(Path::new("")).to_path_buf(),
+        class_names: crate::fer2013::fer2013_class_names(),
+        n_ignored_files: 0,
+        n_candidates: 0,
+    };
+    load_or_build(source, cache_dir, options, planned, progress, || {
+        crate::fer2013::parse(source, &bytes, options, progress)
+    })
+}
+
+/// What a source is known to hold before its samples are built or loaded.
+struct Planned {
+    key: String,
+    layout: Layout,
+    /// The folder sample sources are relative to in the cache.
+    root: std::path::PathBuf,
+    class_names: Vec<String>,
+    n_ignored_files: usize,
+    /// Samples expected before decoding (frames listed), for the error when none is usable.
+    n_candidates: usize,
+}
+
+/// Loads the cache of `planned.key`, or builds the samples with `build` and stores them.
+fn load_or_build(
+    source: &Path,
+    cache_dir: &Path,
+    options: &PrepareOptions,
+    planned: Planned,
+    progress: &(dyn Fn(Progress) + Sync),
+    build: impl FnOnce() -> Result<(Vec<Sample>, Vec<Skipped>)>,
+) -> Result<Dataset> {
+    let Planned {
+        key,
+        layout,
+        root,
+        class_names: classes,
+        n_ignored_files,
+        n_candidates,
+    } = planned;
+    let cache_path = cache_dir.join(&key[..16]);
+    if let Ok(Some(cached)) = cache::load(&cache_path, &key, &root, progress) {
         if cached.image_size == options.image_size {
             if let (true, Some(first)) = (options.strict, cached.skipped.first()) {
                 return Err(Error::Strict {
@@ -70,7 +147,7 @@ pub fn prepare(
             }
             let summary = summarize(
                 source,
-                scan.layout,
+                layout,
                 &classes,
                 &cached.samples,
                 cached.skipped,
@@ -88,14 +165,14 @@ pub fn prepare(
         }
     }
 
-    let (samples, skipped) = crop_all(&scan, options, progress)?;
+    let (samples, skipped) = build()?;
     let summary = summarize(
         source,
-        scan.layout,
+        layout,
         &classes,
         &samples,
         skipped,
-        scan.n_ignored_files,
+        n_ignored_files,
         false,
         &cache_path,
     );
@@ -103,8 +180,8 @@ pub fn prepare(
         return Err(Error::NoSamples {
             root: source.to_path_buf(),
             detail: format!(
-                "{} labeled frames found, {} files skipped: {}",
-                scan.jobs.len(),
+                "{} candidates found, {} skipped: {}",
+                n_candidates.max(summary.skipped.len()),
                 summary.skipped.len(),
                 summary
                     .skipped
@@ -125,7 +202,7 @@ pub fn prepare(
     cache::store(
         &cache_path,
         &key,
-        &scan.root,
+        &root,
         options.image_size,
         &samples,
         &summary,
@@ -177,7 +254,7 @@ fn cache_key(scan: &Scan, options: &PrepareOptions) -> String {
     hasher.update(PIPELINE_VERSION.as_bytes());
     hasher.update(
         format!(
-            "\nlayout={}\nsize={}\nselect={}\nneutral={}\nmargin={}\n",
+            "\nlayout={}\nsize={}\nselect={}\nneutral={}\nmargin={}\nclasses={:?}\nsubjects={:?}\n",
             match scan.layout {
                 // Zips and their extraction hold the same files.
                 Layout::OfficialZips => Layout::Official,
@@ -186,7 +263,9 @@ fn cache_key(scan: &Scan, options: &PrepareOptions) -> String {
             options.image_size,
             options.selection,
             options.neutral,
-            options.crop_margin.to_bits()
+            options.crop_margin.to_bits(),
+            scan.class_names,
+            options.subject_pattern,
         )
         .as_bytes(),
     );
@@ -314,6 +393,7 @@ fn crop_one(job: &FrameJob, options: &PrepareOptions) -> std::result::Result<Sam
         frame: job.frame,
         source: job.image.clone(),
         crop,
+        usage: None,
     })
 }
 
@@ -344,6 +424,19 @@ pub(crate) fn summarize(
         .into_iter()
         .map(|method| (method, samples.iter().filter(|s| s.crop == method).count()))
         .collect();
+    let per_usage = if samples.iter().any(|s| s.usage.is_some()) {
+        Usage::ALL
+            .into_iter()
+            .map(|usage| {
+                (
+                    usage,
+                    samples.iter().filter(|s| s.usage == Some(usage)).count(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Summary {
         source: source.to_path_buf(),
         layout,
@@ -352,6 +445,7 @@ pub(crate) fn summarize(
         n_subjects: subjects.len(),
         n_sequences: sequences.len(),
         crops,
+        per_usage,
         n_ignored_files,
         skipped,
         from_cache,

@@ -11,9 +11,10 @@ pub struct Sample {
     /// `image_size * image_size` grayscale pixels, row-major, 0..=255 (the train crate divides
     /// by 255).
     pub pixels: Vec<u8>,
-    /// Class index (see [`crate::Expression`]).
+    /// Class index into the dataset's class names.
     pub label: usize,
-    /// Person id, e.g. `S010`; a file's own stem when the source does not name subjects.
+    /// Person id, e.g. `S010`; when the source does not name people, a name of the sample's own
+    /// (`<class folder>/<stem>`, `row000001`), so that every sample is a group of one.
     pub subject: String,
     /// Sequence id, e.g. `S010_004`.
     pub sequence: String,
@@ -23,6 +24,48 @@ pub struct Sample {
     pub source: PathBuf,
     /// How the face was found.
     pub crop: CropMethod,
+    /// The part of the dataset's own split the sample belongs to, where the source has one
+    /// (FER2013's `Usage` column); `None` elsewhere.
+    pub usage: Option<Usage>,
+}
+
+/// The parts of a dataset's own split, as FER2013 names them in its `Usage` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Usage {
+    /// Trained on.
+    Training,
+    /// Used to choose the epoch (the literature's validation set).
+    PublicTest,
+    /// Only reported (the literature's test set).
+    PrivateTest,
+}
+
+impl Usage {
+    /// All three, in FER2013's order.
+    pub const ALL: [Usage; 3] = [Usage::Training, Usage::PublicTest, Usage::PrivateTest];
+
+    /// The name as written in FER2013's `Usage` column and in `manifest.csv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Usage::Training => "Training",
+            Usage::PublicTest => "PublicTest",
+            Usage::PrivateTest => "PrivateTest",
+        }
+    }
+
+    /// Reads a `Usage` value, ignoring case and surrounding spaces.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        Usage::ALL
+            .into_iter()
+            .find(|usage| usage.name().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
 }
 
 /// How a sample's face region was chosen.
@@ -137,7 +180,9 @@ pub struct PrepareOptions {
     pub image_size: usize,
     /// Which frames of each labeled sequence to keep (default: the last 3).
     pub selection: Selection,
-    /// Add each labeled sequence's first frame as an 8th class, Neutral (default: off).
+    /// Add each labeled sequence's first frame as an 8th class, Neutral (default: off). Only
+    /// the official CK+ layout has neutral frames to add; a folder-per-class dataset's `neutral`
+    /// folder is a class like any other.
     pub neutral: bool,
     /// Stop at the first bad file instead of skipping and listing it (default: off).
     pub strict: bool,
@@ -145,6 +190,12 @@ pub struct PrepareOptions {
     /// (default 0.1: the 68 points run from brow to chin, so this keeps the forehead's lower
     /// part and the jaw line in view).
     pub crop_margin: f32,
+    /// A regular expression that finds the person in a file stem of a folder-per-class dataset,
+    /// for subject-independent folds where the files name people: `^([A-Z]{2})\.` for JAFFE
+    /// (`KA.AN1.39` -> `KA`), `^(\w{4})` for KDEF (`AF01ANS` -> `AF01`). The first capture group
+    /// (else the whole match) is the subject; a file it does not match is skipped and listed.
+    /// Default: none (CK+ file names give their subject, every other file is its own group).
+    pub subject_pattern: Option<String>,
 }
 
 /// The default crop margin, see [`PrepareOptions::crop_margin`].
@@ -158,6 +209,7 @@ impl Default for PrepareOptions {
             neutral: false,
             strict: false,
             crop_margin: DEFAULT_CROP_MARGIN,
+            subject_pattern: None,
         }
     }
 }
@@ -167,7 +219,8 @@ impl Default for PrepareOptions {
 pub struct Dataset {
     /// Side of every crop in pixels.
     pub image_size: usize,
-    /// Class names in index order (7, or 8 with neutral).
+    /// Class names in index order: CK+'s 7 emotions (8 with neutral), the class folders, or
+    /// FER2013's 7 classes.
     pub class_names: Vec<String>,
     /// The samples, sorted by subject, sequence and frame.
     pub samples: Vec<Sample>,
@@ -188,6 +241,8 @@ pub enum Layout {
     /// One folder per class (`ROOT/<class>/<image>`): CK+48, the Hugging Face mirror, most
     /// other FER sets.
     FolderPerClass,
+    /// FER2013 as distributed: one `fer2013.csv` of `emotion,pixels,Usage` rows.
+    Fer2013Csv,
 }
 
 impl Layout {
@@ -197,6 +252,7 @@ impl Layout {
             Layout::Official => "official",
             Layout::OfficialZips => "official-zips",
             Layout::FolderPerClass => "folder-per-class",
+            Layout::Fer2013Csv => "fer2013-csv",
         }
     }
 
@@ -205,6 +261,7 @@ impl Layout {
             Layout::Official,
             Layout::OfficialZips,
             Layout::FolderPerClass,
+            Layout::Fer2013Csv,
         ]
         .into_iter()
         .find(|layout| layout.name() == name)
@@ -230,19 +287,28 @@ pub enum SkipKind {
     BadLandmarks,
     /// A label file whose sequence has no images.
     LabelWithoutImages,
-    /// A class folder whose name is not an expression (folder-per-class layout).
+    /// A class folder left out of the class list (not named in `classes.txt`).
     UnknownClass,
+    /// A class folder that holds no image (folder-per-class layout).
+    EmptyClass,
+    /// A file whose name the subject pattern does not match.
+    NoSubject,
+    /// A FER2013 row whose `Usage` is none of Training, PublicTest and PrivateTest.
+    UnknownUsage,
 }
 
 impl SkipKind {
     /// All kinds, in summary order.
-    pub const ALL: [SkipKind; 6] = [
+    pub const ALL: [SkipKind; 9] = [
         SkipKind::CorruptImage,
         SkipKind::UnreadableLabel,
         SkipKind::LabelOutOfRange,
         SkipKind::BadLandmarks,
         SkipKind::LabelWithoutImages,
         SkipKind::UnknownClass,
+        SkipKind::EmptyClass,
+        SkipKind::NoSubject,
+        SkipKind::UnknownUsage,
     ];
 
     /// Short kebab-case name, as written in `skipped.csv`.
@@ -254,6 +320,9 @@ impl SkipKind {
             SkipKind::BadLandmarks => "bad-landmarks",
             SkipKind::LabelWithoutImages => "label-without-images",
             SkipKind::UnknownClass => "unknown-class",
+            SkipKind::EmptyClass => "empty-class",
+            SkipKind::NoSubject => "no-subject",
+            SkipKind::UnknownUsage => "unknown-usage",
         }
     }
 
@@ -296,6 +365,9 @@ pub struct Summary {
     pub n_sequences: usize,
     /// Samples per crop method, in [`CropMethod::ALL`] order.
     pub crops: Vec<(CropMethod, usize)>,
+    /// Samples per part of the dataset's own split, in [`Usage::ALL`] order; empty when the
+    /// source has no split.
+    pub per_usage: Vec<(Usage, usize)>,
     /// Stray non-data files passed over silently (`.DS_Store`, `Thumbs.db`, text files beside
     /// images, ...).
     pub n_ignored_files: usize,
@@ -360,6 +432,14 @@ impl fmt::Display for Summary {
             .map(|(method, count)| format!("{method} {count}"))
             .collect();
         writeln!(formatter, "crops:     {}", crops.join(", "))?;
+        if !self.per_usage.is_empty() {
+            let parts: Vec<String> = self
+                .per_usage
+                .iter()
+                .map(|(usage, count)| format!("{usage} {count}"))
+                .collect();
+            writeln!(formatter, "usage:     {}", parts.join(", "))?;
+        }
         if self.crops_by(CropMethod::Whole) > 0 {
             writeln!(
                 formatter,

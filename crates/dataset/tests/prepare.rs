@@ -309,51 +309,214 @@ fn folder_per_class_reads_ck48_and_the_mirror_layout() {
     write("sadness", "S011_002_00000020.png", &small);
     write("surprise", "S010_001_00000030.png", &full); // Mirror: a whole frame.
     write("anger", "angry_face.png", &small); // No CK+ name: its own group.
+    write("angry", "S012_001_00000009.png", &small); // Another spelling of the same class.
     write("neutral", "S010_004_00000001.png", &small);
-    write("cats", "cat.png", &small);
     fs::write(root.join("happy/.DS_Store"), b"junk").expect("stray file");
+    fs::create_dir_all(root.join("contempt")).expect("an empty class folder");
 
     let dataset = run(&root, &dir.path().join("cache"), &options());
     assert_eq!(dataset.summary.layout, Layout::FolderPerClass);
+    // Every folder is an expression: CK+'s order, spellings merged, the empty folder left out.
+    assert_eq!(
+        dataset.class_names,
+        ["Anger", "Happiness", "Sadness", "Surprise", "Neutral"]
+    );
+    let label = |name: &str| dataset.class_names.iter().position(|c| c == name).unwrap();
     // Peak(3) keeps the last three frames of the happy sequence.
     let happy: Vec<u32> = dataset
         .samples
         .iter()
-        .filter(|s| s.label == Expression::Happiness.index())
+        .filter(|s| s.label == label("Happiness"))
         .map(|s| s.frame)
         .collect();
     assert_eq!(happy, vec![12, 13, 14]);
-    assert_eq!(dataset.samples.len(), 3 + 1 + 1 + 1);
-    let anger = dataset
+    assert_eq!(dataset.samples.len(), 3 + 1 + 1 + 2 + 1);
+    let anger: Vec<&str> = dataset
         .samples
         .iter()
-        .find(|s| s.label == 0)
-        .expect("anger");
-    assert_eq!(anger.subject, "anger/angry_face");
+        .filter(|s| s.label == label("Anger"))
+        .map(|s| s.subject.as_str())
+        .collect();
+    assert_eq!(anger, vec!["S012", "anger/angry_face"]);
     let surprise = dataset
         .samples
         .iter()
-        .find(|s| s.label == 6)
+        .find(|s| s.label == label("Surprise"))
         .expect("surprise");
     assert_eq!(
         (surprise.subject.as_str(), surprise.crop),
         ("S010", CropMethod::Whole)
     );
-    assert_eq!(dataset.summary.crops_by(CropMethod::Precropped), 5);
+    assert_eq!(dataset.summary.crops_by(CropMethod::Precropped), 7);
+    assert_eq!(dataset.summary.skipped_by(SkipKind::EmptyClass), 1);
     assert_eq!(
-        dataset.summary.skipped_by(SkipKind::UnknownClass),
-        2,
-        "cats and neutral"
+        dataset.summary.n_subjects, 4,
+        "S010, S011, S012 and anger/angry_face"
     );
-    assert_eq!(dataset.summary.n_subjects, 3);
+    assert!(dataset.summary.per_usage.is_empty());
+}
 
-    let with_neutral = PrepareOptions {
-        neutral: true,
+#[test]
+fn any_class_names_tiff_images_and_a_classes_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("drowsy");
+    let write = |class: &str, name: &str, value: u8| {
+        let folder = root.join(class);
+        fs::create_dir_all(&folder).expect("dir");
+        image::GrayImage::from_pixel(40, 40, image::Luma([value]))
+            .save(folder.join(name))
+            .expect("image");
+    };
+    for index in 0..3 {
+        write("drowsy", &format!("d{index}.tiff"), 30);
+        write("alert", &format!("a{index}.png"), 220);
+        write("Happy", &format!("h{index}.jpg"), 128);
+    }
+    let cache = dir.path().join("cache");
+    let dataset = run(&root, &cache, &options());
+    // Not all expressions: alphabetical, ignoring case; known spellings still merge.
+    assert_eq!(dataset.class_names, ["alert", "drowsy", "Happiness"]);
+    assert_eq!(dataset.summary.per_class, vec![3, 3, 3]);
+    let drowsy = dataset
+        .samples
+        .iter()
+        .find(|s| s.label == 1)
+        .expect("drowsy");
+    assert!(drowsy.source.extension().is_some_and(|ext| ext == "tiff"));
+    assert!(
+        drowsy.pixels.iter().all(|&value| value == 30),
+        "TIFF decoded"
+    );
+
+    // classes.txt fixes the order (any spelling) and leaves the unlisted folder out.
+    fs::write(root.join("classes.txt"), "drowsy\nalert\n").expect("classes");
+    let ordered = run(&root, &cache, &options());
+    assert_eq!(ordered.class_names, ["drowsy", "alert"]);
+    assert_ne!(ordered.key, dataset.key);
+    assert_eq!(ordered.summary.skipped_by(SkipKind::UnknownClass), 1);
+    let drowsy = ordered
+        .samples
+        .iter()
+        .find(|s| s.label == 0)
+        .expect("drowsy");
+    assert!(drowsy.pixels.iter().all(|&value| value == 30));
+    let manifest =
+        fs::read_to_string(ordered.summary.cache_path.join("manifest.csv")).expect("manifest");
+    assert!(
+        manifest.lines().next().unwrap().ends_with(",crop"),
+        "{manifest}"
+    );
+    assert!(manifest.contains(",0,drowsy,drowsy/d0.tiff,"), "{manifest}");
+
+    fs::write(root.join("classes.txt"), "drowsy\nasleep\n").expect("classes");
+    let error = prepare(&root, &cache, &options(), &|_| {}).expect_err("no asleep folder");
+    assert!(matches!(error, Error::Classes { .. }), "{error}");
+    assert!(error.to_string().contains("asleep"), "{error}");
+}
+
+#[test]
+fn one_class_and_thousands_of_classes_are_clear_errors_and_hundreds_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |root: &Path, class: &str| {
+        let folder = root.join(class);
+        fs::create_dir_all(&folder).expect("dir");
+        image::GrayImage::from_pixel(8, 8, image::Luma([1]))
+            .save(folder.join("a.png"))
+            .expect("png");
+    };
+    let cache = dir.path().join("cache");
+    let single = dir.path().join("single");
+    write(&single, "faces");
+    let error = prepare(&single, &cache, &options(), &|_| {}).expect_err("one class");
+    assert!(matches!(error, Error::TooFewClasses { .. }), "{error}");
+    assert!(error.to_string().contains("`faces`"), "{error}");
+
+    let many = dir.path().join("many");
+    for class in 0..300 {
+        write(&many, &format!("person{class:03}"));
+    }
+    let dataset = run(&many, &cache, &options());
+    assert_eq!(dataset.class_names.len(), 300);
+    assert_eq!(dataset.class_names[299], "person299");
+    for class in 300..=dexpression_dataset::MAX_CLASSES {
+        write(&many, &format!("person{class:04}"));
+    }
+    let error = prepare(&many, &cache, &options(), &|_| {}).expect_err("1001 classes");
+    assert!(matches!(error, Error::TooManyClasses { .. }), "{error}");
+}
+
+#[test]
+fn subject_patterns_keep_people_apart_and_files_without_people_stratify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("jaffe");
+    // JAFFE's names: person, expression and sequence number, then the image number.
+    let people = ["KA", "KL", "KM", "KR", "MK", "NA"];
+    for (person_idx, person) in people.iter().enumerate() {
+        for (class, code) in [("anger", "AN"), ("happy", "HA")] {
+            let folder = root.join(class);
+            fs::create_dir_all(&folder).expect("dir");
+            for take in 1..=2 {
+                let name = format!("{person}.{code}{take}.{}.tiff", 30 + person_idx * 4 + take);
+                image::GrayImage::from_pixel(32, 32, image::Luma([take as u8 * 50]))
+                    .save(folder.join(name))
+                    .expect("tiff");
+            }
+        }
+    }
+    image::GrayImage::from_pixel(32, 32, image::Luma([9]))
+        .save(root.join("happy/unnamed.png"))
+        .expect("png");
+    let cache = dir.path().join("cache");
+    let with_pattern = PrepareOptions {
+        subject_pattern: Some(r"^([A-Z]{2})\.".into()),
         ..options()
     };
-    let dataset = run(&root, &dir.path().join("cache"), &with_neutral);
-    assert_eq!(dataset.summary.per_class[7], 1);
-    assert_eq!(dataset.summary.skipped_by(SkipKind::UnknownClass), 1);
+    let dataset = run(&root, &cache, &with_pattern);
+    assert_eq!(dataset.summary.n_subjects, people.len());
+    assert_eq!(dataset.samples.len(), people.len() * 4);
+    assert_eq!(dataset.summary.skipped_by(SkipKind::NoSubject), 1);
+    let folds = k_fold(&dataset.samples, 3, SplitBy::Subject, 0).expect("6 people, 3 folds");
+    for fold in &folds {
+        let train: HashSet<&str> = fold
+            .train
+            .iter()
+            .map(|&i| dataset.samples[i].subject.as_str())
+            .collect();
+        assert!(fold
+            .test
+            .iter()
+            .all(|&i| !train.contains(dataset.samples[i].subject.as_str())));
+    }
+    let strict = PrepareOptions {
+        strict: true,
+        ..with_pattern.clone()
+    };
+    assert!(matches!(
+        prepare(&root, &cache, &strict, &|_| {}),
+        Err(Error::Strict { .. })
+    ));
+    let bad = PrepareOptions {
+        subject_pattern: Some("([A-Z".into()),
+        ..options()
+    };
+    let error = prepare(&root, &cache, &bad, &|_| {}).expect_err("not a regex");
+    assert!(error.to_string().contains("subject-pattern"), "{error}");
+
+    // Without the pattern every file is its own group and folds are stratified by class.
+    let dataset = run(&root, &cache, &options());
+    assert_eq!(dataset.summary.n_subjects, dataset.samples.len());
+    let folds = k_fold(&dataset.samples, 5, SplitBy::Subject, 2).expect("25 files");
+    for fold in &folds {
+        let per_class = |label: usize| {
+            fold.test
+                .iter()
+                .filter(|&&i| dataset.samples[i].label == label)
+                .count()
+        };
+        // 12 anger and 13 happy files over 5 folds: 2 or 3 of each in every fold.
+        assert!((2..=3).contains(&per_class(0)), "{fold:?}");
+        assert!((2..=3).contains(&per_class(1)), "{fold:?}");
+    }
 }
 
 #[test]
@@ -512,8 +675,8 @@ fn unknown_layouts_and_missing_sources_are_clear_errors() {
     assert!(matches!(missing, Error::SourceMissing { .. }));
 
     let random = dir.path().join("random");
-    fs::create_dir_all(random.join("photos")).expect("dir");
-    fs::write(random.join("photos/a.png"), b"x").expect("file");
+    fs::create_dir_all(random.join("photos/2024")).expect("dir");
+    fs::write(random.join("photos/2024/a.png"), b"x").expect("file");
     fs::write(random.join("readme.txt"), b"x").expect("file");
     let error = prepare(&random, &cache, &options(), &|_| {}).expect_err("unknown layout");
     let message = error.to_string();

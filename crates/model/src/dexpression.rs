@@ -317,9 +317,17 @@ impl Dexpression {
     /// Loads weights from a safetensors file written by [`Dexpression::save`], by the port's
     /// `state_dict` saved as safetensors, or by `import_torch`; the class count and input side are
     /// read from the tensor shapes.
+    ///
+    /// When the file records its input side ([`WeightsMetadata`], written by
+    /// [`Dexpression::save_with_metadata`]) that side is used: several sides give the same
+    /// tensor shapes, and only the recorded one is the side the network was trained at.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let tensors = read_safetensors(path)?;
-        let config = infer_config(&tensors, path)?;
+        let mut config = infer_config(&tensors, path)?;
+        if let Some(metadata) = WeightsMetadata::read(path)? {
+            metadata.check(&config, path)?;
+            config.image_size = metadata.image_size;
+        }
         Self::from_tensors(config, tensors, path, device)
     }
 
@@ -336,6 +344,17 @@ impl Dexpression {
     /// through a temporary file renamed into place so that a crash never leaves half a file.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::weights::save_atomic(&self.state_dict()?, path)
+    }
+
+    /// [`Dexpression::save`] with the class names and input side recorded in the file's
+    /// safetensors `__metadata__`, so that the file alone says what the network predicts.
+    pub fn save_with_metadata(&self, path: &Path, class_names: &[String]) -> Result<()> {
+        let metadata = WeightsMetadata {
+            class_names: class_names.to_vec(),
+            image_size: self.config.image_size,
+        };
+        metadata.check(&self.config, path)?;
+        save_tensors_with_metadata(&self.state_dict()?, &metadata, path)
     }
 
     /// The port's `state_dict`: every tensor by name, plus `num_batches_tracked` as an i64 scalar.
@@ -530,6 +549,172 @@ impl ModuleT for Dexpression {
     }
 }
 
+/// What a weights file records beside its tensors, in its safetensors `__metadata__`: enough
+/// for `predict` to need nothing but the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightsMetadata {
+    /// Class names in the order of the network's outputs.
+    pub class_names: Vec<String>,
+    /// Side of the square grayscale input the network was trained at.
+    pub image_size: usize,
+}
+
+impl WeightsMetadata {
+    /// Metadata key of the class names (a JSON array of strings).
+    pub const CLASS_NAMES: &'static str = "class_names";
+    /// Metadata key of the input side (a decimal number).
+    pub const IMAGE_SIZE: &'static str = "image_size";
+    /// Metadata key of the class count (a decimal number, for readers without a JSON parser).
+    pub const N_CLASSES: &'static str = "n_classes";
+
+    /// The `__metadata__` entries.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (
+                Self::CLASS_NAMES.to_string(),
+                serde_json::to_string(&self.class_names).unwrap_or_default(),
+            ),
+            (Self::IMAGE_SIZE.to_string(), self.image_size.to_string()),
+            (
+                Self::N_CLASSES.to_string(),
+                self.class_names.len().to_string(),
+            ),
+        ])
+    }
+
+    /// Reads the entries back; `None` when the class names or input side are absent or not of
+    /// the expected form (files from the PyTorch port or `import-torch` have neither).
+    pub fn from_map(map: &HashMap<String, String>) -> Option<Self> {
+        let class_names: Vec<String> = serde_json::from_str(map.get(Self::CLASS_NAMES)?).ok()?;
+        let image_size = map.get(Self::IMAGE_SIZE)?.trim().parse().ok()?;
+        Some(WeightsMetadata {
+            class_names,
+            image_size,
+        })
+    }
+
+    /// Reads a safetensors file's metadata without reading its tensors.
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        use std::io::Read;
+        // Headers of our files are a few kilobytes; refuse absurd lengths before allocating.
+        const MAX_HEADER_LEN: u64 = 100 << 20;
+        let unreadable = |message: String| Error::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut file =
+            std::fs::File::open(path).map_err(|err| unreadable(format!("cannot open: {err}")))?;
+        let mut length = [0u8; 8];
+        file.read_exact(&mut length)
+            .map_err(|err| unreadable(format!("not a safetensors file ({err})")))?;
+        let length = u64::from_le_bytes(length);
+        if length > MAX_HEADER_LEN {
+            return Err(unreadable(format!(
+                "not a safetensors file (header of {length} bytes)"
+            )));
+        }
+        let mut header = vec![0u8; length as usize];
+        file.read_exact(&mut header)
+            .map_err(|err| unreadable(format!("not a safetensors file ({err})")))?;
+        let header: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|err| unreadable(format!("not a safetensors file ({err})")))?;
+        let Some(entries) = header.get("__metadata__").and_then(|m| m.as_object()) else {
+            return Ok(None);
+        };
+        let map: HashMap<String, String> = entries
+            .iter()
+            .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+            .collect();
+        Ok(Self::from_map(&map))
+    }
+
+    /// Checks the metadata against the network the tensors describe.
+    pub fn check(&self, config: &DexpressionConfig, path: &Path) -> Result<()> {
+        let same_side = DexpressionConfig::with(config.n_classes, self.image_size);
+        if self.class_names.len() != config.n_classes
+            || same_side.block1_side() != config.block1_side()
+        {
+            return Err(Error::Weights {
+                path: path.to_path_buf(),
+                message: format!(
+                    "its metadata names {} classes at {} px but its tensors are a network of {} classes at {} px; the file was altered, train or export it again",
+                    self.class_names.len(),
+                    self.image_size,
+                    config.n_classes,
+                    config.image_size
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes named tensors and their metadata as safetensors through a temporary file renamed into
+/// place, like [`crate::save_atomic`].
+///
+/// The header is written here rather than by the `safetensors` crate, whose metadata is a
+/// `HashMap` written in random order: with sorted keys, the same weights give the same bytes.
+pub fn save_tensors_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: &WeightsMetadata,
+    path: &Path,
+) -> Result<()> {
+    use safetensors::View;
+    use std::io::Write;
+    let io_error = |err: std::io::Error| Error::Weights {
+        path: path.to_path_buf(),
+        message: format!("cannot write: {err}"),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_error)?;
+    }
+    let mut on_cpu: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(name, tensor)| Ok((name.as_str(), tensor.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    on_cpu.sort_by(|a, b| a.0.cmp(b.0));
+    let mut header = serde_json::Map::new();
+    let entries: std::collections::BTreeMap<String, String> =
+        metadata.to_map().into_iter().collect();
+    header.insert("__metadata__".into(), serde_json::json!(entries));
+    let mut offset = 0usize;
+    for (name, tensor) in &on_cpu {
+        let end = offset + View::data_len(tensor);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": View::dtype(tensor),
+                "shape": View::shape(tensor),
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    // The data must start 8-byte aligned; the format pads the header with spaces.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let tmp_error = |err: std::io::Error| Error::Weights {
+        path: tmp.clone(),
+        message: format!("cannot write: {err}"),
+    };
+    let file = std::fs::File::create(&tmp).map_err(tmp_error)?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    writer
+        .write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(tmp_error)?;
+    writer.write_all(&header).map_err(tmp_error)?;
+    for (_, tensor) in &on_cpu {
+        writer.write_all(&View::data(tensor)).map_err(tmp_error)?;
+    }
+    writer.flush().map_err(tmp_error)?;
+    drop(writer);
+    std::fs::rename(&tmp, path).map_err(io_error)
+}
+
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|err| Error::Weights {
         path: path.to_path_buf(),
@@ -574,4 +759,73 @@ pub(crate) fn infer_config(
             message: format!("no input side gives a LayerNorm of side {lrn_side}"),
         })?;
     Ok(DexpressionConfig::with(n_classes, image_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_travels_with_the_weights_and_fixes_the_input_side() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weights.safetensors");
+        // Sides 45 to 48 give the same tensor shapes: only the metadata knows it was 48.
+        let config = DexpressionConfig::with(2, 48);
+        assert_eq!(
+            DexpressionConfig::with(2, 45).block1_side(),
+            config.block1_side()
+        );
+        let model = Dexpression::new(config, 3, &Device::Cpu).expect("network");
+        let names = vec!["pain".to_string(), "no pain, \"really\"".to_string()];
+        model.save_with_metadata(&path, &names).expect("saved");
+        let again = dir.path().join("again.safetensors");
+        model.save_with_metadata(&again, &names).expect("saved");
+        assert_eq!(
+            std::fs::read(&path).expect("bytes"),
+            std::fs::read(&again).expect("bytes"),
+            "the same weights give the same bytes"
+        );
+
+        let metadata = WeightsMetadata::read(&path)
+            .expect("readable")
+            .expect("present");
+        assert_eq!(metadata.class_names, names);
+        assert_eq!(metadata.image_size, 48);
+        let loaded = Dexpression::load(&path, &Device::Cpu).expect("loads");
+        assert_eq!(loaded.config().image_size, 48);
+        assert_eq!(loaded.config().n_classes, 2);
+        let original = model.state_dict().expect("tensors");
+        let read = loaded.state_dict().expect("tensors");
+        for ((name, a), (_, b)) in original.iter().zip(&read) {
+            let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>());
+            let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>());
+            if let (Ok(a), Ok(b)) = (a, b) {
+                assert_eq!(a, b, "{name}");
+            }
+        }
+
+        // Without metadata (the port's files) nothing is recorded and the side is inferred.
+        let plain = dir.path().join("plain.safetensors");
+        model.save(&plain).expect("saved");
+        assert_eq!(WeightsMetadata::read(&plain).expect("readable"), None);
+        assert_eq!(
+            Dexpression::load(&plain, &Device::Cpu)
+                .expect("loads")
+                .config()
+                .image_size,
+            45
+        );
+        // Metadata that contradicts the tensors is refused.
+        let wrong = WeightsMetadata {
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            image_size: 48,
+        };
+        let tampered = dir.path().join("tampered.safetensors");
+        save_tensors_with_metadata(&model.state_dict().expect("tensors"), &wrong, &tampered)
+            .expect("written");
+        let Err(error) = Dexpression::load(&tampered, &Device::Cpu) else {
+            panic!("3 names for 2 outputs must be refused");
+        };
+        assert!(error.to_string().contains("3 classes"), "{error}");
+    }
 }

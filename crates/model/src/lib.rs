@@ -38,7 +38,9 @@ mod weights;
 
 pub use config::{DexpressionConfig, FEATEX_CHANNELS};
 pub use device::{device_name, parse_device};
-pub use dexpression::{Dexpression, NamedVar, NUM_BATCHES_TRACKED};
+pub use dexpression::{
+    save_tensors_with_metadata, Dexpression, NamedVar, WeightsMetadata, NUM_BATCHES_TRACKED,
+};
 pub use error::{Error, Result};
 pub use input::{batch_from_pixels, load_face_pixels};
 pub use ops::{

@@ -30,7 +30,8 @@ pub const NEUTRAL_CLASS_NAME: &str = "Neutral";
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct RunConfig {
-    /// How folds were formed: `"subject"`, `"sequence"` or `"frame"`.
+    /// How folds were formed: `"subject"`, `"sequence"`, `"frame"`, or `"usage"` (the
+    /// dataset's own split: one fold, tested on FER2013's PrivateTest).
     #[serde(deserialize_with = "lenient")]
     pub split: Option<String>,
     /// Which frames of each sequence were used, e.g. `"peak:3"` or `"all"`.

@@ -88,6 +88,7 @@ fn write_protocol(md: &mut String, input: &SummaryInput<'_>) {
         "subject" => "Folds were split by subject: no person appears in both the training and the test set of a fold, so test accuracy measures recognition of people the network has not seen.".to_string(),
         "sequence" => "Folds were split by sequence: the frames of one sequence stay together, but the same person can appear in the training set with other sequences.".to_string(),
         "frame" => "Folds were split by frame: test accuracy includes faces seen in training (frames of the same sequences are in both sets).".to_string(),
+        "usage" => "The dataset's own split was used (FER2013's `Usage`), as the literature reports it: one model trained on Training, its `best` checkpoint chosen on PublicTest, and the test columns below measured on PrivateTest. The best-test-epoch table picks its epoch on PrivateTest itself and is optimistic; quote the final epoch or the `best` checkpoint.".to_string(),
         "unknown" if !input.has_config => "The split protocol is not recorded (no `config.json` beside the history, as with histories from the PyTorch port), so it is unknown whether test faces were seen in training.".to_string(),
         "unknown" => "The split protocol is not recorded in `config.json`, so it is unknown whether test faces were seen in training.".to_string(),
         other => format!("Folds were split by `{other}`."),
@@ -173,9 +174,15 @@ fn write_fold_table(
 ) {
     let epoch_header = if with_epoch { " Epoch |" } else { "" };
     let epoch_rule = if with_epoch { "---:|" } else { "" };
+    // With the dataset's own split, the test set is FER2013's PrivateTest: say so in the table.
+    let test = if input.config.split_name() == "usage" {
+        "PrivateTest"
+    } else {
+        "Test"
+    };
     let _ = writeln!(
         md,
-        "| Fold |{epoch_header} Train Accuracy | Test Accuracy | Train Loss | Test Loss |"
+        "| Fold |{epoch_header} Train Accuracy | {test} Accuracy | Train Loss | {test} Loss |"
     );
     let _ = writeln!(md, "|---:|{epoch_rule}---:|---:|---:|---:|");
     for record in records {

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use dexpression_report::{
-    write_report, EpochChoice, Error, History, ReportOptions, ReportSummary, CONFUSION_SIZE,
-    CURVES_SIZE,
+    draw_confusion_matrix, write_report, EpochChoice, Error, History, ReportOptions, ReportSummary,
+    CONFUSION_SIZE, CURVES_SIZE,
 };
 
 /// Two folds of three epochs in the PyTorch port's format: pandas' index column first, folds
@@ -585,4 +585,24 @@ fn a_history_without_predictions_still_gets_curves_and_tables() {
         .warnings
         .iter()
         .any(|warning| warning.contains("fold 1 epoch 2 has no test predictions")));
+}
+
+/// Classes are data (issue 14): two classes and three hundred both draw, every name labelling
+/// the axes where it fits, without panicking.
+#[test]
+fn confusion_matrices_of_two_and_three_hundred_classes_draw() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for n_classes in [2usize, 300] {
+        let names: Vec<String> = (0..n_classes).map(|i| format!("person_{i:03}")).collect();
+        let counts: Vec<Vec<u64>> = (0..n_classes)
+            .map(|row| {
+                (0..n_classes)
+                    .map(|col| u64::from(row == col) * 3)
+                    .collect()
+            })
+            .collect();
+        let path = dir.path().join(format!("confusion-{n_classes}.png"));
+        draw_confusion_matrix(&counts, &names, "many classes", &path).expect("drawn");
+        check_png(&path, CONFUSION_SIZE);
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use dexpression_model::{Adam, Dexpression};
+use dexpression_model::{save_tensors_with_metadata, Adam, Dexpression, WeightsMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -170,13 +170,18 @@ pub fn save(
 ) -> Result<()> {
     let mut tensors = model.state_dict()?;
     tensors.extend(adam.state()?);
+    // The class names and input side go into every weights file, so `predict` needs only it.
+    let metadata = WeightsMetadata {
+        class_names: state.config.class_names.clone(),
+        image_size: state.config.image_size,
+    };
     let weights_name = format!("last-epoch{:03}.safetensors", state.epoch);
-    dexpression_model::save_atomic(&tensors, &fold_dir.join(&weights_name))?;
+    save_tensors_with_metadata(&tensors, &metadata, &fold_dir.join(&weights_name))?;
     let previous_last = state.weights.replace(weights_name);
 
     if let Some(record) = best {
         let best_name = format!("best-epoch{:03}.safetensors", state.epoch);
-        dexpression_model::save_atomic(&tensors, &fold_dir.join(&best_name))?;
+        save_tensors_with_metadata(&tensors, &metadata, &fold_dir.join(&best_name))?;
         let score = match &record.validation {
             Some(validation) => validation.accuracy,
             None => record.test.accuracy,

@@ -53,13 +53,14 @@ pub struct TrainConfig {
     pub class_names: Vec<String>,
     /// Side of the square network input in pixels.
     pub image_size: usize,
-    /// Fold unit: `subject`, `sequence` or `frame`.
+    /// Fold unit: `subject`, `sequence` or `frame`; or `usage`, the dataset's own split
+    /// (FER2013: one fold, trained on Training, selected on PublicTest, tested on PrivateTest).
     pub split: String,
     /// Frames kept per sequence: `peak:N` or `all`.
     pub selection: String,
     /// Whether first frames were added as a Neutral class.
     pub neutral: bool,
-    /// Number of folds.
+    /// Number of folds (1 with the `usage` split).
     pub folds: usize,
     /// Epochs per fold.
     pub epochs: usize,
@@ -91,7 +92,7 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The PyTorch port's schedule (5 folds, 25 epochs, batch 32, Adam 1e-3, seed 0) on a
-    /// prepared dataset, split by subject.
+    /// prepared dataset, split by subject, with the dataset's class names.
     pub fn port_defaults(
         dataset: &Dataset,
         dataset_name: &str,
@@ -156,7 +157,23 @@ impl TrainConfig {
                 expected: expected.to_string(),
             })
         };
-        if self.folds < 2 {
+        let split = self.split_by()?;
+        if split == SplitBy::Usage {
+            if self.folds != 1 {
+                return invalid(
+                    "folds",
+                    self.folds.to_string(),
+                    "1 with --split usage (the dataset's own split is one fold)",
+                );
+            }
+            if self.select_on != SelectOn::Val {
+                return invalid(
+                    "select-on",
+                    "test".into(),
+                    "val with --split usage (PublicTest chooses the epoch, PrivateTest is only reported)",
+                );
+            }
+        } else if self.folds < 2 {
             return invalid("folds", self.folds.to_string(), "at least 2");
         }
         if self.epochs == 0 {
@@ -179,7 +196,6 @@ impl TrainConfig {
                 "between 0 and 1 (exclusive)",
             );
         }
-        self.split_by()?;
         self.model_config().validate()?;
         Ok(())
     }
@@ -254,6 +270,24 @@ mod tests {
             keep_every_epoch: false,
             version: "0.1.0".into(),
         }
+    }
+
+    #[test]
+    fn the_usage_split_is_one_fold_selected_on_validation() {
+        let mut usage = config();
+        usage.split = "usage".into();
+        assert!(usage.validate().unwrap_err().to_string().contains("folds"));
+        usage.folds = 1;
+        assert!(usage
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("select-on"));
+        usage.select_on = SelectOn::Val;
+        assert!(usage.validate().is_ok());
+        let mut one_fold = config();
+        one_fold.folds = 1;
+        assert!(one_fold.validate().is_err());
     }
 
     #[test]

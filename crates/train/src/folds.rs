@@ -1,7 +1,7 @@
 //! Which samples each fold trains, validates and tests on, and the checks made on them before
 //! any training starts.
 
-use dexpression_dataset::{k_fold, Sample};
+use dexpression_dataset::{k_fold, usage_split, Sample, SplitBy};
 
 use crate::batching::{derived_seed, Purpose};
 use crate::config::{SelectOn, TrainConfig};
@@ -28,6 +28,19 @@ pub fn plan_folds(
     samples: &[Sample],
 ) -> Result<(Vec<FoldPlan>, Vec<String>)> {
     let split = config.split_by()?;
+    if split == SplitBy::Usage {
+        let parts = usage_split(samples)?;
+        let plan = FoldPlan {
+            fold: 1,
+            train: parts.training,
+            validation: parts.public_test,
+            test: parts.private_test,
+        };
+        let warnings = missing_class_warning(config, samples, &plan.train, 1)
+            .into_iter()
+            .collect();
+        return Ok((vec![plan], warnings));
+    }
     if samples.len() < config.folds {
         return Err(Error::Data(format!(
             "{} samples cannot make {} folds; use fewer --folds or more data",
@@ -51,17 +64,7 @@ pub fn plan_folds(
             SelectOn::Test => (fold.train, Vec::new()),
             SelectOn::Val => carve_validation(config, samples, &fold.train, fold_number)?,
         };
-        let missing: Vec<&str> = (0..config.class_names.len())
-            .filter(|&label| !train.iter().any(|&idx| samples[idx].label == label))
-            .map(|label| config.class_names[label].as_str())
-            .collect();
-        if !missing.is_empty() {
-            warnings.push(format!(
-                "fold {fold_number}: no training sample of {}; the network cannot learn {}",
-                missing.join(", "),
-                if missing.len() == 1 { "it" } else { "them" }
-            ));
-        }
+        warnings.extend(missing_class_warning(config, samples, &train, fold_number));
         plans.push(FoldPlan {
             fold: fold_number,
             train,
@@ -70,6 +73,34 @@ pub fn plan_folds(
         });
     }
     Ok((plans, warnings))
+}
+
+/// The warning for classes that a fold's training samples lack, if any.
+fn missing_class_warning(
+    config: &TrainConfig,
+    samples: &[Sample],
+    train: &[usize],
+    fold: usize,
+) -> Option<String> {
+    let mut present = vec![false; config.class_names.len()];
+    for &idx in train {
+        if let Some(seen) = present.get_mut(samples[idx].label) {
+            *seen = true;
+        }
+    }
+    let missing: Vec<&str> = present
+        .iter()
+        .zip(&config.class_names)
+        .filter(|(seen, _)| !**seen)
+        .map(|(_, name)| name.as_str())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "fold {fold}: no training sample of {}; the network cannot learn {}",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        )
+    })
 }
 
 /// Splits a training fold into training and validation by the same unit (so no person is in

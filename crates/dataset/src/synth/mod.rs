@@ -12,7 +12,10 @@
 //! recognises real faces.
 
 mod face;
+mod fer2013;
 mod raster;
+
+pub use fer2013::{write_fer2013_csv, FER2013_ROWS};
 
 use crate::parse::N_LANDMARKS;
 use crate::{Error, Expression, Result};
