@@ -769,8 +769,8 @@ mod tests {
     fn metadata_travels_with_the_weights_and_fixes_the_input_side() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("weights.safetensors");
-        // Sides 45 to 48 give the same tensor shapes: only the metadata knows it was 48.
-        let config = DexpressionConfig::with(2, 48);
+        // Sides 45 to 48 give the same tensor shapes: only the metadata knows it was 46.
+        let config = DexpressionConfig::with(2, 46);
         assert_eq!(
             DexpressionConfig::with(2, 45).block1_side(),
             config.block1_side()
@@ -790,9 +790,9 @@ mod tests {
             .expect("readable")
             .expect("present");
         assert_eq!(metadata.class_names, names);
-        assert_eq!(metadata.image_size, 48);
+        assert_eq!(metadata.image_size, 46);
         let loaded = Dexpression::load(&path, &Device::Cpu).expect("loads");
-        assert_eq!(loaded.config().image_size, 48);
+        assert_eq!(loaded.config().image_size, 46);
         assert_eq!(loaded.config().n_classes, 2);
         let original = model.state_dict().expect("tensors");
         let read = loaded.state_dict().expect("tensors");
@@ -804,7 +804,8 @@ mod tests {
             }
         }
 
-        // Without metadata (the port's files) nothing is recorded and the side is inferred.
+        // Without metadata (the port's files) nothing is recorded and the side is inferred: of
+        // the sides 45-48 that give these shapes, the multiple of 16.
         let plain = dir.path().join("plain.safetensors");
         model.save(&plain).expect("saved");
         assert_eq!(WeightsMetadata::read(&plain).expect("readable"), None);
@@ -813,7 +814,7 @@ mod tests {
                 .expect("loads")
                 .config()
                 .image_size,
-            45
+            48
         );
         // Metadata that contradicts the tensors is refused.
         let wrong = WeightsMetadata {
