@@ -32,15 +32,19 @@ mod error;
 mod input;
 pub mod ops;
 mod optim;
+mod torch_pickle;
 mod weights;
 
 pub use config::{DexpressionConfig, FEATEX_CHANNELS};
 pub use device::{device_name, parse_device};
 pub use dexpression::{Dexpression, NamedVar, NUM_BATCHES_TRACKED};
-pub use error::{Error, Result};
-pub use input::{batch_from_pixels, load_face_pixels};
+pub use error::{CandleError, Error, Result};
+pub use input::{batch_from_pixels, load_face_pixels, open_image, MAX_IMAGE_SIDE};
 pub use optim::{Adam, AdamConfig};
-pub use weights::{import_torch, save_atomic, ImportSummary};
+pub use weights::{
+    import_torch, save_atomic, ImportSummary, MAX_CHECKPOINT_ENTRIES, MAX_CHECKPOINT_TENSOR_BYTES,
+    MAX_PICKLE_BYTES,
+};
 
 /// Re-exported so that users need no direct candle dependency for the basics.
 pub use candle_core;
