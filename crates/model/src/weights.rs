@@ -124,7 +124,7 @@ fn read_torch_state_dict(checkpoint: &Path) -> Result<(HashMap<String, Tensor>, 
 
     let pickle = read_entry(&mut archive, &pickle_name, MAX_PICKLE_BYTES)
         .map_err(|e| zip_error(&pickle_name, &e))?;
-    let root = crate::torch_pickle::parse(&pickle).map_err(|message| bad(message))?;
+    let root = crate::torch_pickle::parse(&pickle).map_err(bad)?;
     let mut records = crate::torch_pickle::tensor_table(&root).map_err(|message| {
         bad(format!(
             "{message}; is this a DeXpression checkpoint of the PyTorch port?"

@@ -144,10 +144,12 @@ fn row_major(shape: &[u64]) -> Vec<u64> {
     stride
 }
 
+/// The raw record of each storage, by key.
+type Storages = Vec<(String, Vec<u8>)>;
+
 /// The entries and storages of network seed 5, made once for the property tests.
-fn cached_checkpoint() -> &'static (Vec<Entry>, Vec<(String, Vec<u8>)>) {
-    static CHECKPOINT: std::sync::OnceLock<(Vec<Entry>, Vec<(String, Vec<u8>)>)> =
-        std::sync::OnceLock::new();
+fn cached_checkpoint() -> &'static (Vec<Entry>, Storages) {
+    static CHECKPOINT: std::sync::OnceLock<(Vec<Entry>, Storages)> = std::sync::OnceLock::new();
     CHECKPOINT.get_or_init(|| {
         let (entries, storages, _) = network_checkpoint(5);
         (entries, storages)
@@ -155,7 +157,7 @@ fn cached_checkpoint() -> &'static (Vec<Entry>, Vec<(String, Vec<u8>)>) {
 }
 
 /// The entries and storages of a real, freshly initialised small network.
-fn network_checkpoint(seed: u64) -> (Vec<Entry>, Vec<(String, Vec<u8>)>, Dexpression) {
+fn network_checkpoint(seed: u64) -> (Vec<Entry>, Storages, Dexpression) {
     let model = Dexpression::new(small_config(), seed, &Device::Cpu).unwrap();
     let mut entries = Vec::new();
     let mut storages = Vec::new();
