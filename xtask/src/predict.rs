@@ -87,8 +87,7 @@ fn faces_of(path: &Path, side: usize, no_crop: bool) -> anyhow::Result<Vec<Face>
             region: None,
         }]);
     }
-    let image =
-        image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
+    let image = dexpression_model::open_image(path)?;
     let detected = detect_faces(&image.to_luma8());
     if detected.is_empty() {
         eprintln!(

@@ -5,6 +5,7 @@ use crate::layout::{file_name, sorted_entries};
 use crate::{Error, Progress, Result, Stage};
 use sha2::{Digest, Sha256};
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The image archive of the official release.
@@ -49,11 +50,40 @@ pub(crate) fn official_zips(source: &Path) -> Result<Option<Archives>> {
     Ok(Some(Archives { paths }))
 }
 
+/// Limits on what an extraction writes, against archives crafted (or damaged) to fill the disk:
+/// a zip's declared sizes are its own word only, so bytes are counted as they are written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ZipLimits {
+    /// The most entries one archive may list (the CK+ image archive has about 11,000).
+    pub(crate) max_entries: usize,
+    /// The most bytes all archives may unpack to together (CK+ is about 2 GB).
+    pub(crate) max_bytes: u64,
+}
+
+impl Default for ZipLimits {
+    fn default() -> Self {
+        ZipLimits {
+            max_entries: 200_000,
+            max_bytes: 16 << 30,
+        }
+    }
+}
+
 /// Extracts the archives into `cache_dir/extracted-<hash>/` unless a complete extraction of
 /// the same archives (same names and sizes) is already there; returns that folder.
 pub(crate) fn extract(
     archives: &Archives,
     cache_dir: &Path,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<PathBuf> {
+    extract_with_limits(archives, cache_dir, &ZipLimits::default(), progress)
+}
+
+/// [`extract`] within other limits.
+pub(crate) fn extract_with_limits(
+    archives: &Archives,
+    cache_dir: &Path,
+    limits: &ZipLimits,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<PathBuf> {
     let mut hasher = Sha256::new();
@@ -74,7 +104,7 @@ pub(crate) fn extract(
         fs::remove_dir_all(&temporary).map_err(|error| Error::io(&temporary, error))?;
     }
     fs::create_dir_all(&temporary).map_err(|error| Error::io(&temporary, error))?;
-    let result = extract_all(archives, &temporary, progress).and_then(|()| {
+    let result = extract_all(archives, &temporary, limits, progress).and_then(|()| {
         let marker = temporary.join(COMPLETE_MARKER);
         fs::write(&marker, id.as_bytes()).map_err(|error| Error::io(&marker, error))?;
         if target.exists() {
@@ -91,6 +121,7 @@ pub(crate) fn extract(
 fn extract_all(
     archives: &Archives,
     destination: &Path,
+    limits: &ZipLimits,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<()> {
     let mut opened = Vec::new();
@@ -101,8 +132,19 @@ fn extract_all(
                 path: path.clone(),
                 reason: error.to_string(),
             })?;
+        if archive.len() > limits.max_entries {
+            return Err(Error::Zip {
+                path: path.clone(),
+                reason: format!(
+                    "it lists {} entries, more than the limit of {}; is it the CK+ archive?",
+                    archive.len(),
+                    limits.max_entries
+                ),
+            });
+        }
         opened.push((path, archive));
     }
+    let mut budget = limits.max_bytes;
     let total: usize = opened.iter().map(|(_, archive)| archive.len()).sum();
     let mut done = 0;
     for (path, archive) in &mut opened {
@@ -117,7 +159,7 @@ fn extract_all(
             let Some(relative) = entry.enclosed_name() else {
                 continue;
             };
-            let output = destination.join(relative);
+            let output = destination.join(&relative);
             if entry.is_dir() {
                 fs::create_dir_all(&output).map_err(|error| Error::io(&output, error))?;
             } else {
@@ -126,7 +168,16 @@ fn extract_all(
                 }
                 let mut file =
                     fs::File::create(&output).map_err(|error| Error::io(&output, error))?;
-                std::io::copy(&mut entry, &mut file).map_err(|e| zip_error(&e))?;
+                let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut file)
+                    .map_err(|e| zip_error(&e))?;
+                if written > budget {
+                    return Err(zip_error(&format!(
+                        "it unpacks to more than the limit of {} bytes (stopped at {}); is it the CK+ archive?",
+                        limits.max_bytes,
+                        relative.display()
+                    )));
+                }
+                budget -= written;
             }
             done += 1;
             if done % 64 == 0 || done == total {
@@ -139,4 +190,105 @@ fn extract_all(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_zip(path: &Path, entries: &[(&str, Vec<u8>)]) {
+        let mut zip = zip::ZipWriter::new(fs::File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, bytes) in entries {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    fn archives(dir: &Path, images: &[(&str, Vec<u8>)]) -> Archives {
+        write_zip(&dir.join(IMAGES_ZIP), images);
+        write_zip(
+            &dir.join(EMOTION_ZIP),
+            &[(
+                "Emotion/S005/001/S005_001_00000011_emotion.txt",
+                b"3.0".to_vec(),
+            )],
+        );
+        official_zips(dir)
+            .unwrap()
+            .expect("both archives are found")
+    }
+
+    #[test]
+    fn extraction_stops_at_the_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Zeros deflate to almost nothing: a small archive that unpacks to 3 MB.
+        let found = archives(
+            dir.path(),
+            &[("cohn-kanade-images/S005/001/a.png", vec![0u8; 3 << 20])],
+        );
+        let limits = ZipLimits {
+            max_entries: 100,
+            max_bytes: 1 << 20,
+        };
+        let err =
+            extract_with_limits(&found, &dir.path().join("cache"), &limits, &|_| {}).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(IMAGES_ZIP)
+                && message.contains("more than the limit of 1048576 bytes"),
+            "{message}"
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("cache")).unwrap().collect();
+        assert!(
+            leftovers.is_empty(),
+            "the partial extraction is removed: {leftovers:?}"
+        );
+    }
+
+    #[test]
+    fn extraction_refuses_too_many_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<(String, Vec<u8>)> = (0..5)
+            .map(|i| (format!("cohn-kanade-images/S005/001/{i}.png"), vec![1u8]))
+            .collect();
+        let entries: Vec<(&str, Vec<u8>)> = entries
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.clone()))
+            .collect();
+        let found = archives(dir.path(), &entries);
+        let limits = ZipLimits {
+            max_entries: 4,
+            max_bytes: 1 << 20,
+        };
+        let err =
+            extract_with_limits(&found, &dir.path().join("cache"), &limits, &|_| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("lists 5 entries, more than the limit of 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn extraction_within_the_limits_writes_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = archives(
+            dir.path(),
+            &[("cohn-kanade-images/S005/001/a.png", vec![9u8; 1000])],
+        );
+        let limits = ZipLimits {
+            max_entries: 2,
+            max_bytes: 1003,
+        };
+        let target =
+            extract_with_limits(&found, &dir.path().join("cache"), &limits, &|_| {}).unwrap();
+        assert_eq!(
+            fs::read(target.join("cohn-kanade-images/S005/001/a.png")).unwrap(),
+            vec![9u8; 1000]
+        );
+    }
 }

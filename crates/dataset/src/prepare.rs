@@ -331,6 +331,36 @@ fn crop_all(
     Ok((samples, skipped))
 }
 
+/// The largest width or height of an image that is decoded: a header may declare any size and
+/// decoding allocates what it declares (a CK+ frame is 640x490).
+pub(crate) const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Decodes an image, refusing from its header alone, before any pixel memory is allocated, one
+/// wider or taller than [`MAX_IMAGE_SIDE`]; the error is the reason, in words.
+pub(crate) fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|error| format!("cannot read: {error}"))
+    };
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|error| format!("cannot decode: {error}"))?;
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "the image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_SIDE} a side"
+        ));
+    }
+    let mut reader = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader
+        .decode()
+        .map_err(|error| format!("cannot decode: {error}"))
+}
+
 /// Longest side up to which a folder-per-class image counts as a ready-made face crop even
 /// when it is not square (CK+48 is 48x48; larger non-square images are whole photos).
 const PRECROPPED_MAX_SIDE: u32 = 256;
@@ -348,13 +378,8 @@ fn crop_one(job: &FrameJob, options: &PrepareOptions) -> std::result::Result<Sam
             format!("cannot read: {error}"),
         )
     })?;
-    let image = image::load_from_memory(&bytes).map_err(|error| {
-        skipped(
-            &job.image,
-            SkipKind::CorruptImage,
-            format!("cannot decode: {error}"),
-        )
-    })?;
+    let image = decode_image(&bytes)
+        .map_err(|reason| skipped(&job.image, SkipKind::CorruptImage, reason))?;
     let (face, crop) = if let Some(landmarks_path) = &job.landmarks {
         let text = std::fs::read(landmarks_path).map_err(|error| {
             skipped(
@@ -450,5 +475,58 @@ pub(crate) fn summarize(
         skipped,
         from_cache,
         cache_path: cache_path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PNG signature and IHDR declaring `width` x `height` grayscale, with no pixel data.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut crc = !0u32;
+        for &byte in &ihdr {
+            crc ^= byte as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&(!crc).to_be_bytes());
+        // An empty IDAT (its CRC is fixed): decoders read the header up to the first data chunk.
+        png.extend_from_slice(&0u32.to_be_bytes());
+        png.extend_from_slice(b"IDAT");
+        png.extend_from_slice(&0x35AF_061Eu32.to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn an_image_beyond_the_side_limit_is_refused_from_its_header() {
+        let reason = decode_image(&png_header(MAX_IMAGE_SIDE + 1, 10)).unwrap_err();
+        assert_eq!(
+            reason,
+            "the image is 8193x10 pixels, more than the limit of 8192 a side"
+        );
+    }
+
+    #[test]
+    fn an_image_within_the_limit_decodes() {
+        let mut png = Vec::new();
+        image::GrayImage::from_pixel(3, 2, image::Luma([7u8]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let image = decode_image(&png).unwrap();
+        assert_eq!((image.width(), image.height()), (3, 2));
+        assert_eq!(image.to_luma8().into_raw(), vec![7u8; 6]);
     }
 }

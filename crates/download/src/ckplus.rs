@@ -6,7 +6,7 @@
 //! or macOS metadata does not matter. Nothing goes online.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -30,13 +30,53 @@ pub struct ImportSummary {
     pub already_imported: bool,
 }
 
+/// Limits on what an import reads, against archives crafted (or damaged) to exhaust the disk or
+/// never finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// The most entries one zip may list (the CK+ image archive has about 11,000).
+    pub max_zip_entries: usize,
+    /// The most bytes an import may unpack or copy in all (CK+ is about 2 GB).
+    pub max_total_bytes: u64,
+    /// The most folders deep a `--from` folder is walked.
+    pub max_depth: usize,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            max_zip_entries: 200_000,
+            max_total_bytes: 16 << 30,
+            max_depth: 64,
+        }
+    }
+}
+
 /// Imports the CK+ release from `from` (a zip, or a folder of zips and/or extracted files) into
-/// `dest`.
+/// `dest`, within the default [`ImportLimits`].
 ///
 /// The files are unpacked beside `dest` and renamed into place only when the images and the
 /// emotion labels are both there. A zip with nothing from CK+ is an error naming its entries.
+///
+/// The user's files are never deleted: a `from` inside `dest` is refused (replacing `dest` would
+/// delete it), and an existing `dest` is replaced only when an earlier import made it (it holds
+/// [`IMPORT_MARKER`]); otherwise the import stops and says so. Symbolic links in a `from` folder
+/// are followed, but a link back into a folder being walked is an error, not an endless walk.
 pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Result<ImportSummary> {
-    if let (Ok(from_canonical), Ok(dest_canonical)) = (from.canonicalize(), dest.canonicalize()) {
+    import_ckplus_with_limits(from, dest, &ImportLimits::default(), progress)
+}
+
+/// [`import_ckplus`] with other limits.
+pub fn import_ckplus_with_limits(
+    from: &Path,
+    dest: &Path,
+    limits: &ImportLimits,
+    progress: &dyn Progress,
+) -> Result<ImportSummary> {
+    let from_canonical = from
+        .canonicalize()
+        .map_err(|err| Error::io("reading", from, err))?;
+    if let Ok(dest_canonical) = dest.canonicalize() {
         if from_canonical == dest_canonical {
             // Already in place: nothing to copy onto itself.
             return Ok(ImportSummary {
@@ -45,8 +85,19 @@ pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Resul
                 already_imported: true,
             });
         }
+        if from_canonical.starts_with(&dest_canonical) {
+            return Err(Error::SourceInsideDestination {
+                from: from.to_path_buf(),
+                dest: dest.to_path_buf(),
+            });
+        }
     }
-    let sources = list_sources(from)?;
+    if dest.exists() && !dest.join(IMPORT_MARKER).is_file() && !is_empty_dir(dest) {
+        return Err(Error::DestinationNotOurs {
+            dest: dest.to_path_buf(),
+        });
+    }
+    let sources = list_sources(from, dest, limits)?;
     let fingerprint = fingerprint(&sources)?;
     let marker = dest.join(IMPORT_MARKER);
     if fs::read_to_string(&marker).is_ok_and(|recorded| recorded == fingerprint) {
@@ -63,10 +114,25 @@ pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Resul
     }
     fs::create_dir_all(&staging).map_err(|err| Error::io("creating", &staging, err))?;
     let mut n_files_per_part = [0usize; 4];
+    let mut budget = limits.max_total_bytes;
     for source in &sources {
         match source {
             Source::Zip(zip) => {
-                let n_kept = unpack_zip(zip, &staging, &mut n_files_per_part, progress)?;
+                let unpacked = unpack_zip(
+                    zip,
+                    &staging,
+                    &mut n_files_per_part,
+                    limits,
+                    &mut budget,
+                    progress,
+                );
+                let n_kept = match unpacked {
+                    Ok(n_kept) => n_kept,
+                    Err(err) => {
+                        let _ = fs::remove_dir_all(&staging);
+                        return Err(err);
+                    }
+                };
                 if n_kept == 0 {
                     // A lone zip must be CK+; in a folder, other archives are passed over.
                     if from.is_file() {
@@ -86,7 +152,16 @@ pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Resul
                 if let Some((part_idx, inside)) = ckplus_relative(relative) {
                     let target = staging.join(&inside);
                     create_parent(&target)?;
-                    fs::copy(path, &target).map_err(|err| Error::io("copying", path, err))?;
+                    let n_bytes =
+                        fs::copy(path, &target).map_err(|err| Error::io("copying", path, err))?;
+                    if n_bytes > budget {
+                        let _ = fs::remove_dir_all(&staging);
+                        return Err(Error::TooLarge {
+                            path: from.to_path_buf(),
+                            limit: format!("{} bytes in all", limits.max_total_bytes),
+                        });
+                    }
+                    budget -= n_bytes;
                     n_files_per_part[part_idx] += 1;
                 }
             }
@@ -116,7 +191,14 @@ pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Resul
 
     fs::write(staging.join(IMPORT_MARKER), &fingerprint)
         .map_err(|err| Error::io("writing", staging.join(IMPORT_MARKER), err))?;
+    // Checked again just before: only an earlier import (or an empty folder) is replaced.
     if dest.exists() {
+        if !dest.join(IMPORT_MARKER).is_file() && !is_empty_dir(dest) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(Error::DestinationNotOurs {
+                dest: dest.to_path_buf(),
+            });
+        }
         fs::remove_dir_all(dest).map_err(|err| Error::io("replacing", dest, err))?;
     }
     if let Some(parent) = dest.parent() {
@@ -135,14 +217,29 @@ enum Source {
     File { path: PathBuf, relative: PathBuf },
 }
 
-fn list_sources(from: &Path) -> Result<Vec<Source>> {
+fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// Lists the files under `from`, following symbolic links but never into a folder that is
+/// already being walked (a loop), nor into `dest` or its staging folder.
+fn list_sources(from: &Path, dest: &Path, limits: &ImportLimits) -> Result<Vec<Source>> {
     let meta = fs::metadata(from).map_err(|err| Error::io("reading", from, err))?;
     if meta.is_file() {
         return Ok(vec![Source::Zip(from.to_path_buf())]);
     }
+    let skipped: Vec<PathBuf> = [dest.to_path_buf(), sibling(dest, ".importing")]
+        .iter()
+        .filter_map(|path| path.canonicalize().ok())
+        .collect();
     let mut sources = Vec::new();
-    let mut pending = vec![from.to_path_buf()];
-    while let Some(dir) = pending.pop() {
+    // Each pending folder carries the canonical paths of the folders above it, so that a link
+    // pointing back up is recognised as a loop.
+    let root = from
+        .canonicalize()
+        .map_err(|err| Error::io("reading", from, err))?;
+    let mut pending = vec![(from.to_path_buf(), vec![root])];
+    while let Some((dir, ancestors)) = pending.pop() {
         let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
             .map_err(|err| Error::io("reading", &dir, err))?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -150,7 +247,27 @@ fn list_sources(from: &Path) -> Result<Vec<Source>> {
         entries.sort();
         for path in entries {
             if path.is_dir() {
-                pending.push(path);
+                let canonical = path
+                    .canonicalize()
+                    .map_err(|err| Error::io("reading", &path, err))?;
+                if ancestors.contains(&canonical) {
+                    return Err(Error::SymlinkLoop {
+                        link: path,
+                        target: canonical,
+                    });
+                }
+                if skipped.contains(&canonical) {
+                    continue;
+                }
+                if ancestors.len() >= limits.max_depth {
+                    return Err(Error::TooLarge {
+                        path,
+                        limit: format!("{} folders deep", limits.max_depth),
+                    });
+                }
+                let mut below = ancestors.clone();
+                below.push(canonical);
+                pending.push((path, below));
             } else if path
                 .extension()
                 .is_some_and(|ext| ext.eq_ignore_ascii_case("zip"))
@@ -191,6 +308,8 @@ fn unpack_zip(
     zip_path: &Path,
     staging: &Path,
     n_files_per_part: &mut [usize; 4],
+    limits: &ImportLimits,
+    budget: &mut u64,
     progress: &dyn Progress,
 ) -> Result<usize> {
     let zip_error = |reason: String| Error::Zip {
@@ -199,6 +318,16 @@ fn unpack_zip(
     };
     let file = File::open(zip_path).map_err(|err| Error::io("reading", zip_path, err))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|err| zip_error(err.to_string()))?;
+    if archive.len() > limits.max_zip_entries {
+        return Err(Error::TooLarge {
+            path: zip_path.to_path_buf(),
+            limit: format!(
+                "{} zip entries (it lists {})",
+                limits.max_zip_entries,
+                archive.len()
+            ),
+        });
+    }
     let label = zip_path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -227,12 +356,23 @@ fn unpack_zip(
         let target = staging.join(&inside);
         create_parent(&target)?;
         let mut out = File::create(&target).map_err(|err| Error::io("writing", &target, err))?;
-        io::copy(&mut entry, &mut out).map_err(|err| match err.kind() {
-            io::ErrorKind::StorageFull => Error::DiskFull {
-                path: target.clone(),
-            },
-            _ => zip_error(format!("entry {}: {err}", relative.display())),
+        // Counted as written, not as declared: a zip's sizes are the archive's word only.
+        let n_bytes = io::copy(&mut (&mut entry).take(*budget + 1), &mut out).map_err(|err| {
+            match err.kind() {
+                io::ErrorKind::StorageFull => Error::DiskFull {
+                    path: target.clone(),
+                },
+                _ => zip_error(format!("entry {}: {err}", relative.display())),
+            }
         })?;
+        if n_bytes > *budget {
+            progress.end();
+            return Err(Error::TooLarge {
+                path: zip_path.to_path_buf(),
+                limit: format!("{} bytes unpacked in all", limits.max_total_bytes),
+            });
+        }
+        *budget -= n_bytes;
         n_files_per_part[part_idx] += 1;
         n_kept += 1;
     }

@@ -36,10 +36,14 @@ impl DriveFile {
 /// Where and how to reach Google Drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveOptions {
-    /// Base URL, [`DRIVE_ENDPOINT`] unless testing against a local server.
+    /// Base URL, [`DRIVE_ENDPOINT`] unless testing against a local server; `https` unless it is
+    /// a loopback address.
     pub endpoint: String,
     /// Never go online: succeed only when the file is already on disk.
     pub offline: bool,
+    /// How long the server may stay silent before the transfer is given up
+    /// ([`READ_TIMEOUT`](crate::READ_TIMEOUT) by default).
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for DriveOptions {
@@ -47,14 +51,27 @@ impl Default for DriveOptions {
         DriveOptions {
             endpoint: DRIVE_ENDPOINT.to_string(),
             offline: false,
+            read_timeout: transfer::READ_TIMEOUT,
         }
     }
 }
 
+/// Where the sha256 of a Drive file's first download is kept: `<file>.first-sha256`.
+pub fn pin_path(dest: &Path) -> std::path::PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".first-sha256");
+    dest.with_file_name(name)
+}
+
 /// Downloads a Drive file to `dest`, or verifies the copy already there.
 ///
-/// Resumes from `<dest>.part` when an earlier run was cut, and records the sha256 in
-/// `<dest>.sha256`. A file already in place is hashed and, when it matches, nothing is fetched.
+/// Resumes from `<dest>.part` when an earlier run was cut (with `If-Range`, so a file changed in
+/// the meantime starts over), and records the sha256 in `<dest>.sha256`. A file already in place
+/// is hashed and, when it matches, nothing is fetched.
+///
+/// Drive publishes no checksum, so the sha256 of the first complete download is also recorded in
+/// [`pin_path`]`(dest)`, which later downloads of the same file must match (trust on first use):
+/// a file replaced on Drive, or altered on its way, is moved aside and refused.
 pub fn fetch_drive_file(
     file: &DriveFile,
     dest: &Path,
@@ -62,6 +79,7 @@ pub fn fetch_drive_file(
     progress: &dyn Progress,
 ) -> Result<Fetched> {
     if let Some(found) = transfer::already_present(dest)? {
+        check_pin(&found, dest)?;
         return Ok(found);
     }
     if options.offline {
@@ -71,14 +89,15 @@ pub fn fetch_drive_file(
         });
     }
 
-    let client = transfer::http_client()?;
     let url = format!(
         "{}/uc?export=download&id={}",
         options.endpoint.trim_end_matches('/'),
         file.id
     );
-    let offset = transfer::partial_size(dest);
-    let response = transfer::send_get(&client, &url, offset)?;
+    transfer::require_https(&url)?;
+    let client = transfer::http_client(options.read_timeout)?;
+    let resume = transfer::resume_point(dest)?;
+    let response = transfer::send_get(&client, &url, resume.as_ref())?;
     let (response, url) = if is_html(&response) && response.status().is_success() {
         let cookie_token = download_warning_cookie(&response);
         let page_url = response.url().clone();
@@ -93,7 +112,7 @@ pub fn fetch_drive_file(
                     dest: dest.to_path_buf(),
                 }
             })?;
-        let response = transfer::send_get(&client, &confirmed, offset)?;
+        let response = transfer::send_get(&client, &confirmed, resume.as_ref())?;
         if is_html(&response) && response.status().is_success() {
             return Err(Error::DriveNoConfirmation {
                 url: confirmed,
@@ -104,14 +123,49 @@ pub fn fetch_drive_file(
     } else {
         (response, url)
     };
-    transfer::receive(response, &url, &file.id, dest, offset, progress).map_err(|err| match err {
-        Error::NotFound { url, .. } => Error::DriveNotFound {
-            url,
-            id: file.id.clone(),
-            dest: dest.to_path_buf(),
-        },
-        err => err,
-    })
+    let fetched = transfer::receive(&client, response, &url, &file.id, dest, resume, progress)
+        .map_err(|err| match err {
+            Error::NotFound { url, .. } => Error::DriveNotFound {
+                url,
+                id: file.id.clone(),
+                dest: dest.to_path_buf(),
+            },
+            err => err,
+        })?;
+    check_pin(&fetched, dest)?;
+    Ok(fetched)
+}
+
+/// Records the first download's sha256, or checks a later download against it.
+fn check_pin(fetched: &Fetched, dest: &Path) -> Result<()> {
+    let pin = pin_path(dest);
+    match std::fs::read_to_string(&pin) {
+        Ok(recorded) => {
+            let expected = recorded
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if expected == fetched.sha256 {
+                return Ok(());
+            }
+            let moved_to = transfer::move_aside(dest)?;
+            let _ = std::fs::remove_file(transfer::sidecar_path(dest));
+            Err(Error::PinMismatch {
+                path: dest.to_path_buf(),
+                pin,
+                expected,
+                actual: fetched.sha256.clone(),
+                moved_to,
+            })
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let file_name = dest.file_name().unwrap_or_default().to_string_lossy();
+            std::fs::write(&pin, format!("{}  {file_name}\n", fetched.sha256))
+                .map_err(|err| Error::io("writing", &pin, err))
+        }
+        Err(err) => Err(Error::io("reading", &pin, err)),
+    }
 }
 
 fn is_html(response: &reqwest::blocking::Response) -> bool {

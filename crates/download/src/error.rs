@@ -116,6 +116,57 @@ pub enum Error {
         received: u64,
     },
 
+    /// The server sent a body without announcing its length and would not confirm, when asked
+    /// for the bytes after it, that there are none: a dropped connection looks the same.
+    #[error(
+        "{url} sent {received} bytes without saying how many to expect, and did not confirm that \
+         this is the whole file; the partial file is kept at {} but not used. Run again to \
+         continue it, or download the file in a browser and place it at the destination",
+        part.display()
+    )]
+    LengthUnconfirmed {
+        /// The URL being fetched.
+        url: String,
+        /// The partial file.
+        part: PathBuf,
+        /// Bytes on disk.
+        received: u64,
+    },
+
+    /// A URL that would send requests (and a token) unencrypted.
+    #[error("refusing to fetch {url}: {reason}")]
+    Insecure {
+        /// The URL given.
+        url: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// A file downloaded again no longer has the sha256 recorded the first time it was fetched
+    /// (trust on first use).
+    #[error(
+        "{} has sha256 {actual}, but the first download of this file (recorded in {}) had \
+         {expected}: the file on the server changed, or something between it and this machine \
+         altered it. It was moved aside to {} and not used. If you trust the new file, delete {} \
+         and run again",
+        path.display(),
+        pin.display(),
+        moved_to.display(),
+        pin.display()
+    )]
+    PinMismatch {
+        /// The file downloaded.
+        path: PathBuf,
+        /// The file that records the first download's sha256.
+        pin: PathBuf,
+        /// The recorded sha256.
+        expected: String,
+        /// The sha256 of the new download.
+        actual: String,
+        /// Where the new download now lies.
+        moved_to: PathBuf,
+    },
+
     /// A file on disk no longer matches the sha256 recorded when it was downloaded.
     #[error(
         "{} does not match its recorded sha256 (expected {expected}, found {actual}); it was moved \
@@ -252,6 +303,55 @@ pub enum Error {
         row: usize,
         /// The decoder's message.
         reason: String,
+    },
+
+    /// `--from` points inside the folder the import replaces.
+    #[error(
+        "{} lies inside {}, the folder that the import replaces: importing would delete it. Move \
+         the CK+ files elsewhere (for example ~/Downloads/ckplus) and give that folder to --from",
+        from.display(),
+        dest.display()
+    )]
+    SourceInsideDestination {
+        /// What was given to `--from`.
+        from: PathBuf,
+        /// The import folder.
+        dest: PathBuf,
+    },
+
+    /// The import folder holds files that no import wrote.
+    #[error(
+        "{} already holds files that no import wrote (it has no {} marker); they are left as they \
+         are. Move them away, or give them to --from to import them",
+        dest.display(),
+        crate::ckplus::IMPORT_MARKER
+    )]
+    DestinationNotOurs {
+        /// The import folder.
+        dest: PathBuf,
+    },
+
+    /// A symbolic link that leads back into a folder being walked.
+    #[error(
+        "{} is a symbolic link back to {}, a folder it lies in: following it would never end. \
+         Remove the link or give --from a folder without it",
+        link.display(),
+        target.display()
+    )]
+    SymlinkLoop {
+        /// The link found.
+        link: PathBuf,
+        /// The folder it leads to.
+        target: PathBuf,
+    },
+
+    /// An input beyond one of the limits that protect the disk and memory.
+    #[error("{} exceeds the limit of {limit}; is it the file you meant? (a damaged or crafted file can claim anything)", path.display())]
+    TooLarge {
+        /// The file or folder.
+        path: PathBuf,
+        /// The limit, in words.
+        limit: String,
     },
 
     /// A zip archive that cannot be read.

@@ -52,7 +52,9 @@ pub struct HubFile {
 }
 
 /// How to reach the Hub. Fields left `None` fall back to hf-hub's own environment variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// `Debug` prints `token: Some("<redacted>")`, never the token itself.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HubOptions {
     /// Base URL; `HF_ENDPOINT`, else `https://huggingface.co`.
     pub endpoint: Option<String>,
@@ -64,6 +66,22 @@ pub struct HubOptions {
     pub offline: bool,
     /// How many times hf-hub tries a request; its default when `None`.
     pub retry_max_attempts: Option<usize>,
+    /// How long the Hub may stay silent during a transfer;
+    /// [`READ_TIMEOUT`](crate::READ_TIMEOUT) when `None`.
+    pub read_timeout: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cache_dir", &self.cache_dir)
+            .field("offline", &self.offline)
+            .field("retry_max_attempts", &self.retry_max_attempts)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
 }
 
 /// Fetches one Hub file to `dest`, or verifies the copy already there.
@@ -90,7 +108,26 @@ pub fn fetch_hub_file(
             repo: file.repo.clone(),
         })?;
 
-    let mut builder = HFClient::builder();
+    let endpoint = options
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        .unwrap_or_else(|| "https://huggingface.co".to_string());
+    if !options.offline {
+        // The token goes with every request: never in the clear.
+        transfer::require_https(&endpoint)?;
+    }
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("dexpression-download/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(transfer::CONNECT_TIMEOUT)
+        .read_timeout(options.read_timeout.unwrap_or(transfer::READ_TIMEOUT))
+        .redirect(transfer::redirect_policy())
+        .build()
+        .map_err(|err| Error::Offline {
+            url: endpoint.clone(),
+            reason: err.to_string(),
+        })?;
+    let mut builder = HFClient::builder().client(http);
     if let Some(endpoint) = &options.endpoint {
         builder = builder.endpoint(endpoint.clone());
     }
@@ -104,11 +141,6 @@ pub fn fetch_hub_file(
         builder = builder.retry_max_attempts(attempts);
     }
     let client = builder.build().map_err(|err| hub_error(file, err))?;
-    let endpoint = options
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-        .unwrap_or_else(|| "https://huggingface.co".to_string());
     let transfer = HubTransfer {
         file,
         url: resolve_url(file, &endpoint),

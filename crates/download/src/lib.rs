@@ -38,13 +38,22 @@ mod transfer;
 
 use std::path::{Path, PathBuf};
 
-pub use ckplus::{import_ckplus, ImportSummary, CKPLUS_PARTS, IMPORT_MARKER};
-pub use drive::{fetch_drive_file, DriveFile, DriveOptions, DRIVE_ENDPOINT};
+pub use ckplus::{
+    import_ckplus, import_ckplus_with_limits, ImportLimits, ImportSummary, CKPLUS_PARTS,
+    IMPORT_MARKER,
+};
+pub use drive::{fetch_drive_file, pin_path, DriveFile, DriveOptions, DRIVE_ENDPOINT};
 pub use error::{Error, Result};
 pub use hub::{fetch_hub_file, HubFile, HubOptions, RepoKind};
-pub use mirror::{class_from_name, convert_mirror, MirrorSummary, SOURCE_MARKER};
+pub use mirror::{
+    class_from_name, convert_mirror, convert_mirror_with_limits, MirrorLimits, MirrorSummary,
+    MAX_IMAGE_SIDE, SOURCE_MARKER,
+};
 pub use progress::{NoProgress, Progress, Unit};
-pub use transfer::{part_path, sha256_file, sidecar_path, verify_existing, FetchStatus, Fetched};
+pub use transfer::{
+    part_path, sha256_file, sidecar_path, verify_existing, FetchStatus, Fetched, CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+};
 
 /// The default Hugging Face dataset repository of the CK+ mirror.
 pub const DEFAULT_MIRROR_REPO: &str = "AlirezaF138/ckplus-dataset";

@@ -18,6 +18,9 @@ use parquet::schema::types::Type;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 
+/// The largest width or height of a mirror image that is decoded (the mirror's are 48x48).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
 /// The file in the output folder that records which parquet file it was made from, so that a
 /// second run with the same input does nothing.
 pub const SOURCE_MARKER: &str = ".dexpression-source";
@@ -41,7 +44,27 @@ impl MirrorSummary {
     }
 }
 
-/// Converts the mirror's parquet file into `<out_dir>/<Class>/<stem>.png`.
+/// Limits on what a conversion reads from a parquet file, which is downloaded and so may be
+/// damaged or crafted: rows and image bytes are counted as they are read, not as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorLimits {
+    /// The most rows (the CK+ mirror has 981).
+    pub max_rows: u64,
+    /// The most image bytes in all rows together (the CK+ mirror holds about 2 MB).
+    pub max_image_bytes: u64,
+}
+
+impl Default for MirrorLimits {
+    fn default() -> Self {
+        MirrorLimits {
+            max_rows: 1_000_000,
+            max_image_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Converts the mirror's parquet file into `<out_dir>/<Class>/<stem>.png`, within the default
+/// [`MirrorLimits`]; images are limited to [`MAX_IMAGE_SIDE`] pixels a side.
 ///
 /// The folder is built beside `out_dir` and renamed into place when complete, so a cut run
 /// leaves no half-converted dataset. `source_sha256` (the parquet file's checksum) is recorded
@@ -50,6 +73,23 @@ pub fn convert_mirror(
     parquet: &Path,
     source_sha256: &str,
     out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<MirrorSummary> {
+    convert_mirror_with_limits(
+        parquet,
+        source_sha256,
+        out_dir,
+        &MirrorLimits::default(),
+        progress,
+    )
+}
+
+/// [`convert_mirror`] within other limits.
+pub fn convert_mirror_with_limits(
+    parquet: &Path,
+    source_sha256: &str,
+    out_dir: &Path,
+    limits: &MirrorLimits,
     progress: &dyn Progress,
 ) -> Result<MirrorSummary> {
     let marker = out_dir.join(SOURCE_MARKER);
@@ -61,7 +101,7 @@ pub fn convert_mirror(
         });
     }
 
-    let rows = read_rows(parquet)?;
+    let rows = read_rows(parquet, limits)?;
     let staging = sibling(out_dir, ".converting");
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(|err| Error::io("removing", &staging, err))?;
@@ -122,7 +162,11 @@ enum RawLabel {
 }
 
 /// Reads every row, checking the schema first so an unusable file fails with its columns listed.
-fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
+fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
+    let too_large = |limit: String| Error::TooLarge {
+        path: parquet.to_path_buf(),
+        limit,
+    };
     let parquet_error = |err: parquet::errors::ParquetError| match err {
         // A codec left out of this build: fetching the file again would not help.
         parquet::errors::ParquetError::General(message) if message.contains("Disabled feature") => {
@@ -139,6 +183,13 @@ fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
     let file = File::open(parquet).map_err(|err| Error::io("reading", parquet, err))?;
     let reader = SerializedFileReader::new(file).map_err(parquet_error)?;
     let metadata = reader.metadata().file_metadata();
+    if u64::try_from(metadata.num_rows()).unwrap_or(u64::MAX) > limits.max_rows {
+        return Err(too_large(format!(
+            "{} rows (it declares {})",
+            limits.max_rows,
+            metadata.num_rows()
+        )));
+    }
     let schema = metadata.schema();
     let columns: Vec<&Type> = schema
         .get_fields()
@@ -180,11 +231,15 @@ fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
         .and_then(|json| hub_class_names(json, &label_column));
 
     let mut raw_rows = Vec::new();
+    let mut image_bytes_read = 0u64;
     for (row_idx, row) in reader
         .get_row_iter(None)
         .map_err(parquet_error)?
         .enumerate()
     {
+        if row_idx as u64 >= limits.max_rows {
+            return Err(too_large(format!("{} rows", limits.max_rows)));
+        }
         let row = row.map_err(parquet_error)?;
         let fields: BTreeMap<&str, &Field> = row
             .get_column_iter()
@@ -199,6 +254,13 @@ fn read_rows(parquet: &Path) -> Result<Vec<MirrorRow>> {
             row: row_idx,
             reason: format!("column `{image_column}` holds no bytes in this row"),
         })?;
+        image_bytes_read += image.len() as u64;
+        if image_bytes_read > limits.max_image_bytes {
+            return Err(too_large(format!(
+                "{} bytes of images (reached at row {row_idx})",
+                limits.max_image_bytes
+            )));
+        }
         let label = match fields.get(label_column.as_str()) {
             Some(Field::Str(name)) => RawLabel::Name(name.clone()),
             Some(Field::Bytes(bytes)) => {
@@ -438,7 +500,24 @@ fn stem_of(name: &str) -> String {
 /// re-encoded as 8-bit grayscale PNG.
 fn as_png(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let decoded = image::load_from_memory(bytes).map_err(|err| err.to_string())?;
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|err| err.to_string())
+    };
+    // The header's size is checked before decoding allocates it.
+    let (width, height) = reader()?.into_dimensions().map_err(|err| err.to_string())?;
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "the image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_SIDE} a side"
+        ));
+    }
+    let mut reader = reader()?;
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    image_limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(image_limits);
+    let decoded = reader.decode().map_err(|err| err.to_string())?;
     if bytes.starts_with(PNG_SIGNATURE) {
         return Ok(bytes.to_vec());
     }

@@ -141,15 +141,63 @@ pub(crate) fn commit_hashed_part(part: &Path, dest: &Path, sha256: String) -> Re
     Ok(sha256)
 }
 
+/// How long a connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a server may stay silent (no header, no byte of the body) before the transfer is
+/// given up; the partial file is kept for the next run.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Refuses a URL that would travel in the clear: only `https` is accepted, except for loopback
+/// addresses (the tests' local server, a local mirror), where `http` cannot be overheard.
+pub(crate) fn require_https(url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| Error::Insecure {
+        url: url.to_string(),
+        reason: format!("not a valid URL ({err})"),
+    })?;
+    let host = parsed.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        scheme => Err(Error::Insecure {
+            url: url.to_string(),
+            reason: format!("`{scheme}` is not encrypted; only https is used, except on localhost"),
+        }),
+    }
+}
+
+/// Follows up to 10 redirects, never to an unencrypted address, which would carry the request
+/// (and a token) in the clear.
+pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else if require_https(attempt.url().as_str()).is_err() {
+            attempt.error("a redirect to an unencrypted address")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// The blocking HTTP client used for transfers that hf-hub does not make (Google Drive).
 ///
-/// No overall timeout, since a large file on a slow line may take long; a stalled connection
-/// still fails after `read_timeout`, which leaves a partial file for the next run.
-pub(crate) fn http_client() -> Result<reqwest::blocking::Client> {
+/// No overall timeout, since a large file on a slow line may take long: the blocking client's
+/// timeout bounds the wait for the answer's headers and for each read of its body, so a stalled
+/// connection fails after `read_timeout` without a byte, which leaves a partial file for the
+/// next run.
+pub(crate) fn http_client(read_timeout: Duration) -> Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder()
         .user_agent(concat!("dexpression-download/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(None)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(read_timeout)
+        .redirect(redirect_policy())
         .build()
         .map_err(|err| Error::Offline {
             url: "(HTTP client setup)".into(),
@@ -157,15 +205,64 @@ pub(crate) fn http_client() -> Result<reqwest::blocking::Client> {
         })
 }
 
-/// Sends a GET, asking for the bytes from `offset` on when `offset > 0`.
+/// What the next run needs to continue a partial file safely: the version of the file it holds
+/// (an ETag or Last-Modified date, sent back as `If-Range`) and the file's full length when the
+/// server said it. Kept in `<file>.part.resume`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResumeRecord {
+    validator: String,
+    total: Option<u64>,
+}
+
+fn resume_path(dest: &Path) -> PathBuf {
+    append_to_file_name(dest, ".part.resume")
+}
+
+/// The offset and validator to continue `dest`'s partial file with, when there is one that was
+/// recorded with a validator and is not longer than the file; otherwise the partial file is
+/// dropped and the transfer starts over.
+pub(crate) fn resume_point(dest: &Path) -> Result<Option<(u64, ResumeRecord)>> {
+    let part = part_path(dest);
+    let size = partial_size(dest);
+    let record = fs::read_to_string(resume_path(dest)).ok().and_then(|text| {
+        let (validator, total) = text.trim_end_matches('\n').split_once('\t')?;
+        Some(ResumeRecord {
+            validator: validator.to_string(),
+            total: total.parse().ok(),
+        })
+    });
+    match record {
+        Some(record)
+            if size > 0
+                && !record.validator.is_empty()
+                && record.total.is_none_or(|total| size <= total) =>
+        {
+            Ok(Some((size, record)))
+        }
+        _ => {
+            // An empty one is simply overwritten.
+            if size > 0 {
+                fs::remove_file(&part).map_err(|err| Error::io("removing", &part, err))?;
+            }
+            let _ = fs::remove_file(resume_path(dest));
+            Ok(None)
+        }
+    }
+}
+
+/// Sends a GET, asking for the bytes from `offset` on, only if the file is still the version
+/// that the partial file holds (`If-Range`), when resuming.
 pub(crate) fn send_get(
     client: &reqwest::blocking::Client,
     url: &str,
-    offset: u64,
+    resume: Option<&(u64, ResumeRecord)>,
 ) -> Result<reqwest::blocking::Response> {
+    require_https(url)?;
     let mut request = client.get(url);
-    if offset > 0 {
-        request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+    if let Some((offset, record)) = resume {
+        request = request
+            .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+            .header(reqwest::header::IF_RANGE, record.validator.as_str());
     }
     request.send().map_err(|err| Error::Offline {
         url: url.to_string(),
@@ -173,85 +270,190 @@ pub(crate) fn send_get(
     })
 }
 
+/// A validator usable in `If-Range`: a strong ETag, else a Last-Modified date.
+fn validator(headers: &reqwest::header::HeaderMap) -> String {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok())
+            .map(str::trim)
+            .filter(|value| !value.is_empty() && !value.contains(['\t', '\n']))
+    };
+    match header(reqwest::header::ETAG) {
+        Some(etag) if !etag.starts_with("W/") => etag.to_string(),
+        _ => header(reqwest::header::LAST_MODIFIED)
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
 /// Receives an answer to [`send_get`] into `dest`'s partial file and commits it.
 ///
-/// `offset` is the size of the partial file that the request asked to continue. A server that
-/// ignores the range (answers 200) gets the whole file written from the start.
+/// `resume` is what the request asked to continue. A server that ignores the range, or whose
+/// file changed (`If-Range` failed), answers 200 and the whole file is written from the start;
+/// a 206 must continue exactly where the partial file ends, for the same total length. When the
+/// server sends no length at all, the end of its body proves nothing (a dropped connection looks
+/// the same), so the file is committed only once the server confirms, by answering a range
+/// request for the bytes after it with 416, that there are none.
 pub(crate) fn receive(
+    client: &reqwest::blocking::Client,
     response: reqwest::blocking::Response,
     url: &str,
     file_label: &str,
     dest: &Path,
-    offset: u64,
+    resume: Option<(u64, ResumeRecord)>,
     progress: &dyn Progress,
 ) -> Result<Fetched> {
     let part = part_path(dest);
-    let status = response.status().as_u16();
-    let (start, total) = match status {
-        200 => (0, response.content_length()),
-        206 => {
-            let (range_start, total) = parse_content_range(response.headers());
-            if range_start != Some(offset) {
-                // The server sent another range than asked for; start over rather than guess.
+    // Where this call's bytes start in the file: 0 once the server sends the whole file.
+    let mut first_offset = resume.as_ref().map_or(0, |(offset, _)| *offset);
+    let mut response = response;
+    let mut resume = resume;
+    loop {
+        let status = response.status().as_u16();
+        let (start, total, record) = match status {
+            200 => {
+                first_offset = 0;
+                let total = response.content_length();
+                let record = ResumeRecord {
+                    validator: validator(response.headers()),
+                    total,
+                };
+                (0, total, record)
+            }
+            206 => {
+                let (range_start, total) = parse_content_range(response.headers());
+                let (offset, record) = match &resume {
+                    Some((offset, record)) => (*offset, record.clone()),
+                    None => (
+                        0,
+                        ResumeRecord {
+                            validator: String::new(),
+                            total: None,
+                        },
+                    ),
+                };
+                let same_total = match (record.total, total) {
+                    (Some(recorded), Some(total)) => recorded == total,
+                    _ => true,
+                };
+                if resume.is_none() || range_start != Some(offset) || !same_total {
+                    // Another range or another length than the partial file was made for: start
+                    // over rather than splice two versions.
+                    let _ = fs::remove_file(&part);
+                    let _ = fs::remove_file(resume_path(dest));
+                    return Err(Error::Http {
+                        url: url.to_string(),
+                        status,
+                    });
+                }
+                let total = total
+                    .or(record.total)
+                    .or_else(|| response.content_length().map(|length| offset + length));
+                (offset, total, ResumeRecord { total, ..record })
+            }
+            416 => {
+                // The partial file already holds everything the server has, if the server says
+                // so with the partial file's exact length.
+                let (_, total) = parse_content_range(response.headers());
+                if let Some((offset, record)) = &resume {
+                    if total == Some(*offset) && record.total.is_none_or(|t| t == *offset) {
+                        return commit(&part, dest, first_offset, *offset);
+                    }
+                }
                 let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(resume_path(dest));
                 return Err(Error::Http {
                     url: url.to_string(),
                     status,
                 });
             }
-            (
-                offset,
-                total.or_else(|| response.content_length().map(|length| offset + length)),
-            )
+            401 | 403 => {
+                return Err(Error::Unauthorized {
+                    url: url.to_string(),
+                    status,
+                })
+            }
+            404 => {
+                return Err(Error::NotFound {
+                    url: url.to_string(),
+                    file: file_label.to_string(),
+                })
+            }
+            _ => {
+                return Err(Error::Http {
+                    url: url.to_string(),
+                    status,
+                })
+            }
+        };
+
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|err| Error::io("creating", parent, err))?;
         }
-        416 => {
-            // The partial file already holds everything (or more than) the server has.
-            let (_, total) = parse_content_range(response.headers());
-            if total == Some(offset) {
-                let sha256 = commit_part(&part, dest)?;
-                return Ok(Fetched {
-                    path: dest.to_path_buf(),
-                    sha256,
-                    bytes_transferred: 0,
-                    status: FetchStatus::Resumed,
+        let record_path = resume_path(dest);
+        fs::write(
+            &record_path,
+            format!(
+                "{}\t{}\n",
+                record.validator,
+                record.total.map(|t| t.to_string()).unwrap_or_default()
+            ),
+        )
+        .map_err(|err| Error::io("writing", &record_path, err))?;
+        let position = write_body(&mut response, &part, start, total, url, dest, progress)?;
+
+        if let Some(expected) = total {
+            if position != expected {
+                return Err(Error::Truncated {
+                    url: url.to_string(),
+                    part,
+                    expected,
+                    received: position,
                 });
             }
-            let _ = fs::remove_file(&part);
-            return Err(Error::Http {
+            return commit(&part, dest, first_offset, position);
+        }
+        // No length was announced: ask for what follows; only "nothing" (416 with this exact
+        // length) proves the file complete, more bytes are appended and checked the same way.
+        if record.validator.is_empty() {
+            return Err(Error::LengthUnconfirmed {
                 url: url.to_string(),
-                status,
+                part,
+                received: position,
             });
         }
-        401 | 403 => {
-            return Err(Error::Unauthorized {
+        let next = (position, record);
+        response = send_get(client, url, Some(&next))?;
+        let status = response.status().as_u16();
+        if status != 206 && status != 416 {
+            return Err(Error::LengthUnconfirmed {
                 url: url.to_string(),
-                status,
-            })
+                part,
+                received: position,
+            });
         }
-        404 => {
-            return Err(Error::NotFound {
-                url: url.to_string(),
-                file: file_label.to_string(),
-            })
-        }
-        _ => {
-            return Err(Error::Http {
-                url: url.to_string(),
-                status,
-            })
-        }
-    };
-
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|err| Error::io("creating", parent, err))?;
+        resume = Some(next);
     }
+}
+
+/// Streams a response body into the partial file from `start` on; returns the file's length.
+fn write_body(
+    response: &mut reqwest::blocking::Response,
+    part: &Path,
+    start: u64,
+    total: Option<u64>,
+    url: &str,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let mut file = if start == 0 {
-        File::create(&part).map_err(|err| Error::io("creating", &part, err))?
+        File::create(part).map_err(|err| Error::io("creating", part, err))?
     } else {
         OpenOptions::new()
             .append(true)
-            .open(&part)
-            .map_err(|err| Error::io("opening", &part, err))?
+            .open(part)
+            .map_err(|err| Error::io("opening", part, err))?
     };
     let label = dest
         .file_name()
@@ -262,8 +464,6 @@ pub(crate) fn receive(
     if start > 0 {
         progress.note(&format!("resuming {label} from byte {start}"));
     }
-
-    let mut response = response;
     let mut position = start;
     let mut buffer = vec![0u8; 1 << 16];
     loop {
@@ -271,47 +471,52 @@ pub(crate) fn receive(
             Ok(0) => break,
             Ok(n_read) => n_read,
             Err(err) => {
-                let _ = file.flush();
+                let _ = file.sync_all();
                 progress.end();
                 return Err(Error::Interrupted {
                     url: url.to_string(),
-                    part,
+                    part: part.to_path_buf(),
                     bytes_received: position,
-                    reason: err.to_string(),
+                    reason: describe_transport_error(&err),
                 });
             }
         };
         file.write_all(&buffer[..n_read])
-            .map_err(|err| Error::io("writing", &part, err))?;
+            .map_err(|err| Error::io("writing", part, err))?;
         position += n_read as u64;
-        progress.set_position(position);
-    }
-    file.sync_all()
-        .map_err(|err| Error::io("writing", &part, err))?;
-    drop(file);
-    progress.end();
-
-    if let Some(expected) = total {
-        if position != expected {
+        if total.is_some_and(|total| position > total) {
+            // More than announced: the partial file is not this version of the file.
+            drop(file);
+            let _ = fs::remove_file(part);
+            let _ = fs::remove_file(resume_path(dest));
+            progress.end();
             return Err(Error::Truncated {
                 url: url.to_string(),
-                part,
-                expected,
+                part: part.to_path_buf(),
+                expected: total.unwrap_or(0),
                 received: position,
             });
         }
+        progress.set_position(position);
     }
-    let sha256 = commit_part(&part, dest)?;
-    let status = if start > 0 {
-        FetchStatus::Resumed
-    } else {
-        FetchStatus::Downloaded
-    };
+    file.sync_all()
+        .map_err(|err| Error::io("writing", part, err))?;
+    progress.end();
+    Ok(position)
+}
+
+fn commit(part: &Path, dest: &Path, first_offset: u64, position: u64) -> Result<Fetched> {
+    let sha256 = commit_part(part, dest)?;
+    let _ = fs::remove_file(resume_path(dest));
     Ok(Fetched {
         path: dest.to_path_buf(),
         sha256,
-        bytes_transferred: position - start,
-        status,
+        bytes_transferred: position.saturating_sub(first_offset),
+        status: if first_offset > 0 {
+            FetchStatus::Resumed
+        } else {
+            FetchStatus::Downloaded
+        },
     })
 }
 

@@ -10,8 +10,9 @@ use common::{
     MirrorRow, Route, Server,
 };
 use dexpression_download::{
-    convert_mirror, download_mirror, fetch_drive_file, fetch_hub_file, sidecar_path, DataDir,
-    DriveFile, DriveOptions, Error, FetchStatus, HubFile, MirrorSource, NoProgress, RepoKind,
+    convert_mirror, convert_mirror_with_limits, download_mirror, fetch_drive_file, fetch_hub_file,
+    pin_path, sidecar_path, DataDir, DriveFile, DriveOptions, Error, FetchStatus, HubFile,
+    HubOptions, MirrorLimits, MirrorSource, NoProgress, RepoKind,
 };
 
 const REPO: &str = "AlirezaF138/ckplus-dataset";
@@ -330,6 +331,7 @@ fn no_network_mentions_that_from_works_offline() {
     let drive = DriveOptions {
         endpoint: format!("http://127.0.0.1:{port}"),
         offline: false,
+        ..DriveOptions::default()
     };
     let err = fetch_drive_file(
         &DriveFile::port_checkpoint(),
@@ -411,6 +413,7 @@ fn drive_confirmation_flow_fetches_the_checkpoint() {
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
+        ..DriveOptions::default()
     };
     let fetched =
         fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect("drive download");
@@ -452,6 +455,7 @@ fn cut_transfer_resumes_with_a_range_request() {
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
+        ..DriveOptions::default()
     };
 
     let err = fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect_err("cut");
@@ -473,12 +477,13 @@ fn cut_transfer_resumes_with_a_range_request() {
     assert_eq!(fs::read(&dest).expect("file"), body);
     assert!(!part.exists());
     let expected_range = format!("bytes={cut_at}-");
+    let etag = format!("\"{}\"", common::sha256_hex(&body));
     assert!(
-        server
-            .seen()
-            .iter()
-            .any(|seen| seen.range.as_deref() == Some(expected_range.as_str())),
-        "{:?}",
+        server.seen().iter().any(
+            |seen| seen.range.as_deref() == Some(expected_range.as_str())
+                && seen.if_range.as_deref() == Some(etag.as_str())
+        ),
+        "the resume is guarded by If-Range: {:?}",
         server.seen()
     );
 }
@@ -502,6 +507,7 @@ fn drive_page_without_token_is_a_clear_error() {
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
+        ..DriveOptions::default()
     };
     let err = fetch_drive_file(&file, &work.path().join("x.tar"), &options, &NoProgress)
         .expect_err("no token");
@@ -571,6 +577,7 @@ fn disk_full_is_reported_as_such() {
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
+        ..DriveOptions::default()
     };
     let err = fetch_drive_file(&checkpoint, &dest, &options, &NoProgress).expect_err("disk full");
     assert!(matches!(err, Error::DiskFull { .. }), "{err:?}");
@@ -733,6 +740,7 @@ fn drive_file_gone_is_a_404_naming_the_id() {
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
+        ..DriveOptions::default()
     };
     let err = fetch_drive_file(
         &checkpoint,
@@ -764,12 +772,275 @@ fn server_without_ranges_gets_the_whole_file_again() {
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
+        ..DriveOptions::default()
     };
     let fetched = fetch_drive_file(&file, &dest, &options, &NoProgress).expect("download");
     assert_eq!(fetched.status, FetchStatus::Downloaded);
     assert_eq!(fs::read(&dest).expect("file"), body);
+    // A partial file without a recorded version (ETag) is never continued: nothing says that
+    // its bytes belong to the file the server has now.
+    assert!(
+        server.seen().iter().all(|seen| seen.range.is_none()),
+        "{:?}",
+        server.seen()
+    );
+}
+
+fn drive_options(server: &Server) -> DriveOptions {
+    DriveOptions {
+        endpoint: server.base.clone(),
+        ..DriveOptions::default()
+    }
+}
+
+#[test]
+fn a_cut_drive_body_without_a_length_is_never_committed() {
+    let server = Server::start();
+    let body = fake_checkpoint(300_000);
+    server.route(
+        "/uc?id=nolength",
+        Route::NoLength {
+            body: body.clone(),
+            cut_first_get_after: Some(120_000),
+            ranges: true,
+        },
+    );
+    let file = DriveFile {
+        id: "nolength".into(),
+        file_name: "w.tar".into(),
+    };
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join("w.tar");
+    // The cut looks like a clean end; the server's answer to "what comes after byte 120000?"
+    // shows the rest, which is fetched before anything is put in place.
+    let fetched = fetch_drive_file(&file, &dest, &drive_options(&server), &NoProgress)
+        .expect("completed after asking for the rest");
+    assert_eq!(
+        fs::read(&dest).expect("file"),
+        body,
+        "the whole body, not the cut one"
+    );
+    assert_eq!(fetched.sha256, common::sha256_hex(&body));
     assert!(server
         .seen()
         .iter()
-        .any(|seen| seen.range.as_deref() == Some("bytes=20000-")));
+        .any(|seen| seen.range.as_deref() == Some("bytes=120000-")));
+    // A later run verifies the complete file.
+    let again =
+        fetch_drive_file(&file, &dest, &drive_options(&server), &NoProgress).expect("again");
+    assert_eq!(again.status, FetchStatus::AlreadyPresent);
+}
+
+#[test]
+fn a_cut_body_without_a_length_from_a_server_without_ranges_is_not_put_in_place() {
+    let server = Server::start();
+    // No Content-Length and no ranges: the end of the body proves nothing, and the server
+    // cannot be asked whether more follows.
+    server.route(
+        "/uc?id=bare",
+        Route::NoLength {
+            body: fake_checkpoint(10_000),
+            cut_first_get_after: Some(4_000),
+            ranges: false,
+        },
+    );
+    let file = DriveFile {
+        id: "bare".into(),
+        file_name: "b.tar".into(),
+    };
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join("b.tar");
+    let err = fetch_drive_file(&file, &dest, &drive_options(&server), &NoProgress)
+        .expect_err("cannot be confirmed");
+    assert!(
+        matches!(
+            err,
+            Error::LengthUnconfirmed {
+                received: 4_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!dest.exists(), "the cut body is never put in place");
+    assert!(!sidecar_path(&dest).exists(), "nor recorded as verified");
+}
+
+#[test]
+fn a_resume_of_a_file_that_changed_starts_over() {
+    let server = Server::start();
+    let checkpoint = DriveFile::port_checkpoint();
+    let old = fake_checkpoint(200_000);
+    serve_drive_file(&server, &checkpoint.id, old.clone(), Some(50_000));
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join(&checkpoint.file_name);
+    fetch_drive_file(&checkpoint, &dest, &drive_options(&server), &NoProgress).expect_err("cut");
+    // The file on Drive is replaced: its ETag no longer matches the partial file's If-Range.
+    let new: Vec<u8> = old.iter().map(|byte| byte.wrapping_add(1)).collect();
+    serve_drive_file(&server, &checkpoint.id, new.clone(), None);
+    let fetched =
+        fetch_drive_file(&checkpoint, &dest, &drive_options(&server), &NoProgress).expect("new");
+    assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert_eq!(
+        fs::read(&dest).expect("file"),
+        new,
+        "never old bytes spliced with new"
+    );
+}
+
+#[test]
+fn a_drive_file_that_changes_after_the_first_download_is_refused() {
+    let server = Server::start();
+    let checkpoint = DriveFile::port_checkpoint();
+    let first = fake_checkpoint(40_000);
+    serve_drive_file(&server, &checkpoint.id, first.clone(), None);
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join(&checkpoint.file_name);
+    let fetched =
+        fetch_drive_file(&checkpoint, &dest, &drive_options(&server), &NoProgress).expect("first");
+    let pin = pin_path(&dest);
+    assert!(fs::read_to_string(&pin)
+        .unwrap()
+        .starts_with(&fetched.sha256));
+
+    // The user deletes the file; the server now has other bytes under the same id.
+    fs::remove_file(&dest).unwrap();
+    fs::remove_file(sidecar_path(&dest)).unwrap();
+    let other: Vec<u8> = first.iter().rev().copied().collect();
+    serve_drive_file(&server, &checkpoint.id, other, None);
+    let err = fetch_drive_file(&checkpoint, &dest, &drive_options(&server), &NoProgress)
+        .expect_err("trust on first use");
+    assert!(matches!(err, Error::PinMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains(&fetched.sha256), "{err}");
+    assert!(!dest.exists(), "the changed file is moved aside, not used");
+}
+
+#[test]
+fn a_silent_server_times_out() {
+    let server = Server::start();
+    server.route("/uc?id=silent", Route::Stall);
+    let file = DriveFile {
+        id: "silent".into(),
+        file_name: "s.tar".into(),
+    };
+    let work = tempfile::tempdir().expect("temp dir");
+    let options = DriveOptions {
+        read_timeout: std::time::Duration::from_millis(300),
+        ..drive_options(&server)
+    };
+    let err = fetch_drive_file(&file, &work.path().join("s.tar"), &options, &NoProgress)
+        .expect_err("times out");
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("timed out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_http_is_refused_except_on_loopback() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let drive = DriveOptions {
+        endpoint: "http://drive.example.com".into(),
+        ..DriveOptions::default()
+    };
+    let err = fetch_drive_file(
+        &DriveFile::port_checkpoint(),
+        &work.path().join("w.tar"),
+        &drive,
+        &NoProgress,
+    )
+    .expect_err("http");
+    assert!(matches!(err, Error::Insecure { .. }), "{err:?}");
+
+    let hub = HubOptions {
+        endpoint: Some("http://hub.example.com".into()),
+        token: Some("hf_secret".into()),
+        cache_dir: Some(work.path().join("cache")),
+        ..HubOptions::default()
+    };
+    let err = download_mirror(
+        &DataDir::new(work.path().join("data")),
+        &MirrorSource::default(),
+        &hub,
+        &NoProgress,
+    )
+    .expect_err("http");
+    assert!(matches!(err, Error::Insecure { .. }), "{err:?}");
+    assert!(err.to_string().contains("https"), "{err}");
+}
+
+#[test]
+fn hub_options_debug_never_shows_the_token() {
+    let options = HubOptions {
+        token: Some("hf_VerySecretToken".into()),
+        ..HubOptions::default()
+    };
+    let shown = format!("{options:?}");
+    assert!(!shown.contains("hf_VerySecretToken"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}
+
+#[test]
+fn parquet_rows_beyond_the_limit_are_refused() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let parquet = work.path().join("m.parquet");
+    let labels = names(&["happy", "sadness", "fear", "anger", "surprise"]);
+    fs::write(
+        &parquet,
+        parquet_bytes(ImageColumn::Struct, &rows(&labels), None),
+    )
+    .unwrap();
+    let limits = MirrorLimits {
+        max_rows: 4,
+        ..MirrorLimits::default()
+    };
+    let err = convert_mirror_with_limits(
+        &parquet,
+        "x",
+        &work.path().join("out"),
+        &limits,
+        &NoProgress,
+    )
+    .expect_err("too many rows");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("m.parquet") && err.to_string().contains("4 rows"),
+        "{err}"
+    );
+
+    let limits = MirrorLimits {
+        max_image_bytes: 3 * png(0).len() as u64,
+        ..MirrorLimits::default()
+    };
+    let err = convert_mirror_with_limits(
+        &parquet,
+        "x",
+        &work.path().join("out"),
+        &limits,
+        &NoProgress,
+    )
+    .expect_err("too many bytes");
+    assert!(err.to_string().contains("bytes of images"), "{err}");
+    assert!(!work.path().join("out").exists());
+}
+
+#[test]
+fn a_mirror_image_beyond_the_side_limit_is_refused_from_its_header() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let parquet = work.path().join("m.parquet");
+    let mut mirror_rows = rows(&names(&["happy", "sadness"]));
+    mirror_rows[1].image = common::png_header(9_000, 9_000);
+    fs::write(
+        &parquet,
+        parquet_bytes(ImageColumn::Binary, &mirror_rows, None),
+    )
+    .unwrap();
+    let err = convert_mirror(&parquet, "x", &work.path().join("out"), &NoProgress)
+        .expect_err("too large");
+    assert!(matches!(err, Error::BadImage { row: 1, .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("9000x9000") && err.to_string().contains("8192"),
+        "{err}"
+    );
 }

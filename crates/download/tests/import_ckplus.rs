@@ -6,7 +6,9 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use dexpression_download::{import_ckplus, Error, NoProgress};
+use dexpression_download::{
+    import_ckplus, import_ckplus_with_limits, Error, ImportLimits, NoProgress, IMPORT_MARKER,
+};
 
 /// Files of a tiny CK+ release: (path inside the release, contents).
 fn tiny_release() -> Vec<(String, Vec<u8>)> {
@@ -179,4 +181,115 @@ fn giving_the_part_folders_themselves_works() {
         import_ckplus(&dest, &dest, &NoProgress).expect("importing the destination onto itself");
     assert!(again.already_imported);
     check_release_in(&dest);
+}
+
+#[test]
+fn a_source_inside_the_destination_is_refused_and_left_intact() {
+    // The user keeps the official zips in data/ckplus/ and gives one of them to --from: the
+    // import would replace data/ckplus/ and delete them.
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join("data").join("ckplus");
+    fs::create_dir_all(&dest).expect("mkdir");
+    official_zips(&dest);
+    let source = dest.join("extended-cohn-kanade-images.zip");
+    let before = fs::read(&source).expect("zip");
+    let err = import_ckplus(&source, &dest, &NoProgress).expect_err("refused");
+    assert!(
+        matches!(err, Error::SourceInsideDestination { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("would delete it"), "{err}");
+    assert_eq!(fs::read(&source).expect("still there"), before);
+    assert!(dest.join("Emotion_labels.zip").is_file());
+}
+
+#[test]
+fn a_destination_holding_the_users_files_is_not_replaced() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let zips = work.path().join("downloads");
+    fs::create_dir_all(&zips).expect("mkdir");
+    official_zips(&zips);
+    let dest = work.path().join("ckplus");
+    fs::create_dir_all(&dest).expect("mkdir");
+    fs::write(dest.join("notes.txt"), b"mine").expect("user file");
+    let err = import_ckplus(&zips, &dest, &NoProgress).expect_err("refused");
+    assert!(matches!(err, Error::DestinationNotOurs { .. }), "{err:?}");
+    assert!(err.to_string().contains(IMPORT_MARKER), "{err}");
+    assert_eq!(fs::read(dest.join("notes.txt")).expect("kept"), b"mine");
+
+    // An earlier import (it carries the marker) is replaced as before.
+    fs::remove_file(dest.join("notes.txt")).expect("rm");
+    import_ckplus(&zips, &dest, &NoProgress).expect("first import");
+    fs::remove_file(zips.join("Landmarks.zip")).expect("another input");
+    let again = import_ckplus(&zips, &dest, &NoProgress).expect("re-import over our own");
+    assert!(!again.already_imported);
+    check_release_in_without_landmarks(&dest);
+}
+
+fn check_release_in_without_landmarks(dest: &Path) {
+    for (name, bytes) in tiny_release() {
+        if name.starts_with("Landmarks") {
+            assert!(
+                !dest.join(&name).exists(),
+                "{name} came from the replaced import"
+            );
+        } else {
+            assert_eq!(
+                fs::read(dest.join(&name)).unwrap_or_default(),
+                bytes,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_in_the_source_folder_is_an_error_not_an_endless_walk() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let extracted = work.path().join("CK+");
+    for (name, bytes) in tiny_release() {
+        let path = extracted.join(&name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, bytes).expect("write");
+    }
+    let link = extracted.join("Emotion").join("S005").join("back-to-top");
+    std::os::unix::fs::symlink(&extracted, &link).expect("symlink");
+    let dest = work.path().join("ckplus");
+    let err = import_ckplus(&extracted, &dest, &NoProgress).expect_err("loop");
+    assert!(matches!(err, Error::SymlinkLoop { .. }), "{err:?}");
+    assert!(err.to_string().contains("back-to-top"), "{err}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn an_archive_that_unpacks_beyond_the_limit_is_refused() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let zips = work.path().join("downloads");
+    fs::create_dir_all(&zips).expect("mkdir");
+    official_zips(&zips);
+    // Zeros deflate to almost nothing: a small archive that unpacks to 4 MB.
+    write_zip(
+        &zips.join("extended-cohn-kanade-images.zip"),
+        &[(
+            "cohn-kanade-images/S005/001/S005_001_00000001.png".to_string(),
+            vec![0u8; 4 << 20],
+        )],
+    );
+    let dest = work.path().join("ckplus");
+    let limits = ImportLimits {
+        max_total_bytes: 1 << 20,
+        ..ImportLimits::default()
+    };
+    let err = import_ckplus_with_limits(&zips, &dest, &limits, &NoProgress).expect_err("bomb");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert!(err.to_string().contains("1048576 bytes"), "{err}");
+    assert!(!dest.exists());
+
+    let limits = ImportLimits {
+        max_zip_entries: 2,
+        ..ImportLimits::default()
+    };
+    let err = import_ckplus_with_limits(&zips, &dest, &limits, &NoProgress).expect_err("entries");
+    assert!(err.to_string().contains("2 zip entries"), "{err}");
 }

@@ -249,8 +249,7 @@ impl Dexpression {
                     expected: spec.shape,
                 });
             }
-            let tensor = tensor
-                .to_dtype(DType::F32)?
+            let tensor = crate::weights::checked_f32(&tensor, &spec.name, source)?
                 .to_device(device)?
                 .contiguous()?;
             named.push(NamedVar {
@@ -260,13 +259,7 @@ impl Dexpression {
             });
         }
         let num_batches_tracked = match tensors.remove(NUM_BATCHES_TRACKED) {
-            Some(t) => t
-                .to_dtype(DType::I64)?
-                .flatten_all()?
-                .to_vec1::<i64>()?
-                .first()
-                .copied()
-                .unwrap_or(0),
+            Some(t) => crate::weights::checked_count(&t, NUM_BATCHES_TRACKED, source)?,
             None => 0,
         };
         let var = |name: &str| -> Var {
@@ -716,10 +709,7 @@ pub fn save_tensors_with_metadata(
 }
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|err| Error::Weights {
-        path: path.to_path_buf(),
-        message: format!("cannot read as safetensors ({err}); a PyTorch `.tar`/`.pt` checkpoint must first go through `cargo xtask import-torch`"),
-    })
+    crate::weights::read_safetensors(path)
 }
 
 /// Reads the class count from `fc.weight` and the input side from `lrn1.weight`.
@@ -727,22 +717,36 @@ pub(crate) fn infer_config(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
 ) -> Result<DexpressionConfig> {
+    infer_config_from_shapes(|name| tensors.get(name).map(|t| t.dims().to_vec()), path)
+}
+
+/// The names and shapes of the `state_dict` tensors (without `num_batches_tracked`) that a
+/// network of this configuration has.
+pub(crate) fn expected_shapes(config: &DexpressionConfig) -> Vec<(String, Vec<usize>)> {
+    tensor_specs(config)
+        .into_iter()
+        .map(|spec| (spec.name, spec.shape))
+        .collect()
+}
+
+/// [`infer_config`] from declared shapes alone, before any tensor is read.
+pub(crate) fn infer_config_from_shapes(
+    shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+    path: &Path,
+) -> Result<DexpressionConfig> {
     let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
-        let tensor = tensors.get(name).ok_or_else(|| Error::MissingTensor {
+        let dims = shape_of(name).ok_or_else(|| Error::MissingTensor {
             path: path.to_path_buf(),
             name: name.into(),
             expected: vec![],
         })?;
-        if tensor.rank() != rank {
+        if dims.len() != rank {
             return Err(Error::Weights {
                 path: path.into(),
-                message: format!(
-                    "`{name}` has shape {:?}, expected rank {rank}",
-                    tensor.dims()
-                ),
+                message: format!("`{name}` has shape {dims:?}, expected rank {rank}"),
             });
         }
-        Ok(tensor.dims().to_vec())
+        Ok(dims)
     };
     let n_classes = dims("fc.weight", 2)?[0];
     let lrn_side = dims("lrn1.weight", 3)?[1];

@@ -34,6 +34,7 @@ mod error;
 mod input;
 mod ops;
 mod optim;
+mod torch_pickle;
 mod weights;
 
 pub use config::{DexpressionConfig, FEATEX_CHANNELS};
@@ -41,13 +42,16 @@ pub use device::{device_name, parse_device};
 pub use dexpression::{
     save_tensors_with_metadata, Dexpression, NamedVar, WeightsMetadata, NUM_BATCHES_TRACKED,
 };
-pub use error::{Error, Result};
-pub use input::{batch_from_pixels, load_face_pixels};
+pub use error::{CandleError, Error, Result};
+pub use input::{batch_from_pixels, load_face_pixels, open_image, MAX_IMAGE_SIDE};
 pub use ops::{
     isa, reference_ops, set_isa_limit, set_reference_ops, Isa, ISA_ENV, REFERENCE_OPS_ENV,
 };
 pub use optim::{Adam, AdamConfig};
-pub use weights::{import_torch, save_atomic, ImportSummary};
+pub use weights::{
+    import_torch, save_atomic, ImportSummary, MAX_CHECKPOINT_ENTRIES, MAX_CHECKPOINT_TENSOR_BYTES,
+    MAX_PICKLE_BYTES,
+};
 
 /// Re-exported so that users need no direct candle dependency for the basics.
 pub use candle_core;

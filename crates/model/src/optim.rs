@@ -147,21 +147,54 @@ impl Adam {
                     expected: like.dims().to_vec(),
                 });
             }
+            let tensor = crate::weights::checked_f32(tensor, &name, source)?;
             Ok(tensor.to_device(like.device())?.to_dtype(like.dtype())?)
         };
-        for (idx, param) in self.params.iter().enumerate() {
-            self.first_moments[idx] = get(format!("adam.m.{}", param.name), &param.var)?;
-            self.second_moments[idx] = get(format!("adam.v.{}", param.name), &param.var)?;
+        // Everything is checked before anything is replaced, so a refused state leaves the
+        // optimiser as it was.
+        let mut first_moments = Vec::with_capacity(self.params.len());
+        let mut second_moments = Vec::with_capacity(self.params.len());
+        for param in &self.params {
+            first_moments.push(get(format!("adam.m.{}", param.name), &param.var)?);
+            let name = format!("adam.v.{}", param.name);
+            let second = get(name.clone(), &param.var)?;
+            // sqrt of a negative second moment would turn the next step into NaN.
+            let min = second
+                .flatten_all()?
+                .min(0)?
+                .to_dtype(candle_core::DType::F32)?;
+            let min = min
+                .to_device(&candle_core::Device::Cpu)?
+                .to_scalar::<f32>()?;
+            if min < 0.0 {
+                return Err(Error::Weights {
+                    path: source.to_path_buf(),
+                    message: format!(
+                        "tensor `{name}` holds {min}; Adam's second moments cannot be negative"
+                    ),
+                });
+            }
+            second_moments.push(second);
         }
         let step = state.get("adam.step").ok_or_else(|| Error::MissingTensor {
             path: source.to_path_buf(),
             name: "adam.step".into(),
             expected: vec![],
         })?;
-        self.step = step
-            .to_dtype(candle_core::DType::I64)?
-            .to_scalar::<i64>()?
-            .max(0) as u64;
+        let step = crate::weights::checked_count(step, "adam.step", source)?;
+        // The bias corrections raise the betas to the step as an i32.
+        if step >= i32::MAX as i64 {
+            return Err(Error::Weights {
+                path: source.to_path_buf(),
+                message: format!(
+                    "tensor `adam.step` is {step}, beyond the {} steps Adam counts",
+                    i32::MAX
+                ),
+            });
+        }
+        self.first_moments = first_moments;
+        self.second_moments = second_moments;
+        self.step = step as u64;
         Ok(())
     }
 }

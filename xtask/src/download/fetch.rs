@@ -129,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let drive = DriveOptions {
             endpoint: args.drive_endpoint.clone(),
             offline: args.offline,
+            ..DriveOptions::default()
         };
         let fetched = fetch_drive_file(
             &checkpoint,

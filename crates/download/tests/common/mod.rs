@@ -27,6 +27,7 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub range: Option<String>,
+    pub if_range: Option<String>,
 }
 
 /// What the server does with a path.
@@ -45,6 +46,17 @@ pub enum Route {
     Status(u16),
     /// A Drive-style confirmation page pointing at `target` (form action) for file id `id`.
     DriveConfirm { id: String },
+    /// A file whose full (non-range) answer carries no `Content-Length`, its end marked only by
+    /// the connection closing; `cut_first_get_after` closes the first one early, which looks the
+    /// same to the client. With `ranges`, range requests are answered as for [`Route::File`];
+    /// without, they get the same lengthless whole body.
+    NoLength {
+        body: Vec<u8>,
+        cut_first_get_after: Option<usize>,
+        ranges: bool,
+    },
+    /// Reads the request and never answers (until the test ends).
+    Stall,
 }
 
 #[derive(Default)]
@@ -150,6 +162,7 @@ impl Server {
             cache_dir: Some(cache.to_path_buf()),
             offline: false,
             retry_max_attempts: Some(1),
+            read_timeout: None,
         }
     }
 }
@@ -181,6 +194,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();
     let mut range = None;
+    let mut if_range = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
@@ -189,6 +203,9 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
         if let Some((name, value)) = line.split_once(':') {
             if name.trim().eq_ignore_ascii_case("range") {
                 range = Some(value.trim().to_string());
+            }
+            if name.trim().eq_ignore_ascii_case("if-range") {
+                if_range = Some(value.trim().to_string());
             }
         }
     }
@@ -205,6 +222,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
             method: method.clone(),
             target: target.clone(),
             range: range.clone(),
+            if_range: if_range.clone(),
         });
         // Drive routes are keyed by path plus the file id, so one server can hold several files.
         let key = match query.get("id") {
@@ -223,9 +241,46 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
         (route, n_previous_gets, etag)
     };
 
+    // A range request to a file without a length is answered like any file's.
+    let route = match route {
+        Some(Route::NoLength {
+            body,
+            cut_first_get_after,
+            ranges: true,
+        }) if range.is_some() => Some(Route::File {
+            body,
+            cut_first_get_after,
+            content_type: "application/octet-stream",
+        }),
+        route => route,
+    };
     let mut stream = stream;
     match route {
         None => reply(&mut stream, &method, 404, &[], b"not found", None),
+        Some(Route::Stall) => {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok(())
+        }
+        Some(Route::NoLength {
+            body,
+            cut_first_get_after,
+            ..
+        }) => {
+            let etag = format!("\"{}\"", hex::encode(Sha256::digest(&body)));
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes())?;
+            let cut = if n_previous_gets == 0 {
+                cut_first_get_after
+            } else {
+                None
+            };
+            let n_sent = cut.unwrap_or(body.len()).min(body.len());
+            stream.write_all(&body[..n_sent])?;
+            stream.flush()?;
+            stream.shutdown(std::net::Shutdown::Both)
+        }
         Some(Route::NoRanges(body)) => reply(&mut stream, &method, 200, &[], &body, None),
         Some(Route::Status(status)) => reply(&mut stream, &method, status, &[], b"refused", None),
         Some(Route::DriveConfirm { id }) => {
@@ -267,6 +322,11 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
                 etag.unwrap_or_else(|| hex::encode(Sha256::digest(&body)))
             );
             let total = body.len();
+            // `If-Range` with another version than this one: the whole file, as HTTP says.
+            let range = match &if_range {
+                Some(validator) if *validator != etag => None,
+                _ => range,
+            };
             // `bytes=START-` or `bytes=START-END` (END inclusive).
             let (start, end) = match range
                 .as_deref()
@@ -346,6 +406,40 @@ fn reply(
     }
     stream.flush()?;
     stream.shutdown(std::net::Shutdown::Both)
+}
+
+/// The sha256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A PNG signature and IHDR declaring `width` x `height` grayscale, with no pixel data: what a
+/// crafted image needs to make a decoder allocate.
+pub fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let mut crc = !0u32;
+    for &byte in &ihdr {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&(!crc).to_be_bytes());
+    // An empty IDAT (its CRC is fixed): decoders read the header up to the first data chunk.
+    png.extend_from_slice(&0u32.to_be_bytes());
+    png.extend_from_slice(b"IDAT");
+    png.extend_from_slice(&0x35AF_061Eu32.to_be_bytes());
+    png
 }
 
 /// Deterministic bytes standing in for a checkpoint (`.tar`); the importer is not under test.
