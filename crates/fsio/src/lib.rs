@@ -8,8 +8,8 @@
 //! temporary file, so the last rename wins and nothing is mixed.
 //!
 //! ```
-//! # fn main() -> Result<(), dexpression_fsio::Error> {
-//! # let folder = tempfile::tempdir().unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let folder = tempfile::tempdir()?;
 //! let path = folder.path().join("history.csv");
 //! dexpression_fsio::write_bytes(&path, b"fold,epoch\n")?;
 //! dexpression_fsio::write_with(&path, |out| {
@@ -17,7 +17,7 @@
 //!     writeln!(out, "fold,epoch")?;
 //!     writeln!(out, "1,1")
 //! })?;
-//! assert_eq!(std::fs::read_to_string(&path).unwrap(), "fold,epoch\n1,1\n");
+//! assert_eq!(std::fs::read_to_string(&path)?, "fold,epoch\n1,1\n");
 //! # Ok(())
 //! # }
 //! ```
