@@ -265,6 +265,8 @@ fn a_damaged_last_state_falls_back_to_the_newest_intact_checkpoint() {
     let dataset = synthetic(folder.path());
     let config = small_config(&dataset);
     let (full, damaged) = fold1_with_snapshot(folder.path(), &dataset, &config);
+    let hopeless = folder.path().join("hopeless");
+    copy_dir(&damaged, &hopeless);
     let last = damaged.join("fold1/last.json");
     let text = std::fs::read_to_string(&last).unwrap();
     std::fs::write(&last, &text[..text.len() / 2]).unwrap();
@@ -289,8 +291,6 @@ fn a_damaged_last_state_falls_back_to_the_newest_intact_checkpoint() {
     );
 
     // With no intact checkpoint left, the error names the file and the way out.
-    let (_, hopeless) = (full, folder.path().join("hopeless"));
-    copy_dir(&folder.path().join("after-epoch1"), &hopeless);
     std::fs::write(hopeless.join("fold1/last.json"), "{").unwrap();
     std::fs::remove_file(hopeless.join("fold1/last-epoch001.safetensors")).unwrap();
     let error = train_with(
