@@ -21,7 +21,8 @@ pub struct Args {
     /// Where the synthetic dataset and its cache go.
     #[arg(long, default_value = "data/demo")]
     pub data: PathBuf,
-    /// Where the training outputs and the plots go.
+    /// Where the training outputs and the plots go; an earlier run there is moved into
+    /// <OUT>/.previous-<time>/, not deleted.
     #[arg(long, default_value = "results/demo")]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.
@@ -105,7 +106,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // 3. Five subject-independent folds, trained from scratch each time so the numbers are
-    //    reproduced rather than read back.
+    //    reproduced rather than read back; an earlier run in `out` (the demo's or a real one)
+    //    is moved into `out/.previous-<time>/`, never deleted.
     let out = if plan.out_dir.is_empty() {
         args.out.clone()
     } else {

@@ -60,7 +60,8 @@ pub struct Args {
     /// Train only fold K (from 1), e.g. one job of a scheduler array; runs into one --out merge.
     #[arg(long, value_name = "K")]
     pub fold: Option<usize>,
-    /// Discard an earlier run in --out instead of resuming it.
+    /// Start over instead of resuming: the earlier run in --out is moved into
+    /// <OUT>/.previous-<time>/ (never deleted).
     #[arg(long)]
     pub restart: bool,
     /// Random flips, rotations, shifts, scaling and brightness/contrast of training images.

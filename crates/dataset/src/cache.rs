@@ -8,7 +8,8 @@
 //! - `skipped.csv`: `path,kind,reason` for the files left out.
 //!
 //! The folder is written under a temporary name and renamed into place, so readers only ever
-//! see a complete cache.
+//! see a complete cache; each file in it is written and fsynced through [`dexpression_fsio`],
+//! and the rename is fsynced too.
 
 use crate::layout::relative;
 use crate::{
@@ -211,7 +212,16 @@ pub fn store(
         if cache_path.exists() {
             fs::remove_dir_all(cache_path).map_err(|error| Error::io(cache_path, error))?;
         }
-        fs::rename(&temporary, cache_path).map_err(|error| Error::io(cache_path, error))
+        if let Err(error) = fs::rename(&temporary, cache_path) {
+            // Another process (a fold job of the same run) put the same cache in place between
+            // the check above and the rename: theirs is as good as ours.
+            if !cache_path.join(PIXELS_FILE).is_file() {
+                return Err(Error::io(cache_path, error));
+            }
+            let _ = fs::remove_dir_all(&temporary);
+        }
+        dexpression_fsio::sync_dir(parent)?;
+        Ok(())
     });
     if result.is_err() {
         let _ = fs::remove_dir_all(&temporary);
@@ -275,11 +285,13 @@ fn write_csv<T: serde::Serialize>(path: &Path, rows: impl Iterator<Item = T>) ->
         path: path.to_path_buf(),
         reason: error.to_string(),
     };
-    let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
-    for row in rows {
-        writer.serialize(row).map_err(csv_error)?;
-    }
-    writer.flush().map_err(|error| Error::io(path, error))
+    dexpression_fsio::write_with(path, |out| {
+        let mut writer = csv::Writer::from_writer(out);
+        for row in rows {
+            writer.serialize(row).map_err(csv_error)?;
+        }
+        writer.flush().map_err(|error| Error::io(path, error))
+    })
 }
 
 fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
@@ -333,29 +345,37 @@ fn write_pixels(
     });
     let mut header = header.to_string().into_bytes();
     header.resize(header.len().div_ceil(8) * 8, b' ');
-    let file = fs::File::create(path).map_err(|error| Error::io(path, error))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut write = |bytes: &[u8]| {
-        writer
-            .write_all(bytes)
-            .map_err(|error| Error::io(path, error))
-    };
-    write(&(header.len() as u64).to_le_bytes())?;
-    write(&header)?;
-    for sample in samples {
-        if sample.pixels.len() != sample_len {
-            return Err(Error::Cache {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "crop of {} has {} pixels, expected {sample_len}",
-                    sample.source.display(),
-                    sample.pixels.len()
-                ),
-            });
+    dexpression_fsio::write_with(path, |writer| {
+        let mut write = |bytes: &[u8]| {
+            writer
+                .write_all(bytes)
+                .map_err(|error| Error::io(path, error))
+        };
+        write(&(header.len() as u64).to_le_bytes())?;
+        write(&header)?;
+        for sample in samples {
+            if sample.pixels.len() != sample_len {
+                return Err(Error::Cache {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "crop of {} has {} pixels, expected {sample_len}",
+                        sample.source.display(),
+                        sample.pixels.len()
+                    ),
+                });
+            }
+            write(&sample.pixels)?;
         }
-        write(&sample.pixels)?;
+        Ok(())
+    })
+}
+
+impl From<dexpression_fsio::Error> for Error {
+    fn from(error: dexpression_fsio::Error) -> Self {
+        let kind = error.error.kind();
+        let message = format!("cannot {}: {}", error.step, error.error);
+        Error::io(error.path, std::io::Error::new(kind, message))
     }
-    writer.flush().map_err(|error| Error::io(path, error))
 }
 
 /// Reads the header of a cache file written by [`write_pixels`], leaving `file` at the data.

@@ -589,3 +589,103 @@ fn listing_line(tree: &str, tree_dir: &Path, path: &Path) -> String {
     let size = fs::metadata(path).map_or(0, |meta| meta.len());
     format!("{tree}/{}\t{size}", relative(tree_dir, path))
 }
+
+#[cfg(test)]
+mod property_tests {
+    //! Any folder tree, however odd, is recognised or refused with an error: never a panic, and
+    //! what is listed lies inside the source with a label of a known class.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Names that steer the layout detection, and names that trip it.
+    fn entry_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("cohn-kanade-images".to_string()),
+            Just("Emotion".to_string()),
+            Just("Landmarks".to_string()),
+            Just("S005".to_string()),
+            Just("s".to_string()),
+            Just("S".to_string()),
+            Just("001".to_string()),
+            Just("happy".to_string()),
+            Just("neutral".to_string()),
+            Just("Fear".to_string()),
+            Just("S005_001_00000001.png".to_string()),
+            Just("S005_001_00000002_emotion.txt".to_string()),
+            Just("S005_001_00000002_landmarks.txt".to_string()),
+            Just("._S005_001_00000001.png".to_string()),
+            Just("x.jpg".to_string()),
+            "[A-Za-z0-9_.\u{e9}-]{1,12}",
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Entry {
+        File(String, Vec<u8>),
+        Folder(String, Vec<Entry>),
+    }
+
+    fn tree() -> impl Strategy<Value = Vec<Entry>> {
+        let file = (
+            entry_name(),
+            prop_oneof![
+                Just(b"3.0000000e+00".to_vec()),
+                Just(b"   9e+00\n".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..8),
+            ],
+        )
+            .prop_map(|(name, bytes)| Entry::File(name, bytes));
+        let entries = file.prop_recursive(4, 24, 5, |inner| {
+            (entry_name(), prop::collection::vec(inner, 0..5))
+                .prop_map(|(name, children)| Entry::Folder(name, children))
+        });
+        prop::collection::vec(entries, 0..6)
+    }
+
+    fn write_tree(dir: &Path, entries: &[Entry]) {
+        for entry in entries {
+            match entry {
+                Entry::File(name, bytes) => {
+                    // A name may come twice; the first kind written wins.
+                    let _ = std::fs::write(dir.join(name), bytes);
+                }
+                Entry::Folder(name, children) => {
+                    let folder = dir.join(name);
+                    if std::fs::create_dir_all(&folder).is_ok() {
+                        write_tree(&folder, children);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_folder_tree_is_scanned_or_refused(
+            entries in tree(),
+            neutral in any::<bool>(),
+            strict in any::<bool>(),
+            peak in 0usize..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            write_tree(dir.path(), &entries);
+            let options = PrepareOptions {
+                neutral,
+                strict,
+                selection: if peak == 0 { Selection::All } else { Selection::Peak(peak) },
+                ..PrepareOptions::default()
+            };
+            if let Ok(scan) = scan(dir.path(), &options) {
+                let n_classes = crate::n_classes(neutral);
+                for job in &scan.jobs {
+                    prop_assert!(job.image.starts_with(dir.path()), "{:?}", job.image);
+                    prop_assert!(job.image.is_file(), "{:?}", job.image);
+                    prop_assert!(job.label < n_classes, "label {}", job.label);
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The DeXpression network, layer for layer the PyTorch port's, with its `state_dict` names.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -644,32 +644,31 @@ impl WeightsMetadata {
 
 /// Writes named tensors and their metadata as safetensors through a temporary file renamed into
 /// place, like [`crate::save_atomic`].
-///
-/// The header is written here rather than by the `safetensors` crate, whose metadata is a
-/// `HashMap` written in random order: with sorted keys, the same weights give the same bytes.
 pub fn save_tensors_with_metadata(
     tensors: &[(String, Tensor)],
     metadata: &WeightsMetadata,
     path: &Path,
 ) -> Result<()> {
+    let entries: BTreeMap<String, String> = metadata.to_map().into_iter().collect();
+    let bytes = serialize_with_metadata(tensors, &entries)?;
+    crate::weights::write_atomic(path, &bytes)
+}
+
+/// Named tensors and `__metadata__` entries as the bytes of a safetensors file, tensors in name
+/// order. The header is written here rather than by the `safetensors` crate, whose metadata is a
+/// `HashMap` written in random order: with sorted keys, the same weights give the same bytes.
+pub fn serialize_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
     use safetensors::View;
-    use std::io::Write;
-    let io_error = |err: std::io::Error| Error::Weights {
-        path: path.to_path_buf(),
-        message: format!("cannot write: {err}"),
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_error)?;
-    }
     let mut on_cpu: Vec<(&str, Tensor)> = tensors
         .iter()
         .map(|(name, tensor)| Ok((name.as_str(), tensor.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
     on_cpu.sort_by(|a, b| a.0.cmp(b.0));
     let mut header = serde_json::Map::new();
-    let entries: std::collections::BTreeMap<String, String> =
-        metadata.to_map().into_iter().collect();
-    header.insert("__metadata__".into(), serde_json::json!(entries));
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
     let mut offset = 0usize;
     for (name, tensor) in &on_cpu {
         let end = offset + View::data_len(tensor);
@@ -686,26 +685,13 @@ pub fn save_tensors_with_metadata(
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
     // The data must start 8-byte aligned; the format pads the header with spaces.
     header.resize(header.len().div_ceil(8) * 8, b' ');
-
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let tmp_error = |err: std::io::Error| Error::Weights {
-        path: tmp.clone(),
-        message: format!("cannot write: {err}"),
-    };
-    let file = std::fs::File::create(&tmp).map_err(tmp_error)?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    writer
-        .write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(tmp_error)?;
-    writer.write_all(&header).map_err(tmp_error)?;
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
     for (_, tensor) in &on_cpu {
-        writer.write_all(&View::data(tensor)).map_err(tmp_error)?;
+        bytes.extend_from_slice(&View::data(tensor));
     }
-    writer.flush().map_err(tmp_error)?;
-    drop(writer);
-    std::fs::rename(&tmp, path).map_err(io_error)
+    Ok(bytes)
 }
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {

@@ -40,7 +40,8 @@ mod weights;
 pub use config::{DexpressionConfig, FEATEX_CHANNELS};
 pub use device::{device_name, parse_device};
 pub use dexpression::{
-    save_tensors_with_metadata, Dexpression, NamedVar, WeightsMetadata, NUM_BATCHES_TRACKED,
+    save_tensors_with_metadata, serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata,
+    NUM_BATCHES_TRACKED,
 };
 pub use error::{CandleError, Error, Result};
 pub use input::{batch_from_pixels, load_face_pixels, open_image, MAX_IMAGE_SIDE};

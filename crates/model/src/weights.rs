@@ -382,26 +382,17 @@ pub(crate) fn checked_count(tensor: &Tensor, name: &str, source: &Path) -> Resul
     Ok(value)
 }
 
-/// Writes named tensors as safetensors through a temporary file in the same directory, renamed
-/// into place only once complete.
+/// Writes named tensors as safetensors through a uniquely named temporary file beside `path`,
+/// synced and renamed into place only once complete (`dexpression_fsio`).
 pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let io_error = |err: std::io::Error| Error::Weights {
+    let bytes = crate::dexpression::serialize_with_metadata(tensors, &Default::default())?;
+    write_atomic(path, &bytes)
+}
+
+/// `bytes` into `path` by `dexpression_fsio::write_bytes`, its error as this crate's.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    dexpression_fsio::write_bytes(path, bytes).map_err(|err| Error::Weights {
         path: path.to_path_buf(),
-        message: format!("cannot write: {err}"),
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_error)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let map: HashMap<String, Tensor> = tensors
-        .iter()
-        .map(|(name, tensor)| Ok((name.clone(), tensor.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&map, &tmp).map_err(|err| Error::Weights {
-        path: tmp.clone(),
-        message: format!("cannot write: {err}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(io_error)
+        message: err.to_string(),
+    })
 }

@@ -18,6 +18,9 @@ pub enum Error {
         /// What the operating system said.
         error: std::io::Error,
     },
+    /// Writing an output file (through a temporary renamed into place) failed.
+    #[error(transparent)]
+    Write(#[from] dexpression_fsio::Error),
     /// A directory was given as a history but neither it nor a subdirectory holds `history.csv`.
     #[error("{dir}: no history.csv in this directory or its subdirectories; pass the CSV file itself or the directory `cargo xtask train` wrote")]
     NoHistoryInDirectory {
@@ -67,6 +70,22 @@ pub enum Error {
         n_pred: usize,
         /// Length of `test_truth`.
         n_truth: usize,
+    },
+    /// A `test_pred` or `test_truth` label is not one of the run's classes.
+    #[error(
+        "{path}:{line}: column `{column}` holds label {label}, but {limit}; fix or delete this row"
+    )]
+    LabelOutOfRange {
+        /// The history file.
+        path: PathBuf,
+        /// One-based line number in the file.
+        line: u64,
+        /// `test_pred` or `test_truth`.
+        column: &'static str,
+        /// The label found.
+        label: usize,
+        /// Which limit it breaks, e.g. `config.json names 7 classes (labels 0 to 6)`.
+        limit: String,
     },
     /// The history holds no rows, so there is nothing to report.
     #[error("{path}: the history has a header but no rows; wait for the first epoch to finish")]

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 pub const HISTORY_FILE_NAME: &str = "history.csv";
 /// File name of the run configuration beside a history.
 pub const CONFIG_FILE_NAME: &str = "config.json";
+/// Most classes a history may have when no configuration names them: a label of this value or
+/// more is refused (a confusion matrix is drawn as a square of that many classes).
+pub const MAX_CLASSES: usize = 256;
 
 /// One row of a history: the averages of one epoch of one fold, and the test predictions.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +52,14 @@ impl History {
     /// avg_train_loss,avg_test_loss,test_pred,test_truth`, in any order, with or without pandas'
     /// unnamed index column; `test_pred`/`test_truth` may be absent (no confusion matrices then).
     /// Folds numbered from 0 are renumbered from 1. A zero-byte file (a run that has not finished
-    /// its first epoch) is an empty history. A malformed row is an error naming its line.
+    /// its first epoch) is an empty history. A malformed row is an error naming its line, and so
+    /// is a label of [`MAX_CLASSES`] or more.
     pub fn from_csv(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        Self::read_csv(path.as_ref(), None)
+    }
+
+    /// [`History::from_csv`], refusing labels of `n_classes` or more when it is given.
+    fn read_csv(path: &Path, n_classes: Option<usize>) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|error| Error::Io {
             path: path.to_path_buf(),
             error,
@@ -67,7 +75,7 @@ impl History {
             ));
             return Ok(history);
         }
-        history.records = parse_records(path, &bytes)?;
+        history.records = parse_records(path, &bytes, n_classes)?;
         if history.records.iter().any(|record| record.fold == 0) {
             for record in &mut history.records {
                 record.fold += 1;
@@ -122,14 +130,22 @@ impl History {
     }
 
     fn from_csv_with_config(csv_path: &Path) -> Result<Self> {
-        let mut history = Self::from_csv(csv_path)?;
         let config_path = csv_path
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join(CONFIG_FILE_NAME);
-        if config_path.is_file() {
-            history.config = Some(RunConfig::from_json(&config_path)?);
-        }
+        let config = if config_path.is_file() {
+            Some(RunConfig::from_json(&config_path)?)
+        } else {
+            None
+        };
+        let n_classes = config
+            .as_ref()
+            .and_then(|config| config.class_names.as_ref())
+            .map(Vec::len)
+            .filter(|&n_classes| n_classes > 0);
+        let mut history = Self::read_csv(csv_path, n_classes)?;
+        history.config = config;
         Ok(history)
     }
 
@@ -240,7 +256,20 @@ struct Columns {
     test_truth: Option<usize>,
 }
 
-fn parse_records(path: &Path, bytes: &[u8]) -> Result<Vec<EpochRecord>> {
+fn parse_records(path: &Path, bytes: &[u8], n_classes: Option<usize>) -> Result<Vec<EpochRecord>> {
+    let (label_limit, limit) = match n_classes {
+        Some(n_classes) => (
+            n_classes,
+            format!(
+                "config.json names {n_classes} classes (labels 0 to {})",
+                n_classes.saturating_sub(1)
+            ),
+        ),
+        None => (
+            MAX_CLASSES,
+            format!("a history may hold labels 0 to {} only", MAX_CLASSES - 1),
+        ),
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(bytes);
@@ -300,6 +329,20 @@ fn parse_records(path: &Path, bytes: &[u8]) -> Result<Vec<EpochRecord>> {
             test_pred: labels("test_pred", columns.test_pred)?,
             test_truth: labels("test_truth", columns.test_truth)?,
         };
+        for (column, labels) in [
+            ("test_pred", &record.test_pred),
+            ("test_truth", &record.test_truth),
+        ] {
+            if let Some(&label) = labels.iter().find(|&&label| label >= label_limit) {
+                return Err(Error::LabelOutOfRange {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    label,
+                    limit: limit.clone(),
+                });
+            }
+        }
         if record.test_pred.len() != record.test_truth.len() {
             return Err(Error::PredictionLengthMismatch {
                 path: path.to_path_buf(),
@@ -411,5 +454,119 @@ mod tests {
         assert_eq!(parse_integer("3.0"), Some(3));
         assert_eq!(parse_integer("3.5"), None);
         assert_eq!(parse_integer("-1"), None);
+    }
+}
+
+#[cfg(test)]
+mod property_tests {
+    //! Any history text is read into records or refused with an error naming the file: never a
+    //! panic, and what is read holds paired label lists within the class limit.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const COLUMNS: &[&str] = &[
+        "fold",
+        "epoch",
+        "avg_train_accuracy",
+        "avg_test_accuracy",
+        "avg_train_loss",
+        "avg_test_loss",
+        "test_pred",
+        "test_truth",
+        "",
+        "Unnamed: 0",
+    ];
+
+    /// Field texts as the port, pandas, numpy and torch write them, and broken ones.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u32>().prop_map(|value| value.to_string()),
+            any::<f64>().prop_map(|value| value.to_string()),
+            Just("3.0".to_string()),
+            Just("-1".to_string()),
+            Just("4294967296".to_string()),
+            Just("1e400".to_string()),
+            Just("tensor(0.25, device='cuda:0')".to_string()),
+            Just("tensor(".to_string()),
+            Just("\"[tensor(4, device='cuda:0'), tensor(0".to_string()),
+            Just("[tensor(".to_string()),
+            prop::collection::vec(0usize..300, 0..5).prop_map(|labels| format!("\"{labels:?}\"")),
+            prop::collection::vec(any::<u32>(), 0..3).prop_map(|labels| format!("\"{labels:?}\"")),
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn history_text() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop::sample::select(COLUMNS), 0..10),
+            prop::collection::vec(prop::collection::vec(field(), 0..10), 0..5),
+        )
+            .prop_map(|(header, rows)| {
+                let mut text = header.join(",");
+                for row in rows {
+                    text.push('\n');
+                    text.push_str(&row.join(","));
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_history_is_an_error_or_valid_records(
+            text in prop_oneof![history_text(), "\\PC{0,80}"],
+            n_classes in prop::option::of(1usize..10),
+        ) {
+            let path = Path::new("history.csv");
+            match parse_records(path, text.as_bytes(), n_classes) {
+                Ok(records) => {
+                    let limit = n_classes.unwrap_or(MAX_CLASSES);
+                    for record in records {
+                        prop_assert_eq!(record.test_pred.len(), record.test_truth.len());
+                        prop_assert!(record
+                            .test_pred
+                            .iter()
+                            .chain(&record.test_truth)
+                            .all(|&label| label < limit));
+                    }
+                }
+                Err(error) => prop_assert!(error.to_string().starts_with("history.csv"), "{error}"),
+            }
+        }
+
+        #[test]
+        fn any_label_list_is_none_or_labels(text in prop_oneof![field(), "\\PC{0,40}"]) {
+            let _ = parse_labels(&text);
+        }
+    }
+
+    #[test]
+    fn labels_beyond_the_classes_are_refused_with_the_line() {
+        let text = "fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth\n\
+                    1,1,50,50,0.5,0.5,\"[0, 1]\",\"[1, 0]\"\n\
+                    1,2,50,50,0.5,0.5,\"[0, 7]\",\"[1, 0]\"\n";
+        let path = Path::new("run/history.csv");
+        assert_eq!(
+            parse_records(path, text.as_bytes(), Some(8)).unwrap().len(),
+            2
+        );
+        let error = parse_records(path, text.as_bytes(), Some(7)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "run/history.csv:3: column `test_pred` holds label 7, but config.json names 7 classes \
+             (labels 0 to 6); fix or delete this row"
+        );
+        // Without a configuration, a label that would make a confusion matrix of billions of
+        // cells is refused before any is drawn.
+        let huge = text.replace("[0, 7]", "[0, 4000000000]");
+        let error = parse_records(path, huge.as_bytes(), None).unwrap_err();
+        assert!(
+            error.to_string().contains("label 4000000000")
+                && error.to_string().contains("labels 0 to 255"),
+            "{error}"
+        );
     }
 }

@@ -140,10 +140,8 @@ pub(crate) fn draw_curves(
         draw_curve_panels(&root, &curves, metric).map_err(|err| draw_error(svg_path, err))?;
         root.present().map_err(|err| draw_error(svg_path, err))?;
     }
-    std::fs::write(svg_path, svg).map_err(|error| Error::Io {
-        path: svg_path.to_path_buf(),
-        error,
-    })
+    dexpression_fsio::write_bytes(svg_path, svg.as_bytes())?;
+    Ok(())
 }
 
 fn draw_curve_panels<DB: DrawingBackend>(
@@ -506,17 +504,19 @@ fn blues(fraction: f64) -> RGBColor {
 }
 
 fn save_png(path: &Path, pixels: &[u8], (width, height): (u32, u32)) -> Result<()> {
-    image::save_buffer_with_format(
-        path,
-        pixels,
-        width,
-        height,
-        image::ExtendedColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .map_err(|error| Error::Png {
-        path: path.to_path_buf(),
-        error,
+    dexpression_fsio::write_with(path, |out| {
+        image::write_buffer_with_format(
+            out,
+            pixels,
+            width,
+            height,
+            image::ExtendedColorType::Rgb8,
+            image::ImageFormat::Png,
+        )
+        .map_err(|error| Error::Png {
+            path: path.to_path_buf(),
+            error,
+        })
     })
 }
 

@@ -315,10 +315,7 @@ pub fn write_report(
         total_counts: total_counts.as_deref(),
         fold_matrices: &fold_matrices,
     });
-    std::fs::write(&summary_path, markdown).map_err(|error| Error::Io {
-        path: summary_path.clone(),
-        error,
-    })?;
+    dexpression_fsio::write_bytes(&summary_path, markdown.as_bytes())?;
     summary.written.push(summary_path);
     Ok(summary)
 }
@@ -330,22 +327,24 @@ fn write_confusion_csv(counts: &[Vec<u64>], class_names: &[String], path: &Path)
         error,
     };
     let csv_error = |err: csv::Error| io_error(std::io::Error::other(err.to_string()));
-    let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
-    let name = |class_idx: usize| {
-        class_names
-            .get(class_idx)
-            .cloned()
-            .unwrap_or_else(|| format!("class {class_idx}"))
-    };
-    let mut header = vec!["true\\predicted".to_string()];
-    header.extend((0..counts.len()).map(name));
-    writer.write_record(&header).map_err(csv_error)?;
-    for (class_idx, row) in counts.iter().enumerate() {
-        let mut fields = vec![name(class_idx)];
-        fields.extend(row.iter().map(u64::to_string));
-        writer.write_record(&fields).map_err(csv_error)?;
-    }
-    writer.flush().map_err(io_error)
+    dexpression_fsio::write_with(path, |out| {
+        let mut writer = csv::Writer::from_writer(out);
+        let name = |class_idx: usize| {
+            class_names
+                .get(class_idx)
+                .cloned()
+                .unwrap_or_else(|| format!("class {class_idx}"))
+        };
+        let mut header = vec!["true\\predicted".to_string()];
+        header.extend((0..counts.len()).map(name));
+        writer.write_record(&header).map_err(csv_error)?;
+        for (class_idx, row) in counts.iter().enumerate() {
+            let mut fields = vec![name(class_idx)];
+            fields.extend(row.iter().map(u64::to_string));
+            writer.write_record(&fields).map_err(csv_error)?;
+        }
+        writer.flush().map_err(io_error)
+    })
 }
 
 #[cfg(test)]

@@ -420,16 +420,31 @@ fn neutral_label_and_configured_class_names() {
             ("run/history.csv", with_neutral),
             (
                 "run/config.json",
-                r#"{"class_names": ["a", "b"], "folds": "ten"}"#,
+                r#"{"class_names": ["a", "b", "c", "d", "e", "f", "g", "h"], "folds": "ten"}"#,
             ),
         ],
         &["run"],
         EpochChoice::Final,
     );
-    // Named classes first, then placeholders up to the highest label; a mistyped field is dropped.
+    // The configured names label the matrix; a mistyped field is dropped.
     assert!(report
         .read("confusion_matrix-all.csv")
-        .starts_with("true\\predicted,a,b,class 2,class 3,class 4,class 5,class 6,class 7\n"));
+        .starts_with("true\\predicted,a,b,c,d,e,f,g,h\n"));
+
+    // Labels beyond the configured classes are refused, not given placeholder names.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("history.csv"), with_neutral).expect("write");
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"class_names": ["a", "b"]}"#,
+    )
+    .expect("write");
+    match History::from_run(dir.path()) {
+        Err(Error::LabelOutOfRange {
+            line: 2, label: 7, ..
+        }) => {}
+        other => panic!("expected a label out of range, got {other:?}"),
+    }
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// Writing a file (through a temporary renamed into place) failed.
+    #[error(transparent)]
+    Write(#[from] dexpression_fsio::Error),
+
     /// Reading or writing a file or folder failed.
     #[error("{path}: {source}")]
     Io {

@@ -1,6 +1,6 @@
 //! The run's history: `history.csv` in the PyTorch port's columns (read by the port's tools and
-//! the report crate) and `history.jsonl` with everything, both rewritten by atomic replace after
-//! every epoch.
+//! the report crate) and `history.jsonl` with everything, both rewritten by atomic replace
+//! ([`dexpression_fsio`]) after every epoch.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -106,16 +106,10 @@ pub fn read_history_jsonl(path: &Path) -> Result<Vec<EpochRecord>> {
         .collect()
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+/// Writes `bytes` as the whole of `path`, atomically and durably.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+    dexpression_fsio::write_bytes(path, bytes)?;
+    Ok(())
 }
 
 fn json_error(out: &Path, err: serde_json::Error) -> Error {

@@ -38,11 +38,12 @@ mod error;
 pub mod folds;
 mod history;
 mod metrics;
+pub mod output;
 mod progress;
 mod run;
 
 pub use augment::augment;
-pub use checkpoint::{BestEpoch, BestState, TrainState};
+pub use checkpoint::{BestEpoch, BestState, ResumePoint, TrainState};
 pub use config::{selection_name, SelectOn, TrainConfig, CONFIG_FILE};
 pub use error::{Error, Result};
 pub use history::{

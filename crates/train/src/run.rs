@@ -15,6 +15,7 @@ use crate::config::{TrainConfig, CONFIG_FILE};
 use crate::folds::{plan_folds, FoldPlan};
 use crate::history::{write_history, EpochRecord, HISTORY_CSV, HISTORY_JSONL};
 use crate::metrics::{Metrics, MetricsAccumulator};
+use crate::output::{lock_output, move_aside, write_marker};
 use crate::progress::{FoldInfo, Progress, RunInfo};
 use crate::{Error, Result};
 
@@ -23,7 +24,9 @@ use crate::{Error, Result};
 pub struct RunOptions {
     /// Train only this fold (from 1), e.g. one job of a scheduler's array.
     pub only_fold: Option<usize>,
-    /// Discard what an earlier run left in the output folder instead of resuming it.
+    /// Start over instead of resuming: what an earlier run left in the output folder (the
+    /// selected folds, or the whole run when its options differ) is moved into
+    /// `<out>/.previous-<time>/`, never deleted.
     pub restart: bool,
 }
 
@@ -79,7 +82,9 @@ pub fn run(
         }
         None => plans.iter().collect(),
     };
-    prepare_output(out, config, options, &selected)?;
+    for warning in prepare_output(out, config, options, &selected)? {
+        progress.warning(&warning);
+    }
     for warning in &warnings {
         progress.warning(warning);
     }
@@ -94,8 +99,12 @@ pub fn run(
         train_fold(config, &dataset.samples, plan, out, device, progress)?;
     }
 
-    let records = collect_records(out, config)?;
-    write_history(out, config, &records)?;
+    let records = {
+        let _lock = lock_output(out)?;
+        let records = collect_records(out, config)?;
+        write_history(out, config, &records)?;
+        records
+    };
     Ok(RunSummary {
         records,
         history_csv: out.join(HISTORY_CSV),
@@ -114,11 +123,23 @@ fn train_fold(
 ) -> Result<()> {
     let fold = plan.fold;
     let dir = fold_dir(out, fold);
-    let saved = load_state(&dir, config)?;
+    let saved = match load_state(&dir, config)? {
+        Some(point) => {
+            if let Some(message) = &point.fell_back {
+                progress.warning(message);
+                // The fallback becomes the commit point again, so the damaged file is not read
+                // twice and the stale-file cleanup below keeps what this state names.
+                checkpoint::write_json_atomic(&dir.join(checkpoint::LAST_STATE), &point.state)?;
+            }
+            Some(point.state)
+        }
+        None => None,
+    };
     if saved.as_ref().is_some_and(|state| state.finished) {
         progress.fold_skipped(fold);
         return Ok(());
     }
+    write_marker(&dir)?;
     let (model, mut adam, mut state) = match saved {
         Some(state) if state.epoch > 0 => {
             remove_stale_weights(&dir, &state);
@@ -212,7 +233,11 @@ fn train_fold(
         state.finished = epoch == config.epochs;
         state.records.push(record.clone());
         checkpoint::save(&dir, &mut state, &model, &adam, is_best.then_some(&record))?;
-        write_history(out, config, &collect_records(out, config)?)?;
+        {
+            // Other fold jobs may be writing the history into the same folder.
+            let _lock = lock_output(out)?;
+            write_history(out, config, &collect_records(out, config)?)?;
+        }
         progress.epoch_done(&record);
     }
     progress.fold_done(fold);
@@ -303,17 +328,19 @@ fn check_dataset(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
     Ok(())
 }
 
-/// Writes `config.json`, or checks that the one there matches; `restart` discards the earlier
-/// run (all of it when the options changed, else the selected folds).
+/// Writes `config.json`, or checks that the one there matches, under the output folder's lock;
+/// `restart` moves the earlier run aside (all of it when the options changed, else the selected
+/// folds) into `<out>/.previous-<time>/`. Returns what was moved, for the user.
 fn prepare_output(
     out: &Path,
     config: &TrainConfig,
     options: &RunOptions,
     selected: &[&FoldPlan],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let _lock = lock_output(out)?;
     let config_path = out.join(CONFIG_FILE);
-    let differences = if config_path.is_file() {
+    let differences = if config_path.exists() {
         match TrainConfig::load(&config_path) {
             Ok(earlier) => config.differences(&earlier),
             Err(err) if options.restart => vec![err.to_string()],
@@ -328,25 +355,68 @@ fn prepare_output(
             differences: differences.join(", "),
         });
     }
+    let mut moved = Vec::new();
     if options.restart {
+        let mut earlier: Vec<PathBuf> = Vec::new();
         let folds: Vec<usize> = if differences.is_empty() {
             selected.iter().map(|plan| plan.fold).collect()
         } else {
+            // The whole earlier run, whatever its fold count was.
             (1..=64).collect()
         };
         for fold in folds {
             let dir = fold_dir(out, fold);
-            if dir.join(checkpoint::LAST_STATE).is_file()
-                || dir.join(checkpoint::BEST_STATE).is_file()
+            if dir.join(checkpoint::LAST_STATE).exists()
+                || dir.join(checkpoint::BEST_STATE).exists()
+                || dir.join(crate::output::MARKER_FILE).exists()
             {
-                std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+                earlier.push(dir);
             }
         }
         if !differences.is_empty() {
-            for name in [HISTORY_CSV, HISTORY_JSONL] {
-                let _ = std::fs::remove_file(out.join(name));
+            for name in [CONFIG_FILE, HISTORY_CSV, HISTORY_JSONL] {
+                let path = out.join(name);
+                if path.exists() {
+                    earlier.push(path);
+                }
             }
         }
+        if let Some(aside) = move_aside(out, &earlier)? {
+            moved.push(format!(
+                "starting over: the earlier run's {} moved to {} (delete it yourself when no longer needed)",
+                earlier
+                    .iter()
+                    .filter_map(|path| path.file_name())
+                    .map(|name| name.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                aside.display()
+            ));
+        }
     }
-    config.save(&config_path)
+    remove_stale_temporaries(out);
+    write_marker(out)?;
+    config.save(&config_path)?;
+    Ok(moved)
+}
+
+/// Removes temporary files of the shared files left by a process killed while writing them.
+/// Called under the output folder's lock, which every writer of these files holds, so none of
+/// them is being written now; other files are left alone.
+fn remove_stale_temporaries(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let shared = [CONFIG_FILE, HISTORY_CSV, HISTORY_JSONL]
+            .iter()
+            .any(|target| name.starts_with(&format!(".{target}.fsio-")));
+        if shared && dexpression_fsio::is_temporary_name(&name) {
+            // Already gone is fine; a failure only leaves a stray file.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
