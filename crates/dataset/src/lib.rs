@@ -33,6 +33,7 @@ pub mod crop;
 pub mod detect;
 mod error;
 mod expression;
+pub mod faces;
 mod folds;
 mod layout;
 pub mod parse;
