@@ -13,26 +13,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use common::{start_server, Running};
+
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
 /// Frames a second the webcam view must hold.
 const MIN_WEBCAM_FPS: f64 = 10.0;
-
-/// A child process killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn on_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -53,31 +45,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
         .port()
-}
-
-/// Starts `cargo xtask serve` on a free port and returns it with its address.
-fn start_server(weights: &Path) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["serve", "--port", "0", "--weights"])
-        .arg(weights)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("xtask serve starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let server = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server prints its address before exiting")
-            .expect("readable stdout");
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.trim_end_matches('/').to_string();
-        }
-    };
-    // Keep draining its output so that it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (server, url)
 }
 
 fn start_chromedriver(driver: &Path) -> (Running, String) {
@@ -157,7 +124,9 @@ fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
         }
     };
     let dir = tempfile::tempdir().expect("temporary folder");
-    let trained = common::train_small_model(&dir.path().join("model"), 48, 10, 2, 6);
+    // 45 pixels: the smallest input side of its tensor shapes, so the bare weights file is read
+    // back at the side it was trained at.
+    let trained = common::train_small_model(&dir.path().join("model"), 45, 10, 2, 6);
 
     // A held-out person's happiest face as the photo, and as the webcam's picture.
     let peak = trained
@@ -175,7 +144,7 @@ fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
     let screenshots = screenshot_folder(dir.path());
     std::fs::create_dir_all(&screenshots).expect("screenshot folder");
 
-    let (_server, url) = start_server(&trained.weights);
+    let (_server, url) = start_server(&["--weights".as_ref(), trained.weights.as_os_str()]);
     let (_driver, driver_url) = start_chromedriver(&driver);
     let profile = dir.path().join("chromium-profile");
     let args = vec![

@@ -167,7 +167,15 @@ impl Candidate {
     }
 
     fn load(self, id: usize, device: &Device) -> anyhow::Result<ServedModel> {
-        let network = Dexpression::load(&self.weights, device).with_context(|| {
+        // A run knows its input side; the tensor shapes alone leave a few sides to choose from
+        // (45 to 48 give the same shapes), and `load` takes the smallest.
+        let network = match &self.config {
+            Some(config) => {
+                Dexpression::load_with_config(&self.weights, config.model_config(), device)
+            }
+            None => Dexpression::load(&self.weights, device),
+        }
+        .with_context(|| {
             format!(
                 "loading {} (train one with `cargo xtask demo` or `cargo xtask train`)",
                 self.weights.display()

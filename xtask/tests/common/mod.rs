@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use dexpression_dataset::synth::{generate, SynthOptions};
 use dexpression_dataset::{prepare, Dataset, PrepareOptions};
@@ -117,4 +119,39 @@ pub fn landmarks_of(synth: &Path, frame: &Path) -> Vec<[f32; 2]> {
 pub fn photo_640x480(frame: &Path) -> image::RgbImage {
     let frame = image::open(frame).expect("frame").to_rgb8();
     image::imageops::crop_imm(&frame, 0, 0, 640, 480).to_image()
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cargo xtask serve ARGS` on a free port and returns it with its address.
+pub fn start_server(args: &[&std::ffi::OsStr]) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("xtask serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let server = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server prints its address before exiting")
+            .expect("readable stdout");
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.trim_end_matches('/').to_string();
+        }
+    };
+    // Keep draining its output so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (server, url)
 }
