@@ -11,6 +11,7 @@ mod import_torch;
 mod predict;
 mod prepare;
 mod report;
+mod serve;
 mod synth;
 mod train;
 
@@ -46,6 +47,9 @@ enum Command {
     Predict(predict::Args),
     /// Time a training step and inference of the network.
     Bench(bench::Args),
+    /// A local web page and JSON API for prediction with Grad-CAM heat maps (`--load-test`: its
+    /// latency under load).
+    Serve(serve::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,5 +74,6 @@ fn try_main() -> anyhow::Result<()> {
         Command::ImportTorch(args) => import_torch::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

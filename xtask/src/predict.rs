@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use dexpression_dataset::crop::{crop_and_resize, CropBox};
-use dexpression_dataset::detect::detect_faces;
+use dexpression_dataset::crop::CropBox;
+use dexpression_dataset::faces::{detect_face_inputs, whole_image_input, FaceInput};
 use dexpression_model::{
     batch_from_pixels, load_face_pixels, parse_device, Dexpression, WeightsMetadata,
 };
@@ -33,6 +33,10 @@ pub struct Args {
     /// Where to run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Also write each image with a Grad-CAM heat map of the predicted class over every face
+    /// into this folder, as `<image name>-heatmap.png`.
+    #[arg(long, value_name = "OUT_DIR")]
+    heatmap: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -44,12 +48,59 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let side = model.config().image_size;
-    let class_names = class_names_of(&args.weights, model.config().n_classes)?;
+    let class_names = class_names(&args.weights, model.config().n_classes)?;
+    if let Some(dir) = &args.heatmap {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the heat map folder {}", dir.display()))?;
+    }
     for path in &args.images {
-        for face in faces_of(path, side, args.no_crop)? {
+        let faces = faces_of(path, side, args.no_crop)?;
+        let mut overlay = args
+            .heatmap
+            .as_ref()
+            .map(|_| image::open(path).map(|image| image.to_rgb8()))
+            .transpose()
+            .with_context(|| format!("{}: cannot read the image", path.display()))?;
+        for face in &faces {
             let batch = batch_from_pixels(&face.pixels, side, &device)?;
-            let probabilities = model.probabilities(&batch)?.remove(0);
-            print_prediction(path, &face, &probabilities, &class_names, args.json)?;
+            let Some(image) = overlay.as_mut() else {
+                let probabilities = model.probabilities(&batch)?.remove(0);
+                print_prediction(path, face, &probabilities, &class_names, args.json)?;
+                continue;
+            };
+            let explained = model.explain(&batch, None)?.remove(0);
+            print_prediction(
+                path,
+                face,
+                &explained.probabilities,
+                &class_names,
+                args.json,
+            )?;
+            let region = face.region.unwrap_or(CropBox {
+                x: 0,
+                y: 0,
+                width: image.width(),
+                height: image.height(),
+            });
+            let CropBox {
+                x,
+                y,
+                width,
+                height,
+            } = region;
+            explained.heatmap.blend_onto(image, x, y, width, height);
+        }
+        if let (Some(dir), Some(image)) = (&args.heatmap, overlay) {
+            let stem = path
+                .file_stem()
+                .map_or_else(|| "image".into(), |stem| stem.to_string_lossy());
+            let out = dir.join(format!("{stem}-heatmap.png"));
+            image
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            if !args.json {
+                println!("heat map: {}", out.display());
+            }
         }
     }
     Ok(())
@@ -57,8 +108,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The class names a weights file records (every file `train` writes does); files without them
 /// (the PyTorch port's, `import-torch`'s) are CK+'s 7 emotions, or 8 with Neutral.
-fn class_names_of(weights: &Path, n_classes: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) fn class_names(weights: &Path, n_classes: usize) -> anyhow::Result<Vec<String>> {
     if let Some(metadata) = WeightsMetadata::read(weights)? {
+        anyhow::ensure!(
+            metadata.class_names.len() == n_classes,
+            "{}: its metadata names {} classes but the network has {n_classes}",
+            weights.display(),
+            metadata.class_names.len()
+        );
         return Ok(metadata.class_names);
     }
     let names = dexpression_dataset::class_names(n_classes > 7);
@@ -70,47 +127,31 @@ fn class_names_of(weights: &Path, n_classes: usize) -> anyhow::Result<Vec<String
     Ok(names)
 }
 
-/// One face to classify: its pixels at the network's side and where it was found.
-struct Face {
-    pixels: Vec<u8>,
-    /// `None` when the whole image was used.
-    region: Option<CropBox>,
-}
-
 /// The faces of an image: every face the detector finds (cropped as `prepare` crops frames
 /// without landmarks), the whole image when it finds none, or the whole image as an already
 /// cropped face with `--no-crop`.
-fn faces_of(path: &Path, side: usize, no_crop: bool) -> anyhow::Result<Vec<Face>> {
+fn faces_of(path: &Path, side: usize, no_crop: bool) -> anyhow::Result<Vec<FaceInput>> {
     if no_crop {
-        return Ok(vec![Face {
+        return Ok(vec![FaceInput {
             pixels: load_face_pixels(path, side)?,
             region: None,
         }]);
     }
     let image = dexpression_model::open_image(path)?;
-    let detected = detect_faces(&image.to_luma8());
+    let detected = detect_face_inputs(&image, side as u32, None);
     if detected.is_empty() {
         eprintln!(
             "{}: no face found, classifying the whole image",
             path.display()
         );
-        return Ok(vec![Face {
-            pixels: crop_and_resize(&image, None, side as u32),
-            region: None,
-        }]);
+        return Ok(vec![whole_image_input(&image, side as u32)]);
     }
-    Ok(detected
-        .iter()
-        .map(|found| Face {
-            pixels: crop_and_resize(&image, Some(found.face), side as u32),
-            region: Some(found.face),
-        })
-        .collect())
+    Ok(detected)
 }
 
 fn print_prediction(
     path: &Path,
-    face: &Face,
+    face: &FaceInput,
     probabilities: &[f32],
     class_names: &[String],
     json: bool,

@@ -40,6 +40,7 @@ pub mod crop;
 pub mod detect;
 mod error;
 mod expression;
+pub mod faces;
 mod fer2013;
 mod folds;
 mod layout;

@@ -512,6 +512,15 @@ impl BatchNorm {
 
 impl ModuleT for Dexpression {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let features = self.last_featex_t(xs, train)?;
+        candle_nn::ops::log_softmax(&self.head_logits_t(&features, train)?, D::Minus1)
+    }
+}
+
+impl Dexpression {
+    /// The network up to the output of the last FeatEx block (`N x 272 x h x w`), the layer
+    /// Grad-CAM explains; [`Self::head_logits_t`] finishes the forward.
+    pub(crate) fn last_featex_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         // Block 1: N x 1 x S x S -> N x 64 x 55 x 55 (at S = 224).
         let xs = ops::conv2d_relu_max_pool2d(
             xs,
@@ -530,15 +539,21 @@ impl ModuleT for Dexpression {
         // FeatEx 2: -> N x 272 x 27 x 27.
         let xs = self.featex(&xs, (&self.conv2a, &self.conv2b, &self.conv2c), train)?;
         // FeatEx 3: -> N x 272 x 13 x 13.
-        let xs = self.featex(&xs, (&self.conv3a, &self.conv3b, &self.conv3c), train)?;
-        // Head: dropout, batch norm, flatten, fc, log-softmax (the port's order).
-        let xs = if train { self.apply_dropout(&xs)? } else { xs };
+        self.featex(&xs, (&self.conv3a, &self.conv3b, &self.conv3c), train)
+    }
+
+    /// The head on the last FeatEx block's output: dropout, batch norm, flatten, fc (the port's
+    /// order), giving the class scores before the log-softmax.
+    pub(crate) fn head_logits_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let xs = if train {
+            self.apply_dropout(xs)?
+        } else {
+            xs.clone()
+        };
         let xs = self.batch_normalization.forward_t(&xs, train)?;
-        let logits = xs
-            .flatten_from(1)?
+        xs.flatten_from(1)?
             .matmul(&self.fc.weight.as_tensor().t()?)?
-            .broadcast_add(self.fc.bias.as_tensor())?;
-        candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .broadcast_add(self.fc.bias.as_tensor())
     }
 }
 

@@ -31,6 +31,7 @@ mod config;
 mod device;
 mod dexpression;
 mod error;
+mod gradcam;
 mod input;
 mod ops;
 mod optim;
@@ -44,6 +45,7 @@ pub use dexpression::{
     NUM_BATCHES_TRACKED,
 };
 pub use error::{CandleError, Error, Result};
+pub use gradcam::{Explanation, GradCam};
 pub use input::{batch_from_pixels, load_face_pixels, open_image, MAX_IMAGE_SIDE};
 pub use ops::{
     isa, reference_ops, set_isa_limit, set_reference_ops, Isa, ISA_ENV, REFERENCE_OPS_ENV,

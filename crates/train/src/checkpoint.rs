@@ -450,7 +450,12 @@ pub fn save(
         path: fold_dir.join(LAST_STATE),
         message: format!("cannot encode: {err}"),
     })?;
-    write_weights(&fold_dir.join(&last_name), &tensors, &metadata, Some(state_json))?;
+    write_weights(
+        &fold_dir.join(&last_name),
+        &tensors,
+        &metadata,
+        Some(state_json),
+    )?;
     if let Some(best_state) = &best_state {
         write_json_atomic(&fold_dir.join(BEST_STATE), best_state)?;
     }
