@@ -11,12 +11,12 @@
 # - nvcc, its front ends (nvidia-nvvm, nvidia-cuda-crt), the runtime headers and CCCL, pinned to
 #   CUDA 13.0: the GPU machine's driver (580) runs CUDA 13.0, and a newer nvcc writes PTX that an
 #   older driver cannot load;
-# - link stubs: cudarc (candle's CUDA layer) links libcuda, libnvrtc, libcurand, libcublas and
-#   libcublasLt at build time. libcuda comes only with the driver, so, as the CUDA toolkit does
+# - link stubs: cudarc (candle's CUDA layer) links libcuda, libnvrtc, libcurand, libcublas,
+#   libcublasLt and libcudart at build time (libcudart is in the wheels; the others are not). libcuda comes only with the driver, so, as the CUDA toolkit does
 #   with its lib/stubs/libcuda.so, this builds stubs: shared libraries with the real sonames that
 #   define every function cudarc declares, and do nothing. They only satisfy the linker; the binary
 #   runs on the real libraries (the driver's libcuda.so.1; libcublas and friends from the CUDA
-#   toolkit or PyTorch's wheels, see docs/gpu.md).
+#   toolkit or PyTorch's wheels, see docs/gpu.md). Called by mistake, a stub returns an error.
 #
 # Environment: CUDA_COMPUTE_CAP (default 90, the H200) is passed through; DEXPRESSION_CUDA_DIR
 # overrides the install directory (default target/cuda/13.0 in this checkout).
@@ -29,7 +29,7 @@ ROOT="$DIR/nvidia/cu13"
 STUBS="$ROOT/lib/stubs"
 DONE="$DIR/.complete"
 # Bumped whenever the packages or the stubs change, so a cached install is redone.
-RECIPE=2
+RECIPE=4
 
 log() { echo "cuda-toolchain: $*" >&2; }
 
@@ -62,9 +62,10 @@ print(next(os.path.dirname(p["manifest_path"]) for p in packages if p["name"] ==
     while read -r lib soname module; do
         src="$STUBS/$lib.c"
         {
-            echo "/* Link stub for $soname: every function cudarc declares, doing nothing. */"
+            echo "/* Link stub for $soname: every function cudarc declares, failing with 999"
+            echo "   (CUDA_ERROR_UNKNOWN; an error in every CUDA library) should it ever be called. */"
             grep -ohE '^pub unsafe fn [A-Za-z0-9_]+\(' "$cudarc_src/src/$module/sys/mod.rs" |
-                sed -E 's/^pub unsafe fn ([A-Za-z0-9_]+)\(/void \1(void) {}/' | sort -u
+                sed -E 's/^pub unsafe fn ([A-Za-z0-9_]+)\(/int \1(void) { return 999; }/' | sort -u
         } >"$src"
         gcc -shared -fPIC -o "$STUBS/$soname" -Wl,-soname,"$soname" "$src"
         ln -sf "$soname" "$STUBS/$lib.so"
@@ -76,6 +77,8 @@ libcurand libcurand.so.10 curand
 libcublas libcublas.so.13 cublas
 libcublasLt libcublasLt.so.13 cublaslt
 LIBS
+    # libcudart is real (nvidia-cuda-runtime), but the wheel has no unversioned name to link by.
+    ln -sf ../libcudart.so.13 "$STUBS/libcudart.so"
     echo "$RECIPE" >"$DONE"
     log "installed ($(du -sh "$DIR" | cut -f1))"
 fi

@@ -2,7 +2,8 @@
 # The GPU check of docs/gpu.md, in two halves, so that the GPU machine needs no Rust:
 #
 #   xtask/gpu-check.sh prepare          here: builds the `cuda` binaries (nvcc from PyPI, link
-#                                       stubs) into target/gpu-bundle/ (carry it to the GPU machine)
+#                                       stubs) into target/gpu-bundle.tar.xz (carry it to the GPU
+#                                       machine; `run` unpacks it)
 #   xtask/gpu-check.sh run [cuda|cpu]   there: runs the GPU tests, PyTorch's figures and a short
 #                                       training, and writes one JSON ($OUT/gpu-check.json, or
 #                                       target/gpu-check.json without $OUT); `cpu` tries the same
@@ -19,8 +20,8 @@
 # `cargo xtask bench` times the CPU only (it has no --device), so the network's own GPU images/s
 # come from the training epochs here; see docs/gpu.md.
 #
-# Environment: CUDA_COMPUTE_CAP for prepare (default 90, the H200); GPU_CHECK_SUBJECTS (default 20)
-# for the synthetic CK+ of step 3.
+# Environment: CUDA_COMPUTE_CAP for prepare (default 90, the H200); GPU_CHECK_SUBJECTS (default 20),
+# GPU_CHECK_EPOCHS (5) and GPU_CHECK_IMAGE_SIZE (224) for step 3 (smaller to try it on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,8 @@ mode="${1:-}"
 
 prepare() {
     eval "$(.ci/cuda-toolchain.sh)"
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/cuda-sm$CUDA_COMPUTE_CAP"
+    # One target directory per compute capability (see docs/gpu.md), unless one is chosen.
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-sm$CUDA_COMPUTE_CAP}"
     cargo build --release -p xtask --features cuda
     local tests
     tests="$(cargo test --release -p dexpression-model --features cuda --lib --no-run \
@@ -51,7 +53,11 @@ for line in sys.stdin:
     fi
     echo "compute_cap=$CUDA_COMPUTE_CAP" >"$BUNDLE/BUILD"
     du -sh "$BUNDLE"/* >&2
-    echo "gpu-check: carry $BUNDLE (64 MiB at most) and run: xtask/gpu-check.sh run cuda" >&2
+    # The binaries are mostly candle's PTX and compress about sevenfold: under the 64 MiB that a
+    # carry to the GPU machine allows.
+    tar -C "$(dirname "$BUNDLE")" -cf - "$(basename "$BUNDLE")" | xz -T0 -3 >"$BUNDLE.tar.xz"
+    du -sh "$BUNDLE.tar.xz" >&2
+    echo "gpu-check: carry $BUNDLE.tar.xz and run there: xtask/gpu-check.sh run cuda" >&2
 }
 
 # The directories of the CUDA libraries in the Python environment's NVIDIA wheels (PyTorch's
@@ -71,10 +77,18 @@ run() {
     local work
     work="$(mktemp -d)"
     mkdir -p "$out"
+    if [[ ! -x "$BUNDLE/xtask" && -f "$BUNDLE.tar.xz" ]]; then
+        python3 -m tarfile -e "$BUNDLE.tar.xz" "$(dirname "$BUNDLE")"
+    fi
     [[ -x "$BUNDLE/xtask" && -x "$BUNDLE/model-tests" ]] ||
         { echo "gpu-check: no $BUNDLE; run \`xtask/gpu-check.sh prepare\` first" >&2; exit 1; }
     local libs
     libs="$(nvidia_library_path)"
+    if [[ "$device" == cpu && -d target/cuda/13.0/nvidia/cu13/lib/stubs ]]; then
+        # Trying the CPU path where no CUDA library is installed: the link stubs let the binaries
+        # load (nothing calls them on the CPU).
+        libs="${libs:+$libs:}$PWD/target/cuda/13.0/nvidia/cu13/lib/stubs:$PWD/target/cuda/13.0/nvidia/cu13/lib"
+    fi
     export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     local steps="$work/steps.jsonl"
     : >"$steps"
@@ -105,7 +119,8 @@ print(json.dumps({"step": sys.argv[1], "status": int(sys.argv[2]), "seconds": ro
     fi
     step synth "$BUNDLE/xtask" synth --out "$work/ck" --subjects "${GPU_CHECK_SUBJECTS:-20}"
     step train "$BUNDLE/xtask" train --source "$work/ck" --cache "$work/cache" \
-        --out "$work/results" --device "$device" --folds 5 --epochs 5 --image-size 224 --quiet
+        --out "$work/results" --device "$device" --folds 5 --epochs "${GPU_CHECK_EPOCHS:-5}" \
+        --image-size "${GPU_CHECK_IMAGE_SIZE:-224}" --quiet
 
     python3 - "$work" "$device" "$out" <<'PY'
 import json, os, platform, subprocess, sys

@@ -340,7 +340,7 @@ impl MaxPoolCudaBackwardOp {
         builder.arg(&grad);
         builder.arg(self.offsets.as_ref());
         builder.arg(&grad_in);
-        for value in [
+        let sizes = [
             n,
             c,
             self.channels_total,
@@ -352,9 +352,11 @@ impl MaxPoolCudaBackwardOp {
             self.pool.kernel,
             self.pool.stride,
             self.pool.padding,
-        ] {
-            let value = i32_arg(value, "max_pool2d size")?;
-            builder.arg(&value);
+        ]
+        .map(|value| i32_arg(value, "max_pool2d size"));
+        let sizes: Vec<i32> = sizes.into_iter().collect::<candle_core::Result<_>>()?;
+        for value in &sizes {
+            builder.arg(value);
         }
         // SAFETY: the arguments match the kernel's signature; it reads inside `grad` and the
         // offsets (checked above) and writes the `len` values of `grad_in`.
