@@ -8,8 +8,8 @@ use super::fast_layer_norm::LayerNormOp;
 /// transform with `weight` and `bias` of the sample's shape (PyTorch's
 /// `nn.LayerNorm([C, H, W])`; biased variance, `eps` inside the square root).
 ///
-/// On the CPU in f32 this is one fused op (statistics still in f64); elsewhere a composition of
-/// tensor ops.
+/// On the CPU in f32 this is one fused op (statistics still in f64), and so it is on CUDA in f32
+/// (with the `cuda` feature); elsewhere a composition of tensor ops.
 pub fn layer_norm(
     xs: &Tensor,
     weight: &Tensor,
@@ -27,6 +27,10 @@ pub(crate) fn layer_norm_on(
     eps: f64,
     fast: bool,
 ) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::cuda::normalises(xs) {
+        return super::cuda::layer_norm(xs, weight, bias, eps);
+    }
     if fast {
         return xs.contiguous()?.apply_op3(
             &weight.contiguous()?,

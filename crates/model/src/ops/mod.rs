@@ -11,14 +11,18 @@
 //! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
 //! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
 //! one-pass LayerNorm) are used by default; the reference path composes
-//! candle tensor ops and serves every other device (CUDA) and dtype. [`set_reference_ops`] (or
-//! `DEXPRESSION_REFERENCE_OPS=1`) forces the reference path, for comparisons and benchmarks.
+//! candle tensor ops and serves every other device and dtype, except that with the `cuda` feature
+//! max pooling and LayerNorm run CUDA kernels of their own on the GPU (`cuda.rs`).
+//! [`set_reference_ops`] (or `DEXPRESSION_REFERENCE_OPS=1`) forces the reference path, for
+//! comparisons and benchmarks.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Tensor};
 
 mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod fast_conv;
 mod fast_conv_pool;
 mod fast_layer_norm;
@@ -97,6 +101,8 @@ fn keep_freed_memory() {
     }
 }
 
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
 #[cfg(test)]
 mod fast_tests;
 #[cfg(test)]

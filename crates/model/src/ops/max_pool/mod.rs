@@ -83,9 +83,14 @@ fn check_input(xs: &Tensor, pool: Pool2d) -> candle_core::Result<(usize, usize, 
 
 /// Max pooling of an `N x C x H x W` tensor; differentiable on every device.
 ///
-/// The CPU kernel runs natively; on other devices the tensor makes a round trip through host memory.
+/// The CPU kernel runs natively, and so does the CUDA kernel in f32 and f64 (with the `cuda`
+/// feature); on other devices the tensor makes a round trip through host memory.
 pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
     check_input(xs, pool)?;
+    #[cfg(feature = "cuda")]
+    if super::cuda::pools(xs, pool) {
+        return super::cuda::max_pool2d(xs, None, pool);
+    }
     if xs.device().is_cpu() {
         xs.contiguous()?.apply_op1(MaxPoolOp::new(pool))
     } else {
@@ -125,6 +130,13 @@ pub(crate) fn max_pool2d_cat_on(
             first.dims(),
             second.dims()
         )
+    }
+    #[cfg(feature = "cuda")]
+    if super::cuda::pools(first, pool)
+        && second.device().same_device(first.device())
+        && second.dtype() == first.dtype()
+    {
+        return super::cuda::max_pool2d(first, Some(second), pool);
     }
     let both_cpu_same_type =
         first.device().is_cpu() && second.device().is_cpu() && first.dtype() == second.dtype();
