@@ -17,37 +17,9 @@ pub use relay::{run, Args};
 
 #[cfg(not(feature = "download"))]
 mod relay {
-    use std::ffi::OsString;
-    use std::process::Command;
-
-    use anyhow::{bail, Context};
-
-    /// Every argument of `cargo xtask download`, passed on untouched (`--help` included).
-    #[derive(clap::Args)]
-    #[command(disable_help_flag = true)]
-    pub struct Args {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<OsString>,
-    }
+    pub use crate::relay::Args;
 
     pub fn run(args: Args) -> anyhow::Result<()> {
-        // `cargo run` sets CARGO to the cargo that runs us, so the same toolchain builds again.
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-        eprintln!(
-            "running xtask with its `download` feature (compiled on first use: a few minutes)"
-        );
-        let status = Command::new(&cargo)
-            .args(["run", "--quiet", "--release", "--manifest-path", manifest])
-            .args(["--features", "download", "--", "download"])
-            .args(&args.args)
-            .status()
-            .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-        match status.code() {
-            Some(0) => Ok(()),
-            // The inner run has printed its own error; pass its exit code on.
-            Some(code) => std::process::exit(code),
-            None => bail!("`cargo xtask download` was stopped by a signal ({status})"),
-        }
+        crate::relay::run_with_feature("download", "download", "a few minutes", args)
     }
 }

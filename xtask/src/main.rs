@@ -10,6 +10,8 @@ mod download;
 mod import_torch;
 mod predict;
 mod prepare;
+#[cfg(not(all(feature = "download", feature = "serve")))]
+mod relay;
 mod report;
 mod serve;
 mod synth;

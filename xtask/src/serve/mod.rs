@@ -122,37 +122,9 @@ mod app {
 
 #[cfg(not(feature = "serve"))]
 mod relay {
-    use std::ffi::OsString;
-    use std::process::Command;
-
-    use anyhow::{bail, Context};
-
-    /// Every argument of `cargo xtask serve`, passed on untouched (`--help` included).
-    #[derive(clap::Args)]
-    #[command(disable_help_flag = true)]
-    pub struct Args {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<OsString>,
-    }
+    pub use crate::relay::Args;
 
     pub fn run(args: Args) -> anyhow::Result<()> {
-        // `cargo run` sets CARGO to the cargo that runs us, so the same toolchain builds again.
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-        eprintln!(
-            "running xtask with its `serve` feature (compiled on first use: a minute or two)"
-        );
-        let status = Command::new(&cargo)
-            .args(["run", "--quiet", "--release", "--manifest-path", manifest])
-            .args(["--features", "serve", "--", "serve"])
-            .args(&args.args)
-            .status()
-            .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-        match status.code() {
-            Some(0) => Ok(()),
-            // The inner run has printed its own error; pass its exit code on.
-            Some(code) => std::process::exit(code),
-            None => bail!("`cargo xtask serve` was stopped by a signal ({status})"),
-        }
+        crate::relay::run_with_feature("serve", "serve", "a minute or two", args)
     }
 }

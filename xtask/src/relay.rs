@@ -1,0 +1,42 @@
+//! `download` and `serve` sit behind xtask features so that the demo's cold build stays small.
+//! Without its feature, such a command re-runs xtask through cargo with the feature switched on
+//! (compiled on first use), passing every argument on untouched.
+
+use std::ffi::OsString;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Every argument of the command, passed on untouched (`--help` included).
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+pub struct Args {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<OsString>,
+}
+
+/// Runs `cargo xtask <command> ARGS` with xtask's `feature`; `build_time` says how long its
+/// first compilation takes.
+pub fn run_with_feature(
+    feature: &str,
+    command: &str,
+    build_time: &str,
+    args: Args,
+) -> anyhow::Result<()> {
+    // `cargo run` sets CARGO to the cargo that runs us, so the same toolchain builds again.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    eprintln!("running xtask with its `{feature}` feature (compiled on first use: {build_time})");
+    let status = Command::new(&cargo)
+        .args(["run", "--quiet", "--release", "--manifest-path", manifest])
+        .args(["--features", feature, "--", command])
+        .args(&args.args)
+        .status()
+        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        // The inner run has printed its own error; pass its exit code on.
+        Some(code) => std::process::exit(code),
+        None => bail!("`cargo xtask {command}` was stopped by a signal ({status})"),
+    }
+}
