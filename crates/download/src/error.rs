@@ -331,6 +331,18 @@ pub enum Error {
         dest: PathBuf,
     },
 
+    /// The mirror's output folder holds files that no conversion wrote.
+    #[error(
+        "{} already holds files that no mirror conversion wrote (it has no {} marker); they are \
+         left as they are. Move them away, or convert into another folder",
+        dest.display(),
+        crate::mirror::SOURCE_MARKER
+    )]
+    ConversionDestinationNotOurs {
+        /// The output folder.
+        dest: PathBuf,
+    },
+
     /// A symbolic link that leads back into a folder being walked.
     #[error(
         "{} is a symbolic link back to {}, a folder it lies in: following it would never end. \

@@ -101,6 +101,15 @@ pub fn convert_mirror_with_limits(
         });
     }
 
+    // Replace only a folder an earlier conversion made (it has the marker) or an empty one.
+    if out_dir.exists()
+        && !marker.is_file()
+        && fs::read_dir(out_dir).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        return Err(Error::ConversionDestinationNotOurs {
+            dest: out_dir.to_path_buf(),
+        });
+    }
     let rows = read_rows(parquet, limits)?;
     let staging = sibling(out_dir, ".converting");
     if staging.exists() {

@@ -344,6 +344,25 @@ fn no_network_mentions_that_from_works_offline() {
 }
 
 #[test]
+fn conversion_leaves_an_output_folder_it_did_not_make_alone() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).expect("out");
+    std::fs::write(out.join("mine.txt"), "the user's").expect("user file");
+    let parquet = work.path().join("mirror.parquet");
+    write_unusable_parquet(&parquet);
+    let err = convert_mirror(&parquet, "sha", &out, &NoProgress).expect_err("refused");
+    assert!(
+        matches!(err, Error::ConversionDestinationNotOurs { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("mine.txt")).expect("still there"),
+        "the user's"
+    );
+}
+
+#[test]
 fn parquet_without_usable_columns_lists_the_columns_found() {
     let work = tempfile::tempdir().expect("temp dir");
     let parquet = work.path().join("odd.parquet");
