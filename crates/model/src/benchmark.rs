@@ -11,9 +11,8 @@ use std::time::Instant;
 
 use candle_core::{Device, ModuleT, Tensor, Var};
 
-use crate::ops::{
-    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, set_reference_ops, Pool2d,
-};
+use crate::dexpression::{POOL_KEEP, POOL_REDUCE};
+use crate::ops::{conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, set_reference_ops};
 use crate::{Adam, AdamConfig, Dexpression, DexpressionConfig, Result};
 
 /// What to time.
@@ -276,10 +275,10 @@ pub fn layer_macs(model: &Dexpression) -> Vec<(&'static str, f64)> {
         let macs = dims(name).iter().product::<usize>() * out_side * out_side;
         (name, macs as f64)
     };
-    let conv1_side = (config.image_size + 2 * 3 - 7) / 2 + 1;
+    let conv1_side = crate::config::conv1_out(config.image_size);
     let (side2, side3) = (
         config.block1_side(),
-        pool_reduce().out_side(config.block1_side()),
+        POOL_REDUCE.out_side(config.block1_side()),
     );
     vec![
         conv("conv1", conv1_side),
@@ -291,15 +290,6 @@ pub fn layer_macs(model: &Dexpression) -> Vec<(&'static str, f64)> {
         conv("conv3c", side3),
         ("fc", dims("fc").iter().product::<usize>() as f64),
     ]
-}
-
-/// The FeatEx blocks' reducing pool (and pool1's): 3x3, stride 2.
-fn pool_reduce() -> Pool2d {
-    Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 0,
-    }
 }
 
 fn proc_status_kib(key: &str) -> Option<f64> {
@@ -503,12 +493,7 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         let dims = param(&format!("{name}.weight")).dims().to_vec();
         (dims[0], dims[1])
     };
-    let pool_reduce = pool_reduce();
-    let pool_keep = Pool2d {
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-    };
+    let (pool_reduce, pool_keep) = (POOL_REDUCE, POOL_KEEP);
     let side2 = model.config().block1_side();
     let side3 = pool_reduce.out_side(side2);
     let side4 = pool_reduce.out_side(side3);

@@ -83,7 +83,7 @@ impl DexpressionConfig {
 }
 
 /// conv1: kernel 7, stride 2, padding 3.
-fn conv1_out(side: usize) -> usize {
+pub(crate) fn conv1_out(side: usize) -> usize {
     (side + 2 * 3 - 7) / 2 + 1
 }
 

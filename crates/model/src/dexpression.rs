@@ -19,13 +19,13 @@ const BATCH_NORM_EPS: f64 = 1e-5;
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
 /// pool1, pool2b, pool3b: 3x3 stride 2, no padding.
-const POOL_REDUCE: Pool2d = Pool2d {
+pub(crate) const POOL_REDUCE: Pool2d = Pool2d {
     kernel: 3,
     stride: 2,
     padding: 0,
 };
 /// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch).
-const POOL_KEEP: Pool2d = Pool2d {
+pub(crate) const POOL_KEEP: Pool2d = Pool2d {
     kernel: 3,
     stride: 1,
     padding: 1,
