@@ -290,9 +290,14 @@ fn cuda_layer_norm_equals_the_cpu_forward_and_backward() {
     }
 }
 
-/// The repository's PyTorch fixture (64 x 64 inputs).
+/// The repository's PyTorch fixture (64 x 64 inputs). The crate's folder is taken from
+/// `CARGO_MANIFEST_DIR` at run time when set (cargo sets it; xtask/gpu-check.sh sets it for the
+/// prebuilt binary on another machine), else from the build.
 fn fixture() -> (PathBuf, HashMap<String, Tensor>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let dir = crate_dir.join("tests/fixtures/torch");
     let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
         .unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
     (dir, reference)
@@ -376,5 +381,46 @@ fn cuda_network_matches_pytorch_and_the_cpu() {
             "grad.{name}: {vs_torch:.3e} from PyTorch's"
         );
         assert!(vs_cpu <= 1e-2, "grad.{name}: {vs_cpu:.3e} from the CPU's");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_training_step_stays_on_the_gpu() {
+    let device = gpu();
+    let model = Dexpression::new(DexpressionConfig::with(7, 64), 3, &device).unwrap();
+    let mut adam = crate::Adam::new(model.trainable_vars(), crate::AdamConfig::default()).unwrap();
+    let xs = Tensor::from_vec(values(4 * 64 * 64, 40), (4, 1, 64, 64), &device).unwrap();
+    let ys = Tensor::new(&[0u32, 3, 6, 2], &device).unwrap();
+    let before = super::host_round_trips();
+    for _ in 0..2 {
+        // A custom op without a CUDA forward would fail here ("no cuda implementation"), and a
+        // pool falling back to the host would count a round trip.
+        let logp = model.forward_t(&xs, true).unwrap();
+        let loss = candle_nn::loss::nll(&logp, &ys).unwrap();
+        let grads = loss.backward().unwrap();
+        for param in model.trainable_vars() {
+            let grad = grads
+                .get(param.var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {}", param.name));
+            assert!(
+                grad.device().is_cuda(),
+                "{}: gradient left the GPU",
+                param.name
+            );
+        }
+        adam.step(&grads).unwrap();
+    }
+    assert_eq!(
+        super::host_round_trips() - before,
+        0,
+        "a training step copied activations to the host and back"
+    );
+    for param in model.trainable_vars() {
+        assert!(
+            param.var.as_tensor().device().is_cuda(),
+            "{}: left the GPU",
+            param.name
+        );
     }
 }

@@ -223,20 +223,62 @@ fn backward(x: &[f32], weight: &[f32], grad: &[f32], eps: f64) -> Vec<f32> {
     out
 }
 
-/// LayerNorm with affine weight and bias: arguments input, weight, bias (contiguous f32, CPU).
+/// LayerNorm with affine weight and bias: arguments input, weight, bias (contiguous f32), on the
+/// CPU and on CUDA (`cuda.rs`).
 pub(crate) struct LayerNormOp {
     pub eps: f64,
 }
 
-fn check_features(x: &Layout, weight_len: usize) -> candle_core::Result<()> {
-    let features: usize = x.dims().iter().skip(1).product();
-    if x.dims().is_empty() || features != weight_len {
+/// What the third argument of a LayerNorm op is, and so how many values it must hold.
+#[derive(Clone, Copy)]
+enum ThirdArgument {
+    /// The forward's bias: one value per feature, as the weight.
+    Bias,
+    /// The backward's output gradient: one value per input value.
+    Gradient,
+}
+
+/// Samples and features per sample of a LayerNorm op's arguments: input `x`, weight `w` (the
+/// affine part: one value per feature of a sample) and a third (`third`), checked.
+fn samples_and_features(
+    x: &Layout,
+    w: &Layout,
+    third: &Layout,
+    kind: ThirdArgument,
+) -> candle_core::Result<(usize, usize)> {
+    let weight_len = w.shape().elem_count();
+    let dims = x.dims();
+    let features: usize = dims.iter().skip(1).product();
+    if dims.is_empty() || features != weight_len || features == 0 {
         candle_core::bail!(
             "layer_norm: input {:?} does not match an affine part of {weight_len} values",
-            x.dims()
+            dims
         )
     }
-    Ok(())
+    let third_len = third.shape().elem_count();
+    match kind {
+        ThirdArgument::Bias if third_len != weight_len => {
+            candle_core::bail!("layer_norm: weight of {weight_len} values but bias of {third_len}")
+        }
+        ThirdArgument::Gradient if third_len != x.shape().elem_count() => candle_core::bail!(
+            "layer_norm backward: gradient of {third_len} values for an input of {}",
+            x.shape().elem_count()
+        ),
+        _ => Ok((dims[0], features)),
+    }
+}
+
+/// The three contiguous f32 arguments of a LayerNorm op on the CPU, named in errors.
+fn f32_arguments<'a>(
+    arguments: [(&'a CpuStorage, &Layout); 3],
+    names: [&str; 3],
+) -> candle_core::Result<[&'a [f32]; 3]> {
+    let [(a, al), (b, bl), (c, cl)] = arguments;
+    Ok([
+        contiguous_f32(a, al, names[0])?,
+        contiguous_f32(b, bl, names[1])?,
+        contiguous_f32(c, cl, names[2])?,
+    ])
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -253,23 +295,30 @@ impl CustomOp3 for LayerNormOp {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x_values, w, b) = (
-            contiguous_f32(x, xl, "layer_norm input")?,
-            contiguous_f32(w, wl, "layer_norm weight")?,
-            contiguous_f32(b, bl, "layer_norm bias")?,
-        );
-        check_features(xl, w.len())?;
-        if b.len() != w.len() {
-            candle_core::bail!(
-                "layer_norm: weight of {} values but bias of {}",
-                w.len(),
-                b.len()
-            )
-        }
+        samples_and_features(xl, wl, bl, ThirdArgument::Bias)?;
+        let [x_values, w, b] = f32_arguments(
+            [(x, xl), (w, wl), (b, bl)],
+            ["layer_norm input", "layer_norm weight", "layer_norm bias"],
+        )?;
         Ok((
             CpuStorage::F32(forward(x_values, w, b, self.eps)),
             xl.shape().clone(),
         ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+        b: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let sizes = samples_and_features(xl, wl, bl, ThirdArgument::Bias)?;
+        let out = super::cuda::layer_norm_forward([(x, xl), (w, wl), (b, bl)], sizes, self.eps)?;
+        Ok((out, xl.shape().clone()))
     }
 
     fn bwd(
@@ -295,7 +344,8 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
-/// Gradients of [`LayerNormOp`], flat: arguments input, weight and output gradient.
+/// Gradients of [`LayerNormOp`], flat (input, then weight, then bias gradient): arguments input,
+/// weight and output gradient.
 struct LayerNormBackwardOp {
     eps: f64,
 }
@@ -314,21 +364,36 @@ impl CustomOp3 for LayerNormBackwardOp {
         g: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x_values, w, g) = (
-            contiguous_f32(x, xl, "layer_norm input")?,
-            contiguous_f32(w, wl, "layer_norm weight")?,
-            contiguous_f32(g, gl, "layer_norm gradient")?,
-        );
-        check_features(xl, w.len())?;
-        if g.len() != x_values.len() {
-            candle_core::bail!(
-                "layer_norm backward: gradient of {} values for an input of {}",
-                g.len(),
-                x_values.len()
-            )
-        }
+        samples_and_features(xl, wl, gl, ThirdArgument::Gradient)?;
+        let [x_values, w, g] = f32_arguments(
+            [(x, xl), (w, wl), (g, gl)],
+            [
+                "layer_norm input",
+                "layer_norm weight",
+                "layer_norm gradient",
+            ],
+        )?;
         let out = backward(x_values, w, g, self.eps);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (samples, features) = samples_and_features(xl, wl, gl, ThirdArgument::Gradient)?;
+        let out = super::cuda::layer_norm_backward(
+            [(x, xl), (w, wl), (g, gl)],
+            (samples, features),
+            self.eps,
+        )?;
+        Ok((out, Shape::from(samples * features + 2 * features)))
     }
 }

@@ -27,10 +27,9 @@ pub(crate) fn layer_norm_on(
     eps: f64,
     fast: bool,
 ) -> candle_core::Result<Tensor> {
+    // The fused op has a CUDA forward too (f32 on a GPU, the reference path not forced).
     #[cfg(feature = "cuda")]
-    if super::cuda::normalises(xs) {
-        return super::cuda::layer_norm(xs, weight, bias, eps);
-    }
+    let fast = fast || super::cuda::normalises(xs);
     if fast {
         return xs.contiguous()?.apply_op3(
             &weight.contiguous()?,

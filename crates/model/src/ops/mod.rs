@@ -12,11 +12,14 @@
 //! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
 //! one-pass LayerNorm) are used by default; the reference path composes
 //! candle tensor ops and serves every other device and dtype, except that with the `cuda` feature
-//! max pooling and LayerNorm run CUDA kernels of their own on the GPU (`cuda.rs`).
+//! max pooling and LayerNorm run CUDA kernels of their own on the GPU (the same ops, with a CUDA
+//! forward next to the CPU one; the launches are in `cuda.rs`). The only op that copies a GPU
+//! tensor to the host is max pooling where no GPU kernel takes it; [`host_round_trips`] counts
+//! such copies, so a test can check that a training step makes none.
 //! [`set_reference_ops`] (or `DEXPRESSION_REFERENCE_OPS=1`) forces the reference path, for
 //! comparisons and benchmarks.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use candle_core::{DType, Tensor};
 
@@ -68,6 +71,19 @@ pub fn reference_ops() -> bool {
             reference
         }
     }
+}
+
+/// How many times, in this process, an op copied a tensor from a GPU to the host and back because
+/// no kernel of that device takes it (max pooling on the reference path, or without the `cuda`
+/// feature's kernels). A training step on CUDA makes none (checked by `cuda_tests.rs`).
+pub fn host_round_trips() -> usize {
+    HOST_ROUND_TRIPS.load(Ordering::Relaxed)
+}
+
+static HOST_ROUND_TRIPS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_host_round_trip() {
+    HOST_ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether an op on `xs` runs on the fast kernels: CPU, f32, and the reference path not forced.

@@ -84,17 +84,15 @@ fn check_input(xs: &Tensor, pool: Pool2d) -> candle_core::Result<(usize, usize, 
 /// Max pooling of an `N x C x H x W` tensor; differentiable on every device.
 ///
 /// The CPU kernel runs natively, and so does the CUDA kernel in f32 and f64 (with the `cuda`
-/// feature); on other devices the tensor makes a round trip through host memory.
+/// feature); on other devices the tensor makes a round trip through host memory (counted by
+/// [`super::host_round_trips`]).
 pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
     check_input(xs, pool)?;
-    #[cfg(feature = "cuda")]
-    if super::cuda::pools(xs, pool) {
-        return super::cuda::max_pool2d(xs, None, pool);
-    }
-    if xs.device().is_cpu() {
+    if xs.device().is_cpu() || gpu_kernels(xs, pool) {
         xs.contiguous()?.apply_op1(MaxPoolOp::new(pool))
     } else {
         // Fallback for GPUs: `to_device` is differentiable, so gradients flow back.
+        super::count_host_round_trip();
         let device = xs.device().clone();
         let host = xs.to_device(&candle_core::Device::Cpu)?;
         host.contiguous()?
@@ -103,10 +101,23 @@ pub fn max_pool2d(xs: &Tensor, pool: Pool2d) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Whether the op's own GPU kernels take `xs` (never without the `cuda` feature).
+fn gpu_kernels(xs: &Tensor, pool: Pool2d) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda::pools(xs, pool)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (xs, pool);
+        false
+    }
+}
+
 /// `cat([max_pool2d(first), max_pool2d(second)], 1)`: both tensors `N x C_i x H x W` with the same
-/// `N`, `H` and `W`. On the fast CPU kernels both are pooled straight into one output, and the
-/// backward reads each input's gradient straight from the concatenated one; elsewhere it is
-/// exactly that composition.
+/// `N`, `H` and `W`. On the fast CPU kernels and on the CUDA kernels both are pooled straight into
+/// one output, and the backward reads each input's gradient straight from the concatenated one;
+/// elsewhere it is exactly that composition.
 pub fn max_pool2d_cat(
     first: &Tensor,
     second: &Tensor,
@@ -131,16 +142,10 @@ pub(crate) fn max_pool2d_cat_on(
             second.dims()
         )
     }
-    #[cfg(feature = "cuda")]
-    if super::cuda::pools(first, pool)
-        && second.device().same_device(first.device())
-        && second.dtype() == first.dtype()
-    {
-        return super::cuda::max_pool2d(first, Some(second), pool);
-    }
-    let both_cpu_same_type =
-        first.device().is_cpu() && second.device().is_cpu() && first.dtype() == second.dtype();
-    if fast && both_cpu_same_type {
+    let same_device_and_type =
+        first.device().same_device(second.device()) && first.dtype() == second.dtype();
+    let native = (fast && first.device().is_cpu()) || gpu_kernels(first, pool);
+    if same_device_and_type && native {
         first
             .contiguous()?
             .apply_op2(&second.contiguous()?, MaxPoolOp::new(pool))
@@ -149,13 +154,83 @@ pub(crate) fn max_pool2d_cat_on(
     }
 }
 
+/// The inputs of one pooling op: batch, height and width they share, and each one's channels, in
+/// output order.
+pub(in crate::ops) struct PoolSources {
+    /// Images.
+    pub n: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Channels of each input.
+    pub channels: Vec<usize>,
+}
+
+impl PoolSources {
+    /// The inputs' shapes, checked: each `N x C_i x H x W` with the same `N`, `H` and `W`.
+    fn of(layouts: &[&Layout]) -> candle_core::Result<Self> {
+        let dims = layouts[0].dims();
+        if dims.len() != 4 {
+            candle_core::bail!("max_pool2d expects N x C x H x W, got {:?}", dims)
+        }
+        let (n, h, w) = (dims[0], dims[2], dims[3]);
+        let mut channels = Vec::with_capacity(layouts.len());
+        for layout in layouts {
+            let d = layout.dims();
+            if d.len() != 4 || (d[0], d[2], d[3]) != (n, h, w) {
+                candle_core::bail!("max_pool2d: inputs {:?} and {:?} do not fit", dims, d)
+            }
+            channels.push(d[1]);
+        }
+        Ok(Self { n, h, w, channels })
+    }
+
+    fn output_shape(&self, pool: Pool2d) -> Shape {
+        Shape::from((
+            self.n,
+            self.channels.iter().sum::<usize>(),
+            pool.out_side(self.h),
+            pool.out_side(self.w),
+        ))
+    }
+}
+
+/// Per output, the offset of its window's maximum that a forward recorded (see [`MaxPoolOp`]),
+/// where the forward ran.
+#[derive(Clone)]
+enum RecordedOffsets {
+    Host(Arc<Vec<u8>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>>),
+}
+
+impl RecordedOffsets {
+    /// The offsets, when the forward ran on the CPU.
+    fn on_host(&self) -> Option<&[u8]> {
+        match self {
+            Self::Host(offsets) => Some(offsets),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(_) => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Host(offsets) => offsets.len(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(offsets) => offsets.len(),
+        }
+    }
+}
+
 /// The pooling op: one input ([`CustomOp1`]) or two pooled into one concatenated output
-/// ([`CustomOp2`]). The CPU forward records, per output, the offset of its window's maximum
-/// (`row * kernel + column` within the window, padding included), so the backward is a scatter
-/// instead of a second search.
+/// ([`CustomOp2`]), on the CPU and on CUDA (`cuda.rs`). The forward records, per output, the
+/// offset of its window's maximum (`row * kernel + column` within the window, padding included),
+/// so the backward is a scatter (a gather on the GPU) instead of a second search.
 struct MaxPoolOp {
     pool: Pool2d,
-    offsets: Mutex<Option<Arc<Vec<u8>>>>,
+    offsets: Mutex<Option<RecordedOffsets>>,
 }
 
 impl MaxPoolOp {
@@ -166,13 +241,13 @@ impl MaxPoolOp {
         }
     }
 
-    fn remember(&self, offsets: Vec<u8>) {
+    fn remember(&self, offsets: RecordedOffsets) {
         if let Ok(mut guard) = self.offsets.lock() {
-            *guard = Some(Arc::new(offsets));
+            *guard = Some(offsets);
         }
     }
 
-    fn recorded(&self) -> Option<Arc<Vec<u8>>> {
+    fn recorded(&self) -> Option<RecordedOffsets> {
         self.offsets.lock().ok().and_then(|guard| guard.clone())
     }
 
@@ -181,29 +256,18 @@ impl MaxPoolOp {
         &self,
         sources: &[(&CpuStorage, &Layout)],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = sources[0].1.dims().to_vec();
-        if dims.len() != 4 {
-            candle_core::bail!("max_pool2d expects N x C x H x W, got {:?}", dims)
-        }
-        let (n, h, w) = (dims[0], dims[2], dims[3]);
-        let mut channels = Vec::with_capacity(sources.len());
-        for (_, layout) in sources {
-            let d = layout.dims();
-            if d.len() != 4 || (d[0], d[2], d[3]) != (n, h, w) {
-                candle_core::bail!("max_pool2d: inputs {:?} and {:?} do not fit", dims, d)
-            }
-            channels.push(d[1]);
-        }
+        let layouts: Vec<&Layout> = sources.iter().map(|(_, layout)| *layout).collect();
+        let shapes = PoolSources::of(&layouts)?;
         let geometry = PoolGeometry {
             pool: self.pool,
-            n,
-            h,
-            w,
+            n: shapes.n,
+            h: shapes.h,
+            w: shapes.w,
         };
         macro_rules! pool_sources {
             ($variant:ident, $interior:expr) => {{
                 let mut slices = Vec::with_capacity(sources.len());
-                for ((storage, layout), &c) in sources.iter().zip(&channels) {
+                for ((storage, layout), &c) in sources.iter().zip(&shapes.channels) {
                     let CpuStorage::$variant(data) = storage else {
                         candle_core::bail!(
                             "max_pool2d: inputs of different types {:?} and {:?}",
@@ -214,7 +278,7 @@ impl MaxPoolOp {
                     slices.push((contiguous(data, layout, "max_pool2d")?, c));
                 }
                 let (out, offsets) = pool_forward(&slices, geometry, $interior);
-                self.remember(offsets);
+                self.remember(RecordedOffsets::Host(Arc::new(offsets)));
                 CpuStorage::$variant(out)
             }};
         }
@@ -223,11 +287,20 @@ impl MaxPoolOp {
             CpuStorage::F64(_) => pool_sources!(F64, None),
             other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
         };
-        let (oh, ow) = (self.pool.out_side(h), self.pool.out_side(w));
-        Ok((
-            out,
-            Shape::from((n, channels.iter().sum::<usize>(), oh, ow)),
-        ))
+        Ok((out, shapes.output_shape(self.pool)))
+    }
+
+    /// [`Self::forward`] on the GPU.
+    #[cfg(feature = "cuda")]
+    fn forward_cuda(
+        &self,
+        sources: &[(&candle_core::CudaStorage, &Layout)],
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let layouts: Vec<&Layout> = sources.iter().map(|(_, layout)| *layout).collect();
+        let shapes = PoolSources::of(&layouts)?;
+        let (out, offsets) = super::cuda::max_pool_forward(sources, self.pool, &shapes)?;
+        self.remember(RecordedOffsets::Cuda(Arc::new(offsets)));
+        Ok((out, shapes.output_shape(self.pool)))
     }
 
     /// The gradient of the input that holds channels `channel_start..` of the output.
@@ -269,6 +342,15 @@ impl CustomOp1 for MaxPoolOp {
         self.forward(&[(storage, layout)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.forward_cuda(&[(storage, layout)])
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -294,6 +376,17 @@ impl CustomOp2 for MaxPoolOp {
         self.forward(&[(first, first_layout), (second, second_layout)])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        first: &candle_core::CudaStorage,
+        first_layout: &Layout,
+        second: &candle_core::CudaStorage,
+        second_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.forward_cuda(&[(first, first_layout), (second, second_layout)])
+    }
+
     fn bwd(
         &self,
         first: &Tensor,
@@ -309,25 +402,22 @@ impl CustomOp2 for MaxPoolOp {
 }
 
 /// Gradient of [`MaxPoolOp`] for one input from the offsets its forward recorded; argument the
-/// (possibly concatenated) output gradient.
-struct MaxPoolRecordedBackwardOp {
-    pool: Pool2d,
-    offsets: Arc<Vec<u8>>,
-    input_dims: Vec<usize>,
-    channel_start: usize,
-    channels_total: usize,
+/// (possibly concatenated) output gradient, on the device the forward ran on.
+pub(in crate::ops) struct MaxPoolRecordedBackwardOp {
+    /// The forward's window.
+    pub pool: Pool2d,
+    offsets: RecordedOffsets,
+    /// The input's `N x C x H x W`.
+    pub input_dims: Vec<usize>,
+    /// The input's first channel in the output.
+    pub channel_start: usize,
+    /// The output's channels.
+    pub channels_total: usize,
 }
 
-impl CustomOp1 for MaxPoolRecordedBackwardOp {
-    fn name(&self) -> &'static str {
-        "dexpression-max-pool2d-backward-recorded"
-    }
-
-    fn cpu_fwd(
-        &self,
-        grad: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+impl MaxPoolRecordedBackwardOp {
+    /// That the recorded windows, the output gradient (`layout`) and the input fit together.
+    fn check(&self, layout: &Layout) -> candle_core::Result<()> {
         let dims = &self.input_dims;
         let (oh, ow) = (self.pool.out_side(dims[2]), self.pool.out_side(dims[3]));
         let expected = dims[0] * self.channels_total * oh * ow;
@@ -342,11 +432,30 @@ impl CustomOp1 for MaxPoolRecordedBackwardOp {
                 dims
             )
         }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for MaxPoolRecordedBackwardOp {
+    fn name(&self) -> &'static str {
+        "dexpression-max-pool2d-backward-recorded"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.check(layout)?;
+        let Some(offsets) = self.offsets.on_host() else {
+            candle_core::bail!("max_pool2d backward: the forward ran on another device")
+        };
+        let dims = &self.input_dims;
         let shape = Shape::from(dims.as_slice());
         match grad {
             CpuStorage::F32(g) => Ok((
                 CpuStorage::F32(pool_backward_recorded(
-                    &self.offsets,
+                    offsets,
                     contiguous(g, layout, "max_pool2d")?,
                     dims,
                     self.pool,
@@ -357,7 +466,7 @@ impl CustomOp1 for MaxPoolRecordedBackwardOp {
             )),
             CpuStorage::F64(g) => Ok((
                 CpuStorage::F64(pool_backward_recorded(
-                    &self.offsets,
+                    offsets,
                     contiguous(g, layout, "max_pool2d")?,
                     dims,
                     self.pool,
@@ -370,6 +479,22 @@ impl CustomOp1 for MaxPoolRecordedBackwardOp {
                 candle_core::bail!("max_pool2d backward: unsupported dtype {:?}", other.dtype())
             }
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        grad: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.check(layout)?;
+        let RecordedOffsets::Cuda(offsets) = &self.offsets else {
+            candle_core::bail!("max_pool2d backward: the forward ran on another device")
+        };
+        Ok((
+            super::cuda::max_pool_backward(self, offsets, grad, layout)?,
+            Shape::from(self.input_dims.as_slice()),
+        ))
     }
 }
 
