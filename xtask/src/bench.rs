@@ -1,14 +1,14 @@
-//! `cargo xtask bench`: times a training step and inference of the network on the CPU, on the fast
-//! kernels and the reference path, and prints one JSON line with the machine it ran on (the logic
-//! is `dexpression_model::benchmark`).
+//! `cargo xtask bench`: times a training step and inference of the network on the CPU (or a GPU
+//! with `--device cuda`), on the fast kernels and the reference path, and prints one JSON line
+//! with the machine it ran on (the logic is `dexpression_model::benchmark`).
 
 use anyhow::Context;
 use dexpression_model::benchmark::{
-    bench_path, profile_layers, training_flops_per_image, write_layer_table, BenchConfig, Machine,
-    PathReport,
+    bench_path_on, profile_layers_on, training_flops_per_image, write_layer_table, BenchConfig,
+    Machine, PathReport,
 };
 use dexpression_model::candle_core::Device;
-use dexpression_model::{Dexpression, DexpressionConfig};
+use dexpression_model::{device_name, parse_device, Dexpression, DexpressionConfig};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -38,6 +38,10 @@ pub struct Args {
     /// table and added to the JSON as `profile`).
     #[arg(long)]
     profile: bool,
+    /// Where to run: `cpu`, or `cuda` / `cuda:N` (a build with `--features cuda`; see
+    /// docs/gpu.md). On a GPU each clock read waits for the queued work first.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -47,10 +51,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         iterations: args.iterations,
         latency_iterations: args.latency_iterations,
     };
+    let device = parse_device(&args.device)?;
+    let device_label = device_name(&device);
     eprintln!("bench: measuring this machine's GEMM rate");
     let machine = Machine::measure();
     eprintln!(
-        "bench: {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; batch {}, {}x{}",
+        "bench: on {device_label}; {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; batch {}, {}x{}",
         machine.cpu_model,
         machine.isa,
         machine.threads,
@@ -72,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..config.clone()
         };
         let name = if reference { "reference" } else { "fast" };
-        bench_path(&path_config, reference, |what| {
+        bench_path_on(&device, &path_config, reference, |what| {
             spinner.set_message(format!("{name}: {what}"))
         })
         .with_context(|| format!("benchmark of the {name} path"))
@@ -89,14 +95,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let profile = if args.profile {
         spinner.set_message("profiling layers");
-        Some(profile_layers(&config, false).context("per-layer profile")?)
+        Some(profile_layers_on(&device, &config, false).context("per-layer profile")?)
     } else {
         None
     };
     spinner.finish_and_clear();
 
     let mut report = serde_json::json!({
-        "bench": "dexpression_candle_cpu",
+        "bench": if device.is_cpu() { "dexpression_candle_cpu" } else { "dexpression_candle_cuda" },
+        "device": device_label,
         "threads": machine.threads,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
@@ -108,8 +115,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // How much of the GEMM ceiling a training step reaches (PyTorch: about a third).
         let train_gflops = fast.train_images_per_s.median * flops_per_image / 1e9;
         report["fast_train_gflops"] = serde_json::json!(train_gflops);
-        report["fast_train_fraction_of_gemm"] =
-            serde_json::json!(train_gflops / machine.gemm_gflops);
+        // The GEMM ceiling is the CPU's: no measure of a GPU.
+        if device.is_cpu() {
+            report["fast_train_fraction_of_gemm"] =
+                serde_json::json!(train_gflops / machine.gemm_gflops);
+        }
     }
     if let Some(reference) = &reference {
         report["reference"] = serde_json::to_value(reference)?;

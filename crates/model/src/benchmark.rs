@@ -1,7 +1,12 @@
-//! Timing of the network on the CPU: a training step (forward, NLL, backward, Adam), inference at
-//! a batch and at batch 1, peak memory, and a per-layer profile, on the fast kernels and on the
-//! reference path, with the machine it ran on ([`Machine`]: CPU model, vector extensions, caches,
-//! threads, and the rate of one large GEMM, the physical limit of this network's speed).
+//! Timing of the network on the CPU or a GPU: a training step (forward, NLL, backward, Adam),
+//! inference at a batch and at batch 1, peak memory, and a per-layer profile, on the fast kernels
+//! and on the reference path, with the machine it ran on ([`Machine`]: CPU model, vector
+//! extensions, caches, threads, and the rate of one large GEMM, the physical limit of this
+//! network's speed on the CPU).
+//!
+//! On a GPU, candle queues kernels without waiting for them, so every clock read is preceded by
+//! [`Device::synchronize`] (a no-op on the CPU): a figure then covers the work, not its queueing,
+//! as PyTorch's `torch.cuda.synchronize()` does in `xtask/gpu_bench_torch.py`.
 //! `cargo xtask bench` prints these; the figures are comparable with
 //! `shared/anchors/bench_torch.py` (random inputs, medians of timed iterations after warm-up).
 //!
@@ -112,6 +117,10 @@ pub struct PathReport {
     /// when the benchmark owns the cores, clearly lower when another process competes for them
     /// (the figures are then not trustworthy), as `bench_torch.py` reports it.
     pub train_cpu_utilisation: f64,
+    /// Copies of a GPU tensor to the host and back that the ops made during the timed training
+    /// steps ([`crate::ops::host_round_trips`]): 0 on the CPU and on the CUDA kernels.
+    #[serde(default)]
+    pub train_host_round_trips: usize,
 }
 
 /// Forward and backward milliseconds of one layer, alone, at the benchmark's batch size.
@@ -314,7 +323,12 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn random_batch(batch_size: usize, image_size: usize, seed: u64) -> Result<Tensor> {
+fn random_batch(
+    batch_size: usize,
+    image_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
     let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let values: Vec<f32> = (0..batch_size * image_size * image_size)
         .map(|_| {
@@ -327,13 +341,17 @@ fn random_batch(batch_size: usize, image_size: usize, seed: u64) -> Result<Tenso
     Ok(Tensor::from_vec(
         values,
         (batch_size, 1, image_size, image_size),
-        &Device::Cpu,
+        device,
     )?)
 }
 
-fn seconds(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+/// Seconds `f` takes on `device`: the device is synchronised before each clock read, so queued
+/// GPU work is neither counted before the start nor missed at the end.
+fn seconds(device: &Device, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    device.synchronize()?;
     let start = Instant::now();
     f()?;
+    device.synchronize()?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -342,16 +360,23 @@ fn seconds(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 pub fn bench_path(
     config: &BenchConfig,
     reference: bool,
+    progress: impl FnMut(&str),
+) -> Result<PathReport> {
+    bench_path_on(&Device::Cpu, config, reference, progress)
+}
+
+/// [`bench_path`] on `device` (the CPU or a GPU): the network, its inputs and its optimiser live
+/// there.
+pub fn bench_path_on(
+    device: &Device,
+    config: &BenchConfig,
+    reference: bool,
     mut progress: impl FnMut(&str),
 ) -> Result<PathReport> {
     set_reference_ops(reference);
     reset_peak_rss();
     let iterations = config.iterations.max(1);
-    let model = Dexpression::new(
-        DexpressionConfig::with(7, config.image_size),
-        0,
-        &Device::Cpu,
-    )?;
+    let model = Dexpression::new(DexpressionConfig::with(7, config.image_size), 0, device)?;
     let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
     // Four distinct batches with random labels, made before timing, as bench_torch.py does.
     let batches: Vec<(Tensor, Tensor)> = (0..4)
@@ -360,8 +385,8 @@ pub fn bench_path(
                 .map(|i| ((i * 5 + idx * 3) % 7) as u32)
                 .collect();
             Ok((
-                random_batch(config.batch_size, config.image_size, idx as u64)?,
-                Tensor::new(labels, &Device::Cpu)?,
+                random_batch(config.batch_size, config.image_size, idx as u64, device)?,
+                Tensor::new(labels, device)?,
             ))
         })
         .collect::<Result<_>>()?;
@@ -373,9 +398,8 @@ pub fn bench_path(
     let (xs, _) = &batches[0];
     for step in 0..iterations + 2 {
         progress(&format!("eval batch {step}/{iterations}"));
-        let elapsed = seconds(|| {
-            let logp = model.forward_t(&xs.detach(), false)?;
-            logp.to_vec2::<f32>()?;
+        let elapsed = seconds(device, || {
+            model.forward_t(&xs.detach(), false)?;
             Ok(())
         })?;
         if step >= 2 {
@@ -383,15 +407,15 @@ pub fn bench_path(
         }
     }
 
-    let single = random_batch(1, config.image_size, 7)?;
+    let single = random_batch(1, config.image_size, 7, device)?;
     let latency_iterations = config.latency_iterations.max(1);
     let mut latency_seconds = Vec::new();
     for step in 0..latency_iterations + 5 {
         if step % 5 == 0 {
             progress(&format!("latency {step}/{latency_iterations}"));
         }
-        let elapsed = seconds(|| {
-            model.forward_t(&single, false)?.to_vec2::<f32>()?;
+        let elapsed = seconds(device, || {
+            model.forward_t(&single, false)?;
             Ok(())
         })?;
         if step >= 5 {
@@ -405,18 +429,20 @@ pub fn bench_path(
     let mut train_seconds = Vec::new();
     let mut adam_seconds = Vec::new();
     let mut cpu_at_first_timed_step = None;
+    let mut round_trips_at_first_timed_step = 0;
     for step in 0..iterations + 3 {
         progress(&format!("train step {step}/{iterations}"));
         let (xs, ys) = &batches[step % batches.len()];
         if step == 3 {
             cpu_at_first_timed_step = process_cpu_seconds();
+            round_trips_at_first_timed_step = crate::ops::host_round_trips();
         }
         let mut adam_time = 0.0;
-        let total = seconds(|| {
+        let total = seconds(device, || {
             let logp = model.forward_t(xs, true)?;
             let loss = candle_nn::loss::nll(&logp, ys)?;
             let grads = loss.backward()?;
-            adam_time = seconds(|| adam.step(&grads))?;
+            adam_time = seconds(device, || adam.step(&grads))?;
             Ok(())
         })?;
         if step >= 3 {
@@ -445,6 +471,7 @@ pub fn bench_path(
         train_peak_rss_mib,
         peak_rss_mib: inference_peak_rss_mib.max(train_peak_rss_mib),
         train_cpu_utilisation,
+        train_host_round_trips: crate::ops::host_round_trips() - round_trips_at_first_timed_step,
     })
 }
 
@@ -475,12 +502,19 @@ pub fn write_layer_table(
 /// and input side, on the chosen path. The head (dropout, batch norm, fc, log-softmax, NLL) and
 /// Adam are not listed: they are the difference to the whole step.
 pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<LayerTiming>> {
+    profile_layers_on(&Device::Cpu, config, reference)
+}
+
+/// [`profile_layers`] on `device`. Off the CPU the profile also times the 3x3 convolutions of
+/// FeatEx without their pool (`conv2b`, `conv3b`), so that a fused conv+ReLU+pool can be weighed
+/// against the pool it would save (docs/gpu.md).
+pub fn profile_layers_on(
+    device: &Device,
+    config: &BenchConfig,
+    reference: bool,
+) -> Result<Vec<LayerTiming>> {
     set_reference_ops(reference);
-    let model = Dexpression::new(
-        DexpressionConfig::with(7, config.image_size),
-        0,
-        &Device::Cpu,
-    )?;
+    let model = Dexpression::new(DexpressionConfig::with(7, config.image_size), 0, device)?;
     let vars: std::collections::HashMap<String, Var> = model
         .named_vars()
         .iter()
@@ -504,7 +538,7 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
     let (conv3b_out, _) = channels("conv3b");
     let (conv3c_out, _) = channels("conv3c");
     // Profiling needs no reproducible values: candle's own generator will do.
-    let random = |shape: &[usize]| Tensor::rand(-1f32, 1f32, shape, &Device::Cpu);
+    let random = |shape: &[usize]| Tensor::rand(-1f32, 1f32, shape, device);
     type Layer<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
     let conv = |name: &'static str, stride: usize, padding: usize| -> Layer<'_> {
         let (w, b) = (
@@ -529,7 +563,7 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         }))
     };
     let image = config.image_size;
-    let layers: Vec<(&str, Vec<usize>, bool, Layer<'_>)> = vec![
+    let mut layers: Vec<(&str, Vec<usize>, bool, Layer<'_>)> = vec![
         ("conv1+pool1", vec![n, 1, image, image], false, {
             let (w, b) = (param("conv1.weight"), param("conv1.bias"));
             Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
@@ -587,6 +621,20 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
             pool_cat(&[n, conv3c_out, side3, side3])?
         }),
     ];
+    if !device.is_cpu() {
+        layers.push((
+            "conv2b",
+            vec![n, conv2a_out, side2, side2],
+            true,
+            conv("conv2b", 1, 1),
+        ));
+        layers.push((
+            "conv3b",
+            vec![n, conv3a_out, side3, side3],
+            true,
+            conv("conv3b", 1, 1),
+        ));
+    }
     // Small batches take milliseconds: more repeats then steady the medians.
     let repeats = config.iterations.clamp(1, 5) * if n <= 4 { 4 } else { 1 };
     let mut timings = Vec::new();
@@ -601,15 +649,21 @@ pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<Layer
         let mut backward = Vec::new();
         let mut output = Vec::new();
         for _ in 0..=repeats {
-            let start = Instant::now();
-            let out = layer(&input)?;
-            forward.push(start.elapsed().as_secs_f64());
+            let mut out = None;
+            forward.push(seconds(device, || {
+                out = Some(layer(&input)?);
+                Ok(())
+            })?);
+            let out = out.ok_or_else(|| candle_core::Error::Msg("no layer output".into()))?;
             output = out.dims().to_vec();
             // A plain sum: its backward is one tensor of ones, so the timing is the layer's own.
             let objective = out.sum_all()?;
-            let start = Instant::now();
-            let grads = objective.backward()?;
-            backward.push(start.elapsed().as_secs_f64());
+            let mut grads = None;
+            backward.push(seconds(device, || {
+                grads = Some(objective.backward()?);
+                Ok(())
+            })?);
+            // Freed outside the timing, as the layer's output.
             drop(grads);
         }
         timings.push(LayerTiming {
