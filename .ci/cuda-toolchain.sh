@@ -12,7 +12,8 @@
 #   CUDA 13.0: the GPU machine's driver (580) runs CUDA 13.0, and a newer nvcc writes PTX that an
 #   older driver cannot load;
 # - link stubs: cudarc (candle's CUDA layer) links libcuda, libnvrtc, libcurand, libcublas,
-#   libcublasLt and libcudart at build time (libcudart is in the wheels; the others are not). libcuda comes only with the driver, so, as the CUDA toolkit does
+#   libcublasLt and libcudart at build time, and libcudnn with the `cudnn` feature (libcudart is
+#   in the wheels; the others are not). libcuda comes only with the driver, so, as the CUDA toolkit does
 #   with its lib/stubs/libcuda.so, this builds stubs: shared libraries with the real sonames that
 #   define every function cudarc declares, and do nothing. They only satisfy the linker; the binary
 #   runs on the real libraries (the driver's libcuda.so.1; libcublas and friends from the CUDA
@@ -29,7 +30,7 @@ ROOT="$DIR/nvidia/cu13"
 STUBS="$ROOT/lib/stubs"
 DONE="$DIR/.complete"
 # Bumped whenever the packages or the stubs change, so a cached install is redone.
-RECIPE=4
+RECIPE=5
 
 log() { echo "cuda-toolchain: $*" >&2; }
 
@@ -76,6 +77,7 @@ libnvrtc libnvrtc.so.13 nvrtc
 libcurand libcurand.so.10 curand
 libcublas libcublas.so.13 cublas
 libcublasLt libcublasLt.so.13 cublaslt
+libcudnn libcudnn.so.9 cudnn
 LIBS
     # libcudart is real (nvidia-cuda-runtime), but the wheel has no unversioned name to link by.
     ln -sf ../libcudart.so.13 "$STUBS/libcudart.so"
