@@ -2,26 +2,34 @@
 # The GPU check of docs/gpu.md, in two halves, so that the GPU machine needs no Rust:
 #
 #   xtask/gpu-check.sh prepare          here: builds the `cuda` binaries (nvcc from PyPI, link
-#                                       stubs) into target/gpu-bundle.tar.xz (carry it to the GPU
+#                                       stubs), xtask with and without cuDNN and the model's test
+#                                       binary, into target/gpu-bundle.tar.xz (carry it to the GPU
 #                                       machine; `run` unpacks it)
-#   xtask/gpu-check.sh run [cuda|cpu]   there: runs the GPU tests, PyTorch's figures and a short
-#                                       training, and writes one JSON ($OUT/gpu-check.json, or
-#                                       target/gpu-check.json without $OUT); `cpu` tries the same
-#                                       path on the CPU (the GPU tests then count as ignored)
+#   xtask/gpu-check.sh run [cuda|cpu]   there: runs the GPU tests, the benchmarks (ours and
+#                                       PyTorch's) and a short training, and writes one JSON
+#                                       ($OUT/gpu-check.json, or target/gpu-check.json without
+#                                       $OUT); `cpu` tries the same path on the CPU (the GPU
+#                                       tests then count as ignored)
 #
 # run's steps, each recorded in the JSON with its exit status and time:
+#   0. gpu (cuda only): nvidia-smi must list a GPU, else run stops there and fails, loudly;
 #   1. tests: the model's CUDA tests (src/ops/cuda_tests.rs: kernels against the CPU, the network
-#      against PyTorch's fixture), from the prebuilt test binary, with --ignored;
-#   2. torch: xtask/gpu_bench_torch.py, training and inference images/s at batch 32 and 128, fp32
+#      against PyTorch's fixture, a training step that stays on the GPU), from the prebuilt test
+#      binary, with --ignored (without them on the CPU: listed as ignored, counted as skipped);
+#   2. bench: `xtask bench --device <device> --fast-only --profile` at each batch (32 and 128), with
+#      the plain binary and with the cuDNN one (the per-layer profile times conv2b/conv3b alone and
+#      with their pool, for the fused conv+ReLU+pool question of docs/gpu.md);
+#   3. torch: xtask/gpu_bench_torch.py, training and inference images/s at the same batches, fp32
 #      eager with cuDNN benchmark mode, then bf16 autocast (needs torch, and torch_dexpression.py in
-#      the bundle);
-#   3. train: `xtask synth` then `xtask train --folds 5 --epochs 5` at 224 px on that device, each
+#      the bundle); the JSON's `ratios` divide our images/s by PyTorch's fp32 ones;
+#   4. train: `xtask synth` then `xtask train --folds 5 --epochs 5` at 224 px on that device, each
 #      epoch's seconds from history.jsonl.
-# `cargo xtask bench` times the CPU only (it has no --device), so the network's own GPU images/s
-# come from the training epochs here; see docs/gpu.md.
+# run exits 1 when any step failed (after writing the JSON).
 #
-# Environment: CUDA_COMPUTE_CAP for prepare (default 90, the H200); GPU_CHECK_SUBJECTS (default 20),
-# GPU_CHECK_EPOCHS (5) and GPU_CHECK_IMAGE_SIZE (224) for step 3 (smaller to try it on a CPU).
+# Environment: CUDA_COMPUTE_CAP for prepare (default 90, the H200); GPU_CHECK_BATCHES ("32 128"),
+# GPU_CHECK_BENCH_ITERATIONS (20) and GPU_CHECK_BENCH_IMAGE_SIZE (224) for steps 2 and 3;
+# GPU_CHECK_SUBJECTS (20), GPU_CHECK_EPOCHS (5) and GPU_CHECK_IMAGE_SIZE (224) for step 4 (all
+# smaller to try it on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +40,11 @@ prepare() {
     eval "$(.ci/cuda-toolchain.sh)"
     # One target directory per compute capability (see docs/gpu.md), unless one is chosen.
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-sm$CUDA_COMPUTE_CAP}"
+    rm -rf "$BUNDLE"
+    mkdir -p "$BUNDLE"
+    # cuDNN first: both builds write target/release/xtask, and the last must be the plain one.
+    cargo build --release -p xtask --features cudnn
+    cp "$CARGO_TARGET_DIR/release/xtask" "$BUNDLE/xtask-cudnn"
     cargo build --release -p xtask --features cuda
     local tests
     tests="$(cargo test --release -p dexpression-model --features cuda --lib --no-run \
@@ -40,11 +53,9 @@ for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "dexpression_model":
         print(msg["executable"])')"
-    rm -rf "$BUNDLE"
-    mkdir -p "$BUNDLE"
     cp "$CARGO_TARGET_DIR/release/xtask" "$BUNDLE/xtask"
     cp "$tests" "$BUNDLE/model-tests"
-    strip "$BUNDLE/xtask" "$BUNDLE/model-tests"
+    strip "$BUNDLE/xtask" "$BUNDLE/xtask-cudnn" "$BUNDLE/model-tests"
     local anchors=../shared/anchors
     if [[ -f "$anchors/torch_dexpression.py" ]]; then
         cp "$anchors/torch_dexpression.py" "$BUNDLE/"
@@ -107,22 +118,60 @@ print(json.dumps({"step": sys.argv[1], "status": int(sys.argv[2]), "seconds": ro
         echo "gpu-check: $name exited $status" >&2
     }
 
+    if [[ "$device" != cpu ]]; then
+        step gpu nvidia-smi -L
+        if ! grep -q '^GPU ' "$out/gpu-check-gpu.log"; then
+            echo "gpu-check: ERROR: no GPU found (nvidia-smi -L: $(head -c 300 "$out/gpu-check-gpu.log"))." >&2
+            echo "gpu-check: ERROR: \`run $device\` needs one; \`run cpu\` tries the script without." >&2
+            report "$work" "$device" "$out"
+            exit 1
+        fi
+    fi
+    # The prebuilt test binary finds the PyTorch fixture in this checkout.
+    export CARGO_MANIFEST_DIR="$PWD/crates/model"
     if [[ "$device" == cpu ]]; then
         # No GPU: the CUDA tests must be listed as ignored, not run.
         step tests "$BUNDLE/model-tests" cuda_
     else
         step tests "$BUNDLE/model-tests" --ignored --test-threads 1 cuda_
     fi
+    local batches="${GPU_CHECK_BATCHES:-32 128}"
+    local bench_size="${GPU_CHECK_BENCH_IMAGE_SIZE:-224}"
+    local bench_iterations="${GPU_CHECK_BENCH_ITERATIONS:-20}"
+    mkdir -p "$work/bench"
+    local binary batch
+    for binary in xtask xtask-cudnn; do
+        [[ -x "$BUNDLE/$binary" ]] || continue
+        for batch in $batches; do
+            step "bench-$binary-$batch" sh -c "'$BUNDLE/$binary' bench --device '$device' --fast-only --profile \
+                --batch-size $batch --image-size $bench_size --iterations $bench_iterations \
+                > '$work/bench/$binary-$batch.json'"
+        done
+    done
     if [[ -f "$BUNDLE/torch_dexpression.py" ]]; then
-        BENCH_STEPS="${BENCH_STEPS:-20}" step torch sh -c \
-            "python3 xtask/gpu_bench_torch.py --anchors '$BUNDLE' --device '$device' --batch 32 128 > '$work/torch.json'"
+        # shellcheck disable=SC2086 # the batches are separate arguments
+        BENCH_STEPS="$bench_iterations" step torch sh -c \
+            "python3 xtask/gpu_bench_torch.py --anchors '$BUNDLE' --device '$device' --image-size $bench_size --batch $batches > '$work/torch.json'"
     fi
     step synth "$BUNDLE/xtask" synth --out "$work/ck" --subjects "${GPU_CHECK_SUBJECTS:-20}"
     step train "$BUNDLE/xtask" train --source "$work/ck" --cache "$work/cache" \
         --out "$work/results" --device "$device" --folds 5 --epochs "${GPU_CHECK_EPOCHS:-5}" \
         --image-size "${GPU_CHECK_IMAGE_SIZE:-224}" --quiet
 
-    python3 - "$work" "$device" "$out" <<'PY'
+    report "$work" "$device" "$out"
+    if python3 -c 'import json, sys
+sys.exit(any(s["status"] != 0 for s in map(json.loads, open(sys.argv[1]))))' "$steps"; then
+        echo "gpu-check: every step passed" >&2
+    else
+        echo "gpu-check: ERROR: a step failed (see \"steps\" in the JSON and $out/gpu-check-*.log)" >&2
+        exit 1
+    fi
+}
+
+# The one JSON of a run: the steps, the tests' results, both benchmarks and their ratios, the
+# training epochs.
+report() {
+    python3 - "$1" "$2" "$3" <<'PY'
 import json, os, platform, subprocess, sys
 work, device, out = sys.argv[1:4]
 def read_json(path):
@@ -149,13 +198,52 @@ try:
 except OSError:
     gpu = None
 epochs = lines(os.path.join(work, "results", "history.jsonl"))
+test_lines = [l for l in tail("tests", 200) if l.startswith("test ") or l.startswith("test result")]
+# "test result: ok. 1 passed; 0 failed; 4 ignored; ...": ignored tests are skipped, not passed.
+test_counts = {}
+for l in test_lines:
+    if l.startswith("test result"):
+        for part in l.split(";"):
+            words = part.replace(".", " ").split()
+            for count, word in zip(words, words[1:]):
+                if count.isdigit() and word in ("passed", "failed", "ignored"):
+                    test_counts[word] = int(count)
+torch = read_json(os.path.join(work, "torch.json"))
+torch_fp32 = {r["batch"]: r for r in (torch or {}).get("runs", []) if r.get("precision") == "fp32"}
+bench, ratios = {}, {}
+bench_dir = os.path.join(work, "bench")
+for name in sorted(os.listdir(bench_dir)) if os.path.isdir(bench_dir) else []:
+    binary, batch = name[:-len(".json")].rsplit("-", 1)
+    result = read_json(os.path.join(bench_dir, name))
+    fast = (result or {}).get("fast")
+    if not fast:
+        continue
+    summary = {
+        "train_images_per_s": fast["train_images_per_s"]["median"],
+        "eval_images_per_s": fast["eval_images_per_s"]["median"],
+        "latency_ms_batch1": fast["latency_ms_batch1"]["median"],
+        "train_ms_per_step": fast["train_ms_per_step"]["median"],
+        "adam_ms": fast["adam_ms"]["median"],
+        "train_host_round_trips": fast.get("train_host_round_trips"),
+        "profile": result.get("profile"),
+    }
+    bench.setdefault(binary, {})[batch] = summary
+    theirs = torch_fp32.get(int(batch))
+    if theirs:
+        ratios.setdefault(binary, {})[batch] = {
+            "train_over_torch_fp32": summary["train_images_per_s"] / theirs["train_images_per_s"],
+            "eval_over_torch_fp32": summary["eval_images_per_s"] / theirs["eval_images_per_s"],
+        }
 report = {
     "device": device,
     "gpu": gpu,
     "host": platform.node(),
     "steps": lines(os.path.join(work, "steps.jsonl")),
-    "tests_tail": [l for l in tail("tests", 200) if l.startswith("test ") or l.startswith("test result")],
-    "torch": read_json(os.path.join(work, "torch.json")),
+    "tests": test_counts,
+    "tests_tail": test_lines,
+    "bench": bench,
+    "torch": torch,
+    "ratios": ratios,
     "train_epochs": [{"fold": e.get("fold"), "epoch": e.get("epoch"), "seconds": e.get("seconds"),
                       "train_loss": (e.get("train") or {}).get("loss"),
                       "test_accuracy": (e.get("test") or {}).get("accuracy")} for e in epochs],
