@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_core::{Device, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -469,44 +469,26 @@ impl Dexpression {
 
 impl BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = xs.dims4()?;
-        let (mean, variance) = if train {
-            // Statistics in f64, as PyTorch's CPU kernel accumulates them: channels that are nearly
-            // constant (ReLU zeros) have tiny variances that amplify any rounding difference.
-            let per_channel = xs.transpose(0, 1)?.reshape((c, ()))?.to_dtype(DType::F64)?;
-            let mean64 = per_channel.mean_keepdim(1)?;
-            let variance = per_channel
-                .broadcast_sub(&mean64)?
-                .sqr()?
-                .mean_keepdim(1)?
-                .to_dtype(xs.dtype())?;
-            let mean = mean64.to_dtype(xs.dtype())?;
-            // Running statistics use the unbiased variance, as PyTorch does.
-            let count = (n * h * w) as f64;
-            let unbiased = (variance.detach() * (count / (count - 1.0).max(1.0)))?;
-            let m = BATCH_NORM_MOMENTUM;
-            let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
-                + (mean.detach().flatten_all()? * m)?)?;
-            let running_var =
-                ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
-            self.running_mean.set(&running_mean)?;
-            self.running_var.set(&running_var)?;
-            self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
-            (mean, variance)
-        } else {
-            (
-                self.running_mean.as_tensor().detach(),
-                self.running_var.as_tensor().detach(),
-            )
-        };
-        let shape = (1, c, 1, 1);
-        let inv_std = (variance.reshape(shape)? + BATCH_NORM_EPS)?
-            .sqrt()?
-            .recip()?;
-        xs.broadcast_sub(&mean.reshape(shape)?)?
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight.as_tensor().reshape(shape)?)?
-            .broadcast_add(&self.bias.as_tensor().reshape(shape)?)
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if !train {
+            let running = ops::BatchStatistics {
+                mean: self.running_mean.as_tensor().detach(),
+                variance: self.running_var.as_tensor().detach(),
+            };
+            return ops::batch_norm_eval(xs, weight, bias, &running, BATCH_NORM_EPS);
+        }
+        let (ys, batch) = ops::batch_norm_train(xs, weight, bias, BATCH_NORM_EPS)?;
+        // Running statistics use the unbiased variance, as PyTorch does.
+        let (n, _, h, w) = xs.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = (batch.variance * (count / (count - 1.0).max(1.0)))?;
+        let m = BATCH_NORM_MOMENTUM;
+        let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (batch.mean * m)?)?;
+        let running_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&running_mean)?;
+        self.running_var.set(&running_var)?;
+        self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+        Ok(ys)
     }
 }
 
