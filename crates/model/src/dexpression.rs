@@ -420,28 +420,22 @@ impl Dexpression {
         let reduced = a.forward_relu_t(xs, train)?;
         let pool_branch = c.forward_relu_t(&ops::max_pool2d(xs, POOL_KEEP)?, train)?;
         // Pooling works channel by channel, so pooling each branch and concatenating equals the
-        // port's pool of the concatenation.
-        if train {
-            // The conv branch's convolution, ReLU and pool as one op: its full-size output and
-            // that output's gradient never exist, which saves more than the copy of the (pooled,
-            // a quarter as large) concatenation costs.
-            let conv_branch = ops::conv2d_relu_max_pool2d(
-                &reduced,
-                b.weight.as_tensor(),
-                b.bias.as_tensor(),
-                b.stride,
-                b.padding,
-                POOL_REDUCE,
-            )?;
-            Tensor::cat(
-                &[&conv_branch, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?],
-                1,
-            )
-        } else {
-            // Inference: the conv branch by Winograd, both branches pooled into one output.
-            let conv_branch = b.forward_relu_t(&reduced, train)?;
-            ops::max_pool2d_cat(&conv_branch, &pool_branch, POOL_REDUCE)
-        }
+        // port's pool of the concatenation. The conv branch's convolution, ReLU and pool run as
+        // one op: its full-size output (80 MiB for conv2b at batch 32) and that output's gradient
+        // never exist, which saves far more than the copy of the (pooled, a quarter as large)
+        // concatenation costs, in training and in inference alike.
+        let conv_branch = ops::conv2d_relu_max_pool2d(
+            &reduced,
+            b.weight.as_tensor(),
+            b.bias.as_tensor(),
+            b.stride,
+            b.padding,
+            POOL_REDUCE,
+        )?;
+        Tensor::cat(
+            &[&conv_branch, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?],
+            1,
+        )
     }
 
     fn apply_dropout(&self, xs: &Tensor) -> candle_core::Result<Tensor> {

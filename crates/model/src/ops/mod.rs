@@ -46,7 +46,7 @@ pub fn parallel_threads() -> usize {
 }
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStatistics};
 pub use layer_norm::layer_norm;
-pub use max_pool::{max_pool2d, max_pool2d_cat, Pool2d};
+pub use max_pool::{max_pool2d, Pool2d};
 
 /// The environment variable that selects the reference path when set to `1` or `true`.
 pub const REFERENCE_OPS_ENV: &str = "DEXPRESSION_REFERENCE_OPS";
