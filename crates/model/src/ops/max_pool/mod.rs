@@ -22,10 +22,14 @@ use super::storage::contiguous;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod kernel;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+use kernel::interior_kernel_f32_for;
 pub(super) use kernel::{interior_kernel_f32, pool_plane, scatter_plane, window_steps, NO_OFFSET};
 use kernel::{pool_backward, pool_backward_recorded, pool_forward, PoolGeometry};
 
