@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_core::{Device, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -420,28 +420,22 @@ impl Dexpression {
         let reduced = a.forward_relu_t(xs, train)?;
         let pool_branch = c.forward_relu_t(&ops::max_pool2d(xs, POOL_KEEP)?, train)?;
         // Pooling works channel by channel, so pooling each branch and concatenating equals the
-        // port's pool of the concatenation.
-        if train {
-            // The conv branch's convolution, ReLU and pool as one op: its full-size output and
-            // that output's gradient never exist, which saves more than the copy of the (pooled,
-            // a quarter as large) concatenation costs.
-            let conv_branch = ops::conv2d_relu_max_pool2d(
-                &reduced,
-                b.weight.as_tensor(),
-                b.bias.as_tensor(),
-                b.stride,
-                b.padding,
-                POOL_REDUCE,
-            )?;
-            Tensor::cat(
-                &[&conv_branch, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?],
-                1,
-            )
-        } else {
-            // Inference: the conv branch by Winograd, both branches pooled into one output.
-            let conv_branch = b.forward_relu_t(&reduced, train)?;
-            ops::max_pool2d_cat(&conv_branch, &pool_branch, POOL_REDUCE)
-        }
+        // port's pool of the concatenation. The conv branch's convolution, ReLU and pool run as
+        // one op: its full-size output (80 MiB for conv2b at batch 32) and that output's gradient
+        // never exist, which saves far more than the copy of the (pooled, a quarter as large)
+        // concatenation costs, in training and in inference alike.
+        let conv_branch = ops::conv2d_relu_max_pool2d(
+            &reduced,
+            b.weight.as_tensor(),
+            b.bias.as_tensor(),
+            b.stride,
+            b.padding,
+            POOL_REDUCE,
+        )?;
+        Tensor::cat(
+            &[&conv_branch, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?],
+            1,
+        )
     }
 
     fn apply_dropout(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -469,44 +463,26 @@ impl Dexpression {
 
 impl BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = xs.dims4()?;
-        let (mean, variance) = if train {
-            // Statistics in f64, as PyTorch's CPU kernel accumulates them: channels that are nearly
-            // constant (ReLU zeros) have tiny variances that amplify any rounding difference.
-            let per_channel = xs.transpose(0, 1)?.reshape((c, ()))?.to_dtype(DType::F64)?;
-            let mean64 = per_channel.mean_keepdim(1)?;
-            let variance = per_channel
-                .broadcast_sub(&mean64)?
-                .sqr()?
-                .mean_keepdim(1)?
-                .to_dtype(xs.dtype())?;
-            let mean = mean64.to_dtype(xs.dtype())?;
-            // Running statistics use the unbiased variance, as PyTorch does.
-            let count = (n * h * w) as f64;
-            let unbiased = (variance.detach() * (count / (count - 1.0).max(1.0)))?;
-            let m = BATCH_NORM_MOMENTUM;
-            let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
-                + (mean.detach().flatten_all()? * m)?)?;
-            let running_var =
-                ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
-            self.running_mean.set(&running_mean)?;
-            self.running_var.set(&running_var)?;
-            self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
-            (mean, variance)
-        } else {
-            (
-                self.running_mean.as_tensor().detach(),
-                self.running_var.as_tensor().detach(),
-            )
-        };
-        let shape = (1, c, 1, 1);
-        let inv_std = (variance.reshape(shape)? + BATCH_NORM_EPS)?
-            .sqrt()?
-            .recip()?;
-        xs.broadcast_sub(&mean.reshape(shape)?)?
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight.as_tensor().reshape(shape)?)?
-            .broadcast_add(&self.bias.as_tensor().reshape(shape)?)
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if !train {
+            let running = ops::BatchStatistics {
+                mean: self.running_mean.as_tensor().detach(),
+                variance: self.running_var.as_tensor().detach(),
+            };
+            return ops::batch_norm_eval(xs, weight, bias, &running, BATCH_NORM_EPS);
+        }
+        let (ys, batch) = ops::batch_norm_train(xs, weight, bias, BATCH_NORM_EPS)?;
+        // Running statistics use the unbiased variance, as PyTorch does.
+        let (n, _, h, w) = xs.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = (batch.variance * (count / (count - 1.0).max(1.0)))?;
+        let m = BATCH_NORM_MOMENTUM;
+        let running_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (batch.mean * m)?)?;
+        let running_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&running_mean)?;
+        self.running_var.set(&running_var)?;
+        self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+        Ok(ys)
     }
 }
 

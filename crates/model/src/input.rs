@@ -58,7 +58,7 @@ pub fn load_face_pixels(path: &Path, side: usize) -> Result<Vec<u8>> {
 /// f32 tensor of pixel / 255, the network's input.
 pub fn batch_from_pixels(pixels: &[u8], side: usize, device: &Device) -> Result<Tensor> {
     let plane = side * side;
-    if plane == 0 || pixels.len() % plane != 0 {
+    if plane == 0 || !pixels.len().is_multiple_of(plane) {
         return Err(Error::Config(format!(
             "{} pixels is not a whole number of {side}x{side} images",
             pixels.len()

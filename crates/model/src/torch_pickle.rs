@@ -257,7 +257,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, values: Vec<Value>) -> Result<(), String> {
-        if values.len() % 2 != 0 {
+        if !values.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of keys and values".into());
         }
         let copied = &mut self.copied;

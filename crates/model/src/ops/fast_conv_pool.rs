@@ -129,16 +129,18 @@ fn forward(
     let (per_group, par) = image_groups(g.n);
     // Fewer images than threads: the GEMM and the pooling of each image use every thread.
     let parallel_inside = g.n < thread_count();
-    if let Some(winograd) = g.winograd_f4() {
-        // 3x3 stride-1 convolutions (the FeatEx blocks' conv2b and conv3b) by Winograd's
-        // F(4x4, 3x3): a quarter of the multiplications, rounded within about 1e-6 of the
-        // output's scale (see `winograd_f4`).
-        let transformed = winograd.transform_weights_cached(weight);
-        out.par_chunks_mut(per_group * pooled_image)
-            .zip(offsets.par_chunks_mut(per_group * pooled_image))
-            .zip(x.par_chunks(per_group * g.in_image()))
-            .for_each(|((out, offsets), x)| {
-                with_winograd_scratch(|scratch| {
+    // 3x3 stride-1 convolutions (the FeatEx blocks' conv2b and conv3b) by Winograd's F(4x4, 3x3):
+    // a quarter of the multiplications, rounded within about 1e-6 of the output's scale (see
+    // `winograd_f4`); the others by im2col and a GEMM.
+    let winograd = g
+        .winograd_f4()
+        .map(|winograd| (winograd, winograd.transform_weights_cached(weight)));
+    out.par_chunks_mut(per_group * pooled_image)
+        .zip(offsets.par_chunks_mut(per_group * pooled_image))
+        .zip(x.par_chunks(per_group * g.in_image()))
+        .for_each(|((out, offsets), x)| {
+            with_winograd_scratch(|scratch| {
+                with_spare_buffer(|col| {
                     with_spare_buffer(|conv_out| {
                         let conv_out = grown(conv_out, g.out_image());
                         for ((out, offsets), x) in out
@@ -146,37 +148,20 @@ fn forward(
                             .zip(offsets.chunks_mut(pooled_image))
                             .zip(x.chunks(g.in_image()))
                         {
-                            let bias = Some(bias);
-                            winograd.image(
-                                x,
-                                &transformed,
-                                bias,
-                                conv_out,
-                                scratch,
-                                parallel_inside,
-                            );
+                            match &winograd {
+                                Some((winograd, transformed)) => winograd.image(
+                                    x,
+                                    transformed,
+                                    Some(bias),
+                                    conv_out,
+                                    scratch,
+                                    parallel_inside,
+                                ),
+                                None => forward_image(x, weight, bias, g, conv_out, col, par),
+                            }
                             pool_image(conv_out, geometry, out, offsets, parallel_inside);
                         }
                     })
-                })
-            });
-        return (out, offsets);
-    }
-    out.par_chunks_mut(per_group * pooled_image)
-        .zip(offsets.par_chunks_mut(per_group * pooled_image))
-        .zip(x.par_chunks(per_group * g.in_image()))
-        .for_each(|((out, offsets), x)| {
-            with_spare_buffer(|col| {
-                with_spare_buffer(|conv_out| {
-                    let conv_out = grown(conv_out, g.out_image());
-                    for ((out, offsets), x) in out
-                        .chunks_mut(pooled_image)
-                        .zip(offsets.chunks_mut(pooled_image))
-                        .zip(x.chunks(g.in_image()))
-                    {
-                        forward_image(x, weight, bias, g, conv_out, col, par);
-                        pool_image(conv_out, geometry, out, offsets, parallel_inside);
-                    }
                 })
             })
         });

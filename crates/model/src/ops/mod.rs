@@ -6,7 +6,9 @@
 //! - [`layer_norm`]: candle-nn's fused LayerNorm has no backward (gradients silently stop) and
 //!   normalises only the last dimension, where the port normalises over `[C, H, W]`;
 //! - [`conv2d`] and [`conv2d_relu`]: candle's CPU conv backward is a naive loop and computes the
-//!   input gradient even for the network input.
+//!   input gradient even for the network input;
+//! - [`batch_norm_train`] and [`batch_norm_eval`]: composed of candle's broadcast ops, BatchNorm
+//!   made several full passes and three-dimension reductions in its backward.
 //!
 //! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
 //! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use candle_core::{DType, Tensor};
 
+mod batch_norm;
 mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -44,8 +47,9 @@ pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
 pub fn parallel_threads() -> usize {
     parallel::thread_count()
 }
+pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStatistics};
 pub use layer_norm::layer_norm;
-pub use max_pool::{max_pool2d, max_pool2d_cat, Pool2d};
+pub use max_pool::{max_pool2d, Pool2d};
 
 /// The environment variable that selects the reference path when set to `1` or `true`.
 pub const REFERENCE_OPS_ENV: &str = "DEXPRESSION_REFERENCE_OPS";

@@ -1,27 +1,25 @@
-//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3), for the weight
-//! gradients of conv2b and conv3b (their forward and input gradient take the larger tiles of
-//! [`super::winograd_f4`]; see `ConvGeometry::winograd`):
-//! each 2x2 block of outputs comes from a 4x4 block of inputs with 16 multiplications per input
-//! and output channel pair instead of 36, so the GEMMs do 2.25x less work than im2col's.
+//! What the Winograd convolutions share (the per-thread buffers, the per-position GEMM, the
+//! geometry and the flipped, channel-swapped kernel of the input gradient), and Winograd's
+//! F(2x2, 3x3) itself, which is compiled for the tests only: a second algorithm beside
+//! [`super::winograd_f4`]'s F(4x4, 3x3), which runs the forward, the input gradient and the
+//! weight gradient of conv2b and conv3b, and the direct sum.
 //!
-//! The forward of F(2x2, 3x3) is compiled for the tests only, as a second algorithm beside
-//! F(4x4, 3x3) and the direct sum.
-//!
-//! Per image: the input's 4x4 tiles are transformed (`V = B^T d B`), sixteen GEMMs multiply the
-//! transformed weights (`U = G g G^T`, once per call) by them, one per position in the 4x4 tile,
+//! F(2x2, 3x3), per image: the input's 4x4 tiles are transformed (`V = B^T d B`), sixteen GEMMs
+//! multiply the transformed weights (`U = G g G^T`) by them, one per position in the 4x4 tile,
 //! and the products are transformed back (`Y = A^T M A`). The transforms only add, subtract and
-//! halve, so the rounding stays close to the direct sum's (the tests compare both). The input
-//! gradient of such a convolution is the same convolution of the output gradient with the kernel
-//! flipped and its channels swapped, so it runs here too. The weight gradient takes the adjoint
-//! path: per tile position, the transformed output gradient (`A dY A^T`) times the transformed
-//! input, summed over the tiles by sixteen GEMMs, then `G^T dU G`.
+//! halve, so the rounding stays close to the direct sum's. The input gradient of such a
+//! convolution is the same convolution of the output gradient with the kernel flipped and its
+//! channels swapped ([`Winograd::flipped_weights`], [`Winograd::transposed`]).
 
 #[cfg(test)]
 use rayon::prelude::*;
 
-use super::parallel::{for_each_chunk, gemm, Gemm};
+#[cfg(test)]
+use super::parallel::for_each_chunk;
+use super::parallel::{gemm, Gemm};
 
 /// Positions in a transformed 4x4 tile: one GEMM each.
+#[cfg(test)]
 const POSITIONS: usize = 16;
 
 /// Geometry of one 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out x h x w`.
@@ -110,14 +108,17 @@ impl Winograd {
         (self.c_in, self.c_out, self.tiles(), positions)
     }
 
+    #[cfg(test)]
     fn tiles_h(&self) -> usize {
         self.h.div_ceil(2)
     }
 
+    #[cfg(test)]
     fn tiles_w(&self) -> usize {
         self.w.div_ceil(2)
     }
 
+    #[cfg(test)]
     fn tiles(&self) -> usize {
         self.tiles_h() * self.tiles_w()
     }
@@ -236,85 +237,7 @@ impl Winograd {
     }
 
     /// Values in the transformed weights, or in their gradient: `16 x c_out x c_in`.
-    pub(super) fn transformed_len(&self) -> usize {
-        POSITIONS * self.c_out * self.c_in
-    }
-
-    /// Adds one image's share of the weight gradient in the Winograd domain to `du` (`16 x c_out x
-    /// c_in`): for each tile position `p`, `dU[p] += dM[p] * V[p]^T`, where `V = B^T d B` are the
-    /// input `x`'s tiles (as in the forward) and `dM = A dY A^T` the output gradient `grad`'s
-    /// 2x2 blocks (the adjoint of the output transform). With `accumulate` false, `du` is
-    /// overwritten. [`Self::weight_grad`] turns the sum into the kernel's gradient. The sixteen
-    /// GEMMs sum over the tiles, 2.25x fewer multiplications than the GEMM over im2col, and
-    /// neither im2col's nine-fold copy of the input nor its memory traffic is needed.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn accumulate_weight_grad(
-        &self,
-        x: &[f32],
-        grad: &[f32],
-        du: &mut [f32],
-        accumulate: bool,
-        scratch: &mut Scratch,
-        parallel: bool,
-    ) {
-        let tiles = self.tiles();
-        let (plane, (c_in, c_out)) = (self.h * self.w, (self.c_in, self.c_out));
-        let (input, grads) = scratch.buffers(c_in * POSITIONS * tiles, c_out * POSITIONS * tiles);
-        let transform_input = |(channel, v): (usize, &mut [f32])| {
-            self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
-        };
-        let transform_grad = |(channel, m): (usize, &mut [f32])| {
-            self.transform_output_grad(&grad[channel * plane..(channel + 1) * plane], m)
-        };
-        for_each_chunk(input, POSITIONS * tiles, parallel, transform_input);
-        for_each_chunk(grads, POSITIONS * tiles, parallel, transform_grad);
-        let (input, grads): (&[f32], &[f32]) = (input, grads);
-        let gemm_at = |(position, du): (usize, &mut [f32])| {
-            // dU[p] (c_out x c_in) += dM[p] (c_out x tiles) * V[p]^T (tiles x c_in); both
-            // operands' rows lie 16 * tiles values apart.
-            gemm(
-                Gemm {
-                    m: c_out,
-                    n: c_in,
-                    k: tiles,
-                    dst: du,
-                    accumulate,
-                    lhs: &grads[position * tiles..],
-                    lhs_rs: POSITIONS * tiles,
-                    lhs_cs: 1,
-                    rhs: &input[position * tiles..],
-                    rhs_rs: 1,
-                    rhs_cs: POSITIONS * tiles,
-                },
-                gemm::Parallelism::None,
-            )
-        };
-        for_each_chunk(du, c_out * c_in, parallel, gemm_at);
-    }
-
-    /// The kernel gradient `dg = G^T dU G` for every kernel, added to `dw` (`c_out x c_in x 3 x
-    /// 3`), from the sum `du` of [`Self::accumulate_weight_grad`] (`16 x c_out x c_in`).
-    pub(super) fn weight_grad(&self, du: &[f32], dw: &mut [f32]) {
-        let pairs = self.c_out * self.c_in;
-        for (pair, dg) in dw.chunks_exact_mut(9).enumerate().take(pairs) {
-            let u = |row: usize, col: usize| du[(row * 4 + col) * pairs + pair];
-            // G^T dU: 3 x 4, G^T's rows being (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1);
-            // kept as its four columns.
-            let column = |col: usize| {
-                let (a, b, c, d) = (u(0, col), u(1, col), u(2, col), u(3, col));
-                [a + (b + c) * 0.5, (b - c) * 0.5, (b + c) * 0.5 + d]
-            };
-            let columns = [column(0), column(1), column(2), column(3)];
-            // (G^T dU) G: 3 x 3, G's columns being G^T's rows.
-            for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
-                let [a, b, c, d] = columns.map(|column| column[row]);
-                dg_row[0] += a + (b + c) * 0.5;
-                dg_row[1] += (b - c) * 0.5;
-                dg_row[2] += (b + c) * 0.5 + d;
-            }
-        }
-    }
-
+    #[cfg(test)]
     /// `V = B^T d B` for every 4x4 tile of one channel, into `v` (`16 x tiles`). Written as
     /// loops over a whole row of tiles at a time, so the compiler vectorises them: the rows are
     /// combined first (`B^T d`), on the even and odd columns apart, then the columns (`(.) B`).
@@ -325,6 +248,7 @@ impl Winograd {
         )
     }
 
+    #[cfg(test)]
     #[inline(always)]
     fn transform_input_portable(&self, x: &[f32], v: &mut [f32]) {
         let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
@@ -396,82 +320,6 @@ impl Winograd {
                 let dst = &mut v[at(3)..][..tiles_w];
                 for ((d, &a), &b) in dst.iter_mut().zip(o0).zip(o1) {
                     *d = a - b;
-                }
-            }
-        }
-    }
-
-    /// `dM = A dY A^T` for every 2x2 block of one channel's output gradient `grad` (`h x w`), into
-    /// `m` (`16 x tiles`), a row of tiles at a time: blocks past the last row or column are zero.
-    /// With `A^T` = ((1, 1, 1, 0), (0, 1, -1, -1)), a block ((a, b), (c, d)) gives the rows
-    /// (a, b), (a + c, b + d), (a - c, b - d), (-c, -d), and each row (p, q) the four values
-    /// (p, p + q, p - q, -q).
-    fn transform_output_grad(&self, grad: &[f32], m: &mut [f32]) {
-        super::isa::vectorised(
-            #[inline(always)]
-            || self.transform_output_grad_portable(grad, m),
-        )
-    }
-
-    #[inline(always)]
-    fn transform_output_grad_portable(&self, grad: &[f32], m: &mut [f32]) {
-        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
-        // The block's four values for every tile of the row: a, b (row 2ty), c, d (row 2ty + 1),
-        // each the even (a, c) or odd (b, d) columns.
-        let mut block = vec![0f32; 4 * tiles_w];
-        let mut rows = vec![0f32; 8 * tiles_w];
-        for ty in 0..self.tiles_h() {
-            block.fill(0.0);
-            for (dy, y) in [2 * ty, 2 * ty + 1].into_iter().enumerate() {
-                if y >= h {
-                    continue;
-                }
-                let row = &grad[y * w..(y + 1) * w];
-                let (even, odd) =
-                    block[dy * 2 * tiles_w..(dy + 1) * 2 * tiles_w].split_at_mut(tiles_w);
-                for (e, value) in even.iter_mut().zip(row.iter().step_by(2)) {
-                    *e = *value;
-                }
-                for (o, value) in odd.iter_mut().zip(row.iter().skip(1).step_by(2)) {
-                    *o = *value;
-                }
-            }
-            let (ab, cd) = block.split_at(2 * tiles_w);
-            let (a, b) = ab.split_at(tiles_w);
-            let (c, d) = cd.split_at(tiles_w);
-            // The rows (p, q) of A dY for every tile, then their four values each.
-            let (p, q) = rows.split_at_mut(4 * tiles_w);
-            let mut p = p.chunks_exact_mut(tiles_w);
-            let mut q = q.chunks_exact_mut(tiles_w);
-            let [p0, p1, p2, p3] = [(); 4].map(|_| p.next().expect("four rows"));
-            let [q0, q1, q2, q3] = [(); 4].map(|_| q.next().expect("four rows"));
-            p0.copy_from_slice(a);
-            q0.copy_from_slice(b);
-            for t in 0..tiles_w {
-                p1[t] = a[t] + c[t];
-                q1[t] = b[t] + d[t];
-                p2[t] = a[t] - c[t];
-                q2[t] = b[t] - d[t];
-                p3[t] = -c[t];
-                q3[t] = -d[t];
-            }
-            let tile_row = ty * tiles_w;
-            let (p, q): (&[f32], &[f32]) = (&rows[..4 * tiles_w], &rows[4 * tiles_w..]);
-            for (i, (p, q)) in p
-                .chunks_exact(tiles_w)
-                .zip(q.chunks_exact(tiles_w))
-                .enumerate()
-            {
-                let at = |j: usize| (i * 4 + j) * tiles + tile_row;
-                m[at(0)..][..tiles_w].copy_from_slice(p);
-                for ((m, p), q) in m[at(1)..][..tiles_w].iter_mut().zip(p).zip(q) {
-                    *m = p + q;
-                }
-                for ((m, p), q) in m[at(2)..][..tiles_w].iter_mut().zip(p).zip(q) {
-                    *m = p - q;
-                }
-                for (m, q) in m[at(3)..][..tiles_w].iter_mut().zip(q) {
-                    *m = -q;
                 }
             }
         }

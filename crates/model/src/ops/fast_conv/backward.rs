@@ -1,5 +1,5 @@
 //! The backward: the ReLU mask, then the weight and bias gradients (a GEMM over im2col, or
-//! Winograd's F(2x2, 3x3)) and the input gradient (Winograd's F(4x4, 3x3), or a GEMM and col2im).
+//! Winograd's F(4x4, 3x3)) and the input gradient (Winograd's F(4x4, 3x3), or a GEMM and col2im).
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ pub(in crate::ops) fn lane_sum(row: &[f32]) -> f32 {
 
 /// Gradients of `relu(conv2d(x, w) + b)` in one pass over the batch: per image the output
 /// gradient is masked by the ReLU output `y` into a per-thread buffer, then feeds the weight and
-/// bias gradients (one GEMM over im2col; Winograd for 3x3 stride-1 kernels) and, with
+/// bias gradients (one GEMM over im2col; Winograd's F(4x4, 3x3) for 3x3 stride-1 kernels) and, with
 /// `with_input_grad`, the input gradient (Winograd for 3x3 stride-1 kernels, else a GEMM and
 /// col2im). Returns the weight and bias gradients
 /// concatenated (`c_out x col_rows`, then `c_out`) and the input gradient. Nothing of the size of
@@ -105,7 +105,7 @@ pub(in crate::ops) fn backward_from(
                     &mut grad,
                     parallel_inside,
                 );
-                if let Some(winograd) = g.winograd() {
+                if let Some(winograd) = g.winograd_f4() {
                     let du = grown(&mut du, winograd.transformed_len());
                     with_winograd_scratch(|scratch| {
                         winograd.accumulate_weight_grad(
@@ -181,7 +181,7 @@ pub(in crate::ops) fn backward_from(
                     col2im_add(&dcol, g, dx);
                 }
             }
-            if let Some(winograd) = g.winograd() {
+            if let Some(winograd) = g.winograd_f4() {
                 winograd.weight_grad(&du, dw);
             }
             sums

@@ -75,9 +75,10 @@ impl ConvGeometry {
         self.c_out * self.out_plane()
     }
 
-    /// A 3x3 convolution with stride 1 and padding 1 computes its weight gradient by Winograd's
-    /// F(2x2, 3x3), its input gradient and its forward by F(4x4, 3x3) ([`Self::winograd_f4`]) in
-    /// inference and in the fused conv+ReLU+pool op that training runs. That forward rounds
+    /// A 3x3 convolution with stride 1 and padding 1 computes its forward (in inference and in
+    /// the fused conv+ReLU+pool op that training runs), its input gradient and its weight
+    /// gradient by Winograd's F(4x4, 3x3) ([`Self::winograd_f4`]); this F(2x2, 3x3) geometry
+    /// also gives the input gradient's flipped, channel-swapped kernel. That forward rounds
     /// differently from PyTorch's by a few ulps, which may flip near-ties in the later max-pools
     /// and send a few windows' gradients elsewhere, as another CPU's GEMM blocking does: the
     /// equivalence tests compare gradients as tensors for that reason (see

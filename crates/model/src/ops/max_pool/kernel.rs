@@ -191,21 +191,39 @@ pub(super) fn window_max_at<T: WithDType>(
 /// The vectorised kernel for this CPU and pool, if there is one (3x3 windows, stride 1 or 2,
 /// AVX2).
 pub(in crate::ops) fn interior_kernel_f32(pool: Pool2d) -> Option<InteriorKernel<f32>> {
+    interior_kernel_f32_for(pool, crate::ops::isa::isa())
+}
+
+/// The vectorised kernel for 3x3 windows that `isa` allows, if any: AVX-512's (sixteen windows at
+/// a time, handing shorter rows to AVX2's) or AVX2's (eight).
+pub(super) fn interior_kernel_f32_for(
+    pool: Pool2d,
+    isa: crate::ops::isa::Isa,
+) -> Option<InteriorKernel<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
-        // AVX2's kernel serves AVX-512 CPUs too: eight windows at a time already keep the loads
-        // of the three input rows as the bound.
-        if pool.kernel == 3 && crate::ops::isa::isa() >= crate::ops::isa::Isa::Avx2 {
+        use super::{avx2::interior_3x3_avx2 as avx2, avx512::interior_3x3_avx512 as avx512};
+        use crate::ops::isa::Isa;
+        if pool.kernel == 3 && isa == Isa::Avx512 {
             return match (pool.stride, pool.padding) {
-                (1, 0) => Some(super::avx2::interior_3x3_avx2::<1, 0>),
-                (1, 1) => Some(super::avx2::interior_3x3_avx2::<1, 1>),
-                (2, 0) => Some(super::avx2::interior_3x3_avx2::<2, 0>),
-                (2, 1) => Some(super::avx2::interior_3x3_avx2::<2, 1>),
+                (1, 0) => Some(avx512::<1, 0>),
+                (1, 1) => Some(avx512::<1, 1>),
+                (2, 0) => Some(avx512::<2, 0>),
+                (2, 1) => Some(avx512::<2, 1>),
+                _ => None,
+            };
+        }
+        if pool.kernel == 3 && isa >= Isa::Avx2 {
+            return match (pool.stride, pool.padding) {
+                (1, 0) => Some(avx2::<1, 0>),
+                (1, 1) => Some(avx2::<1, 1>),
+                (2, 0) => Some(avx2::<2, 0>),
+                (2, 1) => Some(avx2::<2, 1>),
                 _ => None,
             };
         }
     }
-    let _ = pool;
+    let _ = (pool, isa);
     None
 }
 

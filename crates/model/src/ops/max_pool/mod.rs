@@ -11,8 +11,6 @@
 //! backward is a scatter. For the 3x3 windows of DeXpression (stride 1 or 2) the forward runs eight
 //! outputs at a time in AVX2 registers where the CPU has it, with the same compare-and-select
 //! sequence in the same scan order as the scalar code, so both give identical results.
-//! [`max_pool2d_cat`] pools two tensors into one concatenated output, which saves the copy of a
-//! separate concatenation forward and backward.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -24,10 +22,14 @@ use super::storage::contiguous;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod kernel;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+use kernel::interior_kernel_f32_for;
 pub(super) use kernel::{interior_kernel_f32, pool_plane, scatter_plane, window_steps, NO_OFFSET};
 use kernel::{pool_backward, pool_backward_recorded, pool_forward, PoolGeometry};
 
@@ -117,16 +119,10 @@ fn gpu_kernels(xs: &Tensor, pool: Pool2d) -> bool {
 /// `cat([max_pool2d(first), max_pool2d(second)], 1)`: both tensors `N x C_i x H x W` with the same
 /// `N`, `H` and `W`. On the fast CPU kernels and on the CUDA kernels both are pooled straight into
 /// one output, and the backward reads each input's gradient straight from the concatenated one;
-/// elsewhere it is exactly that composition.
-pub fn max_pool2d_cat(
-    first: &Tensor,
-    second: &Tensor,
-    pool: Pool2d,
-) -> candle_core::Result<Tensor> {
-    max_pool2d_cat_on(first, second, pool, super::fast_kernels_for(first))
-}
-
-/// [`max_pool2d_cat`] on a chosen path, so tests can compare both in one process.
+/// elsewhere (and with `fast` false on the CPU) it is exactly that composition. The network no
+/// longer needs it (FeatEx pools its conv branch inside the fused convolution); it stays as the
+/// tests' two-input form of the op.
+#[cfg(test)]
 pub(crate) fn max_pool2d_cat_on(
     first: &Tensor,
     second: &Tensor,

@@ -125,23 +125,42 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
         stride,
         padding,
     });
-    for pool in pools {
-        let Some(kernel) = interior_kernel_f32(pool) else {
-            // No AVX2 here: nothing to compare.
+    // Every vector path this CPU can run (none on a CPU without AVX2: nothing to compare).
+    let isas = [crate::ops::isa::Isa::Avx2, crate::ops::isa::Isa::Avx512]
+        .into_iter()
+        .filter(|&isa| isa <= crate::ops::isa::Isa::detected());
+    for (pool, isa) in pools
+        .into_iter()
+        .flat_map(|pool| isas.clone().map(move |isa| (pool, isa)))
+    {
+        let Some(kernel) = interior_kernel_f32_for(pool, isa) else {
             continue;
         };
         // Sides that give no full block, exactly one, and a last block that overlaps.
-        for (h, w) in [(9, 11), (5, 20), (12, 27), (55, 55), (3, 40), (4, 17)] {
+        for (h, w) in [
+            (9, 11),
+            (5, 20),
+            (12, 27),
+            (55, 55),
+            (3, 40),
+            (4, 17),
+            (6, 37),
+            (7, 70),
+        ] {
             for with_nan in [false, true] {
                 let values = tricky_values(2 * h * w, with_nan);
                 let geometry = PoolGeometry { pool, n: 2, h, w };
                 let (fast, fast_offsets) = pool_forward(&[(&values, 1)], geometry, Some(kernel));
                 let (slow, slow_offsets) = pool_forward(&[(&values, 1)], geometry, None);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&fast), bits(&slow), "{pool:?} {h}x{w} nan {with_nan}");
+                assert_eq!(
+                    bits(&fast),
+                    bits(&slow),
+                    "{isa:?} {pool:?} {h}x{w} nan {with_nan}"
+                );
                 assert_eq!(
                     fast_offsets, slow_offsets,
-                    "{pool:?} {h}x{w} nan {with_nan}"
+                    "{isa:?} {pool:?} {h}x{w} nan {with_nan}"
                 );
             }
         }
