@@ -224,21 +224,21 @@ fn load_or_build(
 fn validate(options: &PrepareOptions) -> Result<()> {
     if !(1..=MAX_IMAGE_SIZE).contains(&options.image_size) {
         return Err(Error::InvalidOption {
-            name: "image-size",
+            name: "image_size",
             value: options.image_size.to_string(),
             expected: "a side between 1 and 2048 pixels",
         });
     }
     if options.selection == Selection::Peak(0) {
         return Err(Error::InvalidOption {
-            name: "peak-frames",
+            name: "selection",
             value: "0".to_string(),
             expected: "at least 1 frame",
         });
     }
     if !(options.crop_margin.is_finite() && (0.0..=2.0).contains(&options.crop_margin)) {
         return Err(Error::InvalidOption {
-            name: "crop-margin",
+            name: "crop_margin",
             value: options.crop_margin.to_string(),
             expected: "a fraction between 0 and 2",
         });

@@ -312,7 +312,7 @@ pub(crate) fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|err| Error::Weights {
         path: path.to_path_buf(),
         message: format!(
-            "cannot read as safetensors ({}); a PyTorch `.tar`/`.pt` checkpoint must first go through `cargo xtask import-torch`",
+            "cannot read as safetensors ({}); a PyTorch `.tar`/`.pt` checkpoint must first be converted with `import_torch`",
             crate::error::one_line(&err)
         ),
     })

@@ -175,8 +175,9 @@ pub struct ResumePoint {
 ///
 /// A damaged `last.json` (unreadable, naming a missing, truncated or foreign file) falls back to
 /// the newest intact `last-epochNNN.safetensors` of the fold (saying so in
-/// [`ResumePoint::fell_back`]); with none, the error names `last.json` and `--restart`. A state
-/// of another dataset or other options is an error, not damage.
+/// [`ResumePoint::fell_back`]); with none, the error names `last.json` and
+/// [`crate::RunOptions::restart`]. A state of another dataset or other options is an error, not
+/// damage.
 pub fn load_state(fold_dir: &Path, config: &TrainConfig) -> Result<Option<ResumePoint>> {
     let path = fold_dir.join(LAST_STATE);
     if !path.exists() {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
-/// File in the output folder (and each fold folder) saying which program made it; `--restart`
-/// only moves aside folders that carry it or a checkpoint state.
+/// File in the output folder (and each fold folder) saying which program made it;
+/// [`crate::RunOptions::restart`] only moves aside folders that carry it or a checkpoint state.
 pub const MARKER_FILE: &str = ".made-by";
 
 /// The lock file in the output folder. Never removed: removing a lock file others may hold
