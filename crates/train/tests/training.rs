@@ -343,8 +343,7 @@ fn validation_splits_keep_subjects_apart() {
     let mut config = small_config(&dataset);
     config.folds = 4;
     config.select_on = dexpression_train::SelectOn::Val;
-    let (plans, warnings) =
-        dexpression_train::folds::plan_folds(&config, &dataset.samples).unwrap();
+    let (plans, warnings) = dexpression_train::plan_folds(&config, &dataset.samples).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let subjects = |indices: &[usize]| -> std::collections::BTreeSet<String> {
         indices
