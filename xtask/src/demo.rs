@@ -10,7 +10,7 @@ use dexpression_dataset::{prepare, PrepareOptions, Selection};
 use dexpression_report::{write_report, History, ReportOptions};
 use dexpression_train::{run as train, RunOptions, TrainConfig};
 
-use crate::train::{format_seconds, Bars};
+use crate::display::{format_seconds, Bars};
 
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args)]

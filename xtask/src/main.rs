@@ -6,6 +6,7 @@
 mod bench;
 mod bench_prepare;
 mod demo;
+mod display;
 mod download;
 mod hints;
 mod import_torch;

@@ -67,8 +67,8 @@ pub enum Error {
         /// The grouping unit.
         split: crate::SplitBy,
     },
-    /// The cache exists but cannot be read back; it is rebuilt by [`crate::prepare`], this is
-    /// only returned by [`crate::cache::load`] itself.
+    /// The cache exists but cannot be read back; [`crate::prepare`] rebuilds it instead of
+    /// returning this.
     #[error("{path}: unreadable cache ({reason}); delete the folder to rebuild it")]
     Cache {
         /// The cache file.
