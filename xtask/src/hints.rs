@@ -97,8 +97,8 @@ fn model_hint(err: &ModelError) -> Option<String> {
 
 fn report_hint(err: &ReportError) -> Option<String> {
     match err {
-        ReportError::NoHistoryInDirectory { .. } => Some(
-            "pass --history with the folder `cargo xtask train --out` wrote, or train first: `cargo xtask train` (or `cargo xtask demo`)"
+        ReportError::HistoryMissing { .. } | ReportError::NoHistoryInDirectory { .. } => Some(
+            "train first with `cargo xtask train` (or `cargo xtask demo`), or pass --history with the folder `train --out` wrote"
                 .into(),
         ),
         _ => None,

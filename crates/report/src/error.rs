@@ -21,6 +21,12 @@ pub enum Error {
     /// Writing an output file (through a temporary renamed into place) failed.
     #[error(transparent)]
     Write(#[from] dexpression_fsio::Error),
+    /// The history path (a CSV file or a run's folder) does not exist.
+    #[error("{path}: no such file or folder; pass a history.csv or the output folder of a training run (`dexpression_train::run`)")]
+    HistoryMissing {
+        /// The path that was given.
+        path: PathBuf,
+    },
     /// A directory was given as a history but neither it nor a subdirectory holds `history.csv`.
     #[error("{dir}: no history.csv in this directory or its subdirectories; pass the CSV file itself or the output folder of a training run (`dexpression_train::run`)")]
     NoHistoryInDirectory {
