@@ -116,18 +116,7 @@ pub(crate) fn parse(
             .par_iter()
             .map(|(row, record)| parse_row(path, *row, record, &columns, options))
             .collect();
-        for result in parsed {
-            match result {
-                Ok(sample) => samples.push(sample),
-                Err(skip) if options.strict => {
-                    return Err(Error::Strict {
-                        path: skip.path,
-                        reason: format!("{}: {}", skip.kind, skip.reason),
-                    })
-                }
-                Err(skip) => skipped.push(skip),
-            }
-        }
+        crate::prepare::sort_out(parsed, options.strict, &mut samples, &mut skipped)?;
         progress(Progress {
             stage: Stage::Cropping,
             done: samples.len() + skipped.len(),

@@ -306,18 +306,7 @@ fn crop_all(
         .collect();
     let mut samples = Vec::with_capacity(results.len());
     let mut skipped = scan.skipped.clone();
-    for result in results {
-        match result {
-            Ok(sample) => samples.push(sample),
-            Err(skip) if options.strict => {
-                return Err(Error::Strict {
-                    path: skip.path,
-                    reason: format!("{}: {}", skip.kind, skip.reason),
-                })
-            }
-            Err(skip) => skipped.push(skip),
-        }
-    }
+    sort_out(results, options.strict, &mut samples, &mut skipped)?;
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     // A stable order whatever the layout's folder order (class folders come first there).
     samples.sort_by(|a, b| {
@@ -476,6 +465,29 @@ pub(crate) fn summarize(
         from_cache,
         cache_path: cache_path.to_path_buf(),
     }
+}
+
+/// Moves each sample into `samples` and each file left out into `skipped`; in `strict` mode the
+/// first file left out is an error instead.
+pub(crate) fn sort_out(
+    results: impl IntoIterator<Item = std::result::Result<Sample, Skipped>>,
+    strict: bool,
+    samples: &mut Vec<Sample>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<()> {
+    for result in results {
+        match result {
+            Ok(sample) => samples.push(sample),
+            Err(skip) if strict => {
+                return Err(Error::Strict {
+                    path: skip.path,
+                    reason: format!("{}: {}", skip.kind, skip.reason),
+                })
+            }
+            Err(skip) => skipped.push(skip),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
