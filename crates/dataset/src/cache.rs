@@ -13,7 +13,7 @@
 
 use crate::layout::relative;
 use crate::{
-    CropMethod, Error, Progress, Result, Sample, SkipKind, Skipped, Stage, Summary, Usage,
+    CropMethod, Error, Progress, Result, Sample, SkipKind, Skipped, Stage, Step, Summary, Usage,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -68,7 +68,7 @@ pub(crate) fn load(
     cache_path: &Path,
     key: &str,
     root: &Path,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Option<Cached>> {
     let pixels_path = cache_path.join(PIXELS_FILE);
     if !pixels_path.is_file() {
@@ -103,7 +103,7 @@ pub(crate) fn load(
             rows.len()
         )));
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::LoadingCache,
         done: 0,
         total: n_samples,
@@ -150,7 +150,7 @@ pub(crate) fn load(
             usage,
         });
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::LoadingCache,
         done: n_samples,
         total: n_samples,
@@ -172,15 +172,23 @@ pub(crate) fn load(
     }))
 }
 
-/// Writes the cache for `key` into `cache_path` atomically, replacing any older content.
-pub(crate) fn store(
-    cache_path: &Path,
-    key: &str,
-    root: &Path,
-    image_size: usize,
-    samples: &[Sample],
-    summary: &Summary,
-) -> Result<()> {
+/// What [`store`] writes: the crops, and the listing and options they came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Contents<'a> {
+    /// Identifies the source listing and the options (see [`crate::Dataset::key`]).
+    pub key: &'a str,
+    /// The dataset root, which the manifest's paths are relative to.
+    pub root: &'a Path,
+    /// Side of the crops.
+    pub image_size: usize,
+    /// The crops.
+    pub samples: &'a [Sample],
+    /// The summary of the source, for the header and `skipped.csv`.
+    pub summary: &'a Summary,
+}
+
+/// Writes the cache into `cache_path` atomically, replacing any older content.
+pub(crate) fn store(cache_path: &Path, contents: Contents) -> Result<()> {
     let parent = cache_path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|error| Error::io(parent, error))?;
     let temporary = parent.join(format!(
@@ -192,7 +200,7 @@ pub(crate) fn store(
         fs::remove_dir_all(&temporary).map_err(|error| Error::io(&temporary, error))?;
     }
     fs::create_dir_all(&temporary).map_err(|error| Error::io(&temporary, error))?;
-    let result = write_files(&temporary, key, root, image_size, samples, summary).and_then(|()| {
+    let result = write_files(&temporary, contents).and_then(|()| {
         if cache_path.exists() {
             fs::remove_dir_all(cache_path).map_err(|error| Error::io(cache_path, error))?;
         }
@@ -213,14 +221,14 @@ pub(crate) fn store(
     result
 }
 
-fn write_files(
-    folder: &Path,
-    key: &str,
-    root: &Path,
-    image_size: usize,
-    samples: &[Sample],
-    summary: &Summary,
-) -> Result<()> {
+fn write_files(folder: &Path, contents: Contents) -> Result<()> {
+    let Contents {
+        key,
+        root,
+        image_size,
+        samples,
+        summary,
+    } = contents;
     write_pixels(&folder.join(PIXELS_FILE), key, image_size, samples, summary)?;
     let has_usage = samples.iter().any(|sample| sample.usage.is_some());
     let manifest = samples
