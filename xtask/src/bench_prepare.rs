@@ -3,7 +3,7 @@
 
 use crate::display::{prepare_bar, show_prepare};
 use dexpression_dataset::synth::{generate, SynthOptions};
-use dexpression_dataset::{prepare, PrepareOptions, Progress, Selection, Stage};
+use dexpression_dataset::{prepare, PrepareOptions, Selection, Stage, Step};
 use dexpression_model::benchmark::{peak_rss_mib, process_cpu_seconds};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The crop stage alone (decode, crop, resize: the parallel part), timed from the
         // progress reports; scanning and writing the cache are reported separately.
         let crop_times = Mutex::new((None::<Instant>, None::<Instant>));
-        let report = |p: Progress| {
+        let report = |p: Step| {
             show_prepare(&bar, p);
             if p.stage == Stage::Cropping {
                 let mut times = crop_times

@@ -1,7 +1,7 @@
 //! What the commands share on the terminal: the progress bars of `prepare` and of a training run,
 //! and durations in words.
 
-use dexpression_dataset::{Progress as PrepareProgress, Stage};
+use dexpression_dataset::{Stage, Step};
 use dexpression_train::{EpochRecord, FoldInfo, Progress, RunInfo};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -17,7 +17,7 @@ pub fn prepare_bar() -> ProgressBar {
 }
 
 /// Moves the bar to a progress report (called from worker threads; indicatif is thread-safe).
-pub fn show_prepare(bar: &ProgressBar, progress: PrepareProgress) {
+pub fn show_prepare(bar: &ProgressBar, progress: Step) {
     if progress.done == 0 || progress.stage == Stage::Scanning {
         bar.set_message(progress.stage.to_string());
         bar.set_length(progress.total as u64);

@@ -71,7 +71,7 @@ pub use fer2013::{fer2013_class_names, FER2013_CLASSES, FER2013_SIDE};
 pub use folds::{k_fold, usage_split, Fold, SplitBy, UsageSplit};
 pub use options::{PrepareOptions, Selection, DEFAULT_CROP_MARGIN};
 pub use prepare::prepare;
-pub use progress::{Progress, Stage};
+pub use progress::{Progress, Silent, Stage, Step};
 pub use summary::{SkipKind, Skipped, Summary};
 
 /// The folder of a data folder that holds the official CK+ release once imported

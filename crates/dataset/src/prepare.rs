@@ -6,7 +6,7 @@ use crate::layout::{self, FrameJob, Scan};
 use crate::parse::parse_landmarks;
 use crate::{
     cache, CropMethod, Dataset, Error, Layout, PrepareOptions, Progress, Result, Sample, Selection,
-    SkipKind, Skipped, Stage, Summary, Usage,
+    SkipKind, Skipped, Stage, Step, Summary, Usage,
 };
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -35,7 +35,7 @@ pub fn prepare(
     source: &Path,
     cache_dir: &Path,
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Dataset> {
     validate(options)?;
     if !source.exists() {
@@ -43,7 +43,7 @@ pub fn prepare(
             path: source.to_path_buf(),
         });
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::Scanning,
         done: 0,
         total: 0,
@@ -79,7 +79,7 @@ fn prepare_csv(
     source: &Path,
     cache_dir: &Path,
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Dataset> {
     let bytes = std::fs::read(source).map_err(|error| Error::io(source, error))?;
     let mut hasher = Sha256::new();
@@ -125,7 +125,7 @@ fn load_or_build(
     cache_dir: &Path,
     options: &PrepareOptions,
     planned: Planned,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
     build: impl FnOnce() -> Result<(Vec<Sample>, Vec<Skipped>)>,
 ) -> Result<Dataset> {
     let Planned {
@@ -194,20 +194,22 @@ fn load_or_build(
             ),
         });
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::WritingCache,
         done: 0,
         total: 1,
     });
     cache::store(
         &cache_path,
-        &key,
-        &root,
-        options.image_size,
-        &samples,
-        &summary,
+        cache::Contents {
+            key: &key,
+            root: &root,
+            image_size: options.image_size,
+            samples: &samples,
+            summary: &summary,
+        },
     )?;
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::WritingCache,
         done: 1,
         total: 1,
@@ -279,11 +281,11 @@ fn cache_key(scan: &Scan, options: &PrepareOptions) -> String {
 fn crop_all(
     scan: &Scan,
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<(Vec<Sample>, Vec<Skipped>)> {
     let total = scan.jobs.len();
     let done = AtomicUsize::new(0);
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::Cropping,
         done: 0,
         total,
@@ -296,7 +298,7 @@ fn crop_all(
         .map(|job| {
             let result = crop_one(job, options);
             let done_now = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(Progress {
+            progress.step(Step {
                 stage: Stage::Cropping,
                 done: done_now,
                 total,

@@ -1,4 +1,7 @@
-//! How [`crate::prepare`] reports where it is, for a progress display.
+//! How [`crate::prepare`] reports where it is, for a progress display: the same shape as the
+//! train and download crates' `Progress` (a trait whose methods default to doing nothing, and
+//! [`Silent`]). Its one event arrives from worker threads, hence `&self` and `Sync`; a closure
+//! taking a [`Step`] is a `Progress` too.
 
 use std::fmt;
 
@@ -29,9 +32,28 @@ impl fmt::Display for Stage {
     }
 }
 
+/// Receives [`crate::prepare`]'s progress; called from worker threads, so it must be cheap.
+pub trait Progress: Sync {
+    /// `done` of `total` units of a stage are done.
+    fn step(&self, _step: Step) {}
+}
+
+/// Any `Fn(Step)`, such as `&|step| bar.set_position(step.done as u64)`, or `&|_| {}`.
+impl<F: Fn(Step) + Sync> Progress for F {
+    fn step(&self, step: Step) {
+        self(step)
+    }
+}
+
+/// Reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Progress for Silent {}
+
 /// A progress report from [`crate::prepare`]: enough to drive a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
+pub struct Step {
     /// The current step.
     pub stage: Stage,
     /// Units done in this step.
