@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, default_value = "data/demo")]
     pub data: PathBuf,
     /// Where the training outputs and the plots go; an earlier run there is moved into
-    /// <OUT>/.previous-<time>/, not deleted.
+    /// OUT/.previous-TIME/, not deleted.
     #[arg(long, default_value = "results/demo")]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.

@@ -98,7 +98,7 @@ fn model_hint(err: &ModelError) -> Option<String> {
 fn report_hint(err: &ReportError) -> Option<String> {
     match err {
         ReportError::HistoryMissing { .. } | ReportError::NoHistoryInDirectory { .. } => Some(
-            "train first with `cargo xtask train` (or `cargo xtask demo`), or pass --history with the folder `train --out` wrote"
+            "train first with `cargo xtask train` or `cargo xtask demo`, or pass --history with the folder `train --out` wrote"
                 .into(),
         ),
         _ => None,

@@ -15,7 +15,7 @@ use crate::display::{format_seconds, prepare_bar, show_prepare, Bars};
 #[derive(clap::Args)]
 pub struct Args {
     /// The dataset (official CK+, one folder per class with any class names, or FER2013's
-    /// fer2013.csv); default: what `download` produced (<DATA>/ckplus, else <DATA>/ckplus48).
+    /// fer2013.csv); default: what `download` produced (DATA/ckplus, else DATA/ckplus48).
     #[arg(long)]
     pub source: Option<PathBuf>,
     /// Data folder used to find the default source.
@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, value_name = "K")]
     pub fold: Option<usize>,
     /// Start over instead of resuming: the earlier run in --out is moved into
-    /// <OUT>/.previous-<time>/ (never deleted).
+    /// OUT/.previous-TIME/ (never deleted).
     #[arg(long)]
     pub restart: bool,
     /// Random flips, rotations, shifts, scaling and brightness/contrast of training images.

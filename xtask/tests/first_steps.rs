@@ -47,7 +47,7 @@ fn every_command_in_an_empty_folder_names_what_is_missing_and_what_to_run() {
         (
             &["predict", "--device", "cpu", "face.png"],
             &[
-                "data/weights/dexpression-port-fold1.safetensors",
+                "data/weights/dexpression-port-fold1.safetensors: no such file",
                 "cargo xtask download --weights",
                 "cargo xtask train",
             ],
