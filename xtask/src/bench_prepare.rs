@@ -1,9 +1,9 @@
 //! `cargo xtask bench-prepare`: how fast full-size frames are decoded, cropped and resized,
 //! with one thread and with all of them, and the peak memory.
 
-use super::prepare::{progress_bar, show};
+use crate::display::{prepare_bar, show_prepare};
 use dexpression_dataset::synth::{generate, SynthOptions};
-use dexpression_dataset::{prepare, PrepareOptions, Progress, Selection, Stage};
+use dexpression_dataset::{prepare, PrepareOptions, Selection, Stage, Step};
 use dexpression_model::benchmark::{peak_rss_mib, process_cpu_seconds};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -65,14 +65,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .build()?;
         // A fresh cache folder per run, so every run crops instead of loading.
         let cache = work.join(format!("cache-{threads}"));
-        let bar = progress_bar();
+        let bar = prepare_bar();
         let started = Instant::now();
         let cpu_before = process_cpu_seconds();
         // The crop stage alone (decode, crop, resize: the parallel part), timed from the
         // progress reports; scanning and writing the cache are reported separately.
         let crop_times = Mutex::new((None::<Instant>, None::<Instant>));
-        let report = |p: Progress| {
-            show(&bar, p);
+        let report = |p: Step| {
+            show_prepare(&bar, p);
             if p.stage == Stage::Cropping {
                 let mut times = crop_times
                     .lock()

@@ -10,7 +10,7 @@ use dexpression_dataset::{prepare, PrepareOptions, Selection};
 use dexpression_report::{write_report, History, ReportOptions};
 use dexpression_train::{run as train, RunOptions, TrainConfig};
 
-use crate::train::{format_seconds, Bars};
+use crate::display::{format_seconds, Bars};
 
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args)]
@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, default_value = "data/demo")]
     pub data: PathBuf,
     /// Where the training outputs and the plots go; an earlier run there is moved into
-    /// <OUT>/.previous-<time>/, not deleted.
+    /// OUT/.previous-TIME/, not deleted.
     #[arg(long, default_value = "results/demo")]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.

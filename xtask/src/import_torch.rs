@@ -16,6 +16,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.checkpoint.exists() {
+        anyhow::bail!(
+            "{}: no such file; pass a checkpoint written by the PyTorch port (`torch.save`), or get ready-made weights with `cargo xtask download --weights`",
+            args.checkpoint.display()
+        );
+    }
     let summary = dexpression_model::import_torch(&args.checkpoint, &args.out)
         .with_context(|| format!("importing {}", args.checkpoint.display()))?;
     println!(

@@ -6,7 +6,9 @@
 mod bench;
 mod bench_prepare;
 mod demo;
+mod display;
 mod download;
+mod hints;
 mod import_torch;
 mod predict;
 mod prepare;
@@ -58,7 +60,7 @@ fn main() -> std::process::ExitCode {
     match try_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", hints::with_hint(&err));
             std::process::ExitCode::FAILURE
         }
     }

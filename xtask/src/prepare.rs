@@ -1,8 +1,9 @@
 //! `cargo xtask prepare`: crop, resize and cache a dataset, then print its summary.
 
-use dexpression_dataset::{prepare, PrepareOptions, Progress, Selection, Stage};
-use indicatif::{ProgressBar, ProgressStyle};
+use dexpression_dataset::{prepare, PrepareOptions, Selection};
 use std::path::PathBuf;
+
+use crate::display::{prepare_bar, show_prepare};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -80,10 +81,10 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let bar = progress_bar();
+    let bar = prepare_bar();
     let started = std::time::Instant::now();
     let dataset = prepare(&args.source, &args.cache, &args.options(), &|p| {
-        show(&bar, p)
+        show_prepare(&bar, p)
     });
     bar.finish_and_clear();
     let dataset = dataset?;
@@ -91,24 +92,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("key:       {}", dataset.key);
     println!("time:      {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// A bar that `show` drives from `prepare`'s progress reports.
-pub fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    let style =
-        ProgressStyle::with_template("{msg:>13} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    bar.set_style(style);
-    bar
-}
-
-/// Moves the bar to a progress report (called from worker threads; indicatif is thread-safe).
-pub fn show(bar: &ProgressBar, progress: Progress) {
-    if progress.done == 0 || progress.stage == Stage::Scanning {
-        bar.set_message(progress.stage.to_string());
-        bar.set_length(progress.total as u64);
-    }
-    bar.set_position(progress.done as u64);
 }

@@ -2,7 +2,7 @@
 //! cache folder, after which they are read like the extracted release.
 
 use crate::layout::{file_name, sorted_entries};
-use crate::{Error, Progress, Result, Stage};
+use crate::{Error, Progress, Result, Stage, Step};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Read;
@@ -74,7 +74,7 @@ impl Default for ZipLimits {
 pub(crate) fn extract(
     archives: &Archives,
     cache_dir: &Path,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<PathBuf> {
     extract_with_limits(archives, cache_dir, &ZipLimits::default(), progress)
 }
@@ -84,7 +84,7 @@ pub(crate) fn extract_with_limits(
     archives: &Archives,
     cache_dir: &Path,
     limits: &ZipLimits,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let mut hasher = Sha256::new();
     for path in &archives.paths {
@@ -122,7 +122,7 @@ fn extract_all(
     archives: &Archives,
     destination: &Path,
     limits: &ZipLimits,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<()> {
     let mut opened = Vec::new();
     for path in &archives.paths {
@@ -181,7 +181,7 @@ fn extract_all(
             }
             done += 1;
             if done % 64 == 0 || done == total {
-                progress(Progress {
+                progress.step(Step {
                     stage: Stage::Extracting,
                     done,
                     total,

@@ -13,7 +13,7 @@
 
 use crate::layout::relative;
 use crate::{
-    CropMethod, Error, Layout, Progress, Result, Sample, SkipKind, Skipped, Stage, Summary, Usage,
+    CropMethod, Error, Progress, Result, Sample, SkipKind, Skipped, Stage, Step, Summary, Usage,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -26,7 +26,7 @@ const PIXELS_TENSOR: &str = "pixels";
 
 /// What [`load`] reads back.
 #[derive(Debug)]
-pub struct Cached {
+pub(crate) struct Cached {
     /// Side of the crops.
     pub image_size: usize,
     /// The samples, in manifest order.
@@ -35,8 +35,6 @@ pub struct Cached {
     pub skipped: Vec<Skipped>,
     /// Stray files passed over when the cache was built.
     pub n_ignored_files: usize,
-    /// The layout the source was read as.
-    pub layout: Option<Layout>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -50,23 +48,10 @@ struct ManifestRow {
     source: String,
     crop: String,
     /// Only in the manifests of sources with their own split (FER2013), so that the manifests
-    /// of every other source keep their columns.
-    #[serde(default)]
+    /// of every other source keep their columns: `None` in every row leaves the column out, and
+    /// a row of such a source without a usage holds `Some("")`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     usage: Option<String>,
-}
-
-/// The manifest row of a source without its own split: the columns of [`ManifestRow`] less
-/// `usage`.
-#[derive(Debug, serde::Serialize)]
-struct ManifestRowWithoutUsage {
-    index: usize,
-    subject: String,
-    sequence: String,
-    frame: u32,
-    label: usize,
-    label_name: String,
-    source: String,
-    crop: String,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -79,11 +64,11 @@ struct SkippedRow {
 /// Reads the cache in `cache_path` if it exists and was built for `key`; `Ok(None)` when it
 /// is missing or belongs to other data, an error when it is present but damaged. Sample
 /// sources are resolved against `root`.
-pub fn load(
+pub(crate) fn load(
     cache_path: &Path,
     key: &str,
     root: &Path,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Option<Cached>> {
     let pixels_path = cache_path.join(PIXELS_FILE);
     if !pixels_path.is_file() {
@@ -118,7 +103,7 @@ pub fn load(
             rows.len()
         )));
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::LoadingCache,
         done: 0,
         total: n_samples,
@@ -165,7 +150,7 @@ pub fn load(
             usage,
         });
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::LoadingCache,
         done: n_samples,
         total: n_samples,
@@ -184,19 +169,26 @@ pub fn load(
         samples,
         skipped,
         n_ignored_files: header.n_ignored_files,
-        layout: header.layout.as_deref().and_then(Layout::from_name),
     }))
 }
 
-/// Writes the cache for `key` into `cache_path` atomically, replacing any older content.
-pub fn store(
-    cache_path: &Path,
-    key: &str,
-    root: &Path,
-    image_size: usize,
-    samples: &[Sample],
-    summary: &Summary,
-) -> Result<()> {
+/// What [`store`] writes: the crops, and the listing and options they came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Contents<'a> {
+    /// Identifies the source listing and the options (see [`crate::Dataset::key`]).
+    pub key: &'a str,
+    /// The dataset root, which the manifest's paths are relative to.
+    pub root: &'a Path,
+    /// Side of the crops.
+    pub image_size: usize,
+    /// The crops.
+    pub samples: &'a [Sample],
+    /// The summary of the source, for the header and `skipped.csv`.
+    pub summary: &'a Summary,
+}
+
+/// Writes the cache into `cache_path` atomically, replacing any older content.
+pub(crate) fn store(cache_path: &Path, contents: Contents) -> Result<()> {
     let parent = cache_path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|error| Error::io(parent, error))?;
     let temporary = parent.join(format!(
@@ -208,7 +200,7 @@ pub fn store(
         fs::remove_dir_all(&temporary).map_err(|error| Error::io(&temporary, error))?;
     }
     fs::create_dir_all(&temporary).map_err(|error| Error::io(&temporary, error))?;
-    let result = write_files(&temporary, key, root, image_size, samples, summary).and_then(|()| {
+    let result = write_files(&temporary, contents).and_then(|()| {
         if cache_path.exists() {
             fs::remove_dir_all(cache_path).map_err(|error| Error::io(cache_path, error))?;
         }
@@ -229,15 +221,16 @@ pub fn store(
     result
 }
 
-fn write_files(
-    folder: &Path,
-    key: &str,
-    root: &Path,
-    image_size: usize,
-    samples: &[Sample],
-    summary: &Summary,
-) -> Result<()> {
+fn write_files(folder: &Path, contents: Contents) -> Result<()> {
+    let Contents {
+        key,
+        root,
+        image_size,
+        samples,
+        summary,
+    } = contents;
     write_pixels(&folder.join(PIXELS_FILE), key, image_size, samples, summary)?;
+    let has_usage = samples.iter().any(|sample| sample.usage.is_some());
     let manifest = samples
         .iter()
         .enumerate()
@@ -254,24 +247,15 @@ fn write_files(
                 .unwrap_or_default(),
             source: relative(root, &sample.source),
             crop: sample.crop.name().to_string(),
-            usage: sample.usage.map(|usage| usage.name().to_string()),
+            usage: has_usage.then(|| {
+                sample
+                    .usage
+                    .map(Usage::name)
+                    .unwrap_or_default()
+                    .to_string()
+            }),
         });
-    let manifest_path = folder.join(MANIFEST_FILE);
-    if samples.iter().any(|sample| sample.usage.is_some()) {
-        write_csv(&manifest_path, manifest)?;
-    } else {
-        let without_usage = manifest.map(|row| ManifestRowWithoutUsage {
-            index: row.index,
-            subject: row.subject,
-            sequence: row.sequence,
-            frame: row.frame,
-            label: row.label,
-            label_name: row.label_name,
-            source: row.source,
-            crop: row.crop,
-        });
-        write_csv(&manifest_path, without_usage)?;
-    }
+    write_csv(&folder.join(MANIFEST_FILE), manifest)?;
     let skipped = summary.skipped.iter().map(|skip| SkippedRow {
         path: skip.path.to_string_lossy().into_owned(),
         kind: skip.kind.name().to_string(),
@@ -312,7 +296,6 @@ struct Header {
     /// Byte offset of the tensor data in the file.
     data_start: u64,
     key: Option<String>,
-    layout: Option<String>,
     n_ignored_files: usize,
     /// Labels in the manifest must be below this.
     n_classes: usize,
@@ -415,7 +398,6 @@ fn read_header(file: &mut impl Read) -> std::result::Result<Header, String> {
         shape,
         data_start: 8 + length,
         key: text("key"),
-        layout: text("layout"),
         n_ignored_files: text("n_ignored_files")
             .and_then(|count| count.parse().ok())
             .unwrap_or(0),
@@ -428,6 +410,7 @@ fn read_header(file: &mut impl Read) -> std::result::Result<Header, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Layout;
 
     /// The hand-written file must be valid safetensors for other readers (candle, Python).
     #[test]

@@ -18,7 +18,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The source path does not exist.
-    #[error("{path}: no such file or folder; pass the folder holding CK+ (or run `cargo xtask synth --out {path}` for synthetic data)")]
+    #[error("{path}: no such file or folder; pass the folder holding the dataset (CK+, FER2013's CSV or a folder per class), or write a synthetic CK+ there with `synth::generate`")]
     SourceMissing {
         /// The path that was given.
         path: PathBuf,
@@ -40,7 +40,7 @@ pub enum Error {
         detail: String,
     },
     /// A bad input file met in `strict` mode (without `strict` it would have been skipped).
-    #[error("{path}: {reason} (strict mode stops at the first bad file; drop --strict to skip and list such files instead)")]
+    #[error("{path}: {reason} (`PrepareOptions::strict` stops at the first bad file; unset it to skip and list such files instead)")]
     Strict {
         /// The offending file.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum Error {
     /// An option is out of its valid range.
     #[error("invalid option {name} = {value}: {expected}")]
     InvalidOption {
-        /// The option, as named on the command line.
+        /// The option, as its options struct names the field (`batch_size`, `image_size`).
         name: &'static str,
         /// The value given.
         value: String,
@@ -67,8 +67,8 @@ pub enum Error {
         /// The grouping unit.
         split: crate::SplitBy,
     },
-    /// The cache exists but cannot be read back; it is rebuilt by [`crate::prepare`], this is
-    /// only returned by [`crate::cache::load`] itself.
+    /// The cache exists but cannot be read back; [`crate::prepare`] rebuilds it instead of
+    /// returning this.
     #[error("{path}: unreadable cache ({reason}); delete the folder to rebuild it")]
     Cache {
         /// The cache file.
@@ -102,7 +102,7 @@ pub enum Error {
         classes: String,
     },
     /// A class list longer than [`crate::MAX_CLASSES`].
-    #[error("{root}: {n_classes} classes ({classes}), at most 1000 are taken; is this a folder per image rather than per class? Point --source at the folder whose subfolders are the classes")]
+    #[error("{root}: {n_classes} classes ({classes}), at most 1000 are taken; is this a folder per image rather than per class? Pass the folder whose subfolders are the classes as the source")]
     TooManyClasses {
         /// The dataset.
         root: PathBuf,
@@ -138,6 +138,46 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program other than xtask has no `--strict` or `cargo xtask synth`: the messages name the
+    /// library's own options and functions.
+    #[test]
+    fn messages_name_options_and_functions_not_command_line_flags() {
+        let messages = [
+            (
+                Error::SourceMissing {
+                    path: PathBuf::from("data/ckplus"),
+                },
+                "synth::generate",
+            ),
+            (
+                Error::Strict {
+                    path: PathBuf::from("a.png"),
+                    reason: "not an image".into(),
+                },
+                "PrepareOptions::strict",
+            ),
+            (
+                Error::TooManyClasses {
+                    root: PathBuf::from("faces"),
+                    n_classes: 1001,
+                    classes: "a, b, ...".into(),
+                },
+                "as the source",
+            ),
+        ];
+        for (error, names) in messages {
+            let message = error.to_string();
+            assert!(message.contains(names), "{message}");
+            assert!(!message.contains("--"), "{message}");
+            assert!(!message.contains("xtask"), "{message}");
         }
     }
 }

@@ -9,7 +9,7 @@
 use crate::crop::crop_and_resize;
 use crate::{
     CropMethod, Error, Expression, PrepareOptions, Progress, Result, Sample, SkipKind, Skipped,
-    Stage, Usage,
+    Stage, Step, Usage,
 };
 use rayon::prelude::*;
 use std::path::Path;
@@ -87,7 +87,7 @@ pub(crate) fn parse(
     path: &Path,
     bytes: &[u8],
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<(Vec<Sample>, Vec<Skipped>)> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -116,19 +116,8 @@ pub(crate) fn parse(
             .par_iter()
             .map(|(row, record)| parse_row(path, *row, record, &columns, options))
             .collect();
-        for result in parsed {
-            match result {
-                Ok(sample) => samples.push(sample),
-                Err(skip) if options.strict => {
-                    return Err(Error::Strict {
-                        path: skip.path,
-                        reason: format!("{}: {}", skip.kind, skip.reason),
-                    })
-                }
-                Err(skip) => skipped.push(skip),
-            }
-        }
-        progress(Progress {
+        crate::prepare::sort_out(parsed, options.strict, &mut samples, &mut skipped)?;
+        progress.step(Step {
             stage: Stage::Cropping,
             done: samples.len() + skipped.len(),
             total: estimated_rows.max(samples.len() + skipped.len()),

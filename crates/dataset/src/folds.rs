@@ -4,7 +4,6 @@ use crate::{Error, Result, Sample, Usage};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 
 /// The unit that must not straddle train and test.
@@ -36,11 +35,7 @@ impl SplitBy {
     }
 }
 
-impl fmt::Display for SplitBy {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.name())
-    }
-}
+display_by_name!(SplitBy);
 
 impl FromStr for SplitBy {
     type Err = Error;

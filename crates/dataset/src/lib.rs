@@ -33,10 +33,22 @@
 
 #![warn(missing_docs)]
 
+/// `Display` through the type's own `name()`, for the enums whose name is also their file format.
+macro_rules! display_by_name {
+    ($($type:ty),+) => {$(
+        impl std::fmt::Display for $type {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.name())
+            }
+        }
+    )+};
+}
+
 mod archive;
-pub mod cache;
+mod cache;
 mod classes;
 pub mod crop;
+mod dataset;
 pub mod detect;
 mod error;
 mod expression;
@@ -44,21 +56,23 @@ pub mod faces;
 mod fer2013;
 mod folds;
 mod layout;
+mod options;
 pub mod parse;
 mod prepare;
+mod progress;
+mod summary;
 pub mod synth;
-mod types;
 
 pub use classes::{canonical_class_name, CLASSES_FILE, MAX_CLASSES};
+pub use dataset::{CropMethod, Dataset, Layout, Sample, Usage};
 pub use error::{Error, Result};
 pub use expression::{class_names, n_classes, Expression};
 pub use fer2013::{fer2013_class_names, FER2013_CLASSES, FER2013_SIDE};
 pub use folds::{k_fold, usage_split, Fold, SplitBy, UsageSplit};
+pub use options::{PrepareOptions, Selection, DEFAULT_CROP_MARGIN};
 pub use prepare::prepare;
-pub use types::{
-    CropMethod, Dataset, Layout, PrepareOptions, Progress, Sample, Selection, SkipKind, Skipped,
-    Stage, Summary, Usage, DEFAULT_CROP_MARGIN,
-};
+pub use progress::{Progress, Silent, Stage, Step};
+pub use summary::{SkipKind, Skipped, Summary};
 
 /// The folder of a data folder that holds the official CK+ release once imported
 /// (`cargo xtask download --from`): `<data>/ckplus`.

@@ -6,7 +6,7 @@ use crate::layout::{self, FrameJob, Scan};
 use crate::parse::parse_landmarks;
 use crate::{
     cache, CropMethod, Dataset, Error, Layout, PrepareOptions, Progress, Result, Sample, Selection,
-    SkipKind, Skipped, Stage, Summary, Usage,
+    SkipKind, Skipped, Stage, Step, Summary, Usage,
 };
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -35,7 +35,7 @@ pub fn prepare(
     source: &Path,
     cache_dir: &Path,
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Dataset> {
     validate(options)?;
     if !source.exists() {
@@ -43,7 +43,7 @@ pub fn prepare(
             path: source.to_path_buf(),
         });
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::Scanning,
         done: 0,
         total: 0,
@@ -79,7 +79,7 @@ fn prepare_csv(
     source: &Path,
     cache_dir: &Path,
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Dataset> {
     let bytes = std::fs::read(source).map_err(|error| Error::io(source, error))?;
     let mut hasher = Sha256::new();
@@ -125,7 +125,7 @@ fn load_or_build(
     cache_dir: &Path,
     options: &PrepareOptions,
     planned: Planned,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
     build: impl FnOnce() -> Result<(Vec<Sample>, Vec<Skipped>)>,
 ) -> Result<Dataset> {
     let Planned {
@@ -194,20 +194,22 @@ fn load_or_build(
             ),
         });
     }
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::WritingCache,
         done: 0,
         total: 1,
     });
     cache::store(
         &cache_path,
-        &key,
-        &root,
-        options.image_size,
-        &samples,
-        &summary,
+        cache::Contents {
+            key: &key,
+            root: &root,
+            image_size: options.image_size,
+            samples: &samples,
+            summary: &summary,
+        },
     )?;
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::WritingCache,
         done: 1,
         total: 1,
@@ -224,21 +226,21 @@ fn load_or_build(
 fn validate(options: &PrepareOptions) -> Result<()> {
     if !(1..=MAX_IMAGE_SIZE).contains(&options.image_size) {
         return Err(Error::InvalidOption {
-            name: "image-size",
+            name: "image_size",
             value: options.image_size.to_string(),
             expected: "a side between 1 and 2048 pixels",
         });
     }
     if options.selection == Selection::Peak(0) {
         return Err(Error::InvalidOption {
-            name: "peak-frames",
+            name: "selection",
             value: "0".to_string(),
             expected: "at least 1 frame",
         });
     }
     if !(options.crop_margin.is_finite() && (0.0..=2.0).contains(&options.crop_margin)) {
         return Err(Error::InvalidOption {
-            name: "crop-margin",
+            name: "crop_margin",
             value: options.crop_margin.to_string(),
             expected: "a fraction between 0 and 2",
         });
@@ -279,11 +281,11 @@ fn cache_key(scan: &Scan, options: &PrepareOptions) -> String {
 fn crop_all(
     scan: &Scan,
     options: &PrepareOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &dyn Progress,
 ) -> Result<(Vec<Sample>, Vec<Skipped>)> {
     let total = scan.jobs.len();
     let done = AtomicUsize::new(0);
-    progress(Progress {
+    progress.step(Step {
         stage: Stage::Cropping,
         done: 0,
         total,
@@ -296,7 +298,7 @@ fn crop_all(
         .map(|job| {
             let result = crop_one(job, options);
             let done_now = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(Progress {
+            progress.step(Step {
                 stage: Stage::Cropping,
                 done: done_now,
                 total,
@@ -306,18 +308,7 @@ fn crop_all(
         .collect();
     let mut samples = Vec::with_capacity(results.len());
     let mut skipped = scan.skipped.clone();
-    for result in results {
-        match result {
-            Ok(sample) => samples.push(sample),
-            Err(skip) if options.strict => {
-                return Err(Error::Strict {
-                    path: skip.path,
-                    reason: format!("{}: {}", skip.kind, skip.reason),
-                })
-            }
-            Err(skip) => skipped.push(skip),
-        }
-    }
+    sort_out(results, options.strict, &mut samples, &mut skipped)?;
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
     // A stable order whatever the layout's folder order (class folders come first there).
     samples.sort_by(|a, b| {
@@ -476,6 +467,29 @@ pub(crate) fn summarize(
         from_cache,
         cache_path: cache_path.to_path_buf(),
     }
+}
+
+/// Moves each sample into `samples` and each file left out into `skipped`; in `strict` mode the
+/// first file left out is an error instead.
+pub(crate) fn sort_out(
+    results: impl IntoIterator<Item = std::result::Result<Sample, Skipped>>,
+    strict: bool,
+    samples: &mut Vec<Sample>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<()> {
+    for result in results {
+        match result {
+            Ok(sample) => samples.push(sample),
+            Err(skip) if strict => {
+                return Err(Error::Strict {
+                    path: skip.path,
+                    reason: format!("{}: {}", skip.kind, skip.reason),
+                })
+            }
+            Err(skip) => skipped.push(skip),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

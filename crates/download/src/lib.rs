@@ -49,7 +49,7 @@ pub use mirror::{
     class_from_name, convert_mirror, convert_mirror_with_limits, MirrorLimits, MirrorSummary,
     MAX_IMAGE_SIDE, SOURCE_MARKER,
 };
-pub use progress::{NoProgress, Progress, Unit};
+pub use progress::{NoProgress, Progress, Silent, Unit};
 pub use transfer::{
     part_path, sha256_file, sidecar_path, verify_existing, FetchStatus, Fetched, CONNECT_TIMEOUT,
     READ_TIMEOUT,

@@ -3,17 +3,19 @@
 
 /// Receives progress of one step at a time: a transfer, a conversion or an import.
 ///
-/// Calls arrive from the thread doing the work (and, for Hub transfers, from hf-hub's runtime
-/// thread), so implementations must be cheap and must not block.
+/// The same shape as the dataset and train crates' `Progress`: every method defaults to doing
+/// nothing, and [`Silent`] is the implementation that shows nothing. Calls arrive from the
+/// thread doing the work (and, for Hub transfers, from hf-hub's runtime thread), so
+/// implementations take `&self`, must be cheap and must not block.
 pub trait Progress: Send + Sync {
     /// A new step starts; `total` is its size in `unit`s when known.
-    fn begin(&self, label: &str, total: Option<u64>, unit: Unit);
+    fn begin(&self, _label: &str, _total: Option<u64>, _unit: Unit) {}
     /// The current step has reached `done` bytes (or items) in all.
-    fn set_position(&self, done: u64);
+    fn set_position(&self, _done: u64) {}
     /// The current step ended, successfully or not.
-    fn end(&self);
+    fn end(&self) {}
     /// A one-line message worth showing to the user (a skipped file, a resumed transfer).
-    fn note(&self, message: &str);
+    fn note(&self, _message: &str) {}
 }
 
 /// What a step counts.
@@ -27,11 +29,9 @@ pub enum Unit {
 
 /// A [`Progress`] that shows nothing; for tests and quiet callers.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NoProgress;
+pub struct Silent;
 
-impl Progress for NoProgress {
-    fn begin(&self, _label: &str, _total: Option<u64>, _unit: Unit) {}
-    fn set_position(&self, _done: u64) {}
-    fn end(&self) {}
-    fn note(&self, _message: &str) {}
-}
+impl Progress for Silent {}
+
+/// The earlier name of [`Silent`].
+pub use Silent as NoProgress;

@@ -32,7 +32,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             };
             if !cfg!(feature = "cuda") {
                 return Err(error(
-                    "this build has no CUDA support; rebuild with `--features cuda` (see docs/gpu.md) or use `--device cpu`",
+                    "this build has no CUDA support; rebuild with the `cuda` feature of dexpression-model (see docs/gpu.md) or use the `cpu` device",
                 ));
             }
             Device::new_cuda(ordinal)
@@ -62,7 +62,11 @@ mod tests {
         #[cfg(not(feature = "cuda"))]
         {
             let message = parse_device("cuda:0").unwrap_err().to_string();
-            assert!(message.contains("--features cuda"), "{message}");
+            assert!(message.contains("`cuda` feature"), "{message}");
+            assert!(
+                !message.contains("--"),
+                "names no command-line flag: {message}"
+            );
             assert!(parse_device("auto").unwrap().is_cpu());
         }
     }

@@ -307,14 +307,18 @@ fn read_entry<R: std::io::Read + std::io::Seek>(
 }
 
 /// Reads a safetensors file; a file that is not one is an error that says how to convert a
-/// PyTorch checkpoint.
+/// PyTorch checkpoint, and a missing one says only that.
 pub(crate) fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|err| Error::Weights {
         path: path.to_path_buf(),
-        message: format!(
-            "cannot read as safetensors ({}); a PyTorch `.tar`/`.pt` checkpoint must first go through `cargo xtask import-torch`",
-            crate::error::one_line(&err)
-        ),
+        message: if path.exists() {
+            format!(
+                "cannot read as safetensors ({}); a PyTorch `.tar`/`.pt` checkpoint must first be converted with `import_torch`",
+                crate::error::one_line(&err)
+            )
+        } else {
+            "no such file".to_string()
+        },
     })
 }
 

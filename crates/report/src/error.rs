@@ -21,8 +21,14 @@ pub enum Error {
     /// Writing an output file (through a temporary renamed into place) failed.
     #[error(transparent)]
     Write(#[from] dexpression_fsio::Error),
+    /// The history path (a CSV file or a run's folder) does not exist.
+    #[error("{path}: no such file or folder; pass a history.csv or the output folder of a training run (`dexpression_train::run`)")]
+    HistoryMissing {
+        /// The path that was given.
+        path: PathBuf,
+    },
     /// A directory was given as a history but neither it nor a subdirectory holds `history.csv`.
-    #[error("{dir}: no history.csv in this directory or its subdirectories; pass the CSV file itself or the directory `cargo xtask train` wrote")]
+    #[error("{dir}: no history.csv in this directory or its subdirectories; pass the CSV file itself or the output folder of a training run (`dexpression_train::run`)")]
     NoHistoryInDirectory {
         /// The directory.
         dir: PathBuf,
@@ -101,7 +107,7 @@ pub enum Error {
         /// What the JSON parser said.
         error: serde_json::Error,
     },
-    /// `--epoch` was neither `final`, `best` nor an epoch number.
+    /// The epoch choice was neither `final`, `best` nor an epoch number.
     #[error("epoch choice {0:?} is not `final`, `best` or an epoch number such as 25")]
     InvalidEpochChoice(String),
     /// The embedded font could not be registered with plotters.
@@ -123,4 +129,20 @@ pub enum Error {
         /// The encoder's description.
         error: image::ImageError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_without_history_names_the_training_run_not_a_command() {
+        let message = Error::NoHistoryInDirectory {
+            dir: PathBuf::from("results"),
+        }
+        .to_string();
+        assert!(message.starts_with("results: no history.csv"), "{message}");
+        assert!(message.contains("dexpression_train::run"), "{message}");
+        assert!(!message.contains("xtask"), "{message}");
+    }
 }

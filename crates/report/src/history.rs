@@ -94,10 +94,15 @@ impl History {
     /// Reads a run: a history CSV, or a directory holding `history.csv`, plus the `config.json`
     /// beside it when there is one.
     ///
-    /// A directory without `history.csv` whose subdirectories hold one (one directory per
-    /// `--fold K` run) is read as all of those runs, merged with [`History::merge`].
+    /// A directory without `history.csv` whose subdirectories hold one (one directory per fold
+    /// trained on its own, see `RunOptions::only_fold` of the train crate) is read as all of those runs, merged with [`History::merge`].
     pub fn from_run(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::HistoryMissing {
+                path: path.to_path_buf(),
+            });
+        }
         if !path.is_dir() {
             return Self::from_csv_with_config(path);
         }

@@ -139,6 +139,54 @@ pub fn write_report(
     options: &ReportOptions,
 ) -> Result<ReportSummary> {
     let out_dir = out_dir.as_ref();
+    let history = merged_history(histories)?;
+    let config = options
+        .config
+        .clone()
+        .or_else(|| history.config().cloned())
+        .unwrap_or_default();
+    let mut summary = ReportSummary {
+        warnings: history.notes().to_vec(),
+        ..ReportSummary::default()
+    };
+    let completeness = check_completeness(&history, &config, &mut summary);
+    std::fs::create_dir_all(out_dir).map_err(|error| Error::Io {
+        path: out_dir.to_path_buf(),
+        error,
+    })?;
+    draw_learning_curves(&history, out_dir, &mut summary)?;
+    let confusion = write_confusion_matrices(
+        &history,
+        &config,
+        options.epoch,
+        &completeness,
+        out_dir,
+        &mut summary,
+    )?;
+
+    let summary_path = out_dir.join(file_names::SUMMARY);
+    let markdown = write_summary(&SummaryInput {
+        history: &history,
+        config: &config,
+        has_config: options.config.is_some() || history.config().is_some(),
+        epoch_choice: options.epoch,
+        folds: &completeness.folds,
+        aggregate_folds: &completeness.aggregate_folds,
+        missing_folds: &summary.missing_folds,
+        incomplete_folds: &summary.incomplete_folds,
+        expected_epochs: completeness.expected_epochs,
+        notes: history.notes(),
+        class_names: &confusion.class_names,
+        total_counts: confusion.total_counts.as_deref(),
+        fold_matrices: &confusion.fold_matrices,
+    });
+    dexpression_fsio::write_bytes(&summary_path, markdown.as_bytes())?;
+    summary.written.push(summary_path);
+    Ok(summary)
+}
+
+/// The histories merged into one; an error naming them when none holds a record.
+fn merged_history(histories: &[History]) -> Result<History> {
     let history = History::merge(histories.iter().cloned());
     if history.records().is_empty() {
         let sources: Vec<String> = history
@@ -150,17 +198,26 @@ pub fn write_report(
             path: PathBuf::from(sources.join(", ")),
         });
     }
-    let config = options
-        .config
-        .clone()
-        .or_else(|| history.config().cloned())
-        .unwrap_or_default();
-    let mut summary = ReportSummary {
-        warnings: history.notes().to_vec(),
-        ..ReportSummary::default()
-    };
+    Ok(history)
+}
 
-    // Completeness: folds absent, folds with fewer epochs than expected.
+/// Which folds a history has, and which of them the means and the all-fold matrix cover.
+struct Completeness {
+    /// Every fold present, sorted.
+    folds: Vec<u32>,
+    /// The folds that reached the expected epochs, or all of them when none did.
+    aggregate_folds: Vec<u32>,
+    /// Epochs each fold should have.
+    expected_epochs: usize,
+}
+
+/// Finds the folds absent and those with fewer epochs than expected, recording them (and a frame
+/// split) in `summary`.
+fn check_completeness(
+    history: &History,
+    config: &RunConfig,
+    summary: &mut ReportSummary,
+) -> Completeness {
     let folds = history.folds();
     let highest_fold = folds.last().copied().unwrap_or(0);
     let expected_n_folds = config.folds.unwrap_or(highest_fold).max(highest_fold);
@@ -214,12 +271,19 @@ pub fn write_report(
             "the split was by frame: test accuracy includes faces seen in training".to_string(),
         );
     }
+    Completeness {
+        folds,
+        aggregate_folds,
+        expected_epochs,
+    }
+}
 
-    std::fs::create_dir_all(out_dir).map_err(|error| Error::Io {
-        path: out_dir.to_path_buf(),
-        error,
-    })?;
-
+/// The accuracy and loss curves, as PNG and SVG.
+fn draw_learning_curves(
+    history: &History,
+    out_dir: &Path,
+    summary: &mut ReportSummary,
+) -> Result<()> {
     for (metric, png_name, svg_name) in [
         (
             CurveMetric::Accuracy,
@@ -233,11 +297,32 @@ pub fn write_report(
         ),
     ] {
         let (png_path, svg_path) = (out_dir.join(png_name), out_dir.join(svg_name));
-        draw_curves(&history, metric, &png_path, &svg_path)?;
+        draw_curves(history, metric, &png_path, &svg_path)?;
         summary.written.extend([png_path, svg_path]);
     }
+    Ok(())
+}
 
-    // Confusion matrices at the chosen epoch of each fold.
+/// What the confusion matrices found, for the summary.
+struct Confusion {
+    /// Class names, one per label seen.
+    class_names: Vec<String>,
+    /// The counts summed over the aggregate folds, when any fold had a matrix.
+    total_counts: Option<Vec<Vec<u64>>>,
+    /// The folds that have a matrix.
+    fold_matrices: Vec<u32>,
+}
+
+/// The confusion matrix (CSV and PNG) of each fold at the chosen epoch, and their sum over the
+/// aggregate folds.
+fn write_confusion_matrices(
+    history: &History,
+    config: &RunConfig,
+    epoch: EpochChoice,
+    completeness: &Completeness,
+    out_dir: &Path,
+    summary: &mut ReportSummary,
+) -> Result<Confusion> {
     let n_labels = history
         .records()
         .iter()
@@ -249,12 +334,11 @@ pub fn write_report(
     let n_classes = class_names.len();
     let mut total_counts: Option<Vec<Vec<u64>>> = None;
     let mut fold_matrices: Vec<u32> = Vec::new();
-    for &fold in &folds {
+    for &fold in &completeness.folds {
         let records = history.fold_records(fold);
-        let Some(record) = options.epoch.select(&records) else {
+        let Some(record) = epoch.select(&records) else {
             summary.warnings.push(format!(
-                "fold {fold} has no {}; no confusion matrix for it",
-                options.epoch
+                "fold {fold} has no {epoch}; no confusion matrix for it"
             ));
             continue;
         };
@@ -266,58 +350,73 @@ pub fn write_report(
             continue;
         }
         let counts = confusion_matrix(&record.test_truth, &record.test_pred, n_classes);
-        let csv_path = out_dir.join(file_names::confusion_fold(fold, "csv"));
-        let png_path = out_dir.join(file_names::confusion_fold(fold, "png"));
-        write_confusion_csv(&counts, &class_names, &csv_path)?;
-        let title = match options.epoch {
+        let title = match epoch {
             EpochChoice::Final => format!("Fold {fold}, final epoch ({})", record.epoch),
             EpochChoice::Best => format!("Fold {fold}, best test epoch ({})", record.epoch),
             EpochChoice::Number(_) => format!("Fold {fold}, epoch {}", record.epoch),
         };
-        draw_confusion_matrix(&counts, &class_names, &title, &png_path)?;
-        summary.written.extend([png_path, csv_path]);
+        let (csv_name, png_name) = (
+            file_names::confusion_fold(fold, "csv"),
+            file_names::confusion_fold(fold, "png"),
+        );
+        write_confusion(
+            &counts,
+            &class_names,
+            &title,
+            out_dir,
+            &csv_name,
+            &png_name,
+            summary,
+        )?;
         fold_matrices.push(fold);
-        if aggregate_folds.contains(&fold) {
+        if completeness.aggregate_folds.contains(&fold) {
             add_counts(total_counts.get_or_insert_with(Vec::new), &counts);
         }
     }
     if let Some(total) = &total_counts {
-        let csv_path = out_dir.join(file_names::CONFUSION_ALL_CSV);
-        let png_path = out_dir.join(file_names::CONFUSION_ALL_PNG);
-        write_confusion_csv(total, &class_names, &csv_path)?;
-        let folds_label = if aggregate_folds.len() == folds.len() {
-            format!("All {} folds", folds.len())
+        let (n_aggregate, n_folds) = (completeness.aggregate_folds.len(), completeness.folds.len());
+        let folds_label = if n_aggregate == n_folds {
+            format!("All {n_folds} folds")
         } else {
-            format!("{} complete folds", aggregate_folds.len())
+            format!("{n_aggregate} complete folds")
         };
-        let title = match options.epoch {
+        let title = match epoch {
             EpochChoice::Final => format!("{folds_label}, final epochs"),
             EpochChoice::Best => format!("{folds_label}, best test epochs"),
             EpochChoice::Number(epoch) => format!("{folds_label}, epoch {epoch}"),
         };
-        draw_confusion_matrix(total, &class_names, &title, &png_path)?;
-        summary.written.extend([png_path, csv_path]);
+        write_confusion(
+            total,
+            &class_names,
+            &title,
+            out_dir,
+            file_names::CONFUSION_ALL_CSV,
+            file_names::CONFUSION_ALL_PNG,
+            summary,
+        )?;
     }
+    Ok(Confusion {
+        class_names,
+        total_counts,
+        fold_matrices,
+    })
+}
 
-    let summary_path = out_dir.join(file_names::SUMMARY);
-    let markdown = write_summary(&SummaryInput {
-        history: &history,
-        config: &config,
-        has_config: options.config.is_some() || history.config().is_some(),
-        epoch_choice: options.epoch,
-        folds: &folds,
-        aggregate_folds: &aggregate_folds,
-        missing_folds: &summary.missing_folds,
-        incomplete_folds: &summary.incomplete_folds,
-        expected_epochs,
-        notes: history.notes(),
-        class_names: &class_names,
-        total_counts: total_counts.as_deref(),
-        fold_matrices: &fold_matrices,
-    });
-    dexpression_fsio::write_bytes(&summary_path, markdown.as_bytes())?;
-    summary.written.push(summary_path);
-    Ok(summary)
+/// One confusion matrix as CSV and as a figure, both recorded in `summary`.
+fn write_confusion(
+    counts: &[Vec<u64>],
+    class_names: &[String],
+    title: &str,
+    out_dir: &Path,
+    csv_name: &str,
+    png_name: &str,
+    summary: &mut ReportSummary,
+) -> Result<()> {
+    let (csv_path, png_path) = (out_dir.join(csv_name), out_dir.join(png_name));
+    write_confusion_csv(counts, class_names, &csv_path)?;
+    draw_confusion_matrix(counts, class_names, title, &png_path)?;
+    summary.written.extend([png_path, csv_path]);
+    Ok(())
 }
 
 /// Writes counts with class names as the first row and column (rows: true, columns: predicted).

@@ -16,7 +16,7 @@ use crate::Result;
 
 /// What a derived generator is used for; each purpose gets its own streams.
 #[derive(Debug, Clone, Copy)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// Network initialisation and dropout of a fold.
     Init = 1,
     /// Order of the training samples in an epoch.
@@ -26,14 +26,14 @@ pub enum Purpose {
 }
 
 /// A generator for one purpose, fold and epoch, independent of every other.
-pub fn derived_rng(seed: u64, purpose: Purpose, fold: usize, epoch: usize) -> ChaCha8Rng {
+pub(crate) fn derived_rng(seed: u64, purpose: Purpose, fold: usize, epoch: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(seed, purpose, fold));
     rng.set_stream(epoch as u64);
     rng
 }
 
 /// A 64-bit seed for one purpose and fold (SplitMix64 of the inputs, so nearby seeds differ).
-pub fn derived_seed(seed: u64, purpose: Purpose, fold: usize) -> u64 {
+pub(crate) fn derived_seed(seed: u64, purpose: Purpose, fold: usize) -> u64 {
     let mut z = seed ^ ((purpose as u64) << 56) ^ (fold as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -108,13 +108,13 @@ impl TrainState {
 }
 
 /// The folder of fold `fold` (from 1) inside the output folder.
-pub fn fold_dir(out: &Path, fold: usize) -> PathBuf {
+pub(crate) fn fold_dir(out: &Path, fold: usize) -> PathBuf {
     out.join(format!("fold{fold}"))
 }
 
 /// Key of the safetensors metadata entry of a `last-epochNNN.safetensors` that holds the
 /// [`TrainState`] naming that file.
-pub const STATE_METADATA_KEY: &str = "dexpression_train_state";
+pub(crate) const STATE_METADATA_KEY: &str = "dexpression_train_state";
 
 /// Which of the two weights files of a fold a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +175,9 @@ pub struct ResumePoint {
 ///
 /// A damaged `last.json` (unreadable, naming a missing, truncated or foreign file) falls back to
 /// the newest intact `last-epochNNN.safetensors` of the fold (saying so in
-/// [`ResumePoint::fell_back`]); with none, the error names `last.json` and `--restart`. A state
-/// of another dataset or other options is an error, not damage.
+/// [`ResumePoint::fell_back`]); with none, the error names `last.json` and
+/// [`crate::RunOptions::restart`]. A state of another dataset or other options is an error, not
+/// damage.
 pub fn load_state(fold_dir: &Path, config: &TrainConfig) -> Result<Option<ResumePoint>> {
     let path = fold_dir.join(LAST_STATE);
     if !path.exists() {
@@ -363,7 +364,7 @@ fn newest_intact_checkpoint(fold_dir: &Path, config: &TrainConfig) -> Option<(St
 
 /// Rebuilds the network and Adam from a state's weights file, with the dropout generator where
 /// it was.
-pub fn restore(
+pub(crate) fn restore(
     fold_dir: &Path,
     state: &TrainState,
     device: &Device,
@@ -397,7 +398,7 @@ pub fn restore(
 /// is given), the last weights (carrying the new state), `best.json`, `last.json`; only then
 /// the files the previous state named and the new one does not (unless the run keeps every
 /// epoch).
-pub fn save(
+pub(crate) fn save(
     fold_dir: &Path,
     state: &mut TrainState,
     model: &Dexpression,
@@ -499,7 +500,7 @@ fn write_weights(
 /// Removes weights files of a fold that its state no longer names: left over when a run was
 /// killed between writing new weights and removing old ones. Only names this module writes
 /// (and their temporary files) are removed; anything else in the folder is left alone.
-pub fn remove_stale_weights(fold_dir: &Path, state: &TrainState) {
+pub(crate) fn remove_stale_weights(fold_dir: &Path, state: &TrainState) {
     if state.config.keep_every_epoch {
         return;
     }
@@ -539,7 +540,7 @@ fn is_our_temporary(name: &str) -> bool {
 }
 
 /// The epoch records of every fold folder of the run (finished or not), in fold order.
-pub fn collect_records(out: &Path, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
+pub(crate) fn collect_records(out: &Path, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
     let mut records = Vec::new();
     for fold in 1..=config.folds {
         if let Some(point) = load_state(&fold_dir(out, fold), config)? {

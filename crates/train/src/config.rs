@@ -32,7 +32,7 @@ impl std::str::FromStr for SelectOn {
             "test" => Ok(SelectOn::Test),
             "val" | "validation" => Ok(SelectOn::Val),
             _ => Err(Error::InvalidOption {
-                name: "select-on",
+                name: "select_on",
                 value: text.into(),
                 expected: "`test` or `val`".into(),
             }),
@@ -163,14 +163,14 @@ impl TrainConfig {
                 return invalid(
                     "folds",
                     self.folds.to_string(),
-                    "1 with --split usage (the dataset's own split is one fold)",
+                    "1 when `split` is usage (the dataset's own split is one fold)",
                 );
             }
             if self.select_on != SelectOn::Val {
                 return invalid(
-                    "select-on",
+                    "select_on",
                     "test".into(),
-                    "val with --split usage (PublicTest chooses the epoch, PrivateTest is only reported)",
+                    "val when `split` is usage (PublicTest chooses the epoch, PrivateTest is only reported)",
                 );
             }
         } else if self.folds < 2 {
@@ -180,18 +180,18 @@ impl TrainConfig {
             return invalid("epochs", "0".into(), "at least 1");
         }
         if self.batch_size == 0 {
-            return invalid("batch-size", "0".into(), "at least 1");
+            return invalid("batch_size", "0".into(), "at least 1");
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return invalid(
-                "lr",
+                "learning_rate",
                 self.learning_rate.to_string(),
                 "a positive number such as 1e-3",
             );
         }
         if !(0.0 < self.validation_fraction && self.validation_fraction < 1.0) {
             return invalid(
-                "validation-fraction",
+                "validation_fraction",
                 self.validation_fraction.to_string(),
                 "between 0 and 1 (exclusive)",
             );
@@ -224,7 +224,9 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
         serde_json::from_str(&text).map_err(|err| Error::Json {
             path: path.to_path_buf(),
-            message: format!("not a training configuration ({err}); pass --restart to replace it"),
+            message: format!(
+                "not a training configuration ({err}); `RunOptions::restart` moves it aside"
+            ),
         })
     }
 
@@ -282,7 +284,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("select-on"));
+            .contains("select_on"));
         usage.select_on = SelectOn::Val;
         assert!(usage.validate().is_ok());
         let mut one_fold = config();
@@ -310,6 +312,6 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("batch-size"));
+            .contains("batch_size"));
     }
 }

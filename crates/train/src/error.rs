@@ -44,7 +44,7 @@ pub enum Error {
     /// An option is out of its valid range.
     #[error("invalid option {name} = {value}: {expected}")]
     InvalidOption {
-        /// The option, as named on the command line.
+        /// The option, as its options struct names the field (`batch_size`, `image_size`).
         name: &'static str,
         /// The value given.
         value: String,
@@ -53,7 +53,7 @@ pub enum Error {
     },
 
     /// The output folder holds a run made with other options or another dataset.
-    #[error("{path}: the output folder holds a run with other settings ({differences}); pass --restart to discard it, or choose another --out")]
+    #[error("{path}: the output folder holds a run with other settings ({differences}); set `RunOptions::restart` to move it aside, or choose another output folder")]
     ConfigChanged {
         /// The `config.json` of the earlier run.
         path: PathBuf,
@@ -62,7 +62,7 @@ pub enum Error {
     },
 
     /// A checkpoint does not belong to this run or is damaged.
-    #[error("{path}: {reason}; pass --restart to train this fold from scratch")]
+    #[error("{path}: {reason}; set `RunOptions::restart` to train this fold from scratch")]
     Checkpoint {
         /// The checkpoint file.
         path: PathBuf,
@@ -71,7 +71,7 @@ pub enum Error {
     },
 
     /// The loss became NaN or infinite: training of the fold stopped.
-    #[error("fold {fold}, epoch {epoch}, batch {batch}: the loss is {loss}, training of this fold stopped (the last good checkpoint is kept{kept}); try a lower --lr, or check the input data")]
+    #[error("fold {fold}, epoch {epoch}, batch {batch}: the loss is {loss}, training of this fold stopped (the last good checkpoint is kept{kept}); try a lower `TrainConfig::learning_rate`, or check the input data")]
     NonFiniteLoss {
         /// Fold, from 1.
         fold: usize,
@@ -85,7 +85,14 @@ pub enum Error {
         kept: String,
     },
 
-    /// The data cannot support the requested folds.
+    /// The data cannot be dealt into the requested number of folds.
+    #[error("{reason}; lower `TrainConfig::folds` or give more data")]
+    TooManyFolds {
+        /// How many samples or folds there are, in words.
+        reason: String,
+    },
+
+    /// The data does not fit the configuration or the output folder.
     #[error("{0}")]
     Data(String),
 }
@@ -97,5 +104,22 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_folds_names_the_config_field_not_a_flag() {
+        let message = Error::TooManyFolds {
+            reason: "3 samples cannot make 5 folds".into(),
+        }
+        .to_string();
+        assert_eq!(
+            message,
+            "3 samples cannot make 5 folds; lower `TrainConfig::folds` or give more data"
+        );
     }
 }

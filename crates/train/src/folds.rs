@@ -42,11 +42,13 @@ pub fn plan_folds(
         return Ok((vec![plan], warnings));
     }
     if samples.len() < config.folds {
-        return Err(Error::Data(format!(
-            "{} samples cannot make {} folds; use fewer --folds or more data",
-            samples.len(),
-            config.folds
-        )));
+        return Err(Error::TooManyFolds {
+            reason: format!(
+                "{} samples cannot make {} folds",
+                samples.len(),
+                config.folds
+            ),
+        });
     }
     let folds = k_fold(samples, config.folds, split, config.seed)?;
     let mut plans = Vec::with_capacity(folds.len());
@@ -54,11 +56,13 @@ pub fn plan_folds(
     for (fold_idx, fold) in folds.into_iter().enumerate() {
         let fold_number = fold_idx + 1;
         if fold.test.is_empty() || fold.train.is_empty() {
-            return Err(Error::Data(format!(
-                "fold {fold_number} has {} training and {} test samples; use fewer --folds",
-                fold.train.len(),
-                fold.test.len()
-            )));
+            return Err(Error::TooManyFolds {
+                reason: format!(
+                    "fold {fold_number} has {} training and {} test samples",
+                    fold.train.len(),
+                    fold.test.len()
+                ),
+            });
         }
         let (train, validation) = match config.select_on {
             SelectOn::Test => (fold.train, Vec::new()),

@@ -31,21 +31,26 @@
 #![warn(missing_docs)]
 
 mod augment;
-pub mod batching;
-pub mod checkpoint;
+mod batching;
+mod checkpoint;
 mod config;
 mod error;
-pub mod folds;
+mod folds;
 mod history;
 mod metrics;
-pub mod output;
+mod output;
 mod progress;
 mod run;
 
 pub use augment::augment;
-pub use checkpoint::{BestEpoch, BestState, ResumePoint, TrainState};
+pub use batching::{batch_tensors, epoch_batches};
+pub use checkpoint::{
+    load_state, parse_weights_name, weights_name, BestEpoch, BestState, ResumePoint, TrainState,
+    WeightsKind, BEST_STATE, LAST_STATE,
+};
 pub use config::{selection_name, SelectOn, TrainConfig, CONFIG_FILE};
 pub use error::{Error, Result};
+pub use folds::{plan_folds, FoldPlan};
 pub use history::{
     history_csv, read_history_jsonl, write_history, EpochRecord, CSV_HEADER, HISTORY_CSV,
     HISTORY_JSONL,

@@ -7,27 +7,27 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
-/// File in the output folder (and each fold folder) saying which program made it; `--restart`
-/// only moves aside folders that carry it or a checkpoint state.
-pub const MARKER_FILE: &str = ".made-by";
+/// File in the output folder (and each fold folder) saying which program made it;
+/// [`crate::RunOptions::restart`] only moves aside folders that carry it or a checkpoint state.
+pub(crate) const MARKER_FILE: &str = ".made-by";
 
 /// The lock file in the output folder. Never removed: removing a lock file others may hold
 /// open would let two holders in at once.
-pub const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
 /// Prefix of the folders an earlier run is moved into: `.previous-<UTC time>`.
-pub const PREVIOUS_PREFIX: &str = ".previous-";
+pub(crate) const PREVIOUS_PREFIX: &str = ".previous-";
 
 /// An exclusive advisory lock on the output folder, held until dropped. Every process of a run
 /// (`--fold K` jobs of a scheduler's array included) takes it around reading and rewriting
 /// `config.json` and the history, so no two of them interleave.
 #[derive(Debug)]
-pub struct OutputLock {
+pub(crate) struct OutputLock {
     file: File,
 }
 
 /// Waits for and takes the lock of `out` (created when missing).
-pub fn lock_output(out: &Path) -> Result<OutputLock> {
+pub(crate) fn lock_output(out: &Path) -> Result<OutputLock> {
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
     let path = out.join(LOCK_FILE);
     let file = OpenOptions::new()
@@ -49,7 +49,7 @@ impl Drop for OutputLock {
 }
 
 /// Writes the marker into `folder` unless it is there.
-pub fn write_marker(folder: &Path) -> Result<()> {
+pub(crate) fn write_marker(folder: &Path) -> Result<()> {
     let path = folder.join(MARKER_FILE);
     if path.exists() {
         return Ok(());
@@ -65,7 +65,7 @@ pub fn write_marker(folder: &Path) -> Result<()> {
 /// Moves `paths` (inside `out`) into a new `<out>/.previous-<UTC time>/`, keeping their names;
 /// returns that folder, or `None` when there was nothing to move. Refuses, with the path and
 /// the reason, anything outside `out`.
-pub fn move_aside(out: &Path, paths: &[PathBuf]) -> Result<Option<PathBuf>> {
+pub(crate) fn move_aside(out: &Path, paths: &[PathBuf]) -> Result<Option<PathBuf>> {
     if paths.is_empty() {
         return Ok(None);
     }

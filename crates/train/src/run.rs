@@ -75,7 +75,7 @@ pub fn run(
         Some(fold) if (1..=config.folds).contains(&fold) => vec![&plans[fold - 1]],
         Some(fold) => {
             return Err(Error::InvalidOption {
-                name: "fold",
+                name: "only_fold",
                 value: fold.to_string(),
                 expected: format!("a fold between 1 and {}", config.folds),
             })

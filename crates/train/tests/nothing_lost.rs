@@ -303,7 +303,9 @@ fn a_damaged_last_state_falls_back_to_the_newest_intact_checkpoint() {
     .unwrap_err()
     .to_string();
     assert!(
-        error.contains("fold1/last.json") && error.contains("--restart"),
+        error.contains("fold1/last.json")
+            && error.contains("RunOptions::restart")
+            && !error.contains("--"),
         "{error}"
     );
 }

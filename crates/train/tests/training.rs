@@ -128,7 +128,9 @@ fn same_seed_gives_the_same_history_and_fold_runs_merge_to_it() {
     let error = train(&changed, &dataset, &full, None).unwrap_err();
     assert!(matches!(error, Error::ConfigChanged { .. }), "{error}");
     assert!(
-        error.to_string().contains("learning_rate") && error.to_string().contains("--restart"),
+        error.to_string().contains("learning_rate")
+            && error.to_string().contains("RunOptions::restart")
+            && !error.to_string().contains("--"),
         "{error}"
     );
     let error = train(&config, &dataset, &full, Some(4)).unwrap_err();
@@ -287,7 +289,11 @@ fn a_nan_loss_stops_the_fold_and_leaves_the_weights_alone() {
         ),
         "{error}"
     );
-    assert!(error.to_string().contains("--lr"), "{error}");
+    assert!(
+        error.to_string().contains("TrainConfig::learning_rate")
+            && !error.to_string().contains("--"),
+        "{error}"
+    );
     assert!(!out.join("fold1/last.json").exists());
 }
 
@@ -337,8 +343,7 @@ fn validation_splits_keep_subjects_apart() {
     let mut config = small_config(&dataset);
     config.folds = 4;
     config.select_on = dexpression_train::SelectOn::Val;
-    let (plans, warnings) =
-        dexpression_train::folds::plan_folds(&config, &dataset.samples).unwrap();
+    let (plans, warnings) = dexpression_train::plan_folds(&config, &dataset.samples).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let subjects = |indices: &[usize]| -> std::collections::BTreeSet<String> {
         indices

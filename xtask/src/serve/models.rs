@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use dexpression_model::candle_core::Device;
 use dexpression_model::Dexpression;
-use dexpression_train::checkpoint::{BEST_STATE, LAST_STATE};
 use dexpression_train::{BestState, TrainConfig, TrainState, CONFIG_FILE};
+use dexpression_train::{BEST_STATE, LAST_STATE};
 use serde::Serialize;
 
 /// Most models one server loads; a folder with more is probably not a run folder.

@@ -11,8 +11,7 @@ use dexpression_dataset::synth::{generate, SynthOptions};
 use dexpression_dataset::{prepare, Dataset, PrepareOptions};
 use dexpression_model::candle_core::Device;
 use dexpression_model::{Adam, AdamConfig, Dexpression, DexpressionConfig};
-use dexpression_train::batching::{batch_tensors, epoch_batches};
-use dexpression_train::train_batch;
+use dexpression_train::{batch_tensors, epoch_batches, train_batch};
 
 /// A network trained on some subjects of a synthetic CK+, and the subjects it never saw.
 pub struct Trained {

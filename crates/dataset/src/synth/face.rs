@@ -274,35 +274,25 @@ pub(crate) fn landmarks(subject: &Subject, action: &Action, offset: [f32; 2]) ->
     }
     // Eyes: corners, two upper and two lower lid points.
     let openness = (1.0 + action.eye_open).max(0.15);
-    let eye = |centre_u: f32, left: bool| -> [[f32; 2]; 6] {
+    // Both eyes run left to right in the image, then back along the lower lid: the left eye
+    // 36 outer, 37 38 upper, 39 inner, 40 41 lower; the right eye 42 inner, 43 44 upper, 45 outer,
+    // 46 47 lower. So one shape serves both.
+    let eye = |centre_u: f32| -> [[f32; 2]; 6] {
         let (half_w, half_h) = (0.17, 0.06 * openness);
         let c = |du: f32, dv: f32| at(centre_u + du, -0.2 + dv);
         let upper = |du: f32| c(du, -half_h - 0.01 * openness);
         let lower = |du: f32| c(du, half_h * 0.8);
-        if left {
-            // 36 outer, 37 38 upper, 39 inner, 40 41 lower.
-            [
-                c(-half_w, 0.0),
-                upper(-half_w / 3.0),
-                upper(half_w / 3.0),
-                c(half_w, 0.0),
-                lower(half_w / 3.0),
-                lower(-half_w / 3.0),
-            ]
-        } else {
-            // 42 inner, 43 44 upper, 45 outer, 46 47 lower.
-            [
-                c(-half_w, 0.0),
-                upper(-half_w / 3.0),
-                upper(half_w / 3.0),
-                c(half_w, 0.0),
-                lower(half_w / 3.0),
-                lower(-half_w / 3.0),
-            ]
-        }
+        [
+            c(-half_w, 0.0),
+            upper(-half_w / 3.0),
+            upper(half_w / 3.0),
+            c(half_w, 0.0),
+            lower(half_w / 3.0),
+            lower(-half_w / 3.0),
+        ]
     };
-    points.extend(eye(-subject.eye_spacing, true));
-    points.extend(eye(subject.eye_spacing, false));
+    points.extend(eye(-subject.eye_spacing));
+    points.extend(eye(subject.eye_spacing));
     // Mouth: outer lip 48-59 from the left corner clockwise, inner lip 60-67.
     let half_mouth = subject.mouth_width * (1.0 + action.mouth_widen);
     let lip = subject.lip_thickness * (1.0 + action.lip_press).max(0.2);
