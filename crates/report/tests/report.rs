@@ -31,15 +31,8 @@ const PORT_ROWS: [PortRow; 6] = [
     PortRow { fold: 1, epoch: 2, train_accuracy: 100.0, test_accuracy: 75.0, train_loss: 0.1, test_loss: 0.7, pred: &[6, 5, 0, 0], truth: &[6, 5, 0, 3] },
 ];
 
-const CK_CLASSES: [&str; 7] = [
-    "Anger",
-    "Contempt",
-    "Disgust",
-    "Fear",
-    "Happiness",
-    "Sadness",
-    "Surprise",
-];
+/// The port's classes, in its order: the names label the expected CSV rows and columns.
+const CK_CLASSES: [&str; 7] = dexpression_report::CK_PLUS_CLASS_NAMES;
 
 /// [`PORT_ROWS`] in the port's file format: pandas' index column first, label lists quoted.
 fn port_history() -> String {
