@@ -4,11 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use dexpression_dataset::crop::CropBox;
+use dexpression_dataset::crop::{load_face_pixels, open_image, CropBox};
 use dexpression_dataset::faces::{detect_face_inputs, whole_image_input, FaceInput};
-use dexpression_model::{
-    batch_from_pixels, load_face_pixels, parse_device, Dexpression, WeightsMetadata,
-};
+use dexpression_model::{batch_from_pixels, parse_device, Dexpression, WeightsMetadata};
 
 /// Classify the facial expression in each image with trained weights.
 #[derive(clap::Args)]
@@ -133,11 +131,11 @@ pub(crate) fn class_names(weights: &Path, n_classes: usize) -> anyhow::Result<Ve
 fn faces_of(path: &Path, side: usize, no_crop: bool) -> anyhow::Result<Vec<FaceInput>> {
     if no_crop {
         return Ok(vec![FaceInput {
-            pixels: load_face_pixels(path, side)?,
+            pixels: load_face_pixels(path, side as u32)?,
             region: None,
         }]);
     }
-    let image = dexpression_model::open_image(path)?;
+    let image = open_image(path)?;
     let detected = detect_face_inputs(&image, side as u32, None);
     if detected.is_empty() {
         eprintln!(

@@ -1,7 +1,12 @@
-//! Face boxes and the decode → crop → grayscale → resize step for one image.
+//! Face boxes and the decode → crop → grayscale → resize step for one image: the one place
+//! where an image becomes a face's pixels, for `prepare`'s frames and for `predict`'s photos.
+
+use std::path::Path;
 
 use image::imageops::FilterType;
 use image::GrayImage;
+
+use crate::{Error, Result};
 
 /// A pixel rectangle inside an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +85,73 @@ pub fn crop_and_resize(image: &image::DynamicImage, face: Option<CropBox>, size:
     resized.into_raw()
 }
 
+/// Opens an image file, refusing from its header alone, before any pixel memory is allocated,
+/// one wider or taller than 8192 pixels (a header may declare any size and decoding allocates
+/// what it declares). The format is read from the content, not the file name.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
+    crate::prepare::decode_image(&bytes).map_err(|reason| Error::Image {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Reads an image as an already cropped face, as the PyTorch port fed its network: grayscale,
+/// resized to `side` x `side` like every crop (see [`crop_and_resize`]), row-major pixels.
+pub fn load_face_pixels(path: &Path, side: u32) -> Result<Vec<u8>> {
+    Ok(crop_and_resize(&open_image(path)?, None, side))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_beyond_the_side_limit_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("huge.png");
+        image::GrayImage::new(8193, 1).save(&path).expect("png");
+        let error = load_face_pixels(&path, 224).expect_err("too large");
+        assert!(matches!(error, Error::Image { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("huge.png") && message.contains("8193x1") && message.contains("8192"),
+            "{message}"
+        );
+        let missing = load_face_pixels(&dir.path().join("none.png"), 224).expect_err("missing");
+        assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
+    }
+
+    #[test]
+    fn a_face_file_is_read_gray_and_resized() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tall = dir.path().join("tall.png");
+        // At the side limit: read, and a uniform image stays uniform through the resize.
+        image::GrayImage::from_pixel(2, 8192, image::Luma([200u8]))
+            .save(&tall)
+            .expect("png");
+        assert_eq!(
+            load_face_pixels(&tall, 32).expect("read"),
+            vec![200u8; 32 * 32]
+        );
+        // Colour to gray by the usual luma weights; an image of the right side is not resampled.
+        let colour = dir.path().join("colour.png");
+        let pixels: Vec<u8> = (0..16u8).flat_map(|i| [i * 16, 255 - i * 16, 40]).collect();
+        image::RgbImage::from_raw(4, 4, pixels)
+            .expect("4 x 4")
+            .save(&colour)
+            .expect("png");
+        let gray = load_face_pixels(&colour, 4).expect("read");
+        let expected: Vec<u8> = (0..16u8)
+            .map(|i| {
+                let (r, g, b) = (f32::from(i * 16), f32::from(255 - i * 16), 40.0);
+                (0.2126 * r + 0.7152 * g + 0.0722 * b).round() as u8
+            })
+            .collect();
+        for (got, want) in gray.iter().zip(&expected) {
+            assert!(got.abs_diff(*want) <= 1, "{gray:?} vs {expected:?}");
+        }
+    }
 
     #[test]
     fn landmark_box_is_widened_square_and_clamped() {

@@ -127,6 +127,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An image file that cannot be decoded or is too large to be.
+    #[error("{path}: {reason}; pass a PNG, JPEG or TIFF image of at most 8192 pixels a side")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.

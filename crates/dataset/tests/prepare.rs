@@ -5,7 +5,7 @@ use dexpression_dataset::{
     k_fold, prepare, synth, CropMethod, Dataset, Error, Expression, Layout, PrepareOptions,
     Selection, SkipKind, SplitBy,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -841,37 +841,49 @@ fn detector_crops_faces_without_landmarks() {
     );
 }
 
-/// Property test over whole trees: overwrite random files of a synthetic CK+ with random
-/// bytes, truncations or text, several times over; `prepare` must answer (samples or an
-/// error), never panic, and every sample it returns must be well formed.
+/// Property test over whole trees: overwrite random files of a fresh synthetic CK+ with random
+/// bytes, truncations, text or flipped bits, and check each damaged file's fate against what
+/// the files themselves say (worked out by [`expected_outcome`], not by the crate): a label,
+/// frame or landmarks file that no longer reads is listed as skipped with its kind, one that
+/// still reads (or is never used) is not, and a tree left with no usable sample is the
+/// `NoSamples` error. `strict` turns the first listed skip into the error.
 #[test]
-fn prepare_never_panics_on_damaged_trees() {
-    use rand::{Rng, SeedableRng};
+fn every_damaged_file_is_a_listed_skip_or_an_error() {
+    use rand::{seq::IndexedRandom, Rng, SeedableRng};
     let dir = tempfile::tempdir().expect("temp dir");
-    let (root, _) = synthetic(dir.path(), 1);
-    let mut files = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(folder) = stack.pop() {
-        for entry in fs::read_dir(&folder).expect("folder") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    for round in 0..4 {
-        for _ in 0..12 {
-            let victim = &files[rng.random_range(0..files.len())];
+    // How often each fate was met over all rounds, so the test cannot pass by never damaging
+    // anything that matters.
+    let mut listed_kinds: BTreeMap<SkipKind, usize> = BTreeMap::new();
+    let mut n_harmless = 0;
+    let mut n_errors = 0;
+    for round in 0..6 {
+        let round_dir = dir.path().join(format!("round-{round}"));
+        fs::create_dir_all(&round_dir).expect("round dir");
+        let (root, _) = synthetic(&round_dir, 1);
+        let clean = expected_outcome(&root);
+        let all_files = files_under(&root);
+        let mut victims: Vec<PathBuf> = if round == 5 {
+            // Every label unreadable: nothing is left to train on.
+            clean.labels.clone()
+        } else {
+            let mut victims = Vec::new();
+            victims.extend(clean.used_images.choose_multiple(&mut rng, 3).cloned());
+            victims.extend(clean.used_landmarks.choose_multiple(&mut rng, 3).cloned());
+            victims.extend(clean.labels.choose_multiple(&mut rng, 2).cloned());
+            victims.extend(all_files.choose_multiple(&mut rng, 4).cloned());
+            victims
+        };
+        victims.sort();
+        victims.dedup();
+        for victim in &victims {
             let original = fs::read(victim).expect("file");
-            let damaged: Vec<u8> = match rng.random_range(0..4) {
-                0 => (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
-                1 => original[..rng.random_range(0..=original.len())].to_vec(),
-                2 => b"   nan\n1e999 2\n-0\n".to_vec(),
-                _ => {
+            let damaged: Vec<u8> = match (round == 5, rng.random_range(0..4)) {
+                (true, _) => b"happy\n".to_vec(),
+                (false, 0) => (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
+                (false, 1) => original[..rng.random_range(0..=original.len())].to_vec(),
+                (false, 2) => b"   nan\n1e999 2\n-0\n".to_vec(),
+                (false, _) => {
                     let mut flipped = original;
                     for _ in 0..8 {
                         if !flipped.is_empty() {
@@ -884,16 +896,233 @@ fn prepare_never_panics_on_damaged_trees() {
             };
             fs::write(victim, damaged).expect("damage");
         }
-        let cache = dir.path().join(format!("cache-{round}"));
-        if let Ok(dataset) = prepare(&root, &cache, &options(), &|_| {}) {
-            for sample in &dataset.samples {
-                assert_eq!(sample.pixels.len(), SIZE * SIZE);
-                assert!(sample.label < 7);
+
+        let expected = expected_outcome(&root);
+        for victim in &victims {
+            match expected.skipped.get(victim) {
+                Some(kind) => *listed_kinds.entry(*kind).or_default() += 1,
+                None => n_harmless += 1,
             }
-            let listed = dataset.summary.skipped.len();
-            assert!(dataset.summary.to_string().lines().count() >= listed);
+        }
+        let cache = round_dir.join("cache");
+        let result = prepare(&root, &cache, &options(), &|_| {});
+        if expected.samples.is_empty() {
+            n_errors += 1;
+            let error = result.expect_err("no usable sample is an error");
+            assert!(matches!(error, Error::NoSamples { .. }), "{error}");
+            let first = expected
+                .skipped
+                .keys()
+                .next()
+                .expect("something was skipped");
+            assert!(
+                error.to_string().contains(&first.display().to_string()),
+                "the error names the first skipped file: {error}"
+            );
+            continue;
+        }
+        let dataset = result.unwrap_or_else(|error| panic!("round {round}: {error}"));
+        let skipped: BTreeMap<PathBuf, SkipKind> = dataset
+            .summary
+            .skipped
+            .iter()
+            .map(|skip| (skip.path.clone(), skip.kind))
+            .collect();
+        assert_eq!(skipped, expected.skipped, "round {round}: {victims:#?}");
+        assert_eq!(
+            skipped.len(),
+            dataset.summary.skipped.len(),
+            "each file listed once"
+        );
+        let samples: BTreeSet<(String, u32, usize)> = dataset
+            .samples
+            .iter()
+            .map(|s| (s.sequence.clone(), s.frame, s.label))
+            .collect();
+        assert_eq!(samples, expected.samples, "round {round}");
+        assert_eq!(dataset.samples.len(), expected.samples.len());
+        assert!(dataset
+            .samples
+            .iter()
+            .all(|sample| sample.pixels.len() == SIZE * SIZE));
+        let printed = dataset.summary.to_string();
+        for path in expected.skipped.keys() {
+            let shown = path.display().to_string();
+            assert!(printed.contains(&shown), "{shown} not printed: {printed}");
+        }
+
+        let strict = PrepareOptions {
+            strict: true,
+            ..options()
+        };
+        match prepare(&root, &cache, &strict, &|_| {}) {
+            Err(Error::Strict { path, .. }) => {
+                assert!(expected.skipped.contains_key(&path), "{}", path.display())
+            }
+            Ok(_) => assert!(expected.skipped.is_empty(), "strict passed over a bad file"),
+            Err(other) => panic!("round {round}: strict gave {other}"),
         }
     }
+    for kind in [
+        SkipKind::CorruptImage,
+        SkipKind::BadLandmarks,
+        SkipKind::UnreadableLabel,
+    ] {
+        assert!(
+            listed_kinds.get(&kind).is_some_and(|&n| n > 0),
+            "no damage ended as {kind}: {listed_kinds:?}"
+        );
+    }
+    assert!(n_harmless > 0 && n_errors > 0, "{n_harmless} {n_errors}");
+}
+
+/// What `prepare` must make of a (possibly damaged) synthetic CK+, read from its files with the
+/// `image` crate and the CK+ rules (label codes 1 to 7 without the neutral option, the last
+/// three frames up to the labelled one, 68 `x y` landmark lines), not with the crate's code.
+struct ExpectedOutcome {
+    /// The label file of every labelled sequence.
+    labels: Vec<PathBuf>,
+    /// Frames whose label reads, i.e. frames `prepare` decodes.
+    used_images: Vec<PathBuf>,
+    /// Landmark files of used frames that decode.
+    used_landmarks: Vec<PathBuf>,
+    skipped: BTreeMap<PathBuf, SkipKind>,
+    /// (sequence, frame, label) of every sample.
+    samples: BTreeSet<(String, u32, usize)>,
+}
+
+fn expected_outcome(root: &Path) -> ExpectedOutcome {
+    let mut outcome = ExpectedOutcome {
+        labels: Vec::new(),
+        used_images: Vec::new(),
+        used_landmarks: Vec::new(),
+        skipped: BTreeMap::new(),
+        samples: BTreeSet::new(),
+    };
+    let frame_of = |path: &Path| -> u32 {
+        let stem = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        stem.split('_')
+            .nth(2)
+            .expect("S010_001_00000005")
+            .parse()
+            .expect("frame")
+    };
+    for sequence_dir in sorted_dirs(&root.join("Emotion/S010")) {
+        let number = sequence_dir
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let label_file = files_under(&sequence_dir)
+            .into_iter()
+            .find(|path| path.extension().is_some_and(|ext| ext == "txt"))
+            .expect("a label file");
+        outcome.labels.push(label_file.clone());
+        let text = String::from_utf8_lossy(&fs::read(&label_file).expect("label")).into_owned();
+        let label = match text
+            .trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+            .parse::<f64>()
+        {
+            Err(_) => {
+                outcome
+                    .skipped
+                    .insert(label_file, SkipKind::UnreadableLabel);
+                continue;
+            }
+            Ok(code) if code.fract() == 0.0 && (1.0..=7.0).contains(&code) => code as usize - 1,
+            Ok(_) => {
+                outcome
+                    .skipped
+                    .insert(label_file, SkipKind::LabelOutOfRange);
+                continue;
+            }
+        };
+        let peak = frame_of(&label_file);
+        let mut frames: Vec<PathBuf> =
+            files_under(&root.join("cohn-kanade-images/S010").join(&number))
+                .into_iter()
+                .filter(|path| path.extension().is_some_and(|ext| ext == "png"))
+                .filter(|path| frame_of(path) <= peak)
+                .collect();
+        frames.sort_by_key(|path| frame_of(path));
+        for image in &frames[frames.len().saturating_sub(3)..] {
+            outcome.used_images.push(image.clone());
+            if image::load_from_memory(&fs::read(image).expect("image")).is_err() {
+                outcome
+                    .skipped
+                    .insert(image.clone(), SkipKind::CorruptImage);
+                continue;
+            }
+            let stem = image
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .into_owned();
+            let landmarks = root
+                .join("Landmarks/S010")
+                .join(&number)
+                .join(format!("{stem}_landmarks.txt"));
+            outcome.used_landmarks.push(landmarks.clone());
+            let text =
+                String::from_utf8_lossy(&fs::read(&landmarks).expect("landmarks")).into_owned();
+            if !holds_68_points(&text) {
+                outcome.skipped.insert(landmarks, SkipKind::BadLandmarks);
+                continue;
+            }
+            outcome
+                .samples
+                .insert((format!("S010_{number}"), frame_of(image), label));
+        }
+    }
+    outcome
+}
+
+/// 68 non-blank lines of exactly two finite numbers.
+fn holds_68_points(text: &str) -> bool {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    lines.len() == 68
+        && lines.iter().all(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() == 2
+                && fields
+                    .iter()
+                    .all(|field| field.parse::<f32>().is_ok_and(f32::is_finite))
+        })
+}
+
+fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Every file below `dir`, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in fs::read_dir(&folder).expect("folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// A root holding two copies must not pair the first copy's images with the second's labels.

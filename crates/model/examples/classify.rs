@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use dexpression_model::{batch_from_pixels, load_face_pixels, Dexpression};
+use dexpression_dataset::crop::load_face_pixels;
+use dexpression_model::{batch_from_pixels, Dexpression};
 
 /// The class order of CK+'s seven emotions, as the port labels them.
 const CLASS_NAMES: [&str; 7] = [
@@ -41,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.config().n_classes
     );
     for image in &images {
-        let input = batch_from_pixels(&load_face_pixels(image, side)?, side, &Device::Cpu)?;
+        let pixels = load_face_pixels(image, side as u32)?;
+        let input = batch_from_pixels(&pixels, side, &Device::Cpu)?;
         let probabilities = model.probabilities(&input)?.remove(0);
         let (best, p) =
             probabilities.iter().enumerate().fold(

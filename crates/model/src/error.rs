@@ -42,26 +42,6 @@ pub enum Error {
         message: String,
     },
 
-    /// An image could not be read or decoded.
-    #[error("{path}: cannot read image: {source}")]
-    Image {
-        /// The image file.
-        path: PathBuf,
-        /// The decoder's error.
-        source: image::ImageError,
-    },
-
-    /// An image whose header declares more pixels a side than are ever decoded.
-    #[error("{path}: the image is {width}x{height} pixels, more than the limit of {} a side; is it a face photo? Scale it down first", crate::input::MAX_IMAGE_SIDE)]
-    ImageTooLarge {
-        /// The image file.
-        path: PathBuf,
-        /// Width declared in the header.
-        width: u32,
-        /// Height declared in the header.
-        height: u32,
-    },
-
     /// The configuration is impossible (for example an input side too small for the network).
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -46,7 +46,7 @@ pub use dexpression::{
 };
 pub use error::{CandleError, Error, Result};
 pub use gradcam::{Explanation, GradCam};
-pub use input::{batch_from_pixels, load_face_pixels, open_image, MAX_IMAGE_SIDE};
+pub use input::batch_from_pixels;
 pub use ops::{
     isa, reference_ops, set_isa_limit, set_reference_ops, Isa, ISA_ENV, REFERENCE_OPS_ENV,
 };

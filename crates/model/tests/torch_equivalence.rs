@@ -326,8 +326,11 @@ fn predicting_the_fixture_pngs_reproduces_eval_probabilities() {
         let mut pixels = Vec::new();
         for idx in 0..count {
             pixels.extend(
-                dexpression_model::load_face_pixels(&dir.join(format!("input-{idx}.png")), side)
-                    .unwrap(),
+                dexpression_dataset::crop::load_face_pixels(
+                    &dir.join(format!("input-{idx}.png")),
+                    side as u32,
+                )
+                .unwrap(),
             );
         }
         let batch = dexpression_model::batch_from_pixels(&pixels, side, &Device::Cpu).unwrap();

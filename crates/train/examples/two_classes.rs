@@ -6,22 +6,13 @@
 //! `cargo run --release -p dexpression-train --example two_classes -- [SIDE] [SUBJECTS] [EPOCHS] [FOLDS]`
 //! (defaults 48, 8, 3, 2); the data and results go to a temporary folder.
 
+mod common;
+
 use std::path::Path;
 
-use dexpression_dataset::{prepare, synth, Dataset, Expression, PrepareOptions, Selection};
+use dexpression_dataset::{prepare, Dataset, Expression, Selection};
 use dexpression_model::WeightsMetadata;
-use dexpression_train::{run, EpochRecord, Progress, RunOptions, TrainConfig};
-
-struct PrintEpochs;
-
-impl Progress for PrintEpochs {
-    fn epoch_done(&mut self, record: &EpochRecord) {
-        println!(
-            "fold {} epoch {}: train acc {:.1}%, test acc {:.1}% ({:.1} s)",
-            record.fold, record.epoch, record.train.accuracy, record.test.accuracy, record.seconds
-        );
-    }
-}
+use dexpression_train::TrainConfig;
 
 /// Writes each crop of a prepared CK+ into `smiling/` or `not_smiling/`, keeping the CK+ file
 /// names so that the folder dataset still knows who is who.
@@ -43,46 +34,25 @@ fn write_two_classes(ck: &Dataset, root: &Path) -> Result<(), Box<dyn std::error
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |idx: usize, default: usize| -> usize {
-        std::env::args()
-            .nth(idx)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
-    let (side, subjects, epochs, folds) = (arg(1, 48), arg(2, 8), arg(3, 3), arg(4, 2));
+    let (side, subjects, epochs, folds) = (
+        common::arg(1, 48),
+        common::arg(2, 8),
+        common::arg(3, 3),
+        common::arg(4, 2),
+    );
     let folder = tempfile::tempdir()?;
-    let ck = folder.path().join("ck");
-    synth::generate(
-        &ck,
-        &synth::SynthOptions {
-            subjects,
-            seed: 1,
-            ..Default::default()
-        },
-    )?;
-    let options = PrepareOptions {
-        image_size: side,
-        ..Default::default()
-    };
-    let cache = folder.path().join("cache");
-    let crops = prepare(&ck, &cache, &options, &|_| {})?;
+    let crops = common::synthetic_crops(folder.path(), subjects, side)?;
     let faces = folder.path().join("faces");
     write_two_classes(&crops, &faces)?;
 
-    let dataset = prepare(&faces, &cache, &options, &|_| {})?;
+    let cache = folder.path().join("cache");
+    let dataset = prepare(&faces, &cache, &common::crop_options(side), &|_| {})?;
     println!("{}", dataset.summary);
     let mut config = TrainConfig::port_defaults(&dataset, "faces", Selection::Peak(3), false);
     config.epochs = epochs;
     config.folds = folds;
     let out = folder.path().join("results");
-    let summary = run(
-        &config,
-        &dataset,
-        &out,
-        &RunOptions::default(),
-        &candle_core::Device::Cpu,
-        &mut PrintEpochs,
-    )?;
+    let summary = common::train_on_cpu(&config, &dataset, &out)?;
     println!(
         "mean final test accuracy {:.1}% (chance: the larger class's share)",
         summary.mean_final_test_accuracy().unwrap_or(f64::NAN)
