@@ -279,12 +279,8 @@ pub enum Error {
         found: Vec<String>,
     },
 
-    /// A row whose label is not one of the seven CK+ expressions.
-    #[error(
-        "{} row {row}: label {value:?} is not a CK+ expression (anger, contempt, disgust, fear, \
-         happy, sadness, surprise, or an index 0-6)",
-        path.display()
-    )]
+    /// A row whose label names no class.
+    #[error("{} row {row}: label {value:?} is not {expected}", path.display())]
     BadLabel {
         /// The parquet file.
         path: PathBuf,
@@ -292,6 +288,40 @@ pub enum Error {
         row: usize,
         /// The label as found.
         value: String,
+        /// What a label must be, in words.
+        expected: String,
+    },
+
+    /// Integer labels with no class names for them, neither in the parquet file's metadata nor
+    /// in the dataset card.
+    #[error(
+        "{} labels its images with integers in column `{column}`, but neither the file's \
+         `huggingface` metadata nor the dataset card (README.md, `dataset_info` features) names \
+         the classes, so there is nothing to call the class folders. Add a `class_label` with \
+         `names` to the card, or store the labels as strings",
+        path.display()
+    )]
+    NoClassNames {
+        /// The parquet file.
+        path: PathBuf,
+        /// The label column.
+        column: String,
+    },
+
+    /// A dataset repository without parquet files.
+    #[error(
+        "{repo} at revision {revision} holds no parquet file (files found: [{}]); only datasets \
+         stored as parquet (as the Hub converts image datasets) can be downloaded. Pick another \
+         repository or revision",
+        found.join(", ")
+    )]
+    NoParquet {
+        /// The repository, `owner/name`.
+        repo: String,
+        /// The revision listed.
+        revision: String,
+        /// A few of the files found.
+        found: Vec<String>,
     },
 
     /// A row whose image bytes do not decode.
