@@ -258,7 +258,10 @@ pub fn card_class_names(card: &str) -> BTreeMap<String, Vec<String>> {
         let mut listed: Vec<String> = Vec::new();
         while line_idx < front_matter.len() {
             let entry = front_matter[line_idx];
-            if !entry.trim().is_empty() && indent(entry) <= names_indent {
+            // YAML lets a list sit at its key's own indent.
+            let same_level_item =
+                indent(entry) == names_indent && entry.trim_start().starts_with("- ");
+            if !entry.trim().is_empty() && indent(entry) <= names_indent && !same_level_item {
                 break;
             }
             line_idx += 1;
@@ -305,7 +308,7 @@ mod tests {
 
     #[test]
     fn card_names_as_an_index_map_and_as_a_list() {
-        let card = "---\nlicense: mit\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n    dtype:\n      class_label:\n        names:\n          '0': angry\n          '1': \"no pain\"\n          '2': it''s\n  - name: mood\n    dtype:\n      class_label:\n        names:\n        - calm\n        - tense\n  splits:\n  - name: train\n    num_examples: 3\n---\n# Card\n";
+        let card = "---\nlicense: mit\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n    dtype:\n      class_label:\n        names:\n          '0': angry\n          '1': \"no pain\"\n          '2': 'it''s'\n  - name: mood\n    dtype:\n      class_label:\n        names:\n        - calm\n        - tense\n  splits:\n  - name: train\n    num_examples: 3\n---\n# Card\n";
         let names = card_class_names(card);
         assert_eq!(
             names.get("label"),

@@ -655,7 +655,7 @@ fn cut_hub_transfer_resumes_with_a_range_request() {
     assert_eq!(fs::read(&fetched.path).expect("raw file"), bytes);
     assert!(!part.exists());
     assert_eq!(summary.n_images(), 3);
-    let expected_range = format!("bytes={cut_at}-{}", bytes.len() - 1);
+    let expected_range = format!("bytes={cut_at}-");
     let gets: Vec<_> = server
         .seen()
         .into_iter()
@@ -663,6 +663,12 @@ fn cut_hub_transfer_resumes_with_a_range_request() {
         .collect();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert_eq!(gets[0].range.as_deref(), Some(expected_range.as_str()));
+    let etag = format!("\"{}\"", common::sha256_hex(&bytes));
+    assert_eq!(
+        gets[0].if_range.as_deref(),
+        Some(etag.as_str()),
+        "the resume is guarded by the ETag of the version the partial file holds"
+    );
 }
 
 #[test]
@@ -691,9 +697,71 @@ fn cut_hub_transfer_of_a_file_that_changed_starts_over() {
         download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
             .expect("second run");
     assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert_eq!(fetched.bytes_transferred, new_bytes.len() as u64);
     assert_eq!(fs::read(&fetched.path).expect("raw file"), new_bytes);
     assert_eq!(summary.n_images(), 3);
-    assert!(server.seen().iter().all(|seen| seen.range.is_none()));
+    // The resume asked for the old version's remaining bytes only if the file was unchanged;
+    // the server, holding a new version, answered with all of it.
+    let old_etag = format!("\"{}\"", common::sha256_hex(&old_bytes));
+    let gets: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert!(gets[0].range.is_some(), "{gets:?}");
+    assert_eq!(gets[0].if_range.as_deref(), Some(old_etag.as_str()));
+}
+
+#[test]
+fn a_silent_hub_times_out_before_the_transfer() {
+    // hf-hub's own HEAD request has no timeout: this one is the crate's.
+    let server = Server::start();
+    server.route(&format!("/datasets/{REPO}/resolve/main/{FILE}"), Route::Stall);
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = HubOptions {
+        read_timeout: Some(std::time::Duration::from_millis(300)),
+        ..server.hub_options(&work.path().join("hf-cache"))
+    };
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("times out");
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("timed out"), "{err}");
+}
+
+#[test]
+fn a_hub_transfer_that_stalls_mid_body_fails_within_the_read_timeout() {
+    let bytes = parquet_bytes(
+        ImageColumn::Struct,
+        &rows(&names(&["anger", "happy"])),
+        None,
+    );
+    let server = Server::start();
+    server.route(
+        &format!("/datasets/{REPO}/resolve/main/{FILE}"),
+        Route::StallAfter {
+            body: bytes.clone(),
+            after: 100,
+        },
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = HubOptions {
+        read_timeout: Some(std::time::Duration::from_millis(300)),
+        ..server.hub_options(&work.path().join("hf-cache"))
+    };
+    // The server stalls for 30 s: an error at all (rather than a hang) is the timeout working.
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("the stalled transfer is given up");
+    assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("timed out"), "{err}");
+    let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
+    assert_eq!(
+        fs::read(dexpression_download::part_path(&raw)).expect("partial file kept"),
+        bytes[..100],
+        "the bytes before the stall are kept for the next run"
+    );
 }
 
 #[test]
