@@ -123,15 +123,17 @@ pub fn fetch_drive_file(
     } else {
         (response, url)
     };
-    let fetched = transfer::receive(&client, response, &url, &file.id, dest, resume, None, progress)
-        .map_err(|err| match err {
-            Error::NotFound { url, .. } => Error::DriveNotFound {
-                url,
-                id: file.id.clone(),
-                dest: dest.to_path_buf(),
-            },
-            err => err,
-        })?;
+    let fetched = transfer::receive(
+        &client, response, &url, &file.id, dest, resume, None, progress,
+    )
+    .map_err(|err| match err {
+        Error::NotFound { url, .. } => Error::DriveNotFound {
+            url,
+            id: file.id.clone(),
+            dest: dest.to_path_buf(),
+        },
+        err => err,
+    })?;
     check_pin(&fetched, dest)?;
     Ok(fetched)
 }

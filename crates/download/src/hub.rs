@@ -258,26 +258,8 @@ impl HubSession {
             reason: transfer::describe_transport_error(&err),
         })?;
         let status = response.status().as_u16();
-        match status {
-            200..=399 => {}
-            401 | 403 => {
-                return Err(Error::Unauthorized {
-                    url: url.to_string(),
-                    status,
-                })
-            }
-            404 => {
-                return Err(Error::NotFound {
-                    url: url.to_string(),
-                    file: file.file.clone(),
-                })
-            }
-            _ => {
-                return Err(Error::Http {
-                    url: url.to_string(),
-                    status,
-                })
-            }
+        if status >= 400 {
+            return Err(transfer::status_error(url, status, &file.file));
         }
         let header = |name: &str| {
             response

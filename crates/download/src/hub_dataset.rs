@@ -128,8 +128,7 @@ pub(crate) fn fetch_and_convert(
         None => {
             let card = if has_card {
                 let file = dataset.hub_file(CARD);
-                let fetched =
-                    hub::fetch_hub_file(&file, &data.raw_hub_file(&file), hub, progress)?;
+                let fetched = hub::fetch_hub_file(&file, &data.raw_hub_file(&file), hub, progress)?;
                 let text = fs::read_to_string(&fetched.path)
                     .map_err(|err| Error::io("reading", &fetched.path, err))?;
                 card_class_names(&text)

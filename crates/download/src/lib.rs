@@ -174,11 +174,15 @@ pub fn download_mirror(
         hub,
         progress,
     )?;
-    let fetched = download.files.into_iter().next().ok_or_else(|| Error::NoParquet {
-        repo: source.repo.clone(),
-        revision: source.revision.clone(),
-        found: Vec::new(),
-    })?;
+    let fetched = download
+        .files
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::NoParquet {
+            repo: source.repo.clone(),
+            revision: source.revision.clone(),
+            found: Vec::new(),
+        })?;
     Ok((fetched, download.summary))
 }
 

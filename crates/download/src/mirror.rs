@@ -167,7 +167,10 @@ pub fn convert_parquet_files(
         } else {
             String::new()
         };
-        files.push((*parquet, read_rows(parquet, limits, &mut counted, &row_prefix)?));
+        files.push((
+            *parquet,
+            read_rows(parquet, limits, &mut counted, &row_prefix)?,
+        ));
     }
     let (classes, labelled) = name_classes(files, naming)?;
 

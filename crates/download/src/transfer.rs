@@ -389,24 +389,7 @@ pub(crate) fn receive(
                     status,
                 });
             }
-            401 | 403 => {
-                return Err(Error::Unauthorized {
-                    url: url.to_string(),
-                    status,
-                })
-            }
-            404 => {
-                return Err(Error::NotFound {
-                    url: url.to_string(),
-                    file: file_label.to_string(),
-                })
-            }
-            _ => {
-                return Err(Error::Http {
-                    url: url.to_string(),
-                    status,
-                })
-            }
+            _ => return Err(status_error(url, status, file_label)),
         };
 
         if let Some(parent) = dest.parent() {
@@ -455,6 +438,24 @@ pub(crate) fn receive(
             });
         }
         resume = Some(next);
+    }
+}
+
+/// The error for an answer that is not the file: not authorised, not found, or another status.
+pub(crate) fn status_error(url: &str, status: u16, file_label: &str) -> Error {
+    match status {
+        401 | 403 => Error::Unauthorized {
+            url: url.to_string(),
+            status,
+        },
+        404 => Error::NotFound {
+            url: url.to_string(),
+            file: file_label.to_string(),
+        },
+        _ => Error::Http {
+            url: url.to_string(),
+            status,
+        },
     }
 }
 

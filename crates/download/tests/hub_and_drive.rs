@@ -211,7 +211,7 @@ fn offline_without_the_file_says_what_to_do() {
     assert!(matches!(err, Error::MissingOffline { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.contains("without --offline") && message.contains("--from"),
+        message.contains("HubOptions::offline") && message.contains("import_ckplus"),
         "{message}"
     );
 }
@@ -278,7 +278,7 @@ fn missing_file_is_a_404_naming_repo_revision_and_file() {
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.contains("--revision") && message.contains(FILE) && message.contains("/v9/"),
+        message.contains("HubFile::revision") && message.contains(FILE) && message.contains("/v9/"),
         "{message}"
     );
 }
@@ -326,7 +326,7 @@ fn no_network_mentions_that_from_works_offline() {
     let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
         .expect_err("refused");
     assert!(matches!(err, Error::Offline { .. }), "{err:?}");
-    assert!(err.to_string().contains("--from"), "{err}");
+    assert!(err.to_string().contains("import_ckplus"), "{err}");
 
     let drive = DriveOptions {
         endpoint: format!("http://127.0.0.1:{port}"),
@@ -713,11 +713,12 @@ fn cut_hub_transfer_of_a_file_that_changed_starts_over() {
     assert_eq!(gets[0].if_range.as_deref(), Some(old_etag.as_str()));
 }
 
-#[test]
-fn a_silent_hub_times_out_before_the_transfer() {
-    // hf-hub's own HEAD request has no timeout: this one is the crate's.
+/// Downloads the mirror from a server that answers its file with `route`, giving up after
+/// 300 ms of silence; the server stays silent for 30 s, so an error at all (rather than a hang)
+/// is the timeout working. Returns the error and the data folder.
+fn download_from_a_silent_hub(route: Route) -> (Error, DataDir, tempfile::TempDir) {
     let server = Server::start();
-    server.route(&format!("/datasets/{REPO}/resolve/main/{FILE}"), Route::Stall);
+    server.route(&format!("/datasets/{REPO}/resolve/main/{FILE}"), route);
     let work = tempfile::tempdir().expect("temp dir");
     let data = DataDir::new(work.path().join("data"));
     let options = HubOptions {
@@ -725,9 +726,19 @@ fn a_silent_hub_times_out_before_the_transfer() {
         ..server.hub_options(&work.path().join("hf-cache"))
     };
     let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
-        .expect_err("times out");
+        .expect_err("the silent transfer is given up");
+    assert!(
+        err.to_string().to_lowercase().contains("timed out"),
+        "{err}"
+    );
+    (err, data, work)
+}
+
+#[test]
+fn a_silent_hub_times_out_before_the_transfer() {
+    // hf-hub's own HEAD request has no timeout: this one is the crate's.
+    let (err, _, _work) = download_from_a_silent_hub(Route::Stall);
     assert!(matches!(err, Error::Offline { .. }), "{err:?}");
-    assert!(err.to_string().to_lowercase().contains("timed out"), "{err}");
 }
 
 #[test]
@@ -737,25 +748,11 @@ fn a_hub_transfer_that_stalls_mid_body_fails_within_the_read_timeout() {
         &rows(&names(&["anger", "happy"])),
         None,
     );
-    let server = Server::start();
-    server.route(
-        &format!("/datasets/{REPO}/resolve/main/{FILE}"),
-        Route::StallAfter {
-            body: bytes.clone(),
-            after: 100,
-        },
-    );
-    let work = tempfile::tempdir().expect("temp dir");
-    let data = DataDir::new(work.path().join("data"));
-    let options = HubOptions {
-        read_timeout: Some(std::time::Duration::from_millis(300)),
-        ..server.hub_options(&work.path().join("hf-cache"))
-    };
-    // The server stalls for 30 s: an error at all (rather than a hang) is the timeout working.
-    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
-        .expect_err("the stalled transfer is given up");
+    let (err, data, _work) = download_from_a_silent_hub(Route::StallAfter {
+        body: bytes.clone(),
+        after: 100,
+    });
     assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
-    assert!(err.to_string().to_lowercase().contains("timed out"), "{err}");
     let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
     assert_eq!(
         fs::read(dexpression_download::part_path(&raw)).expect("partial file kept"),
@@ -838,7 +835,7 @@ fn drive_file_gone_is_a_404_naming_the_id() {
     .expect_err("404");
     assert!(matches!(err, Error::DriveNotFound { .. }), "{err:?}");
     assert!(
-        err.to_string().contains(&checkpoint.id) && err.to_string().contains("--weights-repo"),
+        err.to_string().contains(&checkpoint.id) && err.to_string().contains("fetch_hub_file"),
         "{err}"
     );
 }

@@ -74,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.weights_only {
         match &args.from {
             Some(from) => {
-                let summary = import_ckplus(from, &data.ckplus_dir(), &bar)?;
+                let summary =
+                    import_ckplus(from, &data.ckplus_dir(), &bar).map_err(with_flag_hint)?;
                 let [n_images, n_emotions, n_landmarks, n_facs] = summary.n_files_per_part;
                 let verb = if summary.already_imported {
                     "already imported"
@@ -149,7 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .rsplit('/')
             .next()
             .unwrap_or(&args.weights_file);
-        let fetched = fetch_hub_file(&file, &data.weights_dir().join(name), &hub, &bar)?;
+        let fetched = fetch_hub_file(&file, &data.weights_dir().join(name), &hub, &bar)
+            .map_err(with_flag_hint)?;
         report_fetched("weights", &fetched);
     } else if args.weights {
         let checkpoint = DriveFile::port_checkpoint();
@@ -163,7 +165,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &data.weights_dir().join(&checkpoint.file_name),
             &drive,
             &bar,
-        )?;
+        )
+        .map_err(with_flag_hint)?;
         report_fetched("PyTorch port checkpoint", &fetched);
         let converted = data.port_weights();
         if fetched.status == FetchStatus::AlreadyPresent && converted.is_file() {
@@ -181,21 +184,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The library's error with the command-line flag that changes what it names.
+/// The library's error with the command-line flags for the options it names (the library
+/// speaks of its own option fields, `HubOptions::offline`, `HubFile::repo`, ...).
 fn with_flag_hint(err: dexpression_download::Error) -> anyhow::Error {
     use dexpression_download::Error;
     let hint = match &err {
-        Error::NotFound { .. } | Error::BadRepoId { .. } | Error::NoParquet { .. } => {
-            Some("pick the repository with --repo OWNER/NAME, the revision with --revision and a file with --file")
+        Error::Offline { .. } => {
+            "without a network, import CK+ from disk with --from PATH, or use what is on disk \
+             with --offline"
         }
-        Error::MissingOffline { .. } => Some("run once without --offline"),
-        Error::ConversionDestinationNotOurs { .. } => Some("or give another data folder with --data"),
-        _ => None,
+        Error::MissingOffline { .. } => {
+            "run once without --offline (or import CK+ with --from PATH)"
+        }
+        Error::NotFound { .. } | Error::BadRepoId { .. } | Error::NoParquet { .. } => {
+            "the dataset is --repo OWNER/NAME, its revision --revision, a file in it --file; \
+             weights come from --weights-repo"
+        }
+        Error::DriveNotFound { .. } => {
+            "fetch weights from a Hub model repository with --weights-repo"
+        }
+        Error::ParquetCodec { .. } | Error::ParquetColumns { .. } => {
+            "pick another repository, file or revision with --repo, --file, --revision, or \
+             import the official CK+ release with --from"
+        }
+        Error::SourceInsideDestination { .. }
+        | Error::DestinationNotOurs { .. }
+        | Error::SymlinkLoop { .. } => "--from is the folder or zips to import",
+        Error::ConversionDestinationNotOurs { .. } => "give another data folder with --data",
+        _ => return anyhow::Error::new(err),
     };
-    match hint {
-        Some(hint) => anyhow::anyhow!("{err}\n  hint: {hint}"),
-        None => anyhow::Error::new(err),
-    }
+    anyhow::anyhow!("{err}\n  hint: {hint}")
 }
 
 fn report_fetched(what: &str, fetched: &Fetched) {

@@ -715,8 +715,10 @@ pub fn write_unlabelled_parquet(path: &Path, images: &[Vec<u8>]) {
     use parquet::schema::parser::parse_message_type;
 
     let schema = Arc::new(
-        parse_message_type("message schema { optional binary image; optional binary caption (STRING); }")
-            .expect("schema"),
+        parse_message_type(
+            "message schema { optional binary image; optional binary caption (STRING); }",
+        )
+        .expect("schema"),
     );
     let file = File::create(path).expect("create parquet file");
     let mut writer =
@@ -727,7 +729,10 @@ pub fn write_unlabelled_parquet(path: &Path, images: &[Vec<u8>]) {
     let mut column_idx = 0;
     while let Some(mut column) = row_group.next_column().expect("next column") {
         let values: Vec<ByteArray> = if column_idx == 0 {
-            images.iter().map(|image| ByteArray::from(image.clone())).collect()
+            images
+                .iter()
+                .map(|image| ByteArray::from(image.clone()))
+                .collect()
         } else {
             images.iter().map(|_| ByteArray::from("a face")).collect()
         };
