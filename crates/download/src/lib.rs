@@ -1,9 +1,11 @@
 //! Verified, resumable downloads of CK+ and of pretrained DeXpression weights, and the import of
 //! the official CK+ release from disk.
 //!
-//! Three sources, one data folder ([`DataDir`], `data/` by default):
-//! - the Hugging Face mirror of CK+ (one parquet file of 48x48 face crops), fetched with `hf-hub`
-//!   and converted into the dataset crate's folder-per-class layout ([`download_mirror`]);
+//! These sources, one data folder ([`DataDir`], `data/` by default):
+//! - any Hugging Face image-classification dataset stored as parquet, converted into the dataset
+//!   crate's folder-per-class layout with its own class names ([`download_hub_dataset`]), and the
+//!   CK+ mirror (one parquet file of 48x48 face crops) as one of them, its labels read as CK+'s
+//!   emotions ([`download_mirror`]);
 //! - the official release that a user obtained under the CK+ licence, zipped or extracted,
 //!   unpacked without going online ([`import_ckplus`]);
 //! - the PyTorch port's checkpoint on Google Drive ([`fetch_drive_file`]) or weights in a Hub model

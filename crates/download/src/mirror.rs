@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use dexpression_dataset::{Expression, CLASSES_FILE};
+use dexpression_dataset::{decode_image, Expression, CLASSES_FILE};
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
@@ -20,8 +20,9 @@ use parquet::schema::types::Type;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 
-/// The largest width or height of an image that is decoded (the CK+ mirror's are 48x48).
-pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The largest width or height of an image that is decoded (the CK+ mirror's are 48x48): the
+/// dataset crate's limit.
+pub const MAX_IMAGE_SIDE: u32 = dexpression_dataset::MAX_IMAGE_SIDE;
 
 /// The file in the output folder that records which parquet files it was made from (their
 /// sha256s), so that a second run with the same input does nothing, and that marks the folder as
@@ -762,24 +763,8 @@ fn stem_of(name: &str) -> String {
 /// re-encoded as 8-bit grayscale PNG.
 fn as_png(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|err| err.to_string())
-    };
-    // The header's size is checked before decoding allocates it.
-    let (width, height) = reader()?.into_dimensions().map_err(|err| err.to_string())?;
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return Err(format!(
-            "the image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_SIDE} a side"
-        ));
-    }
-    let mut reader = reader()?;
-    let mut image_limits = image::Limits::default();
-    image_limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    image_limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(image_limits);
-    let decoded = reader.decode().map_err(|err| err.to_string())?;
+    // The dataset crate's decoder checks the header's size before decoding allocates it.
+    let decoded = decode_image(bytes)?;
     if bytes.starts_with(PNG_SIGNATURE) {
         return Ok(bytes.to_vec());
     }
