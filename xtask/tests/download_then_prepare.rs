@@ -68,7 +68,8 @@ fn a_hub_dataset_downloads_and_prepares_with_its_own_classes() {
         ),
     ];
     let server = Server::start();
-    server.hub_dataset_tree(REPO, "main", &files.map(|(path, _)| path));
+    let paths: Vec<&str> = files.iter().map(|(path, _)| *path).collect();
+    server.hub_dataset_tree(REPO, "main", &paths);
     for (path, bytes) in &files {
         server.hub_dataset_file(REPO, "main", path, bytes.clone());
     }
