@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::{png, write_mirror_parquet, ImageColumn, Label, MirrorRow, Server};
 use dexpression_download::{
-    download_hub_dataset, DataDir, Error, FetchStatus, HubDataset, HubOptions, NoProgress,
+    download_hub_dataset, DataDir, Error, FetchStatus, HubDataset, HubDatasetDownload, HubOptions,
+    NoProgress,
 };
 
 const REPO: &str = "someone/pain-faces";
@@ -47,6 +48,18 @@ struct Work {
     dir: tempfile::TempDir,
     data: DataDir,
     options: HubOptions,
+}
+
+impl Work {
+    /// Every parquet file of `repo` at main, into this data folder.
+    fn download(&self, repo: &str) -> dexpression_download::Result<HubDatasetDownload> {
+        download_hub_dataset(
+            &self.data,
+            &HubDataset::new(repo),
+            &self.options,
+            &NoProgress,
+        )
+    }
 }
 
 fn work(server: &Server) -> Work {
@@ -143,13 +156,7 @@ fn integer_labels_are_named_by_the_dataset_card() {
         ),
     ]);
     let work = work(&server);
-    let download = download_hub_dataset(
-        &work.data,
-        &HubDataset::new(REPO),
-        &work.options,
-        &NoProgress,
-    )
-    .expect("downloads");
+    let download = work.download(REPO).expect("downloads");
     // The card's order; `unused` has no image and gets no folder.
     assert_eq!(
         download.summary.n_images_per_class,
@@ -170,13 +177,7 @@ fn integer_labels_are_named_by_the_parquet_metadata() {
     let bytes = parquet(&parquet_rows, Some(&["alert", "dozing", "drowsy"]));
     let server = serve(&[("data/train-00000-of-00001.parquet", bytes)]);
     let work = work(&server);
-    let download = download_hub_dataset(
-        &work.data,
-        &HubDataset::new(REPO),
-        &work.options,
-        &NoProgress,
-    )
-    .expect("downloads");
+    let download = work.download(REPO).expect("downloads");
     assert_eq!(
         download.summary.n_images_per_class,
         vec![("alert".to_string(), 1), ("drowsy".to_string(), 2)]
@@ -193,13 +194,7 @@ fn integer_labels_without_names_are_refused_with_the_reason() {
         parquet(&parquet_rows, None),
     )]);
     let work = work(&server);
-    let err = download_hub_dataset(
-        &work.data,
-        &HubDataset::new(REPO),
-        &work.options,
-        &NoProgress,
-    )
-    .expect_err("no names");
+    let err = work.download(REPO).expect_err("no names");
     assert!(
         matches!(&err, Error::NoClassNames { column, .. } if column == "label"),
         "{err:?}"
@@ -226,13 +221,7 @@ fn split_files_are_merged_into_one_set_of_class_folders() {
         (".gitattributes", b"*.parquet filter=lfs\n".to_vec()),
     ]);
     let work = work(&server);
-    let download = download_hub_dataset(
-        &work.data,
-        &HubDataset::new(REPO),
-        &work.options,
-        &NoProgress,
-    )
-    .expect("downloads");
+    let download = work.download(REPO).expect("downloads");
     assert_eq!(download.files.len(), 2);
     assert_eq!(download.summary.n_images(), 5);
     let out = work.data.root().join("pain-faces");
@@ -253,13 +242,7 @@ fn a_bad_repo_id_is_refused_before_going_online() {
     let server = Server::start();
     let work = work(&server);
     for repo in ["no-owner", "a/b/c", "../x", "a/.."] {
-        let err = download_hub_dataset(
-            &work.data,
-            &HubDataset::new(repo),
-            &work.options,
-            &NoProgress,
-        )
-        .expect_err("bad id");
+        let err = work.download(repo).expect_err("bad id");
         assert!(matches!(err, Error::BadRepoId { .. }), "{repo}: {err:?}");
     }
     assert!(server.seen().is_empty());
@@ -272,13 +255,7 @@ fn a_repo_without_parquet_files_says_what_it_holds() {
         ("train.csv", b"a,b\n".to_vec()),
     ]);
     let work = work(&server);
-    let err = download_hub_dataset(
-        &work.data,
-        &HubDataset::new(REPO),
-        &work.options,
-        &NoProgress,
-    )
-    .expect_err("no parquet");
+    let err = work.download(REPO).expect_err("no parquet");
     assert!(matches!(err, Error::NoParquet { .. }), "{err:?}");
     assert!(err.to_string().contains("train.csv"), "{err}");
 }
@@ -287,13 +264,7 @@ fn a_repo_without_parquet_files_says_what_it_holds() {
 fn a_missing_repo_is_a_404() {
     let server = Server::start();
     let work = work(&server);
-    let err = download_hub_dataset(
-        &work.data,
-        &HubDataset::new("nobody/nothing"),
-        &work.options,
-        &NoProgress,
-    )
-    .expect_err("missing");
+    let err = work.download("nobody/nothing").expect_err("missing");
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
 }
 
@@ -307,13 +278,7 @@ fn a_parquet_without_a_label_column_lists_its_columns() {
         fs::read(&path).expect("bytes"),
     )]);
     let work = work(&server);
-    let err = download_hub_dataset(
-        &work.data,
-        &HubDataset::new(REPO),
-        &work.options,
-        &NoProgress,
-    )
-    .expect_err("no columns");
+    let err = work.download(REPO).expect_err("no columns");
     assert!(
         matches!(
             err,
