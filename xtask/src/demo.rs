@@ -70,7 +70,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // 1. A synthetic CK+ in the official layout, generated once.
     let synth_dir = args.data.join(plan.synth_dir);
-    if synth_dir.join("cohn-kanade-images").is_dir() {
+    if synth_dir
+        .join(dexpression_dataset::ckplus_release::IMAGES)
+        .is_dir()
+    {
         println!("synthetic CK+: {} (already there)", synth_dir.display());
     } else {
         let written = generate(

@@ -8,12 +8,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The image archive of the official release.
-const IMAGES_ZIP: &str = "extended-cohn-kanade-images.zip";
-/// The emotion label archive.
-const EMOTION_ZIP: &str = "Emotion_labels.zip";
-/// The landmark archive (optional: without it faces fall back to the whole image).
-const LANDMARKS_ZIP: &str = "Landmarks.zip";
+use crate::layout::ckplus_release::{self, EMOTION_ZIP, IMAGES_ZIP, LANDMARKS_ZIP};
 /// Written last into an extraction folder, so a half-extracted one is never used.
 const COMPLETE_MARKER: &str = ".extracted";
 
@@ -36,9 +31,9 @@ pub(crate) fn official_zips(source: &Path) -> Result<Option<Archives>> {
             .find(|entry| entry.is_file() && file_name(entry).eq_ignore_ascii_case(wanted))
             .cloned()
     };
-    let extracted_present = entries
-        .iter()
-        .any(|entry| entry.is_dir() && file_name(entry).eq_ignore_ascii_case("cohn-kanade-images"));
+    let extracted_present = entries.iter().any(|entry| {
+        entry.is_dir() && file_name(entry).eq_ignore_ascii_case(ckplus_release::IMAGES)
+    });
     let (Some(images), Some(emotion)) = (find(IMAGES_ZIP), find(EMOTION_ZIP)) else {
         return Ok(None);
     };

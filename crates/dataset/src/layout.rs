@@ -9,6 +9,27 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// The names the official CK+ release gives its folders and archives, spelled here only: the
+/// dataset crate reads them, the synthetic CK+ writes them, the download crate imports them.
+pub mod ckplus_release {
+    /// The folder of PNG frames, `<subject>/<sequence>/<frame>.png`.
+    pub const IMAGES: &str = "cohn-kanade-images";
+    /// The folder of emotion labels, `<subject>/<sequence>/<frame>_emotion.txt`.
+    pub const EMOTION: &str = "Emotion";
+    /// The folder of facial landmarks, `<subject>/<sequence>/<frame>_landmarks.txt`.
+    pub const LANDMARKS: &str = "Landmarks";
+    /// The folder of FACS action-unit codes.
+    pub const FACS: &str = "FACS";
+    /// Every folder of the release, in that order.
+    pub const PARTS: [&str; 4] = [IMAGES, EMOTION, LANDMARKS, FACS];
+    /// The image archive of the official release.
+    pub const IMAGES_ZIP: &str = "extended-cohn-kanade-images.zip";
+    /// The emotion label archive.
+    pub const EMOTION_ZIP: &str = "Emotion_labels.zip";
+    /// The landmark archive (optional: without it faces fall back to the whole image).
+    pub const LANDMARKS_ZIP: &str = "Landmarks.zip";
+}
+
 /// What the layout detection looked for, for the error when nothing matches.
 pub(crate) const LOOKED_FOR: &str = "the official CK+ release (folders `cohn-kanade-images/` and \
 `Emotion/`, optionally `Landmarks/`, at most three levels down; or the archives \
@@ -70,9 +91,9 @@ struct OfficialDirs {
 }
 
 fn find_official(root: &Path) -> Result<Option<OfficialDirs>> {
-    let image_dirs = find_subject_dirs(root, "cohn-kanade-images");
-    let emotion_dirs = find_subject_dirs(root, "Emotion");
-    let landmark_dirs = find_subject_dirs(root, "Landmarks");
+    let image_dirs = find_subject_dirs(root, ckplus_release::IMAGES);
+    let emotion_dirs = find_subject_dirs(root, ckplus_release::EMOTION);
+    let landmark_dirs = find_subject_dirs(root, ckplus_release::LANDMARKS);
     // A root may hold several copies (or a copy and a stray folder): each labels or landmarks
     // folder belongs to the images folder it shares the longest path with, so one copy's
     // images are never paired with another copy's labels.

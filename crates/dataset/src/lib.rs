@@ -69,8 +69,9 @@ pub use error::{Error, Result};
 pub use expression::{class_names, n_classes, Expression};
 pub use fer2013::{fer2013_class_names, FER2013_CLASSES, FER2013_SIDE};
 pub use folds::{k_fold, usage_split, Fold, SplitBy, UsageSplit};
+pub use layout::ckplus_release;
 pub use options::{PrepareOptions, Selection, DEFAULT_CROP_MARGIN};
-pub use prepare::prepare;
+pub use prepare::{decode_image, prepare, MAX_IMAGE_SIDE};
 pub use progress::{Progress, Silent, Stage, Step};
 pub use summary::{SkipKind, Skipped, Summary};
 

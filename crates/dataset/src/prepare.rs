@@ -324,11 +324,11 @@ fn crop_all(
 
 /// The largest width or height of an image that is decoded: a header may declare any size and
 /// decoding allocates what it declares (a CK+ frame is 640x490).
-pub(crate) const MAX_IMAGE_SIDE: u32 = 8192;
+pub const MAX_IMAGE_SIDE: u32 = 8192;
 
 /// Decodes an image, refusing from its header alone, before any pixel memory is allocated, one
 /// wider or taller than [`MAX_IMAGE_SIDE`]; the error is the reason, in words.
-pub(crate) fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()

@@ -14,7 +14,7 @@ use crate::mirror::sibling;
 use crate::progress::{Progress, Unit};
 
 /// The top-level folders of the official release, as the dataset crate expects them.
-pub const CKPLUS_PARTS: [&str; 4] = ["cohn-kanade-images", "Emotion", "Landmarks", "FACS"];
+pub const CKPLUS_PARTS: [&str; 4] = dexpression_dataset::ckplus_release::PARTS;
 
 /// The file in the import folder recording what it was imported from.
 pub const IMPORT_MARKER: &str = ".dexpression-import";
@@ -170,10 +170,10 @@ pub fn import_ckplus_with_limits(
 
     let mut missing = Vec::new();
     if !has_file_with_suffix(&staging.join(CKPLUS_PARTS[0]), ".png") {
-        missing.push("cohn-kanade-images/ (the PNG frames)".to_string());
+        missing.push(format!("{}/ (the PNG frames)", CKPLUS_PARTS[0]));
     }
     if !has_file_with_suffix(&staging.join(CKPLUS_PARTS[1]), "_emotion.txt") {
-        missing.push("Emotion/ (the *_emotion.txt labels)".to_string());
+        missing.push(format!("{}/ (the *_emotion.txt labels)", CKPLUS_PARTS[1]));
     }
     if !missing.is_empty() {
         let _ = fs::remove_dir_all(&staging);

@@ -95,7 +95,7 @@ pub fn fetch_drive_file(
         file.id
     );
     transfer::require_https(&url)?;
-    let client = transfer::http_client(options.read_timeout)?;
+    let client = transfer::http_client(options.read_timeout, None)?;
     let resume = transfer::resume_point(dest)?;
     let response = transfer::send_get(&client, &url, resume.as_ref())?;
     let (response, url) = if is_html(&response) && response.status().is_success() {
@@ -123,15 +123,17 @@ pub fn fetch_drive_file(
     } else {
         (response, url)
     };
-    let fetched = transfer::receive(&client, response, &url, &file.id, dest, resume, progress)
-        .map_err(|err| match err {
-            Error::NotFound { url, .. } => Error::DriveNotFound {
-                url,
-                id: file.id.clone(),
-                dest: dest.to_path_buf(),
-            },
-            err => err,
-        })?;
+    let fetched = transfer::receive(
+        &client, response, &url, &file.id, dest, resume, None, progress,
+    )
+    .map_err(|err| match err {
+        Error::NotFound { url, .. } => Error::DriveNotFound {
+            url,
+            id: file.id.clone(),
+            dest: dest.to_path_buf(),
+        },
+        err => err,
+    })?;
     check_pin(&fetched, dest)?;
     Ok(fetched)
 }

@@ -9,8 +9,8 @@ pub enum Error {
     /// The server could not be reached at all (no network, DNS failure, refused connection).
     #[error(
         "could not reach {url}: {reason}. Check the network connection (and HTTPS_PROXY/NO_PROXY). \
-         Without a network, CK+ can be imported from disk with `--from PATH`, and files \
-         downloaded before are used as they are with --offline"
+         Without a network, CK+ can be imported from disk (`import_ckplus`), and files \
+         downloaded before are used as they are offline (`HubOptions::offline`)"
     )]
     Offline {
         /// What was being fetched.
@@ -21,8 +21,9 @@ pub enum Error {
 
     /// `--offline` was given but a file that needs downloading is not on disk yet.
     #[error(
-        "--offline: {what} is not on disk yet (looked for {}); run once without --offline to \
-         download it (CK+ can also be imported from disk with `--from PATH`)",
+        "offline: {what} is not on disk yet (looked for {}); run once online (without \
+         `HubOptions::offline`) to download it (CK+ can also be imported from disk with \
+         `import_ckplus`)",
         path.display()
     )]
     MissingOffline {
@@ -47,8 +48,8 @@ pub enum Error {
 
     /// 404: the repository, the revision or the file does not exist.
     #[error(
-        "{url} was not found (404): check the repository name (--repo / --weights-repo), the \
-         revision (--revision) and the file name ({file})"
+        "{url} was not found (404): check the repository name (`HubFile::repo`), the revision \
+         (`HubFile::revision`) and the file name ({file})"
     )]
     NotFound {
         /// The URL or repository that was asked for.
@@ -60,7 +61,7 @@ pub enum Error {
     /// 404 from Google Drive: the file id is no longer shared.
     #[error(
         "Google Drive has no file {id} ({url} answered 404): the file is no longer shared there. \
-         Fetch weights from a Hub model repository with --weights-repo, or place the file at {} \
+         Fetch weights from a Hub model repository (`fetch_hub_file`), or place the file at {} \
          yourself",
         dest.display()
     )]
@@ -251,8 +252,8 @@ pub enum Error {
     /// The parquet file uses a compression codec that this build does not read.
     #[error(
         "{} uses a compression codec this build does not read ({reason}); it reads snappy, gzip, \
-         lz4 and zstd. Pick another file or revision with --file/--revision, or import the \
-         official release with --from",
+         lz4 and zstd. Pick another file or revision (`HubFile::file`, \
+         `HubFile::revision`), or import the official release (`import_ckplus`)",
         path.display()
     )]
     ParquetCodec {
@@ -266,7 +267,7 @@ pub enum Error {
     #[error(
         "{} has no usable {missing} column: expected `image` (struct {{bytes, path}} or binary) \
          and `label` (class name or integer), found columns [{}]. Pick another file or revision \
-         with --repo/--revision",
+         (`HubFile::repo`, `HubFile::revision`)",
         path.display(),
         found.join(", ")
     )]
@@ -279,12 +280,8 @@ pub enum Error {
         found: Vec<String>,
     },
 
-    /// A row whose label is not one of the seven CK+ expressions.
-    #[error(
-        "{} row {row}: label {value:?} is not a CK+ expression (anger, contempt, disgust, fear, \
-         happy, sadness, surprise, or an index 0-6)",
-        path.display()
-    )]
+    /// A row whose label names no class.
+    #[error("{} row {row}: label {value:?} is not {expected}", path.display())]
     BadLabel {
         /// The parquet file.
         path: PathBuf,
@@ -292,6 +289,40 @@ pub enum Error {
         row: usize,
         /// The label as found.
         value: String,
+        /// What a label must be, in words.
+        expected: String,
+    },
+
+    /// Integer labels with no class names for them, neither in the parquet file's metadata nor
+    /// in the dataset card.
+    #[error(
+        "{} labels its images with integers in column `{column}`, but neither the file's \
+         `huggingface` metadata nor the dataset card (README.md, `dataset_info` features) names \
+         the classes, so there is nothing to call the class folders. Add a `class_label` with \
+         `names` to the card, or store the labels as strings",
+        path.display()
+    )]
+    NoClassNames {
+        /// The parquet file.
+        path: PathBuf,
+        /// The label column.
+        column: String,
+    },
+
+    /// A dataset repository without parquet files.
+    #[error(
+        "{repo} at revision {revision} holds no parquet file (files found: [{}]); only datasets \
+         stored as parquet (as the Hub converts image datasets) can be downloaded. Pick another \
+         repository or revision",
+        found.join(", ")
+    )]
+    NoParquet {
+        /// The repository, `owner/name`.
+        repo: String,
+        /// The revision listed.
+        revision: String,
+        /// A few of the files found.
+        found: Vec<String>,
     },
 
     /// A row whose image bytes do not decode.
@@ -308,7 +339,7 @@ pub enum Error {
     /// `--from` points inside the folder the import replaces.
     #[error(
         "{} lies inside {}, the folder that the import replaces: importing would delete it. Move \
-         the CK+ files elsewhere (for example ~/Downloads/ckplus) and give that folder to --from",
+         the CK+ files elsewhere (for example ~/Downloads/ckplus) and import from that folder",
         from.display(),
         dest.display()
     )]
@@ -322,7 +353,7 @@ pub enum Error {
     /// The import folder holds files that no import wrote.
     #[error(
         "{} already holds files that no import wrote (it has no {} marker); they are left as they \
-         are. Move them away, or give them to --from to import them",
+         are. Move them away, or import them from where they are",
         dest.display(),
         crate::ckplus::IMPORT_MARKER
     )]
@@ -346,7 +377,7 @@ pub enum Error {
     /// A symbolic link that leads back into a folder being walked.
     #[error(
         "{} is a symbolic link back to {}, a folder it lies in: following it would never end. \
-         Remove the link or give --from a folder without it",
+         Remove the link or import from a folder without it",
         link.display(),
         target.display()
     )]

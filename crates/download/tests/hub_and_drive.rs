@@ -211,7 +211,7 @@ fn offline_without_the_file_says_what_to_do() {
     assert!(matches!(err, Error::MissingOffline { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.contains("without --offline") && message.contains("--from"),
+        message.contains("HubOptions::offline") && message.contains("import_ckplus"),
         "{message}"
     );
 }
@@ -278,7 +278,7 @@ fn missing_file_is_a_404_naming_repo_revision_and_file() {
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.contains("--revision") && message.contains(FILE) && message.contains("/v9/"),
+        message.contains("HubFile::revision") && message.contains(FILE) && message.contains("/v9/"),
         "{message}"
     );
 }
@@ -326,7 +326,7 @@ fn no_network_mentions_that_from_works_offline() {
     let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
         .expect_err("refused");
     assert!(matches!(err, Error::Offline { .. }), "{err:?}");
-    assert!(err.to_string().contains("--from"), "{err}");
+    assert!(err.to_string().contains("import_ckplus"), "{err}");
 
     let drive = DriveOptions {
         endpoint: format!("http://127.0.0.1:{port}"),
@@ -655,7 +655,7 @@ fn cut_hub_transfer_resumes_with_a_range_request() {
     assert_eq!(fs::read(&fetched.path).expect("raw file"), bytes);
     assert!(!part.exists());
     assert_eq!(summary.n_images(), 3);
-    let expected_range = format!("bytes={cut_at}-{}", bytes.len() - 1);
+    let expected_range = format!("bytes={cut_at}-");
     let gets: Vec<_> = server
         .seen()
         .into_iter()
@@ -663,6 +663,12 @@ fn cut_hub_transfer_resumes_with_a_range_request() {
         .collect();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert_eq!(gets[0].range.as_deref(), Some(expected_range.as_str()));
+    let etag = format!("\"{}\"", common::sha256_hex(&bytes));
+    assert_eq!(
+        gets[0].if_range.as_deref(),
+        Some(etag.as_str()),
+        "the resume is guarded by the ETag of the version the partial file holds"
+    );
 }
 
 #[test]
@@ -691,9 +697,68 @@ fn cut_hub_transfer_of_a_file_that_changed_starts_over() {
         download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
             .expect("second run");
     assert_eq!(fetched.status, FetchStatus::Downloaded);
+    assert_eq!(fetched.bytes_transferred, new_bytes.len() as u64);
     assert_eq!(fs::read(&fetched.path).expect("raw file"), new_bytes);
     assert_eq!(summary.n_images(), 3);
-    assert!(server.seen().iter().all(|seen| seen.range.is_none()));
+    // The resume asked for the old version's remaining bytes only if the file was unchanged;
+    // the server, holding a new version, answered with all of it.
+    let old_etag = format!("\"{}\"", common::sha256_hex(&old_bytes));
+    let gets: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert!(gets[0].range.is_some(), "{gets:?}");
+    assert_eq!(gets[0].if_range.as_deref(), Some(old_etag.as_str()));
+}
+
+/// Downloads the mirror from a server that answers its file with `route`, giving up after
+/// 300 ms of silence; the server stays silent for 30 s, so an error at all (rather than a hang)
+/// is the timeout working. Returns the error and the data folder.
+fn download_from_a_silent_hub(route: Route) -> (Error, DataDir, tempfile::TempDir) {
+    let server = Server::start();
+    server.route(&format!("/datasets/{REPO}/resolve/main/{FILE}"), route);
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = DataDir::new(work.path().join("data"));
+    let options = HubOptions {
+        read_timeout: Some(std::time::Duration::from_millis(300)),
+        ..server.hub_options(&work.path().join("hf-cache"))
+    };
+    let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
+        .expect_err("the silent transfer is given up");
+    assert!(
+        err.to_string().to_lowercase().contains("timed out"),
+        "{err}"
+    );
+    (err, data, work)
+}
+
+#[test]
+fn a_silent_hub_times_out_before_the_transfer() {
+    // hf-hub's own HEAD request has no timeout: this one is the crate's.
+    let (err, _, _work) = download_from_a_silent_hub(Route::Stall);
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+}
+
+#[test]
+fn a_hub_transfer_that_stalls_mid_body_fails_within_the_read_timeout() {
+    let bytes = parquet_bytes(
+        ImageColumn::Struct,
+        &rows(&names(&["anger", "happy"])),
+        None,
+    );
+    let (err, data, _work) = download_from_a_silent_hub(Route::StallAfter {
+        body: bytes.clone(),
+        after: 100,
+    });
+    assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
+    let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
+    assert_eq!(
+        fs::read(dexpression_download::part_path(&raw)).expect("partial file kept"),
+        bytes[..100],
+        "the bytes before the stall are kept for the next run"
+    );
 }
 
 #[test]
@@ -770,7 +835,7 @@ fn drive_file_gone_is_a_404_naming_the_id() {
     .expect_err("404");
     assert!(matches!(err, Error::DriveNotFound { .. }), "{err:?}");
     assert!(
-        err.to_string().contains(&checkpoint.id) && err.to_string().contains("--weights-repo"),
+        err.to_string().contains(&checkpoint.id) && err.to_string().contains("fetch_hub_file"),
         "{err}"
     );
 }

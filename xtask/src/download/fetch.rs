@@ -8,24 +8,28 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use dexpression_download::{
-    download_mirror, fetch_drive_file, fetch_hub_file, import_ckplus, DataDir, DriveFile,
-    DriveOptions, FetchStatus, Fetched, HubFile, HubOptions, MirrorSource, Progress, RepoKind,
-    Unit, DEFAULT_MIRROR_FILE, DEFAULT_MIRROR_REPO, DRIVE_ENDPOINT,
+    download_hub_dataset, download_mirror, fetch_drive_file, fetch_hub_file, import_ckplus,
+    DataDir, DriveFile, DriveOptions, FetchStatus, Fetched, HubDataset, HubFile, HubOptions,
+    MirrorSource, Progress, RepoKind, Unit, DEFAULT_MIRROR_FILE, DRIVE_ENDPOINT,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments of `cargo xtask download`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face dataset repository of the CK+ mirror.
-    #[arg(long, default_value = DEFAULT_MIRROR_REPO)]
-    repo: String,
-    /// Branch, tag or commit of the mirror (a commit pins the data).
+    /// A Hugging Face dataset repository (OWNER/NAME) of images and labels in parquet files,
+    /// written as folder per class to <DATA>/<NAME>/ with its own class names. Without it: the
+    /// CK+ mirror, into <DATA>/ckplus48.
+    #[arg(long, value_name = "OWNER/NAME")]
+    repo: Option<String>,
+    /// Branch, tag or commit (a commit pins the data; `refs/convert/parquet` is the Hub's own
+    /// parquet conversion of a dataset stored otherwise).
     #[arg(long, default_value = "main")]
     revision: String,
-    /// The parquet file inside the mirror repository.
-    #[arg(long, default_value = DEFAULT_MIRROR_FILE)]
-    file: String,
+    /// A parquet file inside the repository (repeatable); with --repo, every parquet file when
+    /// not given, without it the mirror's one file.
+    #[arg(long)]
+    file: Vec<String>,
     /// Data folder: the mirror goes to <DATA>/ckplus48, `--from` to <DATA>/ckplus, weights to <DATA>/weights.
     #[arg(long, default_value = "data")]
     data: PathBuf,
@@ -70,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.weights_only {
         match &args.from {
             Some(from) => {
-                let summary = import_ckplus(from, &data.ckplus_dir(), &bar)?;
+                let summary =
+                    import_ckplus(from, &data.ckplus_dir(), &bar).map_err(with_flag_hint)?;
                 let [n_images, n_emotions, n_landmarks, n_facs] = summary.n_files_per_part;
                 let verb = if summary.already_imported {
                     "already imported"
@@ -83,21 +88,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             None => {
-                let source = MirrorSource {
-                    repo: args.repo.clone(),
-                    revision: args.revision.clone(),
-                    file: args.file.clone(),
+                let summary = match &args.repo {
+                    Some(repo) => {
+                        let dataset = HubDataset {
+                            repo: repo.clone(),
+                            revision: args.revision.clone(),
+                            files: args.file.clone(),
+                        };
+                        let download = download_hub_dataset(&data, &dataset, &hub, &bar)
+                            .map_err(with_flag_hint)?;
+                        for fetched in &download.files {
+                            report_fetched(repo, fetched);
+                        }
+                        download.summary
+                    }
+                    None => {
+                        let source = MirrorSource {
+                            revision: args.revision.clone(),
+                            file: args
+                                .file
+                                .first()
+                                .cloned()
+                                .unwrap_or_else(|| DEFAULT_MIRROR_FILE.to_string()),
+                            ..MirrorSource::default()
+                        };
+                        let (parquet, summary) =
+                            download_mirror(&data, &source, &hub, &bar).map_err(with_flag_hint)?;
+                        report_fetched("CK+ mirror", &parquet);
+                        summary
+                    }
                 };
-                let (parquet, summary) = download_mirror(&data, &source, &hub, &bar)?;
-                report_fetched("CK+ mirror", &parquet);
                 let verb = if summary.already_converted {
                     "already converted"
                 } else {
                     "converted"
                 };
-                let per_class: Vec<String> = dexpression_dataset::Expression::EMOTIONS
+                let per_class: Vec<String> = summary
+                    .n_images_per_class
                     .iter()
-                    .zip(summary.n_images_per_class)
                     .map(|(class, n_images)| format!("{class} {n_images}"))
                     .collect();
                 println!(
@@ -122,7 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .rsplit('/')
             .next()
             .unwrap_or(&args.weights_file);
-        let fetched = fetch_hub_file(&file, &data.weights_dir().join(name), &hub, &bar)?;
+        let fetched = fetch_hub_file(&file, &data.weights_dir().join(name), &hub, &bar)
+            .map_err(with_flag_hint)?;
         report_fetched("weights", &fetched);
     } else if args.weights {
         let checkpoint = DriveFile::port_checkpoint();
@@ -136,7 +165,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &data.weights_dir().join(&checkpoint.file_name),
             &drive,
             &bar,
-        )?;
+        )
+        .map_err(with_flag_hint)?;
         report_fetched("PyTorch port checkpoint", &fetched);
         let converted = data.port_weights();
         if fetched.status == FetchStatus::AlreadyPresent && converted.is_file() {
@@ -152,6 +182,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The library's error with the command-line flags for the options it names (the library
+/// speaks of its own option fields, `HubOptions::offline`, `HubFile::repo`, ...).
+fn with_flag_hint(err: dexpression_download::Error) -> anyhow::Error {
+    use dexpression_download::Error;
+    let hint = match &err {
+        Error::Offline { .. } => {
+            "without a network, import CK+ from disk with --from PATH, or use what is on disk \
+             with --offline"
+        }
+        Error::MissingOffline { .. } => {
+            "run once without --offline (or import CK+ with --from PATH)"
+        }
+        Error::NotFound { .. } | Error::BadRepoId { .. } | Error::NoParquet { .. } => {
+            "the dataset is --repo OWNER/NAME, its revision --revision, a file in it --file; \
+             weights come from --weights-repo"
+        }
+        Error::DriveNotFound { .. } => {
+            "fetch weights from a Hub model repository with --weights-repo"
+        }
+        Error::ParquetCodec { .. } | Error::ParquetColumns { .. } => {
+            "pick another repository, file or revision with --repo, --file, --revision, or \
+             import the official CK+ release with --from"
+        }
+        Error::SourceInsideDestination { .. }
+        | Error::DestinationNotOurs { .. }
+        | Error::SymlinkLoop { .. } => "--from is the folder or zips to import",
+        Error::ConversionDestinationNotOurs { .. } => "give another data folder with --data",
+        _ => return anyhow::Error::new(err),
+    };
+    anyhow::anyhow!("{err}\n  hint: {hint}")
 }
 
 fn report_fetched(what: &str, fetched: &Fetched) {

@@ -17,6 +17,7 @@ mod raster;
 
 pub use fer2013::{write_fer2013_csv, FER2013_ROWS};
 
+use crate::layout::ckplus_release::{EMOTION, IMAGES, LANDMARKS};
 use crate::parse::N_LANDMARKS;
 use crate::{Error, Expression, Result};
 use face::{Action, Subject};
@@ -119,7 +120,7 @@ pub fn generate(out: &Path, options: &SynthOptions) -> Result<SynthSummary> {
     validate(options)?;
     prepare_output(out)?;
     let plans = plan(options);
-    let images_dir = out.join("cohn-kanade-images");
+    let images_dir = out.join(IMAGES);
     let results: Vec<Result<(usize, usize, usize)>> = plans
         .par_iter()
         .map(|plan| write_sequence(out, plan, options.noise))
@@ -194,7 +195,7 @@ fn validate(options: &SynthOptions) -> Result<()> {
 
 /// Creates `out`, or clears the CK+ folders a previous `generate` left there.
 fn prepare_output(out: &Path) -> Result<()> {
-    let folders = ["cohn-kanade-images", "Emotion", "Landmarks"].map(|name| out.join(name));
+    let folders = [IMAGES, EMOTION, LANDMARKS].map(|name| out.join(name));
     let marker = out.join(MARKER_FILE);
     if folders.iter().any(|folder| folder.exists()) {
         if !marker.is_file() {
@@ -253,11 +254,8 @@ fn plan(options: &SynthOptions) -> Vec<SequencePlan> {
 /// Draws and writes one sequence; returns (frames, colour frames, 640x480 frames).
 fn write_sequence(out: &Path, plan: &SequencePlan, noise: f32) -> Result<(usize, usize, usize)> {
     let sequence = format!("{:03}", plan.sequence_number);
-    let images_dir = out
-        .join("cohn-kanade-images")
-        .join(&plan.subject_id)
-        .join(&sequence);
-    let landmarks_dir = out.join("Landmarks").join(&plan.subject_id).join(&sequence);
+    let images_dir = out.join(IMAGES).join(&plan.subject_id).join(&sequence);
+    let landmarks_dir = out.join(LANDMARKS).join(&plan.subject_id).join(&sequence);
     fs::create_dir_all(&images_dir).map_err(|error| Error::io(&images_dir, error))?;
     fs::create_dir_all(&landmarks_dir).map_err(|error| Error::io(&landmarks_dir, error))?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
@@ -282,7 +280,7 @@ fn write_sequence(out: &Path, plan: &SequencePlan, noise: f32) -> Result<(usize,
             landmarks_text(&points).as_bytes(),
         )?;
         if plan.labeled && frame_idx + 1 == plan.n_frames {
-            let emotion_dir = out.join("Emotion").join(&plan.subject_id).join(&sequence);
+            let emotion_dir = out.join(EMOTION).join(&plan.subject_id).join(&sequence);
             fs::create_dir_all(&emotion_dir).map_err(|error| Error::io(&emotion_dir, error))?;
             let text = format!("   {}.0000000e+00\n", plan.expression.ck_code());
             write_file(

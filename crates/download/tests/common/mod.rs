@@ -57,6 +57,9 @@ pub enum Route {
     },
     /// Reads the request and never answers (until the test ends).
     Stall,
+    /// Answers a GET with the headers of the whole file and its first `after` bytes, then
+    /// stays silent (until the test ends); a HEAD is answered normally.
+    StallAfter { body: Vec<u8>, after: usize },
 }
 
 #[derive(Default)]
@@ -127,6 +130,22 @@ impl Server {
         self.route(
             &format!("/datasets/{repo}/resolve/{revision}/{file}"),
             file_route(body),
+        );
+    }
+
+    /// Serves the Hub's recursive tree listing of a dataset repository: `files` as file entries.
+    pub fn hub_dataset_tree(&self, repo: &str, revision: &str, files: &[&str]) {
+        let entries: Vec<serde_json::Value> = files
+            .iter()
+            .map(|path| serde_json::json!({"type": "file", "oid": "0", "size": 1, "path": path}))
+            .collect();
+        self.route(
+            &format!("/api/datasets/{repo}/tree/{revision}"),
+            Route::File {
+                body: serde_json::Value::Array(entries).to_string().into_bytes(),
+                cut_first_get_after: None,
+                content_type: "application/json",
+            },
         );
     }
 
@@ -258,6 +277,22 @@ fn handle(stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Resul
     match route {
         None => reply(&mut stream, &method, 404, &[], b"not found", None),
         Some(Route::Stall) => {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok(())
+        }
+        Some(Route::StallAfter { body, after }) => {
+            let etag = format!("\"{}\"", hex::encode(Sha256::digest(&body)));
+            let headers = [("ETag", etag.as_str()), ("Accept-Ranges", "bytes")];
+            if method == "HEAD" {
+                return reply(&mut stream, &method, 200, &headers, &body, None);
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\nETag: {etag}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes())?;
+            stream.write_all(&body[..after.min(body.len())])?;
+            stream.flush()?;
             std::thread::sleep(std::time::Duration::from_secs(30));
             Ok(())
         }
@@ -665,6 +700,46 @@ pub fn write_unusable_parquet(path: &Path) {
                 .write_batch(&[0.5], Some(&[1]), None)
                 .expect("score");
         }
+        column.close().expect("close column");
+        column_idx += 1;
+    }
+    row_group.close().expect("close row group");
+    writer.close().expect("close file");
+}
+
+/// A parquet file of images with no label column (a `caption` instead).
+pub fn write_unlabelled_parquet(path: &Path, images: &[Vec<u8>]) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    let schema = Arc::new(
+        parse_message_type(
+            "message schema { optional binary image; optional binary caption (STRING); }",
+        )
+        .expect("schema"),
+    );
+    let file = File::create(path).expect("create parquet file");
+    let mut writer =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .expect("writer");
+    let mut row_group = writer.next_row_group().expect("row group");
+    let levels = vec![1; images.len()];
+    let mut column_idx = 0;
+    while let Some(mut column) = row_group.next_column().expect("next column") {
+        let values: Vec<ByteArray> = if column_idx == 0 {
+            images
+                .iter()
+                .map(|image| ByteArray::from(image.clone()))
+                .collect()
+        } else {
+            images.iter().map(|_| ByteArray::from("a face")).collect()
+        };
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, Some(&levels), None)
+            .expect("column");
         column.close().expect("close column");
         column_idx += 1;
     }
