@@ -4,8 +4,8 @@
 
 use std::ops::Range;
 
-/// Safe entry to [`intrinsics::interior_3x3`]: checks the CPU features and every row's length;
-/// fewer than sixteen windows go to the AVX2 kernel.
+/// Safe entry to [`intrinsics::interior_3x3`]: checks the CPU feature and the slices
+/// ([`super::interior_fits`]); fewer than sixteen windows go to the AVX2 kernel.
 pub(super) fn interior_3x3_avx512<const STRIDE: usize, const PADDING: usize>(
     rows: &[&[f32]],
     first_window_row: usize,
@@ -22,22 +22,19 @@ pub(super) fn interior_3x3_avx512<const STRIDE: usize, const PADDING: usize>(
             offsets_row,
         );
     }
-    if rows.is_empty()
-        || rows.len() + first_window_row > 3
-        || outputs.start * STRIDE < PADDING
-        || out_row.len() < outputs.end
-        || offsets_row.len() < outputs.end
-        || !std::arch::is_x86_feature_detected!("avx512f")
+    if !super::interior_fits::<STRIDE, PADDING>(
+        rows,
+        first_window_row,
+        &outputs,
+        16,
+        out_row,
+        offsets_row,
+    ) || !std::arch::is_x86_feature_detected!("avx512f")
     {
         return false;
     }
-    // The last block reads up to input column `(end - 1) * STRIDE - PADDING + 2`.
-    let last_read = (outputs.end - 1) * STRIDE + 2 - PADDING;
-    if rows.iter().any(|row| row.len() <= last_read) {
-        return false;
-    }
-    // SAFETY: AVX-512 F is present (checked above); every load reads columns up to `last_read`,
-    // inside each row, and every store writes outputs inside `outputs`, inside both output rows.
+    // SAFETY: AVX-512 F is present (checked above); `interior_fits` checked that every load reads
+    // a column inside its row and every store writes an output inside both output rows.
     unsafe {
         intrinsics::interior_3x3::<STRIDE, PADDING>(
             rows,

@@ -33,6 +33,32 @@ use kernel::interior_kernel_f32_for;
 pub(super) use kernel::{interior_kernel_f32, pool_plane, scatter_plane, window_steps, NO_OFFSET};
 use kernel::{pool_backward, pool_backward_recorded, pool_forward, PoolGeometry};
 
+/// Whether a vectorised 3x3 kernel that takes `block` windows at a time may run on `outputs` of
+/// one output row: at least one block, at most three window rows, no window reaching into the
+/// left padding, both output rows long enough, and every input row holding the last column the
+/// last block reads (`(end - 1) * STRIDE + 2 - PADDING`). The kernels' safety rests on this.
+#[cfg(target_arch = "x86_64")]
+fn interior_fits<const STRIDE: usize, const PADDING: usize>(
+    rows: &[&[f32]],
+    first_window_row: usize,
+    outputs: &Range<usize>,
+    block: usize,
+    out_row: &[f32],
+    offsets_row: &[u8],
+) -> bool {
+    if outputs.len() < block
+        || rows.is_empty()
+        || rows.len() + first_window_row > 3
+        || outputs.start * STRIDE < PADDING
+        || out_row.len() < outputs.end
+        || offsets_row.len() < outputs.end
+    {
+        return false;
+    }
+    let last_read = (outputs.end - 1) * STRIDE + 2 - PADDING;
+    rows.iter().all(|row| row.len() > last_read)
+}
+
 /// Geometry of a square pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
