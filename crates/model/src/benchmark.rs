@@ -530,17 +530,12 @@ pub fn profile_layers_on(
     let (pool_reduce, pool_keep) = (POOL_REDUCE, POOL_KEEP);
     let side2 = model.config().block1_side();
     let side3 = pool_reduce.out_side(side2);
-    let side4 = pool_reduce.out_side(side3);
-    let (conv2a_out, block1) = channels("conv2a");
-    let (conv2b_out, _) = channels("conv2b");
-    let (conv2c_out, _) = channels("conv2c");
-    let (conv3a_out, featex) = channels("conv3a");
-    let (conv3b_out, _) = channels("conv3b");
-    let (conv3c_out, _) = channels("conv3c");
+    let (_, block1) = channels("conv2a");
+    let (_, featex) = channels("conv3a");
     // Profiling needs no reproducible values: candle's own generator will do.
     let random = |shape: &[usize]| Tensor::rand(-1f32, 1f32, shape, device);
     type Layer<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
-    let conv = |name: &'static str, stride: usize, padding: usize| -> Layer<'_> {
+    let conv = |name: &str, stride: usize, padding: usize| -> Layer<'_> {
         let (w, b) = (
             param(&format!("{name}.weight")),
             param(&format!("{name}.bias")),
@@ -549,7 +544,7 @@ pub fn profile_layers_on(
     };
     // As the training step runs FeatEx: the conv branch's 3x3 convolution, ReLU and pool as one
     // op, then the concatenation with the pooled pool branch (a second, fixed input).
-    let conv_pool = |name: &'static str| -> Layer<'_> {
+    let conv_pool = |name: &str| -> Layer<'_> {
         let (w, b) = (
             param(&format!("{name}.weight")),
             param(&format!("{name}.bias")),
@@ -562,79 +557,76 @@ pub fn profile_layers_on(
             Tensor::cat(&[xs, &max_pool2d(second.as_tensor(), pool_reduce)?], 1)
         }))
     };
+    // One FeatEx block (`block` 2 or 3) on `input` channels of side `side`, as the training step
+    // runs it: the conv branch's 1x1 convolution, then its 3x3 convolution with the pool; the pool
+    // branch's pool, then its 1x1 convolution; the concatenation. Off the CPU also the 3x3
+    // convolution without its pool.
+    let featex_block = |block: usize, input: usize, side: usize| {
+        let conv_name = |branch: char| format!("conv{block}{branch}");
+        let (a_out, _) = channels(&conv_name('a'));
+        let (b_out, _) = channels(&conv_name('b'));
+        let (c_out, _) = channels(&conv_name('c'));
+        let side_out = pool_reduce.out_side(side);
+        let mut layers: Vec<(String, Vec<usize>, bool, Layer<'_>)> = vec![
+            (
+                conv_name('a'),
+                vec![n, input, side, side],
+                true,
+                conv(&conv_name('a'), 1, 0),
+            ),
+            (
+                format!("conv{block}b+pool{block}b"),
+                vec![n, a_out, side, side],
+                true,
+                conv_pool(&conv_name('b')),
+            ),
+            (
+                format!("pool{block}a"),
+                vec![n, input, side, side],
+                true,
+                Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep)),
+            ),
+            (
+                conv_name('c'),
+                vec![n, input, side, side],
+                true,
+                conv(&conv_name('c'), 1, 0),
+            ),
+            (
+                format!("pool{block}b+cat"),
+                vec![n, b_out, side_out, side_out],
+                true,
+                pool_cat(&[n, c_out, side, side])?,
+            ),
+        ];
+        if !device.is_cpu() {
+            layers.push((
+                conv_name('b'),
+                vec![n, a_out, side, side],
+                true,
+                conv(&conv_name('b'), 1, 1),
+            ));
+        }
+        candle_core::Result::Ok(layers)
+    };
     let image = config.image_size;
-    let mut layers: Vec<(&str, Vec<usize>, bool, Layer<'_>)> = vec![
-        ("conv1+pool1", vec![n, 1, image, image], false, {
-            let (w, b) = (param("conv1.weight"), param("conv1.bias"));
-            Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
-        }),
-        ("lrn1", vec![n, block1, side2, side2], true, {
+    let mut layers: Vec<(String, Vec<usize>, bool, Layer<'_>)> = vec![
+        (
+            "conv1+pool1".to_string(),
+            vec![n, 1, image, image],
+            false,
+            {
+                let (w, b) = (param("conv1.weight"), param("conv1.bias"));
+                Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
+            },
+        ),
+        ("lrn1".to_string(), vec![n, block1, side2, side2], true, {
             let (w, b) = (param("lrn1.weight"), param("lrn1.bias"));
             Box::new(move |xs: &Tensor| layer_norm(xs, &w, &b, 1e-5))
         }),
-        (
-            "conv2a",
-            vec![n, block1, side2, side2],
-            true,
-            conv("conv2a", 1, 0),
-        ),
-        (
-            "conv2b+pool2b",
-            vec![n, conv2a_out, side2, side2],
-            true,
-            conv_pool("conv2b"),
-        ),
-        ("pool2a", vec![n, block1, side2, side2], true, {
-            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep))
-        }),
-        (
-            "conv2c",
-            vec![n, block1, side2, side2],
-            true,
-            conv("conv2c", 1, 0),
-        ),
-        ("pool2b+cat", vec![n, conv2b_out, side3, side3], true, {
-            pool_cat(&[n, conv2c_out, side2, side2])?
-        }),
-        (
-            "conv3a",
-            vec![n, featex, side3, side3],
-            true,
-            conv("conv3a", 1, 0),
-        ),
-        (
-            "conv3b+pool3b",
-            vec![n, conv3a_out, side3, side3],
-            true,
-            conv_pool("conv3b"),
-        ),
-        ("pool3a", vec![n, featex, side3, side3], true, {
-            Box::new(move |xs: &Tensor| max_pool2d(xs, pool_keep))
-        }),
-        (
-            "conv3c",
-            vec![n, featex, side3, side3],
-            true,
-            conv("conv3c", 1, 0),
-        ),
-        ("pool3b+cat", vec![n, conv3b_out, side4, side4], true, {
-            pool_cat(&[n, conv3c_out, side3, side3])?
-        }),
     ];
-    if !device.is_cpu() {
-        layers.push((
-            "conv2b",
-            vec![n, conv2a_out, side2, side2],
-            true,
-            conv("conv2b", 1, 1),
-        ));
-        layers.push((
-            "conv3b",
-            vec![n, conv3a_out, side3, side3],
-            true,
-            conv("conv3b", 1, 1),
-        ));
-    }
+    layers.extend(featex_block(2, block1, side2)?);
+    layers.extend(featex_block(3, featex, side3)?);
     // Small batches take milliseconds: more repeats then steady the medians.
     let repeats = config.iterations.clamp(1, 5) * if n <= 4 { 4 } else { 1 };
     let mut timings = Vec::new();
@@ -667,7 +659,7 @@ pub fn profile_layers_on(
             drop(grads);
         }
         timings.push(LayerTiming {
-            layer: name.to_string(),
+            layer: name,
             output,
             forward_ms: Spread::of(&forward[1..]).median * 1e3,
             backward_ms: Spread::of(&backward[1..]).median * 1e3,
