@@ -118,7 +118,8 @@ pub struct PathReport {
     /// (the figures are then not trustworthy), as `bench_torch.py` reports it.
     pub train_cpu_utilisation: f64,
     /// Copies of a GPU tensor to the host and back that the ops made during the timed training
-    /// steps ([`crate::ops::host_round_trips`]): 0 on the CPU and on the CUDA kernels.
+    /// steps (counted by the crate-internal `ops::host_round_trips`): 0 on the CPU and on the
+    /// CUDA kernels.
     #[serde(default)]
     pub train_host_round_trips: usize,
 }
