@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::storage::{contiguous_f32, read_f32};
+use super::storage::{f32_arguments, read_f32};
 
 /// The per-channel statistics of one batch, as BatchNorm's training forward computes them (f32,
 /// shape `[C]`, not tracked by autograd): the mean and the biased variance.
@@ -268,11 +268,10 @@ impl CustomOp3 for BatchNormOp {
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = geometry(xl)?;
-        let (x, w, b) = (
-            contiguous_f32(x, xl, "batch_norm input")?,
-            contiguous_f32(w, wl, "batch_norm weight")?,
-            contiguous_f32(b, bl, "batch_norm bias")?,
-        );
+        let [x, w, b] = f32_arguments(
+            [(x, xl), (w, wl), (b, bl)],
+            ["batch_norm input", "batch_norm weight", "batch_norm bias"],
+        )?;
         let c = dims.1;
         if w.len() != c || b.len() != c {
             candle_core::bail!(

@@ -18,7 +18,7 @@ use super::max_pool::{
     interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
 };
 use super::parallel::{filled, grown, image_groups, thread_count, with_spare_buffer};
-use super::storage::{contiguous_f32, gradient_tensors, read_f32};
+use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
@@ -187,11 +187,10 @@ impl CustomOp3 for ConvReluPoolOp {
             pool: self.pool,
         };
         geometry.check()?;
-        let (x, w, b) = (
-            contiguous_f32(x, xl, "conv2d input")?,
-            contiguous_f32(w, wl, "conv2d weight")?,
-            contiguous_f32(b, bl, "conv2d bias")?,
-        );
+        let [x, w, b] = f32_arguments(
+            [(x, xl), (w, wl), (b, bl)],
+            ["conv2d input", "conv2d weight", "conv2d bias"],
+        )?;
         if b.len() != geometry.conv.c_out {
             candle_core::bail!(
                 "conv2d: bias of {} values for {} output channels",

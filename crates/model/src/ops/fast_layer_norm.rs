@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::parallel::{filled, par_build, thread_count};
-use super::storage::contiguous_f32;
+use super::storage::f32_arguments;
 
 /// Values per partial sum of the statistics. The sums run over fixed chunks, added in order, so
 /// the result is the same whether one thread or several compute the chunks.
@@ -266,19 +266,6 @@ fn samples_and_features(
         ),
         _ => Ok((dims[0], features)),
     }
-}
-
-/// The three contiguous f32 arguments of a LayerNorm op on the CPU, named in errors.
-fn f32_arguments<'a>(
-    arguments: [(&'a CpuStorage, &Layout); 3],
-    names: [&str; 3],
-) -> candle_core::Result<[&'a [f32]; 3]> {
-    let [(a, al), (b, bl), (c, cl)] = arguments;
-    Ok([
-        contiguous_f32(a, al, names[0])?,
-        contiguous_f32(b, bl, names[1])?,
-        contiguous_f32(c, cl, names[2])?,
-    ])
 }
 
 impl CustomOp3 for LayerNormOp {

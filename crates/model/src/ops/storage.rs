@@ -25,6 +25,19 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// The three contiguous f32 arguments of a `CustomOp3` on the CPU, each named in its error.
+pub(crate) fn f32_arguments<'a>(
+    arguments: [(&'a CpuStorage, &Layout); 3],
+    names: [&str; 3],
+) -> candle_core::Result<[&'a [f32]; 3]> {
+    let [(a, al), (b, bl), (c, cl)] = arguments;
+    Ok([
+        contiguous_f32(a, al, names[0])?,
+        contiguous_f32(b, bl, names[1])?,
+        contiguous_f32(c, cl, names[2])?,
+    ])
+}
+
 /// The values of a contiguous tensor of any element type; `what` names it in the error.
 pub(crate) fn contiguous<'a, T>(
     data: &'a [T],

@@ -14,7 +14,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::storage::{contiguous_f32, gradient_tensors, read_f32};
+use super::storage::{f32_arguments, gradient_tensors, read_f32};
 
 mod backward;
 mod forward;
@@ -52,11 +52,10 @@ impl CustomOp3 for ConvReluOp {
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = ConvGeometry::new(xl.dims(), wl.dims(), self.stride, self.padding)?;
-        let (x, w, b) = (
-            contiguous_f32(x, xl, "conv2d input")?,
-            contiguous_f32(w, wl, "conv2d weight")?,
-            contiguous_f32(b, bl, "conv2d bias")?,
-        );
+        let [x, w, b] = f32_arguments(
+            [(x, xl), (w, wl), (b, bl)],
+            ["conv2d input", "conv2d weight", "conv2d bias"],
+        )?;
         if b.len() != g.c_out {
             candle_core::bail!(
                 "conv2d: bias of {} values for {} output channels",
