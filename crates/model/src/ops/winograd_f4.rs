@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, Gemm};
-use super::winograd::{position_gemm, Scratch};
+use super::winograd::{position_gemm, Scratch, Winograd};
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
 const POSITIONS: usize = 36;
@@ -55,6 +55,14 @@ fn weight_combination(g: [f64; 3]) -> [f64; 6] {
         g[0] / 24.0 - g[1] / 12.0 + g[2] / 6.0,
         g[2],
     ]
+}
+
+impl From<Winograd> for WinogradF4 {
+    /// The same convolution's geometry, for the larger tiles.
+    fn from(geometry: Winograd) -> Self {
+        let Winograd { c_in, c_out, h, w } = geometry;
+        WinogradF4 { c_in, c_out, h, w }
+    }
 }
 
 /// `G^T` applied to six values `u[0..6]`, in f64: the three values of a kernel row or column's

@@ -64,13 +64,7 @@ pub(in crate::ops) fn backward_from(
     // The input gradient by Winograd's F(4x4, 3x3) (about 6% less time than F(2x2) for conv2b's
     // backward with AVX-512 GEMMs): the flipped, channel-swapped kernel, transformed once.
     let winograd = g.winograd().map(|winograd| {
-        let swapped = winograd.transposed();
-        let swapped = WinogradF4 {
-            c_in: swapped.c_in,
-            c_out: swapped.c_out,
-            h: swapped.h,
-            w: swapped.w,
-        };
+        let swapped = WinogradF4::from(winograd.transposed());
         let transformed = swapped.transform_weights(&winograd.flipped_weights(weight));
         (swapped, transformed)
     });

@@ -95,12 +95,7 @@ impl ConvGeometry {
     /// The same convolutions for inference by Winograd's F(4x4, 3x3): fewer multiplications and
     /// less memory traffic than F(2x2, 3x3), for slightly coarser rounding (see `winograd_f4`).
     pub(in crate::ops) fn winograd_f4(&self) -> Option<WinogradF4> {
-        self.winograd().map(|f2| WinogradF4 {
-            c_in: f2.c_in,
-            c_out: f2.c_out,
-            h: f2.h,
-            w: f2.w,
-        })
+        self.winograd().map(WinogradF4::from)
     }
 
     /// A 1x1 stride-1 convolution reads its input as the im2col matrix directly.
