@@ -75,14 +75,12 @@ struct Conv {
 }
 
 impl Conv {
-    /// `relu(conv(xs))`; in eval mode on the variant that may round differently in the last bits
-    /// (see `ops::conv2d_relu_inference`).
-    fn forward_relu_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
-        if train {
-            ops::conv2d_relu(xs, weight, bias, self.stride, self.padding)
-        } else {
-            ops::conv2d_relu_inference(xs, weight, bias, self.stride, self.padding)
+    fn layer(&self) -> ops::ConvLayer<'_> {
+        ops::ConvLayer {
+            weight: self.weight.as_tensor(),
+            bias: self.bias.as_tensor(),
+            stride: self.stride,
+            padding: self.padding,
         }
     }
 }
@@ -414,28 +412,17 @@ impl Dexpression {
     fn featex(
         &self,
         xs: &Tensor,
-        (a, b, c): (&Conv, &Conv, &Conv),
+        (reduce, conv, pooled): (&Conv, &Conv, &Conv),
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        let reduced = a.forward_relu_t(xs, train)?;
-        let pool_branch = c.forward_relu_t(&ops::max_pool2d(xs, POOL_KEEP)?, train)?;
-        // Pooling works channel by channel, so pooling each branch and concatenating equals the
-        // port's pool of the concatenation. The conv branch's convolution, ReLU and pool run as
-        // one op: its full-size output (80 MiB for conv2b at batch 32) and that output's gradient
-        // never exist, which saves far more than the copy of the (pooled, a quarter as large)
-        // concatenation costs, in training and in inference alike.
-        let conv_branch = ops::conv2d_relu_max_pool2d(
-            &reduced,
-            b.weight.as_tensor(),
-            b.bias.as_tensor(),
-            b.stride,
-            b.padding,
-            POOL_REDUCE,
-        )?;
-        Tensor::cat(
-            &[&conv_branch, &ops::max_pool2d(&pool_branch, POOL_REDUCE)?],
-            1,
-        )
+        let block = ops::FeatEx {
+            reduce: reduce.layer(),
+            conv: conv.layer(),
+            pooled: pooled.layer(),
+            keep: POOL_KEEP,
+            out_pool: POOL_REDUCE,
+        };
+        ops::feat_ex(xs, &block, train)
     }
 
     fn apply_dropout(&self, xs: &Tensor) -> candle_core::Result<Tensor> {

@@ -45,7 +45,7 @@ pub fn conv2d_relu(
 /// scale). [`conv2d_relu`] keeps im2col's direct sums, the reference for the op tests; the
 /// network's training forward runs its 3x3 convolutions through [`conv2d_relu_max_pool2d`],
 /// by Winograd's F(4x4, 3x3) too.
-pub fn conv2d_relu_inference(
+pub(crate) fn conv2d_relu_inference(
     xs: &Tensor,
     weight: &Tensor,
     bias: &Tensor,

@@ -14,12 +14,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast_conv::{backward_from, forward_image, ConvGeometry};
-use super::max_pool::{
-    interior_kernel_f32, pool_plane, scatter_plane, window_steps, Pool2d, NO_OFFSET,
-};
-use super::parallel::{filled, grown, image_groups, thread_count, with_spare_buffer};
+use super::max_pool::{pool_planes, scatter_plane, window_steps, Pool2d, NO_OFFSET};
+use super::parallel::{filled, grown, image_groups, with_spare_buffer, Parallel};
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
+use super::winograd_f4::WinogradF4;
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -42,29 +41,29 @@ impl ConvReluPoolOp {
 
 /// The convolution's and the pool's geometry together.
 #[derive(Debug, Clone, Copy)]
-struct ConvPoolGeometry {
-    conv: ConvGeometry,
-    pool: Pool2d,
+pub(super) struct ConvPoolGeometry {
+    pub conv: ConvGeometry,
+    pub pool: Pool2d,
 }
 
 impl ConvPoolGeometry {
-    fn pooled_h(&self) -> usize {
+    pub(super) fn pooled_h(&self) -> usize {
         self.pool.out_side(self.conv.out_h())
     }
 
-    fn pooled_w(&self) -> usize {
+    pub(super) fn pooled_w(&self) -> usize {
         self.pool.out_side(self.conv.out_w())
     }
 
-    fn pooled_plane(&self) -> usize {
+    pub(super) fn pooled_plane(&self) -> usize {
         self.pooled_h() * self.pooled_w()
     }
 
-    fn pooled_image(&self) -> usize {
+    pub(super) fn pooled_image(&self) -> usize {
         self.conv.c_out * self.pooled_plane()
     }
 
-    fn check(&self) -> candle_core::Result<()> {
+    pub(super) fn check(&self) -> candle_core::Result<()> {
         let (oh, ow) = (self.conv.out_h(), self.conv.out_w());
         if oh + 2 * self.pool.padding < self.pool.kernel
             || ow + 2 * self.pool.padding < self.pool.kernel
@@ -80,39 +79,58 @@ impl ConvPoolGeometry {
     }
 }
 
-/// Pools one image's convolution output (`c_out x OH x OW`) into `out` and `offsets`; the
-/// channels run on every thread when `parallel`.
-fn pool_image(
-    conv_out: &[f32],
-    geometry: &ConvPoolGeometry,
-    out: &mut [f32],
-    offsets: &mut [u8],
-    parallel: bool,
-) {
-    let g = &geometry.conv;
-    let (plane, pooled) = (g.out_plane(), geometry.pooled_plane());
-    let interior = interior_kernel_f32(geometry.pool);
-    let one = |((out, offsets), conv): ((&mut [f32], &mut [u8]), &[f32])| {
-        pool_plane(
-            conv,
-            g.out_h(),
-            g.out_w(),
-            geometry.pool,
-            out,
-            offsets,
-            interior,
-        )
-    };
-    if parallel {
-        out.par_chunks_mut(pooled)
-            .zip(offsets.par_chunks_mut(pooled))
-            .zip(conv_out.par_chunks(plane))
-            .for_each(one);
-    } else {
-        out.chunks_mut(pooled)
-            .zip(offsets.chunks_mut(pooled))
-            .zip(conv_out.chunks(plane))
-            .for_each(one);
+/// A convolution's weights as the per-image kernels take them: `weight`, `bias` and, for a 3x3
+/// stride-1 convolution, its Winograd F(4x4, 3x3) form.
+pub(super) struct ConvWeights<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    winograd: Option<(WinogradF4, Arc<Vec<f32>>)>,
+}
+
+impl<'a> ConvWeights<'a> {
+    /// The weights of the convolution `g`. 3x3 stride-1 convolutions (the FeatEx blocks' conv2b
+    /// and conv3b) run by Winograd's F(4x4, 3x3): a quarter of the multiplications, rounded within
+    /// about 1e-6 of the output's scale (see `winograd_f4`); the others by im2col and a GEMM.
+    pub(super) fn new(g: &ConvGeometry, weight: &'a [f32], bias: &'a [f32]) -> Self {
+        let winograd = g
+            .winograd_f4()
+            .map(|winograd| (winograd, winograd.transform_weights_cached(weight)));
+        Self {
+            weight,
+            bias,
+            winograd,
+        }
+    }
+}
+
+impl ConvPoolGeometry {
+    /// One image: `relu(conv(x) + b)` into a per-thread buffer, pooled into `out` and `offsets`.
+    /// With `Parallel::None` the calling thread does it all; otherwise every step uses every
+    /// thread.
+    pub(super) fn image(
+        &self,
+        x: &[f32],
+        weights: &ConvWeights<'_>,
+        out: &mut [f32],
+        offsets: &mut [u8],
+        par: Parallel,
+    ) {
+        let g = &self.conv;
+        let parallel = !matches!(par, Parallel::None);
+        with_spare_buffer(|conv_out| {
+            let conv_out = grown(conv_out, g.out_image());
+            match &weights.winograd {
+                Some((winograd, transformed)) => with_winograd_scratch(|scratch| {
+                    let bias = Some(weights.bias);
+                    winograd.image(x, transformed, bias, conv_out, scratch, parallel)
+                }),
+                None => with_spare_buffer(|col| {
+                    forward_image(x, weights.weight, weights.bias, g, conv_out, col, par)
+                }),
+            }
+            let sides = (g.out_h(), g.out_w());
+            pool_planes(conv_out, sides, self.pool, out, offsets, parallel);
+        })
     }
 }
 
@@ -127,43 +145,18 @@ fn forward(
     let mut out = filled(g.n * pooled_image, 0f32);
     let mut offsets = filled(g.n * pooled_image, NO_OFFSET);
     let (per_group, par) = image_groups(g.n);
-    // Fewer images than threads: the GEMM and the pooling of each image use every thread.
-    let parallel_inside = g.n < thread_count();
-    // 3x3 stride-1 convolutions (the FeatEx blocks' conv2b and conv3b) by Winograd's F(4x4, 3x3):
-    // a quarter of the multiplications, rounded within about 1e-6 of the output's scale (see
-    // `winograd_f4`); the others by im2col and a GEMM.
-    let winograd = g
-        .winograd_f4()
-        .map(|winograd| (winograd, winograd.transform_weights_cached(weight)));
+    let weights = ConvWeights::new(g, weight, bias);
     out.par_chunks_mut(per_group * pooled_image)
         .zip(offsets.par_chunks_mut(per_group * pooled_image))
         .zip(x.par_chunks(per_group * g.in_image()))
         .for_each(|((out, offsets), x)| {
-            with_winograd_scratch(|scratch| {
-                with_spare_buffer(|col| {
-                    with_spare_buffer(|conv_out| {
-                        let conv_out = grown(conv_out, g.out_image());
-                        for ((out, offsets), x) in out
-                            .chunks_mut(pooled_image)
-                            .zip(offsets.chunks_mut(pooled_image))
-                            .zip(x.chunks(g.in_image()))
-                        {
-                            match &winograd {
-                                Some((winograd, transformed)) => winograd.image(
-                                    x,
-                                    transformed,
-                                    Some(bias),
-                                    conv_out,
-                                    scratch,
-                                    parallel_inside,
-                                ),
-                                None => forward_image(x, weight, bias, g, conv_out, col, par),
-                            }
-                            pool_image(conv_out, geometry, out, offsets, parallel_inside);
-                        }
-                    })
-                })
-            })
+            for ((out, offsets), x) in out
+                .chunks_mut(pooled_image)
+                .zip(offsets.chunks_mut(pooled_image))
+                .zip(x.chunks(g.in_image()))
+            {
+                geometry.image(x, &weights, out, offsets, par);
+            }
         });
     (out, offsets)
 }

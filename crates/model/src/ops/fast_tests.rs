@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::conv::{conv2d_relu_max_pool2d_on, conv2d_relu_on};
+use super::feat_ex::{feat_ex, feat_ex_composed, ConvLayer, FeatEx};
 use super::layer_norm::layer_norm_on;
 use super::max_pool::Pool2d;
 
@@ -231,4 +232,86 @@ fn every_vector_path_computes_the_same_bits() {
             Some(expected) => assert!(*expected == bits, "{level} differs from portable"),
         }
     });
+}
+
+/// A FeatEx block of small random convolutions (channels in, reduced, conv, pooled), with
+/// DeXpression's pools; `tensors` holds the weights and biases it borrows.
+fn small_feat_ex(tensors: &[Tensor; 6]) -> FeatEx<'_> {
+    let layer = |i: usize, padding| ConvLayer {
+        weight: &tensors[2 * i],
+        bias: &tensors[2 * i + 1],
+        stride: 1,
+        padding,
+    };
+    FeatEx {
+        reduce: layer(0, 0),
+        conv: layer(1, 1),
+        pooled: layer(2, 0),
+        keep: Pool2d {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+        out_pool: Pool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+        },
+    }
+}
+
+fn small_feat_ex_tensors(c_in: usize, (c_a, c_b, c_c): (usize, usize, usize)) -> [Tensor; 6] {
+    let shapes: [&[usize]; 6] = [
+        &[c_a, c_in, 1, 1],
+        &[c_a],
+        &[c_b, c_a, 3, 3],
+        &[c_b],
+        &[c_c, c_in, 1, 1],
+        &[c_c],
+    ];
+    std::array::from_fn(|i| {
+        var(shapes[i], 20 + i as u64)
+            .as_tensor()
+            .affine(0.4, 0.0)
+            .unwrap()
+    })
+}
+
+/// The fused inference block against the composition it replaces, at batches below, at and above
+/// the thread count (each splits the work differently), on sides where the pools' borders and
+/// Winograd's partial tiles both occur: the same kernels in the same order, so the same bits.
+#[test]
+fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
+    let tensors = small_feat_ex_tensors(6, (5, 7, 4));
+    let block = small_feat_ex(&tensors);
+    for (n, side) in [(1, 13), (2, 15), (5, 10)] {
+        let x = var(&[n, 6, side, side], side as u64)
+            .as_tensor()
+            .relu()
+            .unwrap();
+        let fused = feat_ex(&x, &block, false).unwrap();
+        let composed = feat_ex_composed(&x, &block, false).unwrap();
+        assert_eq!(fused.dims(), composed.dims(), "batch {n}, side {side}");
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        let (fused, composed) = (bits(&fused), bits(&composed));
+        let differing = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing, 0,
+            "batch {n}, side {side}: {differing} values differ"
+        );
+        // Not all zero: the ReLUs and pools let values through.
+        assert!(fused.iter().any(|&b| f32::from_bits(b) > 0.0));
+    }
+}
+
+#[test]
+fn a_backward_through_the_inference_block_says_what_to_do_instead() {
+    let tensors = small_feat_ex_tensors(2, (3, 4, 2));
+    let x = var(&[1, 2, 9, 9], 8);
+    let out = feat_ex(x.as_tensor(), &small_feat_ex(&tensors), false).unwrap();
+    let error = out.sum_all().unwrap().backward().unwrap_err().to_string();
+    assert!(error.contains("training-mode forward"), "{error}");
 }

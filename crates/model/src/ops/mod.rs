@@ -12,7 +12,7 @@
 //!
 //! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
 //! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
-//! one-pass LayerNorm) are used by default; the reference path composes
+//! one-pass LayerNorm, and for inference each FeatEx block as one op, [`feat_ex`]) are used by default; the reference path composes
 //! candle tensor ops and serves every other device and dtype, except that with the `cuda` feature
 //! max pooling and LayerNorm run CUDA kernels of their own on the GPU (the same ops, with a CUDA
 //! forward next to the CPU one; the launches are in `cuda.rs`). The only op that copies a GPU
@@ -32,6 +32,7 @@ mod cuda;
 mod fast_conv;
 mod fast_conv_pool;
 mod fast_layer_norm;
+mod feat_ex;
 mod isa;
 mod layer_norm;
 mod max_pool;
@@ -40,7 +41,8 @@ mod storage;
 mod winograd;
 mod winograd_f4;
 
-pub use conv::{conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
+pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
+pub use feat_ex::{feat_ex, ConvLayer, FeatEx};
 pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
 
 /// Threads the fast kernels split their work over: those of the rayon pool they run in.

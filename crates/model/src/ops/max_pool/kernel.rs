@@ -102,8 +102,36 @@ pub(super) fn pool_forward<T: WithDType>(
     (out, offsets)
 }
 
+/// Pools every `h x w` plane of `planes` (one image's channels) into `out` and `offsets`, with the
+/// vectorised kernel where it applies; the channels run on every thread when `parallel`.
+pub(in crate::ops) fn pool_planes(
+    planes: &[f32],
+    (h, w): (usize, usize),
+    pool: Pool2d,
+    out: &mut [f32],
+    offsets: &mut [u8],
+    parallel: bool,
+) {
+    let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
+    let interior = interior_kernel_f32(pool);
+    let one = |((out, offsets), input): ((&mut [f32], &mut [u8]), &[f32])| {
+        pool_plane(input, h, w, pool, out, offsets, interior)
+    };
+    if parallel {
+        out.par_chunks_mut(pooled)
+            .zip(offsets.par_chunks_mut(pooled))
+            .zip(planes.par_chunks(plane))
+            .for_each(one);
+    } else {
+        out.chunks_mut(pooled)
+            .zip(offsets.chunks_mut(pooled))
+            .zip(planes.chunks(plane))
+            .for_each(one);
+    }
+}
+
 /// Pools one `h x w` plane into `out` and `offsets` (`OH x OW` each).
-pub(in crate::ops) fn pool_plane<T: WithDType>(
+pub(super) fn pool_plane<T: WithDType>(
     plane: &[T],
     h: usize,
     w: usize,
@@ -190,7 +218,7 @@ pub(super) fn window_max_at<T: WithDType>(
 
 /// The vectorised kernel for this CPU and pool, if there is one (3x3 windows, stride 1 or 2,
 /// AVX2).
-pub(in crate::ops) fn interior_kernel_f32(pool: Pool2d) -> Option<InteriorKernel<f32>> {
+pub(super) fn interior_kernel_f32(pool: Pool2d) -> Option<InteriorKernel<f32>> {
     interior_kernel_f32_for(pool, crate::ops::isa::isa())
 }
 

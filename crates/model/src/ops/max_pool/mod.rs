@@ -28,10 +28,11 @@ mod kernel;
 #[cfg(test)]
 mod tests;
 
+use kernel::interior_kernel_f32;
 #[cfg(test)]
 use kernel::interior_kernel_f32_for;
-pub(super) use kernel::{interior_kernel_f32, pool_plane, scatter_plane, window_steps, NO_OFFSET};
 use kernel::{pool_backward, pool_backward_recorded, pool_forward, PoolGeometry};
+pub(super) use kernel::{pool_planes, scatter_plane, window_steps, NO_OFFSET};
 
 /// Whether a vectorised 3x3 kernel that takes `block` windows at a time may run on `outputs` of
 /// one output row: at least one block, at most three window rows, no window reaching into the

@@ -1,0 +1,301 @@
+//! One FeatEx block (Burkert et al.'s parallel feature extraction), and on the CPU for inference
+//! the whole block as one op.
+//!
+//! The block is `cat(pool(relu(conv_b(relu(conv_a(x))))), pool(relu(conv_c(keep_pool(x)))))`
+//! over channels. Composed of the network's ops, an inference writes five full-size tensors per
+//! block (conv_a's output, the pooled input, conv_c's output, the pooled branch, the
+//! concatenation) and each pool records its windows' maxima for a backward that never comes. As
+//! one op, each image's intermediates live in per-thread buffers of a few hundred KiB, and each
+//! branch is pooled straight into its channels of the output. The per-image kernels are the ones
+//! the composed ops run, in the same order, so the output is the same bit for bit on any CPU
+//! (checked by `feat_ex_inference_equals_the_composed_block_bit_for_bit`).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::{conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
+use super::fast_conv::{forward_image, ConvGeometry};
+use super::fast_conv_pool::{ConvPoolGeometry, ConvWeights};
+use super::max_pool::{max_pool2d, pool_planes, Pool2d, NO_OFFSET};
+use super::parallel::{filled, grown, image_groups, with_spare_buffer, Parallel};
+use super::storage::{contiguous_f32, read_f32};
+
+/// A convolution with bias as a FeatEx block holds it (PyTorch's `nn.Conv2d`, square kernel).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvLayer<'a> {
+    /// `c_out x c_in x k x k`.
+    pub weight: &'a Tensor,
+    /// `c_out`.
+    pub bias: &'a Tensor,
+    /// Step between windows.
+    pub stride: usize,
+    /// Zero border on each side.
+    pub padding: usize,
+}
+
+/// One FeatEx block: `reduce` (conv2a / conv3a) feeds `conv` (conv2b / conv3b); `pooled`
+/// (conv2c / conv3c) convolves the input pooled by `keep`; both branches, after their ReLU, are
+/// pooled by `out_pool` and concatenated, `conv`'s channels first.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatEx<'a> {
+    /// The 1x1 convolution that reduces the channels before `conv`.
+    pub reduce: ConvLayer<'a>,
+    /// The 3x3 convolution of the first branch.
+    pub conv: ConvLayer<'a>,
+    /// The convolution of the pooled branch.
+    pub pooled: ConvLayer<'a>,
+    /// The pool of the input that feeds `pooled` (3x3, stride 1, padding 1 in DeXpression).
+    pub keep: Pool2d,
+    /// The pool of both branches' outputs (3x3, stride 2 in DeXpression).
+    pub out_pool: Pool2d,
+}
+
+/// One FeatEx block on `xs` (`N x C x H x W`). Training (`train`) composes the network's
+/// differentiable ops. For inference on the fast CPU kernels the block runs as one op that keeps
+/// no intermediates and no autograd graph (a backward through it fails and says so: take
+/// gradients of a training-mode forward, or detach the activation you explain, as Grad-CAM does);
+/// elsewhere inference composes the ops as training does.
+pub fn feat_ex(xs: &Tensor, block: &FeatEx<'_>, train: bool) -> candle_core::Result<Tensor> {
+    if !train && super::fast_kernels_for(xs) {
+        xs.contiguous()?.apply_op1(FeatExInferenceOp::new(block)?)
+    } else {
+        feat_ex_composed(xs, block, train)
+    }
+}
+
+/// The block composed of the network's ops (in inference, with the inference convolution).
+pub(super) fn feat_ex_composed(
+    xs: &Tensor,
+    block: &FeatEx<'_>,
+    train: bool,
+) -> candle_core::Result<Tensor> {
+    let conv_relu = |xs: &Tensor, layer: &ConvLayer<'_>| {
+        let ConvLayer {
+            weight,
+            bias,
+            stride,
+            padding,
+        } = *layer;
+        if train {
+            conv2d_relu(xs, weight, bias, stride, padding)
+        } else {
+            conv2d_relu_inference(xs, weight, bias, stride, padding)
+        }
+    };
+    let reduced = conv_relu(xs, &block.reduce)?;
+    let pool_branch = conv_relu(&max_pool2d(xs, block.keep)?, &block.pooled)?;
+    // The conv branch's convolution, ReLU and pool run as one op: its full-size output (80 MiB
+    // for conv2b at batch 32) and that output's gradient never exist, which saves far more than
+    // the copy of the (pooled, a quarter as large) concatenation costs. Pooling works channel by
+    // channel, so pooling each branch and concatenating equals the port's pool of the
+    // concatenation.
+    let conv = &block.conv;
+    let conv_branch = conv2d_relu_max_pool2d(
+        &reduced,
+        conv.weight,
+        conv.bias,
+        conv.stride,
+        conv.padding,
+        block.out_pool,
+    )?;
+    Tensor::cat(
+        &[&conv_branch, &max_pool2d(&pool_branch, block.out_pool)?],
+        1,
+    )
+}
+
+/// The inference op; its tensors are detached copies of the block's (the same storage).
+struct FeatExInferenceOp {
+    layers: [(Tensor, Tensor, usize, usize); 3],
+    keep: Pool2d,
+    out_pool: Pool2d,
+}
+
+impl FeatExInferenceOp {
+    fn new(block: &FeatEx<'_>) -> candle_core::Result<Self> {
+        let layer = |layer: &ConvLayer<'_>| -> candle_core::Result<_> {
+            Ok((
+                layer.weight.detach().contiguous()?,
+                layer.bias.detach().contiguous()?,
+                layer.stride,
+                layer.padding,
+            ))
+        };
+        Ok(Self {
+            layers: [
+                layer(&block.reduce)?,
+                layer(&block.conv)?,
+                layer(&block.pooled)?,
+            ],
+            keep: block.keep,
+            out_pool: block.out_pool,
+        })
+    }
+}
+
+/// The shapes of one block's three convolutions and its pools.
+struct FeatExGeometry {
+    reduce: ConvGeometry,
+    conv: ConvPoolGeometry,
+    pooled: ConvPoolGeometry,
+    keep: Pool2d,
+}
+
+impl FeatExGeometry {
+    fn new(x_dims: &[usize], op: &FeatExInferenceOp) -> candle_core::Result<Self> {
+        let [(wa, _, sa, pa), (wb, _, sb, pb), (wc, _, sc, pc)] = &op.layers;
+        let reduce = ConvGeometry::new(x_dims, wa.dims(), *sa, *pa)?;
+        let reduced = [reduce.n, reduce.c_out, reduce.out_h(), reduce.out_w()];
+        let conv = ConvPoolGeometry {
+            conv: ConvGeometry::new(&reduced, wb.dims(), *sb, *pb)?,
+            pool: op.out_pool,
+        };
+        let [n, c, h, w] = [x_dims[0], x_dims[1], x_dims[2], x_dims[3]];
+        if h + 2 * op.keep.padding < op.keep.kernel || w + 2 * op.keep.padding < op.keep.kernel {
+            candle_core::bail!(
+                "feat_ex: a {h}x{w} input does not fit the pool {:?}",
+                op.keep
+            )
+        }
+        let kept = [n, c, op.keep.out_side(h), op.keep.out_side(w)];
+        let pooled = ConvPoolGeometry {
+            conv: ConvGeometry::new(&kept, wc.dims(), *sc, *pc)?,
+            pool: op.out_pool,
+        };
+        conv.check()?;
+        pooled.check()?;
+        let sides = |g: &ConvPoolGeometry| (g.pooled_h(), g.pooled_w());
+        if sides(&conv) != sides(&pooled) {
+            candle_core::bail!(
+                "feat_ex: the branches' pooled outputs differ in size, {:?} and {:?}; \
+                 their convolutions must keep the same side",
+                sides(&conv),
+                sides(&pooled)
+            )
+        }
+        Ok(Self {
+            reduce,
+            conv,
+            pooled,
+            keep: op.keep,
+        })
+    }
+
+    /// Values of one output image: both branches' channels, pooled.
+    fn out_image(&self) -> usize {
+        self.conv.pooled_image() + self.pooled.pooled_image()
+    }
+
+    /// Bytes of window offsets one image's pools record (discarded: inference has no backward).
+    fn offsets_len(&self) -> usize {
+        let kept = &self.pooled.conv;
+        self.out_image().max(kept.c_in * kept.h * kept.w)
+    }
+
+    /// One image `x` into `out`; `weights` in the order reduce, conv, pooled.
+    fn image(
+        &self,
+        x: &[f32],
+        weights: &[ConvWeights<'_>; 3],
+        out: &mut [f32],
+        offsets: &mut [u8],
+        par: Parallel,
+    ) {
+        let [reduce, conv, pooled] = weights;
+        let (conv_out, pooled_out) = out.split_at_mut(self.conv.pooled_image());
+        with_spare_buffer(|buffer| {
+            let g = &self.reduce;
+            let reduced = grown(buffer, g.out_image());
+            with_spare_buffer(|col| {
+                forward_image(x, reduce.weight, reduce.bias, g, reduced, col, par)
+            });
+            self.conv.image(reduced, conv, conv_out, offsets, par);
+            // The buffer again, for the pooled input: the reduced image is used up.
+            let kept = &self.pooled.conv;
+            let kept_input = grown(buffer, kept.in_image());
+            let parallel = !matches!(par, Parallel::None);
+            let (h, w) = (self.reduce.h, self.reduce.w);
+            pool_planes(x, (h, w), self.keep, kept_input, offsets, parallel);
+            self.pooled
+                .image(kept_input, pooled, pooled_out, offsets, par);
+        })
+    }
+}
+
+impl CustomOp1 for FeatExInferenceOp {
+    fn name(&self) -> &'static str {
+        "dexpression-feat-ex-inference"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let geometry = FeatExGeometry::new(layout.dims(), self)?;
+        let x = contiguous_f32(storage, layout, "feat_ex input")?;
+        let guards = self
+            .layers
+            .each_ref()
+            .map(|(weight, bias, _, _)| (weight.storage_and_layout(), bias.storage_and_layout()));
+        let conv_geometries = [&geometry.reduce, &geometry.conv.conv, &geometry.pooled.conv];
+        let mut weights = Vec::with_capacity(3);
+        for (((weight, weight_layout), (bias, bias_layout)), g) in
+            guards.iter().zip(conv_geometries)
+        {
+            let weight = read_f32(weight, weight_layout, "feat_ex weight")?;
+            let bias = read_f32(bias, bias_layout, "feat_ex bias")?;
+            if bias.len() != g.c_out {
+                candle_core::bail!(
+                    "feat_ex: bias of {} values for {} output channels",
+                    bias.len(),
+                    g.c_out
+                )
+            }
+            weights.push(ConvWeights::new(g, weight, bias));
+        }
+        let weights: [ConvWeights<'_>; 3] = weights
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("feat_ex: three convolutions".into()))?;
+
+        let n = geometry.reduce.n;
+        let (in_image, out_image) = (geometry.reduce.in_image(), geometry.out_image());
+        let mut out = filled(n * out_image, 0f32);
+        let (per_group, par) = image_groups(n);
+        // Whole images per thread: one image a task, so a thread that runs ahead takes more.
+        let per_task = if matches!(par, Parallel::None) {
+            1
+        } else {
+            per_group
+        };
+        out.par_chunks_mut(per_task * out_image)
+            .zip(x.par_chunks(per_task * in_image))
+            .for_each_init(
+                || vec![NO_OFFSET; geometry.offsets_len()],
+                |offsets, (out, x)| {
+                    for (out, x) in out.chunks_mut(out_image).zip(x.chunks(in_image)) {
+                        geometry.image(x, &weights, out, offsets, par);
+                    }
+                },
+            );
+        let (pooled_h, pooled_w) = (geometry.conv.pooled_h(), geometry.conv.pooled_w());
+        let channels = geometry.conv.conv.c_out + geometry.pooled.conv.c_out;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, channels, pooled_h, pooled_w)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        _grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        candle_core::bail!(
+            "feat_ex: the inference form of a FeatEx block has no backward; take gradients of a \
+             training-mode forward (`forward_t(xs, true)`), or detach the activation whose \
+             gradient you need (as Grad-CAM does)"
+        )
+    }
+}
