@@ -12,8 +12,9 @@
 //!
 //! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
 //! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
-//! one-pass LayerNorm, and for inference each FeatEx block as one op, [`feat_ex`]) are used by default; the reference path composes
-//! candle tensor ops and serves every other device and dtype, except that with the `cuda` feature
+//! one-pass LayerNorm, and for inference each FeatEx block as one op, [`feat_ex`]) are used by
+//! default; the reference path composes candle tensor ops and serves every other device and
+//! dtype, except that with the `cuda` feature
 //! max pooling and LayerNorm run CUDA kernels of their own on the GPU (the same ops, with a CUDA
 //! forward next to the CPU one; the launches are in `cuda.rs`). The only op that copies a GPU
 //! tensor to the host is max pooling where no GPU kernel takes it; [`host_round_trips`] counts
