@@ -346,30 +346,39 @@ impl WinogradF4 {
     fn transform_input_portable(&self, x: &[f32], v: &mut [f32]) {
         let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
         // Element (i, j) of tile (ty, tx) is input row 4ty + i - 1, column 4tx + j - 1 (zero
-        // outside: the padding).
-        for (position, row_of_tiles) in v.chunks_exact_mut(tiles).enumerate() {
-            let (i, j) = (position / TILE, position % TILE);
-            for (ty, dst) in row_of_tiles.chunks_exact_mut(tiles_w).enumerate() {
+        // outside: the padding). With the row copied one place to the right into zeros, that
+        // column is `padded[4tx + j]`: four rows (j = 0..3) read the padded row four values at a
+        // time, in a loop the compiler vectorises (a strided gather per row did not, and cost
+        // most of the transform), and rows j = 4, 5 are rows 0, 1 one tile on.
+        let mut padded = vec![0f32; BLOCK * (tiles_w + 1)];
+        for i in 0..TILE {
+            let rows = rows_of(v, tiles, i * TILE, 1);
+            let [d0, d1, d2, d3, d4, d5] =
+                rows.map(|row| row.chunks_exact_mut(tiles_w).take(self.tiles_h()));
+            for (ty, (((d0, d1), (d2, d3)), (d4, d5))) in
+                d0.zip(d1).zip(d2.zip(d3)).zip(d4.zip(d5)).enumerate()
+            {
                 let Some(y) = (BLOCK * ty + i).checked_sub(1).filter(|&y| y < h) else {
-                    dst.fill(0.0);
+                    for d in [d0, d1, d2, d3, d4, d5] {
+                        d.fill(0.0);
+                    }
                     continue;
                 };
-                let row = &x[y * w..(y + 1) * w];
-                // Tile 0's column j - 1 is the padding for j = 0.
-                let (first_tile, first_column) = match j.checked_sub(1) {
-                    Some(column) => (0, column),
-                    None => (1, BLOCK - 1),
-                };
-                dst[..first_tile].fill(0.0);
-                let mut written = first_tile;
-                for (d, &value) in dst[first_tile..]
-                    .iter_mut()
-                    .zip(row.iter().skip(first_column).step_by(BLOCK))
+                padded[1..=w].copy_from_slice(&x[y * w..(y + 1) * w]);
+                for ((((four, a), b), c), d) in padded
+                    .chunks_exact(BLOCK)
+                    .zip(d0.iter_mut())
+                    .zip(d1.iter_mut())
+                    .zip(d2.iter_mut())
+                    .zip(d3.iter_mut())
                 {
-                    *d = value;
-                    written += 1;
+                    (*a, *b, *c, *d) = (four[0], four[1], four[2], four[3]);
                 }
-                dst[written..].fill(0.0);
+                let last = tiles_w - 1;
+                d4[..last].copy_from_slice(&d0[1..]);
+                d5[..last].copy_from_slice(&d1[1..]);
+                d4[last] = padded[BLOCK * tiles_w];
+                d5[last] = padded[BLOCK * tiles_w + 1];
             }
         }
         for j in 0..TILE {
@@ -420,30 +429,36 @@ impl WinogradF4 {
         for r in 0..BLOCK {
             output_transform_6_in_place(rows_of(buffer, tiles, r * TILE, 1));
         }
-        // Output (4ty + r, 4tx + dx) is element (ty, tx) of row 6r + dx.
-        let b = bias.unwrap_or(0.0);
-        let activate = |value: f32| {
-            if bias.is_some() {
-                (value + b).max(0.0)
-            } else {
-                value
+        // The bias and ReLU over the whole buffer first (a loop the compiler vectorises; the
+        // rows 6r + 4 and 6r + 5, left over by the in-place step, are never read).
+        if let Some(b) = bias {
+            for value in buffer.iter_mut() {
+                *value = (*value + b).max(0.0);
             }
-        };
+        }
+        // Output (4ty + r, 4tx + dx) is element (ty, tx) of row 6r + dx.
         for ty in 0..self.tiles_h() {
             for r in 0..BLOCK {
                 let y = BLOCK * ty + r;
                 if y >= h {
                     break;
                 }
-                let o: [&[f32]; BLOCK] = std::array::from_fn(|dx| {
+                let [o0, o1, o2, o3]: [&[f32]; BLOCK] = std::array::from_fn(|dx| {
                     &buffer[(r * TILE + dx) * tiles + ty * tiles_w..][..tiles_w]
                 });
                 let out_row = &mut out[y * w..(y + 1) * w];
-                for (tx, chunk) in out_row.chunks_mut(BLOCK).enumerate() {
-                    let values = [o[0][tx], o[1][tx], o[2][tx], o[3][tx]];
-                    for (d, value) in chunk.iter_mut().zip(values) {
-                        *d = activate(value);
-                    }
+                // Interleaving the four rows by whole blocks, in a loop the compiler vectorises
+                // (indexing each row by tile did not, and cost about as much as the rest of the
+                // output transform); then the partial block at the right edge.
+                let mut blocks = out_row.chunks_exact_mut(BLOCK);
+                for ((block, (&v0, &v1)), (&v2, &v3)) in
+                    (&mut blocks).zip(o0.iter().zip(o1)).zip(o2.iter().zip(o3))
+                {
+                    block.copy_from_slice(&[v0, v1, v2, v3]);
+                }
+                let last = w / BLOCK;
+                for (d, row) in blocks.into_remainder().iter_mut().zip([o0, o1, o2]) {
+                    *d = row[last];
                 }
             }
         }

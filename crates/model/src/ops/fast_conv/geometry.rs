@@ -173,9 +173,15 @@ fn im2col_kernel_row(
             if g.stride == 1 {
                 out[ox_lo..ox_hi].copy_from_slice(&x_row[ix0..ix0 + (ox_hi - ox_lo)]);
             } else {
-                for (o, value) in out[ox_lo..ox_hi].iter_mut().enumerate() {
-                    *value = x_row[ix0 + o * g.stride];
+                // Every `stride`-th input as whole chunks of `stride` values, which the compiler
+                // vectorises (an indexed gather it did not: about a third of conv1's forward);
+                // the last input, whose chunk may run past the row, on its own.
+                let out = &mut out[ox_lo..ox_hi];
+                let (last, body) = out.split_last_mut().expect("ox_lo < ox_hi");
+                for (value, chunk) in body.iter_mut().zip(x_row[ix0..].chunks_exact(g.stride)) {
+                    *value = chunk[0];
                 }
+                *last = x_row[ix0 + body.len() * g.stride];
             }
         }
     }
