@@ -38,7 +38,10 @@ pub const NUM_BATCHES_TRACKED: &str = "batch_normalization.num_batches_tracked";
 ///
 /// Input `N x 1 x S x S` with pixel values / 255; output `N x n_classes` log-probabilities.
 /// Implements [`ModuleT`]: `train = true` uses dropout and batch statistics (and updates the
-/// running statistics), `train = false` uses running statistics and no dropout.
+/// running statistics), `train = false` uses running statistics and no dropout. On the CPU's fast
+/// kernels, `train = false` runs each FeatEx block as one inference op with no autograd graph
+/// (see `ops::feat_ex`): take gradients from a training-mode forward, or detach the activation
+/// whose gradient you need.
 pub struct Dexpression {
     config: DexpressionConfig,
     /// Every tensor of the port's `state_dict`, in its order, with whether Adam updates it.

@@ -17,7 +17,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Tensor};
 
-use super::max_pool::{MaxPoolRecordedBackwardOp, Pool2d, PoolSources};
+use super::max_pool::{MaxPoolRecordedBackwardOp, Pool2d, PoolShape};
 
 /// The kernels, compiled by build.rs for `CUDA_COMPUTE_CAP`.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dexpression_ops.ptx"));
@@ -78,66 +78,49 @@ fn i32_arg(value: usize, what: &str) -> candle_core::Result<i32> {
     i32::try_from(value).map_err(|_| candle_core::Error::Msg(format!("{what} {value} exceeds i32")))
 }
 
-/// Pools every source's channels, in order, into one output on the GPU (`MaxPoolOp`'s CUDA
-/// forward); returns the output and each output's recorded window offset.
+/// Pools the input on the GPU (`MaxPoolOp`'s CUDA forward); returns the output and each
+/// output's recorded window offset.
 pub(super) fn max_pool_forward(
-    sources: &[(&CudaStorage, &Layout)],
+    storage: &CudaStorage,
+    layout: &Layout,
     pool: Pool2d,
-    shapes: &PoolSources,
+    shape: &PoolShape,
 ) -> candle_core::Result<(CudaStorage, CudaSlice<u8>)> {
-    let (n, h, w) = (shapes.n, shapes.h, shapes.w);
+    let PoolShape { n, c, h, w } = *shape;
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
-    let c_total: usize = shapes.channels.iter().sum();
-    let len = n * c_total * oh * ow;
-    let device = sources[0].0.device().clone();
-    // SAFETY: every output and offset is written by the kernels below: the sources' channel
-    // ranges cover `0..c_total`, and each launch writes every output of its range.
+    let len = n * c * oh * ow;
+    let device = storage.device().clone();
+    // SAFETY: the kernel writes every output and offset (one thread per output).
     let offsets = unsafe { device.alloc::<u8>(len)? };
-    let size = |value: usize| i32_arg(value, "max_pool2d size");
-    let (n32, h32, w32, oh32, ow32) = (size(n)?, size(h)?, size(w)?, size(oh)?, size(ow)?);
-    let (k32, s32, p32) = (size(pool.kernel)?, size(pool.stride)?, size(pool.padding)?);
-    let c_total32 = i32_arg(c_total, "max_pool2d channels")?;
+    let sizes = [n, c, h, w, oh, ow, pool.kernel, pool.stride, pool.padding]
+        .map(|value| i32_arg(value, "max_pool2d size"));
+    let sizes: Vec<i32> = sizes.into_iter().collect::<candle_core::Result<_>>()?;
 
-    macro_rules! pool_sources {
-        ($variant:ident, $ty:ty, $kernel:literal) => {{
+    macro_rules! pool {
+        ($variant:ident, $data:expr, $ty:ty, $kernel:literal) => {{
+            let src = contiguous($data, layout, "max_pool2d input")?;
             // SAFETY: as for `offsets`.
             let dst = unsafe { device.alloc::<$ty>(len)? };
             let func = device.get_or_load_custom_func($kernel, MODULE, PTX)?;
-            let mut c_start = 0usize;
-            for ((storage, layout), &c) in sources.iter().zip(&shapes.channels) {
-                let CudaStorageSlice::$variant(data) = &storage.slice else {
-                    candle_core::bail!(
-                        "max_pool2d: inputs of different types {:?} and {:?}",
-                        sources[0].0.dtype(),
-                        storage.dtype()
-                    )
-                };
-                let src = contiguous(data, layout, "max_pool2d input")?;
-                let (c32, start32) = (
-                    i32_arg(c, "max_pool2d channels")?,
-                    i32_arg(c_start, "max_pool2d channels")?,
-                );
-                let mut builder = func.builder();
-                builder.arg(&src);
-                builder.arg(&dst);
-                builder.arg(&offsets);
-                candle_core::builder_arg!(
-                    builder, n32, c32, c_total32, start32, h32, w32, oh32, ow32, k32, s32, p32
-                );
-                // SAFETY: the arguments match the kernel's signature; the kernel reads
-                // `n * c * h * w` inputs and writes inside `dst` and `offsets` (`len` each).
-                unsafe { builder.launch(elementwise(n * c * oh * ow)) }.w()?;
-                c_start += c;
+            let mut builder = func.builder();
+            builder.arg(&src);
+            builder.arg(&dst);
+            builder.arg(&offsets);
+            for value in &sizes {
+                builder.arg(value);
             }
+            // SAFETY: the arguments match the kernel's signature; the kernel reads the
+            // `n * c * h * w` inputs and writes inside `dst` and `offsets` (`len` each).
+            unsafe { builder.launch(elementwise(len)) }.w()?;
             CudaStorageSlice::$variant(dst)
         }};
     }
-    let slice = match &sources[0].0.slice {
-        CudaStorageSlice::F32(_) => pool_sources!(F32, f32, "max_pool_forward_f32"),
-        CudaStorageSlice::F64(_) => pool_sources!(F64, f64, "max_pool_forward_f64"),
+    let slice = match &storage.slice {
+        CudaStorageSlice::F32(data) => pool!(F32, data, f32, "max_pool_forward_f32"),
+        CudaStorageSlice::F64(data) => pool!(F64, data, f64, "max_pool_forward_f64"),
         _ => candle_core::bail!(
             "max_pool2d: unsupported dtype {:?} on CUDA",
-            sources[0].0.dtype()
+            storage.dtype()
         ),
     };
     Ok((CudaStorage { slice, device }, offsets))
@@ -200,8 +183,6 @@ fn gather_gradient<T: DeviceRepr + candle_core::WithDType>(
     let sizes = [
         n,
         c,
-        op.channels_total,
-        op.channel_start,
         h,
         w,
         oh,

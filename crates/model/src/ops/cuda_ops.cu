@@ -14,30 +14,26 @@
 // ---------------------------------------------------------------------------------------------
 // Max pooling with padding (max_pool.rs): first maximum in scan order, a NaN always takes over.
 
-// Pools `src` (N x C_src x H x W) into channels `c_start..c_start + C_src` of `dst`
-// (N x C_total x OH x OW), recording each window's maximum as `row * kernel + column` in the
-// window (padding counted) in `offsets`, laid out as `dst`. One thread per output.
+// Pools `src` (N x C x H x W) into `dst` (N x C x OH x OW), recording each window's maximum as
+// `row * kernel + column` in the window (padding counted) in `offsets`, laid out as `dst`. One
+// thread per output.
 template <typename T>
-__device__ void max_pool_forward(const T *src, T *dst, uint8_t *offsets, int n, int c_src,
-                                 int c_total, int c_start, int h, int w, int oh, int ow,
-                                 int kernel, int stride, int padding) {
-    const long long total = (long long)n * c_src * oh * ow;
+__device__ void max_pool_forward(const T *src, T *dst, uint8_t *offsets, int n, int c, int h,
+                                 int w, int oh, int ow, int kernel, int stride, int padding) {
+    const long long total = (long long)n * c * oh * ow;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         const int ox = (int)(i % ow);
         const int oy = (int)((i / ow) % oh);
-        const long long plane = i / ((long long)oh * ow);  // image * c_src + channel
-        const int channel = (int)(plane % c_src);
-        const long long image = plane / c_src;
+        const long long plane = i / ((long long)oh * ow);  // image * c + channel
         const T *in = src + plane * h * w;
         const int y0 = max(oy * stride - padding, 0);
         const int y1 = min(oy * stride - padding + kernel, h);
         const int x0 = max(ox * stride - padding, 0);
         const int x1 = min(ox * stride - padding + kernel, w);
-        const long long out_idx = ((image * c_total + c_start + channel) * oh + oy) * ow + ox;
         if (y0 >= y1 || x0 >= x1) {
-            dst[out_idx] = -INFINITY;
-            offsets[out_idx] = NO_OFFSET;
+            dst[i] = -INFINITY;
+            offsets[i] = NO_OFFSET;
             continue;
         }
         T best = in[y0 * w + x0];
@@ -52,28 +48,27 @@ __device__ void max_pool_forward(const T *src, T *dst, uint8_t *offsets, int n, 
                 }
             }
         }
-        dst[out_idx] = best;
-        offsets[out_idx] = (uint8_t)best_offset;
+        dst[i] = best;
+        offsets[i] = (uint8_t)best_offset;
     }
 }
 
-// The gradient of one input (N x C x H x W) from the output gradient `grad_out`
-// (N x C_total x OH x OW, this input's channels from `c_start`) and the recorded offsets. One
-// thread per input element gathers the outputs whose recorded maximum it is, in the CPU scatter's
-// order (output rows, then columns), so the sums are the CPU's bit for bit, without atomics.
+// The input gradient (N x C x H x W) from the output gradient `grad_out` (N x C x OH x OW) and
+// the recorded offsets. One thread per input element gathers the outputs whose recorded maximum
+// it is, in the CPU scatter's order (output rows, then columns), so the sums are the CPU's bit
+// for bit, without atomics.
 template <typename T>
 __device__ void max_pool_backward(const T *grad_out, const uint8_t *offsets, T *grad_in, int n,
-                                  int c, int c_total, int c_start, int h, int w, int oh, int ow,
-                                  int kernel, int stride, int padding) {
+                                  int c, int h, int w, int oh, int ow, int kernel, int stride,
+                                  int padding) {
     const long long total = (long long)n * c * h * w;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         const int x = (int)(i % w);
         const int y = (int)((i / w) % h);
         const long long plane = i / ((long long)h * w);
-        const long long out_plane = (plane / c) * c_total + c_start + plane % c;
-        const T *g = grad_out + out_plane * oh * ow;
-        const uint8_t *o = offsets + out_plane * oh * ow;
+        const T *g = grad_out + plane * oh * ow;
+        const uint8_t *o = offsets + plane * oh * ow;
         // Outputs whose window holds row y: oy * stride - padding <= y < that + kernel.
         const int yp = y + padding, xp = x + padding;
         const int oy0 = yp >= kernel ? (yp - kernel) / stride + 1 : 0;
@@ -95,17 +90,17 @@ __device__ void max_pool_backward(const T *grad_out, const uint8_t *offsets, T *
 }
 
 #define MAX_POOL(T, SUFFIX)                                                                      \
-    extern "C" __global__ void max_pool_forward_##SUFFIX(                                       \
-        const T *src, T *dst, uint8_t *offsets, int n, int c_src, int c_total, int c_start,      \
-        int h, int w, int oh, int ow, int kernel, int stride, int padding) {                     \
-        max_pool_forward<T>(src, dst, offsets, n, c_src, c_total, c_start, h, w, oh, ow, kernel, \
-                            stride, padding);                                                    \
+    extern "C" __global__ void max_pool_forward_##SUFFIX(const T *src, T *dst, uint8_t *offsets, \
+                                                         int n, int c, int h, int w, int oh,     \
+                                                         int ow, int kernel, int stride,         \
+                                                         int padding) {                          \
+        max_pool_forward<T>(src, dst, offsets, n, c, h, w, oh, ow, kernel, stride, padding);     \
     }                                                                                            \
     extern "C" __global__ void max_pool_backward_##SUFFIX(                                      \
-        const T *grad_out, const uint8_t *offsets, T *grad_in, int n, int c, int c_total,        \
-        int c_start, int h, int w, int oh, int ow, int kernel, int stride, int padding) {        \
-        max_pool_backward<T>(grad_out, offsets, grad_in, n, c, c_total, c_start, h, w, oh, ow,   \
-                             kernel, stride, padding);                                           \
+        const T *grad_out, const uint8_t *offsets, T *grad_in, int n, int c, int h, int w,       \
+        int oh, int ow, int kernel, int stride, int padding) {                                   \
+        max_pool_backward<T>(grad_out, offsets, grad_in, n, c, h, w, oh, ow, kernel, stride,     \
+                             padding);                                                           \
     }
 
 MAX_POOL(float, f32)

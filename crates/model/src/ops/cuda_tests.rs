@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 
 use super::layer_norm::layer_norm_on;
-use super::max_pool::{max_pool2d, max_pool2d_cat_on, Pool2d};
+use super::max_pool::{max_pool2d, Pool2d};
 use crate::{Dexpression, DexpressionConfig};
 
 const NEEDS_GPU: &str = "needs a CUDA GPU (run with --ignored on a GPU machine)";
@@ -173,49 +173,6 @@ fn cuda_max_pool_equals_the_cpu_with_ties_nans_and_padding() {
                 );
             }
         }
-    }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
-fn cuda_max_pool_cat_equals_the_cpu() {
-    let device = gpu();
-    let pool = Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
-    let first = Tensor::from_vec(
-        tied_values(2 * 4 * 9 * 9, 11, None),
-        (2, 4, 9, 9),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let second = Tensor::from_vec(
-        tied_values(2 * 3 * 9 * 9, 12, None),
-        (2, 3, 9, 9),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let vars = |device: &Device| {
-        (
-            Var::from_tensor(&first.to_device(device).unwrap()).unwrap(),
-            Var::from_tensor(&second.to_device(device).unwrap()).unwrap(),
-        )
-    };
-    let (cpu_a, cpu_b) = vars(&Device::Cpu);
-    let (cuda_a, cuda_b) = vars(&device);
-    let cpu_out = max_pool2d_cat_on(cpu_a.as_tensor(), cpu_b.as_tensor(), pool, true).unwrap();
-    let cuda_out = max_pool2d_cat_on(cuda_a.as_tensor(), cuda_b.as_tensor(), pool, false).unwrap();
-    assert_identical("cat forward", &cuda_out, &cpu_out);
-    let cpu_grads = projected(&cpu_out, 6).backward().unwrap();
-    let cuda_grads = projected(&cuda_out, 6).backward().unwrap();
-    for (name, cuda, cpu) in [("first", &cuda_a, &cpu_a), ("second", &cuda_b, &cpu_b)] {
-        assert_identical(
-            &format!("cat gradient of the {name} input"),
-            cuda_grads.get(cuda.as_tensor()).unwrap(),
-            cpu_grads.get(cpu.as_tensor()).unwrap(),
-        );
     }
 }
 

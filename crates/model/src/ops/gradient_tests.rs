@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::conv::{conv2d_relu_max_pool2d_on, conv2d_relu_on};
 use super::layer_norm::layer_norm_on;
-use super::max_pool::{max_pool2d, max_pool2d_cat_on, Pool2d};
+use super::max_pool::{max_pool2d, Pool2d};
 
 /// Central-difference step.
 const STEP: f64 = 1e-6;
@@ -135,19 +135,6 @@ fn max_pool_backward_matches_finite_differences() {
             &format!("max_pool2d {pool:?}"),
             std::slice::from_ref(&xs),
             || max_pool2d(xs.as_tensor(), pool).unwrap(),
-        );
-    }
-}
-
-#[test]
-fn concatenating_max_pool_backward_matches_finite_differences() {
-    for fast in [false, true] {
-        let first = var(&[2, 2, 6, 6], 2);
-        let second = var(&[2, 3, 6, 6], 3);
-        check_gradients(
-            &format!("max_pool2d_cat fast={fast}"),
-            &[first.clone(), second.clone()],
-            || max_pool2d_cat_on(first.as_tensor(), second.as_tensor(), POOLS[1], fast).unwrap(),
         );
     }
 }

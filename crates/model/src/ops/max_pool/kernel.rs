@@ -15,6 +15,7 @@ use crate::ops::parallel::{filled, par_build, SharedMut};
 pub(super) struct PoolGeometry {
     pub pool: Pool2d,
     pub n: usize,
+    pub c: usize,
     pub h: usize,
     pub w: usize,
 }
@@ -48,35 +49,22 @@ pub(super) fn replaces<T: WithDType>(value: T, best: T) -> bool {
 pub(in crate::ops) type InteriorKernel<T> =
     fn(&[&[T]], usize, Range<usize>, &mut [T], &mut [u8]) -> bool;
 
-/// Pools `sources` (each a contiguous `N x C_i x H x W` slice and its `C_i`) into one
-/// `N x sum(C_i) x OH x OW` output and the offsets of each window's maximum.
+/// Pools `data` (contiguous `N x C x H x W`) into an `N x C x OH x OW` output and the offsets of
+/// each window's maximum.
 pub(super) fn pool_forward<T: WithDType>(
-    sources: &[(&[T], usize)],
+    data: &[T],
     geometry: PoolGeometry,
     interior: Option<InteriorKernel<T>>,
 ) -> (Vec<T>, Vec<u8>) {
-    let PoolGeometry { pool, n, h, w } = geometry;
+    let PoolGeometry { pool, n, c, h, w } = geometry;
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
-    let channels_total: usize = sources.iter().map(|(_, c)| c).sum();
-    let source_plane = |plane_idx: usize| -> &[T] {
-        let (image, mut channel) = (plane_idx / channels_total, plane_idx % channels_total);
-        for &(data, c) in sources {
-            if channel < c {
-                let start = (image * c + channel) * h * w;
-                return &data[start..start + h * w];
-            }
-            channel -= c;
-        }
-        unreachable!("the channel index is below the sum of the sources' channels")
-    };
     let plane_len = oh * ow;
-    let len = n * channels_total * plane_len;
+    let len = n * c * plane_len;
     // Offsets first (one byte per output), then the values, each plane written by one thread.
     let mut offsets = filled(len, NO_OFFSET);
     let offsets_ptr = SharedMut(offsets.as_mut_ptr());
     // Several planes per task when planes are many and small: a task costs about a microsecond.
-    let planes_per_task =
-        (n * channels_total / (8 * rayon::current_num_threads().max(1))).clamp(1, 16);
+    let planes_per_task = (n * c / (8 * rayon::current_num_threads().max(1))).clamp(1, 16);
     let out = par_build(
         len,
         planes_per_task * plane_len,
@@ -95,7 +83,8 @@ pub(super) fn pool_forward<T: WithDType>(
             for (plane_idx, (out, offsets)) in
                 (first_plane..).zip(out.chunks_mut(plane_len).zip(offsets.chunks_mut(plane_len)))
             {
-                pool_plane(source_plane(plane_idx), h, w, pool, out, offsets, interior);
+                let plane = &data[plane_idx * h * w..(plane_idx + 1) * h * w];
+                pool_plane(plane, h, w, pool, out, offsets, interior);
             }
         },
     );
@@ -255,27 +244,23 @@ pub(super) fn interior_kernel_f32_for(
     None
 }
 
-/// Backward from recorded offsets: each output's gradient goes to its window's maximum. The
-/// output gradient holds `channels_total` channels, of which this input's start at
-/// `channel_start`.
+/// Backward from recorded offsets: each output's gradient goes to its window's maximum.
 pub(super) fn pool_backward_recorded<T: WithDType>(
     offsets: &[u8],
     grad_out: &[T],
     input_dims: &[usize],
     pool: Pool2d,
-    channel_start: usize,
-    channels_total: usize,
 ) -> Vec<T> {
-    let (c, h, w) = (input_dims[1], input_dims[2], input_dims[3]);
+    let (h, w) = (input_dims[2], input_dims[3]);
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
     let plane_len = oh * ow;
     let steps = window_steps(pool, w);
     let len = input_dims.iter().product();
     par_build(len, h * w, T::zero(), |plane_idx, grad_plane| {
-        let source = (plane_idx / c) * channels_total + channel_start + plane_idx % c;
+        let plane = plane_idx * plane_len..(plane_idx + 1) * plane_len;
         scatter_plane(
-            &offsets[source * plane_len..(source + 1) * plane_len],
-            &grad_out[source * plane_len..(source + 1) * plane_len],
+            &offsets[plane.clone()],
+            &grad_out[plane],
             None,
             grad_plane,
             (oh, ow, w),

@@ -143,79 +143,28 @@ fn gpu_kernels(xs: &Tensor, pool: Pool2d) -> bool {
     }
 }
 
-/// `cat([max_pool2d(first), max_pool2d(second)], 1)`: both tensors `N x C_i x H x W` with the same
-/// `N`, `H` and `W`. On the fast CPU kernels and on the CUDA kernels both are pooled straight into
-/// one output, and the backward reads each input's gradient straight from the concatenated one;
-/// elsewhere (and with `fast` false on the CPU) it is exactly that composition. The network no
-/// longer needs it (FeatEx pools its conv branch inside the fused convolution); it stays as the
-/// tests' two-input form of the op.
-#[cfg(test)]
-pub(crate) fn max_pool2d_cat_on(
-    first: &Tensor,
-    second: &Tensor,
-    pool: Pool2d,
-    fast: bool,
-) -> candle_core::Result<Tensor> {
-    let (n1, _, h1, w1) = check_input(first, pool)?;
-    let (n2, _, h2, w2) = check_input(second, pool)?;
-    if (n1, h1, w1) != (n2, h2, w2) {
-        candle_core::bail!(
-            "max_pool2d_cat: inputs {:?} and {:?} differ in batch or image size",
-            first.dims(),
-            second.dims()
-        )
-    }
-    let same_device_and_type =
-        first.device().same_device(second.device()) && first.dtype() == second.dtype();
-    let native = (fast && first.device().is_cpu()) || gpu_kernels(first, pool);
-    if same_device_and_type && native {
-        first
-            .contiguous()?
-            .apply_op2(&second.contiguous()?, MaxPoolOp::new(pool))
-    } else {
-        Tensor::cat(&[&max_pool2d(first, pool)?, &max_pool2d(second, pool)?], 1)
-    }
-}
-
-/// The inputs of one pooling op: batch, height and width they share, and each one's channels, in
-/// output order.
-pub(in crate::ops) struct PoolSources {
+/// The shape of one pooling op's input, `N x C x H x W`.
+pub(in crate::ops) struct PoolShape {
     /// Images.
     pub n: usize,
+    /// Channels.
+    pub c: usize,
     /// Input height.
     pub h: usize,
     /// Input width.
     pub w: usize,
-    /// Channels of each input.
-    pub channels: Vec<usize>,
 }
 
-impl PoolSources {
-    /// The inputs' shapes, checked: each `N x C_i x H x W` with the same `N`, `H` and `W`.
-    fn of(layouts: &[&Layout]) -> candle_core::Result<Self> {
-        let dims = layouts[0].dims();
-        if dims.len() != 4 {
-            candle_core::bail!("max_pool2d expects N x C x H x W, got {:?}", dims)
+impl PoolShape {
+    fn of(layout: &Layout) -> candle_core::Result<Self> {
+        match *layout.dims() {
+            [n, c, h, w] => Ok(Self { n, c, h, w }),
+            ref dims => candle_core::bail!("max_pool2d expects N x C x H x W, got {dims:?}"),
         }
-        let (n, h, w) = (dims[0], dims[2], dims[3]);
-        let mut channels = Vec::with_capacity(layouts.len());
-        for layout in layouts {
-            let d = layout.dims();
-            if d.len() != 4 || (d[0], d[2], d[3]) != (n, h, w) {
-                candle_core::bail!("max_pool2d: inputs {:?} and {:?} do not fit", dims, d)
-            }
-            channels.push(d[1]);
-        }
-        Ok(Self { n, h, w, channels })
     }
 
     fn output_shape(&self, pool: Pool2d) -> Shape {
-        Shape::from((
-            self.n,
-            self.channels.iter().sum::<usize>(),
-            pool.out_side(self.h),
-            pool.out_side(self.w),
-        ))
+        Shape::from((self.n, self.c, pool.out_side(self.h), pool.out_side(self.w)))
     }
 }
 
@@ -247,8 +196,7 @@ impl RecordedOffsets {
     }
 }
 
-/// The pooling op: one input ([`CustomOp1`]) or two pooled into one concatenated output
-/// ([`CustomOp2`]), on the CPU and on CUDA (`cuda.rs`). The forward records, per output, the
+/// The pooling op, on the CPU and on CUDA (`cuda.rs`). The forward records, per output, the
 /// offset of its window's maximum (`row * kernel + column` within the window, padding included),
 /// so the backward is a scatter (a gather on the GPU) instead of a second search.
 struct MaxPoolOp {
@@ -274,80 +222,61 @@ impl MaxPoolOp {
         self.offsets.lock().ok().and_then(|guard| guard.clone())
     }
 
-    /// Pools every source's channels, in order, into one output, recording the offsets.
+    /// Pools the input, recording the offsets.
     fn forward(
         &self,
-        sources: &[(&CpuStorage, &Layout)],
+        storage: &CpuStorage,
+        layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let layouts: Vec<&Layout> = sources.iter().map(|(_, layout)| *layout).collect();
-        let shapes = PoolSources::of(&layouts)?;
+        let shape = PoolShape::of(layout)?;
         let geometry = PoolGeometry {
             pool: self.pool,
-            n: shapes.n,
-            h: shapes.h,
-            w: shapes.w,
+            n: shape.n,
+            c: shape.c,
+            h: shape.h,
+            w: shape.w,
         };
-        macro_rules! pool_sources {
-            ($variant:ident, $interior:expr) => {{
-                let mut slices = Vec::with_capacity(sources.len());
-                for ((storage, layout), &c) in sources.iter().zip(&shapes.channels) {
-                    let CpuStorage::$variant(data) = storage else {
-                        candle_core::bail!(
-                            "max_pool2d: inputs of different types {:?} and {:?}",
-                            sources[0].0.dtype(),
-                            storage.dtype()
-                        )
-                    };
-                    slices.push((contiguous(data, layout, "max_pool2d")?, c));
-                }
-                let (out, offsets) = pool_forward(&slices, geometry, $interior);
+        macro_rules! pool {
+            ($variant:ident, $data:expr, $interior:expr) => {{
+                let data = contiguous($data, layout, "max_pool2d")?;
+                let (out, offsets) = pool_forward(data, geometry, $interior);
                 self.remember(RecordedOffsets::Host(Arc::new(offsets)));
                 CpuStorage::$variant(out)
             }};
         }
-        let out = match sources[0].0 {
-            CpuStorage::F32(_) => pool_sources!(F32, interior_kernel_f32(self.pool)),
-            CpuStorage::F64(_) => pool_sources!(F64, None),
+        let out = match storage {
+            CpuStorage::F32(data) => pool!(F32, data, interior_kernel_f32(self.pool)),
+            CpuStorage::F64(data) => pool!(F64, data, None),
             other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
         };
-        Ok((out, shapes.output_shape(self.pool)))
+        Ok((out, shape.output_shape(self.pool)))
     }
 
     /// [`Self::forward`] on the GPU.
     #[cfg(feature = "cuda")]
     fn forward_cuda(
         &self,
-        sources: &[(&candle_core::CudaStorage, &Layout)],
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let layouts: Vec<&Layout> = sources.iter().map(|(_, layout)| *layout).collect();
-        let shapes = PoolSources::of(&layouts)?;
-        let (out, offsets) = super::cuda::max_pool_forward(sources, self.pool, &shapes)?;
+        let shape = PoolShape::of(layout)?;
+        let (out, offsets) = super::cuda::max_pool_forward(storage, layout, self.pool, &shape)?;
         self.remember(RecordedOffsets::Cuda(Arc::new(offsets)));
-        Ok((out, shapes.output_shape(self.pool)))
+        Ok((out, shape.output_shape(self.pool)))
     }
 
-    /// The gradient of the input that holds channels `channel_start..` of the output.
-    fn input_grad(
-        &self,
-        input: &Tensor,
-        channel_start: usize,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let channels_total = grad_res.dim(1)?;
+    /// The gradient of `input` from the output gradient `grad_res`.
+    fn input_grad(&self, input: &Tensor, grad_res: &Tensor) -> candle_core::Result<Tensor> {
+        let grad_res = grad_res.contiguous()?;
         match self.recorded() {
-            Some(offsets) if self.pool.records_offsets() => grad_res
-                .contiguous()?
-                .apply_op1_no_bwd(&MaxPoolRecordedBackwardOp {
+            Some(offsets) if self.pool.records_offsets() => {
+                grad_res.apply_op1_no_bwd(&MaxPoolRecordedBackwardOp {
                     pool: self.pool,
                     offsets,
                     input_dims: input.dims().to_vec(),
-                    channel_start,
-                    channels_total,
-                }),
-            _ => {
-                let grad = grad_res.narrow(1, channel_start, input.dim(1)?)?;
-                input.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolBackwardOp(self.pool))
+                })
             }
+            _ => input.apply_op2_no_bwd(&grad_res, &MaxPoolBackwardOp(self.pool)),
         }
     }
 }
@@ -362,7 +291,7 @@ impl CustomOp1 for MaxPoolOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(&[(storage, layout)])
+        self.forward(storage, layout)
     }
 
     #[cfg(feature = "cuda")]
@@ -371,7 +300,7 @@ impl CustomOp1 for MaxPoolOp {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.forward_cuda(&[(storage, layout)])
+        self.forward_cuda(storage, layout)
     }
 
     fn bwd(
@@ -380,62 +309,18 @@ impl CustomOp1 for MaxPoolOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(self.input_grad(arg, 0, grad_res)?))
+        Ok(Some(self.input_grad(arg, grad_res)?))
     }
 }
 
-impl CustomOp2 for MaxPoolOp {
-    fn name(&self) -> &'static str {
-        "dexpression-max-pool2d-cat"
-    }
-
-    fn cpu_fwd(
-        &self,
-        first: &CpuStorage,
-        first_layout: &Layout,
-        second: &CpuStorage,
-        second_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(&[(first, first_layout), (second, second_layout)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        first: &candle_core::CudaStorage,
-        first_layout: &Layout,
-        second: &candle_core::CudaStorage,
-        second_layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.forward_cuda(&[(first, first_layout), (second, second_layout)])
-    }
-
-    fn bwd(
-        &self,
-        first: &Tensor,
-        second: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((
-            Some(self.input_grad(first, 0, grad_res)?),
-            Some(self.input_grad(second, first.dim(1)?, grad_res)?),
-        ))
-    }
-}
-
-/// Gradient of [`MaxPoolOp`] for one input from the offsets its forward recorded; argument the
-/// (possibly concatenated) output gradient, on the device the forward ran on.
+/// Gradient of [`MaxPoolOp`] from the offsets its forward recorded; argument the output gradient,
+/// on the device the forward ran on.
 pub(in crate::ops) struct MaxPoolRecordedBackwardOp {
     /// The forward's window.
     pub pool: Pool2d,
     offsets: RecordedOffsets,
     /// The input's `N x C x H x W`.
     pub input_dims: Vec<usize>,
-    /// The input's first channel in the output.
-    pub channel_start: usize,
-    /// The output's channels.
-    pub channels_total: usize,
 }
 
 impl MaxPoolRecordedBackwardOp {
@@ -443,11 +328,8 @@ impl MaxPoolRecordedBackwardOp {
     fn check(&self, layout: &Layout) -> candle_core::Result<()> {
         let dims = &self.input_dims;
         let (oh, ow) = (self.pool.out_side(dims[2]), self.pool.out_side(dims[3]));
-        let expected = dims[0] * self.channels_total * oh * ow;
-        if self.offsets.len() != layout.shape().elem_count()
-            || self.offsets.len() != expected
-            || self.channel_start + dims[1] > self.channels_total
-        {
+        let expected = dims[0] * dims[1] * oh * ow;
+        if self.offsets.len() != layout.shape().elem_count() || self.offsets.len() != expected {
             candle_core::bail!(
                 "max_pool2d backward: {} recorded windows for a gradient of shape {:?} and an input of shape {:?}",
                 self.offsets.len(),
@@ -475,29 +357,16 @@ impl CustomOp1 for MaxPoolRecordedBackwardOp {
         };
         let dims = &self.input_dims;
         let shape = Shape::from(dims.as_slice());
+        macro_rules! scatter {
+            ($variant:ident, $grad:expr) => {{
+                let grad = contiguous($grad, layout, "max_pool2d")?;
+                let values = pool_backward_recorded(offsets, grad, dims, self.pool);
+                Ok((CpuStorage::$variant(values), shape))
+            }};
+        }
         match grad {
-            CpuStorage::F32(g) => Ok((
-                CpuStorage::F32(pool_backward_recorded(
-                    offsets,
-                    contiguous(g, layout, "max_pool2d")?,
-                    dims,
-                    self.pool,
-                    self.channel_start,
-                    self.channels_total,
-                )),
-                shape,
-            )),
-            CpuStorage::F64(g) => Ok((
-                CpuStorage::F64(pool_backward_recorded(
-                    offsets,
-                    contiguous(g, layout, "max_pool2d")?,
-                    dims,
-                    self.pool,
-                    self.channel_start,
-                    self.channels_total,
-                )),
-                shape,
-            )),
+            CpuStorage::F32(g) => scatter!(F32, g),
+            CpuStorage::F64(g) => scatter!(F64, g),
             other => {
                 candle_core::bail!("max_pool2d backward: unsupported dtype {:?}", other.dtype())
             }

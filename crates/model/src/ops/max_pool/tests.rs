@@ -1,4 +1,4 @@
-//! The pool's forward, both backward paths, the vectorised windows and the concatenating op.
+//! The pool's forward, both backward paths and the vectorised windows.
 
 use super::*;
 use candle_core::{Device, Var};
@@ -149,9 +149,15 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
         ] {
             for with_nan in [false, true] {
                 let values = tricky_values(2 * h * w, with_nan);
-                let geometry = PoolGeometry { pool, n: 2, h, w };
-                let (fast, fast_offsets) = pool_forward(&[(&values, 1)], geometry, Some(kernel));
-                let (slow, slow_offsets) = pool_forward(&[(&values, 1)], geometry, None);
+                let geometry = PoolGeometry {
+                    pool,
+                    n: 2,
+                    c: 1,
+                    h,
+                    w,
+                };
+                let (fast, fast_offsets) = pool_forward(&values, geometry, Some(kernel));
+                let (slow, slow_offsets) = pool_forward(&values, geometry, None);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&fast),
@@ -182,60 +188,12 @@ fn a_nan_wins_its_window_as_in_pytorch() {
     let geometry = PoolGeometry {
         pool,
         n: 1,
+        c: 1,
         h: 4,
         w: 4,
     };
-    let (out, offsets) = pool_forward(&[(&values, 1)], geometry, None);
+    let (out, offsets) = pool_forward(&values, geometry, None);
     assert!(out.iter().all(|v| v.is_nan()));
     // Window (0, 0) covers rows 0-2, columns 0-2: input 9 is its row 2, column 1.
     assert_eq!(offsets[0], 7);
-}
-
-#[test]
-fn pooling_two_inputs_into_one_output_equals_pooling_each_then_concatenating() {
-    let first = Var::from_tensor(
-        &Tensor::from_vec(
-            tricky_values(2 * 3 * 9 * 9, false),
-            (2, 3, 9, 9),
-            &Device::Cpu,
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let second = Var::from_tensor(
-        &Tensor::from_vec(
-            tricky_values(2 * 2 * 9 * 9, false)[..2 * 2 * 81].to_vec(),
-            (2, 2, 9, 9),
-            &Device::Cpu,
-        )
-        .unwrap()
-        .affine(0.5, 0.25)
-        .unwrap(),
-    )
-    .unwrap();
-    let pool = Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 0,
-    };
-    let run = |fast: bool| {
-        let out = max_pool2d_cat_on(first.as_tensor(), second.as_tensor(), pool, fast).unwrap();
-        let weights: Vec<f32> = (0..out.elem_count())
-            .map(|i| (i % 7) as f32 - 3.0)
-            .collect();
-        let weights = Tensor::from_vec(weights, out.shape(), &Device::Cpu).unwrap();
-        let grads = (&out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        (
-            flat(&out),
-            flat(grads.get(first.as_tensor()).unwrap()),
-            flat(grads.get(second.as_tensor()).unwrap()),
-        )
-    };
-    assert_eq!(run(true), run(false));
 }
