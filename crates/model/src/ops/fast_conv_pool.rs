@@ -117,17 +117,17 @@ impl ConvPoolGeometry {
     ) {
         let g = &self.conv;
         let parallel = !matches!(par, Parallel::None);
+        if let Some((winograd, transformed)) = &weights.winograd {
+            return with_winograd_scratch(|scratch| {
+                let arguments = (x, transformed.as_slice(), weights.bias);
+                winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
+            });
+        }
         with_spare_buffer(|conv_out| {
             let conv_out = grown(conv_out, g.out_image());
-            match &weights.winograd {
-                Some((winograd, transformed)) => with_winograd_scratch(|scratch| {
-                    let bias = Some(weights.bias);
-                    winograd.image(x, transformed, bias, conv_out, scratch, parallel)
-                }),
-                None => with_spare_buffer(|col| {
-                    forward_image(x, weights.weight, weights.bias, g, conv_out, col, par)
-                }),
-            }
+            with_spare_buffer(|col| {
+                forward_image(x, weights.weight, weights.bias, g, conv_out, col, par)
+            });
             let sides = (g.out_h(), g.out_w());
             pool_planes(conv_out, sides, self.pool, out, offsets, parallel);
         })

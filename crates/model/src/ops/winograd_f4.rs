@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, Gemm};
+use super::max_pool::{pool_planes, Pool2d};
+use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, grown, Gemm};
 use super::winograd::{position_gemm, Scratch, Winograd};
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
@@ -186,30 +187,79 @@ impl WinogradF4 {
         scratch: &mut Scratch,
         parallel: bool,
     ) {
+        let products = self.products(x, u, scratch, parallel);
+        let transform_output = |buffer: &mut Vec<f32>, (channel, out): (usize, &mut [f32])| {
+            let bias = bias.map(|bias| bias[channel]);
+            self.transform_output(products, channel, bias, out, buffer)
+        };
+        for_each_chunk_with(out, self.h * self.w, parallel, Vec::new, transform_output);
+    }
+
+    /// [`Self::image`] with the bias and ReLU, each output channel max-pooled by `pool` into
+    /// `out` (`c_out x OH x OW`), recording the window offsets in `offsets`, as soon as it is
+    /// transformed: the channel is pooled while it is in cache, and the full-size output (2.5 MiB
+    /// for conv2b, more than a 2 MiB L2) is never written.
+    pub(super) fn image_pooled(
+        &self,
+        (x, u, bias): (&[f32], &[f32], &[f32]),
+        pool: Pool2d,
+        (out, offsets): (&mut [f32], &mut [u8]),
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let products = self.products(x, u, scratch, parallel);
+        let (plane, sides) = (self.h * self.w, (self.h, self.w));
+        let pooled = pool.out_side(self.h) * pool.out_side(self.w);
+        let transform_and_pool =
+            |(buffer, conv): &mut (Vec<f32>, Vec<f32>),
+             (channel, (out, offsets)): (usize, (&mut [f32], &mut [u8]))| {
+                let conv = grown(conv, plane);
+                self.transform_output(products, channel, Some(bias[channel]), conv, buffer);
+                pool_planes(conv, sides, pool, out, offsets, false);
+            };
+        let init = || (Vec::new(), Vec::new());
+        if parallel {
+            out.par_chunks_mut(pooled)
+                .zip(offsets.par_chunks_mut(pooled))
+                .enumerate()
+                .for_each_init(init, transform_and_pool);
+        } else {
+            let mut state = init();
+            for item in out
+                .chunks_mut(pooled)
+                .zip(offsets.chunks_mut(pooled))
+                .enumerate()
+            {
+                transform_and_pool(&mut state, item);
+            }
+        }
+    }
+
+    /// The input transform and the 36 GEMMs of [`Self::image`], into `scratch`'s products
+    /// (`36 x c_out x tiles`), which it returns.
+    fn products<'a>(
+        &self,
+        x: &[f32],
+        u: &[f32],
+        scratch: &'a mut Scratch,
+        parallel: bool,
+    ) -> &'a [f32] {
         let tiles = self.tiles();
         let plane = self.h * self.w;
         let (input, products) = scratch.buffers(
             self.c_in * POSITIONS * tiles,
             POSITIONS * self.c_out * tiles,
         );
-
         let transform_channel = |(channel, v): (usize, &mut [f32])| {
             self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
         };
         for_each_chunk(input, POSITIONS * tiles, parallel, transform_channel);
-
         let input: &[f32] = input;
         let sizes = (self.c_in, self.c_out, tiles, POSITIONS);
         let gemm_at =
             |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
         for_each_chunk(products, self.c_out * tiles, parallel, gemm_at);
-
-        let products: &[f32] = products;
-        let transform_output = |buffer: &mut Vec<f32>, (channel, out): (usize, &mut [f32])| {
-            let bias = bias.map(|bias| bias[channel]);
-            self.transform_output(products, channel, bias, out, buffer)
-        };
-        for_each_chunk_with(out, plane, parallel, Vec::new, transform_output);
+        products
     }
 
     /// The length of the weight gradient in Winograd's domain, `36 x c_out x c_in`.
