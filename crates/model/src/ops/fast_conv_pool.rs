@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_conv::{backward_from, forward_image, ConvGeometry};
+use super::fast_conv::{backward_from, forward_image, forward_rows, ConvGeometry};
 use super::max_pool::{pool_planes, scatter_plane, window_steps, Pool2d, NO_OFFSET};
-use super::parallel::{filled, grown, image_groups, with_spare_buffer, Parallel};
+use super::parallel::{
+    filled, grown, image_groups, thread_count, with_spare_buffer, Parallel, SharedMut,
+};
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
 use super::winograd_f4::WinogradF4;
@@ -123,6 +125,9 @@ impl ConvPoolGeometry {
                 winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
             });
         }
+        if self.pool.padding == 0 {
+            return self.image_in_bands(x, weights, out, offsets, parallel);
+        }
         with_spare_buffer(|conv_out| {
             let conv_out = grown(conv_out, g.out_image());
             with_spare_buffer(|col| {
@@ -131,6 +136,74 @@ impl ConvPoolGeometry {
             let sides = (g.out_h(), g.out_w());
             pool_planes(conv_out, sides, self.pool, out, offsets, parallel);
         })
+    }
+
+    /// [`Self::image`] by bands of pooled rows (a pool without padding): each band convolves
+    /// just the rows its windows read (one row more than its share where windows overlap) into a
+    /// buffer small enough for the L2 and pools them from there, so conv1's full-size output
+    /// (3.1 MiB at 224 px) is never written and read back. With `parallel`, the bands run on
+    /// every thread, in one parallel region.
+    fn image_in_bands(
+        &self,
+        x: &[f32],
+        weights: &ConvWeights<'_>,
+        out: &mut [f32],
+        offsets: &mut [u8],
+        parallel: bool,
+    ) {
+        let (g, pool) = (&self.conv, self.pool);
+        let (pooled_h, pooled_w) = (self.pooled_h(), self.pooled_w());
+        let (pooled_plane, ow) = (self.pooled_plane(), g.out_w());
+        // Pooled rows per band: a convolved slab of at most about 512 KiB (two pooled rows in
+        // the unit tests, so that their small images still take several bands), and at least
+        // two bands per thread when the threads share the image.
+        let slab_row = (g.c_out * ow * pool.stride * std::mem::size_of::<f32>()).max(1);
+        let budget = if cfg!(test) { 2 * slab_row } else { 512 << 10 };
+        let mut rows_per_band = (budget / slab_row).clamp(1, pooled_h);
+        if parallel {
+            rows_per_band = rows_per_band.min(pooled_h.div_ceil(2 * thread_count()));
+        }
+        let bands = pooled_h.div_ceil(rows_per_band);
+        let (shared_out, shared_offsets) =
+            (SharedMut(out.as_mut_ptr()), SharedMut(offsets.as_mut_ptr()));
+        let len = g.c_out * pooled_plane;
+        assert!(
+            out.len() >= len && offsets.len() >= len,
+            "conv2d_relu_max_pool2d: output or offsets too short"
+        );
+        let band = |slab: &mut Vec<f32>, col: &mut Vec<f32>, band_idx: usize| {
+            let pooled_rows =
+                band_idx * rows_per_band..((band_idx + 1) * rows_per_band).min(pooled_h);
+            // The convolution rows the band's windows cover.
+            let first = pooled_rows.start * pool.stride;
+            let end = ((pooled_rows.end - 1) * pool.stride + pool.kernel).min(g.out_h());
+            let slab_h = end - first;
+            let slab = grown(slab, g.c_out * slab_h * ow);
+            forward_rows(x, weights.weight, weights.bias, g, first..end, slab, col);
+            let band_len = pooled_rows.len() * pooled_w;
+            for (channel, slab) in slab.chunks_exact(slab_h * ow).enumerate() {
+                let start = channel * pooled_plane + pooled_rows.start * pooled_w;
+                // SAFETY: channel `channel`'s pooled rows `pooled_rows`: inside `out` and
+                // `offsets` (checked above), and written by this band alone, since the bands'
+                // row ranges do not overlap; nothing else reads or writes them meanwhile.
+                let (out, offsets) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(shared_out.get().add(start), band_len),
+                        std::slice::from_raw_parts_mut(shared_offsets.get().add(start), band_len),
+                    )
+                };
+                pool_planes(slab, (slab_h, ow), pool, out, offsets, false);
+            }
+        };
+        if parallel {
+            (0..bands).into_par_iter().for_each(|band_idx| {
+                with_spare_buffer(|slab| with_spare_buffer(|col| band(slab, col, band_idx)))
+            });
+        } else {
+            with_spare_buffer(|slab| {
+                with_spare_buffer(|col| (0..bands).for_each(|band_idx| band(slab, col, band_idx)))
+            });
+        }
     }
 }
 

@@ -102,6 +102,22 @@ pub(in crate::ops) fn forward_image(
     });
 }
 
+/// `relu(W * im2col(x) + b)` for the output rows `rows` only, into `out` (`c_out x (rows *
+/// out_w)`), on the calling thread.
+pub(in crate::ops) fn forward_rows(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    col: &mut Vec<f32>,
+) {
+    let band = rows.len() * g.out_w();
+    forward_band(x, weight, g, rows, out, col);
+    bias_relu(&mut out[..g.c_out * band], bias, band);
+}
+
 /// `W * im2col(x)` for the output rows `rows` into `out` (`c_out x (rows * out_w)`), on the
 /// calling thread.
 fn forward_band(

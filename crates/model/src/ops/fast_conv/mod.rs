@@ -25,7 +25,7 @@ mod tests;
 pub(crate) use backward::backward;
 pub(in crate::ops) use backward::backward_from;
 pub(crate) use forward::forward;
-pub(in crate::ops) use forward::forward_image;
+pub(in crate::ops) use forward::{forward_image, forward_rows};
 pub(crate) use geometry::ConvGeometry;
 
 /// `relu(conv2d(x, w) + b)`: arguments input, weight, bias, all contiguous f32 on the CPU.
