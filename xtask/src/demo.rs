@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dexpression_dataset::synth::{generate, SynthOptions};
-use dexpression_dataset::{prepare, PrepareOptions, Selection};
+use dexpression_dataset::{prepare, DataDir, PrepareOptions, Selection};
 use dexpression_report::{write_report, History, ReportOptions};
 use dexpression_train::{run as train, RunOptions, TrainConfig};
 
@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Where the synthetic dataset and its cache go.
-    #[arg(long, default_value = "data/demo")]
+    #[arg(long, default_value_os_t = DataDir::default().root().join("demo"))]
     pub data: PathBuf,
     /// Where the training outputs and the plots go; an earlier run there is moved into
     /// OUT/.previous-TIME/, not deleted.

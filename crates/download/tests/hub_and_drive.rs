@@ -12,7 +12,7 @@ use common::{
 use dexpression_download::{
     convert_mirror, convert_mirror_with_limits, download_mirror, fetch_drive_file, fetch_hub_file,
     pin_path, sidecar_path, DataDir, DriveFile, DriveOptions, Error, FetchStatus, HubFile,
-    HubOptions, MirrorLimits, MirrorSource, NoProgress, RepoKind,
+    HubFileDir, HubOptions, MirrorLimits, MirrorSource, NoProgress, RepoKind,
 };
 
 const REPO: &str = "AlirezaF138/ckplus-dataset";
