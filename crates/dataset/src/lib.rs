@@ -63,6 +63,7 @@ mod prepare;
 mod progress;
 mod summary;
 pub mod synth;
+pub mod unzip;
 
 pub use classes::{canonical_class_name, CLASSES_FILE, MAX_CLASSES};
 pub use data_dir::{

@@ -1,9 +1,11 @@
 //! End-to-end tests of `prepare` on generated fixtures: each source layout, each selection,
 //! the cache, the crop geometry and every kind of bad input (issue 3).
 
+mod crafted_png;
+
 use dexpression_dataset::{
-    k_fold, prepare, synth, CropMethod, Dataset, Error, Expression, Layout, PrepareOptions,
-    Selection, SkipKind, SplitBy,
+    decode_image, k_fold, prepare, synth, CropMethod, Dataset, Error, Expression, Layout,
+    PrepareOptions, Selection, SkipKind, SplitBy, MAX_IMAGE_SIDE,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
@@ -1147,4 +1149,13 @@ fn labels_are_taken_from_the_copy_holding_the_images() {
         .samples
         .iter()
         .all(|s| s.source.starts_with(root.join("b"))));
+}
+
+#[test]
+fn an_image_beyond_the_side_limit_is_refused_from_its_header() {
+    let reason = decode_image(&crafted_png::png_header(MAX_IMAGE_SIDE + 1, 10)).unwrap_err();
+    assert_eq!(
+        reason,
+        "the image is 8193x10 pixels, more than the limit of 8192 a side"
+    );
 }

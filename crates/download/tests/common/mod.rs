@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dexpression_download::{HubOptions, Progress, Unit};
+
+#[path = "../../../dataset/tests/crafted_png/mod.rs"]
+mod crafted_png;
+#[allow(unused_imports)] // Used by some of the test files that include this module only.
+pub use crafted_png::png_header;
 use sha2::{Digest, Sha256};
 
 /// A commit id as the Hub sends it in `X-Repo-Commit`.
@@ -446,35 +451,6 @@ fn reply(
 /// The sha256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// A PNG signature and IHDR declaring `width` x `height` grayscale, with no pixel data: what a
-/// crafted image needs to make a decoder allocate.
-pub fn png_header(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    let mut crc = !0u32;
-    for &byte in &ihdr {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&(!crc).to_be_bytes());
-    // An empty IDAT (its CRC is fixed): decoders read the header up to the first data chunk.
-    png.extend_from_slice(&0u32.to_be_bytes());
-    png.extend_from_slice(b"IDAT");
-    png.extend_from_slice(&0x35AF_061Eu32.to_be_bytes());
-    png
 }
 
 /// Deterministic bytes standing in for a checkpoint (`.tar`); the importer is not under test.
