@@ -23,7 +23,7 @@ pub struct Args {
     pub data: PathBuf,
     /// Where the training outputs and the plots go; an earlier run there is moved into
     /// OUT/.previous-TIME/, not deleted.
-    #[arg(long, default_value = "results/demo")]
+    #[arg(long, default_value = crate::DEMO_RESULTS_DIR)]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -100,7 +100,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         selection,
         ..PrepareOptions::default()
     };
-    let dataset = prepare(&synth_dir, &args.data.join("cache"), &options, &|_| {})?;
+    let dataset = prepare(
+        &synth_dir,
+        &DataDir::new(&args.data).cache_dir(),
+        &options,
+        &|_| {},
+    )?;
     println!(
         "prepared: {} face crops of {} people at {} px",
         dataset.samples.len(),

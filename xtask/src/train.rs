@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output folder: config.json, history.csv, history.jsonl, fold*/ checkpoints.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = crate::RESULTS_DIR)]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]

@@ -360,7 +360,14 @@ fn from_extraction(zip_path: &Path, err: dexpression_dataset::Error) -> Error {
             limit: format!("{limit} bytes unpacked in all"),
         },
         Extraction::Zip { path, reason } => Error::Zip { path, reason },
-        Extraction::Io { path, source } => Error::io("unpacking", path, source),
+        Extraction::Io { path, source } => {
+            let action = if path == zip_path {
+                "reading"
+            } else {
+                "unpacking"
+            };
+            Error::io(action, path, source)
+        }
         other => Error::Zip {
             path: zip_path.to_path_buf(),
             reason: other.to_string(),
