@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dexpression_dataset::synth::{generate, SynthOptions};
-use dexpression_dataset::{prepare, PrepareOptions, Selection};
+use dexpression_dataset::{prepare, DataDir, PrepareOptions, Selection};
 use dexpression_report::{write_report, History, ReportOptions};
 use dexpression_train::{run as train, RunOptions, TrainConfig};
 
@@ -19,11 +19,11 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Where the synthetic dataset and its cache go.
-    #[arg(long, default_value = "data/demo")]
+    #[arg(long, default_value_os_t = DataDir::default().root().join("demo"))]
     pub data: PathBuf,
     /// Where the training outputs and the plots go; an earlier run there is moved into
     /// OUT/.previous-TIME/, not deleted.
-    #[arg(long, default_value = "results/demo")]
+    #[arg(long, default_value = crate::DEMO_RESULTS_DIR)]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -100,7 +100,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         selection,
         ..PrepareOptions::default()
     };
-    let dataset = prepare(&synth_dir, &args.data.join("cache"), &options, &|_| {})?;
+    let dataset = prepare(
+        &synth_dir,
+        &DataDir::new(&args.data).cache_dir(),
+        &options,
+        &|_| {},
+    )?;
     println!(
         "prepared: {} face crops of {} people at {} px",
         dataset.samples.len(),

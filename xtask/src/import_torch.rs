@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use dexpression_dataset::DataDir;
 
 /// Convert a PyTorch port checkpoint (`cnn-fold1-..._25-1.00.tar`, a bare `state_dict`, or a
 /// DataParallel one) into DeXpression safetensors weights.
@@ -11,7 +12,7 @@ pub struct Args {
     /// The checkpoint written by `torch.save`.
     checkpoint: PathBuf,
     /// Where to write the safetensors weights.
-    #[arg(long, default_value = "data/weights/dexpression-port.safetensors")]
+    #[arg(long, default_value_os_t = DataDir::default().weights_dir().join("dexpression-port.safetensors"))]
     out: PathBuf,
 }
 

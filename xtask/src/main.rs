@@ -21,6 +21,11 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+/// Where `train` writes a run, and `report` reads and writes, by default.
+const RESULTS_DIR: &str = "results";
+/// Where `demo` writes its run, which `serve` serves when no model is named.
+const DEMO_RESULTS_DIR: &str = "results/demo";
+
 /// DeXpression facial expression recognition: data, training, reports.
 #[derive(Parser)]
 #[command(name = "cargo xtask", version, about)]

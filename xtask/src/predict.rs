@@ -6,16 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use dexpression_dataset::crop::{load_face_pixels, open_image, CropBox};
 use dexpression_dataset::faces::{detect_face_inputs, whole_image_input, FaceInput};
+use dexpression_dataset::DataDir;
 use dexpression_model::{batch_from_pixels, parse_device, Dexpression, WeightsMetadata};
 
 /// Classify the facial expression in each image with trained weights.
 #[derive(clap::Args)]
 pub struct Args {
     /// Safetensors weights (from `train`, `download --weights` or `import-torch`).
-    #[arg(
-        long,
-        default_value = "data/weights/dexpression-port-fold1.safetensors"
-    )]
+    #[arg(long, default_value_os_t = DataDir::default().port_weights())]
     weights: PathBuf,
     /// Images to classify.
     #[arg(required = true)]

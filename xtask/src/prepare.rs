@@ -1,6 +1,6 @@
 //! `cargo xtask prepare`: crop, resize and cache a dataset, then print its summary.
 
-use dexpression_dataset::{prepare, PrepareOptions, Selection};
+use dexpression_dataset::{prepare, DataDir, PrepareOptions, Selection};
 use std::path::PathBuf;
 
 use crate::display::{prepare_bar, show_prepare};
@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long)]
     pub source: PathBuf,
     /// Where the cache of crops is kept.
-    #[arg(long, default_value = "data/cache")]
+    #[arg(long, default_value_os_t = DataDir::default().cache_dir())]
     pub cache: PathBuf,
     /// Side of the square crops in pixels.
     #[arg(long, default_value_t = 224)]

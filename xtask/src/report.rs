@@ -12,10 +12,10 @@ pub struct Args {
     /// History CSVs or run directories (ours or the PyTorch port's `history.csv`); several are
     /// merged, e.g. one directory per `--fold K` run. A directory without `history.csv` stands
     /// for every subdirectory that has one.
-    #[arg(long, num_args = 1.., default_value = "results")]
+    #[arg(long, num_args = 1.., default_value = crate::RESULTS_DIR)]
     history: Vec<PathBuf>,
     /// Directory the figures, CSVs and summary.md are written to.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = crate::RESULTS_DIR)]
     out: PathBuf,
     /// Epoch of each fold for the confusion matrices and per-class scores: `final`, `best`
     /// (highest test accuracy) or an epoch number.

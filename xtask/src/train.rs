@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use dexpression_dataset::{prepare, PrepareOptions};
+use dexpression_dataset::{prepare, DataDir, PrepareOptions, DEFAULT_DATA_DIR};
 use dexpression_train::{run as train, RunOptions, SelectOn, TrainConfig};
 use indicatif::ProgressDrawTarget;
 
@@ -19,10 +19,10 @@ pub struct Args {
     #[arg(long)]
     pub source: Option<PathBuf>,
     /// Data folder used to find the default source.
-    #[arg(long, default_value = "data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
     /// Where the cache of prepared crops is kept.
-    #[arg(long, default_value = "data/cache")]
+    #[arg(long, default_value_os_t = DataDir::default().cache_dir())]
     pub cache: PathBuf,
     /// Number of folds (ignored with --split usage, which is one fold).
     #[arg(long, default_value_t = 5)]
@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output folder: config.json, history.csv, history.jsonl, fold*/ checkpoints.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = crate::RESULTS_DIR)]
     pub out: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let source = args
         .source
         .clone()
-        .unwrap_or_else(|| dexpression_dataset::default_source(&args.data));
+        .unwrap_or_else(|| DataDir::new(&args.data).default_source());
     let selection = args.frames.selection();
     let prepare_options = PrepareOptions {
         image_size: args.image_size,

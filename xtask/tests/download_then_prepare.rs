@@ -7,37 +7,18 @@
 
 #![cfg(feature = "download")]
 
+mod common;
 #[path = "../../crates/download/tests/common/mod.rs"]
 mod hub;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::{text, xtask};
 use hub::{png, write_mirror_parquet, ImageColumn, Label, MirrorRow, Server};
 
 const REPO: &str = "someone/pain-faces";
 
 const CARD: &str = "---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n    dtype:\n      class_label:\n        names:\n          '0': no_pain\n          '1': pain\n---\n";
-
-fn xtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .output()
-        .expect("xtask runs");
-    assert!(
-        output.status.success(),
-        "xtask {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temporary path")
-}
 
 /// `n` rows alternating between the card's two classes, each image its own.
 fn split(dir: &Path, name: &str, first_seed: u8, n: u8) -> Vec<u8> {

@@ -2,8 +2,11 @@
 //! reproduce PyTorch's eval-mode probabilities (`exp(eval.logp)`) within 1e-4.
 //! `DEXPRESSION_TORCH_FIXTURE` points at a fixture made with another seed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::xtask;
 
 use dexpression_model::candle_core::{safetensors, Device};
 
@@ -25,19 +28,6 @@ fn fixture_dirs() -> Vec<PathBuf> {
         );
     }
     dirs
-}
-
-fn xtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("xtask runs");
-    assert!(
-        output.status.success(),
-        "xtask {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
 #[test]

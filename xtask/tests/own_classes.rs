@@ -3,25 +3,32 @@
 //! `prepare -> train -> report -> predict`; the report and `predict --json` name the dataset's
 //! own classes.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn xtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("xtask runs");
-    assert!(
-        output.status.success(),
-        "xtask {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
+use std::path::Path;
+
+use common::{text, xtask};
+
+/// `cargo xtask COMMAND` on `source` with the crops cached in `cache` at 48 px, then `extra`.
+fn xtask_on(command: &str, source: &Path, cache: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        command,
+        "--source",
+        text(source),
+        "--cache",
+        text(cache),
+        "--image-size",
+        "48",
+    ];
+    args.extend(extra);
+    xtask(&args)
 }
 
-fn text(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temporary path")
+/// A JSON file a run wrote.
+fn json_file(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    serde_json::from_str(&text).expect("JSON")
 }
 
 /// The one `best-*.safetensors` of fold 1.
@@ -68,15 +75,7 @@ fn fer2013_csv_trains_once_on_its_own_split_and_reports_private_test() {
     let csv = dir.path().join("fer2013.csv");
     dexpression_dataset::synth::write_fer2013_csv(&csv, 140, 3).expect("csv written");
     let cache = dir.path().join("cache");
-    let prepared = xtask(&[
-        "prepare",
-        "--source",
-        text(&csv),
-        "--cache",
-        text(&cache),
-        "--image-size",
-        "48",
-    ]);
+    let prepared = xtask_on("prepare", &csv, &cache, &[]);
     assert!(prepared.contains("fer2013-csv"), "{prepared}");
     assert!(
         prepared.contains("usage:     Training 112, PublicTest 14, PrivateTest 14"),
@@ -95,32 +94,28 @@ fn fer2013_csv_trains_once_on_its_own_split_and_reports_private_test() {
     }
 
     let out = dir.path().join("results");
-    let trained = xtask(&[
+    let trained = xtask_on(
         "train",
-        "--source",
-        text(&csv),
-        "--cache",
-        text(&cache),
-        "--image-size",
-        "48",
-        "--split",
-        "usage",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        text(&out),
-        "--quiet",
-    ]);
+        &csv,
+        &cache,
+        &[
+            "--split",
+            "usage",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            text(&out),
+            "--quiet",
+        ],
+    );
     assert!(trained.contains("mean final test accuracy"), "{trained}");
     // One model, not k folds.
     assert!(out.join("fold1").is_dir() && !out.join("fold2").exists());
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("config"))
-            .expect("JSON");
+    let config = json_file(&out.join("config.json"));
     assert_eq!(config["split"], "usage");
     assert_eq!(config["folds"], 1);
     assert_eq!(config["select_on"], "val");
@@ -174,10 +169,7 @@ fn a_two_class_folder_dataset_with_its_own_names_runs_end_to_end() {
     let faces = dir.path().join("faces");
     write_two_classes(&faces);
     let cache = dir.path().join("cache");
-    let common = ["--cache", text(&cache), "--image-size", "48"];
-    let mut prepare_args = vec!["prepare", "--source", text(&faces)];
-    prepare_args.extend(common);
-    let prepared = xtask(&prepare_args);
+    let prepared = xtask_on("prepare", &faces, &cache, &[]);
     assert!(prepared.contains("folder-per-class"), "{prepared}");
     assert!(prepared.contains("empty-class 1"), "{prepared}");
     assert!(
@@ -186,27 +178,25 @@ fn a_two_class_folder_dataset_with_its_own_names_runs_end_to_end() {
     );
 
     let out = dir.path().join("results");
-    let mut train_args = vec![
+    xtask_on(
         "train",
-        "--source",
-        text(&faces),
-        "--folds",
-        "2",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--out",
-        text(&out),
-        "--quiet",
-    ];
-    train_args.extend(common);
-    xtask(&train_args);
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("config"))
-            .expect("JSON");
+        &faces,
+        &cache,
+        &[
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            text(&out),
+            "--quiet",
+        ],
+    );
+    let config = json_file(&out.join("config.json"));
     assert_eq!(
         config["class_names"],
         serde_json::json!(["no_pain", "pain"])

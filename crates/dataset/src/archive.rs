@@ -2,10 +2,10 @@
 //! cache folder, after which they are read like the extracted release.
 
 use crate::layout::{file_name, sorted_entries};
+use crate::unzip::{ByteBudget, OpenZip, ZipLimits};
 use crate::{Error, Progress, Result, Stage, Step};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::layout::ckplus_release::{self, EMOTION_ZIP, IMAGES_ZIP, LANDMARKS_ZIP};
@@ -43,25 +43,6 @@ pub(crate) fn official_zips(source: &Path) -> Result<Option<Archives>> {
     let mut paths = vec![images, emotion];
     paths.extend(find(LANDMARKS_ZIP));
     Ok(Some(Archives { paths }))
-}
-
-/// Limits on what an extraction writes, against archives crafted (or damaged) to fill the disk:
-/// a zip's declared sizes are its own word only, so bytes are counted as they are written.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ZipLimits {
-    /// The most entries one archive may list (the CK+ image archive has about 11,000).
-    pub(crate) max_entries: usize,
-    /// The most bytes all archives may unpack to together (CK+ is about 2 GB).
-    pub(crate) max_bytes: u64,
-}
-
-impl Default for ZipLimits {
-    fn default() -> Self {
-        ZipLimits {
-            max_entries: 200_000,
-            max_bytes: 16 << 30,
-        }
-    }
 }
 
 /// Extracts the archives into `cache_dir/extracted-<hash>/` unless a complete extraction of
@@ -119,70 +100,32 @@ fn extract_all(
     limits: &ZipLimits,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut opened = Vec::new();
-    for path in &archives.paths {
-        let file = fs::File::open(path).map_err(|error| Error::io(path, error))?;
-        let archive =
-            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|error| Error::Zip {
-                path: path.clone(),
-                reason: error.to_string(),
-            })?;
-        if archive.len() > limits.max_entries {
-            return Err(Error::Zip {
-                path: path.clone(),
-                reason: format!(
-                    "it lists {} entries, more than the limit of {}; is it the CK+ archive?",
-                    archive.len(),
-                    limits.max_entries
-                ),
+    // Every archive is opened (and its entries counted) before anything is written.
+    let mut opened = archives
+        .paths
+        .iter()
+        .map(|path| OpenZip::open(path, limits.max_entries))
+        .collect::<Result<Vec<_>>>()?;
+    let mut budget = ByteBudget::new(limits.max_bytes);
+    let total: usize = opened.iter().map(OpenZip::len).sum();
+    let mut done = 0;
+    let mut on_entry = |_: Option<&Path>| {
+        done += 1;
+        if done % 64 == 0 || done == total {
+            progress.step(Step {
+                stage: Stage::Extracting,
+                done,
+                total,
             });
         }
-        opened.push((path, archive));
-    }
-    let mut budget = limits.max_bytes;
-    let total: usize = opened.iter().map(|(_, archive)| archive.len()).sum();
-    let mut done = 0;
-    for (path, archive) in &mut opened {
-        let zip_error = |error: &dyn std::fmt::Display| Error::Zip {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        };
-        for entry_idx in 0..archive.len() {
-            let mut entry = archive.by_index(entry_idx).map_err(|e| zip_error(&e))?;
-            // `enclosed_name` refuses absolute paths and `..`, so an archive cannot write
-            // outside the destination.
-            let Some(relative) = entry.enclosed_name() else {
-                continue;
-            };
-            let output = destination.join(&relative);
-            if entry.is_dir() {
-                fs::create_dir_all(&output).map_err(|error| Error::io(&output, error))?;
-            } else {
-                if let Some(parent) = output.parent() {
-                    fs::create_dir_all(parent).map_err(|error| Error::io(parent, error))?;
-                }
-                let mut file =
-                    fs::File::create(&output).map_err(|error| Error::io(&output, error))?;
-                let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut file)
-                    .map_err(|e| zip_error(&e))?;
-                if written > budget {
-                    return Err(zip_error(&format!(
-                        "it unpacks to more than the limit of {} bytes (stopped at {}); is it the CK+ archive?",
-                        limits.max_bytes,
-                        relative.display()
-                    )));
-                }
-                budget -= written;
-            }
-            done += 1;
-            if done % 64 == 0 || done == total {
-                progress.step(Step {
-                    stage: Stage::Extracting,
-                    done,
-                    total,
-                });
-            }
-        }
+    };
+    for archive in &mut opened {
+        archive.extract(
+            destination,
+            &|path| Some(path.to_path_buf()),
+            &mut budget,
+            &mut on_entry,
+        )?;
     }
     Ok(())
 }
@@ -190,18 +133,7 @@ fn extract_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn write_zip(path: &Path, entries: &[(&str, Vec<u8>)]) {
-        let mut zip = zip::ZipWriter::new(fs::File::create(path).unwrap());
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        for (name, bytes) in entries {
-            zip.start_file(*name, options).unwrap();
-            zip.write_all(bytes).unwrap();
-        }
-        zip.finish().unwrap();
-    }
+    use crate::unzip::tests::write_zip;
 
     fn archives(dir: &Path, images: &[(&str, Vec<u8>)]) -> Archives {
         write_zip(&dir.join(IMAGES_ZIP), images);

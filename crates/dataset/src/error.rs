@@ -93,6 +93,26 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A zip archive listing more entries than [`crate::unzip::ZipLimits::max_entries`].
+    #[error("{path}: it lists {listed} entries, more than the limit of {limit} (`ZipLimits::max_entries`); is it the CK+ archive? A damaged or crafted zip can claim anything")]
+    ZipEntries {
+        /// The archive.
+        path: PathBuf,
+        /// How many entries it lists.
+        listed: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Zip archives that unpack to more than [`crate::unzip::ZipLimits::max_bytes`].
+    #[error("{path}: it unpacks to more than the limit of {limit} bytes (`ZipLimits::max_bytes`; stopped at {stopped_at}); is it the CK+ archive? A damaged or crafted zip can claim anything")]
+    ZipBytes {
+        /// The archive being extracted when the limit was reached.
+        path: PathBuf,
+        /// The limit, in bytes, for all the archives of one extraction.
+        limit: u64,
+        /// The entry that went past it.
+        stopped_at: PathBuf,
+    },
     /// A class list with fewer than two classes.
     #[error("{root}: only {classes} found, and a classifier needs at least 2 classes; put each class's images in a folder of their own (`{root}/<class>/<image>`)")]
     TooFewClasses {
@@ -139,6 +159,25 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `Ok` when the option `name` lies in `range` (NaN never does), else [`Error::InvalidOption`]
+/// saying what would be accepted.
+pub(crate) fn option_in_range<T: PartialOrd + ToString>(
+    name: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    expected: &'static str,
+) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption {
+            name,
+            value: value.to_string(),
+            expected,
+        })
+    }
+}
 
 impl Error {
     /// Wraps an I/O error with the path it concerns.

@@ -29,18 +29,6 @@ pub enum Expression {
 }
 
 impl Expression {
-    /// All eight classes in index order.
-    pub const ALL: [Expression; 8] = [
-        Expression::Anger,
-        Expression::Contempt,
-        Expression::Disgust,
-        Expression::Fear,
-        Expression::Happiness,
-        Expression::Sadness,
-        Expression::Surprise,
-        Expression::Neutral,
-    ];
-
     /// The seven CK+ emotions without neutral, in index order.
     pub const EMOTIONS: [Expression; 7] = [
         Expression::Anger,
@@ -51,6 +39,17 @@ impl Expression {
         Expression::Sadness,
         Expression::Surprise,
     ];
+
+    /// All eight classes in index order: [`Self::EMOTIONS`], then neutral.
+    pub const ALL: [Expression; 8] = {
+        let mut all = [Expression::Neutral; 8];
+        let mut index = 0;
+        while index < Self::EMOTIONS.len() {
+            all[index] = Self::EMOTIONS[index];
+            index += 1;
+        }
+        all
+    };
 
     /// The class index (0..=7).
     pub fn index(self) -> usize {

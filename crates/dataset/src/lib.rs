@@ -48,6 +48,7 @@ mod archive;
 mod cache;
 mod classes;
 pub mod crop;
+mod data_dir;
 mod dataset;
 pub mod detect;
 mod error;
@@ -62,8 +63,13 @@ mod prepare;
 mod progress;
 mod summary;
 pub mod synth;
+pub mod unzip;
 
 pub use classes::{canonical_class_name, CLASSES_FILE, MAX_CLASSES};
+pub use data_dir::{
+    default_source, DataDir, DEFAULT_DATA_DIR, MIRROR_FOLDER, OFFICIAL_RELEASE_FOLDER,
+    PORT_WEIGHTS_FILE,
+};
 pub use dataset::{CropMethod, Dataset, Layout, Sample, Usage};
 pub use error::{Error, Result};
 pub use expression::{class_names, n_classes, Expression};
@@ -74,21 +80,3 @@ pub use options::{PrepareOptions, Selection, DEFAULT_CROP_MARGIN};
 pub use prepare::{decode_image, prepare, MAX_IMAGE_SIDE};
 pub use progress::{Progress, Silent, Stage, Step};
 pub use summary::{SkipKind, Skipped, Summary};
-
-/// The folder of a data folder that holds the official CK+ release once imported
-/// (`cargo xtask download --from`): `<data>/ckplus`.
-pub const OFFICIAL_RELEASE_FOLDER: &str = "ckplus";
-
-/// The folder of a data folder that holds the Hugging Face mirror of CK+, one folder per class
-/// (`cargo xtask download`): `<data>/ckplus48`.
-pub const MIRROR_FOLDER: &str = "ckplus48";
-
-/// The dataset to use in a data folder: the official release if it was imported, else the mirror.
-pub fn default_source(data: &std::path::Path) -> std::path::PathBuf {
-    let official = data.join(OFFICIAL_RELEASE_FOLDER);
-    if official.exists() {
-        official
-    } else {
-        data.join(MIRROR_FOLDER)
-    }
-}

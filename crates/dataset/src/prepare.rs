@@ -2,6 +2,7 @@
 
 use crate::crop::{crop_and_resize, landmark_box};
 use crate::detect::detect_faces;
+use crate::error::option_in_range;
 use crate::layout::{self, FrameJob, Scan};
 use crate::parse::parse_landmarks;
 use crate::{
@@ -224,13 +225,12 @@ fn load_or_build(
 }
 
 fn validate(options: &PrepareOptions) -> Result<()> {
-    if !(1..=MAX_IMAGE_SIZE).contains(&options.image_size) {
-        return Err(Error::InvalidOption {
-            name: "image_size",
-            value: options.image_size.to_string(),
-            expected: "a side between 1 and 2048 pixels",
-        });
-    }
+    option_in_range(
+        "image_size",
+        options.image_size,
+        1..=MAX_IMAGE_SIZE,
+        "a side between 1 and 2048 pixels",
+    )?;
     if options.selection == Selection::Peak(0) {
         return Err(Error::InvalidOption {
             name: "selection",
@@ -238,14 +238,12 @@ fn validate(options: &PrepareOptions) -> Result<()> {
             expected: "at least 1 frame",
         });
     }
-    if !(options.crop_margin.is_finite() && (0.0..=2.0).contains(&options.crop_margin)) {
-        return Err(Error::InvalidOption {
-            name: "crop_margin",
-            value: options.crop_margin.to_string(),
-            expected: "a fraction between 0 and 2",
-        });
-    }
-    Ok(())
+    option_in_range(
+        "crop_margin",
+        options.crop_margin,
+        0.0..=2.0,
+        "a fraction between 0 and 2",
+    )
 }
 
 /// SHA-256 over the pipeline version, the options that change the crops and the source
@@ -495,43 +493,6 @@ pub(crate) fn sort_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A PNG signature and IHDR declaring `width` x `height` grayscale, with no pixel data.
-    fn png_header(width: u32, height: u32) -> Vec<u8> {
-        let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend_from_slice(&width.to_be_bytes());
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-        let mut crc = !0u32;
-        for &byte in &ihdr {
-            crc ^= byte as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        png.extend_from_slice(&13u32.to_be_bytes());
-        png.extend_from_slice(&ihdr);
-        png.extend_from_slice(&(!crc).to_be_bytes());
-        // An empty IDAT (its CRC is fixed): decoders read the header up to the first data chunk.
-        png.extend_from_slice(&0u32.to_be_bytes());
-        png.extend_from_slice(b"IDAT");
-        png.extend_from_slice(&0x35AF_061Eu32.to_be_bytes());
-        png
-    }
-
-    #[test]
-    fn an_image_beyond_the_side_limit_is_refused_from_its_header() {
-        let reason = decode_image(&png_header(MAX_IMAGE_SIDE + 1, 10)).unwrap_err();
-        assert_eq!(
-            reason,
-            "the image is 8193x10 pixels, more than the limit of 8192 a side"
-        );
-    }
 
     #[test]
     fn an_image_within_the_limit_decodes() {

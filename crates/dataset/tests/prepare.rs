@@ -1,9 +1,11 @@
 //! End-to-end tests of `prepare` on generated fixtures: each source layout, each selection,
 //! the cache, the crop geometry and every kind of bad input (issue 3).
 
+mod crafted_png;
+
 use dexpression_dataset::{
-    k_fold, prepare, synth, CropMethod, Dataset, Error, Expression, Layout, PrepareOptions,
-    Selection, SkipKind, SplitBy,
+    decode_image, k_fold, prepare, synth, CropMethod, Dataset, Error, Expression, Layout,
+    PrepareOptions, Selection, SkipKind, SplitBy, MAX_IMAGE_SIDE,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
@@ -127,6 +129,14 @@ fn official_layout_peak_all_and_neutral() {
     }
 }
 
+/// The people of the samples at `indices`.
+fn subjects_in<'a>(dataset: &'a Dataset, indices: &[usize]) -> HashSet<&'a str> {
+    indices
+        .iter()
+        .map(|&i| dataset.samples[i].subject.as_str())
+        .collect()
+}
+
 #[test]
 fn subject_folds_of_a_prepared_dataset_never_share_a_person() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -135,16 +145,8 @@ fn subject_folds_of_a_prepared_dataset_never_share_a_person() {
     for split in [SplitBy::Subject, SplitBy::Sequence, SplitBy::Frame] {
         let folds = k_fold(&dataset.samples, 5, split, 1).expect("5 subjects, 5 folds");
         for fold in &folds {
-            let train: HashSet<&str> = fold
-                .train
-                .iter()
-                .map(|&i| dataset.samples[i].subject.as_str())
-                .collect();
-            let test: HashSet<&str> = fold
-                .test
-                .iter()
-                .map(|&i| dataset.samples[i].subject.as_str())
-                .collect();
+            let train: HashSet<&str> = subjects_in(&dataset, &fold.train);
+            let test: HashSet<&str> = subjects_in(&dataset, &fold.test);
             if split == SplitBy::Subject {
                 assert!(train.is_disjoint(&test), "a subject is on both sides");
                 assert_eq!(test.len(), 1);
@@ -477,11 +479,7 @@ fn subject_patterns_keep_people_apart_and_files_without_people_stratify() {
     assert_eq!(dataset.summary.skipped_by(SkipKind::NoSubject), 1);
     let folds = k_fold(&dataset.samples, 3, SplitBy::Subject, 0).expect("6 people, 3 folds");
     for fold in &folds {
-        let train: HashSet<&str> = fold
-            .train
-            .iter()
-            .map(|&i| dataset.samples[i].subject.as_str())
-            .collect();
+        let train: HashSet<&str> = subjects_in(&dataset, &fold.train);
         assert!(fold
             .test
             .iter()
@@ -1147,4 +1145,13 @@ fn labels_are_taken_from_the_copy_holding_the_images() {
         .samples
         .iter()
         .all(|s| s.source.starts_with(root.join("b"))));
+}
+
+#[test]
+fn an_image_beyond_the_side_limit_is_refused_from_its_header() {
+    let reason = decode_image(&crafted_png::png_header(MAX_IMAGE_SIDE + 1, 10)).unwrap_err();
+    assert_eq!(
+        reason,
+        "the image is 8193x10 pixels, more than the limit of 8192 a side"
+    );
 }

@@ -5,9 +5,10 @@
 //! `Emotion/`, `Landmarks/`, `FACS/`), wherever they sit inside the archive, so a wrapper folder
 //! or macOS metadata does not matter. Nothing goes online.
 
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
 use std::path::{Component, Path, PathBuf};
+
+use dexpression_dataset::unzip::{ByteBudget, OpenZip};
 
 use crate::error::{Error, Result};
 use crate::mirror::sibling;
@@ -114,7 +115,7 @@ pub fn import_ckplus_with_limits(
     }
     fs::create_dir_all(&staging).map_err(|err| Error::io("creating", &staging, err))?;
     let mut n_files_per_part = [0usize; 4];
-    let mut budget = limits.max_total_bytes;
+    let mut budget = ByteBudget::new(limits.max_total_bytes);
     for source in &sources {
         match source {
             Source::Zip(zip) => {
@@ -137,9 +138,12 @@ pub fn import_ckplus_with_limits(
                     // A lone zip must be CK+; in a folder, other archives are passed over.
                     if from.is_file() {
                         let _ = fs::remove_dir_all(&staging);
+                        let found = OpenZip::open(zip, usize::MAX)
+                            .map_err(|err| from_extraction(zip, err))?
+                            .first_names(5);
                         return Err(Error::NotCkPlus {
                             path: zip.clone(),
-                            found: zip_entry_names(zip)?,
+                            found,
                         });
                     }
                     progress.note(&format!(
@@ -154,14 +158,13 @@ pub fn import_ckplus_with_limits(
                     create_parent(&target)?;
                     let n_bytes =
                         fs::copy(path, &target).map_err(|err| Error::io("copying", path, err))?;
-                    if n_bytes > budget {
+                    if !budget.spend(n_bytes) {
                         let _ = fs::remove_dir_all(&staging);
                         return Err(Error::TooLarge {
                             path: from.to_path_buf(),
                             limit: format!("{} bytes in all", limits.max_total_bytes),
                         });
                     }
-                    budget -= n_bytes;
                     n_files_per_part[part_idx] += 1;
                 }
             }
@@ -304,30 +307,18 @@ fn fingerprint(sources: &[Source]) -> Result<String> {
     Ok(lines.join("\n") + "\n")
 }
 
+/// Unpacks the CK+ entries of `zip_path` into `staging` (see [`ckplus_relative`]), counting
+/// them per part; returns how many it kept.
 fn unpack_zip(
     zip_path: &Path,
     staging: &Path,
     n_files_per_part: &mut [usize; 4],
     limits: &ImportLimits,
-    budget: &mut u64,
+    budget: &mut ByteBudget,
     progress: &dyn Progress,
 ) -> Result<usize> {
-    let zip_error = |reason: String| Error::Zip {
-        path: zip_path.to_path_buf(),
-        reason,
-    };
-    let file = File::open(zip_path).map_err(|err| Error::io("reading", zip_path, err))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|err| zip_error(err.to_string()))?;
-    if archive.len() > limits.max_zip_entries {
-        return Err(Error::TooLarge {
-            path: zip_path.to_path_buf(),
-            limit: format!(
-                "{} zip entries (it lists {})",
-                limits.max_zip_entries,
-                archive.len()
-            ),
-        });
-    }
+    let mut archive = OpenZip::open(zip_path, limits.max_zip_entries)
+        .map_err(|err| from_extraction(zip_path, err))?;
     let label = zip_path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -337,60 +328,57 @@ fn unpack_zip(
         Some(archive.len() as u64),
         Unit::Items,
     );
-    let mut n_kept = 0usize;
-    for entry_idx in 0..archive.len() {
-        let mut entry = archive
-            .by_index(entry_idx)
-            .map_err(|err| zip_error(err.to_string()))?;
-        progress.set_position(entry_idx as u64 + 1);
-        if entry.is_dir() {
-            continue;
+    let mut n_entries_read = 0u64;
+    let mut on_entry = |written: Option<&Path>| {
+        n_entries_read += 1;
+        progress.set_position(n_entries_read);
+        if let Some(part_idx) = written.and_then(part_of) {
+            n_files_per_part[part_idx] += 1;
         }
-        // `enclosed_name` refuses absolute paths and `..`, so an archive cannot write outside.
-        let Some(relative) = entry.enclosed_name() else {
-            continue;
-        };
-        let Some((part_idx, inside)) = ckplus_relative(&relative) else {
-            continue;
-        };
-        let target = staging.join(&inside);
-        create_parent(&target)?;
-        let mut out = File::create(&target).map_err(|err| Error::io("writing", &target, err))?;
-        // Counted as written, not as declared: a zip's sizes are the archive's word only.
-        let n_bytes = io::copy(&mut (&mut entry).take(*budget + 1), &mut out).map_err(|err| {
-            match err.kind() {
-                io::ErrorKind::StorageFull => Error::DiskFull {
-                    path: target.clone(),
-                },
-                _ => zip_error(format!("entry {}: {err}", relative.display())),
-            }
-        })?;
-        if n_bytes > *budget {
-            progress.end();
-            return Err(Error::TooLarge {
-                path: zip_path.to_path_buf(),
-                limit: format!("{} bytes unpacked in all", limits.max_total_bytes),
-            });
-        }
-        *budget -= n_bytes;
-        n_files_per_part[part_idx] += 1;
-        n_kept += 1;
-    }
+    };
+    let rename = |path: &Path| ckplus_relative(path).map(|(_, inside)| inside);
+    let unpacked = archive.extract(staging, &rename, budget, &mut on_entry);
     progress.end();
-    Ok(n_kept)
+    unpacked.map_err(|err| from_extraction(zip_path, err))
 }
 
-fn zip_entry_names(zip_path: &Path) -> Result<Vec<String>> {
-    let file = File::open(zip_path).map_err(|err| Error::io("reading", zip_path, err))?;
-    let archive = zip::ZipArchive::new(file).map_err(|err| Error::Zip {
-        path: zip_path.to_path_buf(),
-        reason: err.to_string(),
-    })?;
-    Ok(archive
-        .file_names()
-        .take(5)
-        .filter_map(|name| name.ok().map(|name| name.into_owned()))
-        .collect())
+/// The dataset crate's extraction errors as this crate's, with the limit named as
+/// [`ImportLimits`] names it.
+fn from_extraction(zip_path: &Path, err: dexpression_dataset::Error) -> Error {
+    use dexpression_dataset::Error as Extraction;
+    match err {
+        Extraction::ZipEntries {
+            path,
+            listed,
+            limit,
+        } => Error::TooLarge {
+            path,
+            limit: format!("{limit} zip entries (it lists {listed})"),
+        },
+        Extraction::ZipBytes { path, limit, .. } => Error::TooLarge {
+            path,
+            limit: format!("{limit} bytes unpacked in all"),
+        },
+        Extraction::Zip { path, reason } => Error::Zip { path, reason },
+        Extraction::Io { path, source } => {
+            let action = if path == zip_path {
+                "reading"
+            } else {
+                "unpacking"
+            };
+            Error::io(action, path, source)
+        }
+        other => Error::Zip {
+            path: zip_path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The part a path from [`ckplus_relative`] lies in.
+fn part_of(inside: &Path) -> Option<usize> {
+    let first = inside.iter().next()?;
+    CKPLUS_PARTS.iter().position(|part| first == *part)
 }
 
 /// The part index and the path from the part folder on (`Emotion/S005/001/x.txt`), when the

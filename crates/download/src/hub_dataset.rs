@@ -19,7 +19,7 @@ use crate::hub::{self, HubFile, HubOptions, HubSession, RepoKind};
 use crate::mirror::{convert_parquet_files, ClassNaming, ConversionSummary, MirrorLimits};
 use crate::progress::Progress;
 use crate::transfer::Fetched;
-use crate::DataDir;
+use crate::{DataDir, HubFileDir};
 
 /// The file in a revision's raw folder that lists the repository's files, for offline runs.
 const FILE_LIST: &str = ".dexpression-files";

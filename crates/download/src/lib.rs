@@ -39,7 +39,7 @@ mod mirror;
 mod progress;
 mod transfer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use ckplus::{
     import_ckplus, import_ckplus_with_limits, ImportLimits, ImportSummary, CKPLUS_PARTS,
@@ -63,54 +63,24 @@ pub use transfer::{
 pub const DEFAULT_MIRROR_REPO: &str = "AlirezaF138/ckplus-dataset";
 /// The mirror's one data file.
 pub const DEFAULT_MIRROR_FILE: &str = "data/train-00000-of-00001.parquet";
-/// The file name of the PyTorch port's checkpoint once converted to safetensors.
-pub const PORT_WEIGHTS_FILE: &str = "dexpression-port-fold1.safetensors";
+/// The data folder's layout lives in the dataset crate, so that programs built without this
+/// crate find the same paths; [`HubFileDir`] adds where downloaded Hub files are kept.
+pub use dexpression_dataset::{DataDir, PORT_WEIGHTS_FILE};
 
-/// The layout of the data folder (`data/` by default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataDir {
-    root: PathBuf,
-}
-
-impl DataDir {
-    /// A data folder at `root`; nothing is created until something is written.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
-    }
-
-    /// The folder itself.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The mirror converted to folder-per-class: `<root>/ckplus48/<Class>/<stem>.png`.
-    pub fn mirror_dir(&self) -> PathBuf {
-        self.root.join(dexpression_dataset::MIRROR_FOLDER)
-    }
-
-    /// The official release imported with `--from`: `<root>/ckplus/cohn-kanade-images/...`.
-    pub fn ckplus_dir(&self) -> PathBuf {
-        self.root.join(dexpression_dataset::OFFICIAL_RELEASE_FOLDER)
-    }
-
-    /// Pretrained weights: `<root>/weights/`.
-    pub fn weights_dir(&self) -> PathBuf {
-        self.root.join("weights")
-    }
-
-    /// The converted port checkpoint: `<root>/weights/dexpression-port-fold1.safetensors`.
-    pub fn port_weights(&self) -> PathBuf {
-        self.weights_dir().join(PORT_WEIGHTS_FILE)
-    }
-
+/// Where a [`DataDir`] keeps the files downloaded from the Hugging Face Hub.
+pub trait HubFileDir {
     /// Where a downloaded Hub file is kept with its checksum:
     /// `<root>/raw/<datasets|models>/<owner>/<name>/<revision>/<file>`.
-    pub fn raw_hub_file(&self, file: &HubFile) -> PathBuf {
+    fn raw_hub_file(&self, file: &HubFile) -> PathBuf;
+}
+
+impl HubFileDir for DataDir {
+    fn raw_hub_file(&self, file: &HubFile) -> PathBuf {
         let kind = match file.kind {
             RepoKind::Dataset => "datasets",
             RepoKind::Model => "models",
         };
-        let mut path = self.root.join("raw").join(kind);
+        let mut path = self.root().join("raw").join(kind);
         path.extend(file.repo.split('/').map(safe_component));
         path.push(safe_component(&file.revision.replace('/', "--")));
         path.extend(file.file.split('/').map(safe_component));

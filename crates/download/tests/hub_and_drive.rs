@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
 
 use common::{
     fake_checkpoint, png, write_mirror_parquet, write_unusable_parquet, ImageColumn, Label,
@@ -12,7 +13,7 @@ use common::{
 use dexpression_download::{
     convert_mirror, convert_mirror_with_limits, download_mirror, fetch_drive_file, fetch_hub_file,
     pin_path, sidecar_path, DataDir, DriveFile, DriveOptions, Error, FetchStatus, HubFile,
-    HubOptions, MirrorLimits, MirrorSource, NoProgress, RepoKind,
+    HubFileDir, HubOptions, MirrorLimits, MirrorSource, NoProgress, RepoKind,
 };
 
 const REPO: &str = "AlirezaF138/ckplus-dataset";
@@ -37,14 +38,21 @@ fn names(names: &[&str]) -> Vec<Label> {
         .collect()
 }
 
-/// Serves `parquet_bytes` as the mirror, downloads it into a fresh data folder, and checks that
-/// each row landed in `expected_classes[row]/<stem>.png` with its bytes unchanged.
-fn check_mirror(parquet_rows: &[MirrorRow], parquet_bytes: Vec<u8>, expected_classes: &[&str]) {
+/// A local Hub serving `parquet_bytes` as the mirror, a fresh work folder, the data folder in
+/// it, and the options that reach that Hub (with their cache in the work folder).
+fn serve_mirror(parquet_bytes: Vec<u8>) -> (Server, tempfile::TempDir, DataDir, HubOptions) {
     let server = Server::start();
     server.hub_dataset_file(REPO, "main", FILE, parquet_bytes);
     let work = tempfile::tempdir().expect("temp dir");
     let data = DataDir::new(work.path().join("data"));
     let options = server.hub_options(&work.path().join("hf-cache"));
+    (server, work, data, options)
+}
+
+/// Serves `parquet_bytes` as the mirror, downloads it into a fresh data folder, and checks that
+/// each row landed in `expected_classes[row]/<stem>.png` with its bytes unchanged.
+fn check_mirror(parquet_rows: &[MirrorRow], parquet_bytes: Vec<u8>, expected_classes: &[&str]) {
+    let (_server, _work, data, options) = serve_mirror(parquet_bytes);
     let (fetched, summary) =
         download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
             .expect("mirror downloads");
@@ -162,16 +170,8 @@ fn mirror_integer_labels_one_to_seven_are_ckplus_codes() {
 #[test]
 fn second_run_downloads_nothing_and_offline_run_works() {
     let parquet_rows = rows(&names(&["anger", "happy", "fear"]));
-    let server = Server::start();
-    server.hub_dataset_file(
-        REPO,
-        "main",
-        FILE,
-        parquet_bytes(ImageColumn::Struct, &parquet_rows, None),
-    );
-    let work = tempfile::tempdir().expect("temp dir");
-    let data = DataDir::new(work.path().join("data"));
-    let options = server.hub_options(&work.path().join("hf-cache"));
+    let (server, _work, data, options) =
+        serve_mirror(parquet_bytes(ImageColumn::Struct, &parquet_rows, None));
     download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect("first run");
     assert!(server.n_gets() >= 1);
 
@@ -219,16 +219,8 @@ fn offline_without_the_file_says_what_to_do() {
 #[test]
 fn checksum_mismatch_moves_the_file_aside() {
     let parquet_rows = rows(&names(&["anger", "happy"]));
-    let server = Server::start();
-    server.hub_dataset_file(
-        REPO,
-        "main",
-        FILE,
-        parquet_bytes(ImageColumn::Struct, &parquet_rows, None),
-    );
-    let work = tempfile::tempdir().expect("temp dir");
-    let data = DataDir::new(work.path().join("data"));
-    let options = server.hub_options(&work.path().join("hf-cache"));
+    let (_server, _work, data, options) =
+        serve_mirror(parquet_bytes(ImageColumn::Struct, &parquet_rows, None));
     let (fetched, _) =
         download_mirror(&data, &MirrorSource::default(), &options, &NoProgress).expect("first run");
 
@@ -306,6 +298,23 @@ fn unauthorised_is_a_401_pointing_at_hf_token() {
     assert!(err.to_string().contains("HF_TOKEN"), "{err}");
 }
 
+/// The error of fetching the port's checkpoint from the Drive at `endpoint`.
+fn port_checkpoint_refused(endpoint: &str) -> Error {
+    let work = tempfile::tempdir().expect("temp dir");
+    let drive = DriveOptions {
+        endpoint: endpoint.to_string(),
+        offline: false,
+        ..DriveOptions::default()
+    };
+    fetch_drive_file(
+        &DriveFile::port_checkpoint(),
+        &work.path().join("w.tar"),
+        &drive,
+        &NoProgress,
+    )
+    .expect_err("the fetch is refused")
+}
+
 #[test]
 fn no_network_mentions_that_from_works_offline() {
     // A port that was free a moment ago: the connection is refused, as with no network.
@@ -328,18 +337,7 @@ fn no_network_mentions_that_from_works_offline() {
     assert!(matches!(err, Error::Offline { .. }), "{err:?}");
     assert!(err.to_string().contains("import_ckplus"), "{err}");
 
-    let drive = DriveOptions {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        offline: false,
-        ..DriveOptions::default()
-    };
-    let err = fetch_drive_file(
-        &DriveFile::port_checkpoint(),
-        &work.path().join("w.tar"),
-        &drive,
-        &NoProgress,
-    )
-    .expect_err("refused");
+    let err = port_checkpoint_refused(&format!("http://127.0.0.1:{port}"));
     assert!(matches!(err, Error::Offline { .. }), "{err:?}");
 }
 
@@ -656,11 +654,7 @@ fn cut_hub_transfer_resumes_with_a_range_request() {
     assert!(!part.exists());
     assert_eq!(summary.n_images(), 3);
     let expected_range = format!("bytes={cut_at}-");
-    let gets: Vec<_> = server
-        .seen()
-        .into_iter()
-        .filter(|seen| seen.method == "GET")
-        .collect();
+    let gets = server.gets();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert_eq!(gets[0].range.as_deref(), Some(expected_range.as_str()));
     let etag = format!("\"{}\"", common::sha256_hex(&bytes));
@@ -703,11 +697,7 @@ fn cut_hub_transfer_of_a_file_that_changed_starts_over() {
     // The resume asked for the old version's remaining bytes only if the file was unchanged;
     // the server, holding a new version, answered with all of it.
     let old_etag = format!("\"{}\"", common::sha256_hex(&old_bytes));
-    let gets: Vec<_> = server
-        .seen()
-        .into_iter()
-        .filter(|seen| seen.method == "GET")
-        .collect();
+    let gets = server.gets();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert!(gets[0].range.is_some(), "{gets:?}");
     assert_eq!(gets[0].if_range.as_deref(), Some(old_etag.as_str()));
@@ -768,13 +758,9 @@ fn hub_file_that_does_not_match_its_sha256_etag_is_refused() {
         &rows(&names(&["anger", "happy"])),
         None,
     );
-    let server = Server::start();
-    server.hub_dataset_file(REPO, "main", FILE, bytes.clone());
+    let (server, _work, data, options) = serve_mirror(bytes.clone());
     let announced = "ab".repeat(32);
     server.set_etag(&format!("/datasets/{REPO}/resolve/main/{FILE}"), &announced);
-    let work = tempfile::tempdir().expect("temp dir");
-    let data = DataDir::new(work.path().join("data"));
-    let options = server.hub_options(&work.path().join("hf-cache"));
     let err = download_mirror(&data, &MirrorSource::default(), &options, &NoProgress)
         .expect_err("corrupt transfer");
     let Error::ChecksumMismatch {
@@ -877,24 +863,38 @@ fn drive_options(server: &Server) -> DriveOptions {
     }
 }
 
+/// Serves `body` as Drive file `id` without a Content-Length, the first GET cut after
+/// `cut_after` bytes (answering range requests when `ranges`); the file, a work folder and
+/// where in it to fetch the file.
+fn serve_without_length(
+    server: &Server,
+    id: &str,
+    body: &[u8],
+    cut_after: usize,
+    ranges: bool,
+) -> (DriveFile, tempfile::TempDir, PathBuf) {
+    server.route(
+        &format!("/uc?id={id}"),
+        Route::NoLength {
+            body: body.to_vec(),
+            cut_first_get_after: Some(cut_after),
+            ranges,
+        },
+    );
+    let file = DriveFile {
+        id: id.into(),
+        file_name: format!("{id}.tar"),
+    };
+    let work = tempfile::tempdir().expect("temp dir");
+    let dest = work.path().join(&file.file_name);
+    (file, work, dest)
+}
+
 #[test]
 fn a_cut_drive_body_without_a_length_is_never_committed() {
     let server = Server::start();
     let body = fake_checkpoint(300_000);
-    server.route(
-        "/uc?id=nolength",
-        Route::NoLength {
-            body: body.clone(),
-            cut_first_get_after: Some(120_000),
-            ranges: true,
-        },
-    );
-    let file = DriveFile {
-        id: "nolength".into(),
-        file_name: "w.tar".into(),
-    };
-    let work = tempfile::tempdir().expect("temp dir");
-    let dest = work.path().join("w.tar");
+    let (file, _work, dest) = serve_without_length(&server, "nolength", &body, 120_000, true);
     // The cut looks like a clean end; the server's answer to "what comes after byte 120000?"
     // shows the rest, which is fetched before anything is put in place.
     let fetched = fetch_drive_file(&file, &dest, &drive_options(&server), &NoProgress)
@@ -920,20 +920,8 @@ fn a_cut_body_without_a_length_from_a_server_without_ranges_is_not_put_in_place(
     let server = Server::start();
     // No Content-Length and no ranges: the end of the body proves nothing, and the server
     // cannot be asked whether more follows.
-    server.route(
-        "/uc?id=bare",
-        Route::NoLength {
-            body: fake_checkpoint(10_000),
-            cut_first_get_after: Some(4_000),
-            ranges: false,
-        },
-    );
-    let file = DriveFile {
-        id: "bare".into(),
-        file_name: "b.tar".into(),
-    };
-    let work = tempfile::tempdir().expect("temp dir");
-    let dest = work.path().join("b.tar");
+    let (file, _work, dest) =
+        serve_without_length(&server, "bare", &fake_checkpoint(10_000), 4_000, false);
     let err = fetch_drive_file(&file, &dest, &drive_options(&server), &NoProgress)
         .expect_err("cannot be confirmed");
     assert!(
@@ -1024,17 +1012,7 @@ fn a_silent_server_times_out() {
 #[test]
 fn plain_http_is_refused_except_on_loopback() {
     let work = tempfile::tempdir().expect("temp dir");
-    let drive = DriveOptions {
-        endpoint: "http://drive.example.com".into(),
-        ..DriveOptions::default()
-    };
-    let err = fetch_drive_file(
-        &DriveFile::port_checkpoint(),
-        &work.path().join("w.tar"),
-        &drive,
-        &NoProgress,
-    )
-    .expect_err("http");
+    let err = port_checkpoint_refused("http://drive.example.com");
     assert!(matches!(err, Error::Insecure { .. }), "{err:?}");
 
     let hub = HubOptions {
@@ -1075,36 +1053,30 @@ fn parquet_rows_beyond_the_limit_are_refused() {
         parquet_bytes(ImageColumn::Struct, &rows(&labels), None),
     )
     .unwrap();
-    let limits = MirrorLimits {
+    let convert = |limits: MirrorLimits| {
+        convert_mirror_with_limits(
+            &parquet,
+            "x",
+            &work.path().join("out"),
+            &limits,
+            &NoProgress,
+        )
+        .expect_err("beyond the limit")
+    };
+    let err = convert(MirrorLimits {
         max_rows: 4,
         ..MirrorLimits::default()
-    };
-    let err = convert_mirror_with_limits(
-        &parquet,
-        "x",
-        &work.path().join("out"),
-        &limits,
-        &NoProgress,
-    )
-    .expect_err("too many rows");
+    });
     assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
     assert!(
         err.to_string().contains("m.parquet") && err.to_string().contains("4 rows"),
         "{err}"
     );
 
-    let limits = MirrorLimits {
+    let err = convert(MirrorLimits {
         max_image_bytes: 3 * png(0).len() as u64,
         ..MirrorLimits::default()
-    };
-    let err = convert_mirror_with_limits(
-        &parquet,
-        "x",
-        &work.path().join("out"),
-        &limits,
-        &NoProgress,
-    )
-    .expect_err("too many bytes");
+    });
     assert!(err.to_string().contains("bytes of images"), "{err}");
     assert!(!work.path().join("out").exists());
 }

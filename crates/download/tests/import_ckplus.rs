@@ -4,7 +4,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dexpression_download::{
     import_ckplus, import_ckplus_with_limits, Error, ImportLimits, NoProgress, IMPORT_MARKER,
@@ -74,6 +74,25 @@ fn official_zips(dir: &Path) {
     write_zip(&dir.join("Landmarks.zip"), &part("Landmarks", ""));
 }
 
+/// The tiny release extracted into `work/CK+`.
+fn extracted_release(work: &Path) -> PathBuf {
+    let extracted = work.join("CK+");
+    for (name, bytes) in tiny_release() {
+        let path = extracted.join(&name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, bytes).expect("write");
+    }
+    extracted
+}
+
+/// The tiny release's zips in `work/downloads`.
+fn official_zips_in(work: &Path) -> PathBuf {
+    let zips = work.join("downloads");
+    fs::create_dir_all(&zips).expect("mkdir");
+    official_zips(&zips);
+    zips
+}
+
 fn check_release_in(dest: &Path) {
     for (name, bytes) in tiny_release() {
         assert_eq!(
@@ -88,9 +107,7 @@ fn check_release_in(dest: &Path) {
 #[test]
 fn official_zips_unpack_into_the_official_layout() {
     let work = tempfile::tempdir().expect("temp dir");
-    let zips = work.path().join("downloads");
-    fs::create_dir_all(&zips).expect("mkdir");
-    official_zips(&zips);
+    let zips = official_zips_in(work.path());
     let dest = work.path().join("data").join("ckplus");
     let summary = import_ckplus(&zips, &dest, &NoProgress).expect("import");
     assert!(!summary.already_imported);
@@ -105,12 +122,7 @@ fn official_zips_unpack_into_the_official_layout() {
 #[test]
 fn extracted_folder_imports_too() {
     let work = tempfile::tempdir().expect("temp dir");
-    let extracted = work.path().join("CK+");
-    for (name, bytes) in tiny_release() {
-        let path = extracted.join(&name);
-        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        fs::write(path, bytes).expect("write");
-    }
+    let extracted = extracted_release(work.path());
     let dest = work.path().join("ckplus");
     import_ckplus(&extracted, &dest, &NoProgress).expect("import");
     check_release_in(&dest);
@@ -164,12 +176,7 @@ fn images_without_labels_are_incomplete() {
 #[test]
 fn giving_the_part_folders_themselves_works() {
     let work = tempfile::tempdir().expect("temp dir");
-    let extracted = work.path().join("CK+");
-    for (name, bytes) in tiny_release() {
-        let path = extracted.join(&name);
-        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        fs::write(path, bytes).expect("write");
-    }
+    let extracted = extracted_release(work.path());
     let dest = work.path().join("ckplus");
     // Only the labels: recognised as CK+, but the images are missing.
     let err = import_ckplus(&extracted.join("Emotion"), &dest, &NoProgress).expect_err("no images");
@@ -206,9 +213,7 @@ fn a_source_inside_the_destination_is_refused_and_left_intact() {
 #[test]
 fn a_destination_holding_the_users_files_is_not_replaced() {
     let work = tempfile::tempdir().expect("temp dir");
-    let zips = work.path().join("downloads");
-    fs::create_dir_all(&zips).expect("mkdir");
-    official_zips(&zips);
+    let zips = official_zips_in(work.path());
     let dest = work.path().join("ckplus");
     fs::create_dir_all(&dest).expect("mkdir");
     fs::write(dest.join("notes.txt"), b"mine").expect("user file");
@@ -247,12 +252,7 @@ fn check_release_in_without_landmarks(dest: &Path) {
 #[test]
 fn a_symlink_loop_in_the_source_folder_is_an_error_not_an_endless_walk() {
     let work = tempfile::tempdir().expect("temp dir");
-    let extracted = work.path().join("CK+");
-    for (name, bytes) in tiny_release() {
-        let path = extracted.join(&name);
-        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        fs::write(path, bytes).expect("write");
-    }
+    let extracted = extracted_release(work.path());
     let link = extracted.join("Emotion").join("S005").join("back-to-top");
     std::os::unix::fs::symlink(&extracted, &link).expect("symlink");
     let dest = work.path().join("ckplus");
@@ -265,9 +265,7 @@ fn a_symlink_loop_in_the_source_folder_is_an_error_not_an_endless_walk() {
 #[test]
 fn an_archive_that_unpacks_beyond_the_limit_is_refused() {
     let work = tempfile::tempdir().expect("temp dir");
-    let zips = work.path().join("downloads");
-    fs::create_dir_all(&zips).expect("mkdir");
-    official_zips(&zips);
+    let zips = official_zips_in(work.path());
     // Zeros deflate to almost nothing: a small archive that unpacks to 4 MB.
     write_zip(
         &zips.join("extended-cohn-kanade-images.zip"),

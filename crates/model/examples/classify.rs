@@ -9,19 +9,9 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
+use dexpression_dataset::class_names;
 use dexpression_dataset::crop::load_face_pixels;
 use dexpression_model::{batch_from_pixels, Dexpression};
-
-/// The class order of CK+'s seven emotions, as the port labels them.
-const CLASS_NAMES: [&str; 7] = [
-    "Anger",
-    "Contempt",
-    "Disgust",
-    "Fear",
-    "Happiness",
-    "Sadness",
-    "Surprise",
-];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(PathBuf::from);
@@ -41,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         weights.display(),
         model.config().n_classes
     );
+    // The fixture's network, as the port's, uses CK+'s seven emotions in label order.
+    let class_names = class_names(false);
     for image in &images {
         let pixels = load_face_pixels(image, side as u32)?;
         let input = batch_from_pixels(&pixels, side, &Device::Cpu)?;
@@ -50,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (0, 0f32),
                 |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
             );
-        let name = CLASS_NAMES.get(best).copied().unwrap_or("class");
+        let name = class_names.get(best).map_or("class", String::as_str);
         println!("{}: {name} ({:.1}%)", image.display(), 100.0 * p);
     }
     Ok(())

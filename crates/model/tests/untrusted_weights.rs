@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use dexpression_model::{
-    import_torch, Adam, AdamConfig, Dexpression, DexpressionConfig, Error, NUM_BATCHES_TRACKED,
+    import_torch, Adam, AdamConfig, Dexpression, DexpressionConfig, Error, ImportSummary,
+    NUM_BATCHES_TRACKED,
 };
 use proptest::prelude::*;
 
@@ -182,12 +183,28 @@ fn network_checkpoint(seed: u64) -> (Vec<Entry>, Storages, Dexpression) {
     (entries, storages, model)
 }
 
-fn import_err(entries: &[Entry], storages: &[(String, Vec<u8>)]) -> (Error, String) {
+/// The import of a checkpoint called `file_name` holding `pickle` and `storages`, written into
+/// a fresh folder (kept alive by the returned guard), with where it writes its output.
+fn import_written(
+    file_name: &str,
+    pickle: &[u8],
+    storages: &[(String, Vec<u8>)],
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    dexpression_model::Result<ImportSummary>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("crafted.tar");
-    write_checkpoint(&checkpoint, &pickle(entries), storages);
+    let checkpoint = dir.path().join(file_name);
+    write_checkpoint(&checkpoint, pickle, storages);
     let out = dir.path().join("out.safetensors");
-    let err = import_torch(&checkpoint, &out).expect_err("a crafted checkpoint is refused");
+    let imported = import_torch(&checkpoint, &out);
+    (dir, out, imported)
+}
+
+fn import_err(entries: &[Entry], storages: &[(String, Vec<u8>)]) -> (Error, String) {
+    let (_dir, out, imported) = import_written("crafted.tar", &pickle(entries), storages);
+    let err = imported.expect_err("a crafted checkpoint is refused");
     assert!(!out.exists(), "nothing is written for a refused checkpoint");
     let message = err.to_string();
     assert!(message.contains("crafted.tar"), "names the file: {message}");
@@ -198,11 +215,8 @@ fn import_err(entries: &[Entry], storages: &[(String, Vec<u8>)]) -> (Error, Stri
 #[test]
 fn a_checkpoint_written_like_torch_save_imports_exactly() {
     let (entries, storages, model) = network_checkpoint(3);
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("cnn-fold1.tar");
-    write_checkpoint(&checkpoint, &pickle(&entries), &storages);
-    let out = dir.path().join("port.safetensors");
-    let summary = import_torch(&checkpoint, &out).unwrap();
+    let (_dir, out, imported) = import_written("cnn-fold1.tar", &pickle(&entries), &storages);
+    let summary = imported.unwrap();
     assert_eq!(summary.config, small_config());
     assert_eq!(summary.n_tensors, entries.len());
     let imported = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
@@ -226,11 +240,8 @@ fn a_one_element_rebuild_tuple_is_an_error_not_a_panic() {
     p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n");
     push_int(&mut p, 0);
     p.extend_from_slice(&[0x85, b'R', b'u', b'u', b'.']);
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("crafted.tar");
-    write_checkpoint(&checkpoint, &p, &storages);
-    let err = import_torch(&checkpoint, &dir.path().join("out.safetensors")).unwrap_err();
-    let message = err.to_string();
+    let (_dir, _, imported) = import_written("crafted.tar", &p, &storages);
+    let message = imported.unwrap_err().to_string();
     assert!(
         message.contains("crafted.tar")
             && message.contains("conv1.weight")
@@ -326,38 +337,52 @@ fn a_file_that_is_not_a_zip_is_refused() {
     assert!(err.to_string().contains("not a zip checkpoint"), "{err}");
 }
 
-fn load_err(path: &Path) -> Error {
-    match Dexpression::load(path, &Device::Cpu) {
+/// An edit of a state: the tensor called `target` replaced by `make(tensor)`, the others kept.
+fn replacing(
+    target: &'static str,
+    make: impl Fn(Tensor) -> Tensor,
+) -> impl Fn(&str, Tensor) -> Tensor {
+    move |name, tensor| {
+        if name == target {
+            make(tensor)
+        } else {
+            tensor
+        }
+    }
+}
+
+/// Each tensor of `state` after `edit`, by name.
+fn edited(
+    state: Vec<(String, Tensor)>,
+    edit: impl Fn(&str, Tensor) -> Tensor,
+) -> HashMap<String, Tensor> {
+    state
+        .into_iter()
+        .map(|(name, tensor)| {
+            let tensor = edit(&name, tensor);
+            (name, tensor)
+        })
+        .collect()
+}
+
+/// The error of loading a fresh small network's weights, edited by `edit` and saved as
+/// `w.safetensors`.
+fn load_err_of_edited(edit: impl Fn(&str, Tensor) -> Tensor) -> Error {
+    let model = Dexpression::new(small_config(), 1, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    candle_core::safetensors::save(&edited(model.state_dict().unwrap(), edit), &path).unwrap();
+    match Dexpression::load(&path, &Device::Cpu) {
         Ok(_) => panic!("{} should be refused", path.display()),
         Err(err) => err,
     }
 }
 
-fn save_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) {
-    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&map, path).unwrap();
-}
-
 #[test]
 fn safetensors_with_an_infinite_weight_are_refused() {
-    let model = Dexpression::new(small_config(), 1, &Device::Cpu).unwrap();
-    let tensors: Vec<(String, Tensor)> = model
-        .state_dict()
-        .unwrap()
-        .into_iter()
-        .map(|(name, tensor)| {
-            if name == "lrn1.bias" {
-                let bad = (tensor.ones_like().unwrap() * f64::INFINITY).unwrap();
-                (name, bad)
-            } else {
-                (name, tensor)
-            }
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.safetensors");
-    save_safetensors(&path, tensors);
-    let err = load_err(&path);
+    let err = load_err_of_edited(replacing("lrn1.bias", |tensor| {
+        (tensor.ones_like().unwrap() * f64::INFINITY).unwrap()
+    }));
     assert!(
         err.to_string().contains("w.safetensors") && err.to_string().contains("lrn1.bias"),
         "{err}"
@@ -366,23 +391,9 @@ fn safetensors_with_an_infinite_weight_are_refused() {
 
 #[test]
 fn safetensors_with_an_integer_weight_are_refused() {
-    let model = Dexpression::new(small_config(), 1, &Device::Cpu).unwrap();
-    let tensors: Vec<(String, Tensor)> = model
-        .state_dict()
-        .unwrap()
-        .into_iter()
-        .map(|(name, tensor)| {
-            if name == "fc.bias" {
-                (name, tensor.to_dtype(DType::U8).unwrap())
-            } else {
-                (name, tensor)
-            }
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.safetensors");
-    save_safetensors(&path, tensors);
-    let err = load_err(&path);
+    let err = load_err_of_edited(replacing("fc.bias", |tensor| {
+        tensor.to_dtype(DType::U8).unwrap()
+    }));
     assert!(
         err.to_string().contains("fc.bias") && err.to_string().contains("floating point"),
         "{err}"
@@ -391,38 +402,16 @@ fn safetensors_with_an_integer_weight_are_refused() {
 
 #[test]
 fn a_negative_batch_count_is_refused() {
-    let model = Dexpression::new(small_config(), 1, &Device::Cpu).unwrap();
-    let tensors: Vec<(String, Tensor)> = model
-        .state_dict()
-        .unwrap()
-        .into_iter()
-        .map(|(name, tensor)| {
-            if name == NUM_BATCHES_TRACKED {
-                (name, Tensor::new(-3i64, &Device::Cpu).unwrap())
-            } else {
-                (name, tensor)
-            }
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.safetensors");
-    save_safetensors(&path, tensors);
-    let err = load_err(&path);
+    let err = load_err_of_edited(replacing(NUM_BATCHES_TRACKED, |_| {
+        Tensor::new(-3i64, &Device::Cpu).unwrap()
+    }));
     assert!(err.to_string().contains("cannot be negative"), "{err}");
 }
 
 fn adam_with_state(edit: impl Fn(&str, Tensor) -> Tensor) -> (dexpression_model::Result<()>, Adam) {
     let model = Dexpression::new(small_config(), 1, &Device::Cpu).unwrap();
     let adam = Adam::new(model.trainable_vars(), AdamConfig::default()).unwrap();
-    let state: HashMap<String, Tensor> = adam
-        .state()
-        .unwrap()
-        .into_iter()
-        .map(|(name, tensor)| {
-            let tensor = edit(&name, tensor);
-            (name, tensor)
-        })
-        .collect();
+    let state = edited(adam.state().unwrap(), edit);
     let mut fresh = Adam::new(model.trainable_vars(), AdamConfig::default()).unwrap();
     let result = fresh.load_state(&state, Path::new("adam.safetensors"));
     (result, fresh)
@@ -453,24 +442,16 @@ fn adam_state_with_a_negative_second_moment_is_refused() {
 
 #[test]
 fn adam_state_with_nan_or_a_huge_step_is_refused() {
-    let (result, _) = adam_with_state(|name, tensor| {
-        if name == "adam.m.conv1.weight" {
-            (tensor.ones_like().unwrap() * f64::NAN).unwrap()
-        } else {
-            tensor
-        }
-    });
+    let (result, _) = adam_with_state(replacing("adam.m.conv1.weight", |tensor| {
+        (tensor.ones_like().unwrap() * f64::NAN).unwrap()
+    }));
     assert!(result
         .unwrap_err()
         .to_string()
         .contains("adam.m.conv1.weight"));
-    let (result, _) = adam_with_state(|name, tensor| {
-        if name == "adam.step" {
-            Tensor::new(i64::MAX, &Device::Cpu).unwrap()
-        } else {
-            tensor
-        }
-    });
+    let (result, _) = adam_with_state(replacing("adam.step", |_| {
+        Tensor::new(i64::MAX, &Device::Cpu).unwrap()
+    }));
     assert!(result.unwrap_err().to_string().contains("adam.step"));
 }
 
@@ -505,11 +486,8 @@ proptest! {
     #[test]
     fn a_damaged_pickle_never_panics(bytes in mutated(&pickle(&cached_checkpoint().0))) {
         let (entries, storages) = cached_checkpoint();
-        let dir = tempfile::tempdir().unwrap();
-        let checkpoint = dir.path().join("damaged.tar");
-        write_checkpoint(&checkpoint, &bytes, storages);
-        let out = dir.path().join("out.safetensors");
-        match import_torch(&checkpoint, &out) {
+        let (_dir, out, imported) = import_written("damaged.tar", &bytes, storages);
+        match imported {
             Ok(summary) => {
                 prop_assert!(out.is_file());
                 prop_assert_eq!(summary.n_tensors, entries.len());
@@ -524,10 +502,8 @@ proptest! {
     /// Arbitrary bytes as a pickle: an error naming the file, never a panic.
     #[test]
     fn arbitrary_pickle_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let dir = tempfile::tempdir().unwrap();
-        let checkpoint = dir.path().join("random.tar");
-        write_checkpoint(&checkpoint, &bytes, &[]);
-        let err = import_torch(&checkpoint, &dir.path().join("out.safetensors")).unwrap_err();
+        let (_dir, _, imported) = import_written("random.tar", &bytes, &[]);
+        let err = imported.unwrap_err();
         prop_assert!(err.to_string().contains("random.tar"), "{}", err);
     }
 }

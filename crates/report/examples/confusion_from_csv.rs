@@ -8,19 +8,15 @@
 //! Without arguments it reads `examples/port_history.csv` (two folds, three epochs, in the
 //! PyTorch port's format) and writes `confusion_matrix.png` into the system's temporary directory.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dexpression_report::{confusion_matrix, draw_confusion_matrix, EpochChoice, History};
 
 fn main() -> ExitCode {
-    match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(try_main())
 }
 
 fn try_main() -> dexpression_report::Result<()> {

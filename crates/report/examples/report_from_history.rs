@@ -7,19 +7,15 @@
 //!
 //! Without histories it reports on `examples/port_history.csv`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dexpression_report::{write_report, History, ReportOptions};
 
 fn main() -> ExitCode {
-    match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(try_main())
 }
 
 fn try_main() -> dexpression_report::Result<()> {

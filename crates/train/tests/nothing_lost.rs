@@ -7,41 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use candle_core::Device;
-use dexpression_dataset::{prepare, synth, Dataset, PrepareOptions, Selection};
+use common::{history, small_config, synthetic};
+use dexpression_dataset::Dataset;
 use dexpression_train::{run, EpochRecord, Progress, RunOptions, Silent, TrainConfig, HISTORY_CSV};
-
-/// Side of the crops: small enough for seconds per epoch on two cores.
-const SIDE: usize = 48;
-
-fn synthetic(folder: &Path) -> Dataset {
-    let ck = folder.join("ck");
-    if !ck.exists() {
-        synth::generate(
-            &ck,
-            &synth::SynthOptions {
-                subjects: 6,
-                seed: 5,
-                ..Default::default()
-            },
-        )
-        .expect("synth writes");
-    }
-    let options = PrepareOptions {
-        image_size: SIDE,
-        ..Default::default()
-    };
-    prepare(&ck, &folder.join("cache"), &options, &|_| {}).expect("synth prepares")
-}
-
-/// 3 folds of 2 epochs.
-fn small_config(dataset: &Dataset) -> TrainConfig {
-    let mut config = TrainConfig::port_defaults(dataset, "synthetic", Selection::Peak(3), false);
-    config.folds = 3;
-    config.epochs = 2;
-    config.seed = 11;
-    config
-}
 
 fn options(only_fold: Option<usize>, restart: bool) -> RunOptions {
     RunOptions { only_fold, restart }
@@ -55,10 +26,6 @@ fn train_with(
     progress: &mut dyn Progress,
 ) -> dexpression_train::Result<()> {
     run(config, dataset, out, options, &Device::Cpu, progress).map(|_| ())
-}
-
-fn history(out: &Path) -> String {
-    std::fs::read_to_string(out.join(HISTORY_CSV)).expect("history.csv is written")
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -132,7 +99,7 @@ fn fold1_with_snapshot(
 #[test]
 fn restarting_over_a_real_run_moves_it_aside_instead_of_deleting_it() {
     let folder = tempfile::tempdir().unwrap();
-    let dataset = synthetic(folder.path());
+    let dataset = synthetic(folder.path(), 6);
     let mut config = small_config(&dataset);
     config.epochs = 1;
     let out = folder.path().join("results");
@@ -204,7 +171,7 @@ fn restarting_over_a_real_run_moves_it_aside_instead_of_deleting_it() {
 #[test]
 fn a_kill_between_weights_and_state_resumes_to_the_same_history_keeping_foreign_files() {
     let folder = tempfile::tempdir().unwrap();
-    let dataset = synthetic(folder.path());
+    let dataset = synthetic(folder.path(), 6);
     let config = small_config(&dataset);
     let (full, crashed) = fold1_with_snapshot(folder.path(), &dataset, &config);
 
@@ -262,7 +229,7 @@ fn a_kill_between_weights_and_state_resumes_to_the_same_history_keeping_foreign_
 #[test]
 fn a_damaged_last_state_falls_back_to_the_newest_intact_checkpoint() {
     let folder = tempfile::tempdir().unwrap();
-    let dataset = synthetic(folder.path());
+    let dataset = synthetic(folder.path(), 6);
     let config = small_config(&dataset);
     let (full, damaged) = fold1_with_snapshot(folder.path(), &dataset, &config);
     let hopeless = folder.path().join("hopeless");
@@ -313,7 +280,7 @@ fn a_damaged_last_state_falls_back_to_the_newest_intact_checkpoint() {
 #[test]
 fn names_in_a_state_cannot_reach_outside_the_fold_folder() {
     let folder = tempfile::tempdir().unwrap();
-    let dataset = synthetic(folder.path());
+    let dataset = synthetic(folder.path(), 6);
     let config = small_config(&dataset);
     let (full, crafted) = fold1_with_snapshot(folder.path(), &dataset, &config);
 
@@ -369,7 +336,7 @@ fn child_fold_job() {
     ) else {
         return;
     };
-    let dataset = synthetic(Path::new(&data));
+    let dataset = synthetic(Path::new(&data), 6);
     let config = small_config(&dataset);
     let fold: usize = fold.parse().unwrap();
     train_with(
@@ -386,7 +353,7 @@ fn child_fold_job() {
 fn concurrent_fold_jobs_share_one_output_folder() {
     let folder = tempfile::tempdir().unwrap();
     // Prepared once here, so the jobs only read the cache.
-    let dataset = synthetic(folder.path());
+    let dataset = synthetic(folder.path(), 6);
     let config = small_config(&dataset);
     let sequential = folder.path().join("sequential");
     train_with(

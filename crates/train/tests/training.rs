@@ -5,46 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use candle_core::{Device, Tensor};
-use dexpression_dataset::{prepare, synth, Dataset, PrepareOptions, Selection};
+use common::{history, small_config, synthetic, SIDE};
+use dexpression_dataset::Dataset;
 use dexpression_model::{Adam, Dexpression};
 use dexpression_train::{
     read_history_jsonl, run, train_batch, Error, Progress, RunOptions, Silent, TrainConfig,
-    HISTORY_CSV, HISTORY_JSONL,
+    HISTORY_JSONL,
 };
-
-/// Side of the crops: small enough for seconds per epoch on two cores.
-const SIDE: usize = 48;
-
-/// A synthetic CK+ with `subjects` people, prepared at [`SIDE`] into `folder/cache`.
-fn synthetic(folder: &Path, subjects: usize) -> Dataset {
-    let ck = folder.join("ck");
-    if !ck.exists() {
-        synth::generate(
-            &ck,
-            &synth::SynthOptions {
-                subjects,
-                seed: 5,
-                ..Default::default()
-            },
-        )
-        .expect("synth writes");
-    }
-    let options = PrepareOptions {
-        image_size: SIDE,
-        ..Default::default()
-    };
-    prepare(&ck, &folder.join("cache"), &options, &|_| {}).expect("synth prepares")
-}
-
-/// 3 folds of 2 epochs in batches of 32 (3 batches per epoch with 6 subjects).
-fn small_config(dataset: &Dataset) -> TrainConfig {
-    let mut config = TrainConfig::port_defaults(dataset, "synthetic", Selection::Peak(3), false);
-    config.folds = 3;
-    config.epochs = 2;
-    config.seed = 11;
-    config
-}
 
 fn train(
     config: &TrainConfig,
@@ -57,10 +27,6 @@ fn train(
         restart: false,
     };
     run(config, dataset, out, &options, &Device::Cpu, &mut Silent).map(|_| ())
-}
-
-fn history(out: &Path) -> String {
-    std::fs::read_to_string(out.join(HISTORY_CSV)).expect("history.csv is written")
 }
 
 #[test]
@@ -224,6 +190,17 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_history() {
     assert_eq!(history(&killed), history(&uninterrupted));
 }
 
+/// The values of the model's first variable.
+fn first_weights(model: &Dexpression) -> Vec<f32> {
+    model.named_vars()[0]
+        .var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn a_nan_loss_stops_the_fold_and_leaves_the_weights_alone() {
     let device = Device::Cpu;
@@ -234,13 +211,7 @@ fn a_nan_loss_stops_the_fold_and_leaves_the_weights_alone() {
     )
     .unwrap();
     let mut adam = Adam::new(model.trainable_vars(), Default::default()).unwrap();
-    let before = model.named_vars()[0]
-        .var
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let before = first_weights(&model);
     // ReLU and max-pooling swallow NaN pixels (max(NaN, 0) is 0), so the poison goes where it
     // reaches the loss: the output layer's bias.
     let fc_bias = model
@@ -258,13 +229,7 @@ fn a_nan_loss_stops_the_fold_and_leaves_the_weights_alone() {
     let outcome = train_batch(&model, &mut adam, &inputs, &targets).unwrap();
     assert!(!outcome.loss.is_finite());
     assert_eq!(adam.step_count(), 0, "no update from a poisoned batch");
-    let after = model.named_vars()[0]
-        .var
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let after = first_weights(&model);
     assert_eq!(before, after);
 
     // In a run, weights blown up by an absurd learning rate poison the next batch: the run stops

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     file: Vec<String>,
     /// Data folder: the mirror goes to <DATA>/ckplus48, `--from` to <DATA>/ckplus, weights to <DATA>/weights.
-    #[arg(long, default_value = "data")]
+    #[arg(long, default_value = dexpression_dataset::DEFAULT_DATA_DIR)]
     data: PathBuf,
     /// Never go online: verify what is on disk and fail if something is missing.
     #[arg(long)]

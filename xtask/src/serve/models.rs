@@ -10,13 +10,10 @@ use dexpression_train::{BestState, TrainConfig, TrainState, CONFIG_FILE};
 use dexpression_train::{BEST_STATE, LAST_STATE};
 use serde::Serialize;
 
+use crate::{DEMO_RESULTS_DIR as DEMO_RUN, RESULTS_DIR as RESULTS};
+
 /// Most models one server loads; a folder with more is probably not a run folder.
 const MAX_MODELS: usize = 64;
-
-/// Where `cargo xtask demo` writes its run, served when no model is named.
-const DEMO_RUN: &str = "results/demo";
-/// Where `cargo xtask train` writes by default.
-const RESULTS: &str = "results";
 
 /// A loaded network with what the page shows about it.
 pub struct ServedModel {

@@ -1,5 +1,5 @@
-//! What the serve tests share: a small network trained on a synthetic CK+ in a few seconds, and
-//! generated photos.
+//! What the xtask tests share: running `cargo xtask`, a small network trained on a synthetic CK+
+//! in a few seconds, and generated photos.
 
 #![allow(dead_code)]
 
@@ -12,6 +12,29 @@ use dexpression_dataset::{prepare, Dataset, PrepareOptions};
 use dexpression_model::candle_core::Device;
 use dexpression_model::{Adam, AdamConfig, Dexpression, DexpressionConfig};
 use dexpression_train::{batch_tensors, epoch_batches, train_batch};
+
+/// `cargo xtask ARGS`, which must succeed; its standard output. A proxy in the environment is
+/// bypassed for the local servers some tests start.
+pub fn xtask(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .output()
+        .expect("xtask runs");
+    assert!(
+        output.status.success(),
+        "xtask {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// A temporary path as an argument.
+pub fn text(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temporary path")
+}
 
 /// A network trained on some subjects of a synthetic CK+, and the subjects it never saw.
 pub struct Trained {

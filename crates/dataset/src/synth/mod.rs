@@ -17,6 +17,7 @@ mod raster;
 
 pub use fer2013::{write_fer2013_csv, FER2013_ROWS};
 
+use crate::error::option_in_range;
 use crate::layout::ckplus_release::{EMOTION, IMAGES, LANDMARKS};
 use crate::parse::N_LANDMARKS;
 use crate::{Error, Expression, Result};
@@ -157,13 +158,12 @@ pub fn generate(out: &Path, options: &SynthOptions) -> Result<SynthSummary> {
 }
 
 fn validate(options: &SynthOptions) -> Result<()> {
-    if !(1..=MAX_SUBJECTS).contains(&options.subjects) {
-        return Err(Error::InvalidOption {
-            name: "subjects",
-            value: options.subjects.to_string(),
-            expected: "between 1 and 990 subjects (CK+ ids S010..S999)",
-        });
-    }
+    option_in_range(
+        "subjects",
+        options.subjects,
+        1..=MAX_SUBJECTS,
+        "between 1 and 990 subjects (CK+ ids S010..S999)",
+    )?;
     if options.min_frames < 2 || options.max_frames < options.min_frames || options.max_frames > 99
     {
         return Err(Error::InvalidOption {
@@ -183,14 +183,12 @@ fn validate(options: &SynthOptions) -> Result<()> {
             expected: "colour and short-frame fractions between 0 and 1",
         });
     }
-    if !(options.noise.is_finite() && (0.0..=100.0).contains(&options.noise)) {
-        return Err(Error::InvalidOption {
-            name: "noise",
-            value: options.noise.to_string(),
-            expected: "a standard deviation between 0 and 100 gray levels",
-        });
-    }
-    Ok(())
+    option_in_range(
+        "noise",
+        options.noise,
+        0.0..=100.0,
+        "a standard deviation between 0 and 100 gray levels",
+    )
 }
 
 /// Creates `out`, or clears the CK+ folders a previous `generate` left there.

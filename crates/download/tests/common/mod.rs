@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dexpression_download::{HubOptions, Progress, Unit};
+
+#[path = "../../../dataset/tests/crafted_png/mod.rs"]
+mod crafted_png;
+#[allow(unused_imports)] // Used by some of the test files that include this module only.
+pub use crafted_png::png_header;
 use sha2::{Digest, Sha256};
 
 /// A commit id as the Hub sends it in `X-Repo-Commit`.
@@ -162,11 +167,16 @@ impl Server {
         self.state.lock().expect("server state").seen.clone()
     }
 
-    pub fn n_gets(&self) -> usize {
+    /// The GET requests seen, in order.
+    pub fn gets(&self) -> Vec<Seen> {
         self.seen()
-            .iter()
+            .into_iter()
             .filter(|seen| seen.method == "GET")
-            .count()
+            .collect()
+    }
+
+    pub fn n_gets(&self) -> usize {
+        self.gets().len()
     }
 
     pub fn clear_seen(&self) {
@@ -448,35 +458,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// A PNG signature and IHDR declaring `width` x `height` grayscale, with no pixel data: what a
-/// crafted image needs to make a decoder allocate.
-pub fn png_header(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    let mut crc = !0u32;
-    for &byte in &ihdr {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&(!crc).to_be_bytes());
-    // An empty IDAT (its CRC is fixed): decoders read the header up to the first data chunk.
-    png.extend_from_slice(&0u32.to_be_bytes());
-    png.extend_from_slice(b"IDAT");
-    png.extend_from_slice(&0x35AF_061Eu32.to_be_bytes());
-    png
-}
-
 /// Deterministic bytes standing in for a checkpoint (`.tar`); the importer is not under test.
 pub fn fake_checkpoint(n_bytes: usize) -> Vec<u8> {
     (0..n_bytes)
@@ -553,8 +534,6 @@ pub fn write_mirror_parquet_with(
     use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
     use parquet::file::metadata::KeyValue;
     use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use parquet::schema::parser::parse_message_type;
 
     let image_schema = match image_column {
         ImageColumn::Struct => {
@@ -571,7 +550,6 @@ pub fn write_mirror_parquet_with(
     let message = format!(
         "message schema {{ {image_schema} {label_schema} optional binary file (STRING); }}"
     );
-    let schema = Arc::new(parse_message_type(&message).expect("test schema parses"));
     let mut properties = WriterProperties::builder().set_compression(compression);
     if let Some(names) = class_names {
         let json = serde_json::json!({"info": {"features": {
@@ -584,10 +562,6 @@ pub fn write_mirror_parquet_with(
             json.to_string(),
         )]));
     }
-    let file = File::create(path).expect("create parquet file");
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties.build()))
-        .expect("parquet writer");
-    let mut row_group = writer.next_row_group().expect("row group");
     let n_rows = rows.len();
     let images: Vec<ByteArray> = rows
         .iter()
@@ -597,8 +571,7 @@ pub fn write_mirror_parquet_with(
         .iter()
         .map(|row| ByteArray::from(row.file.as_str()))
         .collect();
-    let mut column_idx = 0;
-    while let Some(mut column) = row_group.next_column().expect("next column") {
+    write_parquet(path, &message, properties.build(), |column_idx, column| {
         let leaf = match (image_column, column_idx) {
             (ImageColumn::Struct, 0) => "image.bytes",
             (ImageColumn::Struct, 1) => "image.path",
@@ -662,6 +635,28 @@ pub fn write_mirror_parquet_with(
                     .expect("write files");
             }
         }
+    });
+}
+
+/// Writes a parquet file of one row group with the schema `message`, `fill` writing each
+/// column (given its index) in turn.
+fn write_parquet(
+    path: &Path,
+    message: &str,
+    properties: parquet::file::properties::WriterProperties,
+    mut fill: impl FnMut(usize, &mut parquet::file::writer::SerializedColumnWriter<'_>),
+) {
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    let schema = Arc::new(parse_message_type(message).expect("test schema parses"));
+    let file = File::create(path).expect("create parquet file");
+    let mut writer =
+        SerializedFileWriter::new(file, schema, Arc::new(properties)).expect("parquet writer");
+    let mut row_group = writer.next_row_group().expect("row group");
+    let mut column_idx = 0;
+    while let Some(mut column) = row_group.next_column().expect("next column") {
+        fill(column_idx, &mut column);
         column.close().expect("close column");
         column_idx += 1;
     }
@@ -672,23 +667,9 @@ pub fn write_mirror_parquet_with(
 /// A parquet file with no image or label column at all.
 pub fn write_unusable_parquet(path: &Path) {
     use parquet::data_type::{ByteArray, ByteArrayType, DoubleType};
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use parquet::schema::parser::parse_message_type;
 
-    let schema = Arc::new(
-        parse_message_type(
-            "message schema { optional binary text (STRING); optional double score; }",
-        )
-        .expect("schema"),
-    );
-    let file = File::create(path).expect("create parquet file");
-    let mut writer =
-        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
-            .expect("writer");
-    let mut row_group = writer.next_row_group().expect("row group");
-    let mut column_idx = 0;
-    while let Some(mut column) = row_group.next_column().expect("next column") {
+    let message = "message schema { optional binary text (STRING); optional double score; }";
+    write_parquet(path, message, Default::default(), |column_idx, column| {
         if column_idx == 0 {
             column
                 .typed::<ByteArrayType>()
@@ -700,34 +681,16 @@ pub fn write_unusable_parquet(path: &Path) {
                 .write_batch(&[0.5], Some(&[1]), None)
                 .expect("score");
         }
-        column.close().expect("close column");
-        column_idx += 1;
-    }
-    row_group.close().expect("close row group");
-    writer.close().expect("close file");
+    });
 }
 
 /// A parquet file of images with no label column (a `caption` instead).
 pub fn write_unlabelled_parquet(path: &Path, images: &[Vec<u8>]) {
     use parquet::data_type::{ByteArray, ByteArrayType};
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use parquet::schema::parser::parse_message_type;
 
-    let schema = Arc::new(
-        parse_message_type(
-            "message schema { optional binary image; optional binary caption (STRING); }",
-        )
-        .expect("schema"),
-    );
-    let file = File::create(path).expect("create parquet file");
-    let mut writer =
-        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
-            .expect("writer");
-    let mut row_group = writer.next_row_group().expect("row group");
+    let message = "message schema { optional binary image; optional binary caption (STRING); }";
     let levels = vec![1; images.len()];
-    let mut column_idx = 0;
-    while let Some(mut column) = row_group.next_column().expect("next column") {
+    write_parquet(path, message, Default::default(), |column_idx, column| {
         let values: Vec<ByteArray> = if column_idx == 0 {
             images
                 .iter()
@@ -740,11 +703,7 @@ pub fn write_unlabelled_parquet(path: &Path, images: &[Vec<u8>]) {
             .typed::<ByteArrayType>()
             .write_batch(&values, Some(&levels), None)
             .expect("column");
-        column.close().expect("close column");
-        column_idx += 1;
-    }
-    row_group.close().expect("close row group");
-    writer.close().expect("close file");
+    });
 }
 
 /// A [`Progress`] that remembers notes, for tests that check what the user is told.
