@@ -59,10 +59,12 @@ fn form(name: &str, file_name: Option<&str>, content: &[u8]) -> (String, Vec<u8>
 #[test]
 fn uploads_get_predictions_and_bad_requests_json_errors() {
     let dir = tempfile::tempdir().expect("temporary folder");
-    // An untrained network: this test is about the HTTP side.
+    // An untrained network: this test is about the HTTP side. Its input side is recorded with
+    // the weights: from the shapes alone, 45 is one of four sides that fit and 48 would be chosen.
     let weights = dir.path().join("untrained.safetensors");
+    let class_names = dexpression_dataset::class_names(false);
     Dexpression::new(DexpressionConfig::with(7, 45), 0, &Device::Cpu)
-        .and_then(|model| model.save(&weights))
+        .and_then(|model| model.save_with_metadata(&weights, &class_names))
         .expect("weights written");
     dexpression_dataset::synth::generate(
         &dir.path().join("synth"),
