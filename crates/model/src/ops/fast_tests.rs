@@ -144,6 +144,8 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
         (1, 4, 17, (2, 3), (3, 2, 0), 3),
         (1, 4, 17, (2, 3), (3, 2, 0), 1),
         (3, 5, 10, (1, 1), (3, 1, 1), 2),
+        // Winograd's F(4x4, 3x3) with the pool, at batch 1: blocks of output channels per thread.
+        (3, 5, 10, (1, 1), (3, 2, 0), 1),
         (2, 3, 9, (1, 0), (2, 2, 0), 1),
     ] {
         let (kernel, (stride, padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
