@@ -478,8 +478,10 @@ impl BatchNorm {
 
 impl ModuleT for Dexpression {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let features = self.last_featex_t(xs, train)?;
-        candle_nn::ops::log_softmax(&self.head_logits_t(&features, train)?, D::Minus1)
+        ops::with_threads_awake_for(xs, || {
+            let features = self.last_featex_t(xs, train)?;
+            candle_nn::ops::log_softmax(&self.head_logits_t(&features, train)?, D::Minus1)
+        })
     }
 }
 

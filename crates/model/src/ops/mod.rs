@@ -93,6 +93,21 @@ fn count_host_round_trip() {
     HOST_ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Runs `f`, a forward of `xs`, with the pool's threads kept awake between its parallel steps
+/// when `xs` is on the fast kernels and holds fewer images than there are threads (each image is
+/// then spread over the threads, step by step).
+pub fn with_threads_awake_for<R: Send>(
+    xs: &Tensor,
+    f: impl FnOnce() -> candle_core::Result<R> + Send,
+) -> candle_core::Result<R> {
+    let images = xs.dims().first().copied().unwrap_or(1);
+    if fast_kernels_for(xs) && images < parallel::thread_count() {
+        parallel::with_threads_awake(f)
+    } else {
+        f()
+    }
+}
+
 /// Whether an op on `xs` runs on the fast kernels: CPU, f32, and the reference path not forced.
 fn fast_kernels_for(xs: &Tensor) -> bool {
     let fast = xs.device().is_cpu() && xs.dtype() == DType::F32 && !reference_ops();
