@@ -292,7 +292,7 @@ mod tests {
         let sum = with_threads_awake(|| (0..10_000u64).into_par_iter().sum::<u64>());
         assert_eq!(sum, 10_000 * 9_999 / 2);
         // Nested inside the pool, and again after the first call ended.
-        let nested = with_threads_awake(|| with_threads_awake(|| rayon::current_thread_index()));
+        let nested = with_threads_awake(|| with_threads_awake(rayon::current_thread_index));
         assert!(nested.is_some() || rayon::current_num_threads() < 2);
         assert_eq!(with_threads_awake(|| 7), 7);
     }
