@@ -161,7 +161,10 @@ impl ConvPoolGeometry {
         let budget = if cfg!(test) { 2 * slab_row } else { 512 << 10 };
         let mut rows_per_band = (budget / slab_row).clamp(1, pooled_h);
         if parallel {
-            rows_per_band = rows_per_band.min(pooled_h.div_ceil(2 * thread_count()));
+            // A whole number of bands per thread, so that none waits for another's last band.
+            let threads = thread_count();
+            let bands = pooled_h.div_ceil(rows_per_band).max(2 * threads);
+            rows_per_band = pooled_h.div_ceil(bands.next_multiple_of(threads));
         }
         let bands = pooled_h.div_ceil(rows_per_band);
         let (shared_out, shared_offsets) =
