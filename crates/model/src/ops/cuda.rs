@@ -17,7 +17,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Tensor};
 
-use super::max_pool::{MaxPoolRecordedBackwardOp, Pool2d, PoolShape};
+use super::max_pool::{MaxPoolRecordedBackwardOp, Pool2d, PoolGeometry};
 
 /// The kernels, compiled by build.rs for `CUDA_COMPUTE_CAP`.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dexpression_ops.ptx"));
@@ -83,10 +83,9 @@ fn i32_arg(value: usize, what: &str) -> candle_core::Result<i32> {
 pub(super) fn max_pool_forward(
     storage: &CudaStorage,
     layout: &Layout,
-    pool: Pool2d,
-    shape: &PoolShape,
+    geometry: &PoolGeometry,
 ) -> candle_core::Result<(CudaStorage, CudaSlice<u8>)> {
-    let PoolShape { n, c, h, w } = *shape;
+    let PoolGeometry { pool, n, c, h, w } = *geometry;
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
     let len = n * c * oh * ow;
     let device = storage.device().clone();

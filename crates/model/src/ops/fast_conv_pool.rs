@@ -67,11 +67,7 @@ impl ConvPoolGeometry {
 
     pub(super) fn check(&self) -> candle_core::Result<()> {
         let (oh, ow) = (self.conv.out_h(), self.conv.out_w());
-        if oh + 2 * self.pool.padding < self.pool.kernel
-            || ow + 2 * self.pool.padding < self.pool.kernel
-            || self.pool.padding >= self.pool.kernel
-            || !self.pool.records_offsets()
-        {
+        if !self.pool.fits(oh, ow) || !self.pool.records_offsets() {
             candle_core::bail!(
                 "conv2d_relu_max_pool2d: a {oh}x{ow} convolution output does not fit the pool {:?}",
                 self.pool
@@ -260,13 +256,7 @@ impl CustomOp3 for ConvReluPoolOp {
             [(x, xl), (w, wl), (b, bl)],
             ["conv2d input", "conv2d weight", "conv2d bias"],
         )?;
-        if b.len() != geometry.conv.c_out {
-            candle_core::bail!(
-                "conv2d: bias of {} values for {} output channels",
-                b.len(),
-                geometry.conv.c_out
-            )
-        }
+        geometry.conv.check_bias(b)?;
         let (out, offsets) = forward(x, w, b, &geometry);
         if let Ok(mut guard) = self.offsets.lock() {
             *guard = Some(Arc::new(offsets));

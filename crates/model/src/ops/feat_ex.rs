@@ -151,7 +151,7 @@ impl FeatExGeometry {
             pool: op.out_pool,
         };
         let [n, c, h, w] = [x_dims[0], x_dims[1], x_dims[2], x_dims[3]];
-        if h + 2 * op.keep.padding < op.keep.kernel || w + 2 * op.keep.padding < op.keep.kernel {
+        if !op.keep.fits(h, w) {
             candle_core::bail!(
                 "feat_ex: a {h}x{w} input does not fit the pool {:?}",
                 op.keep
@@ -239,24 +239,15 @@ impl CustomOp1 for FeatExInferenceOp {
             .each_ref()
             .map(|(weight, bias, _, _)| (weight.storage_and_layout(), bias.storage_and_layout()));
         let conv_geometries = [&geometry.reduce, &geometry.conv.conv, &geometry.pooled.conv];
-        let mut weights = Vec::with_capacity(3);
-        for (((weight, weight_layout), (bias, bias_layout)), g) in
-            guards.iter().zip(conv_geometries)
-        {
+        let weights_of = |layer: usize| -> candle_core::Result<ConvWeights<'_>> {
+            let ((weight, weight_layout), (bias, bias_layout)) = &guards[layer];
+            let g = conv_geometries[layer];
             let weight = read_f32(weight, weight_layout, "feat_ex weight")?;
             let bias = read_f32(bias, bias_layout, "feat_ex bias")?;
-            if bias.len() != g.c_out {
-                candle_core::bail!(
-                    "feat_ex: bias of {} values for {} output channels",
-                    bias.len(),
-                    g.c_out
-                )
-            }
-            weights.push(ConvWeights::new(g, weight, bias));
-        }
-        let weights: [ConvWeights<'_>; 3] = weights
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("feat_ex: three convolutions".into()))?;
+            g.check_bias(bias)?;
+            Ok(ConvWeights::new(g, weight, bias))
+        };
+        let weights = [weights_of(0)?, weights_of(1)?, weights_of(2)?];
 
         let n = geometry.reduce.n;
         let (in_image, out_image) = (geometry.reduce.in_image(), geometry.out_image());

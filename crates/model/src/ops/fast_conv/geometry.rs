@@ -98,6 +98,18 @@ impl ConvGeometry {
         self.winograd().map(WinogradF4::from)
     }
 
+    /// That `bias` holds one value per output channel.
+    pub(in crate::ops) fn check_bias(&self, bias: &[f32]) -> candle_core::Result<()> {
+        if bias.len() != self.c_out {
+            candle_core::bail!(
+                "conv2d: bias of {} values for {} output channels",
+                bias.len(),
+                self.c_out
+            )
+        }
+        Ok(())
+    }
+
     /// A 1x1 stride-1 convolution reads its input as the im2col matrix directly.
     pub(in crate::ops) fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.padding == 0

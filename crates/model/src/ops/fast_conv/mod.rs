@@ -56,13 +56,7 @@ impl CustomOp3 for ConvReluOp {
             [(x, xl), (w, wl), (b, bl)],
             ["conv2d input", "conv2d weight", "conv2d bias"],
         )?;
-        if b.len() != g.c_out {
-            candle_core::bail!(
-                "conv2d: bias of {} values for {} output channels",
-                b.len(),
-                g.c_out
-            )
-        }
+        g.check_bias(b)?;
         let out = forward(x, w, b, &g, self.winograd_forward);
         Ok((
             CpuStorage::F32(out),

@@ -7,18 +7,8 @@ use std::ops::Range;
 use candle_core::WithDType;
 use rayon::prelude::*;
 
-use super::Pool2d;
+use super::{Pool2d, PoolGeometry};
 use crate::ops::parallel::{filled, par_build, SharedMut};
-
-/// Batch and image size of a pooling.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PoolGeometry {
-    pub pool: Pool2d,
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-}
 
 /// No window offset: the window holds only padding.
 pub(in crate::ops) const NO_OFFSET: u8 = u8::MAX;

@@ -31,7 +31,7 @@ mod tests;
 use kernel::interior_kernel_f32;
 #[cfg(test)]
 use kernel::interior_kernel_f32_for;
-use kernel::{pool_backward, pool_backward_recorded, pool_forward, PoolGeometry};
+use kernel::{pool_backward, pool_backward_recorded, pool_forward};
 pub(super) use kernel::{pool_planes, scatter_plane, window_steps, NO_OFFSET};
 
 /// Whether a vectorised 3x3 kernel that takes `block` windows at a time may run on `outputs` of
@@ -92,16 +92,29 @@ impl Pool2d {
     pub(super) fn records_offsets(&self) -> bool {
         self.kernel * self.kernel < NO_OFFSET as usize
     }
+
+    /// Whether the window can pool at all: a kernel and a stride above zero, padding below the
+    /// kernel.
+    fn is_usable(&self) -> bool {
+        self.kernel > 0 && self.stride > 0 && self.padding < self.kernel
+    }
+
+    /// Whether the window is usable and fits an `h x w` input with its padding.
+    pub(in crate::ops) fn fits(&self, h: usize, w: usize) -> bool {
+        self.is_usable()
+            && h + 2 * self.padding >= self.kernel
+            && w + 2 * self.padding >= self.kernel
+    }
 }
 
 fn check_input(xs: &Tensor, pool: Pool2d) -> candle_core::Result<(usize, usize, usize, usize)> {
     let (n, c, h, w) = xs.dims4()?;
-    if pool.kernel == 0 || pool.stride == 0 || pool.padding >= pool.kernel {
+    if !pool.is_usable() {
         candle_core::bail!(
             "max_pool2d: unsupported window {pool:?} (padding must be below the kernel)"
         )
     }
-    if h + 2 * pool.padding < pool.kernel || w + 2 * pool.padding < pool.kernel {
+    if !pool.fits(h, w) {
         candle_core::bail!(
             "max_pool2d: input {h}x{w} is smaller than the {0}x{0} window",
             pool.kernel
@@ -143,8 +156,11 @@ fn gpu_kernels(xs: &Tensor, pool: Pool2d) -> bool {
     }
 }
 
-/// The shape of one pooling op's input, `N x C x H x W`.
-pub(in crate::ops) struct PoolShape {
+/// One pooling: the window and the input's `N x C x H x W`.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::ops) struct PoolGeometry {
+    /// The window.
+    pub pool: Pool2d,
     /// Images.
     pub n: usize,
     /// Channels.
@@ -155,15 +171,16 @@ pub(in crate::ops) struct PoolShape {
     pub w: usize,
 }
 
-impl PoolShape {
-    fn of(layout: &Layout) -> candle_core::Result<Self> {
+impl PoolGeometry {
+    fn of(layout: &Layout, pool: Pool2d) -> candle_core::Result<Self> {
         match *layout.dims() {
-            [n, c, h, w] => Ok(Self { n, c, h, w }),
+            [n, c, h, w] => Ok(Self { pool, n, c, h, w }),
             ref dims => candle_core::bail!("max_pool2d expects N x C x H x W, got {dims:?}"),
         }
     }
 
-    fn output_shape(&self, pool: Pool2d) -> Shape {
+    fn output_shape(&self) -> Shape {
+        let pool = self.pool;
         Shape::from((self.n, self.c, pool.out_side(self.h), pool.out_side(self.w)))
     }
 }
@@ -222,49 +239,6 @@ impl MaxPoolOp {
         self.offsets.lock().ok().and_then(|guard| guard.clone())
     }
 
-    /// Pools the input, recording the offsets.
-    fn forward(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = PoolShape::of(layout)?;
-        let geometry = PoolGeometry {
-            pool: self.pool,
-            n: shape.n,
-            c: shape.c,
-            h: shape.h,
-            w: shape.w,
-        };
-        macro_rules! pool {
-            ($variant:ident, $data:expr, $interior:expr) => {{
-                let data = contiguous($data, layout, "max_pool2d")?;
-                let (out, offsets) = pool_forward(data, geometry, $interior);
-                self.remember(RecordedOffsets::Host(Arc::new(offsets)));
-                CpuStorage::$variant(out)
-            }};
-        }
-        let out = match storage {
-            CpuStorage::F32(data) => pool!(F32, data, interior_kernel_f32(self.pool)),
-            CpuStorage::F64(data) => pool!(F64, data, None),
-            other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
-        };
-        Ok((out, shape.output_shape(self.pool)))
-    }
-
-    /// [`Self::forward`] on the GPU.
-    #[cfg(feature = "cuda")]
-    fn forward_cuda(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let shape = PoolShape::of(layout)?;
-        let (out, offsets) = super::cuda::max_pool_forward(storage, layout, self.pool, &shape)?;
-        self.remember(RecordedOffsets::Cuda(Arc::new(offsets)));
-        Ok((out, shape.output_shape(self.pool)))
-    }
-
     /// The gradient of `input` from the output gradient `grad_res`.
     fn input_grad(&self, input: &Tensor, grad_res: &Tensor) -> candle_core::Result<Tensor> {
         let grad_res = grad_res.contiguous()?;
@@ -291,7 +265,21 @@ impl CustomOp1 for MaxPoolOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(storage, layout)
+        let geometry = PoolGeometry::of(layout, self.pool)?;
+        macro_rules! pool {
+            ($variant:ident, $data:expr, $interior:expr) => {{
+                let data = contiguous($data, layout, "max_pool2d")?;
+                let (out, offsets) = pool_forward(data, geometry, $interior);
+                self.remember(RecordedOffsets::Host(Arc::new(offsets)));
+                CpuStorage::$variant(out)
+            }};
+        }
+        let out = match storage {
+            CpuStorage::F32(data) => pool!(F32, data, interior_kernel_f32(self.pool)),
+            CpuStorage::F64(data) => pool!(F64, data, None),
+            other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, geometry.output_shape()))
     }
 
     #[cfg(feature = "cuda")]
@@ -300,7 +288,10 @@ impl CustomOp1 for MaxPoolOp {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.forward_cuda(storage, layout)
+        let geometry = PoolGeometry::of(layout, self.pool)?;
+        let (out, offsets) = super::cuda::max_pool_forward(storage, layout, &geometry)?;
+        self.remember(RecordedOffsets::Cuda(Arc::new(offsets)));
+        Ok((out, geometry.output_shape()))
     }
 
     fn bwd(
