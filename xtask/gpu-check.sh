@@ -46,16 +46,19 @@ prepare() {
     cargo build --release -p xtask --features cudnn
     cp "$CARGO_TARGET_DIR/release/xtask" "$BUNDLE/xtask-cudnn"
     cargo build --release -p xtask --features cuda
-    local tests
-    tests="$(cargo test --release -p dexpression-model --features cuda --lib --no-run \
-        --message-format=json | python3 -c 'import json, sys
+    # The test binaries: the kernels' CUDA tests (their lib tests) and the network's (tests/cuda.rs).
+    test_binary() { # package, cargo target selector, target name
+        cargo test --release -p "$1" --features cuda $2 --no-run --message-format=json |
+            python3 -c 'import json, sys
 for line in sys.stdin:
     msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "dexpression_model":
-        print(msg["executable"])')"
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == sys.argv[1]:
+        print(msg["executable"])' "$3"
+    }
+    cp "$(test_binary dexpression-kernels --lib dexpression_kernels)" "$BUNDLE/kernel-tests"
+    cp "$(test_binary dexpression-model "--test cuda" cuda)" "$BUNDLE/model-tests"
     cp "$CARGO_TARGET_DIR/release/xtask" "$BUNDLE/xtask"
-    cp "$tests" "$BUNDLE/model-tests"
-    strip "$BUNDLE/xtask" "$BUNDLE/xtask-cudnn" "$BUNDLE/model-tests"
+    strip "$BUNDLE/xtask" "$BUNDLE/xtask-cudnn" "$BUNDLE/model-tests" "$BUNDLE/kernel-tests"
     local anchors=../shared/anchors
     if [[ -f "$anchors/torch_dexpression.py" ]]; then
         cp "$anchors/torch_dexpression.py" "$BUNDLE/"
@@ -91,7 +94,7 @@ run() {
     if [[ ! -x "$BUNDLE/xtask" && -f "$BUNDLE.tar.xz" ]]; then
         python3 -m tarfile -e "$BUNDLE.tar.xz" "$(dirname "$BUNDLE")"
     fi
-    [[ -x "$BUNDLE/xtask" && -x "$BUNDLE/model-tests" ]] ||
+    [[ -x "$BUNDLE/xtask" && -x "$BUNDLE/model-tests" && -x "$BUNDLE/kernel-tests" ]] ||
         { echo "gpu-check: no $BUNDLE; run \`xtask/gpu-check.sh prepare\` first" >&2; exit 1; }
     local libs
     libs="$(nvidia_library_path)"
@@ -131,9 +134,9 @@ print(json.dumps({"step": sys.argv[1], "status": int(sys.argv[2]), "seconds": ro
     export CARGO_MANIFEST_DIR="$PWD/crates/model"
     if [[ "$device" == cpu ]]; then
         # No GPU: the CUDA tests must be listed as ignored, not run.
-        step tests "$BUNDLE/model-tests" cuda_
+        step tests bash -c "'$BUNDLE/kernel-tests' cuda_ && '$BUNDLE/model-tests' cuda_"
     else
-        step tests "$BUNDLE/model-tests" --ignored --test-threads 1 cuda_
+        step tests bash -c "'$BUNDLE/kernel-tests' --ignored --test-threads 1 cuda_ && '$BUNDLE/model-tests' --ignored --test-threads 1 cuda_"
     fi
     local batches="${GPU_CHECK_BATCHES:-32 128}"
     local bench_size="${GPU_CHECK_BENCH_IMAGE_SIZE:-224}"

@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{DexpressionConfig, FEATEX_CHANNELS};
-use crate::ops::{self, Pool2d};
 use crate::{Error, Result};
+use dexpression_kernels::{self as ops, Pool2d};
 
 /// LayerNorm epsilon of the port's `nn.LayerNorm([64, 55, 55], eps=1e-5)`.
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -19,13 +19,13 @@ const BATCH_NORM_EPS: f64 = 1e-5;
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
 /// pool1, pool2b, pool3b: 3x3 stride 2, no padding.
-pub(crate) const POOL_REDUCE: Pool2d = Pool2d {
+pub const POOL_REDUCE: Pool2d = Pool2d {
     kernel: 3,
     stride: 2,
     padding: 0,
 };
 /// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch).
-pub(crate) const POOL_KEEP: Pool2d = Pool2d {
+pub const POOL_KEEP: Pool2d = Pool2d {
     kernel: 3,
     stride: 1,
     padding: 1,
@@ -40,8 +40,8 @@ pub const NUM_BATCHES_TRACKED: &str = "batch_normalization.num_batches_tracked";
 /// Implements [`ModuleT`]: `train = true` uses dropout and batch statistics (and updates the
 /// running statistics), `train = false` uses running statistics and no dropout. On the CPU's fast
 /// kernels, `train = false` runs each FeatEx block as one inference op with no autograd graph
-/// (see `ops::feat_ex`): take gradients from a training-mode forward, or detach the activation
-/// whose gradient you need.
+/// (see `dexpression_kernels::feat_ex`): take gradients from a training-mode forward, or detach
+/// the activation whose gradient you need.
 pub struct Dexpression {
     config: DexpressionConfig,
     /// Every tensor of the port's `state_dict`, in its order, with whether Adam updates it.
@@ -57,6 +57,9 @@ pub struct Dexpression {
     batch_normalization: BatchNorm,
     fc: Affine,
     dropout: DropoutRng,
+    /// Whether a forward of fewer images than threads keeps the pool's threads awake
+    /// ([`Self::with_threads_awake`]).
+    threads_awake: bool,
 }
 
 /// A named tensor of the network.
@@ -305,6 +308,7 @@ impl Dexpression {
             },
             tensors: named,
             config,
+            threads_awake: false,
         })
     }
 
@@ -372,6 +376,11 @@ impl Dexpression {
     /// The configuration the network was built with.
     pub fn config(&self) -> &DexpressionConfig {
         &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.conv1.weight.device()
     }
 
     /// Every tensor with its name, trainable or not.
@@ -478,10 +487,27 @@ impl BatchNorm {
 
 impl ModuleT for Dexpression {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        ops::with_threads_awake_for(xs, || {
+        let forward = || {
             let features = self.last_featex_t(xs, train)?;
             candle_nn::ops::log_softmax(&self.head_logits_t(&features, train)?, D::Minus1)
-        })
+        };
+        if self.threads_awake {
+            ops::with_threads_awake_for(xs, forward)
+        } else {
+            forward()
+        }
+    }
+}
+
+impl Dexpression {
+    /// Keeps the rayon pool's threads awake (spinning) through a forward of fewer images than
+    /// threads on the CPU's fast kernels (`dexpression_kernels::with_threads_awake_for`): batch-1
+    /// latency drops by about a tenth, at the cost of the pool's other threads spinning during the
+    /// call. Off by default, since the pool may be shared with the caller's other work; the
+    /// command line's `predict` and `serve` switch it on.
+    pub fn with_threads_awake(mut self, awake: bool) -> Self {
+        self.threads_awake = awake;
+        self
     }
 }
 

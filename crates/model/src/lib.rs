@@ -3,10 +3,11 @@
 //! PyTorch port's (rdgozum/dexpression-pytorch), with its `state_dict` names so that weights move
 //! between the two by name.
 //!
-//! The crate holds the network ([`Dexpression`], configured by [`DexpressionConfig`]), the ops
-//! where candle 0.11 falls short for it (private, behind the network; [`set_reference_ops`] and
-//! [`set_isa_limit`] choose their paths), plain Adam ([`Adam`]), safetensors weights and
-//! the import of the port's checkpoints ([`import_torch`]). It knows nothing of CK+, folds or
+//! The crate holds the network ([`Dexpression`], configured by [`DexpressionConfig`]), plain Adam
+//! ([`Adam`]), safetensors weights, the import of the port's checkpoints ([`import_torch`]) and
+//! Grad-CAM ([`GradCam`]). The ops where candle 0.11 falls short live in the `dexpression-kernels`
+//! crate ([`kernels`]), whose process-wide choices (reference path, vector extensions, allocator)
+//! are the program's to make: this crate makes none of them. It knows nothing of CK+, folds or
 //! training schedules: those live in the dataset and train crates.
 //!
 //! ```
@@ -26,30 +27,30 @@
 
 #![warn(missing_docs)]
 
-pub mod benchmark;
+mod classifier;
 mod config;
 mod device;
 mod dexpression;
 mod error;
+mod flops;
 mod gradcam;
 mod input;
-mod ops;
 mod optim;
 mod torch_pickle;
 mod weights;
 
+pub use classifier::{port_class_names, top_class, Classifier, Prediction, PORT_CLASS_NAMES};
 pub use config::{DexpressionConfig, FEATEX_CHANNELS};
 pub use device::{device_name, parse_device};
 pub use dexpression::{
     save_tensors_with_metadata, serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata,
-    NUM_BATCHES_TRACKED,
+    NUM_BATCHES_TRACKED, POOL_KEEP, POOL_REDUCE,
 };
+/// The kernels behind the network (re-exported: their switches are the caller's to set).
+pub use dexpression_kernels as kernels;
 pub use error::{CandleError, Error, Result};
 pub use gradcam::{Explanation, GradCam};
 pub use input::batch_from_pixels;
-pub use ops::{
-    isa, reference_ops, set_isa_limit, set_reference_ops, Isa, ISA_ENV, REFERENCE_OPS_ENV,
-};
 pub use optim::{Adam, AdamConfig};
 pub use weights::{
     import_torch, save_atomic, ImportSummary, MAX_CHECKPOINT_ENTRIES, MAX_CHECKPOINT_TENSOR_BYTES,

@@ -1,0 +1,286 @@
+//! The models a server offers: one weights file, or every fold of one or more training runs,
+//! each loaded once at start with its class names and what its run says about it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use dexpression_model::candle_core::Device;
+use dexpression_model::{Classifier, Dexpression};
+use dexpression_train::{BestState, TrainConfig, TrainState, CONFIG_FILE};
+use dexpression_train::{BEST_STATE, LAST_STATE};
+use serde::Serialize;
+
+use crate::{DEMO_RESULTS_DIR as DEMO_RUN, RESULTS_DIR as RESULTS};
+
+/// Most models one server loads; a folder with more is probably not a run folder.
+const MAX_MODELS: usize = 64;
+
+/// A loaded network with what the page shows about it.
+pub struct ServedModel {
+    /// The network with its class names.
+    pub classifier: Classifier,
+    /// Its description for `GET /api/model`.
+    pub info: ModelInfo,
+}
+
+/// What a client learns about a model: never a path it could send back.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Index in the server's list; the only way a client names a model.
+    pub id: usize,
+    /// For people, e.g. `demo, fold 2 (best epoch 9)`.
+    pub name: String,
+    /// Class names in output order.
+    pub classes: Vec<String>,
+    /// Side of the square network input in pixels.
+    pub input_side: usize,
+    /// How the run was trained, when the weights come from a run folder.
+    pub protocol: Option<Protocol>,
+    /// Test accuracy (percent) of these weights on their fold, when known.
+    pub accuracy: Option<f64>,
+    /// The epoch these weights are from, when known.
+    pub epoch: Option<usize>,
+}
+
+/// The training protocol of a run, from its `config.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Protocol {
+    /// The dataset it was trained on (as the run recorded it).
+    pub dataset: String,
+    /// Fold unit: subject, sequence or frame.
+    pub split: String,
+    /// Frames kept per sequence.
+    pub selection: String,
+    /// Number of folds of the run.
+    pub folds: usize,
+    /// This model's fold, from 1.
+    pub fold: usize,
+    /// Epochs per fold.
+    pub epochs: usize,
+}
+
+/// Every model a server offers; the first is the default.
+pub struct ModelSet {
+    /// In the order of their ids.
+    pub models: Vec<ServedModel>,
+}
+
+impl ModelSet {
+    /// The models named on the command line: `weights`, else the folds of the run folder(s)
+    /// under `run`, else the demo's run, else anything under results/.
+    pub fn discover(
+        weights: Option<&Path>,
+        run: Option<&Path>,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let found = match (weights, run) {
+            (Some(weights), _) => vec![Candidate::bare(weights)],
+            (None, Some(run)) => {
+                let found = run_candidates(run)?;
+                if found.is_empty() {
+                    bail!(
+                        "{}: no fold with weights found (expected config.json and fold*/best.json as `cargo xtask train` writes them)",
+                        run.display()
+                    );
+                }
+                found
+            }
+            (None, None) => {
+                let mut found = Vec::new();
+                for default in [DEMO_RUN, RESULTS] {
+                    if Path::new(default).is_dir() {
+                        found = run_candidates(Path::new(default))?;
+                    }
+                    if !found.is_empty() {
+                        break;
+                    }
+                }
+                if found.is_empty() {
+                    bail!("no trained model found in {DEMO_RUN} or {RESULTS}: run `cargo xtask demo` first, or pass --weights W.safetensors or --run FOLDER");
+                }
+                found
+            }
+        };
+        if found.len() > MAX_MODELS {
+            bail!(
+                "{} models found; a server loads at most {MAX_MODELS}: name one run with --run or one file with --weights",
+                found.len()
+            );
+        }
+        let mut models = Vec::with_capacity(found.len());
+        for (id, candidate) in found.into_iter().enumerate() {
+            models.push(candidate.load(id, &device)?);
+        }
+        Ok(ModelSet { models })
+    }
+
+    /// Lines for the console: each model and where it came from.
+    pub fn describe(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .map(|model| {
+                let accuracy = model
+                    .info
+                    .accuracy
+                    .map(|a| format!(", test accuracy {a:.1}%"))
+                    .unwrap_or_default();
+                format!(
+                    "model {}: {} ({} classes, {} px{accuracy})",
+                    model.info.id,
+                    model.info.name,
+                    model.info.classes.len(),
+                    model.info.input_side
+                )
+            })
+            .collect()
+    }
+}
+
+/// A weights file found, with its run's records.
+struct Candidate {
+    weights: PathBuf,
+    name: String,
+    config: Option<TrainConfig>,
+    fold: usize,
+    accuracy: Option<f64>,
+    epoch: Option<usize>,
+}
+
+impl Candidate {
+    fn bare(weights: &Path) -> Self {
+        Candidate {
+            weights: weights.to_path_buf(),
+            name: weights.file_name().map_or_else(
+                || weights.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            ),
+            config: None,
+            fold: 0,
+            accuracy: None,
+            epoch: None,
+        }
+    }
+
+    fn load(self, id: usize, device: &Device) -> anyhow::Result<ServedModel> {
+        // A run knows its input side; the tensor shapes alone leave a few sides to choose from
+        // (45 to 48 give the same shapes), and `load` takes the smallest.
+        let classifier = match &self.config {
+            Some(config) => {
+                Dexpression::load_with_config(&self.weights, config.model_config(), device)
+                    .and_then(|network| Classifier::new(network, config.class_names.clone()))
+            }
+            None => Classifier::load(&self.weights, device),
+        }
+        // The server owns its pool: spinning through a small forward cuts batch-1 latency.
+        .map(|classifier| classifier.with_threads_awake(true))
+        .with_context(|| {
+            format!(
+                "loading {} (train one with `cargo xtask demo` or `cargo xtask train`)",
+                self.weights.display()
+            )
+        })?;
+        let protocol = self.config.map(|config| Protocol {
+            dataset: config.dataset,
+            split: config.split,
+            selection: config.selection,
+            folds: config.folds,
+            fold: self.fold,
+            epochs: config.epochs,
+        });
+        let info = ModelInfo {
+            id,
+            name: self.name,
+            classes: classifier.class_names().to_vec(),
+            input_side: classifier.image_size(),
+            protocol,
+            accuracy: self.accuracy,
+            epoch: self.epoch,
+        };
+        Ok(ServedModel { classifier, info })
+    }
+}
+
+/// The folds of the run in `folder`, or of the runs in its subfolders (two levels down: results/
+/// holds demo/, which holds quick/).
+fn run_candidates(folder: &Path) -> anyhow::Result<Vec<Candidate>> {
+    let mut runs = Vec::new();
+    collect_runs(folder, 2, &mut runs)?;
+    runs.sort();
+    let mut found = Vec::new();
+    for run in runs {
+        found.extend(fold_candidates(folder, &run)?);
+    }
+    Ok(found)
+}
+
+fn collect_runs(folder: &Path, depth: usize, runs: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if folder.join(CONFIG_FILE).is_file() {
+        runs.push(folder.to_path_buf());
+    }
+    if depth == 0 {
+        return Ok(());
+    }
+    let entries =
+        std::fs::read_dir(folder).with_context(|| format!("reading {}", folder.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_fold = entry.file_name().to_string_lossy().starts_with("fold");
+        if path.is_dir() && !is_fold {
+            collect_runs(&path, depth - 1, runs)?;
+        }
+    }
+    Ok(())
+}
+
+/// Each finished or started fold of one run: its best weights (else its last).
+fn fold_candidates(root: &Path, run: &Path) -> anyhow::Result<Vec<Candidate>> {
+    let config_path = run.join(CONFIG_FILE);
+    let config = TrainConfig::load(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let run_name = match run.strip_prefix(root) {
+        Ok(relative) if !relative.as_os_str().is_empty() => relative.display().to_string(),
+        _ => run.file_name().map_or_else(
+            || run.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        ),
+    };
+    let mut found = Vec::new();
+    for fold in 1..=config.folds {
+        let dir = run.join(format!("fold{fold}"));
+        let best: Option<BestState> = read_json(&dir.join(BEST_STATE));
+        let (weights, epoch, accuracy, which) = if let Some(best) = best {
+            (
+                best.best.weights,
+                best.best.epoch,
+                Some(best.test.accuracy),
+                "best",
+            )
+        } else if let Some(last) = read_json::<TrainState>(&dir.join(LAST_STATE)) {
+            let Some(weights) = last.weights else {
+                continue;
+            };
+            let accuracy = last.records.last().map(|record| record.test.accuracy);
+            (weights, last.epoch, accuracy, "last")
+        } else {
+            continue;
+        };
+        // The state file names a file of its own folder; anything else is not ours to open.
+        if Path::new(&weights).components().count() != 1 {
+            continue;
+        }
+        found.push(Candidate {
+            weights: dir.join(&weights),
+            name: format!("{run_name}, fold {fold} ({which} epoch {epoch})"),
+            config: Some(config.clone()),
+            fold,
+            accuracy,
+            epoch: Some(epoch),
+        });
+    }
+    Ok(found)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}

@@ -1,0 +1,327 @@
+//! `cargo xtask serve` in a real browser: headless Chromium driven over WebDriver loads the
+//! page, uploads a generated face, checks the boxes, bars and top class against
+//! `POST /api/predict`, switches the heat map on, and turns on a fake webcam that shows a
+//! generated face, reading the frame rate the page measures.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`).
+//! Without them the test prints a notice and passes, unless `DEXPRESSION_BROWSER_TEST=require`
+//! (as `.ci/run` sets), which makes their absence a failure. With
+//! `DEXPRESSION_SCREENSHOTS=docs` it writes its screenshots into docs/ (the committed ones come
+//! from there); otherwise into a temporary folder.
+
+#![cfg(feature = "serve")]
+
+mod common;
+
+use common::{start_server, Running};
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+/// Frames a second the webcam view must hold.
+const MIN_WEBCAM_FPS: f64 = 10.0;
+
+fn on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Chromium and its driver, or why the test cannot run.
+fn browser() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = on_path(&["chromium", "chromium-browser"]).ok_or("no chromium on PATH")?;
+    let driver = on_path(&["chromedriver"]).ok_or("no chromedriver on PATH")?;
+    Ok((chromium, driver))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+fn start_chromedriver(driver: &Path) -> (Running, String) {
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let running = Running(child);
+    let started = Instant::now();
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "chromedriver did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (running, format!("http://127.0.0.1:{port}"))
+}
+
+/// A Y4M video (what Chromium's fake webcam plays) of one RGB picture, 4:2:0.
+fn write_y4m(path: &Path, picture: &image::RgbImage, frames: usize) {
+    let (width, height) = picture.dimensions();
+    let mut luma = Vec::with_capacity((width * height) as usize);
+    let mut u = Vec::new();
+    let mut v = Vec::new();
+    for pixel in picture.pixels() {
+        let [r, g, b] = pixel.0.map(f32::from);
+        luma.push((0.299 * r + 0.587 * g + 0.114 * b).round() as u8);
+    }
+    for y in (0..height).step_by(2) {
+        for x in (0..width).step_by(2) {
+            let [r, g, b] = picture.get_pixel(x, y).0.map(f32::from);
+            u.push(
+                (128.0 - 0.168_736 * r - 0.331_264 * g + 0.5 * b)
+                    .round()
+                    .clamp(0.0, 255.0) as u8,
+            );
+            v.push(
+                (128.0 + 0.5 * r - 0.418_688 * g - 0.081_312 * b)
+                    .round()
+                    .clamp(0.0, 255.0) as u8,
+            );
+        }
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("y4m file"));
+    writeln!(file, "YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg").expect("write");
+    for _ in 0..frames {
+        file.write_all(b"FRAME\n").expect("write");
+        file.write_all(&luma).expect("write");
+        file.write_all(&u).expect("write");
+        file.write_all(&v).expect("write");
+    }
+    file.flush().expect("write");
+}
+
+fn screenshot_folder(fallback: &Path) -> PathBuf {
+    match std::env::var("DEXPRESSION_SCREENSHOTS") {
+        Ok(folder) if folder == "docs" => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
+        Ok(folder) if !folder.is_empty() => PathBuf::from(folder),
+        _ => fallback.to_path_buf(),
+    }
+}
+
+#[test]
+fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
+    let (chromium, driver) = match browser() {
+        Ok(found) => found,
+        Err(why) if std::env::var("DEXPRESSION_BROWSER_TEST").is_ok_and(|v| v == "require") => {
+            panic!("DEXPRESSION_BROWSER_TEST=require but {why}: apt-get install chromium chromium-driver")
+        }
+        Err(why) => {
+            eprintln!("notice: browser test skipped ({why}; apt-get install chromium chromium-driver to run it)");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // 45 pixels: the smallest input side of its tensor shapes, so the bare weights file is read
+    // back at the side it was trained at.
+    let trained = common::train_small_model(&dir.path().join("model"), 45, 10, 2, 6);
+
+    // A held-out person's happiest face as the photo, and as the webcam's picture.
+    let peak = trained
+        .dataset
+        .samples
+        .iter()
+        .filter(|sample| trained.held_out.contains(&sample.subject))
+        .max_by_key(|sample| (sample.label == 4, sample.frame))
+        .expect("held-out samples");
+    let photo = common::photo_640x480(&peak.source);
+    let photo_path = dir.path().join("face.png");
+    photo.save(&photo_path).expect("photo written");
+    let video_path = dir.path().join("webcam.y4m");
+    write_y4m(&video_path, &photo, 2);
+    let screenshots = screenshot_folder(dir.path());
+    std::fs::create_dir_all(&screenshots).expect("screenshot folder");
+
+    let (_server, url) = start_server(&["--weights".as_ref(), trained.weights.as_os_str()]);
+    let (_driver, driver_url) = start_chromedriver(&driver);
+    let profile = dir.path().join("chromium-profile");
+    let args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--window-size=1280,1000".into(),
+        format!("--user-data-dir={}", profile.display()),
+        "--use-fake-ui-for-media-stream".into(),
+        "--use-fake-device-for-media-stream".into(),
+        format!("--use-file-for-fake-video-capture={}", video_path.display()),
+    ];
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "binary": chromium, "args": args }),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let browser = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&driver_url)
+            .await
+            .expect("a Chromium session");
+        let outcome = drive(&browser, &url, &photo_path, &screenshots).await;
+        let _ = browser.close().await;
+        outcome
+    });
+}
+
+async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
+    let wait = Duration::from_secs(30);
+    browser.goto(url).await.expect("the page loads");
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css("#model option"))
+        .await
+        .expect("the model list arrives");
+
+    // 1. A photo: boxes, bars and the top class, the same as the API's.
+    let input = browser
+        .find(Locator::Css("#file"))
+        .await
+        .expect("file input");
+    input
+        .send_keys(&photo.display().to_string())
+        .await
+        .expect("the photo is picked");
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css(".photo-result .face-box"))
+        .await
+        .expect("a face box appears");
+    let boxes = browser
+        .find_all(Locator::Css(".photo-result .face-box"))
+        .await
+        .expect("boxes");
+    let bars = browser
+        .find_all(Locator::Css(".photo-result .class-bar"))
+        .await
+        .expect("bars");
+    let shown_top = browser
+        .find(Locator::Css(".photo-result .top-class"))
+        .await
+        .expect("top class")
+        .text()
+        .await
+        .expect("its text");
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client");
+    let answer: serde_json::Value = serde_json::from_str(
+        &http
+            .post(format!("{url}/api/predict"))
+            .body(std::fs::read(photo).expect("photo"))
+            .send()
+            .await
+            .expect("POST /api/predict")
+            .text()
+            .await
+            .expect("its answer"),
+    )
+    .expect("JSON");
+    let faces = answer["faces"].as_array().expect("faces");
+    assert_eq!(faces.len(), 1, "one face in the photo: {answer}");
+    assert_eq!(boxes.len(), faces.len());
+    let classes = faces[0]["probabilities"]
+        .as_object()
+        .expect("probabilities")
+        .len();
+    assert_eq!(bars.len(), classes, "a bar per class");
+    assert_eq!(
+        shown_top,
+        faces[0]["top"].as_str().expect("top"),
+        "the page shows the API's top class"
+    );
+    save_screenshot(browser, &screenshots.join("serve-photo.png")).await;
+
+    // 2. The heat map toggle.
+    browser
+        .find(Locator::Css("#heatmap"))
+        .await
+        .expect("toggle")
+        .click()
+        .await
+        .expect("clicked");
+    let heat = browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css(".photo-result .heatmap"))
+        .await
+        .expect("a heat map appears");
+    let source = heat.attr("src").await.expect("src").unwrap_or_default();
+    assert!(
+        source.starts_with("data:image/png;base64,"),
+        "heat map source {source:.40}"
+    );
+    save_screenshot(browser, &screenshots.join("serve-heatmap.png")).await;
+
+    // 3. The fake webcam, showing the same face: predictions arrive, fast enough.
+    browser
+        .find(Locator::Css("#webcam"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("clicked");
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css(".webcam-result .face-box"))
+        .await
+        .expect("the webcam frames show a boxed face");
+    let (start, started) = (frames_answered(browser).await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fps = (frames_answered(browser).await - start) / started.elapsed().as_secs_f64();
+    let shown = browser
+        .find(Locator::Css("#fps"))
+        .await
+        .expect("fps")
+        .text()
+        .await
+        .expect("text");
+    eprintln!("webcam: {fps:.1} frames a second answered (the page shows \"{shown}\")");
+    save_screenshot(browser, &screenshots.join("serve-webcam.png")).await;
+    assert!(
+        fps >= MIN_WEBCAM_FPS,
+        "the webcam view ran at {fps:.1} frames a second"
+    );
+}
+
+/// Webcam frames the page has had answered so far.
+async fn frames_answered(browser: &Client) -> f64 {
+    let fps = browser
+        .find(Locator::Css("#fps"))
+        .await
+        .expect("the fps counter");
+    let frames = fps.attr("data-frames").await.expect("its data-frames");
+    frames.and_then(|value| value.parse().ok()).unwrap_or(0.0)
+}
+
+async fn save_screenshot(browser: &Client, path: &Path) {
+    let png = browser.screenshot().await.expect("a screenshot");
+    std::fs::write(path, png).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+}

@@ -1,0 +1,244 @@
+//! The CUDA kernels against the CPU kernels (the network on CUDA is tested in crates/model/tests/cuda.rs).
+//!
+//! They need a CUDA GPU, so they are `#[ignore]`d: a plain `cargo test --features cuda` lists them
+//! as ignored (skipped, with the reason), never as passed. On a GPU machine:
+//! `cargo test --release --features cuda -p dexpression-kernels -- --ignored cuda_` (or
+//! xtask/gpu-check.sh, which runs the prebuilt test binary). Run with `--ignored` where no GPU is,
+//! they fail with a message saying so rather than pass.
+//!
+//! Tolerances: max pooling (values, recorded argmax, gradients) and the LayerNorm affine
+//! gradients must equal the CPU's exactly (same compares, same f32 roundings, same summation
+//! order); LayerNorm's output and input gradient within 1e-5 of the largest value (its f64
+//! statistics are summed in another order, which may move an f32 result by one rounding); the
+//! network's log-probabilities within 1e-4 of PyTorch's and of the CPU's, its gradients within a
+//! relative L2 distance of 1e-2 (the bound of tests/torch_equivalence.rs: a near-tie in a pool
+//! window may legitimately flip, as convolution sums are added in another order on the GPU).
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::layer_norm::layer_norm_on;
+use super::max_pool::{max_pool2d, Pool2d};
+
+const NEEDS_GPU: &str = "needs a CUDA GPU (run with --ignored on a GPU machine)";
+
+/// The first CUDA GPU; panics with a clear message where there is none (these tests only run
+/// when asked for with `--ignored`).
+fn gpu() -> Device {
+    assert!(
+        candle_core::utils::cuda_is_available(),
+        "no CUDA GPU: these tests {NEEDS_GPU}"
+    );
+    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005) ^ 0x9E37_79B9_7F4A_7C15;
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Values on a coarse grid, so that pool windows hold ties (as LayerNorm of ReLU zeros makes
+/// them), with a NaN every `nan_every` values when given.
+fn tied_values(count: usize, seed: u64, nan_every: Option<usize>) -> Vec<f32> {
+    values(count, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match nan_every {
+            Some(every) if i % every == every - 1 => f32::NAN,
+            _ => (v * 3.0).round(),
+        })
+        .collect()
+}
+
+fn host_values(tensor: &Tensor) -> Vec<f64> {
+    tensor
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+/// Element by element, bit for bit (NaN equals NaN).
+fn assert_identical(name: &str, gpu: &Tensor, cpu: &Tensor) {
+    assert_eq!(gpu.dims(), cpu.dims(), "{name}: shapes");
+    let (gpu, cpu) = (host_values(gpu), host_values(cpu));
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!(
+            g.to_bits() == c.to_bits() || (g.is_nan() && c.is_nan()),
+            "{name}: element {i} is {g} on the GPU and {c} on the CPU"
+        );
+    }
+}
+
+/// Max abs difference relative to the CPU's largest value, at most `tolerance`.
+fn assert_close(name: &str, gpu: &Tensor, cpu: &Tensor, tolerance: f64) {
+    assert_eq!(gpu.dims(), cpu.dims(), "{name}: shapes");
+    let (gpu, cpu) = (host_values(gpu), host_values(cpu));
+    let scale = cpu.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    let diff = gpu
+        .iter()
+        .zip(&cpu)
+        .fold(0f64, |m, (g, c)| m.max((g - c).abs()));
+    eprintln!("{name}: max difference {:.2e} of the scale", diff / scale);
+    assert!(
+        diff <= tolerance * scale,
+        "{name}: GPU and CPU differ by {diff:.3e}, more than {tolerance:.0e} of {scale:.3e}"
+    );
+}
+
+/// `sum(out * weights)` for fixed random weights, so every output gradient is distinct.
+fn projected(out: &Tensor, seed: u64) -> Tensor {
+    let weights = Tensor::from_vec(values(out.elem_count(), seed), out.shape(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(out.dtype())
+        .unwrap()
+        .to_device(out.device())
+        .unwrap();
+    (out * weights).unwrap().sum_all().unwrap()
+}
+
+const POOLS: [Pool2d; 5] = [
+    Pool2d {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    },
+    Pool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 0,
+    },
+    Pool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    },
+    Pool2d {
+        kernel: 2,
+        stride: 2,
+        padding: 0,
+    },
+    Pool2d {
+        kernel: 5,
+        stride: 3,
+        padding: 2,
+    },
+];
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_max_pool_equals_the_cpu_with_ties_nans_and_padding() {
+    let device = gpu();
+    for dtype in [DType::F32, DType::F64] {
+        for (case, pool) in POOLS.into_iter().enumerate() {
+            for nan_every in [None, Some(7)] {
+                let shape = (2, 3, 11, 10);
+                let data = tied_values(2 * 3 * 11 * 10, case as u64, nan_every);
+                let cpu_input = Tensor::from_vec(data, shape, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let name = format!("{dtype:?} {pool:?} nan every {nan_every:?}");
+                let cpu = Var::from_tensor(&cpu_input).unwrap();
+                let cuda = Var::from_tensor(&cpu_input.to_device(&device).unwrap()).unwrap();
+                let cpu_out = max_pool2d(cpu.as_tensor(), pool).unwrap();
+                let cuda_out = max_pool2d(cuda.as_tensor(), pool).unwrap();
+                assert!(cuda_out.device().is_cuda());
+                assert_identical(&format!("{name}: forward"), &cuda_out, &cpu_out);
+                if nan_every.is_some() {
+                    // Gradients through NaN outputs are NaN times a weight; compare the forward only.
+                    continue;
+                }
+                let cpu_grads = projected(&cpu_out, 5).backward().unwrap();
+                let cuda_grads = projected(&cuda_out, 5).backward().unwrap();
+                assert_identical(
+                    &format!("{name}: input gradient"),
+                    cuda_grads.get(cuda.as_tensor()).unwrap(),
+                    cpu_grads.get(cpu.as_tensor()).unwrap(),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_layer_norm_equals_the_cpu_forward_and_backward() {
+    let device = gpu();
+    // A small shape, and conv1's (64 x 55 x 55, 193,600 features per sample: many threads' sums).
+    for (seed, shape) in [(1u64, [3, 5, 7, 6]), (2, [2, 64, 55, 55])] {
+        let count: usize = shape.iter().product();
+        let features = count / shape[0];
+        // An offset mean, as activations after ReLU have.
+        let x = Tensor::from_vec(
+            values(count, seed)
+                .iter()
+                .map(|v| v + 0.5)
+                .collect::<Vec<_>>(),
+            &shape[..],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let weight = Tensor::from_vec(
+            values(features, seed + 10)
+                .iter()
+                .map(|v| 1.0 + 0.5 * v)
+                .collect::<Vec<_>>(),
+            &shape[1..],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let bias =
+            Tensor::from_vec(values(features, seed + 20), &shape[1..], &Device::Cpu).unwrap();
+        let run = |device: &Device| {
+            let vars = [&x, &weight, &bias]
+                .map(|t| Var::from_tensor(&t.to_device(device).unwrap()).unwrap());
+            let out = layer_norm_on(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                1e-5,
+                device.is_cpu(),
+            )
+            .unwrap();
+            let grads = projected(&out, seed + 30).backward().unwrap();
+            let grads = vars.map(|v| grads.get(v.as_tensor()).unwrap().clone());
+            (out, grads)
+        };
+        let (cpu_out, cpu_grads) = run(&Device::Cpu);
+        let (cuda_out, cuda_grads) = run(&device);
+        assert!(cuda_out.device().is_cuda());
+        let name = format!("layer_norm {shape:?}");
+        assert_close(&format!("{name}: output"), &cuda_out, &cpu_out, 1e-5);
+        assert_close(
+            &format!("{name}: input gradient"),
+            &cuda_grads[0],
+            &cpu_grads[0],
+            1e-5,
+        );
+        // Each affine gradient sums the same f32 products in the same order (the statistics
+        // enter through an f32 rounding of xhat, which may move by one ulp).
+        assert_close(
+            &format!("{name}: weight gradient"),
+            &cuda_grads[1],
+            &cpu_grads[1],
+            1e-5,
+        );
+        assert_identical(
+            &format!("{name}: bias gradient"),
+            &cuda_grads[2],
+            &cpu_grads[2],
+        );
+    }
+}

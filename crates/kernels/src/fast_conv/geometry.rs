@@ -1,0 +1,242 @@
+//! A convolution's shape (sides, channels, stride, padding) and the im2col unfolding with its
+//! adjoint, col2im.
+
+use super::super::winograd::Winograd;
+use super::super::winograd_f4::WinogradF4;
+use crate::parallel::grown;
+
+/// Shape of one convolution: input `n x c_in x h x w`, kernel `c_out x c_in x kernel x kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeometry {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    pub(crate) fn new(
+        x_dims: &[usize],
+        w_dims: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> candle_core::Result<Self> {
+        if x_dims.len() != 4
+            || w_dims.len() != 4
+            || x_dims[1] != w_dims[1]
+            || w_dims[2] != w_dims[3]
+        {
+            candle_core::bail!("conv2d: input {x_dims:?} and kernel {w_dims:?} do not fit (square kernel expected)")
+        }
+        let geometry = Self {
+            n: x_dims[0],
+            c_in: x_dims[1],
+            h: x_dims[2],
+            w: x_dims[3],
+            c_out: w_dims[0],
+            kernel: w_dims[2],
+            stride: stride.max(1),
+            padding,
+        };
+        if geometry.h + 2 * padding < geometry.kernel || geometry.w + 2 * padding < geometry.kernel
+        {
+            candle_core::bail!("conv2d: input {x_dims:?} is smaller than the kernel {w_dims:?}")
+        }
+        Ok(geometry)
+    }
+
+    pub(crate) fn out_h(&self) -> usize {
+        (self.h + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    pub(crate) fn out_w(&self) -> usize {
+        (self.w + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Output pixels per channel.
+    pub(crate) fn out_plane(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    pub(crate) fn col_rows(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    pub(crate) fn in_image(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    pub(crate) fn out_image(&self) -> usize {
+        self.c_out * self.out_plane()
+    }
+
+    /// A 3x3 convolution with stride 1 and padding 1 computes its forward (in inference and in
+    /// the fused conv+ReLU+pool op that training runs), its input gradient and its weight
+    /// gradient by Winograd's F(4x4, 3x3) ([`Self::winograd_f4`]); this F(2x2, 3x3) geometry
+    /// also gives the input gradient's flipped, channel-swapped kernel. That forward rounds
+    /// differently from PyTorch's by a few ulps, which may flip near-ties in the later max-pools
+    /// and send a few windows' gradients elsewhere, as another CPU's GEMM blocking does: the
+    /// equivalence tests compare gradients as tensors for that reason (see
+    /// `tests/torch_equivalence.rs`).
+    pub(crate) fn winograd(&self) -> Option<Winograd> {
+        (self.kernel == 3 && self.stride == 1 && self.padding == 1).then_some(Winograd {
+            c_in: self.c_in,
+            c_out: self.c_out,
+            h: self.h,
+            w: self.w,
+        })
+    }
+
+    /// The same convolutions for inference by Winograd's F(4x4, 3x3): fewer multiplications and
+    /// less memory traffic than F(2x2, 3x3), for slightly coarser rounding (see `winograd_f4`).
+    pub(crate) fn winograd_f4(&self) -> Option<WinogradF4> {
+        self.winograd().map(WinogradF4::from)
+    }
+
+    /// That `bias` holds one value per output channel.
+    pub(crate) fn check_bias(&self, bias: &[f32]) -> candle_core::Result<()> {
+        if bias.len() != self.c_out {
+            candle_core::bail!(
+                "conv2d: bias of {} values for {} output channels",
+                bias.len(),
+                self.c_out
+            )
+        }
+        Ok(())
+    }
+
+    /// A 1x1 stride-1 convolution reads its input as the im2col matrix directly.
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// For kernel offset `k` along an axis of `size` inputs and `out` outputs, the outputs whose
+    /// input `o * stride - padding + k` lies inside the image.
+    fn valid_outputs(&self, k: usize, size: usize, out: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        // First o with o * s + k >= p.
+        let lo = if k >= p { 0 } else { (p - k).div_ceil(s) };
+        // Last o with o * s + k - p < size.
+        let hi = if size + p <= k {
+            0
+        } else {
+            ((size + p - k - 1) / s + 1).min(out)
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfolds one image (`c_in x h x w`) into `col` (`col_rows x out_plane`), zero where the window
+/// reaches into the padding.
+pub(crate) fn im2col(x: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
+    im2col_rows(x, g, 0..g.out_h(), col);
+}
+
+/// [`im2col`] for the output rows `out_rows` only: `col` is `col_rows x (rows * out_w)`.
+pub(crate) fn im2col_rows(
+    x: &[f32],
+    g: &ConvGeometry,
+    out_rows: std::ops::Range<usize>,
+    col: &mut Vec<f32>,
+) {
+    let (k, band) = (g.kernel, out_rows.len() * g.out_w());
+    let col = grown(col, g.col_rows() * band);
+    crate::isa::vectorised(
+        #[inline(always)]
+        || {
+            for (idx, rows) in col.chunks_mut(k * band).enumerate() {
+                im2col_kernel_row(x, g, (idx / k, idx % k), out_rows.clone(), rows);
+            }
+        },
+    )
+}
+
+/// The `kernel` rows of the im2col matrix for input channel `c` and kernel row `ky`
+/// (`(c, ky)`), for the output rows `out_rows`, into `rows` (`kernel x (rows * out_w)`).
+#[inline(always)]
+fn im2col_kernel_row(
+    x: &[f32],
+    g: &ConvGeometry,
+    (c, ky): (usize, usize),
+    out_rows: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
+    let (oh, ow, k) = (g.out_h(), g.out_w(), g.kernel);
+    let band = out_rows.len() * ow;
+    let x_c = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+    let (oy_lo, oy_hi) = g.valid_outputs(ky, g.h, oh);
+    for (kx, row) in rows.chunks_mut(band).enumerate().take(k) {
+        let (ox_lo, ox_hi) = g.valid_outputs(kx, g.w, ow);
+        for (out, oy) in row.chunks_mut(ow).zip(out_rows.clone()) {
+            if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
+                out.fill(0.0);
+                continue;
+            }
+            let iy = oy * g.stride + ky - g.padding;
+            let x_row = &x_c[iy * g.w..(iy + 1) * g.w];
+            out[..ox_lo].fill(0.0);
+            out[ox_hi..].fill(0.0);
+            let ix0 = ox_lo * g.stride + kx - g.padding;
+            if g.stride == 1 {
+                out[ox_lo..ox_hi].copy_from_slice(&x_row[ix0..ix0 + (ox_hi - ox_lo)]);
+            } else {
+                // Every `stride`-th input as whole chunks of `stride` values, which the compiler
+                // vectorises (an indexed gather it did not: about a third of conv1's forward);
+                // the last input, whose chunk may run past the row, on its own.
+                let out = &mut out[ox_lo..ox_hi];
+                let (last, body) = out.split_last_mut().expect("ox_lo < ox_hi");
+                for (value, chunk) in body.iter_mut().zip(x_row[ix0..].chunks_exact(g.stride)) {
+                    *value = chunk[0];
+                }
+                *last = x_row[ix0 + body.len() * g.stride];
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it came from.
+pub(crate) fn col2im_add(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
+    crate::isa::vectorised(
+        #[inline(always)]
+        || col2im_add_portable(col, g, x),
+    )
+}
+
+#[inline(always)]
+fn col2im_add_portable(col: &[f32], g: &ConvGeometry, x: &mut [f32]) {
+    let (oh, ow, k) = (g.out_h(), g.out_w(), g.kernel);
+    let plane = oh * ow;
+    for c in 0..g.c_in {
+        let x_c = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            let (oy_lo, oy_hi) = g.valid_outputs(ky, g.h, oh);
+            for kx in 0..k {
+                let (ox_lo, ox_hi) = g.valid_outputs(kx, g.w, ow);
+                if ox_lo >= ox_hi {
+                    continue;
+                }
+                let row = &col[((c * k + ky) * k + kx) * plane..][..plane];
+                for oy in oy_lo..oy_hi {
+                    let src = &row[oy * ow + ox_lo..oy * ow + ox_hi];
+                    let iy = oy * g.stride + ky - g.padding;
+                    let ix0 = ox_lo * g.stride + kx - g.padding;
+                    let x_row = &mut x_c[iy * g.w..(iy + 1) * g.w];
+                    if g.stride == 1 {
+                        for (dst, value) in x_row[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                            *dst += value;
+                        }
+                    } else {
+                        for (o, value) in src.iter().enumerate() {
+                            x_row[ix0 + o * g.stride] += value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Fast CPU kernels (and, with the `cuda` feature, CUDA kernels) for the DeXpression network's
+//! layers, as candle ops with their backward, behind plain functions.
+//!
+//! Each op here exists because candle 0.11's own version falls short for DeXpression:
+//! - [`max_pool2d`]: candle's has no padding and no backward when kernel and stride differ;
+//! - [`layer_norm`]: candle-nn's fused LayerNorm has no backward (gradients silently stop) and
+//!   normalises only the last dimension, where the port normalises over `[C, H, W]`;
+//! - [`conv2d_relu`] and [`conv2d_relu_max_pool2d`]: candle's CPU conv backward is a naive loop and
+//!   computes the input gradient even for the network input;
+//! - [`batch_norm_train`] and [`batch_norm_eval`]: composed of candle's broadcast ops, BatchNorm
+//!   made several full passes and three-dimension reductions in its backward;
+//! - [`feat_ex`]: for inference, one FeatEx block as one op, its intermediates in per-thread
+//!   buffers.
+//!
+//! Two paths: on the CPU in f32, fast kernels (im2col and the `gemm` crate for convolutions with
+//! the bias and ReLU fused, Winograd's algorithm for the 3x3 ones' gradients and inference,
+//! one-pass LayerNorm) are used by default, their vector extensions chosen at run time
+//! ([`Isa`]); the reference path composes candle tensor ops and serves every other device and
+//! dtype, except that with the `cuda` feature max pooling and LayerNorm run CUDA kernels of their
+//! own on the GPU (`cuda.rs`). The only op that copies a GPU tensor to the host is max pooling
+//! where no GPU kernel takes it; [`host_round_trips`] counts such copies.
+//!
+//! The crate knows nothing of the network it serves (the model crate composes the ops) and never
+//! changes the process on its own: it reads no environment variable, tunes no allocator and keeps
+//! no thread spinning unless its caller asks. A program chooses for itself with
+//! [`KernelSettings`] (the reference path, a cap on the vector extensions, glibc's allocator
+//! tuned for repeated training steps) and with [`with_threads_awake_for`] around a small forward.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use dexpression_kernels::{max_pool2d, Pool2d};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let xs = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
+//! let pooled = max_pool2d(&xs, Pool2d { kernel: 3, stride: 2, padding: 1 })?;
+//! assert_eq!(pooled.flatten_all()?.to_vec1::<f32>()?, [5., 7., 13., 15.]);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use candle_core::{DType, Tensor};
+
+mod batch_norm;
+mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod fast_conv;
+mod fast_conv_pool;
+mod fast_layer_norm;
+mod feat_ex;
+mod isa;
+mod layer_norm;
+mod max_pool;
+mod parallel;
+mod storage;
+mod winograd;
+mod winograd_f4;
+
+pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
+pub use feat_ex::{feat_ex, ConvLayer, FeatEx};
+pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
+
+/// Threads the fast kernels split their work over: those of the rayon pool they run in.
+pub fn parallel_threads() -> usize {
+    parallel::thread_count()
+}
+pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStatistics};
+pub use layer_norm::layer_norm;
+pub use max_pool::{max_pool2d, Pool2d};
+
+/// The environment variable that [`KernelSettings::from_env`] reads to select the reference path
+/// (`1`, `true` or `yes`).
+pub const REFERENCE_OPS_ENV: &str = "DEXPRESSION_REFERENCE_OPS";
+
+/// 0: fast kernels where they apply (the default), 1: the reference path everywhere.
+static PATH: AtomicU8 = AtomicU8::new(0);
+
+/// Forces the reference path (`true`) or allows the fast CPU kernels (`false`, the default) for
+/// every following call, in every thread: a process-wide switch for programs and benchmarks that
+/// compare the paths.
+pub fn set_reference_ops(reference: bool) {
+    PATH.store(u8::from(reference), Ordering::Relaxed);
+}
+
+/// Whether the reference path is forced (see [`set_reference_ops`]).
+pub fn reference_ops() -> bool {
+    PATH.load(Ordering::Relaxed) == 1
+}
+
+/// Process-wide choices about the kernels that belong to a program, not to a library: the crate
+/// makes none of them on its own. A program sets them once at start-up with [`Self::apply`]
+/// (the dexpression command line applies [`Self::from_env`]); a program that sets nothing gets
+/// the fast kernels at the CPU's widest vector extensions and its allocator as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelSettings {
+    /// Compose candle's tensor ops instead of the fast kernels (comparisons, benchmarks).
+    pub reference_ops: bool,
+    /// Use at most these vector extensions (`None`: the CPU's widest).
+    pub isa_limit: Option<Isa>,
+    /// Tune glibc's allocator for repeated training steps ([`tune_allocator`]).
+    pub tune_allocator: bool,
+}
+
+impl KernelSettings {
+    /// The settings named by [`REFERENCE_OPS_ENV`] and [`ISA_ENV`], with the allocator tuned
+    /// (what a training or inference program wants). An unknown ISA name is an error naming the
+    /// known ones.
+    pub fn from_env() -> Result<Self, String> {
+        let reference_ops = std::env::var(REFERENCE_OPS_ENV)
+            .is_ok_and(|value| matches!(value.trim(), "1" | "true" | "yes"));
+        let isa_limit = match std::env::var(ISA_ENV) {
+            Ok(name) if !name.trim().is_empty() => {
+                Some(Isa::from_name(&name).ok_or_else(|| {
+                    let known: Vec<_> = Isa::ALL.iter().map(|isa| isa.name()).collect();
+                    format!("{ISA_ENV}={name}: not one of {}", known.join(", "))
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            reference_ops,
+            isa_limit,
+            tune_allocator: true,
+        })
+    }
+
+    /// Applies the settings to this process; returns the vector extensions now in use.
+    pub fn apply(&self) -> Isa {
+        set_reference_ops(self.reference_ops);
+        if self.tune_allocator {
+            tune_allocator();
+        }
+        set_isa_limit(self.isa_limit)
+    }
+}
+
+/// How many times, in this process, an op copied a tensor from a GPU to the host and back because
+/// no kernel of that device takes it (max pooling on the reference path, or without the `cuda`
+/// feature's kernels). A training step on CUDA makes none (checked by `cuda_tests.rs`).
+pub fn host_round_trips() -> usize {
+    HOST_ROUND_TRIPS.load(Ordering::Relaxed)
+}
+
+static HOST_ROUND_TRIPS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_host_round_trip() {
+    HOST_ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs `f`, a forward of `xs`, with the current rayon pool's threads kept awake (spinning)
+/// between its parallel steps when `xs` is on the fast kernels and holds fewer images than there
+/// are threads (each image is then spread over the threads, step by step, and waking sleeping
+/// threads at each of about twenty steps costs more than the work). The threads spin only for the
+/// duration of `f`; a panic inside releases them. Worth it for batch-1 latency when the pool is
+/// the program's own; a program that shares its pool with other work may prefer plain `f()`.
+pub fn with_threads_awake_for<R: Send>(
+    xs: &Tensor,
+    f: impl FnOnce() -> candle_core::Result<R> + Send,
+) -> candle_core::Result<R> {
+    let images = xs.dims().first().copied().unwrap_or(1);
+    if fast_kernels_for(xs) && images < parallel::thread_count() {
+        parallel::with_threads_awake(f)
+    } else {
+        f()
+    }
+}
+
+/// Whether an op on `xs` runs on the fast kernels: CPU, f32, and the reference path not forced.
+fn fast_kernels_for(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && !reference_ops()
+}
+
+/// Tunes glibc's allocator (process-wide) for programs that repeat training steps; returns
+/// whether it did (only on Linux with glibc).
+///
+/// A training step allocates and frees the same activation buffers each step. glibc hands blocks
+/// of a few MiB and more back to the kernel on free, so every step faults and zeroes them again
+/// page by page (measured: about 0.8 ms per MiB, more than the arithmetic of a pooling layer).
+/// Serving every block from the heap and not trimming it keeps them for reuse; the resident set
+/// stays at its peak between steps. It changes the whole process's allocator, so the crate never
+/// calls it by itself.
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; it is thread-safe and the values
+    // are within its documented ranges (it ignores out-of-range values and returns 0).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        // Blocks above the 32 MiB limit (conv1's output is 98 MiB at batch 32) come from the heap
+        // too: 12% of a training step, for about 40 MiB more peak memory.
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        // One arena: the worker threads' im2col buffers then reuse the blocks the main thread
+        // freed instead of growing arenas of their own (about 15 MiB less peak memory).
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
+#[cfg(test)]
+mod fast_tests;
+#[cfg(test)]
+mod gradient_tests;

@@ -1,0 +1,199 @@
+//! The pool's forward, both backward paths and the vectorised windows.
+
+use super::*;
+use candle_core::{Device, Var};
+
+#[test]
+fn forward_matches_hand_computed_values_with_padding() {
+    let xs = Tensor::arange(0f32, 16., &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 4, 4))
+        .unwrap();
+    let pool = Pool2d {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let ys = max_pool2d(&xs, pool).unwrap();
+    let expected = [
+        5., 6., 7., 7., 9., 10., 11., 11., 13., 14., 15., 15., 13., 14., 15., 15.,
+    ];
+    assert_eq!(
+        ys.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn backward_sends_gradient_to_the_first_tied_maximum() {
+    // All equal: every window's gradient goes to its top-left element.
+    let xs = Var::from_tensor(
+        &Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    let pool = Pool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 0,
+    };
+    let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
+    assert_eq!(ys.dims(), &[1, 1, 2, 2]);
+    let grads = ys.sum_all().unwrap().backward().unwrap();
+    let grad = grads
+        .get(xs.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut expected = vec![0f32; 25];
+    for idx in [0, 2, 10, 12] {
+        expected[idx] = 1.0;
+    }
+    assert_eq!(grad, expected);
+}
+
+#[test]
+fn recorded_backward_equals_searching_again_with_ties_and_padding() {
+    // Values on a coarse grid make ties common, as LayerNorm of ReLU zeros does.
+    let values: Vec<f32> = (0..2 * 3 * 9 * 8)
+        .map(|i| ((i * 7919 % 13) / 4) as f32)
+        .collect();
+    for pool in [
+        Pool2d {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+        Pool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+        },
+        Pool2d {
+            kernel: 2,
+            stride: 3,
+            padding: 1,
+        },
+    ] {
+        let xs = Var::from_tensor(
+            &Tensor::from_vec(values.clone(), (2, 3, 9, 8), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
+        let weights: Vec<f32> = (0..ys.elem_count()).map(|i| (i % 5) as f32 + 1.0).collect();
+        let weights = Tensor::from_vec(weights, ys.shape(), &Device::Cpu).unwrap();
+        let grads = (&ys * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let recorded = grads
+            .get(xs.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let searched = pool_backward(
+            &values,
+            &weights.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &[2, 3, 9, 8],
+            pool,
+        );
+        assert_eq!(recorded, searched, "{pool:?}");
+    }
+}
+
+/// Values on a coarse grid (many ties), with NaNs and infinities sprinkled in.
+fn tricky_values(count: usize, with_nan: bool) -> Vec<f32> {
+    (0..count)
+        .map(|i| match (i * 7919 + 13) % 101 {
+            0 if with_nan => f32::NAN,
+            1 => f32::NEG_INFINITY,
+            2 => f32::INFINITY,
+            r => ((r * 37 % 11) / 3) as f32 - 1.0,
+        })
+        .collect()
+}
+
+#[test]
+fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
+    let pools = [(1, 0), (1, 1), (2, 0), (2, 1)].map(|(stride, padding)| Pool2d {
+        kernel: 3,
+        stride,
+        padding,
+    });
+    // Every vector path this CPU can run (none on a CPU without AVX2: nothing to compare).
+    let isas = [crate::isa::Isa::Avx2, crate::isa::Isa::Avx512]
+        .into_iter()
+        .filter(|&isa| isa <= crate::isa::Isa::detected());
+    for (pool, isa) in pools
+        .into_iter()
+        .flat_map(|pool| isas.clone().map(move |isa| (pool, isa)))
+    {
+        let Some(kernel) = interior_kernel_f32_for(pool, isa) else {
+            continue;
+        };
+        // Sides that give no full block, exactly one, and a last block that overlaps.
+        for (h, w) in [
+            (9, 11),
+            (5, 20),
+            (12, 27),
+            (55, 55),
+            (3, 40),
+            (4, 17),
+            (6, 37),
+            (7, 70),
+        ] {
+            for with_nan in [false, true] {
+                let values = tricky_values(2 * h * w, with_nan);
+                let geometry = PoolGeometry {
+                    pool,
+                    n: 2,
+                    c: 1,
+                    h,
+                    w,
+                };
+                let (fast, fast_offsets) = pool_forward(&values, geometry, Some(kernel));
+                let (slow, slow_offsets) = pool_forward(&values, geometry, None);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&fast),
+                    bits(&slow),
+                    "{isa:?} {pool:?} {h}x{w} nan {with_nan}"
+                );
+                assert_eq!(
+                    fast_offsets, slow_offsets,
+                    "{isa:?} {pool:?} {h}x{w} nan {with_nan}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_nan_wins_its_window_as_in_pytorch() {
+    // PyTorch's CPU kernel takes a value when `val > max || isnan(val)`: the last NaN wins.
+    let mut values = vec![0f32; 16];
+    values[5] = f32::NAN;
+    values[6] = 3.0;
+    values[9] = f32::NAN;
+    let pool = Pool2d {
+        kernel: 3,
+        stride: 1,
+        padding: 0,
+    };
+    let geometry = PoolGeometry {
+        pool,
+        n: 1,
+        c: 1,
+        h: 4,
+        w: 4,
+    };
+    let (out, offsets) = pool_forward(&values, geometry, None);
+    assert!(out.iter().all(|v| v.is_nan()));
+    // Window (0, 0) covers rows 0-2, columns 0-2: input 9 is its row 2, column 1.
+    assert_eq!(offsets[0], 7);
+}

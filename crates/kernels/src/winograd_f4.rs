@@ -1,0 +1,770 @@
+//! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(4x4, 3x3), for the forward
+//! (inference and training), the input gradient and the weight gradient of conv2b and conv3b:
+//! each 4x4 block of outputs comes from a 6x6 block of inputs with
+//! 36 multiplications per input and output channel pair, against 64 for F(2x2, 3x3) ([`super::
+//! winograd`]) and 144 for im2col. Fewer tiles also mean fewer transformed values to write and
+//! read back, which is what bounds the transforms at batch 1.
+//!
+//! The transforms multiply by small integers (up to 8) and the weight transform divides by 6
+//! and 24, so the result rounds a little further from the direct sum than F(2x2, 3x3)'s (about
+//! 1e-6 of the output's scale against 1e-7; the tests check both). Like another CPU's summation
+//! order, that can flip a max-pool near-tie downstream; the equivalence tests against PyTorch
+//! compare gradients as tensors for that reason.
+//!
+//! Per image: each input channel's 6x6 tiles are gathered position by position and transformed in
+//! place (`V = B^T d B`), so every loop runs over all of the channel's tiles and vectorises even
+//! where a row holds few tiles (7 at conv3b); 36 GEMMs, one per tile position, multiply the
+//! transformed weights (`U = G g G^T`, remembered between calls with the same weights) by them;
+//! and each output channel's products are transformed back (`Y = A^T M A`) with the bias and ReLU.
+//!
+//! The weight gradient takes the adjoint path: per tile position, the transformed output gradient
+//! (`A dY A^T`) times the transformed input, summed over the tiles by 36 GEMMs, then `G^T dU G`
+//! in f64: a quarter of im2col's multiplications (F(2x2, 3x3) saved 2.25x; a training step on the
+//! 2-vCPU Xeon went from about 930 to 875 ms).
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use super::max_pool::{pool_planes, Pool2d};
+use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, grown, Gemm};
+use super::winograd::{position_gemm, Scratch, Winograd};
+
+/// Positions in a transformed 6x6 tile: one GEMM each.
+const POSITIONS: usize = 36;
+/// Side of the output block of one tile.
+const BLOCK: usize = 4;
+/// Side of the input tile.
+const TILE: usize = 6;
+
+/// Geometry of one 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out x h x w`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WinogradF4 {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// `G` applied to one kernel row or column `g[0..3]`, in f64: the six values.
+fn weight_combination(g: [f64; 3]) -> [f64; 6] {
+    [
+        g[0] / 4.0,
+        -(g[0] + g[1] + g[2]) / 6.0,
+        -(g[0] - g[1] + g[2]) / 6.0,
+        g[0] / 24.0 + g[1] / 12.0 + g[2] / 6.0,
+        g[0] / 24.0 - g[1] / 12.0 + g[2] / 6.0,
+        g[2],
+    ]
+}
+
+impl From<Winograd> for WinogradF4 {
+    /// The same convolution's geometry, for the larger tiles.
+    fn from(geometry: Winograd) -> Self {
+        let Winograd { c_in, c_out, h, w } = geometry;
+        WinogradF4 { c_in, c_out, h, w }
+    }
+}
+
+/// `G^T` applied to six values `u[0..6]`, in f64: the three values of a kernel row or column's
+/// gradient (the adjoint of [`weight_combination`]).
+fn weight_grad_combination(u: [f64; 6]) -> [f64; 3] {
+    [
+        u[0] / 4.0 - (u[1] + u[2]) / 6.0 + (u[3] + u[4]) / 24.0,
+        (u[2] - u[1]) / 6.0 + (u[3] - u[4]) / 12.0,
+        (u[3] + u[4] - u[1] - u[2]) / 6.0 + u[5],
+    ]
+}
+
+impl WinogradF4 {
+    fn tiles_h(&self) -> usize {
+        self.h.div_ceil(BLOCK)
+    }
+
+    fn tiles_w(&self) -> usize {
+        self.w.div_ceil(BLOCK)
+    }
+
+    fn tiles(&self) -> usize {
+        self.tiles_h() * self.tiles_w()
+    }
+
+    /// `U = G g G^T` for every kernel, as 36 `c_out x c_in` matrices (`36 x c_out x c_in`),
+    /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`.
+    pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
+        let (c_out, c_in) = (self.c_out, self.c_in);
+        let mut transformed = vec![0f32; POSITIONS * c_out * c_in];
+        let per_output: Vec<Vec<[f32; POSITIONS]>> = (0..c_out)
+            .into_par_iter()
+            .map(|o| {
+                (0..c_in)
+                    .map(|i| {
+                        let g = &weight[(o * c_in + i) * 9..][..9];
+                        // G g: 6 x 3, column by column.
+                        let columns: [[f64; 6]; 3] = std::array::from_fn(|col| {
+                            weight_combination([
+                                g[col] as f64,
+                                g[3 + col] as f64,
+                                g[6 + col] as f64,
+                            ])
+                        });
+                        // (G g) G^T: 6 x 6, row by row.
+                        let mut block = [0f32; POSITIONS];
+                        for row in 0..TILE {
+                            let values = weight_combination([
+                                columns[0][row],
+                                columns[1][row],
+                                columns[2][row],
+                            ]);
+                            for (col, value) in values.into_iter().enumerate() {
+                                block[row * TILE + col] = value as f32;
+                            }
+                        }
+                        block
+                    })
+                    .collect()
+            })
+            .collect();
+        transformed
+            .par_chunks_mut(c_out * c_in)
+            .enumerate()
+            .for_each(|(position, matrix)| {
+                for (row, blocks) in matrix.chunks_mut(c_in).zip(&per_output) {
+                    for (value, block) in row.iter_mut().zip(blocks) {
+                        *value = block[position];
+                    }
+                }
+            });
+        transformed
+    }
+
+    /// [`Self::transform_weights`], remembered for the last few weights seen: inference calls
+    /// the same layers with the same weights again and again, and transforming conv2b's weights
+    /// costs about as much as a tenth of its convolution at batch 1. A hit needs the weights to be
+    /// equal bit for bit (compared in full, which is far cheaper than the transform), so weights
+    /// that changed, as in training, are transformed anew.
+    pub(super) fn transform_weights_cached(&self, weight: &[f32]) -> Arc<Vec<f32>> {
+        /// Two layers of one network, and room for a second network.
+        const REMEMBERED: usize = 4;
+        static RECENT: Mutex<Vec<RememberedWeights>> = Mutex::new(Vec::new());
+        let same = |entry: &RememberedWeights| {
+            (entry.c_in, entry.c_out) == (self.c_in, self.c_out)
+                && bits(&entry.weight) == bits(weight)
+        };
+        if let Ok(mut recent) = RECENT.lock() {
+            if let Some(at) = recent.iter().position(same) {
+                let entry = recent.remove(at);
+                let transformed = entry.transformed.clone();
+                recent.insert(0, entry);
+                return transformed;
+            }
+        }
+        let transformed = Arc::new(self.transform_weights(weight));
+        if let Ok(mut recent) = RECENT.lock() {
+            recent.truncate(REMEMBERED - 1);
+            recent.insert(
+                0,
+                RememberedWeights {
+                    c_in: self.c_in,
+                    c_out: self.c_out,
+                    weight: weight.to_vec(),
+                    transformed: transformed.clone(),
+                },
+            );
+        }
+        transformed
+    }
+
+    /// Convolves one image `x` (`c_in x h x w`) with the transformed weights `u` into `out`
+    /// (`c_out x h x w`); with `bias`, `out = relu(conv + bias)`. `parallel` spreads this one
+    /// image over every thread; otherwise the calling thread does everything.
+    pub(super) fn image(
+        &self,
+        x: &[f32],
+        u: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let products = self.products(x, u, scratch, parallel);
+        let transform_output = |buffer: &mut Vec<f32>, (channel, out): (usize, &mut [f32])| {
+            let bias = bias.map(|bias| bias[channel]);
+            self.transform_output(products, channel, bias, out, buffer)
+        };
+        for_each_chunk_with(out, self.h * self.w, parallel, Vec::new, transform_output);
+    }
+
+    /// [`Self::image`] with the bias and ReLU, each output channel max-pooled by `pool` into
+    /// `out` (`c_out x OH x OW`), recording the window offsets in `offsets`, as soon as it is
+    /// transformed: the channel is pooled while it is in cache, and the full-size output (2.5 MiB
+    /// for conv2b, more than a 2 MiB L2) is never written.
+    pub(super) fn image_pooled(
+        &self,
+        (x, u, bias): (&[f32], &[f32], &[f32]),
+        pool: Pool2d,
+        (out, offsets): (&mut [f32], &mut [u8]),
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let products = self.products(x, u, scratch, parallel);
+        let (plane, sides) = (self.h * self.w, (self.h, self.w));
+        let pooled = pool.out_side(self.h) * pool.out_side(self.w);
+        let transform_and_pool =
+            |(buffer, conv): &mut (Vec<f32>, Vec<f32>),
+             (channel, (out, offsets)): (usize, (&mut [f32], &mut [u8]))| {
+                let conv = grown(conv, plane);
+                self.transform_output(products, channel, Some(bias[channel]), conv, buffer);
+                pool_planes(conv, sides, pool, out, offsets, false);
+            };
+        let init = || (Vec::new(), Vec::new());
+        if parallel {
+            out.par_chunks_mut(pooled)
+                .zip(offsets.par_chunks_mut(pooled))
+                .enumerate()
+                .for_each_init(init, transform_and_pool);
+        } else {
+            let mut state = init();
+            for item in out
+                .chunks_mut(pooled)
+                .zip(offsets.chunks_mut(pooled))
+                .enumerate()
+            {
+                transform_and_pool(&mut state, item);
+            }
+        }
+    }
+
+    /// The input transform and the 36 GEMMs of [`Self::image`], into `scratch`'s products
+    /// (`36 x c_out x tiles`), which it returns.
+    fn products<'a>(
+        &self,
+        x: &[f32],
+        u: &[f32],
+        scratch: &'a mut Scratch,
+        parallel: bool,
+    ) -> &'a [f32] {
+        let tiles = self.tiles();
+        let plane = self.h * self.w;
+        let (input, products) = scratch.buffers(
+            self.c_in * POSITIONS * tiles,
+            POSITIONS * self.c_out * tiles,
+        );
+        let transform_channel = |(channel, v): (usize, &mut [f32])| {
+            self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
+        };
+        for_each_chunk(input, POSITIONS * tiles, parallel, transform_channel);
+        let input: &[f32] = input;
+        let sizes = (self.c_in, self.c_out, tiles, POSITIONS);
+        let gemm_at =
+            |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
+        for_each_chunk(products, self.c_out * tiles, parallel, gemm_at);
+        products
+    }
+
+    /// The length of the weight gradient in Winograd's domain, `36 x c_out x c_in`.
+    pub(super) fn transformed_len(&self) -> usize {
+        POSITIONS * self.c_out * self.c_in
+    }
+
+    /// Adds one image's share of the weight gradient in the Winograd domain to `du` (`36 x c_out x
+    /// c_in`): for each tile position `p`, `dU[p] += dM[p] * V[p]^T`, where `V = B^T d B` are the
+    /// input `x`'s tiles (as in the forward) and `dM = A dY A^T` the output gradient `grad`'s
+    /// 4x4 blocks (the adjoint of the output transform). With `accumulate` false, `du` is
+    /// overwritten. [`Self::weight_grad`] turns the sum into the kernel's gradient. The 36 GEMMs
+    /// sum over the tiles: a quarter of the multiplications of the GEMM over im2col.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accumulate_weight_grad(
+        &self,
+        x: &[f32],
+        grad: &[f32],
+        du: &mut [f32],
+        accumulate: bool,
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let tiles = self.tiles();
+        let (plane, (c_in, c_out)) = (self.h * self.w, (self.c_in, self.c_out));
+        let (input, grads) = scratch.buffers(c_in * POSITIONS * tiles, c_out * POSITIONS * tiles);
+        let transform_input = |(channel, v): (usize, &mut [f32])| {
+            self.transform_input(&x[channel * plane..(channel + 1) * plane], v)
+        };
+        let transform_grad = |(channel, m): (usize, &mut [f32])| {
+            self.transform_output_grad(&grad[channel * plane..(channel + 1) * plane], m)
+        };
+        for_each_chunk(input, POSITIONS * tiles, parallel, transform_input);
+        for_each_chunk(grads, POSITIONS * tiles, parallel, transform_grad);
+        let (input, grads): (&[f32], &[f32]) = (input, grads);
+        let gemm_at = |(position, du): (usize, &mut [f32])| {
+            // dU[p] (c_out x c_in) += dM[p] (c_out x tiles) * V[p]^T (tiles x c_in); both
+            // operands' rows lie 36 * tiles values apart.
+            gemm(
+                Gemm {
+                    m: c_out,
+                    n: c_in,
+                    k: tiles,
+                    dst: du,
+                    accumulate,
+                    lhs: &grads[position * tiles..],
+                    lhs_rs: POSITIONS * tiles,
+                    lhs_cs: 1,
+                    rhs: &input[position * tiles..],
+                    rhs_rs: 1,
+                    rhs_cs: POSITIONS * tiles,
+                },
+                gemm::Parallelism::None,
+            )
+        };
+        for_each_chunk(du, c_out * c_in, parallel, gemm_at);
+    }
+
+    /// The kernel gradient `dg = G^T dU G` for every kernel, in f64, added to `dw` (`c_out x c_in
+    /// x 3 x 3`), from the sum `du` of [`Self::accumulate_weight_grad`] (`36 x c_out x c_in`).
+    pub(super) fn weight_grad(&self, du: &[f32], dw: &mut [f32]) {
+        let pairs = self.c_out * self.c_in;
+        for (pair, dg) in dw.chunks_exact_mut(9).enumerate().take(pairs) {
+            let u = |row: usize, col: usize| du[(row * TILE + col) * pairs + pair] as f64;
+            // G^T dU: 3 x 6, kept as its six columns.
+            let columns: [[f64; 3]; TILE] = std::array::from_fn(|col| {
+                weight_grad_combination(std::array::from_fn(|row| u(row, col)))
+            });
+            // (G^T dU) G: 3 x 3.
+            for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
+                let values = weight_grad_combination(std::array::from_fn(|col| columns[col][row]));
+                for (d, value) in dg_row.iter_mut().zip(values) {
+                    *d += value as f32;
+                }
+            }
+        }
+    }
+
+    /// `dM = A dY A^T` for every 4x4 block of one channel's output gradient `grad` (`h x w`),
+    /// into `m` (`36 x tiles`, `m[6i + j]` holding element `(i, j)` of every tile); blocks past
+    /// the last row or column are zero. The blocks are gathered into the rows `6r + c`, then
+    /// expanded in place, columns first, then rows.
+    fn transform_output_grad(&self, grad: &[f32], m: &mut [f32]) {
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_output_grad_portable(grad, m),
+        )
+    }
+
+    #[inline(always)]
+    fn transform_output_grad_portable(&self, grad: &[f32], m: &mut [f32]) {
+        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
+        // Element (r, c) of block (ty, tx) is output row 4ty + r, column 4tx + c.
+        for r in 0..BLOCK {
+            for c in 0..BLOCK {
+                let row_of_tiles = &mut m[(r * TILE + c) * tiles..][..tiles];
+                for (ty, dst) in row_of_tiles.chunks_exact_mut(tiles_w).enumerate() {
+                    let y = BLOCK * ty + r;
+                    if y >= h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let row = &grad[y * w..(y + 1) * w];
+                    let mut written = 0;
+                    for (d, &value) in dst.iter_mut().zip(row.iter().skip(c).step_by(BLOCK)) {
+                        *d = value;
+                        written += 1;
+                    }
+                    dst[written..].fill(0.0);
+                }
+            }
+        }
+        for r in 0..BLOCK {
+            grad_transform_6(rows_of(m, tiles, r * TILE, 1));
+        }
+        for j in 0..TILE {
+            grad_transform_6(rows_of(m, tiles, j, TILE));
+        }
+    }
+
+    /// `V = B^T d B` for every 6x6 tile of one channel, into `v` (`36 x tiles`): the tiles are
+    /// gathered position by position (`v[6i + j]` holds element `(i, j)` of every tile), then
+    /// transformed in place, rows first (`B^T d`), then columns (`(.) B`). Each step combines six
+    /// rows of `tiles` values element by element, so the loops run over all the channel's tiles
+    /// and vectorise whatever the width of the layer.
+    fn transform_input(&self, x: &[f32], v: &mut [f32]) {
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_input_portable(x, v),
+        )
+    }
+
+    #[inline(always)]
+    fn transform_input_portable(&self, x: &[f32], v: &mut [f32]) {
+        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
+        // Element (i, j) of tile (ty, tx) is input row 4ty + i - 1, column 4tx + j - 1 (zero
+        // outside: the padding). With the row copied one place to the right into zeros, that
+        // column is `padded[4tx + j]`: four rows (j = 0..3) read the padded row four values at a
+        // time, in a loop the compiler vectorises (a strided gather per row did not, and cost
+        // most of the transform), and rows j = 4, 5 are rows 0, 1 one tile on.
+        let mut padded = vec![0f32; BLOCK * (tiles_w + 1)];
+        for i in 0..TILE {
+            let rows = rows_of(v, tiles, i * TILE, 1);
+            let [d0, d1, d2, d3, d4, d5] =
+                rows.map(|row| row.chunks_exact_mut(tiles_w).take(self.tiles_h()));
+            for (ty, (((d0, d1), (d2, d3)), (d4, d5))) in
+                d0.zip(d1).zip(d2.zip(d3)).zip(d4.zip(d5)).enumerate()
+            {
+                let Some(y) = (BLOCK * ty + i).checked_sub(1).filter(|&y| y < h) else {
+                    for d in [d0, d1, d2, d3, d4, d5] {
+                        d.fill(0.0);
+                    }
+                    continue;
+                };
+                padded[1..=w].copy_from_slice(&x[y * w..(y + 1) * w]);
+                for ((((four, a), b), c), d) in padded
+                    .chunks_exact(BLOCK)
+                    .zip(d0.iter_mut())
+                    .zip(d1.iter_mut())
+                    .zip(d2.iter_mut())
+                    .zip(d3.iter_mut())
+                {
+                    (*a, *b, *c, *d) = (four[0], four[1], four[2], four[3]);
+                }
+                let last = tiles_w - 1;
+                d4[..last].copy_from_slice(&d0[1..]);
+                d5[..last].copy_from_slice(&d1[1..]);
+                d4[last] = padded[BLOCK * tiles_w];
+                d5[last] = padded[BLOCK * tiles_w + 1];
+            }
+        }
+        for j in 0..TILE {
+            input_transform_6(rows_of(v, tiles, j, TILE));
+        }
+        for i in 0..TILE {
+            input_transform_6(rows_of(v, tiles, i * TILE, 1));
+        }
+    }
+
+    /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), then with
+    /// `bias` `out = relu(out + bias)`. `buffer` holds the channel's `24 x tiles` partial sums.
+    fn transform_output(
+        &self,
+        products: &[f32],
+        channel: usize,
+        bias: Option<f32>,
+        out: &mut [f32],
+        buffer: &mut Vec<f32>,
+    ) {
+        super::isa::vectorised(
+            #[inline(always)]
+            || self.transform_output_portable(products, channel, bias, out, buffer),
+        )
+    }
+
+    #[inline(always)]
+    fn transform_output_portable(
+        &self,
+        products: &[f32],
+        channel: usize,
+        bias: Option<f32>,
+        out: &mut [f32],
+        buffer: &mut Vec<f32>,
+    ) {
+        let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
+        buffer.resize(BLOCK * TILE * tiles, 0.0);
+        // A^T m: for each column j, rows i = 0..5 of M become rows r = 0..3 (kept as 6r + j).
+        for j in 0..TILE {
+            let m: [&[f32]; TILE] = std::array::from_fn(|i| {
+                &products[((i * TILE + j) * self.c_out + channel) * tiles..][..tiles]
+            });
+            let mut dst = buffer.chunks_exact_mut(tiles).skip(j).step_by(TILE);
+            let dst = [(); BLOCK].map(|_| dst.next().expect("four rows"));
+            output_transform_6(m, dst);
+        }
+        // (A^T m) A, in place: row r's six columns become its four outputs (6r .. 6r + 3).
+        for r in 0..BLOCK {
+            output_transform_6_in_place(rows_of(buffer, tiles, r * TILE, 1));
+        }
+        // The bias and ReLU over the whole buffer first (a loop the compiler vectorises; the
+        // rows 6r + 4 and 6r + 5, left over by the in-place step, are never read).
+        if let Some(b) = bias {
+            for value in buffer.iter_mut() {
+                *value = (*value + b).max(0.0);
+            }
+        }
+        // Output (4ty + r, 4tx + dx) is element (ty, tx) of row 6r + dx.
+        for ty in 0..self.tiles_h() {
+            for r in 0..BLOCK {
+                let y = BLOCK * ty + r;
+                if y >= h {
+                    break;
+                }
+                let [o0, o1, o2, o3]: [&[f32]; BLOCK] = std::array::from_fn(|dx| {
+                    &buffer[(r * TILE + dx) * tiles + ty * tiles_w..][..tiles_w]
+                });
+                let out_row = &mut out[y * w..(y + 1) * w];
+                // Interleaving the four rows by whole blocks, in a loop the compiler vectorises
+                // (indexing each row by tile did not, and cost about as much as the rest of the
+                // output transform); then the partial block at the right edge.
+                let mut blocks = out_row.chunks_exact_mut(BLOCK);
+                for ((block, (&v0, &v1)), (&v2, &v3)) in
+                    (&mut blocks).zip(o0.iter().zip(o1)).zip(o2.iter().zip(o3))
+                {
+                    block.copy_from_slice(&[v0, v1, v2, v3]);
+                }
+                let last = w / BLOCK;
+                for (d, row) in blocks.into_remainder().iter_mut().zip([o0, o1, o2]) {
+                    *d = row[last];
+                }
+            }
+        }
+    }
+}
+
+/// The bit patterns of `values`, for an exact comparison that runs as one `memcmp` (comparing the
+/// floats themselves would take 0.0 for -0.0 and never match a NaN).
+fn bits(values: &[f32]) -> &[u32] {
+    // SAFETY: `u32` has the size and alignment of `f32`, and every bit pattern is a valid `u32`;
+    // the slice borrows `values` for its whole life.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u32>(), values.len()) }
+}
+
+/// Weights and their transform, remembered by [`WinogradF4::transform_weights_cached`].
+struct RememberedWeights {
+    c_in: usize,
+    c_out: usize,
+    weight: Vec<f32>,
+    transformed: Arc<Vec<f32>>,
+}
+
+/// Six rows of `len` values of `matrix`: rows `first`, `first + step`, ...
+#[inline(always)]
+fn rows_of(matrix: &mut [f32], len: usize, first: usize, step: usize) -> [&mut [f32]; TILE] {
+    let mut rows = matrix.chunks_exact_mut(len).skip(first).step_by(step);
+    [(); TILE].map(|_| rows.next().expect("six rows"))
+}
+
+/// `B^T` applied along six equally long rows `d[0..6]` in place, element by element. The
+/// products are arranged as in the usual factorisation (shared sums first), so each output costs
+/// two or three operations.
+#[inline(always)]
+fn input_transform_6(d: [&mut [f32]; TILE]) {
+    let n = d[0].len();
+    let [d0, d1, d2, d3, d4, d5] = d.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (a0, a1, a2, a3, a4, a5) = (d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]);
+        d0[k] = 4.0 * a0 - 5.0 * a2 + a4;
+        let (p, q) = (a3 + a4, a1 + a2);
+        d1[k] = p - 4.0 * q;
+        let (p, q) = (a4 - a3, a1 - a2);
+        d2[k] = p + 4.0 * q;
+        let (p, q) = (a4 - a2, a3 - a1);
+        d3[k] = p + 2.0 * q;
+        d4[k] = p - 2.0 * q;
+        d5[k] = 4.0 * a1 - 5.0 * a3 + a5;
+    }
+}
+
+/// `A^T` applied along six equally long rows `m[0..6]`, into four: `o = A^T m`.
+#[inline(always)]
+fn output_transform_6(m: [&[f32]; TILE], o: [&mut [f32]; BLOCK]) {
+    let n = o[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
+    let [o0, o1, o2, o3] = o.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        o0[k] = m0[k] + s12 + s34;
+        o1[k] = d12 + 2.0 * d34;
+        o2[k] = s12 + 4.0 * s34;
+        o3[k] = d12 + 8.0 * d34 + m5[k];
+    }
+}
+
+/// [`output_transform_6`] in place: the four outputs replace the first four rows.
+#[inline(always)]
+fn output_transform_6_in_place(m: [&mut [f32]; TILE]) {
+    let n = m[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        let m5 = m5[k];
+        m0[k] += s12 + s34;
+        m1[k] = d12 + 2.0 * d34;
+        m2[k] = s12 + 4.0 * s34;
+        m3[k] = d12 + 8.0 * d34 + m5;
+    }
+}
+
+/// `A` applied along six equally long rows in place: the first four hold `y[0..4]`, and all six
+/// become `m = A y`, the adjoint of [`output_transform_6`].
+#[inline(always)]
+fn grad_transform_6(m: [&mut [f32]; TILE]) {
+    let n = m[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (y0, y1, y2, y3) = (m0[k], m1[k], m2[k], m3[k]);
+        let (even, odd) = (y0 + y2, y1 + y3);
+        let (even4, odd4) = (y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
+        m1[k] = even + odd;
+        m2[k] = even - odd;
+        m3[k] = even4 + odd4;
+        m4[k] = even4 - odd4;
+        m5[k] = y3;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::winograd::{self, tests::values, Winograd};
+
+    /// Direct 3x3 convolution, stride 1, padding 1, in f64.
+    fn direct(x: &[f32], weight: &[f32], g: &WinogradF4) -> Vec<f64> {
+        let (c_in, c_out, h, w) = (g.c_in, g.c_out, g.h, g.w);
+        winograd::tests::direct(x, weight, &Winograd { c_in, c_out, h, w })
+    }
+
+    #[test]
+    fn matches_a_direct_convolution_on_every_side_modulo_four() {
+        for (c_in, c_out, h, w) in [
+            (3, 5, 7, 6),
+            (4, 2, 8, 9),
+            (1, 1, 1, 1),
+            (2, 3, 2, 5),
+            (5, 4, 13, 11),
+            (16, 8, 27, 27),
+        ] {
+            let g = WinogradF4 { c_in, c_out, h, w };
+            let x = values(c_in * h * w, 1);
+            let weight = values(c_out * c_in * 9, 2);
+            let expected = direct(&x, &weight, &g);
+            let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+            let u = g.transform_weights(&weight);
+            for parallel in [false, true] {
+                let mut out = vec![f32::NAN; c_out * h * w];
+                g.image(&x, &u, None, &mut out, &mut Scratch::default(), parallel);
+                for (a, e) in out.iter().zip(&expected) {
+                    assert!(((*a as f64) - e).abs() / scale < 5e-6, "{g:?}: {a} vs {e}");
+                }
+                let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.1 - 0.2).collect();
+                let mut scratch = Scratch::default();
+                g.image(&x, &u, Some(&bias), &mut out, &mut scratch, parallel);
+                for (idx, (a, e)) in out.iter().zip(&expected).enumerate() {
+                    let e = (e + bias[idx / (h * w)] as f64).max(0.0);
+                    assert!(
+                        ((*a as f64) - e).abs() / scale < 5e-6,
+                        "{g:?}, bias: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Direct weight gradient of a 3x3 convolution, stride 1, padding 1, in f64:
+    /// `dW[o][i][ky][kx] = sum over (y, x) of dY[o][y][x] * x[i][y + ky - 1][x + kx - 1]`.
+    fn direct_weight_grad(x: &[f32], grad: &[f32], g: &WinogradF4) -> Vec<f64> {
+        let (c_in, c_out, h, w) = (g.c_in, g.c_out, g.h, g.w);
+        let mut dw = vec![0f64; c_out * c_in * 9];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                for k in 0..9 {
+                    let (ky, kx) = (k / 3, k % 3);
+                    let mut sum = 0f64;
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let (sy, sx) = (y + ky, xx + kx);
+                            if sy < 1 || sx < 1 || sy > h || sx > w {
+                                continue;
+                            }
+                            sum += grad[(o * h + y) * w + xx] as f64
+                                * x[(i * h + sy - 1) * w + sx - 1] as f64;
+                        }
+                    }
+                    dw[(o * c_in + i) * 9 + k] = sum;
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_direct_sum_on_every_side_modulo_four() {
+        for (c_in, c_out, h, w) in [
+            (3, 5, 7, 6),
+            (4, 2, 8, 9),
+            (1, 1, 1, 1),
+            (2, 3, 2, 5),
+            (5, 4, 13, 11),
+            (16, 8, 27, 27),
+        ] {
+            let g = WinogradF4 { c_in, c_out, h, w };
+            // Two images summed, the second added to the first's share.
+            let images: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                .map(|k| (values(c_in * h * w, 3 + k), values(c_out * h * w, 5 + k)))
+                .collect();
+            let mut expected = vec![0f64; c_out * c_in * 9];
+            for (x, grad) in &images {
+                for (e, d) in expected.iter_mut().zip(direct_weight_grad(x, grad, &g)) {
+                    *e += d;
+                }
+            }
+            let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+            for parallel in [false, true] {
+                let mut du = vec![f32::NAN; g.transformed_len()];
+                let mut scratch = Scratch::default();
+                for (index, (x, grad)) in images.iter().enumerate() {
+                    g.accumulate_weight_grad(x, grad, &mut du, index > 0, &mut scratch, parallel);
+                }
+                let mut dw = vec![0f32; c_out * c_in * 9];
+                g.weight_grad(&du, &mut dw);
+                for (a, e) in dw.iter().zip(&expected) {
+                    assert!(((*a as f64) - e).abs() / scale < 5e-6, "{g:?}: {a} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn remembers_the_transform_of_the_same_weights_only() {
+        let g = WinogradF4 {
+            c_in: 3,
+            c_out: 2,
+            h: 5,
+            w: 5,
+        };
+        let weight = values(g.c_out * g.c_in * 9, 11);
+        let first = g.transform_weights_cached(&weight);
+        assert_eq!(*first, g.transform_weights(&weight));
+        assert!(Arc::ptr_eq(&first, &g.transform_weights_cached(&weight)));
+        let mut changed = weight.clone();
+        changed[17] += 1e-3;
+        let other = g.transform_weights_cached(&changed);
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(*other, g.transform_weights(&changed));
+    }
+
+    #[test]
+    fn agrees_with_f2x2_on_a_feat_ex_sized_layer() {
+        // conv3b's shape with fewer channels: both algorithms give the same outputs to within
+        // their rounding.
+        let f4 = WinogradF4 {
+            c_in: 24,
+            c_out: 12,
+            h: 27,
+            w: 27,
+        };
+        let f2 = Winograd {
+            c_in: 24,
+            c_out: 12,
+            h: 27,
+            w: 27,
+        };
+        let x = values(f4.c_in * f4.h * f4.w, 7);
+        let weight = values(f4.c_out * f4.c_in * 9, 8);
+        let (mut a, mut b) = (vec![0f32; 12 * 27 * 27], vec![0f32; 12 * 27 * 27]);
+        let u4 = f4.transform_weights(&weight);
+        f4.image(&x, &u4, None, &mut a, &mut Scratch::default(), false);
+        let u2 = f2.transform_weights(&weight);
+        f2.image(&x, &u2, None, &mut b, &mut Scratch::default(), false);
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() / scale < 5e-6, "{a} vs {b}");
+        }
+    }
+}
