@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use super::fast_conv::ConvReluOp;
 use super::fast_conv_pool::ConvReluPoolOp;
 use super::max_pool::{max_pool2d, Pool2d};
+use super::winograd_f4::WeightCache;
 
 /// Convolution of `N x Cin x H x W` with a `Cout x Cin x k x k` kernel, square stride and
 /// zero padding, plus a per-channel bias (PyTorch's `nn.Conv2d`). Always candle's own conv: the
@@ -40,41 +41,17 @@ pub fn conv2d_relu(
     )
 }
 
-/// [`conv2d_relu`] for inference: on the fast kernels a 3x3 stride-1 convolution runs by
-/// Winograd's F(4x4, 3x3), which rounds differently from a direct sum (about 1e-6 of the output's
-/// scale). [`conv2d_relu`] keeps im2col's direct sums, the reference for the op tests; the
-/// network's training forward runs its 3x3 convolutions through [`conv2d_relu_max_pool2d`],
-/// by Winograd's F(4x4, 3x3) too.
-pub(crate) fn conv2d_relu_inference(
-    xs: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<Tensor> {
-    if super::fast_kernels_for(xs) {
-        conv_relu_op(xs, weight, bias, stride, padding, true)
-    } else {
-        conv2d(xs, weight, bias, stride, padding)?.relu()
-    }
-}
-
 fn conv_relu_op(
     xs: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     stride: usize,
     padding: usize,
-    winograd_forward: bool,
 ) -> candle_core::Result<Tensor> {
     xs.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        ConvReluOp {
-            stride,
-            padding,
-            winograd_forward,
-        },
+        ConvReluOp { stride, padding },
     )
 }
 
@@ -88,7 +65,7 @@ pub(crate) fn conv2d_relu_on(
     fast: bool,
 ) -> candle_core::Result<Tensor> {
     if fast {
-        conv_relu_op(xs, weight, bias, stride, padding, false)
+        conv_relu_op(xs, weight, bias, stride, padding)
     } else {
         conv2d(xs, weight, bias, stride, padding)?.relu()
     }
@@ -114,10 +91,12 @@ pub fn conv2d_relu_max_pool2d(
         (stride, padding),
         pool,
         super::fast_kernels_for(xs),
+        None,
     )
 }
 
-/// [`conv2d_relu_max_pool2d`] on a chosen path; `conv` is `(stride, padding)`.
+/// [`conv2d_relu_max_pool2d`] on a chosen path, with the Winograd transforms of the weights kept
+/// in `cache` where given; `conv` is `(stride, padding)`.
 pub(crate) fn conv2d_relu_max_pool2d_on(
     xs: &Tensor,
     weight: &Tensor,
@@ -125,13 +104,14 @@ pub(crate) fn conv2d_relu_max_pool2d_on(
     conv: (usize, usize),
     pool: Pool2d,
     fast: bool,
+    cache: Option<&WeightCache>,
 ) -> candle_core::Result<Tensor> {
     let (stride, padding) = conv;
     if fast && pool.records_offsets() {
         xs.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            ConvReluPoolOp::new(stride, padding, pool),
+            ConvReluPoolOp::new(stride, padding, pool, cache),
         )
     } else {
         max_pool2d(

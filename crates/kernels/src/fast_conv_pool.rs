@@ -20,7 +20,7 @@ use super::parallel::{
 };
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
-use super::winograd_f4::WinogradF4;
+use super::winograd_f4::{WeightCache, WinogradF4};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -28,15 +28,22 @@ pub(crate) struct ConvReluPoolOp {
     pub padding: usize,
     pub pool: Pool2d,
     offsets: Mutex<Option<Arc<Vec<u8>>>>,
+    cache: Option<WeightCache>,
 }
 
 impl ConvReluPoolOp {
-    pub(crate) fn new(stride: usize, padding: usize, pool: Pool2d) -> Self {
+    pub(crate) fn new(
+        stride: usize,
+        padding: usize,
+        pool: Pool2d,
+        cache: Option<&WeightCache>,
+    ) -> Self {
         Self {
             stride,
             padding,
             pool,
             offsets: Mutex::new(None),
+            cache: cache.cloned(),
         }
     }
 }
@@ -89,10 +96,15 @@ impl<'a> ConvWeights<'a> {
     /// The weights of the convolution `g`. 3x3 stride-1 convolutions (the FeatEx blocks' conv2b
     /// and conv3b) run by Winograd's F(4x4, 3x3): a quarter of the multiplications, rounded within
     /// about 1e-6 of the output's scale (see `winograd_f4`); the others by im2col and a GEMM.
-    pub(super) fn new(g: &ConvGeometry, weight: &'a [f32], bias: &'a [f32]) -> Self {
+    pub(super) fn new(
+        g: &ConvGeometry,
+        weight: &'a [f32],
+        bias: &'a [f32],
+        cache: Option<&WeightCache>,
+    ) -> Self {
         let winograd = g
             .winograd_f4()
-            .map(|winograd| (winograd, winograd.transform_weights_cached(weight)));
+            .map(|winograd| (winograd, winograd.transform_weights_cached(weight, cache)));
         Self {
             weight,
             bias,
@@ -211,13 +223,14 @@ fn forward(
     weight: &[f32],
     bias: &[f32],
     geometry: &ConvPoolGeometry,
+    cache: Option<&WeightCache>,
 ) -> (Vec<f32>, Vec<u8>) {
     let g = &geometry.conv;
     let pooled_image = geometry.pooled_image();
     let mut out = filled(g.n * pooled_image, 0f32);
     let mut offsets = filled(g.n * pooled_image, NO_OFFSET);
     let (per_group, par) = image_groups(g.n);
-    let weights = ConvWeights::new(g, weight, bias);
+    let weights = ConvWeights::new(g, weight, bias, cache);
     out.par_chunks_mut(per_group * pooled_image)
         .zip(offsets.par_chunks_mut(per_group * pooled_image))
         .zip(x.par_chunks(per_group * g.in_image()))
@@ -257,7 +270,7 @@ impl CustomOp3 for ConvReluPoolOp {
             ["conv2d input", "conv2d weight", "conv2d bias"],
         )?;
         geometry.conv.check_bias(b)?;
-        let (out, offsets) = forward(x, w, b, &geometry);
+        let (out, offsets) = forward(x, w, b, &geometry, self.cache.as_ref());
         if let Ok(mut guard) = self.offsets.lock() {
             *guard = Some(Arc::new(offsets));
         }

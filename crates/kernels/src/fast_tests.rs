@@ -159,26 +159,36 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
         };
         let name = format!("conv k{kernel} s{stride} p{padding} + pool {pool:?} n{batch}");
         check_paths(&name, &[xs, weight, bias], |t, fast| {
-            conv2d_relu_max_pool2d_on(&t[0], &t[1], &t[2], (stride, padding), pool, fast).unwrap()
+            conv2d_relu_max_pool2d_on(&t[0], &t[1], &t[2], (stride, padding), pool, fast, None)
+                .unwrap()
         });
     }
 }
 
+/// A pool that keeps every value: the fused conv+pool op with it is a plain convolution by
+/// Winograd's F(4x4, 3x3) (for 3x3 stride-1 kernels).
+const NO_POOL: Pool2d = Pool2d {
+    kernel: 1,
+    stride: 1,
+    padding: 0,
+};
+
 #[test]
-fn inference_conv_matches_the_reference_forward() {
-    // 3x3, stride 1, padding 1 runs by Winograd's algorithm here: a batch below and above the
-    // thread count, odd and even sides.
+fn winograd_conv_matches_the_reference_forward() {
+    // 3x3, stride 1, padding 1 runs by Winograd's algorithm in the fused conv+pool op: a batch
+    // below and above the thread count, odd and even sides.
     for (c_in, c_out, side, batch) in [(5, 7, 11, 1), (4, 3, 8, 3)] {
         let xs = var(&[batch, c_in, side, side], 21);
         let weight = var(&[c_out, c_in, 3, 3], 22);
         let bias = var(&[c_out], 23);
         let (xs, weight, bias) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
-        let fast = super::conv::conv2d_relu_inference(xs, weight, bias, 1, 1).unwrap();
+        let fast =
+            conv2d_relu_max_pool2d_on(xs, weight, bias, (1, 1), NO_POOL, true, None).unwrap();
         let reference = conv2d_relu_on(xs, weight, bias, 1, 1, false).unwrap();
         let diff = relative_diff(&fast, &reference);
         assert!(
             diff < 1e-5,
-            "inference conv n{batch}: output differs by {diff:e}"
+            "Winograd conv n{batch}: output differs by {diff:e}"
         );
     }
 }
@@ -208,8 +218,8 @@ fn every_vector_path_computes_the_same_bits() {
             true,
         )
         .unwrap();
-        let pooled = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), pool, true).unwrap();
-        let inference = super::conv::conv2d_relu_inference(x, w, b, 1, 1).unwrap();
+        let pooled = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), pool, true, None).unwrap();
+        let inference = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), NO_POOL, true, None).unwrap();
         let loss = (normed.sum_all().unwrap() + pooled.sqr().unwrap().sum_all().unwrap()).unwrap();
         let grads = loss.backward().unwrap();
         let mut bits = Vec::new();
@@ -259,6 +269,7 @@ fn small_feat_ex(tensors: &[Tensor; 6]) -> FeatEx<'_> {
             stride: 2,
             padding: 0,
         },
+        cache: None,
     }
 }
 
@@ -292,7 +303,7 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
             .relu()
             .unwrap();
         let fused = feat_ex(&x, &block, false).unwrap();
-        let composed = feat_ex_composed(&x, &block, false).unwrap();
+        let composed = feat_ex_composed(&x, &block).unwrap();
         assert_eq!(fused.dims(), composed.dims(), "batch {n}, side {side}");
         let bits = |t: &Tensor| -> Vec<u32> {
             let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();

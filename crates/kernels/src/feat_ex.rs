@@ -13,12 +13,13 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{conv2d_relu, conv2d_relu_inference, conv2d_relu_max_pool2d};
+use super::conv::{conv2d_relu, conv2d_relu_max_pool2d_on};
 use super::fast_conv::{forward_image, ConvGeometry};
 use super::fast_conv_pool::{ConvPoolGeometry, ConvWeights};
 use super::max_pool::{max_pool2d, pool_planes, Pool2d, NO_OFFSET};
 use super::parallel::{filled, grown, image_groups, with_spare_buffer, Parallel};
 use super::storage::{contiguous_f32, read_f32};
+use super::winograd_f4::WeightCache;
 
 /// A convolution with bias as a FeatEx block holds it (PyTorch's `nn.Conv2d`, square kernel).
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +49,9 @@ pub struct FeatEx<'a> {
     pub keep: Pool2d,
     /// The pool of both branches' outputs (3x3, stride 2 in DeXpression).
     pub out_pool: Pool2d,
+    /// Where the Winograd transform of `conv`'s weights is kept between forwards (the caller's,
+    /// see [`WeightCache`]); `None` transforms them at every forward.
+    pub cache: Option<&'a WeightCache>,
 }
 
 /// One FeatEx block on `xs` (`N x C x H x W`). Training (`train`) composes the network's
@@ -59,16 +63,12 @@ pub fn feat_ex(xs: &Tensor, block: &FeatEx<'_>, train: bool) -> candle_core::Res
     if !train && super::fast_kernels_for(xs) {
         xs.contiguous()?.apply_op1(FeatExInferenceOp::new(block)?)
     } else {
-        feat_ex_composed(xs, block, train)
+        feat_ex_composed(xs, block)
     }
 }
 
-/// The block composed of the network's ops (in inference, with the inference convolution).
-pub(super) fn feat_ex_composed(
-    xs: &Tensor,
-    block: &FeatEx<'_>,
-    train: bool,
-) -> candle_core::Result<Tensor> {
+/// The block composed of the network's ops (the same in training and inference).
+pub(super) fn feat_ex_composed(xs: &Tensor, block: &FeatEx<'_>) -> candle_core::Result<Tensor> {
     let conv_relu = |xs: &Tensor, layer: &ConvLayer<'_>| {
         let ConvLayer {
             weight,
@@ -76,11 +76,7 @@ pub(super) fn feat_ex_composed(
             stride,
             padding,
         } = *layer;
-        if train {
-            conv2d_relu(xs, weight, bias, stride, padding)
-        } else {
-            conv2d_relu_inference(xs, weight, bias, stride, padding)
-        }
+        conv2d_relu(xs, weight, bias, stride, padding)
     };
     let reduced = conv_relu(xs, &block.reduce)?;
     let pool_branch = conv_relu(&max_pool2d(xs, block.keep)?, &block.pooled)?;
@@ -90,13 +86,14 @@ pub(super) fn feat_ex_composed(
     // channel, so pooling each branch and concatenating equals the port's pool of the
     // concatenation.
     let conv = &block.conv;
-    let conv_branch = conv2d_relu_max_pool2d(
+    let conv_branch = conv2d_relu_max_pool2d_on(
         &reduced,
         conv.weight,
         conv.bias,
-        conv.stride,
-        conv.padding,
+        (conv.stride, conv.padding),
         block.out_pool,
+        super::fast_kernels_for(xs),
+        block.cache,
     )?;
     Tensor::cat(
         &[&conv_branch, &max_pool2d(&pool_branch, block.out_pool)?],
@@ -109,6 +106,7 @@ struct FeatExInferenceOp {
     layers: [(Tensor, Tensor, usize, usize); 3],
     keep: Pool2d,
     out_pool: Pool2d,
+    cache: Option<WeightCache>,
 }
 
 impl FeatExInferenceOp {
@@ -129,6 +127,7 @@ impl FeatExInferenceOp {
             ],
             keep: block.keep,
             out_pool: block.out_pool,
+            cache: block.cache.cloned(),
         })
     }
 }
@@ -245,7 +244,7 @@ impl CustomOp1 for FeatExInferenceOp {
             let weight = read_f32(weight, weight_layout, "feat_ex weight")?;
             let bias = read_f32(bias, bias_layout, "feat_ex bias")?;
             g.check_bias(bias)?;
-            Ok(ConvWeights::new(g, weight, bias))
+            Ok(ConvWeights::new(g, weight, bias, self.cache.as_ref()))
         };
         let weights = [weights_of(0)?, weights_of(1)?, weights_of(2)?];
 

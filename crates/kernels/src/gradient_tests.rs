@@ -203,6 +203,7 @@ fn conv_relu_pool_backward_matches_finite_differences() {
                 (2, 3),
                 POOLS[0],
                 false,
+                None,
             )
             .unwrap()
         },

@@ -56,6 +56,8 @@ mod max_pool;
 mod parallel;
 mod storage;
 mod winograd;
+#[cfg(test)]
+mod winograd_f2_oracle;
 mod winograd_f4;
 
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
@@ -69,6 +71,7 @@ pub fn parallel_threads() -> usize {
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStatistics};
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, Pool2d};
+pub use winograd_f4::WeightCache;
 
 /// The environment variable that [`KernelSettings::from_env`] reads to select the reference path
 /// (`1`, `true` or `yes`).

@@ -138,20 +138,21 @@ impl WinogradF4 {
         transformed
     }
 
-    /// [`Self::transform_weights`], remembered for the last few weights seen: inference calls
-    /// the same layers with the same weights again and again, and transforming conv2b's weights
-    /// costs about as much as a tenth of its convolution at batch 1. A hit needs the weights to be
-    /// equal bit for bit (compared in full, which is far cheaper than the transform), so weights
-    /// that changed, as in training, are transformed anew.
-    pub(super) fn transform_weights_cached(&self, weight: &[f32]) -> Arc<Vec<f32>> {
-        /// Two layers of one network, and room for a second network.
-        const REMEMBERED: usize = 4;
-        static RECENT: Mutex<Vec<RememberedWeights>> = Mutex::new(Vec::new());
+    /// [`Self::transform_weights`], taken from `cache` where it holds the same weights (and
+    /// remembered there), else computed.
+    pub(super) fn transform_weights_cached(
+        &self,
+        weight: &[f32],
+        cache: Option<&WeightCache>,
+    ) -> Arc<Vec<f32>> {
+        let Some(cache) = cache else {
+            return Arc::new(self.transform_weights(weight));
+        };
         let same = |entry: &RememberedWeights| {
             (entry.c_in, entry.c_out) == (self.c_in, self.c_out)
                 && bits(&entry.weight) == bits(weight)
         };
-        if let Ok(mut recent) = RECENT.lock() {
+        if let Ok(mut recent) = cache.recent.lock() {
             if let Some(at) = recent.iter().position(same) {
                 let entry = recent.remove(at);
                 let transformed = entry.transformed.clone();
@@ -160,8 +161,8 @@ impl WinogradF4 {
             }
         }
         let transformed = Arc::new(self.transform_weights(weight));
-        if let Ok(mut recent) = RECENT.lock() {
-            recent.truncate(REMEMBERED - 1);
+        if let Ok(mut recent) = cache.recent.lock() {
+            recent.truncate(WeightCache::REMEMBERED - 1);
             recent.insert(
                 0,
                 RememberedWeights {
@@ -523,7 +524,30 @@ fn bits(values: &[f32]) -> &[u32] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u32>(), values.len()) }
 }
 
-/// Weights and their transform, remembered by [`WinogradF4::transform_weights_cached`].
+/// The Winograd transforms of the last few 3x3 weights a network ran with, owned by the caller
+/// (the model keeps one per network) and handed to [`crate::FeatEx`]: inference calls the same
+/// layers with the same weights again and again, and transforming conv2b's weights costs about as
+/// much as a tenth of its convolution at batch 1. A hit needs the weights to be equal bit for bit
+/// (compared in full, far cheaper than the transform), so weights that changed, as in training,
+/// are transformed anew. Clones share the cache. Without one, every forward transforms.
+#[derive(Clone, Default)]
+pub struct WeightCache {
+    recent: Arc<Mutex<Vec<RememberedWeights>>>,
+}
+
+impl WeightCache {
+    /// Two layers of one network, and room for a second network.
+    const REMEMBERED: usize = 4;
+}
+
+impl std::fmt::Debug for WeightCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.recent.lock().map_or(0, |recent| recent.len());
+        f.debug_struct("WeightCache").field("held", &held).finish()
+    }
+}
+
+/// Weights and their transform, remembered by a [`WeightCache`].
 struct RememberedWeights {
     c_in: usize,
     c_out: usize,
@@ -612,12 +636,13 @@ fn grad_transform_6(m: [&mut [f32]; TILE]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::winograd::{self, tests::values, Winograd};
+    use crate::winograd::Winograd;
+    use crate::winograd_f2_oracle::tests::{self as oracle, values};
 
     /// Direct 3x3 convolution, stride 1, padding 1, in f64.
     fn direct(x: &[f32], weight: &[f32], g: &WinogradF4) -> Vec<f64> {
         let (c_in, c_out, h, w) = (g.c_in, g.c_out, g.h, g.w);
-        winograd::tests::direct(x, weight, &Winograd { c_in, c_out, h, w })
+        oracle::direct(x, weight, &Winograd { c_in, c_out, h, w })
     }
 
     #[test]
@@ -729,12 +754,23 @@ mod tests {
             w: 5,
         };
         let weight = values(g.c_out * g.c_in * 9, 11);
-        let first = g.transform_weights_cached(&weight);
+        let cache = WeightCache::default();
+        let first = g.transform_weights_cached(&weight, Some(&cache));
         assert_eq!(*first, g.transform_weights(&weight));
-        assert!(Arc::ptr_eq(&first, &g.transform_weights_cached(&weight)));
+        assert!(Arc::ptr_eq(
+            &first,
+            &g.transform_weights_cached(&weight, Some(&cache))
+        ));
+        // Another cache (or none) holds nothing of it.
+        let elsewhere = g.transform_weights_cached(&weight, Some(&WeightCache::default()));
+        assert!(!Arc::ptr_eq(&first, &elsewhere));
+        assert!(!Arc::ptr_eq(
+            &first,
+            &g.transform_weights_cached(&weight, None)
+        ));
         let mut changed = weight.clone();
         changed[17] += 1e-3;
-        let other = g.transform_weights_cached(&changed);
+        let other = g.transform_weights_cached(&changed, Some(&cache));
         assert!(!Arc::ptr_eq(&first, &other));
         assert_eq!(*other, g.transform_weights(&changed));
     }

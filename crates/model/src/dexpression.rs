@@ -60,6 +60,9 @@ pub struct Dexpression {
     /// Whether a forward of fewer images than threads keeps the pool's threads awake
     /// ([`Self::with_threads_awake`]).
     threads_awake: bool,
+    /// The Winograd transforms of conv2b's and conv3b's weights, kept between inferences (owned
+    /// here, not by the process).
+    winograd_weights: ops::WeightCache,
 }
 
 /// A named tensor of the network.
@@ -309,6 +312,7 @@ impl Dexpression {
             tensors: named,
             config,
             threads_awake: false,
+            winograd_weights: ops::WeightCache::default(),
         })
     }
 
@@ -433,6 +437,7 @@ impl Dexpression {
             pooled: pooled.layer(),
             keep: POOL_KEEP,
             out_pool: POOL_REDUCE,
+            cache: Some(&self.winograd_weights),
         };
         ops::feat_ex(xs, &block, train)
     }

@@ -5,7 +5,6 @@ use rayon::prelude::*;
 
 use super::geometry::{im2col_rows, ConvGeometry};
 use crate::parallel::{filled, gemm, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut};
-use crate::winograd::with_scratch as with_winograd_scratch;
 
 /// Forward of one image into `out` (`c_out x out_plane`): `relu(W * im2col(x) + b)`. With
 /// `Parallel::None` the calling thread does it all. Otherwise (a batch smaller than the thread
@@ -161,32 +160,11 @@ fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize) {
     }
 }
 
-/// `relu(conv2d(x, weight) + bias)` for a whole batch; by Winograd's algorithm where it applies
-/// and `winograd` allows it.
-pub(crate) fn forward(
-    x: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    g: &ConvGeometry,
-    winograd: bool,
-) -> Vec<f32> {
+/// `relu(conv2d(x, weight) + bias)` for a whole batch, by im2col and GEMM: direct sums, the
+/// reference that the Winograd paths (the fused conv+pool) are tested against.
+pub(crate) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let mut out = filled(g.n * g.out_image(), 0f32);
     let (per_group, par) = image_groups(g.n);
-    if let Some(winograd) = g.winograd_f4().filter(|_| winograd) {
-        let transformed = winograd.transform_weights_cached(weight);
-        let parallel_inside = !matches!(par, Parallel::None);
-        out.par_chunks_mut(per_group * g.out_image())
-            .zip(x.par_chunks(per_group * g.in_image()))
-            .for_each(|(out, x)| {
-                with_winograd_scratch(|scratch| {
-                    for (out, x) in out.chunks_mut(g.out_image()).zip(x.chunks(g.in_image())) {
-                        let bias = Some(bias);
-                        winograd.image(x, &transformed, bias, out, scratch, parallel_inside);
-                    }
-                })
-            });
-        return out;
-    }
     out.par_chunks_mut(per_group * g.out_image())
         .zip(x.par_chunks(per_group * g.in_image()))
         .for_each(|(out, x)| {

@@ -32,9 +32,6 @@ pub(crate) use geometry::ConvGeometry;
 pub(crate) struct ConvReluOp {
     pub stride: usize,
     pub padding: usize,
-    /// Whether the forward may use Winograd's algorithm (for inference only, see
-    /// `ConvGeometry::winograd`).
-    pub winograd_forward: bool,
 }
 
 impl CustomOp3 for ConvReluOp {
@@ -57,7 +54,7 @@ impl CustomOp3 for ConvReluOp {
             ["conv2d input", "conv2d weight", "conv2d bias"],
         )?;
         g.check_bias(b)?;
-        let out = forward(x, w, b, &g, self.winograd_forward);
+        let out = forward(x, w, b, &g);
         Ok((
             CpuStorage::F32(out),
             Shape::from((g.n, g.c_out, g.out_h(), g.out_w())),

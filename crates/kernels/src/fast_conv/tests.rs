@@ -60,7 +60,7 @@ fn forward_matches_a_direct_convolution_for_strides_and_paddings() {
             .map(|i| ((i * 11 % 13) as f32 - 6.0) / 5.0)
             .collect();
         let b = [0.1, -0.2, 0.3, 0.0];
-        let fast = forward(&x, &wt, &b, &g, false);
+        let fast = forward(&x, &wt, &b, &g);
         let slow = naive(&x, &wt, &b, &g);
         for (a, e) in fast.iter().zip(&slow) {
             assert!(
