@@ -75,7 +75,7 @@ impl Prediction {
 
 /// The index of the largest value, the first of equals; `None` for an empty slice. NaN counts
 /// as smaller than every number (all NaN: the first).
-pub fn top_class(probabilities: &[f32]) -> Option<usize> {
+pub(crate) fn top_class(probabilities: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (index, &p) in probabilities.iter().enumerate() {
         if !p.is_nan() && best.is_none_or(|(_, top)| p > top) {
@@ -215,7 +215,7 @@ impl Classifier {
 }
 
 /// [`PORT_CLASS_NAMES`] for a network of `n_classes` outputs, where it has 7 or 8.
-pub fn port_class_names(n_classes: usize) -> Option<Vec<String>> {
+pub(crate) fn port_class_names(n_classes: usize) -> Option<Vec<String>> {
     matches!(n_classes, 7 | 8).then(|| {
         PORT_CLASS_NAMES[..n_classes]
             .iter()

@@ -3,7 +3,7 @@
 use crate::{Error, Result};
 
 /// Number of channels after each FeatEx block (208 from the 3x3 branch + 64 from the pooling branch).
-pub const FEATEX_CHANNELS: usize = 272;
+pub(crate) const FEATEX_CHANNELS: usize = 272;
 
 /// Architecture choices of DeXpression.
 ///

@@ -658,7 +658,7 @@ impl WeightsMetadata {
 
 /// Writes named tensors and their metadata as safetensors through a temporary file renamed into
 /// place, like [`crate::save_atomic`].
-pub fn save_tensors_with_metadata(
+pub(crate) fn save_tensors_with_metadata(
     tensors: &[(String, Tensor)],
     metadata: &WeightsMetadata,
     path: &Path,

@@ -39,12 +39,12 @@ mod optim;
 mod torch_pickle;
 mod weights;
 
-pub use classifier::{port_class_names, top_class, Classifier, Prediction, PORT_CLASS_NAMES};
-pub use config::{DexpressionConfig, FEATEX_CHANNELS};
+pub use classifier::{Classifier, Prediction, PORT_CLASS_NAMES};
+pub use config::DexpressionConfig;
 pub use device::{device_name, parse_device};
 pub use dexpression::{
-    save_tensors_with_metadata, serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata,
-    NUM_BATCHES_TRACKED, POOL_KEEP, POOL_REDUCE,
+    serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata, NUM_BATCHES_TRACKED,
+    POOL_KEEP, POOL_REDUCE,
 };
 /// The kernels behind the network (re-exported: their switches are the caller's to set).
 pub use dexpression_kernels as kernels;
@@ -52,10 +52,7 @@ pub use error::{CandleError, Error, Result};
 pub use gradcam::{Explanation, GradCam};
 pub use input::batch_from_pixels;
 pub use optim::{Adam, AdamConfig};
-pub use weights::{
-    import_torch, save_atomic, ImportSummary, MAX_CHECKPOINT_ENTRIES, MAX_CHECKPOINT_TENSOR_BYTES,
-    MAX_PICKLE_BYTES,
-};
+pub use weights::{import_torch, ImportSummary};
 
 /// Re-exported so that users need no direct candle dependency for the basics.
 pub use candle_core;

@@ -26,13 +26,13 @@ pub struct ImportSummary {
 
 /// The most bytes of tensor data an import reads: the port's network at 224 pixels holds about
 /// 8 MB; a network with an input side of 4,096 about 600 MB.
-pub const MAX_CHECKPOINT_TENSOR_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_CHECKPOINT_TENSOR_BYTES: u64 = 1 << 30;
 
 /// The largest `data.pkl` an import parses; the port's is 7 KB.
-pub const MAX_PICKLE_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_PICKLE_BYTES: u64 = 16 << 20;
 
 /// The most entries a checkpoint's zip may list; the port's has 89.
-pub const MAX_CHECKPOINT_ENTRIES: usize = 100_000;
+pub(crate) const MAX_CHECKPOINT_ENTRIES: usize = 100_000;
 
 /// Converts a checkpoint of the PyTorch port into our safetensors weights.
 ///
@@ -388,7 +388,7 @@ pub(crate) fn checked_count(tensor: &Tensor, name: &str, source: &Path) -> Resul
 
 /// Writes named tensors as safetensors through a uniquely named temporary file beside `path`,
 /// synced and renamed into place only once complete (`dexpression_fsio`).
-pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+pub(crate) fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let bytes = crate::dexpression::serialize_with_metadata(tensors, &Default::default())?;
     write_atomic(path, &bytes)
 }
