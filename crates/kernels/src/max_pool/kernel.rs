@@ -208,7 +208,7 @@ pub(super) fn interior_kernel_f32_for(
 ) -> Option<InteriorKernel<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::{avx2::interior_3x3_avx2 as avx2, avx512::interior_3x3_avx512 as avx512};
+        use super::simd::{interior_3x3_avx2 as avx2, interior_3x3_avx512 as avx512};
         use crate::isa::Isa;
         if pool.kernel == 3 && isa == Isa::Avx512 {
             return match (pool.stride, pool.padding) {

@@ -21,9 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use super::storage::contiguous;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
+mod simd;
 mod kernel;
 #[cfg(test)]
 mod tests;
