@@ -1,5 +1,5 @@
 //! `cargo bench -p dexpression-bench`: the training step (batch 32) and inference (batch 32 and 1)
-//! at 224x224 on the fast CPU kernels, as medians over timed iterations after a warm-up. It prints
+//! at 224x224 on the fast CPU kernels, as medians over timed iterations after warm-ups. It prints
 //! the same figures as `cargo xtask bench --fast-only`, comparable with
 //! `shared/anchors/bench_torch.py`; `BENCH_IMAGE_SIZE`, `BENCH_BATCH_SIZE` and `BENCH_ITERATIONS`
 //! override the defaults, `DEXPRESSION_REFERENCE_OPS=1` times the reference path instead.

@@ -30,7 +30,8 @@ pub struct BenchConfig {
     pub image_size: usize,
     /// Batch of the training step and of batched inference (32 in the port).
     pub batch_size: usize,
-    /// Timed iterations of each measurement (after one untimed warm-up).
+    /// Timed iterations of each measurement, after untimed warm-ups (2 inference batches, 5
+    /// single images, 3 training steps: bench_torch.py's).
     pub iterations: usize,
     /// Timed batch-1 inferences (cheap, so more of them).
     pub latency_iterations: usize,

@@ -12,7 +12,8 @@ use dexpression_model::{device_name, parse_device, Dexpression, DexpressionConfi
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Timed iterations of the training step and of batched inference (after one warm-up).
+    /// Timed iterations of the training step and of batched inference (after 3 and 2 untimed
+    /// warm-ups, as bench_torch.py).
     #[arg(long, default_value_t = 5)]
     iterations: usize,
     /// Timed iterations on the reference path (slow: about 25 s a training step at 224).

@@ -163,7 +163,7 @@ impl Candidate {
 
     fn load(self, id: usize, device: &Device) -> anyhow::Result<ServedModel> {
         // A run knows its input side; the tensor shapes alone leave a few sides to choose from
-        // (45 to 48 give the same shapes), and `load` takes the smallest.
+        // (45 to 48 give the same shapes), and `load` prefers 224, then multiples of 16.
         let classifier = match &self.config {
             Some(config) => {
                 Dexpression::load_with_config(&self.weights, config.model_config(), device)
