@@ -33,6 +33,8 @@ mod dexpression;
 mod error;
 mod gradcam;
 mod input;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 mod ops;
 mod optim;
 mod torch_pickle;
