@@ -73,6 +73,12 @@ pub mod keys {
     pub const PREPROCESSING: &str = "dexpression.preprocessing";
     /// What the outputs hold, in words.
     pub const OUTPUTS: &str = "dexpression.outputs";
+    /// The configuration of the training run the weights come from, as JSON, when the exporter
+    /// knows it (`cargo xtask export` reads it from the run folder's `config.json`): the
+    /// dataset, its split into folds, the epochs and the optimiser's settings.
+    pub const TRAINING_CONFIG: &str = "dexpression.training_config";
+    /// The fold of that run the weights come from, from 1, beside [`TRAINING_CONFIG`].
+    pub const TRAINING_FOLD: &str = "dexpression.training_fold";
     /// Prefix of the entries copied from the weights file's safetensors `__metadata__`: its key
     /// `image_size` becomes `safetensors.image_size`.
     pub const WEIGHTS_PREFIX: &str = "safetensors.";
@@ -182,12 +188,14 @@ pub fn sides_with_same_shapes(config: &DexpressionConfig) -> Vec<usize> {
 /// The input side and class names come from the file's metadata when it records them; otherwise
 /// the side is inferred from the tensor shapes as [`Dexpression::load`] infers it (the summary
 /// and the model's metadata say so and list the candidates), and the class names are
-/// `default_class_names(n_classes)`, an error when that gives none.
+/// `default_class_names(n_classes)`, an error when that gives none. `metadata` adds entries
+/// to the model's `metadata_props` (such as [`keys::TRAINING_CONFIG`]).
 pub fn export_weights(
     weights: &Path,
     out: &Path,
     opset: i64,
     default_class_names: impl FnOnce(usize) -> Option<Vec<String>>,
+    mut metadata: BTreeMap<String, String>,
 ) -> Result<ExportSummary> {
     // Before reading megabytes of weights: the opset is the cheapest mistake to report.
     check_opset(opset)?;
@@ -229,10 +237,11 @@ pub fn export_weights(
     } else {
         "not recorded in the weights file: the exporter's defaults for this class count"
     };
-    let metadata = entries
-        .into_iter()
-        .map(|(key, value)| (format!("{}{key}", keys::WEIGHTS_PREFIX), value))
-        .collect();
+    metadata.extend(
+        entries
+            .into_iter()
+            .map(|(key, value)| (format!("{}{key}", keys::WEIGHTS_PREFIX), value)),
+    );
     let options = ExportOptions {
         opset,
         class_names: class_names.clone(),

@@ -178,9 +178,13 @@ fn the_ports_checkpoint_exported_gives_pytorchs_outputs() {
     let expected = reference["eval.logp"].to_vec2::<f32>().expect("reference");
     for opset in opsets() {
         let out = dir.path().join(format!("port-{opset}.onnx"));
-        onnx::export_weights(&weights, &out, opset, |n| {
-            Some((0..n).map(|i| format!("c{i}")).collect())
-        })
+        onnx::export_weights(
+            &weights,
+            &out,
+            opset,
+            |n| Some((0..n).map(|i| format!("c{i}")).collect()),
+            Default::default(),
+        )
         .expect("exported");
         let bytes = std::fs::read(&out).expect("written");
         let (logp, _) = run_tract(&bytes, &reference["x"]);
@@ -199,9 +203,14 @@ fn metadata(path: &Path) -> HashMap<String, String> {
 }
 
 fn export(weights: &Path, out: &Path) -> dexpression_model::Result<ExportSummary> {
-    onnx::export_weights(weights, out, onnx::DEFAULT_OPSET, |n| {
-        (n == 3).then(|| vec!["a".into(), "b".into(), "c".into()])
-    })
+    let training = [(keys::TRAINING_FOLD.to_string(), "2".to_string())].into();
+    onnx::export_weights(
+        weights,
+        out,
+        onnx::DEFAULT_OPSET,
+        |n| (n == 3).then(|| vec!["a".into(), "b".into(), "c".into()]),
+        training,
+    )
 }
 
 #[test]
@@ -222,7 +231,8 @@ fn weights_with_metadata_give_their_side_and_names_and_without_it_the_side_is_in
     assert_eq!(props[keys::N_CLASSES], "3");
     let written: Vec<String> = serde_json::from_str(&props[keys::CLASS_NAMES]).expect("JSON");
     assert_eq!(written, names);
-    // The weights' own metadata travels too.
+    // The weights' own metadata travels too, and what the caller adds.
+    assert_eq!(props[keys::TRAINING_FOLD], "2");
     assert_eq!(props[&format!("{}image_size", keys::WEIGHTS_PREFIX)], "46");
     let preprocessing: onnx::Preprocessing =
         serde_json::from_str(&props[keys::PREPROCESSING]).expect("JSON");
@@ -294,7 +304,8 @@ fn bad_input_is_refused_with_the_file_named_and_nothing_half_written() {
     // An opset we cannot express: the supported range named, nothing written.
     for opset in [*onnx::OPSETS.start() - 1, *onnx::OPSETS.end() + 1] {
         let error =
-            onnx::export_weights(&weights, &out, opset, |_| None).expect_err("unsupported opset");
+            onnx::export_weights(&weights, &out, opset, |_| None, Default::default())
+                .expect_err("unsupported opset");
         let message = error.to_string();
         let range = format!("{} to {}", onnx::OPSETS.start(), onnx::OPSETS.end());
         assert!(message.contains(&range), "{message}");
