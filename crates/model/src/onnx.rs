@@ -372,9 +372,9 @@ impl Dexpression {
             metadata_props: metadata_props(config, options)?,
             ..Default::default()
         };
-        model.write_to_bytes().map_err(|err| {
-            Error::Config(format!("the ONNX model cannot be encoded: {err}"))
-        })
+        model
+            .write_to_bytes()
+            .map_err(|err| Error::Config(format!("the ONNX model cannot be encoded: {err}")))
     }
 }
 
@@ -644,12 +644,7 @@ impl Graph {
         let eps = Tensor::new(LAYER_NORM_EPS as f32, &Device::Cpu)?;
         self.initializer(&epsilon, &eps)?;
         // `axes` is an attribute of ReduceMean up to opset 17, and this path ends at 16.
-        let mean_over_chw = || {
-            vec![
-                ints_attr("axes", &[1, 2, 3]),
-                int_attr("keepdims", 1),
-            ]
-        };
+        let mean_over_chw = || vec![ints_attr("axes", &[1, 2, 3]), int_attr("keepdims", 1)];
         let mean = self.op("ReduceMean", &format!("{name}.mean"), &[x], mean_over_chw());
         let centred = self.op("Sub", &format!("{name}.centred"), &[x, &mean], vec![]);
         let squares = self.op(
@@ -728,8 +723,8 @@ mod tests {
 
     #[test]
     fn opsets_outside_the_range_are_refused_naming_the_range() {
-        let model = Dexpression::new(DexpressionConfig::with(3, 32), 1, &Device::Cpu)
-            .expect("network");
+        let model =
+            Dexpression::new(DexpressionConfig::with(3, 32), 1, &Device::Cpu).expect("network");
         for opset in [OPSETS.start() - 1, OPSETS.end() + 1, 0, -3] {
             let error = model
                 .to_onnx(&options(opset, 3))
@@ -745,8 +740,8 @@ mod tests {
 
     #[test]
     fn the_model_declares_a_symbolic_batch_and_the_decomposition_below_opset_17() {
-        let model = Dexpression::new(DexpressionConfig::with(3, 32), 1, &Device::Cpu)
-            .expect("network");
+        let model =
+            Dexpression::new(DexpressionConfig::with(3, 32), 1, &Device::Cpu).expect("network");
         for opset in OPSETS {
             let bytes = model.to_onnx(&options(opset, 3)).expect("exported");
             let proto = ModelProto::parse_from_bytes(&bytes).expect("parses back");
@@ -768,10 +763,7 @@ mod tests {
                 panic!("the input is a tensor");
             };
             let first = &tensor.shape.dim[0].value;
-            assert_eq!(
-                first,
-                &Some(dimension::Value::DimParam(BATCH_DIM.into()))
-            );
+            assert_eq!(first, &Some(dimension::Value::DimParam(BATCH_DIM.into())));
             let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
             assert_eq!(names, [LOG_PROBABILITIES, PROBABILITIES]);
         }
@@ -779,8 +771,8 @@ mod tests {
 
     #[test]
     fn wrong_class_names_and_our_metadata_keys_are_refused() {
-        let model = Dexpression::new(DexpressionConfig::with(3, 32), 1, &Device::Cpu)
-            .expect("network");
+        let model =
+            Dexpression::new(DexpressionConfig::with(3, 32), 1, &Device::Cpu).expect("network");
         let error = model
             .to_onnx(&options(DEFAULT_OPSET, 4))
             .expect_err("4 names for 3 classes");

@@ -85,11 +85,11 @@ fn run_tract(bytes: &[u8], images: &Tensor) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let input = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(dims, values)
         .expect("input array");
     let input: tract_onnx::prelude::Tensor = input.into();
-    let outputs = model.run(tvec!(input.into_tvalue())).expect("tract runs it");
+    let outputs = model
+        .run(tvec!(input.into_tvalue()))
+        .expect("tract runs it");
     let rows = |index: usize| -> Vec<Vec<f32>> {
-        let view = outputs[index]
-            .to_array_view::<f32>()
-            .expect("float output");
+        let view = outputs[index].to_array_view::<f32>().expect("float output");
         view.outer_iter()
             .map(|row| row.iter().copied().collect())
             .collect()
@@ -136,9 +136,7 @@ fn tract_runs_the_export_of_random_networks_as_the_forward_does() {
         let batch = random_images(5, side, seed + 200);
         let (single_ours, batch_ours) = (ours(&model, &single), ours(&model, &batch));
         for opset in opsets() {
-            let bytes = model
-                .to_onnx(&options(opset, n_classes))
-                .expect("exported");
+            let bytes = model.to_onnx(&options(opset, n_classes)).expect("exported");
             for (images, expected, size) in [(&single, &single_ours, 1), (&batch, &batch_ours, 5)] {
                 let what = format!("seed {seed}, side {side}, opset {opset}, batch {size}");
                 let (logp, probabilities) = run_tract(&bytes, images);
@@ -188,7 +186,11 @@ fn the_ports_checkpoint_exported_gives_pytorchs_outputs() {
         .expect("exported");
         let bytes = std::fs::read(&out).expect("written");
         let (logp, _) = run_tract(&bytes, &reference["x"]);
-        assert_close(&format!("opset {opset}: PyTorch's eval.logp"), &logp, &expected);
+        assert_close(
+            &format!("opset {opset}: PyTorch's eval.logp"),
+            &logp,
+            &expected,
+        );
     }
 }
 
@@ -237,7 +239,10 @@ fn weights_with_metadata_give_their_side_and_names_and_without_it_the_side_is_in
     let preprocessing: onnx::Preprocessing =
         serde_json::from_str(&props[keys::PREPROCESSING]).expect("JSON");
     assert_eq!(preprocessing, onnx::Preprocessing::for_side(46));
-    assert_eq!(summary.bytes as u64, std::fs::metadata(&out).expect("file").len());
+    assert_eq!(
+        summary.bytes as u64,
+        std::fs::metadata(&out).expect("file").len()
+    );
 
     // Without metadata the side is inferred as `load` infers it, and said.
     let plain = dir.path().join("plain.safetensors");
@@ -303,9 +308,8 @@ fn bad_input_is_refused_with_the_file_named_and_nothing_half_written() {
 
     // An opset we cannot express: the supported range named, nothing written.
     for opset in [*onnx::OPSETS.start() - 1, *onnx::OPSETS.end() + 1] {
-        let error =
-            onnx::export_weights(&weights, &out, opset, |_| None, Default::default())
-                .expect_err("unsupported opset");
+        let error = onnx::export_weights(&weights, &out, opset, |_| None, Default::default())
+            .expect_err("unsupported opset");
         let message = error.to_string();
         let range = format!("{} to {}", onnx::OPSETS.start(), onnx::OPSETS.end());
         assert!(message.contains(&range), "{message}");
