@@ -10,6 +10,7 @@ mod bench_prepare;
 mod demo;
 mod display;
 mod download;
+mod export;
 mod hints;
 mod import_torch;
 mod predict;
@@ -56,6 +57,8 @@ enum Command {
     ImportTorch(import_torch::Args),
     /// Classify the expression of faces in images.
     Predict(predict::Args),
+    /// Write trained weights as an ONNX model (ONNX Runtime, OpenCV, the browser; docs/deploy.md).
+    Export(export::Args),
     /// Time a training step and inference of the network.
     Bench(bench::Args),
     /// A local web page and JSON API for prediction with Grad-CAM heat maps (`--load-test`: its
@@ -100,6 +103,7 @@ fn try_main() -> anyhow::Result<()> {
         Command::Report(args) => report::run(args),
         Command::ImportTorch(args) => import_torch::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
     }

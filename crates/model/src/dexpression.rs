@@ -13,9 +13,9 @@ use crate::{Error, Result};
 use dexpression_kernels::{self as ops, Pool2d};
 
 /// LayerNorm epsilon of the port's `nn.LayerNorm([64, 55, 55], eps=1e-5)`.
-const LAYER_NORM_EPS: f64 = 1e-5;
+pub(crate) const LAYER_NORM_EPS: f64 = 1e-5;
 /// BatchNorm epsilon and momentum: PyTorch's `nn.BatchNorm2d` defaults.
-const BATCH_NORM_EPS: f64 = 1e-5;
+pub(crate) const BATCH_NORM_EPS: f64 = 1e-5;
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
 /// pool1, pool2b, pool3b: 3x3 stride 2, no padding.
@@ -387,6 +387,21 @@ impl Dexpression {
         self.conv1.weight.device()
     }
 
+    /// Stride and padding of each convolution by its `state_dict` prefix (`conv1`, `conv2a`,
+    /// ...), in forward order: what an exporter needs besides the tensors.
+    pub(crate) fn conv_geometry(&self) -> [(&'static str, usize, usize); 7] {
+        let of = |name, conv: &Conv| (name, conv.stride, conv.padding);
+        [
+            of("conv1", &self.conv1),
+            of("conv2a", &self.conv2a),
+            of("conv2b", &self.conv2b),
+            of("conv2c", &self.conv2c),
+            of("conv3a", &self.conv3a),
+            of("conv3b", &self.conv3b),
+            of("conv3c", &self.conv3c),
+        ]
+    }
+
     /// Every tensor with its name, trainable or not.
     pub fn named_vars(&self) -> &[NamedVar] {
         &self.tensors
@@ -602,6 +617,12 @@ impl WeightsMetadata {
 
     /// Reads a safetensors file's metadata without reading its tensors.
     pub fn read(path: &Path) -> Result<Option<Self>> {
+        Ok(Self::read_entries(path)?.and_then(|map| Self::from_map(&map)))
+    }
+
+    /// Every string entry of a safetensors file's `__metadata__` (ours and any other writer's,
+    /// such as the training state `train` records), `None` when it has no `__metadata__`.
+    pub fn read_entries(path: &Path) -> Result<Option<HashMap<String, String>>> {
         use std::io::Read;
         // Headers of our files are a few kilobytes; refuse absurd lengths before allocating.
         const MAX_HEADER_LEN: u64 = 100 << 20;
@@ -628,11 +649,12 @@ impl WeightsMetadata {
         let Some(entries) = header.get("__metadata__").and_then(|m| m.as_object()) else {
             return Ok(None);
         };
-        let map: HashMap<String, String> = entries
-            .iter()
-            .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
-            .collect();
-        Ok(Self::from_map(&map))
+        Ok(Some(
+            entries
+                .iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+                .collect(),
+        ))
     }
 
     /// Checks the metadata against the network the tensors describe.

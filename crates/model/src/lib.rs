@@ -35,6 +35,8 @@ mod error;
 mod flops;
 mod gradcam;
 mod input;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 mod optim;
 mod torch_pickle;
 mod weights;

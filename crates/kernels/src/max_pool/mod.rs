@@ -20,9 +20,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::storage::contiguous;
 
+mod kernel;
 #[cfg(target_arch = "x86_64")]
 mod simd;
-mod kernel;
 #[cfg(test)]
 mod tests;
 
