@@ -124,7 +124,7 @@ impl Access {
         }
         let local_name = host == "localhost" || host.ends_with(".localhost");
         (local_name && (self.bound.ip().is_loopback() || self.bound.ip().is_unspecified()))
-            || self.hosts.iter().any(|allowed| *allowed == host)
+            || self.hosts.contains(&host)
     }
 
     /// Whether `origin` may call the API from its pages (CORS).
