@@ -234,3 +234,543 @@ fn uploads_get_predictions_and_bad_requests_json_errors() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["faces"][0]["top"], face["top"]);
 }
+
+/// An untrained network's weights and a 640 x 480 JPEG of a generated face, in `dir`.
+fn weights_and_photo(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+    let weights = dir.join("untrained.safetensors");
+    Dexpression::new(DexpressionConfig::with(7, 45), 0, &Device::Cpu)
+        .and_then(|model| {
+            model.save_with_metadata(&weights, &dexpression_dataset::class_names(false))
+        })
+        .expect("weights written");
+    dexpression_dataset::synth::generate(
+        &dir.join("synth"),
+        &dexpression_dataset::synth::SynthOptions {
+            subjects: 1,
+            ..Default::default()
+        },
+    )
+    .expect("a synthetic face");
+    let frames = common::sequence_frames(&dir.join("synth"), "S010_001");
+    let photo_path = dir.join("face.jpg");
+    common::photo_640x480(frames.last().expect("frames"))
+        .save(&photo_path)
+        .expect("photo written");
+    (weights, std::fs::read(&photo_path).expect("photo"))
+}
+
+/// The address `host:port` of a server URL `http://host:port`.
+fn authority(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
+}
+
+/// The slow-upload attack: 40 connections from another loopback address each send the header
+/// of a large upload and then trickle a byte at a time. Before, each took a place in the
+/// inference queue before its body was read, so that a small queue was full and every other
+/// request got 503. Now they hold only upload places (at most 32 from one address), are cut
+/// off with 408 once under the minimum rate, and a normal client is answered within a second
+/// throughout.
+#[test]
+fn slow_uploads_cannot_starve_a_normal_client() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const ATTACKERS: usize = 40;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (weights, photo) = weights_and_photo(dir.path());
+    // Five inference places: the old server gave them all to the first five slow uploads.
+    let (_server, url) = common::start_server(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--queue".as_ref(),
+        "4".as_ref(),
+    ]);
+    let server: std::net::SocketAddr = authority(&url).parse().expect("server address");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let header = format!(
+        "POST /api/predict HTTP/1.1\r\nHost: {server}\r\nContent-Type: image/jpeg\r\nContent-Length: 5000000\r\n\r\n"
+    );
+    // Each attacker sends its header and then a byte every 100 ms for at most 6 s, until the
+    // server answers (or closes the connection: an empty answer).
+    let attackers: Vec<_> = (0..ATTACKERS)
+        .map(|_| {
+            let header = header.clone();
+            runtime.spawn(async move {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket
+                    .bind("127.0.0.2:0".parse().expect("address"))
+                    .expect("127.0.0.2 is a loopback address on Linux");
+                let stream = socket.connect(server).await.expect("connects");
+                let (mut reader, mut writer) = stream.into_split();
+                if writer.write_all(header.as_bytes()).await.is_err() {
+                    return String::new();
+                }
+                // Read while trickling: a server that answers and closes may reset the
+                // connection, and a reset drops what was not read yet.
+                let mut answer = vec![0u8; 1024];
+                let mut read = 0;
+                let started = Instant::now();
+                let mut writing = true;
+                while started.elapsed() < Duration::from_secs(6) {
+                    tokio::select! {
+                        got = reader.read(&mut answer) => {
+                            read = got.unwrap_or(0);
+                            break;
+                        }
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {
+                            if writing && writer.write_all(b"x").await.is_err() {
+                                writing = false;
+                            }
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&answer[..read]).into_owned()
+            })
+        })
+        .collect();
+    // Let every attacker connect and start its upload.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let client = Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    // During the attack (and through the moment the slow uploads are cut off, 2 s in).
+    for request in 0..10 {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{url}/api/predict"))
+            .body(photo.clone())
+            .send()
+            .expect("the server answers");
+        let status = response.status();
+        let elapsed = started.elapsed();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {request} during the attack: {}",
+            response.text().unwrap_or_default()
+        );
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "request {request} during the attack took {elapsed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let answers: Vec<String> = runtime.block_on(async {
+        let mut answers = Vec::new();
+        for attacker in attackers {
+            answers.push(attacker.await.expect("attacker task"));
+        }
+        answers
+    });
+    let cut_off = answers
+        .iter()
+        .filter(|answer| answer.starts_with("HTTP/1.1 408"))
+        .count();
+    assert!(
+        (1..=32).contains(&cut_off),
+        "{cut_off} slow uploads were cut off with 408 (at most 32 connections from one address \
+         are served): {:?}",
+        answers.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.is_empty() || answer.starts_with("HTTP/1.1 408")),
+        "a slow upload got another answer: {answers:?}"
+    );
+}
+
+/// A full queue answers 503 with `Retry-After`, never anything else, and the server stays up.
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (weights, photo) = weights_and_photo(dir.path());
+    let (_server, url) = common::start_server(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--queue".as_ref(),
+        "1".as_ref(),
+    ]);
+    let client = Client::builder().no_proxy().build().expect("client");
+    let barrier = std::sync::Barrier::new(24);
+    let statuses: Vec<(StatusCode, Option<String>)> = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..24)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let response = client
+                        .post(format!("{url}/api/predict?heatmap=true"))
+                        .body(photo.clone())
+                        .send()
+                        .expect("the server answers");
+                    let retry = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_string);
+                    (response.status(), retry)
+                })
+            })
+            .collect();
+        requests
+            .into_iter()
+            .map(|request| request.join().expect("request thread"))
+            .collect()
+    });
+    assert!(
+        statuses
+            .iter()
+            .all(|(status, _)| *status == StatusCode::OK
+                || *status == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|(status, retry)| *status == StatusCode::SERVICE_UNAVAILABLE
+                && retry.as_deref() == Some("1")),
+        "24 requests at once for two places: some 503 with Retry-After: {statuses:?}"
+    );
+    assert!(statuses.iter().any(|(status, _)| *status == StatusCode::OK));
+}
+
+/// Host, Origin, CORS and the token: a rebound host name, a cross-site form POST, missing and
+/// wrong tokens are refused with the right status and a JSON error; the right token (as a
+/// bearer header, or the cookie the page's address sets), the server's own origin and an
+/// allowed one pass; every answer carries the security headers.
+#[test]
+fn foreign_hosts_origins_and_tokens_are_refused() {
+    use reqwest::header::{
+        ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY,
+        CONTENT_TYPE, COOKIE, HOST, LOCATION, ORIGIN, REFERRER_POLICY, SET_COOKIE,
+        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (weights, photo) = weights_and_photo(dir.path());
+    let token = "test-token-0123456789abcdef";
+    let (_server, url) = common::start_server(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--token".as_ref(),
+        token.as_ref(),
+        "--allow-origin".as_ref(),
+        "https://allowed.example".as_ref(),
+    ]);
+    let port = url.rsplit(':').next().expect("port");
+    let client = Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let bearer = format!("Bearer {token}");
+    let json_error = |what: &str, response: reqwest::blocking::Response, expected: StatusCode| {
+        assert_eq!(response.status(), expected, "{what}");
+        let headers = response.headers().clone();
+        let answer: serde_json::Value =
+            serde_json::from_str(&response.text().expect("body")).expect("a JSON error");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {answer}"
+        );
+        headers
+    };
+
+    // The security headers, on answers and refusals alike.
+    let check_headers = |what: &str, headers: &reqwest::header::HeaderMap| {
+        let policy = headers
+            .get(CONTENT_SECURITY_POLICY)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_else(|| panic!("{what}: no Content-Security-Policy"));
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{what}: {policy}");
+        }
+        for (name, value) in [
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (X_FRAME_OPTIONS, "DENY"),
+            (REFERRER_POLICY, "no-referrer"),
+            (CACHE_CONTROL, "no-store"),
+        ] {
+            assert_eq!(
+                headers.get(&name).and_then(|v| v.to_str().ok()),
+                Some(value),
+                "{what}: {name}"
+            );
+        }
+    };
+
+    // No token, a wrong one: 401 for the API and the page.
+    let headers = json_error(
+        "no token",
+        client
+            .get(format!("{url}/api/model"))
+            .send()
+            .expect("answer"),
+        StatusCode::UNAUTHORIZED,
+    );
+    check_headers("401", &headers);
+    json_error(
+        "wrong token",
+        client
+            .get(format!("{url}/api/model"))
+            .header(AUTHORIZATION, "Bearer test-token-0123456789abcdeX")
+            .send()
+            .expect("answer"),
+        StatusCode::UNAUTHORIZED,
+    );
+    json_error(
+        "the page without a token",
+        client.get(format!("{url}/")).send().expect("answer"),
+        StatusCode::UNAUTHORIZED,
+    );
+    json_error(
+        "the page with a wrong token",
+        client
+            .get(format!("{url}/?token=nope"))
+            .send()
+            .expect("answer"),
+        StatusCode::UNAUTHORIZED,
+    );
+    json_error(
+        "a prediction without a token",
+        client
+            .post(format!("{url}/api/predict"))
+            .body(photo.clone())
+            .send()
+            .expect("answer"),
+        StatusCode::UNAUTHORIZED,
+    );
+
+    // The right token as a bearer header.
+    let model = client
+        .get(format!("{url}/api/model"))
+        .header(AUTHORIZATION, &bearer)
+        .send()
+        .expect("answer");
+    assert_eq!(model.status(), StatusCode::OK);
+    check_headers("GET /api/model", model.headers());
+
+    // The page's address with the token: a cookie, and the page without the token.
+    let landing = client
+        .get(format!("{url}/?token={token}"))
+        .send()
+        .expect("answer");
+    assert_eq!(landing.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        landing
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok()),
+        Some("/")
+    );
+    let cookie = landing
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_string();
+    assert!(
+        cookie.starts_with(&format!("dexpression-token-{port}={token};")),
+        "{cookie}"
+    );
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let pair = cookie.split(';').next().expect("name=value");
+    let page = client
+        .get(format!("{url}/"))
+        .header(COOKIE, format!("other=1; {pair}"))
+        .send()
+        .expect("answer");
+    assert_eq!(page.status(), StatusCode::OK);
+    check_headers("the page", page.headers());
+    let html = page.text().expect("html");
+    // Nothing inline for the policy to block: scripts from files, no style attributes or
+    // handlers.
+    assert!(html.contains("<script src=\"/app.js\"></script>"));
+    for inline in [
+        "<script>",
+        "<style",
+        " style=",
+        " onclick=",
+        " onload=",
+        "javascript:",
+    ] {
+        assert!(!html.contains(inline), "the page has inline code: {inline}");
+    }
+    let predicted = client
+        .post(format!("{url}/api/predict"))
+        .header(COOKIE, pair)
+        .header(ORIGIN, format!("http://{}", authority(&url)))
+        .body(photo.clone())
+        .send()
+        .expect("answer");
+    assert_eq!(predicted.status(), StatusCode::OK, "same-origin POST");
+    assert!(predicted
+        .headers()
+        .get(ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+    check_headers("POST /api/predict", predicted.headers());
+
+    // A name rebound to 127.0.0.1: refused even with the token.
+    let headers = json_error(
+        "rebound host",
+        client
+            .get(format!("{url}/api/model"))
+            .header(HOST, format!("rebound.example:{port}"))
+            .header(AUTHORIZATION, &bearer)
+            .send()
+            .expect("answer"),
+        StatusCode::FORBIDDEN,
+    );
+    check_headers("403", &headers);
+    let localhost = client
+        .get(format!("{url}/api/model"))
+        .header(HOST, format!("localhost:{port}"))
+        .header(AUTHORIZATION, &bearer)
+        .send()
+        .expect("answer");
+    assert_eq!(
+        localhost.status(),
+        StatusCode::OK,
+        "localhost names loopback"
+    );
+
+    // A cross-site form POST (a "simple" request the browser sends without asking), even
+    // with the cookie the browser would attach.
+    let (content_type, body) = form("image", Some("face.jpg"), &photo);
+    json_error(
+        "cross-site form POST",
+        client
+            .post(format!("{url}/api/predict"))
+            .header(ORIGIN, "https://evil.example")
+            .header(CONTENT_TYPE, content_type.clone())
+            .header(COOKIE, pair)
+            .body(body.clone())
+            .send()
+            .expect("answer"),
+        StatusCode::FORBIDDEN,
+    );
+    json_error(
+        "an opaque origin",
+        client
+            .post(format!("{url}/api/predict"))
+            .header(ORIGIN, "null")
+            .header(AUTHORIZATION, &bearer)
+            .body(photo.clone())
+            .send()
+            .expect("answer"),
+        StatusCode::FORBIDDEN,
+    );
+    json_error(
+        "a preflight from a foreign origin",
+        client
+            .request(reqwest::Method::OPTIONS, format!("{url}/api/predict"))
+            .header(ORIGIN, "https://evil.example")
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+            .expect("answer"),
+        StatusCode::FORBIDDEN,
+    );
+    // A foreign page may send a GET but gets no CORS header, so its script cannot read it.
+    let read = client
+        .get(format!("{url}/api/model"))
+        .header(ORIGIN, "https://evil.example")
+        .header(AUTHORIZATION, &bearer)
+        .send()
+        .expect("answer");
+    assert!(read.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+
+    // An origin allowed with --allow-origin: preflight and call.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, format!("{url}/api/predict"))
+        .header(ORIGIN, "https://allowed.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .expect("answer");
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        preflight
+            .headers()
+            .get(ACCESS_CONTROL_ALLOW_ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        Some("https://allowed.example")
+    );
+    let allowed = client
+        .post(format!("{url}/api/predict"))
+        .header(ORIGIN, "https://allowed.example")
+        .header(AUTHORIZATION, &bearer)
+        .header(CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .expect("answer");
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(
+        allowed
+            .headers()
+            .get(ACCESS_CONTROL_ALLOW_ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        Some("https://allowed.example")
+    );
+}
+
+/// `--tls-cert`/`--tls-key`: HTTPS with a self-signed certificate made here, which a client
+/// that trusts it verifies; plain HTTP on the same port gets no answer.
+#[test]
+fn tls_serves_https_with_the_given_certificate() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (weights, photo) = weights_and_photo(dir.path());
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("a self-signed certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("certificate written");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("key written");
+    let (_server, url) = common::start_server(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let trusted = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes())
+        .expect("the certificate as a root");
+    let client = Client::builder()
+        .no_proxy()
+        .tls_certs_only([trusted])
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let response = client
+        .post(format!("{url}/api/predict"))
+        .body(photo)
+        .send()
+        .expect("an HTTPS answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: serde_json::Value =
+        serde_json::from_str(&response.text().expect("body")).expect("JSON");
+    assert_eq!(answer["width"], 640);
+    let plain = Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client")
+        .get(format!("http://{}/api/model", authority(&url)))
+        .send();
+    assert!(
+        plain.map_or(true, |response| !response.status().is_success()),
+        "plain HTTP on the TLS port"
+    );
+}

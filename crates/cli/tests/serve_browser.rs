@@ -1,7 +1,8 @@
-//! `cargo xtask serve` in a real browser: headless Chromium driven over WebDriver loads the
-//! page, uploads a generated face, checks the boxes, bars and top class against
-//! `POST /api/predict`, switches the heat map on, and turns on a fake webcam that shows a
-//! generated face, reading the frame rate the page measures.
+//! `cargo xtask serve` in a real browser: headless Chromium driven over WebDriver opens the
+//! page's address with a token (which becomes a cookie and leaves the address bar) and, under the
+//! server's Content-Security-Policy, uploads a generated face, checks the boxes, bars and top
+//! class against `POST /api/predict`, switches the heat map on, and turns on a fake webcam that
+//! shows a generated face, reading the frame rate the page measures.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`).
 //! Without them the test prints a notice and passes, unless `DEXPRESSION_BROWSER_TEST=require`
@@ -25,6 +26,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 
 /// Frames a second the webcam view must hold.
 const MIN_WEBCAM_FPS: f64 = 10.0;
+
+/// The server's token: the page must work with one, as it does off loopback.
+const TOKEN: &str = "browser-test-token-5e0f";
 
 fn on_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -144,7 +148,12 @@ fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
     let screenshots = screenshot_folder(dir.path());
     std::fs::create_dir_all(&screenshots).expect("screenshot folder");
 
-    let (_server, url) = start_server(&["--weights".as_ref(), trained.weights.as_os_str()]);
+    let (_server, url) = start_server(&[
+        "--weights".as_ref(),
+        trained.weights.as_os_str(),
+        "--token".as_ref(),
+        TOKEN.as_ref(),
+    ]);
     let (_driver, driver_url) = start_chromedriver(&driver);
     let profile = dir.path().join("chromium-profile");
     let args = vec![
@@ -188,7 +197,16 @@ fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
 
 async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
     let wait = Duration::from_secs(30);
-    browser.goto(url).await.expect("the page loads");
+    browser
+        .goto(&format!("{url}/?token={TOKEN}"))
+        .await
+        .expect("the page loads");
+    let address = browser.current_url().await.expect("the page's address");
+    assert_eq!(
+        (address.path(), address.query()),
+        ("/", None),
+        "the token leaves the address bar"
+    );
     browser
         .wait()
         .at_most(wait)
@@ -234,6 +252,7 @@ async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
     let answer: serde_json::Value = serde_json::from_str(
         &http
             .post(format!("{url}/api/predict"))
+            .bearer_auth(TOKEN)
             .body(std::fs::read(photo).expect("photo"))
             .send()
             .await

@@ -1,10 +1,10 @@
 //! The HTTP side: routes, the page's embedded assets, the limits, and JSON errors.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -13,7 +13,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::guard::{self, Access};
 use super::models::{ModelInfo, ModelSet};
+use super::net::PerClient;
+use super::upload::{self, UploadRate};
 use super::worker::{Job, Queue};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -40,6 +43,16 @@ pub struct Limits {
     pub workers: usize,
     /// Requests waiting for an inference.
     pub queue: usize,
+    /// Uploads being read at once, in all (each up to `max_upload` bytes).
+    pub max_uploads: usize,
+    /// How fast an upload must arrive.
+    pub upload_rate: UploadRate,
+    /// Open connections, in all.
+    pub max_connections: usize,
+    /// Open connections, and predictions in flight, of one client address.
+    pub per_client: usize,
+    /// Longest a client may take to send a request's header (or to finish a TLS handshake).
+    pub header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +66,11 @@ impl Default for Limits {
             timeout: Duration::from_secs(10),
             workers: 1,
             queue: 64,
+            max_uploads: 64,
+            upload_rate: UploadRate::default(),
+            max_connections: 256,
+            per_client: 32,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +83,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Any status, with its message.
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
     /// 400: the request is malformed.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
@@ -99,6 +125,25 @@ impl ApiError {
         }
     }
 
+    /// 503: every upload place is taken (by clients still sending).
+    pub fn uploads_busy() -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the server is busy: it is reading as many uploads as it takes at once; try again shortly"
+                .into(),
+        }
+    }
+
+    /// 429: one client address has as many predictions in flight as it may.
+    pub fn too_many(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "your address has {limit} predictions in flight, as many as the server takes from one client; wait for their answers"
+            ),
+        }
+    }
+
     /// 500: our fault.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
@@ -120,10 +165,19 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a body that came too slowly is not worth waiting for.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -132,36 +186,50 @@ impl IntoResponse for ApiError {
 struct AppState {
     models: Arc<ModelSet>,
     queue: Queue,
-    /// Requests past the door of `/api/predict`: the workers' and the queue's places. Taken
-    /// before the body is read, so that memory for uploads is bounded too.
+    /// Uploads being read: taken before the body is read, so that memory for uploads is
+    /// bounded, and given back once it is.
+    uploads: Semaphore,
+    /// Requests with a read image: the workers' and the queue's places. Taken only once the
+    /// image is read and its header checked, so that slow uploads cannot hold them.
     admitted: Semaphore,
-    max_upload: usize,
+    /// Predictions in flight per client address.
+    clients: Arc<PerClient>,
+    limits: Limits,
 }
 
-/// Serves until Ctrl-C.
+/// Serves until Ctrl-C, over TLS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     models: ModelSet,
     limits: Limits,
+    access: Access,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(models, limits)?)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let app = router(models, limits.clone(), access)?;
+    super::net::serve(listener, app, &limits, tls, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
 
-/// The routes with their limits.
-pub fn router(models: ModelSet, limits: Limits) -> std::io::Result<Router> {
+/// The routes with their limits and access rules.
+pub fn router(models: ModelSet, limits: Limits, access: Access) -> std::io::Result<Router> {
     let models = Arc::new(models);
     let state = Arc::new(AppState {
         queue: Queue::start(Arc::clone(&models), &limits)?,
+        uploads: Semaphore::new(limits.max_uploads),
         admitted: Semaphore::new(limits.workers + limits.queue),
+        clients: Arc::default(),
         models,
-        max_upload: limits.max_upload,
+        limits: limits.clone(),
     });
     let timeout = limits.timeout;
+    let access = Arc::new(access);
+    let policy = Arc::new(
+        HeaderValue::from_str(&guard::content_security_policy())
+            .map_err(|err| std::io::Error::other(format!("the content security policy: {err}")))?,
+    );
     let router = Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route(
@@ -201,6 +269,14 @@ pub fn router(models: ModelSet, limits: Limits) -> std::io::Result<Router> {
                     }
                     .into_response(),
                 }
+            },
+        ))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| guard::check(Arc::clone(&access), request, next),
+        ))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                guard::security_headers(Arc::clone(&policy), request, next)
             },
         ))
         .with_state(state);
@@ -270,8 +346,25 @@ async fn predict(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let model = pick_model(&state.models, query.model)?.id;
+    let limits = &state.limits;
+    // Without a client address (a router served without `net::serve`), only the global limits.
+    let _client = match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => Some(
+            state
+                .clients
+                .try_take(peer.ip(), limits.per_client)
+                .ok_or_else(|| ApiError::too_many(limits.per_client))?,
+        ),
+        None => None,
+    };
+    let bytes = {
+        let _uploading = state
+            .uploads
+            .try_acquire()
+            .map_err(|_| ApiError::uploads_busy())?;
+        upload::read_image(request, limits).await?
+    };
     let _admitted = state.admitted.try_acquire().map_err(|_| ApiError::busy())?;
-    let bytes = upload_bytes(request, state.max_upload).await?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     state.queue.submit(Job {
         bytes,
@@ -284,48 +377,4 @@ async fn predict(
         .await
         .map_err(|_| ApiError::internal("the inference worker stopped"))??;
     Ok(Json(prediction).into_response())
-}
-
-/// The image of a request: the first file of a multipart form, else the whole body.
-async fn upload_bytes(request: Request, max_upload: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::too_large(format!(
-            "the upload is larger than {} MiB",
-            max_upload / (1024 * 1024)
-        ))
-    };
-    let is_multipart = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("multipart/form-data"));
-    if is_multipart {
-        let mut form = Multipart::from_request(request, &())
-            .await
-            .map_err(|err| ApiError::bad_request(err.body_text()))?;
-        let multipart_error = |err: axum::extract::multipart::MultipartError| {
-            if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("malformed multipart form: {}", err.body_text()))
-            }
-        };
-        while let Some(field) = form.next_field().await.map_err(multipart_error)? {
-            let is_image = field.file_name().is_some() || field.name() == Some("image");
-            if is_image {
-                // The file name is never used: nothing a client sends reaches the file system.
-                return field.bytes().await.map_err(multipart_error);
-            }
-        }
-        return Err(ApiError::bad_request(
-            "the form has no file field: send the image as a file (e.g. curl -F image=@face.jpg)",
-        ));
-    }
-    Bytes::from_request(request, &()).await.map_err(|err| {
-        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ApiError::bad_request(err.body_text())
-        }
-    })
 }

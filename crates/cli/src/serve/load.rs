@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::api::{router, Limits};
+use super::guard::Access;
 use super::models::ModelSet;
 
 /// Sequential requests of the latency measurement (after a few warm-up requests).
@@ -38,8 +39,16 @@ pub async fn run(models: ModelSet, limits: Limits, options: LoadOptions) -> anyh
     let address = listener.local_addr()?;
     let url = format!("http://{address}/api/predict");
     let rss_before = resident_mib();
-    let app = router(models, limits)?;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Every client of the test comes from 127.0.0.1: one address may hold all of them.
+    let limits = Limits {
+        per_client: limits.per_client.max(options.clients + 1),
+        max_connections: limits.max_connections.max(options.clients + 1),
+        ..limits
+    };
+    let app = router(models, limits.clone(), Access::local(address))?;
+    let server = tokio::spawn(async move {
+        super::net::serve(listener, app, &limits, None, std::future::pending()).await
+    });
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

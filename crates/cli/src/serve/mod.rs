@@ -9,9 +9,15 @@
 #[cfg(feature = "serve")]
 mod api;
 #[cfg(feature = "serve")]
+mod guard;
+#[cfg(feature = "serve")]
 mod load;
 #[cfg(feature = "serve")]
 mod models;
+#[cfg(feature = "serve")]
+mod net;
+#[cfg(feature = "serve")]
+mod upload;
 #[cfg(feature = "serve")]
 mod worker;
 
@@ -29,6 +35,7 @@ mod app {
     use anyhow::Context;
 
     use super::api::{self, Limits};
+    use super::guard::{self, Access};
     use super::load::{self, LoadOptions};
     use super::models::ModelSet;
 
@@ -44,9 +51,29 @@ mod app {
         #[arg(long)]
         run: Option<PathBuf>,
         /// Address to listen on; anything but a loopback address exposes the server to the
-        /// network.
+        /// network, and then needs a token (see --token).
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
+        /// The secret every request must carry (the page gets it from the address the server
+        /// prints). Default: the DEXPRESSION_TOKEN environment variable, else a random one off
+        /// loopback, else none.
+        #[arg(long)]
+        token: Option<String>,
+        /// A further name the server answers to in the Host header (repeatable; '*' for any):
+        /// e.g. its DNS name, or the name a reverse proxy passes on. By default only its
+        /// address (and localhost on loopback).
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
+        /// An origin (scheme://host[:port]) whose pages may call the API (CORS; repeatable, '*'
+        /// for any). By default none: only the server's own page.
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origins: Vec<String>,
+        /// PEM certificate chain to serve HTTPS with (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Port to listen on (0: any free port, printed at start).
         #[arg(long, default_value_t = 8080)]
         port: u16,
@@ -60,6 +87,9 @@ mod app {
         /// Requests that may wait for an inference.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
         queue: u16,
+        /// Connections, and predictions in flight, one client address may hold at once.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        per_client: u16,
         /// Instead of serving, start the server on a free loopback port, send it the same
         /// photo from `--clients` clients for `--seconds`, and print latency, errors and memory.
         #[arg(long)]
@@ -82,6 +112,7 @@ mod app {
         let limits = Limits {
             workers: usize::from(args.workers),
             queue: usize::from(args.queue),
+            per_client: usize::from(args.per_client),
             ..Limits::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +130,11 @@ mod app {
             };
             return runtime.block_on(load::run(models, limits, options));
         }
+        let token = guard::choose_token(args.token, args.host)?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(super::net::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let address = SocketAddr::new(args.host, args.port);
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind(address)
@@ -110,14 +146,58 @@ mod app {
             for line in models.describe() {
                 println!("{line}");
             }
+            let scheme = if tls.is_some() { "https" } else { "http" };
             if !bound.ip().is_loopback() {
-                eprintln!("warning: listening on {bound}, reachable from other machines");
+                eprintln!(
+                    "warning: listening on {bound}, reachable from other machines{}",
+                    if tls.is_some() {
+                        ""
+                    } else {
+                        " without TLS: the token and the photos cross the network readable (see --tls-cert)"
+                    }
+                );
             }
             // Tests and scripts read this line for the port.
-            println!("listening on http://{bound}/");
-            api::serve(listener, models, limits).await
+            println!("listening on {scheme}://{bound}/");
+            for line in super::startup_lines(scheme, bound, token.as_deref()) {
+                println!("{line}");
+            }
+            let access = Access::new(bound, &args.allow_hosts, &args.allow_origins, token, tls.is_some());
+            api::serve(listener, models, limits, access, tls).await
         })
     }
+}
+
+/// How to reach the server, Jupyter-style: the address to open (with the token, which the page
+/// then keeps in a cookie) and the header for scripts.
+#[cfg(feature = "serve")]
+fn startup_lines(scheme: &str, bound: std::net::SocketAddr, token: Option<&str>) -> Vec<String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    // Listening on every address: the local one opens here, and the note says what else.
+    let shown = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let base = format!(
+        "{scheme}://{}/",
+        std::net::SocketAddr::new(shown, bound.port())
+    );
+    let mut lines = match token {
+        None => vec![format!("open {base} in a browser")],
+        Some(token) => vec![
+            format!(
+                "open {base}?token={token} in a browser (the page keeps the token in a cookie)"
+            ),
+            format!("scripts send the header 'Authorization: Bearer {token}'"),
+        ],
+    };
+    if bound.ip().is_unspecified() {
+        lines.push(format!(
+            "from other machines: this machine's address instead of {shown} (a name needs --allow-host NAME)"
+        ));
+    }
+    lines
 }
 
 #[cfg(not(feature = "serve"))]
