@@ -11,7 +11,7 @@
 slurm_start() {
     local dir=$1
     mkdir -p "$dir"/{munge,state,spool,log}
-    chmod 700 "$dir/munge"
+    chmod 711 "$dir/munge" # the socket reachable by any job's user, the key not
     local host ports ctl_port node_port
     host=$(hostname -s)
     # Two free TCP ports, so that a Slurm already on this machine (or a leftover) is not hit.
