@@ -24,7 +24,7 @@ repo=$(pwd)
 subjects=${DEXPRESSION_CI_SUBJECTS:-8}
 epochs=${DEXPRESSION_CI_EPOCHS:-4}
 cancel_fold=${DEXPRESSION_CI_CANCEL_FOLD:-3}
-timeout_s=${DEXPRESSION_CI_TIMEOUT_S:-300}
+timeout_s=${DEXPRESSION_CI_TIMEOUT_S:-600}
 target=${CARGO_TARGET_DIR:-$repo/target}
 
 say() { echo "slurm-ci: $*"; }
