@@ -1,8 +1,13 @@
 //! `download` and `serve` sit behind xtask features so that the demo's cold build stays small.
 //! Without its feature, such a command re-runs xtask through cargo with the feature switched on
 //! (compiled on first use), passing every argument on untouched.
+//!
+//! Only a binary that cargo itself started (`cargo xtask`, `cargo run`, cargo's tests) relays: an
+//! installed `dexpression` may have no source tree and no toolchain beside it, so it says how to
+//! reinstall with the feature instead.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -23,9 +28,17 @@ pub fn run_with_feature(
     build_time: &str,
     args: Args,
 ) -> anyhow::Result<()> {
-    // `cargo run` sets CARGO to the cargo that runs us, so the same toolchain builds again.
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    // `cargo run` sets CARGO to the cargo that runs us, so the same toolchain builds again; its
+    // absence means we were not started by cargo (an installed binary, a container image).
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let cargo = match std::env::var_os("CARGO") {
+        Some(cargo) if Path::new(manifest).is_file() => cargo,
+        _ => bail!(
+            "`dexpression {command}` needs the `{feature}` feature, which this binary was built \
+             without: reinstall it with `cargo install --path crates/cli --features {feature}` \
+             from the source tree, or run `cargo xtask {command}` there"
+        ),
+    };
     eprintln!("running xtask with its `{feature}` feature (compiled on first use: {build_time})");
     let status = Command::new(&cargo)
         .args(["run", "--quiet", "--release", "--manifest-path", manifest])
