@@ -40,7 +40,7 @@ mod torch_pickle;
 mod weights;
 
 pub use classifier::{port_class_names, top_class, Classifier, Prediction, PORT_CLASS_NAMES};
-pub use config::{DexpressionConfig, FEATEX_CHANNELS};
+pub use config::{DexpressionConfig, LrnConstants, Variant, FEATEX_CHANNELS};
 pub use device::{device_name, parse_device};
 pub use dexpression::{
     save_tensors_with_metadata, serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata,
