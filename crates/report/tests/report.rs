@@ -561,7 +561,10 @@ fn the_summary_names_the_network_variant() {
     let paper = check_report(
         &[
             ("run/history.csv", OUR_FOLD1),
-            ("run/config.json", r#"{"split": "subject", "variant": "paper"}"#),
+            (
+                "run/config.json",
+                r#"{"split": "subject", "variant": "paper"}"#,
+            ),
         ],
         &["run"],
         EpochChoice::Final,
