@@ -17,10 +17,11 @@ use std::time::Instant;
 use candle_core::{Device, ModuleT, Tensor, Var};
 
 use dexpression_kernels::{
-    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, max_pool2d, set_reference_ops,
+    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, local_response_norm, max_pool2d,
+    set_reference_ops,
 };
 use dexpression_model::{
-    Adam, AdamConfig, Dexpression, DexpressionConfig, Result, POOL_KEEP, POOL_REDUCE,
+    Adam, AdamConfig, Dexpression, DexpressionConfig, Result, Variant, POOL_KEEP, POOL_REDUCE,
 };
 
 /// What to time.
@@ -35,6 +36,9 @@ pub struct BenchConfig {
     pub iterations: usize,
     /// Timed batch-1 inferences (cheap, so more of them).
     pub latency_iterations: usize,
+    /// The network timed: the port's or the paper's.
+    #[serde(default)]
+    pub variant: Variant,
 }
 
 impl Default for BenchConfig {
@@ -44,6 +48,7 @@ impl Default for BenchConfig {
             batch_size: 32,
             iterations: 5,
             latency_iterations: 20,
+            variant: Variant::Port,
         }
     }
 }
@@ -334,8 +339,12 @@ pub fn bench_path_on(
     set_reference_ops(reference);
     reset_peak_rss();
     let iterations = config.iterations.max(1);
-    let model = Dexpression::new(DexpressionConfig::with(7, config.image_size), 0, device)?
-        .with_threads_awake(true);
+    let model = Dexpression::new(
+        DexpressionConfig::of(config.variant, 7, config.image_size),
+        0,
+        device,
+    )?
+    .with_threads_awake(true);
     let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
     // Four distinct batches with random labels, made before timing, as bench_torch.py does.
     let batches: Vec<(Tensor, Tensor)> = (0..4)
@@ -474,7 +483,11 @@ pub fn profile_layers_on(
     reference: bool,
 ) -> Result<Vec<LayerTiming>> {
     set_reference_ops(reference);
-    let model = Dexpression::new(DexpressionConfig::with(7, config.image_size), 0, device)?;
+    let model = Dexpression::new(
+        DexpressionConfig::of(config.variant, 7, config.image_size),
+        0,
+        device,
+    )?;
     let vars: std::collections::HashMap<String, Var> = model
         .named_vars()
         .iter()
@@ -570,21 +583,26 @@ pub fn profile_layers_on(
         candle_core::Result::Ok(layers)
     };
     let image = config.image_size;
-    let mut layers: Vec<(String, Vec<usize>, bool, Layer<'_>)> = vec![
-        (
-            "conv1+pool1".to_string(),
-            vec![n, 1, image, image],
-            false,
-            {
-                let (w, b) = (param("conv1.weight"), param("conv1.bias"));
-                Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
-            },
-        ),
-        ("lrn1".to_string(), vec![n, block1, side2, side2], true, {
+    let mut layers: Vec<(String, Vec<usize>, bool, Layer<'_>)> = vec![(
+        "conv1+pool1".to_string(),
+        vec![n, 1, image, image],
+        false,
+        {
+            let (w, b) = (param("conv1.weight"), param("conv1.bias"));
+            Box::new(move |xs: &Tensor| conv2d_relu_max_pool2d(xs, &w, &b, 2, 3, pool_reduce))
+        },
+    )];
+    // The port's LayerNorm, or the paper's LRN, after pool1.
+    layers.push(match config.variant {
+        Variant::Port => ("lrn1".to_string(), vec![n, block1, side2, side2], true, {
             let (w, b) = (param("lrn1.weight"), param("lrn1.bias"));
-            Box::new(move |xs: &Tensor| layer_norm(xs, &w, &b, 1e-5))
+            Box::new(move |xs: &Tensor| layer_norm(xs, &w, &b, 1e-5)) as Layer<'_>
         }),
-    ];
+        Variant::Paper => ("lrn".to_string(), vec![n, block1, side2, side2], true, {
+            let lrn = DexpressionConfig::paper().lrn.op();
+            Box::new(move |xs: &Tensor| local_response_norm(xs, lrn)) as Layer<'_>
+        }),
+    });
     layers.extend(featex_block(2, block1, side2)?);
     layers.extend(featex_block(3, featex, side3)?);
     // Small batches take milliseconds: more repeats then steady the medians.

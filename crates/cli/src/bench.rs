@@ -25,6 +25,10 @@ pub struct Args {
     /// Input side.
     #[arg(long, default_value_t = 224)]
     image_size: usize,
+    /// The network timed: `port` (the PyTorch port's) or `paper` (Burkert et al.'s); run once
+    /// per variant to compare them.
+    #[arg(long, default_value = "port", value_parser = crate::parse_variant)]
+    variant: dexpression_model::Variant,
     /// Batch size of the training step and of batched inference.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -50,23 +54,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         iterations: args.iterations,
         latency_iterations: args.latency_iterations,
+        variant: args.variant,
     };
     let device = parse_device(&args.device)?;
     let device_label = device_name(&device);
     eprintln!("bench: measuring this machine's GEMM rate");
     let machine = Machine::measure();
     eprintln!(
-        "bench: on {device_label}; {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; batch {}, {}x{}",
+        "bench: on {device_label}; {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; {} variant, batch {}, {}x{}",
         machine.cpu_model,
         machine.isa,
         machine.threads,
         machine.gemm_gflops,
+        config.variant,
         config.batch_size,
         config.image_size,
         config.image_size
     );
     let flops_per_image = Dexpression::new(
-        DexpressionConfig::with(7, config.image_size),
+        DexpressionConfig::of(config.variant, 7, config.image_size),
         0,
         &Device::Cpu,
     )?
@@ -107,6 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "device": device_label,
         "threads": machine.threads,
         "image_size": config.image_size,
+        "variant": config.variant,
         "batch_size": config.batch_size,
         "machine": machine,
         "train_gflop_per_image": flops_per_image / 1e9,

@@ -31,6 +31,9 @@ pub struct Args {
     /// No progress bars and no per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
+    /// The network: `port` (the PyTorch port's) or `paper` (Burkert et al.'s).
+    #[arg(long, default_value = "port", value_parser = crate::parse_variant)]
+    pub variant: dexpression_model::Variant,
 }
 
 /// The demo's sizes: chosen so that the full demo finishes in a few minutes on two CPU cores and
@@ -127,6 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.epochs = plan.epochs;
     config.batch_size = plan.batch_size;
     config.seed = SEED;
+    config.variant = args.variant;
     let mut bars = Bars::new(args.quiet);
     let summary = train(
         &config,

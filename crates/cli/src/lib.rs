@@ -29,6 +29,12 @@ const RESULTS_DIR: &str = "results";
 /// Where `demo` writes its run, which `serve` serves when no model is named.
 const DEMO_RESULTS_DIR: &str = "results/demo";
 
+/// `--variant`'s parser: `port` or `paper` (see `dexpression_model::Variant`).
+fn parse_variant(text: &str) -> Result<dexpression_model::Variant, String> {
+    text.parse()
+        .map_err(|err: dexpression_model::Error| err.to_string())
+}
+
 /// DeXpression facial expression recognition: data, training, reports.
 #[derive(Parser)]
 #[command(name = "dexpression", version = VERSION, about)]

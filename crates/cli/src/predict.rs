@@ -33,6 +33,10 @@ pub struct Args {
     /// into this folder, as `<image name>-heatmap.png`.
     #[arg(long, value_name = "OUT_DIR")]
     heatmap: Option<PathBuf>,
+    /// The variant the weights must be (`port` or `paper`); without it, whichever the file
+    /// records. Weights of the other variant are refused.
+    #[arg(long, value_parser = crate::parse_variant)]
+    variant: Option<dexpression_model::Variant>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -45,6 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
         })?
         .with_threads_awake(true);
+    if let Some(variant) = args.variant {
+        classifier.check_variant(variant, &args.weights)?;
+    }
     if !classifier.names_recorded() && !args.json {
         eprintln!(
             "{}: no class names recorded, using the PyTorch port's (CK+ emotions)",

@@ -39,6 +39,10 @@ pub struct Args {
     /// Side of the square network input in pixels.
     #[arg(long, default_value_t = 224)]
     pub image_size: usize,
+    /// The network: `port` (the PyTorch port's, LayerNorm and BatchNorm) or `paper` (Burkert et
+    /// al.'s, local response normalisation; docs/architecture.md).
+    #[arg(long, default_value = "port", value_parser = crate::parse_variant)]
+    pub variant: dexpression_model::Variant,
     /// Unit kept on one side of each fold: subject (honest), sequence, or frame (the port's);
     /// or usage: FER2013's own split, one model trained on Training, its epoch chosen on
     /// PublicTest, tested on PrivateTest.
@@ -138,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.select_on = SelectOn::Val;
     }
     config.keep_every_epoch = args.keep_every_epoch;
+    config.variant = args.variant;
 
     let options = RunOptions {
         only_fold: args.fold,

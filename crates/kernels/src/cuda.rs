@@ -1,5 +1,5 @@
-//! The custom ops on CUDA: max pooling with padding (recorded argmax, gather backward) and
-//! LayerNorm over `[C, H, W]` (forward and backward), as kernels of `cuda_ops.cu`, compiled to PTX
+//! The custom ops on CUDA: max pooling with padding (recorded argmax, gather backward),
+//! LayerNorm over `[C, H, W]` and local response normalisation (forward and backward), as kernels of `cuda_ops.cu`, compiled to PTX
 //! at build time (build.rs). The ops themselves (`max_pool::MaxPoolOp`,
 //! `fast_layer_norm::LayerNormOp` and their backward ops) are one `CustomOp` each with a CPU and
 //! a CUDA forward; their CUDA hooks call the launches here. Data stays on the GPU: no host round
@@ -364,6 +364,129 @@ pub(super) fn layer_norm_backward(
     }
     Ok(CudaStorage {
         slice: CudaStorageSlice::F32(out),
+        device,
+    })
+}
+
+/// The sizes and constants every LRN launch takes, as the kernels take them.
+struct LrnLaunch {
+    total: usize,
+    channels: i32,
+    plane: i64,
+    before: i32,
+    after: i32,
+    size: f32,
+    alpha: f32,
+    beta: f32,
+    k: f32,
+}
+
+impl LrnLaunch {
+    fn new(
+        (channels, plane): (usize, usize),
+        total: usize,
+        lrn: super::lrn::LocalResponseNorm,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            total,
+            channels: i32_arg(channels, "local_response_norm channels")?,
+            plane: plane as i64,
+            before: i32_arg(lrn.size / 2, "local_response_norm size")?,
+            after: i32_arg((lrn.size - 1) / 2, "local_response_norm size")?,
+            size: lrn.size as f32,
+            alpha: lrn.alpha as f32,
+            beta: lrn.beta as f32,
+            k: lrn.k as f32,
+        })
+    }
+}
+
+/// Local response normalisation on the GPU (`LrnOp`'s CUDA forward), in f32 with the CPU
+/// kernel's operations in its order.
+pub(super) fn lrn_forward(
+    (x, layout): (&CudaStorage, &Layout),
+    geometry: (usize, usize),
+    lrn: super::lrn::LocalResponseNorm,
+) -> candle_core::Result<CudaStorage> {
+    let device = x.device().clone();
+    let x = f32_slice(x, layout, "local_response_norm input")?;
+    let sizes = LrnLaunch::new(geometry, layout.shape().elem_count(), lrn)?;
+    // SAFETY: the kernel writes every output (grid-stride over `total`).
+    let out = unsafe { device.alloc::<f32>(sizes.total.max(1))? };
+    let func = device.get_or_load_custom_func("lrn_forward", MODULE, PTX)?;
+    let mut builder = func.builder();
+    let total64 = sizes.total as i64;
+    builder.arg(&x);
+    builder.arg(&out);
+    builder.arg(&total64);
+    builder.arg(&sizes.channels);
+    builder.arg(&sizes.plane);
+    builder.arg(&sizes.before);
+    builder.arg(&sizes.after);
+    builder.arg(&sizes.size);
+    builder.arg(&sizes.alpha);
+    builder.arg(&sizes.beta);
+    builder.arg(&sizes.k);
+    // SAFETY: the arguments match the kernel's signature; it reads the `total` inputs (each
+    // window inside its own image) and writes the `total` outputs.
+    unsafe { builder.launch(elementwise(sizes.total)) }.w()?;
+    Ok(CudaStorage {
+        slice: CudaStorageSlice::F32(out),
+        device,
+    })
+}
+
+/// The input gradient of local response normalisation on the GPU (`LrnBackwardOp`'s CUDA
+/// forward): arguments the input and the output gradient, of one shape (checked by the op).
+pub(super) fn lrn_backward(
+    arguments: [(&CudaStorage, &Layout); 2],
+    geometry: (usize, usize),
+    lrn: super::lrn::LocalResponseNorm,
+) -> candle_core::Result<CudaStorage> {
+    let [(x, xl), (g, gl)] = arguments;
+    let device = x.device().clone();
+    let x = f32_slice(x, xl, "local_response_norm input")?;
+    let grad = f32_slice(g, gl, "local_response_norm gradient")?;
+    let sizes = LrnLaunch::new(geometry, xl.shape().elem_count(), lrn)?;
+    let total64 = sizes.total as i64;
+    // SAFETY: the first kernel writes every value of both (grid-stride over `total`).
+    let dx = unsafe { device.alloc::<f32>(sizes.total.max(1))? };
+    // SAFETY: as for `dx`.
+    let terms = unsafe { device.alloc::<f32>(sizes.total.max(1))? };
+    let func = device.get_or_load_custom_func("lrn_backward_terms", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&grad);
+    builder.arg(&dx);
+    builder.arg(&terms);
+    builder.arg(&total64);
+    builder.arg(&sizes.channels);
+    builder.arg(&sizes.plane);
+    builder.arg(&sizes.before);
+    builder.arg(&sizes.after);
+    builder.arg(&sizes.size);
+    builder.arg(&sizes.alpha);
+    builder.arg(&sizes.beta);
+    builder.arg(&sizes.k);
+    // SAFETY: the arguments match the kernel's signature; reads and writes lie inside the
+    // `total` values of each buffer.
+    unsafe { builder.launch(elementwise(sizes.total)) }.w()?;
+    let coefficient = 2.0 * sizes.alpha * sizes.beta / sizes.size;
+    let func = device.get_or_load_custom_func("lrn_backward_cross", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&terms);
+    builder.arg(&dx);
+    builder.arg(&total64);
+    builder.arg(&sizes.channels);
+    builder.arg(&sizes.plane);
+    builder.arg(&sizes.before);
+    builder.arg(&sizes.after);
+    builder.arg(&coefficient);
+    // SAFETY: as above; each thread updates its own value of `dx`, reading `terms` only.
+    unsafe { builder.launch(elementwise(sizes.total)) }.w()?;
+    Ok(CudaStorage {
+        slice: CudaStorageSlice::F32(dx),
         device,
     })
 }

@@ -222,3 +222,78 @@ extern "C" __global__ void layer_norm_affine_grad(const float *x, const float *g
         affine[features + j] = b;
     }
 }
+
+// Local response normalisation across channels (lrn.rs), with the CPU kernel's f32 operations in
+// its order: the window's squares summed in channel order, `sum / size * alpha + k`, the power
+// (0.75 as two square roots), then the division; one thread per value.
+__device__ float lrn_power(float d, float beta) {
+    if (beta == 0.75f) {
+        const float root = __fsqrt_rn(d);
+        return __fmul_rn(root, __fsqrt_rn(root));
+    }
+    if (beta == 0.5f) return __fsqrt_rn(d);
+    if (beta == 1.0f) return d;
+    return powf(d, beta);
+}
+
+// The divisor's base `k + alpha * mean square` of the window of value `i` (`before` channels
+// before it, `after` after, clipped at the image's channels).
+__device__ float lrn_base(const float *x, long long i, int channels, long long plane, int before,
+                          int after, float size, float alpha, float k) {
+    const long long image = i / (channels * plane);
+    const int c = (int)((i / plane) % channels);
+    const long long p = i % plane;
+    const int first = c - before < 0 ? 0 : c - before;
+    const int last = c + after > channels - 1 ? channels - 1 : c + after;
+    const float *base = x + image * channels * plane + p;
+    float sum = 0.0f;
+    for (int source = first; source <= last; ++source) {
+        const float v = base[source * plane];
+        sum = __fadd_rn(sum, __fmul_rn(v, v));
+    }
+    return __fadd_rn(__fmul_rn(__fdiv_rn(sum, size), alpha), k);
+}
+
+extern "C" __global__ void lrn_forward(const float *x, float *out, long long total, int channels,
+                                       long long plane, int before, int after, float size,
+                                       float alpha, float beta, float k) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float base = lrn_base(x, i, channels, plane, before, after, size, alpha, k);
+        out[i] = __fdiv_rn(x[i], lrn_power(base, beta));
+    }
+}
+
+// Backward, pass 1: `dx = g / d^beta` and each value's share `g x / (d^beta d)` of the windows
+// that hold it.
+extern "C" __global__ void lrn_backward_terms(const float *x, const float *grad, float *dx,
+                                              float *terms, long long total, int channels,
+                                              long long plane, int before, int after, float size,
+                                              float alpha, float beta, float k) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float base = lrn_base(x, i, channels, plane, before, after, size, alpha, k);
+        const float scale = lrn_power(base, beta);
+        dx[i] = __fdiv_rn(grad[i], scale);
+        terms[i] = __fdiv_rn(__fmul_rn(grad[i], x[i]), __fmul_rn(scale, base));
+    }
+}
+
+// Backward, pass 2: `dx_j -= 2 alpha beta / size * x_j * sum of the terms of the channels whose
+// window holds j` (from `j - after` to `j + before`).
+extern "C" __global__ void lrn_backward_cross(const float *x, const float *terms, float *dx,
+                                              long long total, int channels, long long plane,
+                                              int before, int after, float coefficient) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long image = i / (channels * plane);
+        const int j = (int)((i / plane) % channels);
+        const long long p = i % plane;
+        const int first = j - after < 0 ? 0 : j - after;
+        const int last = j + before > channels - 1 ? channels - 1 : j + before;
+        const float *base = terms + image * channels * plane + p;
+        float sum = 0.0f;
+        for (int c = first; c <= last; ++c) sum = __fadd_rn(sum, base[c * plane]);
+        dx[i] = __fsub_rn(dx[i], __fmul_rn(__fmul_rn(coefficient, x[i]), sum));
+    }
+}

@@ -17,6 +17,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::layer_norm::layer_norm_on;
+use super::lrn::{local_response_norm_on, LocalResponseNorm};
 use super::max_pool::{max_pool2d, Pool2d};
 
 const NEEDS_GPU: &str = "needs a CUDA GPU (run with --ignored on a GPU machine)";
@@ -240,5 +241,55 @@ fn cuda_layer_norm_equals_the_cpu_forward_and_backward() {
             &cuda_grads[2],
             &cpu_grads[2],
         );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_local_response_norm_equals_the_cpu_forward_and_backward() {
+    let device = gpu();
+    // The paper variant's shape at 224 (64 x 55 x 55) with AlexNet's constants, and a small one
+    // with an even window and the general power. With beta 0.75 the kernels make the CPU's f32
+    // operations in its order (square roots, divisions and sums correctly rounded on both), so
+    // the values are the same bits; CUDA's powf may differ from the C library's by an ulp.
+    for (seed, shape, lrn, exact) in [
+        (1u64, [2, 64, 55, 55], LocalResponseNorm::ALEXNET, true),
+        (
+            2,
+            [3, 9, 5, 7],
+            LocalResponseNorm {
+                size: 4,
+                alpha: 2.0,
+                beta: 0.6,
+                k: 2.0,
+            },
+            false,
+        ),
+    ] {
+        let count: usize = shape.iter().product();
+        let x = Tensor::from_vec(values(count, seed), &shape[..], &Device::Cpu).unwrap();
+        let run = |device: &Device| {
+            let var = Var::from_tensor(&x.to_device(device).unwrap()).unwrap();
+            let out = local_response_norm_on(var.as_tensor(), lrn, device.is_cpu()).unwrap();
+            let grads = projected(&out, seed + 30).backward().unwrap();
+            let grad = grads.get(var.as_tensor()).unwrap().clone();
+            (out, grad)
+        };
+        let (cpu_out, cpu_grad) = run(&Device::Cpu);
+        let (cuda_out, cuda_grad) = run(&device);
+        assert!(cuda_out.device().is_cuda());
+        let name = format!("local_response_norm {shape:?}");
+        if exact {
+            assert_identical(&format!("{name}: output"), &cuda_out, &cpu_out);
+            assert_identical(&format!("{name}: input gradient"), &cuda_grad, &cpu_grad);
+        } else {
+            assert_close(&format!("{name}: output"), &cuda_out, &cpu_out, 1e-6);
+            assert_close(
+                &format!("{name}: input gradient"),
+                &cuda_grad,
+                &cpu_grad,
+                1e-5,
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::conv::{conv2d_relu_max_pool2d_on, conv2d_relu_on};
 use super::feat_ex::{feat_ex, feat_ex_composed, ConvLayer, FeatEx};
 use super::layer_norm::layer_norm_on;
+use super::lrn::{local_response_norm_on, LocalResponseNorm};
 use super::max_pool::Pool2d;
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -327,4 +328,84 @@ fn a_backward_through_the_inference_block_says_what_to_do_instead() {
     let out = feat_ex(x.as_tensor(), &small_feat_ex(&tensors), false).unwrap();
     let error = out.sum_all().unwrap().backward().unwrap_err().to_string();
     assert!(error.contains("training-mode forward"), "{error}");
+}
+
+#[test]
+fn fast_local_response_norm_matches_the_reference_with_gradients() {
+    // A large alpha, so that the window's cross terms matter; batches below and above the thread
+    // count; channels fewer than the window.
+    for (batch, channels, lrn) in [
+        (
+            1,
+            6,
+            LocalResponseNorm {
+                size: 5,
+                alpha: 3.0,
+                beta: 0.75,
+                k: 1.0,
+            },
+        ),
+        (
+            3,
+            9,
+            LocalResponseNorm {
+                size: 4,
+                alpha: 2.0,
+                beta: 0.6,
+                k: 2.0,
+            },
+        ),
+        (
+            2,
+            2,
+            LocalResponseNorm {
+                size: 5,
+                alpha: 1.0,
+                beta: 0.75,
+                k: 1.0,
+            },
+        ),
+    ] {
+        let xs = var(&[batch, channels, 5, 7], 41);
+        check_paths(
+            &format!("local_response_norm n{batch} c{channels} {lrn:?}"),
+            &[xs],
+            |t, fast| local_response_norm_on(&t[0], lrn, fast).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn every_vector_path_computes_the_same_local_response_norm_bits() {
+    // The LRN kernel's loops at every level this CPU has, against the portable build, for the
+    // square-root exponent and the general power: bit for bit, forward and backward.
+    let xs = var(&[2, 7, 9, 11], 42);
+    let run = || {
+        let mut bits = Vec::new();
+        for lrn in [
+            LocalResponseNorm::ALEXNET,
+            LocalResponseNorm {
+                size: 4,
+                alpha: 2.0,
+                beta: 0.6,
+                k: 2.0,
+            },
+        ] {
+            let out = local_response_norm_on(xs.as_tensor(), lrn, true).unwrap();
+            let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for tensor in [&out, grads.get(xs.as_tensor()).unwrap()] {
+                let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                bits.push(values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+            }
+        }
+        bits
+    };
+    let mut portable = None;
+    super::isa::for_each_supported(|level| {
+        let bits = run();
+        match &portable {
+            None => portable = Some(bits),
+            Some(expected) => assert!(*expected == bits, "{level} differs from portable"),
+        }
+    });
 }

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::conv::{conv2d_relu_max_pool2d_on, conv2d_relu_on};
 use super::layer_norm::layer_norm_on;
+use super::lrn::{local_response_norm_on, LocalResponseNorm};
 use super::max_pool::{max_pool2d, Pool2d};
 
 /// Central-difference step.
@@ -229,4 +230,34 @@ fn the_checker_catches_a_gradient_off_by_a_ten_thousandth() {
         "a gradient off by 1e-4 must fail the check"
     );
     assert_eq!(xs.as_tensor().dtype(), DType::F64);
+}
+
+/// Local response normalisation with a large `alpha`, so that the window's cross terms weigh as
+/// much as the direct one (at AlexNet's 1e-4 a wrong cross term would hide below the tolerance),
+/// an odd and an even window and an exponent other than 0.75.
+const LRN_CASES: [LocalResponseNorm; 2] = [
+    LocalResponseNorm {
+        size: 5,
+        alpha: 3.0,
+        beta: 0.75,
+        k: 1.0,
+    },
+    LocalResponseNorm {
+        size: 4,
+        alpha: 2.0,
+        beta: 0.6,
+        k: 2.0,
+    },
+];
+
+#[test]
+fn local_response_norm_backward_matches_finite_differences() {
+    for lrn in LRN_CASES {
+        let xs = var(&[2, 6, 3, 2], 14);
+        check_gradients(
+            &format!("local_response_norm {lrn:?}"),
+            std::slice::from_ref(&xs),
+            || local_response_norm_on(xs.as_tensor(), lrn, false).unwrap(),
+        );
+    }
 }

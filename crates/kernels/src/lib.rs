@@ -9,6 +9,8 @@
 //!   computes the input gradient even for the network input;
 //! - [`batch_norm_train`] and [`batch_norm_eval`]: composed of candle's broadcast ops, BatchNorm
 //!   made several full passes and three-dimension reductions in its backward;
+//! - [`local_response_norm`]: candle has none (the paper's DeXpression normalises with it where
+//!   the port has a LayerNorm);
 //! - [`feat_ex`]: for inference, one FeatEx block as one op, its intermediates in per-thread
 //!   buffers.
 //!
@@ -52,6 +54,7 @@ mod fast_layer_norm;
 mod feat_ex;
 mod isa;
 mod layer_norm;
+mod lrn;
 mod max_pool;
 mod parallel;
 mod storage;
@@ -70,6 +73,7 @@ pub fn parallel_threads() -> usize {
 }
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStatistics};
 pub use layer_norm::layer_norm;
+pub use lrn::{local_response_norm, LocalResponseNorm};
 pub use max_pool::{max_pool2d, Pool2d};
 pub use winograd_f4::WeightCache;
 

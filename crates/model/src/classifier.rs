@@ -128,6 +128,21 @@ impl Classifier {
         })
     }
 
+    /// Checks that the network is the `expected` variant; the error names the `weights` file
+    /// and the variant it holds.
+    pub fn check_variant(&self, expected: crate::Variant, weights: &Path) -> Result<()> {
+        let found = self.network.config().variant;
+        if found != expected {
+            return Err(Error::Weights {
+                path: weights.to_path_buf(),
+                message: format!(
+                    "these are the {found} variant's weights, not the {expected} variant's; pass `--variant {found}` or use weights trained as the {expected} variant"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The network.
     pub fn network(&self) -> &Dexpression {
         &self.network

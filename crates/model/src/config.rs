@@ -5,17 +5,114 @@ use crate::{Error, Result};
 /// Number of channels after each FeatEx block (208 from the 3x3 branch + 64 from the pooling branch).
 pub(crate) const FEATEX_CHANNELS: usize = 272;
 
+/// Which DeXpression: the PyTorch port's (its weights load by name) or the paper's.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// rdgozum/dexpression-pytorch: a LayerNorm over `[64, S, S]` (named `lrn1`) after pool1,
+    /// and dropout then BatchNorm before the classifier.
+    #[default]
+    Port,
+    /// Burkert et al. (2015): local response normalisation after pool1 (no weights), dropout
+    /// before the classifier, no BatchNorm (docs/architecture.md quotes the paper for each choice).
+    Paper,
+}
+
+impl Variant {
+    /// Both variants, the port's first.
+    pub const ALL: [Variant; 2] = [Variant::Port, Variant::Paper];
+
+    /// The name used on the command line, in weights metadata and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Port => "port",
+            Variant::Paper => "paper",
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Variant::ALL
+            .into_iter()
+            .find(|variant| variant.name().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown variant `{text}`: use `port` (the PyTorch port's network) or `paper` (Burkert et al.'s)"
+                ))
+            })
+    }
+}
+
+/// The constants of the paper variant's local response normalisation (PyTorch's
+/// `nn.LocalResponseNorm(size, alpha, beta, k)`). The paper names the layer but not its
+/// constants; the default is AlexNet's and GoogLeNet's size 5, alpha 1e-4, beta 0.75 with k 1.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LrnConstants {
+    /// Channels in the window.
+    pub size: usize,
+    /// Scale of the window's mean square.
+    pub alpha: f64,
+    /// Exponent of the divisor.
+    pub beta: f64,
+    /// Additive constant of the divisor.
+    pub k: f64,
+}
+
+impl Default for LrnConstants {
+    fn default() -> Self {
+        let lrn = dexpression_kernels::LocalResponseNorm::ALEXNET;
+        Self {
+            size: lrn.size,
+            alpha: lrn.alpha,
+            beta: lrn.beta,
+            k: lrn.k,
+        }
+    }
+}
+
+impl LrnConstants {
+    /// The kernels' form of the constants.
+    pub fn op(&self) -> dexpression_kernels::LocalResponseNorm {
+        dexpression_kernels::LocalResponseNorm {
+            size: self.size,
+            alpha: self.alpha,
+            beta: self.beta,
+            k: self.k,
+        }
+    }
+}
+
 /// Architecture choices of DeXpression.
 ///
-/// [`DexpressionConfig::port`] is the PyTorch port's network: 7 classes, 224x224 inputs, dropout 0.2.
+/// [`DexpressionConfig::port`] is the PyTorch port's network: 7 classes, 224x224 inputs, dropout 0.2;
+/// [`DexpressionConfig::paper`] is Burkert et al.'s.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DexpressionConfig {
     /// Number of expression classes (7 for CK+'s emotions, 8 with neutral).
     pub n_classes: usize,
     /// Side of the square grayscale input in pixels (224 in the paper and the port).
     pub image_size: usize,
-    /// Dropout probability before batch normalisation in training (0.2 in the port).
+    /// Dropout probability in training, before the classifier (0.2 in the port, before its
+    /// BatchNorm).
     pub dropout: f32,
+    /// The port's network or the paper's (configurations written before there were two are the
+    /// port's).
+    #[serde(default)]
+    pub variant: Variant,
+    /// The paper variant's local response normalisation (unused by the port's).
+    #[serde(default)]
+    pub lrn: LrnConstants,
 }
 
 impl Default for DexpressionConfig {
@@ -31,15 +128,34 @@ impl DexpressionConfig {
             n_classes: 7,
             image_size: 224,
             dropout: 0.2,
+            variant: Variant::Port,
+            lrn: LrnConstants::default(),
         }
     }
 
-    /// The same network with another class count and input side.
+    /// Burkert et al.'s network: 224x224 inputs, LRN after pool1 with AlexNet's constants,
+    /// dropout before the classifier (the port's 0.2: the paper gives no rate), 7 classes.
+    pub fn paper() -> Self {
+        Self {
+            variant: Variant::Paper,
+            ..Self::port()
+        }
+    }
+
+    /// The port's network with another class count and input side.
     pub fn with(n_classes: usize, image_size: usize) -> Self {
         Self {
             n_classes,
             image_size,
             ..Self::port()
+        }
+    }
+
+    /// The given variant's network with another class count and input side.
+    pub fn of(variant: Variant, n_classes: usize, image_size: usize) -> Self {
+        Self {
+            variant,
+            ..Self::with(n_classes, image_size)
         }
     }
 
@@ -56,6 +172,12 @@ impl DexpressionConfig {
                 "dropout is {}, it must be in [0, 1)",
                 self.dropout
             )));
+        }
+        if self.variant == Variant::Paper {
+            self.lrn
+                .op()
+                .check()
+                .map_err(|err| Error::Config(err.to_string()))?;
         }
         if self.image_size < 32 {
             return Err(Error::Config(format!(
@@ -111,5 +233,33 @@ mod tests {
         assert_eq!(c64.head_side(), 3);
         assert_eq!(c64.fc_in_features(), 272 * 3 * 3);
         assert!(DexpressionConfig::with(7, 16).validate().is_err());
+    }
+
+    #[test]
+    fn variants_parse_by_name_and_old_configs_are_the_ports() {
+        for variant in Variant::ALL {
+            assert_eq!(variant.name().parse::<Variant>().ok(), Some(variant));
+        }
+        let error = "alexnet".parse::<Variant>().unwrap_err().to_string();
+        assert!(
+            error.contains("`port`") && error.contains("`paper`"),
+            "{error}"
+        );
+        let old: DexpressionConfig =
+            serde_json::from_str(r#"{"n_classes": 7, "image_size": 64, "dropout": 0.2}"#)
+                .expect("an old config");
+        assert_eq!(old.variant, Variant::Port);
+        let paper = DexpressionConfig::paper();
+        let again: DexpressionConfig =
+            serde_json::from_str(&serde_json::to_string(&paper).expect("json")).expect("read");
+        assert_eq!(again, paper);
+        let broken = DexpressionConfig {
+            lrn: LrnConstants {
+                size: 0,
+                ..LrnConstants::default()
+            },
+            ..DexpressionConfig::paper()
+        };
+        assert!(broken.validate().is_err());
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{Device, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{DexpressionConfig, FEATEX_CHANNELS};
+use crate::config::{DexpressionConfig, LrnConstants, Variant, FEATEX_CHANNELS};
 use crate::{Error, Result};
 use dexpression_kernels::{self as ops, Pool2d};
 
@@ -34,7 +34,8 @@ pub const POOL_KEEP: Pool2d = Pool2d {
 /// The key PyTorch adds to BatchNorm's state; read and written, never used for computation.
 pub const NUM_BATCHES_TRACKED: &str = "batch_normalization.num_batches_tracked";
 
-/// The DeXpression CNN (Burkert et al., 2015) as the PyTorch port builds it.
+/// The DeXpression CNN (Burkert et al., 2015) as the PyTorch port builds it, or as the paper
+/// does ([`DexpressionConfig::variant`]).
 ///
 /// Input `N x 1 x S x S` with pixel values / 255; output `N x n_classes` log-probabilities.
 /// Implements [`ModuleT`]: `train = true` uses dropout and batch statistics (and updates the
@@ -47,14 +48,16 @@ pub struct Dexpression {
     /// Every tensor of the port's `state_dict`, in its order, with whether Adam updates it.
     tensors: Vec<NamedVar>,
     conv1: Conv,
-    lrn1: Affine,
+    /// The port's LayerNorm after pool1 (the paper's variant has a weightless LRN instead).
+    lrn1: Option<Affine>,
     conv2a: Conv,
     conv2b: Conv,
     conv2c: Conv,
     conv3a: Conv,
     conv3b: Conv,
     conv3c: Conv,
-    batch_normalization: BatchNorm,
+    /// The port's BatchNorm before the classifier (none in the paper's variant).
+    batch_normalization: Option<BatchNorm>,
     fc: Affine,
     dropout: DropoutRng,
     /// Whether a forward of fewer images than threads keeps the pool's threads awake
@@ -156,18 +159,19 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
     let mut specs = Vec::new();
     specs.extend(conv("conv1", 64, 1, 7));
     let side = config.block1_side();
-    specs.push(TensorSpec {
+    let port = config.variant == Variant::Port;
+    specs.extend(port.then(|| TensorSpec {
         name: "lrn1.weight".into(),
         shape: vec![64, side, side],
         init: Init::Ones,
         trainable: true,
-    });
-    specs.push(TensorSpec {
+    }));
+    specs.extend(port.then(|| TensorSpec {
         name: "lrn1.bias".into(),
         shape: vec![64, side, side],
         init: Init::Zeros,
         trainable: true,
-    });
+    }));
     for (name, out, inp, k) in [
         ("conv2a", 96, 64, 1),
         ("conv2b", 208, 96, 3),
@@ -197,10 +201,12 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
         init,
         trainable,
     };
-    specs.push(bn("weight", Init::Ones, true));
-    specs.push(bn("bias", Init::Zeros, true));
-    specs.push(bn("running_mean", Init::Zeros, false));
-    specs.push(bn("running_var", Init::Ones, false));
+    if port {
+        specs.push(bn("weight", Init::Ones, true));
+        specs.push(bn("bias", Init::Zeros, true));
+        specs.push(bn("running_mean", Init::Zeros, false));
+        specs.push(bn("running_var", Init::Ones, false));
+    }
     specs
 }
 
@@ -239,6 +245,10 @@ impl Dexpression {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
+        let found = variant_of_tensors(|name| tensors.contains_key(name));
+        if let Some(found) = found.filter(|found| *found != config.variant) {
+            return Err(variant_mismatch(source, found, config.variant));
+        }
         let mut named = Vec::new();
         for spec in tensor_specs(&config) {
             let tensor = tensors
@@ -269,6 +279,7 @@ impl Dexpression {
             Some(t) => crate::weights::checked_count(&t, NUM_BATCHES_TRACKED, source)?,
             None => 0,
         };
+        let port = config.variant == Variant::Port;
         let var = |name: &str| -> Var {
             named
                 .iter()
@@ -284,23 +295,23 @@ impl Dexpression {
         };
         Ok(Self {
             conv1: conv("conv1", 2, 3),
-            lrn1: Affine {
+            lrn1: port.then(|| Affine {
                 weight: var("lrn1.weight"),
                 bias: var("lrn1.bias"),
-            },
+            }),
             conv2a: conv("conv2a", 1, 0),
             conv2b: conv("conv2b", 1, 1),
             conv2c: conv("conv2c", 1, 0),
             conv3a: conv("conv3a", 1, 0),
             conv3b: conv("conv3b", 1, 1),
             conv3c: conv("conv3c", 1, 0),
-            batch_normalization: BatchNorm {
+            batch_normalization: port.then(|| BatchNorm {
                 weight: var("batch_normalization.weight"),
                 bias: var("batch_normalization.bias"),
                 running_mean: var("batch_normalization.running_mean"),
                 running_var: var("batch_normalization.running_var"),
                 num_batches_tracked: AtomicI64::new(num_batches_tracked),
-            },
+            }),
             fc: Affine {
                 weight: var("fc.weight"),
                 bias: var("fc.bias"),
@@ -329,11 +340,15 @@ impl Dexpression {
         if let Some(metadata) = WeightsMetadata::read(path)? {
             metadata.check(&config, path)?;
             config.image_size = metadata.image_size;
+            if let Some(lrn) = metadata.lrn {
+                config.lrn = lrn;
+            }
         }
         Self::from_tensors(config, tensors, path, device)
     }
 
-    /// Loads weights for a given configuration; a tensor of another shape is an error naming it.
+    /// Loads weights for a given configuration; a tensor of another shape is an error naming it,
+    /// and so are the other variant's weights.
     pub fn load_with_config(
         path: &Path,
         config: DexpressionConfig,
@@ -351,10 +366,7 @@ impl Dexpression {
     /// [`Dexpression::save`] with the class names and input side recorded in the file's
     /// safetensors `__metadata__`, so that the file alone says what the network predicts.
     pub fn save_with_metadata(&self, path: &Path, class_names: &[String]) -> Result<()> {
-        let metadata = WeightsMetadata {
-            class_names: class_names.to_vec(),
-            image_size: self.config.image_size,
-        };
+        let metadata = WeightsMetadata::of(&self.config, class_names);
         metadata.check(&self.config, path)?;
         save_tensors_with_metadata(&self.state_dict()?, &metadata, path)
     }
@@ -366,14 +378,15 @@ impl Dexpression {
             .iter()
             .map(|n| (n.name.clone(), n.var.as_tensor().clone()))
             .collect();
-        let tracked = self
-            .batch_normalization
-            .num_batches_tracked
-            .load(Ordering::Relaxed);
-        out.push((
-            NUM_BATCHES_TRACKED.to_string(),
-            Tensor::new(tracked, &Device::Cpu)?,
-        ));
+        if let Some(batch_normalization) = &self.batch_normalization {
+            let tracked = batch_normalization
+                .num_batches_tracked
+                .load(Ordering::Relaxed);
+            out.push((
+                NUM_BATCHES_TRACKED.to_string(),
+                Tensor::new(tracked, &Device::Cpu)?,
+            ));
+        }
         Ok(out)
     }
 
@@ -544,12 +557,15 @@ impl Dexpression {
             self.conv1.padding,
             POOL_REDUCE,
         )?;
-        let xs = ops::layer_norm(
-            &xs,
-            self.lrn1.weight.as_tensor(),
-            self.lrn1.bias.as_tensor(),
-            LAYER_NORM_EPS,
-        )?;
+        let xs = match &self.lrn1 {
+            Some(lrn1) => ops::layer_norm(
+                &xs,
+                lrn1.weight.as_tensor(),
+                lrn1.bias.as_tensor(),
+                LAYER_NORM_EPS,
+            )?,
+            None => ops::local_response_norm(&xs, self.config.lrn.op())?,
+        };
         // FeatEx 2: -> N x 272 x 27 x 27.
         let xs = self.featex(&xs, (&self.conv2a, &self.conv2b, &self.conv2c), train)?;
         // FeatEx 3: -> N x 272 x 13 x 13.
@@ -557,14 +573,18 @@ impl Dexpression {
     }
 
     /// The head on the last FeatEx block's output: dropout, batch norm, flatten, fc (the port's
-    /// order), giving the class scores before the log-softmax.
+    /// order; the paper's variant has no batch norm), giving the class scores before the
+    /// log-softmax.
     pub(crate) fn head_logits_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let xs = if train {
             self.apply_dropout(xs)?
         } else {
             xs.clone()
         };
-        let xs = self.batch_normalization.forward_t(&xs, train)?;
+        let xs = match &self.batch_normalization {
+            Some(batch_normalization) => batch_normalization.forward_t(&xs, train)?,
+            None => xs,
+        };
         xs.flatten_from(1)?
             .matmul(&self.fc.weight.as_tensor().t()?)?
             .broadcast_add(self.fc.bias.as_tensor())
@@ -573,12 +593,16 @@ impl Dexpression {
 
 /// What a weights file records beside its tensors, in its safetensors `__metadata__`: enough
 /// for `predict` to need nothing but the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WeightsMetadata {
     /// Class names in the order of the network's outputs.
     pub class_names: Vec<String>,
     /// Side of the square grayscale input the network was trained at.
     pub image_size: usize,
+    /// The network's variant (files written before there were two hold the port's).
+    pub variant: Variant,
+    /// The paper variant's LRN constants (`None` for the port's, which has no LRN).
+    pub lrn: Option<LrnConstants>,
 }
 
 impl WeightsMetadata {
@@ -588,10 +612,24 @@ impl WeightsMetadata {
     pub const IMAGE_SIZE: &'static str = "image_size";
     /// Metadata key of the class count (a decimal number, for readers without a JSON parser).
     pub const N_CLASSES: &'static str = "n_classes";
+    /// Metadata key of the variant (`port` or `paper`).
+    pub const VARIANT: &'static str = "variant";
+    /// Metadata key of the LRN constants (a JSON object: size, alpha, beta, k).
+    pub const LRN: &'static str = "lrn";
+
+    /// The metadata of a network of `config` predicting `class_names`.
+    pub fn of(config: &DexpressionConfig, class_names: &[String]) -> Self {
+        Self {
+            class_names: class_names.to_vec(),
+            image_size: config.image_size,
+            variant: config.variant,
+            lrn: (config.variant == Variant::Paper).then_some(config.lrn),
+        }
+    }
 
     /// The `__metadata__` entries.
     pub fn to_map(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut map = HashMap::from([
             (
                 Self::CLASS_NAMES.to_string(),
                 serde_json::to_string(&self.class_names).unwrap_or_default(),
@@ -601,17 +639,37 @@ impl WeightsMetadata {
                 Self::N_CLASSES.to_string(),
                 self.class_names.len().to_string(),
             ),
-        ])
+            (Self::VARIANT.to_string(), self.variant.name().to_string()),
+        ]);
+        if let Some(lrn) = &self.lrn {
+            map.insert(
+                Self::LRN.to_string(),
+                serde_json::to_string(lrn).unwrap_or_default(),
+            );
+        }
+        map
     }
 
     /// Reads the entries back; `None` when the class names or input side are absent or not of
-    /// the expected form (files from the PyTorch port or `import-torch` have neither).
+    /// the expected form (files from the PyTorch port or `import-torch` have neither). A file
+    /// without a variant is the port's (it was written before there were two); an unknown
+    /// variant or unreadable LRN constants read as no metadata, and the tensors decide.
     pub fn from_map(map: &HashMap<String, String>) -> Option<Self> {
         let class_names: Vec<String> = serde_json::from_str(map.get(Self::CLASS_NAMES)?).ok()?;
         let image_size = map.get(Self::IMAGE_SIZE)?.trim().parse().ok()?;
+        let variant = match map.get(Self::VARIANT) {
+            Some(name) => name.parse().ok()?,
+            None => Variant::Port,
+        };
+        let lrn = match map.get(Self::LRN) {
+            Some(json) => Some(serde_json::from_str(json).ok()?),
+            None => None,
+        };
         Some(WeightsMetadata {
             class_names,
             image_size,
+            variant,
+            lrn,
         })
     }
 
@@ -659,9 +717,21 @@ impl WeightsMetadata {
 
     /// Checks the metadata against the network the tensors describe.
     pub fn check(&self, config: &DexpressionConfig, path: &Path) -> Result<()> {
-        let same_side = DexpressionConfig::with(config.n_classes, self.image_size);
+        if self.variant != config.variant {
+            return Err(Error::Weights {
+                path: path.to_path_buf(),
+                message: format!(
+                    "its metadata names the {} variant but its tensors are the {} variant's; the file was altered, train or export it again",
+                    self.variant, config.variant
+                ),
+            });
+        }
+        let same_side = DexpressionConfig::of(config.variant, config.n_classes, self.image_size);
+        // The side shows in lrn1's shape (the port's) and in fc's width (both variants).
+        let port = config.variant == Variant::Port;
         if self.class_names.len() != config.n_classes
-            || same_side.block1_side() != config.block1_side()
+            || (port && same_side.block1_side() != config.block1_side())
+            || same_side.fc_in_features() != config.fc_in_features()
         {
             return Err(Error::Weights {
                 path: path.to_path_buf(),
@@ -734,7 +804,34 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     crate::weights::read_safetensors(path)
 }
 
-/// Reads the class count from `fc.weight` and the input side from `lrn1.weight`.
+/// The variant whose tensors `has` names: the port's has `lrn1.weight` (its LayerNorm) and
+/// BatchNorm's, the paper's neither; `None` when there is not even `conv1.weight`.
+pub(crate) fn variant_of_tensors(has: impl Fn(&str) -> bool) -> Option<Variant> {
+    if has("lrn1.weight") || has("batch_normalization.weight") {
+        Some(Variant::Port)
+    } else if has("conv1.weight") {
+        Some(Variant::Paper)
+    } else {
+        None
+    }
+}
+
+/// The error for weights of one variant loaded as the other's.
+fn variant_mismatch(path: &Path, found: Variant, asked: Variant) -> Error {
+    let what = match found {
+        Variant::Port => "has the port's LayerNorm (`lrn1.*`) and BatchNorm",
+        Variant::Paper => "has neither the port's LayerNorm (`lrn1.*`) nor its BatchNorm",
+    };
+    Error::Weights {
+        path: path.to_path_buf(),
+        message: format!(
+            "these are the {found} variant's weights (the file {what}), not the {asked} variant's; pass `--variant {found}` or train the {asked} variant"
+        ),
+    }
+}
+
+/// Reads the class count from `fc.weight`, the variant from which tensors there are and the
+/// input side from `lrn1.weight` (the port's) or `fc.weight`'s width (the paper's).
 pub(crate) fn infer_config(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
@@ -770,11 +867,24 @@ pub(crate) fn infer_config_from_shapes(
         }
         Ok(dims)
     };
-    let n_classes = dims("fc.weight", 2)?[0];
-    let lrn_side = dims("lrn1.weight", 3)?[1];
-    // Up to four input sides give one LayerNorm side: prefer the port's 224, then a multiple of
-    // 16 (the usual crop sides: 48, 64, 96, ...), then the smallest.
-    let fits = |side: &usize| DexpressionConfig::with(n_classes, *side).block1_side() == lrn_side;
+    let fc = dims("fc.weight", 2)?;
+    let n_classes = fc[0];
+    let variant = variant_of_tensors(|name| shape_of(name).is_some()).unwrap_or_default();
+    // The paper's variant has no LayerNorm: its side shows only in fc's width, which fixes fewer
+    // bits of it (sides 61 to 76 share a width); its metadata records the side it was trained at.
+    let lrn_side = match variant {
+        Variant::Port => Some(dims("lrn1.weight", 3)?[1]),
+        Variant::Paper => None,
+    };
+    // Several input sides give one LayerNorm side (or fc width): prefer the port's 224, then a
+    // multiple of 16 (the usual crop sides: 48, 64, 96, ...), then the smallest.
+    let fits = |side: &usize| {
+        let config = DexpressionConfig::of(variant, n_classes, *side);
+        match lrn_side {
+            Some(lrn_side) => config.block1_side() == lrn_side,
+            None => config.fc_in_features() == fc[1],
+        }
+    };
     let image_size = std::iter::once(224)
         .filter(fits)
         .chain((32..=4096).filter(|side| side % 16 == 0).filter(fits))
@@ -782,9 +892,12 @@ pub(crate) fn infer_config_from_shapes(
         .next()
         .ok_or_else(|| Error::Weights {
             path: path.into(),
-            message: format!("no input side gives a LayerNorm of side {lrn_side}"),
+            message: match lrn_side {
+                Some(lrn_side) => format!("no input side gives a LayerNorm of side {lrn_side}"),
+                None => format!("no input side gives `fc.weight`'s {} inputs", fc[1]),
+            },
         })?;
-    Ok(DexpressionConfig::with(n_classes, image_size))
+    Ok(DexpressionConfig::of(variant, n_classes, image_size))
 }
 
 #[cfg(test)]
@@ -846,6 +959,8 @@ mod tests {
         let wrong = WeightsMetadata {
             class_names: vec!["a".into(), "b".into(), "c".into()],
             image_size: 48,
+            variant: Variant::Port,
+            lrn: None,
         };
         let tampered = dir.path().join("tampered.safetensors");
         save_tensors_with_metadata(&model.state_dict().expect("tensors"), &wrong, &tampered)
@@ -854,5 +969,127 @@ mod tests {
             panic!("3 names for 2 outputs must be refused");
         };
         assert!(error.to_string().contains("3 classes"), "{error}");
+    }
+
+    #[test]
+    fn the_variant_travels_with_the_weights_and_the_other_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names: Vec<String> = (0..3).map(|i| format!("class {i}")).collect();
+        let paper_config = DexpressionConfig {
+            lrn: LrnConstants {
+                k: 2.0,
+                ..LrnConstants::default()
+            },
+            ..DexpressionConfig::of(Variant::Paper, 3, 46)
+        };
+        let paper = Dexpression::new(paper_config.clone(), 1, &Device::Cpu).expect("network");
+        let names_of = |model: &Dexpression| -> Vec<String> {
+            model.named_vars().iter().map(|n| n.name.clone()).collect()
+        };
+        assert!(!names_of(&paper)
+            .iter()
+            .any(|n| n.starts_with("lrn1") || n.starts_with("batch_normalization")));
+        let paper_path = dir.path().join("paper.safetensors");
+        paper
+            .save_with_metadata(&paper_path, &names)
+            .expect("saved");
+        let metadata = WeightsMetadata::read(&paper_path)
+            .expect("readable")
+            .expect("present");
+        assert_eq!(metadata.variant, Variant::Paper);
+        assert_eq!(metadata.lrn, Some(paper_config.lrn));
+        let loaded = Dexpression::load(&paper_path, &Device::Cpu).expect("loads");
+        assert_eq!(
+            loaded.config(),
+            &paper_config,
+            "variant, side and LRN constants"
+        );
+        // Sides 61 to 76 give the paper's variant one fc width, but not one LayerNorm side: the
+        // recorded side is the one used.
+        let at_76 = DexpressionConfig::of(Variant::Paper, 3, 76);
+        let path_76 = dir.path().join("paper-76.safetensors");
+        Dexpression::new(at_76, 2, &Device::Cpu)
+            .expect("network")
+            .save_with_metadata(&path_76, &names)
+            .expect("saved");
+        assert_eq!(
+            Dexpression::load(&path_76, &Device::Cpu)
+                .expect("loads")
+                .config()
+                .image_size,
+            76
+        );
+        assert!(loaded.state_dict().expect("tensors").len() == names_of(&paper).len());
+
+        let port = Dexpression::new(DexpressionConfig::with(3, 46), 1, &Device::Cpu).expect("port");
+        let port_path = dir.path().join("port.safetensors");
+        port.save_with_metadata(&port_path, &names).expect("saved");
+        // Either file loaded as the other variant: an error naming both and the flag to pass.
+        let Err(error) =
+            Dexpression::load_with_config(&port_path, paper_config.clone(), &Device::Cpu)
+        else {
+            panic!("port weights must not load as the paper's");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("port variant's weights") && error.contains("--variant port"),
+            "{error}"
+        );
+        let Err(error) = Dexpression::load_with_config(
+            &paper_path,
+            DexpressionConfig::with(3, 46),
+            &Device::Cpu,
+        ) else {
+            panic!("paper weights must not load as the port's");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("paper variant's weights") && error.contains("--variant paper"),
+            "{error}"
+        );
+        // Metadata naming the other variant than the tensors is refused too.
+        let tampered = dir.path().join("tampered.safetensors");
+        let lying = WeightsMetadata {
+            variant: Variant::Port,
+            ..metadata
+        };
+        save_tensors_with_metadata(&paper.state_dict().expect("tensors"), &lying, &tampered)
+            .expect("written");
+        let Err(error) = Dexpression::load(&tampered, &Device::Cpu) else {
+            panic!("metadata naming the port over paper tensors must be refused");
+        };
+        assert!(error.to_string().contains("port variant"), "{error}");
+        // Without metadata the tensors alone say which variant: no lrn1, no BatchNorm.
+        let plain = dir.path().join("plain.safetensors");
+        paper.save(&plain).expect("saved");
+        assert_eq!(
+            Dexpression::load(&plain, &Device::Cpu)
+                .expect("loads")
+                .config()
+                .variant,
+            Variant::Paper
+        );
+    }
+
+    #[test]
+    fn the_paper_variant_trains_through_its_lrn() {
+        let config = DexpressionConfig::of(Variant::Paper, 2, 48);
+        let model = Dexpression::new(config, 5, &Device::Cpu).expect("network");
+        let xs = Tensor::rand(0f32, 1f32, (2, 1, 48, 48), &Device::Cpu).expect("input");
+        let logp = model.forward_t(&xs, true).expect("forward");
+        let grads = logp.sum_all().and_then(|l| l.backward()).expect("backward");
+        // conv1 is before the LRN: its gradient went through the LRN's backward.
+        let conv1 = &model.named_vars()[0];
+        assert_eq!(conv1.name, "conv1.weight");
+        let grad = grads
+            .get(conv1.var.as_tensor())
+            .expect("a gradient for conv1");
+        assert!(
+            grad.abs()
+                .and_then(|g| g.sum_all())
+                .and_then(|s| s.to_scalar::<f32>())
+                .expect("sum")
+                > 0.0
+        );
     }
 }

@@ -64,6 +64,10 @@ pub struct RunConfig {
     /// Dataset name or path.
     #[serde(deserialize_with = "lenient")]
     pub dataset: Option<String>,
+    /// The network trained: `"port"` or `"paper"` (runs from before there were two, and the
+    /// PyTorch port's own histories, have none: they trained the port's).
+    #[serde(deserialize_with = "lenient")]
+    pub variant: Option<String>,
 }
 
 impl RunConfig {

@@ -95,6 +95,11 @@ fn write_protocol(md: &mut String, input: &SummaryInput<'_>) {
     };
     let _ = writeln!(md, "{sentence}\n");
     let mut options: Vec<String> = Vec::new();
+    options.push(match config.variant.as_deref() {
+        Some("paper") => "network: the paper's DeXpression (`--variant paper`: local response normalisation, no BatchNorm)".to_string(),
+        Some("port") | None => "network: the PyTorch port's DeXpression (`--variant port`: LayerNorm and BatchNorm)".to_string(),
+        Some(other) => format!("network: `{other}`"),
+    });
     if let Some(dataset) = &config.dataset {
         options.push(format!("dataset: {dataset}"));
     }

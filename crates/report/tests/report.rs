@@ -557,6 +557,32 @@ fn a_frame_split_gets_a_plain_warning() {
 }
 
 #[test]
+fn the_summary_names_the_network_variant() {
+    let paper = check_report(
+        &[
+            ("run/history.csv", OUR_FOLD1),
+            (
+                "run/config.json",
+                r#"{"split": "subject", "variant": "paper"}"#,
+            ),
+        ],
+        &["run"],
+        EpochChoice::Final,
+    );
+    assert_contains(&paper.markdown, "- network: the paper's DeXpression");
+    // A run from before there were two variants trained the port's.
+    let old = check_report(
+        &[
+            ("run/history.csv", OUR_FOLD1),
+            ("run/config.json", r#"{"split": "subject"}"#),
+        ],
+        &["run"],
+        EpochChoice::Final,
+    );
+    assert_contains(&old.markdown, "- network: the PyTorch port's DeXpression");
+}
+
+#[test]
 fn neutral_label_and_configured_class_names() {
     let with_neutral = "Unnamed: 0,fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth
 0,1,1,50.0,50.0,1.0,1.0,\"[7, 0]\",\"[7, 1]\"

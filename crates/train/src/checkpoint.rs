@@ -411,11 +411,9 @@ pub(crate) fn save(
         .into_iter()
         .map(|(name, tensor)| Ok((name, tensor.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    // The class names and input side go into every weights file, so `predict` needs only it.
-    let metadata = WeightsMetadata {
-        class_names: state.config.class_names.clone(),
-        image_size: state.config.image_size,
-    };
+    // The class names, input side and variant go into every weights file, so `predict` needs
+    // only it.
+    let metadata = WeightsMetadata::of(model.config(), &state.config.class_names);
     let previous_last = state.weights.clone();
     let previous_best = state.best.clone();
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use dexpression_dataset::{Dataset, Selection, SplitBy};
-use dexpression_model::{AdamConfig, DexpressionConfig};
+use dexpression_model::{AdamConfig, DexpressionConfig, Variant};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -74,8 +74,12 @@ pub struct TrainConfig {
     pub beta2: f64,
     /// Adam's epsilon.
     pub eps: f64,
-    /// Dropout probability before batch normalisation.
+    /// Dropout probability before the classifier (and the port's batch normalisation).
     pub dropout: f32,
+    /// The network trained: the PyTorch port's or the paper's (runs from before there were two
+    /// trained the port's).
+    #[serde(default)]
+    pub variant: Variant,
     /// Seed of folds, initialisation, shuffling, dropout and augmentation.
     pub seed: u64,
     /// Random flips, rotations, shifts, scaling and brightness/contrast of training images.
@@ -116,6 +120,7 @@ impl TrainConfig {
             beta2: adam.beta2,
             eps: adam.eps,
             dropout: DexpressionConfig::port().dropout,
+            variant: Variant::Port,
             seed: 0,
             augment: false,
             select_on: SelectOn::Test,
@@ -134,7 +139,7 @@ impl TrainConfig {
     pub fn model_config(&self) -> DexpressionConfig {
         DexpressionConfig {
             dropout: self.dropout,
-            ..DexpressionConfig::with(self.class_names.len(), self.image_size)
+            ..DexpressionConfig::of(self.variant, self.class_names.len(), self.image_size)
         }
     }
 
@@ -265,6 +270,7 @@ mod tests {
             beta2: 0.999,
             eps: 1e-8,
             dropout: 0.2,
+            variant: Variant::Port,
             seed: 0,
             augment: false,
             select_on: SelectOn::Test,

@@ -104,11 +104,26 @@ mod app {
         /// one face.
         #[arg(long)]
         image: Option<PathBuf>,
+        /// The variant every served model must be (`port` or `paper`); without it, each as its
+        /// weights record. Weights of the other variant are refused at start.
+        #[arg(long, value_parser = crate::parse_variant)]
+        variant: Option<dexpression_model::Variant>,
     }
 
     pub fn run(args: Args) -> anyhow::Result<()> {
         let device = dexpression_model::parse_device(&args.device)?;
         let models = ModelSet::discover(args.weights.as_deref(), args.run.as_deref(), device)?;
+        if let Some(variant) = args.variant {
+            for model in &models.models {
+                let found = model.classifier.network().config().variant;
+                if found != variant {
+                    anyhow::bail!(
+                        "{}: the {found} variant's weights, not the {variant} variant's; pass `--variant {found}` or serve other weights",
+                        model.info.name
+                    );
+                }
+            }
+        }
         let limits = Limits {
             workers: usize::from(args.workers),
             queue: usize::from(args.queue),

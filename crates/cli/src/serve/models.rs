@@ -34,6 +34,8 @@ pub struct ModelInfo {
     pub classes: Vec<String>,
     /// Side of the square network input in pixels.
     pub input_side: usize,
+    /// The network: `port` (the PyTorch port's) or `paper` (Burkert et al.'s).
+    pub variant: dexpression_model::Variant,
     /// How the run was trained, when the weights come from a run folder.
     pub protocol: Option<Protocol>,
     /// Test accuracy (percent) of these weights on their fold, when known.
@@ -192,6 +194,7 @@ impl Candidate {
             name: self.name,
             classes: classifier.class_names().to_vec(),
             input_side: classifier.image_size(),
+            variant: classifier.network().config().variant,
             protocol,
             accuracy: self.accuracy,
             epoch: self.epoch,
