@@ -7,12 +7,15 @@ use anyhow::Context;
 use dexpression_dataset::crop::{load_face_pixels, open_image, CropBox};
 use dexpression_dataset::faces::{detect_face_inputs, whole_image_input, FaceInput};
 use dexpression_dataset::DataDir;
+use dexpression_model::candle_core::Device;
 use dexpression_model::{parse_device, Classifier, Prediction};
+use dexpression_train::RunDir;
 
 /// Classify the facial expression in each image with trained weights.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Safetensors weights (from `train`, `download --weights` or `import-torch`).
+    /// Safetensors weights (from `train`, `download --weights` or `import-torch`), or the run
+    /// folder `train --out` wrote: its first fold's best weights (else its last).
     #[arg(long, default_value_os_t = DataDir::default().port_weights())]
     weights: PathBuf,
     /// Images to classify.
@@ -41,7 +44,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let classifier = Classifier::load(&args.weights, &device)
+    let classifier = load_classifier(&args.weights, &device)
         .with_context(|| {
             format!(
                 "loading {} (get weights with `cargo xtask download --weights` or `cargo xtask train`)",
@@ -106,6 +109,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The classifier of a weights file, or of a run folder's first fold with weights (with the
+/// run's input side and class names).
+fn load_classifier(weights: &Path, device: &Device) -> anyhow::Result<Classifier> {
+    if !weights.is_dir() {
+        return Ok(Classifier::load(weights, device)?);
+    }
+    let run = RunDir::open(weights)?;
+    let Some(found) = run.first_weights() else {
+        anyhow::bail!(
+            "{}: no fold with weights yet (expected fold*/best.json or fold*/last.json as `cargo xtask train` writes them)",
+            weights.display()
+        );
+    };
+    Ok(run.load_classifier(&found.path, device)?)
 }
 
 /// The faces of an image: every face the detector finds (cropped as `prepare` crops frames

@@ -222,4 +222,18 @@ fn a_two_class_folder_dataset_with_its_own_names_runs_end_to_end() {
         predicted_names(&best_weights(&out), &image),
         vec!["no_pain".to_string(), "pain".to_string()]
     );
+    // The run folder stands for its first fold's best weights, with the run's class names.
+    let predict = |weights: &str| {
+        xtask(&[
+            "predict",
+            "--weights",
+            weights,
+            "--no-crop",
+            "--json",
+            "--device",
+            "cpu",
+            text(&image),
+        ])
+    };
+    assert_eq!(predict(text(&out)), predict(&best_weights(&out)));
 }

@@ -10,7 +10,8 @@ pub const CLASSES_FILE: &str = "classes.txt";
 
 /// The most classes a dataset may have: far above the few hundred of the largest face sets,
 /// low enough that a source with a folder per image (a layout mistake) is refused, not trained.
-pub const MAX_CLASSES: usize = 1000;
+/// The report takes the same limit from the same place.
+pub use dexpression_runfiles::MAX_CLASSES;
 
 /// The name a class folder stands for: the expression's name for a known spelling of one
 /// (`angry` and `anger` are both `Anger`, `happy` is `Happiness`), else the name itself, trimmed.

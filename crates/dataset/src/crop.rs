@@ -86,13 +86,13 @@ pub fn crop_and_resize(image: &image::DynamicImage, face: Option<CropBox>, size:
 }
 
 /// Opens an image file, refusing from its header alone, before any pixel memory is allocated,
-/// one wider or taller than 8192 pixels (a header may declare any size and decoding allocates
+/// one wider or taller than [`crate::MAX_IMAGE_SIDE`] pixels (a header may declare any size and decoding allocates
 /// what it declares). The format is read from the content, not the file name.
 pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
     let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
-    crate::prepare::decode_image(&bytes).map_err(|reason| Error::Image {
+    crate::prepare::decode_image(&bytes).map_err(|error| Error::Image {
         path: path.to_path_buf(),
-        reason,
+        reason: error.to_string(),
     })
 }
 

@@ -122,7 +122,7 @@ pub enum Error {
         classes: String,
     },
     /// A class list longer than [`crate::MAX_CLASSES`].
-    #[error("{root}: {n_classes} classes ({classes}), at most 1000 are taken; is this a folder per image rather than per class? Pass the folder whose subfolders are the classes as the source")]
+    #[error("{root}: {n_classes} classes ({classes}), at most {max} are taken; is this a folder per image rather than per class? Pass the folder whose subfolders are the classes as the source", max = crate::MAX_CLASSES)]
     TooManyClasses {
         /// The dataset.
         root: PathBuf,
@@ -148,7 +148,7 @@ pub enum Error {
         reason: String,
     },
     /// An image file that cannot be decoded or is too large to be.
-    #[error("{path}: {reason}; pass a PNG, JPEG or TIFF image of at most 8192 pixels a side")]
+    #[error("{path}: {reason}; pass a PNG, JPEG or TIFF image of at most {max} pixels a side", max = crate::MAX_IMAGE_SIDE)]
     Image {
         /// The image file.
         path: PathBuf,

@@ -50,7 +50,7 @@ mod classes;
 pub mod crop;
 mod data_dir;
 mod dataset;
-pub mod detect;
+mod detect;
 mod error;
 mod expression;
 pub mod faces;
@@ -58,7 +58,7 @@ mod fer2013;
 mod folds;
 mod layout;
 mod options;
-pub mod parse;
+mod parse;
 mod prepare;
 mod progress;
 mod summary;
@@ -77,6 +77,16 @@ pub use fer2013::{fer2013_class_names, FER2013_CLASSES, FER2013_SIDE};
 pub use folds::{k_fold, usage_split, Fold, SplitBy, UsageSplit};
 pub use layout::ckplus_release;
 pub use options::{PrepareOptions, Selection, DEFAULT_CROP_MARGIN};
-pub use prepare::{decode_image, prepare, MAX_IMAGE_SIDE};
+pub use prepare::{decode_image, prepare, DecodeError, MAX_IMAGE_SIDE};
 pub use progress::{Progress, Silent, Stage, Step};
 pub use summary::{SkipKind, Skipped, Summary};
+
+/// The parsers of CK+'s text files and the face detector, for tests that check them on their
+/// own; not a stable API (the `testing` feature turns it on).
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::detect::{detect_faces, DetectedFace};
+    pub use crate::parse::{
+        parse_ck_stem, parse_emotion_label, parse_landmarks, CkStem, ParseError, N_LANDMARKS,
+    };
+}

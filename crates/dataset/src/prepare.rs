@@ -324,30 +324,48 @@ fn crop_all(
 /// decoding allocates what it declares (a CK+ frame is 640x490).
 pub const MAX_IMAGE_SIDE: u32 = 8192;
 
+/// Why [`decode_image`] refused an image; its message is the reason in words, for a caller to
+/// put after the file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes could not be read as an image (not even its format).
+    #[error("cannot read: {0}")]
+    Unreadable(std::io::Error),
+    /// The header or the pixels are not a PNG, JPEG or TIFF image this decoder can read.
+    #[error("cannot decode: {0}")]
+    Undecodable(image::ImageError),
+    /// The header declares a side beyond [`MAX_IMAGE_SIDE`].
+    #[error(
+        "the image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_SIDE} a side"
+    )]
+    TooLarge {
+        /// Width the header declares.
+        width: u32,
+        /// Height the header declares.
+        height: u32,
+    },
+}
+
 /// Decodes an image, refusing from its header alone, before any pixel memory is allocated, one
-/// wider or taller than [`MAX_IMAGE_SIDE`]; the error is the reason, in words.
-pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
+/// wider or taller than [`MAX_IMAGE_SIDE`].
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, DecodeError> {
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
-            .map_err(|error| format!("cannot read: {error}"))
+            .map_err(DecodeError::Unreadable)
     };
     let (width, height) = reader()?
         .into_dimensions()
-        .map_err(|error| format!("cannot decode: {error}"))?;
+        .map_err(DecodeError::Undecodable)?;
     if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return Err(format!(
-            "the image is {width}x{height} pixels, more than the limit of {MAX_IMAGE_SIDE} a side"
-        ));
+        return Err(DecodeError::TooLarge { width, height });
     }
     let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|error| format!("cannot decode: {error}"))
+    reader.decode().map_err(DecodeError::Undecodable)
 }
 
 /// Longest side up to which a folder-per-class image counts as a ready-made face crop even
@@ -368,7 +386,7 @@ fn crop_one(job: &FrameJob, options: &PrepareOptions) -> std::result::Result<Sam
         )
     })?;
     let image = decode_image(&bytes)
-        .map_err(|reason| skipped(&job.image, SkipKind::CorruptImage, reason))?;
+        .map_err(|error| skipped(&job.image, SkipKind::CorruptImage, error.to_string()))?;
     let (face, crop) = if let Some(landmarks_path) = &job.landmarks {
         let text = std::fs::read(landmarks_path).map_err(|error| {
             skipped(

@@ -1,7 +1,7 @@
 //! Property tests of the parsers of CK+'s small text files: emotion labels, landmarks and file
 //! stems. Any text gives an error or a valid value, never a panic.
 
-use dexpression_dataset::parse::{parse_ck_stem, parse_emotion_label, parse_landmarks};
+use dexpression_dataset::testing::{parse_ck_stem, parse_emotion_label, parse_landmarks};
 use proptest::prelude::*;
 
 /// Numbers as CK+ and other tools write them, and things that only look like numbers.

@@ -796,8 +796,7 @@ fn synthetic_expressions_are_learnable_across_subjects() {
 #[test]
 fn detector_crops_faces_without_landmarks() {
     use dexpression_dataset::crop::{landmark_box, CropBox};
-    use dexpression_dataset::detect::detect_faces;
-    use dexpression_dataset::parse::parse_landmarks;
+    use dexpression_dataset::testing::{detect_faces, parse_landmarks};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (root, _) = synthetic(dir.path(), 1);
@@ -1151,7 +1150,7 @@ fn labels_are_taken_from_the_copy_holding_the_images() {
 fn an_image_beyond_the_side_limit_is_refused_from_its_header() {
     let reason = decode_image(&crafted_png::png_header(MAX_IMAGE_SIDE + 1, 10)).unwrap_err();
     assert_eq!(
-        reason,
+        reason.to_string(),
         "the image is 8193x10 pixels, more than the limit of 8192 a side"
     );
 }

@@ -54,14 +54,14 @@ impl Default for ImportLimits {
 }
 
 /// Imports the CK+ release from `from` (a zip, or a folder of zips and/or extracted files) into
-/// `dest`, within the default [`ImportLimits`].
+/// `dest`, within the default `ImportLimits`.
 ///
 /// The files are unpacked beside `dest` and renamed into place only when the images and the
 /// emotion labels are both there. A zip with nothing from CK+ is an error naming its entries.
 ///
 /// The user's files are never deleted: a `from` inside `dest` is refused (replacing `dest` would
 /// delete it), and an existing `dest` is replaced only when an earlier import made it (it holds
-/// [`IMPORT_MARKER`]); otherwise the import stops and says so. Symbolic links in a `from` folder
+/// `IMPORT_MARKER`); otherwise the import stops and says so. Symbolic links in a `from` folder
 /// are followed, but a link back into a folder being walked is an error, not an endless walk.
 pub fn import_ckplus(from: &Path, dest: &Path, progress: &dyn Progress) -> Result<ImportSummary> {
     import_ckplus_with_limits(from, dest, &ImportLimits::default(), progress)
@@ -343,7 +343,7 @@ fn unpack_zip(
 }
 
 /// The dataset crate's extraction errors as this crate's, with the limit named as
-/// [`ImportLimits`] names it.
+/// `ImportLimits` names it.
 fn from_extraction(zip_path: &Path, err: dexpression_dataset::Error) -> Error {
     use dexpression_dataset::Error as Extraction;
     match err {

@@ -42,7 +42,7 @@ pub struct DriveOptions {
     /// Never go online: succeed only when the file is already on disk.
     pub offline: bool,
     /// How long the server may stay silent before the transfer is given up
-    /// ([`READ_TIMEOUT`](crate::READ_TIMEOUT) by default).
+    /// (`READ_TIMEOUT` by default).
     pub read_timeout: std::time::Duration,
 }
 
@@ -70,7 +70,7 @@ pub fn pin_path(dest: &Path) -> std::path::PathBuf {
 /// is hashed and, when it matches, nothing is fetched.
 ///
 /// Drive publishes no checksum, so the sha256 of the first complete download is also recorded in
-/// [`pin_path`]`(dest)`, which later downloads of the same file must match (trust on first use):
+/// `pin_path``(dest)`, which later downloads of the same file must match (trust on first use):
 /// a file replaced on Drive, or altered on its way, is moved aside and refused.
 pub fn fetch_drive_file(
     file: &DriveFile,

@@ -68,7 +68,7 @@ pub struct HubOptions {
     /// How many times hf-hub tries a request; its default when `None`.
     pub retry_max_attempts: Option<usize>,
     /// How long the Hub may stay silent during a transfer;
-    /// [`READ_TIMEOUT`](crate::READ_TIMEOUT) when `None`.
+    /// `READ_TIMEOUT` when `None`.
     pub read_timeout: Option<std::time::Duration>,
 }
 

@@ -1,6 +1,6 @@
 //! Any image-classification dataset on the Hugging Face Hub whose parquet files hold an image
 //! column and a label column, fetched and written as a folder-per-class dataset; the CK+ mirror
-//! is one such dataset, read with CK+'s emotion names ([`ClassNaming::CkPlus`]).
+//! is one such dataset, read with CK+'s emotion names (`ClassNaming::CkPlus`).
 //!
 //! The repository's file list comes from the Hub (through hf-hub) and is kept in the data
 //! folder beside the files, so that an `--offline` run knows which files it needs. The dataset
@@ -82,7 +82,7 @@ pub struct HubDatasetDownload {
 ///
 /// The files of every split go into the same class folders, since training makes its own
 /// folds. Verification, resuming, `offline` and the output folder's marker work as for
-/// [`fetch_hub_file`](crate::fetch_hub_file) and [`convert_parquet_files`].
+/// [`fetch_hub_file`](crate::fetch_hub_file) and `convert_parquet_files`.
 pub fn download_hub_dataset(
     data: &DataDir,
     dataset: &HubDataset,

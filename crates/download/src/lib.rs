@@ -41,23 +41,30 @@ mod transfer;
 
 use std::path::PathBuf;
 
-pub use ckplus::{
-    import_ckplus, import_ckplus_with_limits, ImportLimits, ImportSummary, CKPLUS_PARTS,
-    IMPORT_MARKER,
-};
-pub use drive::{fetch_drive_file, pin_path, DriveFile, DriveOptions, DRIVE_ENDPOINT};
+pub use ckplus::{import_ckplus, ImportSummary, CKPLUS_PARTS};
+pub use drive::{fetch_drive_file, DriveFile, DriveOptions, DRIVE_ENDPOINT};
 pub use error::{Error, Result};
 pub use hub::{fetch_hub_file, HubFile, HubOptions, RepoKind};
-pub use hub_dataset::{card_class_names, download_hub_dataset, HubDataset, HubDatasetDownload};
-pub use mirror::{
-    class_from_name, convert_mirror, convert_mirror_with_limits, convert_parquet_files,
-    ClassNaming, ConversionSummary, MirrorLimits, MAX_IMAGE_SIDE, SOURCE_MARKER,
-};
+pub use hub_dataset::{download_hub_dataset, HubDataset, HubDatasetDownload};
+pub use mirror::{convert_mirror, ConversionSummary};
 pub use progress::{NoProgress, Progress, Silent, Unit};
-pub use transfer::{
-    part_path, sha256_file, sidecar_path, verify_existing, FetchStatus, Fetched, CONNECT_TIMEOUT,
-    READ_TIMEOUT,
-};
+pub use transfer::{FetchStatus, Fetched};
+
+/// The limits, file names and helpers behind the downloads, for tests that exercise them with
+/// small limits or look at partial files; not a stable API (the `testing` feature turns it on).
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::ckplus::{import_ckplus_with_limits, ImportLimits, IMPORT_MARKER};
+    pub use crate::drive::pin_path;
+    pub use crate::hub_dataset::card_class_names;
+    pub use crate::mirror::{
+        class_from_name, convert_mirror_with_limits, convert_parquet_files, ClassNaming,
+        MirrorLimits, SOURCE_MARKER,
+    };
+    pub use crate::transfer::{
+        part_path, sha256_file, sidecar_path, verify_existing, CONNECT_TIMEOUT, READ_TIMEOUT,
+    };
+}
 
 /// The default Hugging Face dataset repository of the CK+ mirror.
 pub const DEFAULT_MIRROR_REPO: &str = "AlirezaF138/ckplus-dataset";
@@ -123,7 +130,7 @@ impl MirrorSource {
 
 /// Downloads (or verifies) the mirror's parquet file and converts it into
 /// [`DataDir::mirror_dir`], with CK+'s emotion names: [`download_hub_dataset`]'s path, for one
-/// named file and [`ClassNaming::CkPlus`].
+/// named file and `ClassNaming::CkPlus`.
 ///
 /// A second run finds the file verified and the folder marked as converted from it, and does
 /// neither again; with `hub.offline` it never goes online.
@@ -141,7 +148,7 @@ pub fn download_mirror(
     let download = hub_dataset::fetch_and_convert(
         data,
         &dataset,
-        Some(ClassNaming::CkPlus),
+        Some(mirror::ClassNaming::CkPlus),
         &data.mirror_dir(),
         hub,
         progress,

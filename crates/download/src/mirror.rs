@@ -1,6 +1,6 @@
 //! Conversion of Hub image-classification datasets (parquet files of images and labels) into
 //! the dataset crate's folder-per-class layout, `<out>/<class>/<stem>.png`; the CK+ mirror is one
-//! of them, with its labels read as CK+'s seven emotions ([`ClassNaming::CkPlus`]).
+//! of them, with its labels read as CK+'s seven emotions (`ClassNaming::CkPlus`).
 //!
 //! Schemas vary between datasets, so they are read defensively: the image may be the Hub's usual
 //! struct `{bytes, path}` or plain bytes, the label a class name or an integer index (named by
@@ -20,10 +20,6 @@ use parquet::schema::types::Type;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 
-/// The largest width or height of an image that is decoded (the CK+ mirror's are 48x48): the
-/// dataset crate's limit.
-pub const MAX_IMAGE_SIDE: u32 = dexpression_dataset::MAX_IMAGE_SIDE;
-
 /// The file in the output folder that records which parquet files it was made from (their
 /// sha256s), so that a second run with the same input does nothing, and that marks the folder as
 /// one a conversion made, which a later conversion may replace.
@@ -41,7 +37,7 @@ pub enum ClassNaming {
     /// `card_names` (the dataset card's `class_label` names, by column).
     Own {
         /// The names from the dataset card, index by index, for each column that has them
-        /// (see [`card_class_names`](crate::card_class_names)).
+        /// (see `card_class_names`).
         card_names: BTreeMap<String, Vec<String>>,
     },
 }
@@ -52,7 +48,7 @@ pub struct ConversionSummary {
     /// The output folder.
     pub out_dir: PathBuf,
     /// Each class folder's name with its number of images, in class order (CK+'s emotion order
-    /// for [`ClassNaming::CkPlus`], else the order of `classes.txt`).
+    /// for `ClassNaming::CkPlus`, else the order of `classes.txt`).
     pub n_images_per_class: Vec<(String, usize)>,
     /// Whether the folder was already complete for this input and left as it was.
     pub already_converted: bool,
@@ -86,7 +82,7 @@ impl Default for MirrorLimits {
 }
 
 /// Converts the CK+ mirror's parquet file into `<out_dir>/<Emotion>/<stem>.png`
-/// ([`ClassNaming::CkPlus`]), within the default [`MirrorLimits`]; see [`convert_parquet_files`].
+/// (`ClassNaming::CkPlus`), within the default `MirrorLimits`; see `convert_parquet_files`.
 pub fn convert_mirror(
     parquet: &Path,
     source_sha256: &str,
@@ -121,11 +117,11 @@ pub fn convert_mirror_with_limits(
 
 /// Converts parquet files (each with its sha256) into one folder-per-class dataset,
 /// `<out_dir>/<class>/<stem>.png`; the rows of all files (a dataset's splits) go into the same
-/// class folders. Images are limited to [`MAX_IMAGE_SIDE`] pixels a side.
+/// class folders. Images are limited to [`dexpression_dataset::MAX_IMAGE_SIDE`] pixels a side.
 ///
 /// The folder is built beside `out_dir` and renamed into place when complete, so a cut run
 /// leaves no half-converted dataset. The files' checksums are recorded in the folder
-/// ([`SOURCE_MARKER`]); when they already match, nothing is done. An `out_dir` that holds files
+/// (`SOURCE_MARKER`); when they already match, nothing is done. An `out_dir` that holds files
 /// without that marker is not the conversion's to replace, and is refused.
 pub fn convert_parquet_files(
     sources: &[(&Path, &str)],
@@ -271,14 +267,14 @@ enum RawLabel {
     Index(i64),
 }
 
-/// What has been read so far from the files of one conversion, against its [`MirrorLimits`].
+/// What has been read so far from the files of one conversion, against its `MirrorLimits`.
 #[derive(Default)]
 struct Counted {
     rows: u64,
     image_bytes: u64,
 }
 
-/// The class folders and every row's class in them. For [`ClassNaming::Own`], only classes
+/// The class folders and every row's class in them. For `ClassNaming::Own`, only classes
 /// with images get a folder, in the order of the label names when there are some, else in the
 /// order first met.
 #[allow(clippy::type_complexity)]
@@ -764,7 +760,7 @@ fn stem_of(name: &str) -> String {
 fn as_png(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
     // The dataset crate's decoder checks the header's size before decoding allocates it.
-    let decoded = decode_image(bytes)?;
+    let decoded = decode_image(bytes).map_err(|error| error.to_string())?;
     if bytes.starts_with(PNG_SIGNATURE) {
         return Ok(bytes.to_vec());
     }

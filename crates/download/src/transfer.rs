@@ -40,7 +40,7 @@ pub struct Fetched {
 }
 
 /// The file at `dest` as a [`Fetched`] that needed no transfer, when it is there and matches the
-/// sha256 recorded beside it (see [`verify_existing`]).
+/// sha256 recorded beside it (see `verify_existing`).
 pub(crate) fn already_present(dest: &Path) -> Result<Option<Fetched>> {
     Ok(verify_existing(dest)?.map(|sha256| Fetched {
         path: dest.to_path_buf(),

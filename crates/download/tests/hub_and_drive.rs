@@ -10,10 +10,13 @@ use common::{
     fake_checkpoint, png, write_mirror_parquet, write_unusable_parquet, ImageColumn, Label,
     MirrorRow, Route, Server,
 };
+use dexpression_download::testing::{
+    convert_mirror_with_limits, part_path, pin_path, sidecar_path, MirrorLimits,
+};
 use dexpression_download::{
-    convert_mirror, convert_mirror_with_limits, download_mirror, fetch_drive_file, fetch_hub_file,
-    pin_path, sidecar_path, DataDir, DriveFile, DriveOptions, Error, FetchStatus, HubFile,
-    HubFileDir, HubOptions, MirrorLimits, MirrorSource, NoProgress, RepoKind,
+    convert_mirror, download_mirror, fetch_drive_file, fetch_hub_file, DataDir, DriveFile,
+    DriveOptions, Error, FetchStatus, HubFile, HubFileDir, HubOptions, MirrorSource, NoProgress,
+    RepoKind,
 };
 
 const REPO: &str = "AlirezaF138/ckplus-dataset";
@@ -482,7 +485,7 @@ fn cut_transfer_resumes_with_a_range_request() {
     );
     assert!(err.to_string().contains("resumes"), "{err}");
     assert!(!dest.exists(), "an incomplete file is never put in place");
-    let part = dexpression_download::part_path(&dest);
+    let part = part_path(&dest);
     assert_eq!(
         fs::metadata(&part).expect("partial file kept").len(),
         cut_at as u64
@@ -589,8 +592,7 @@ fn disk_full_is_reported_as_such() {
     serve_drive_file(&server, &checkpoint.id, fake_checkpoint(100_000), None);
     let work = tempfile::tempdir().expect("temp dir");
     let dest = work.path().join(&checkpoint.file_name);
-    std::os::unix::fs::symlink("/dev/full", dexpression_download::part_path(&dest))
-        .expect("link to /dev/full");
+    std::os::unix::fs::symlink("/dev/full", part_path(&dest)).expect("link to /dev/full");
     let options = DriveOptions {
         endpoint: server.base.clone(),
         offline: false,
@@ -637,7 +639,7 @@ fn cut_hub_transfer_resumes_with_a_range_request() {
     assert!(err.to_string().contains("next run resumes"), "{err}");
     assert!(!raw.exists(), "nothing is put in place");
     assert!(!data.mirror_dir().exists());
-    let part = dexpression_download::part_path(&raw);
+    let part = part_path(&raw);
     assert_eq!(
         fs::read(&part).expect("partial file kept"),
         bytes[..cut_at],
@@ -745,7 +747,7 @@ fn a_hub_transfer_that_stalls_mid_body_fails_within_the_read_timeout() {
     assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
     let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
     assert_eq!(
-        fs::read(dexpression_download::part_path(&raw)).expect("partial file kept"),
+        fs::read(part_path(&raw)).expect("partial file kept"),
         bytes[..100],
         "the bytes before the stall are kept for the next run"
     );
@@ -772,7 +774,7 @@ fn hub_file_that_does_not_match_its_sha256_etag_is_refused() {
     assert_eq!(expected, &announced);
     assert_eq!(fs::read(moved_to).expect("moved aside"), bytes);
     let raw = data.raw_hub_file(&MirrorSource::default().hub_file());
-    assert!(!raw.exists() && !dexpression_download::part_path(&raw).exists());
+    assert!(!raw.exists() && !part_path(&raw).exists());
 }
 
 #[test]
@@ -834,7 +836,7 @@ fn server_without_ranges_gets_the_whole_file_again() {
     let work = tempfile::tempdir().expect("temp dir");
     let dest = work.path().join("plain.tar");
     // A partial file from an earlier run that the server cannot continue.
-    fs::write(dexpression_download::part_path(&dest), vec![0xAAu8; 20_000]).expect("stale part");
+    fs::write(part_path(&dest), vec![0xAAu8; 20_000]).expect("stale part");
     let file = DriveFile {
         id: "plain".to_string(),
         file_name: "plain.tar".to_string(),

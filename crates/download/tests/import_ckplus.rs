@@ -6,9 +6,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use dexpression_download::{
-    import_ckplus, import_ckplus_with_limits, Error, ImportLimits, NoProgress, IMPORT_MARKER,
-};
+use dexpression_download::testing::{import_ckplus_with_limits, ImportLimits, IMPORT_MARKER};
+use dexpression_download::{import_ckplus, Error, NoProgress};
 
 /// Files of a tiny CK+ release: (path inside the release, contents).
 fn tiny_release() -> Vec<(String, Vec<u8>)> {

@@ -6,23 +6,10 @@
 
 use std::path::Path;
 
+use dexpression_runfiles::{CK_PLUS_CLASS_NAMES, NEUTRAL_CLASS_NAME};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
-
-/// The seven CK+ emotion names in label order, as the PyTorch port numbers them.
-pub const CK_PLUS_CLASS_NAMES: [&str; 7] = [
-    "Anger",
-    "Contempt",
-    "Disgust",
-    "Fear",
-    "Happiness",
-    "Sadness",
-    "Surprise",
-];
-
-/// Name of the class the trainer adds as label 7 when neutral frames are kept.
-pub const NEUTRAL_CLASS_NAME: &str = "Neutral";
 
 /// What the report needs to know about how a history was produced; read from `config.json`.
 ///

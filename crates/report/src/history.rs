@@ -3,43 +3,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use dexpression_runfiles::{columns, HistoryRow, CONFIG_FILE, HISTORY_CSV, MAX_CLASSES};
+
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-
-/// File name of a history inside a run directory.
-pub const HISTORY_FILE_NAME: &str = "history.csv";
-/// File name of the run configuration beside a history.
-pub const CONFIG_FILE_NAME: &str = "config.json";
-/// Most classes a history may have when no configuration names them: a label of this value or
-/// more is refused (a confusion matrix is drawn as a square of that many classes).
-pub const MAX_CLASSES: usize = 256;
-
-/// One row of a history: the averages of one epoch of one fold, and the test predictions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EpochRecord {
-    /// Fold number, counted from 1 (port files counted from 0 are shifted on reading).
-    pub fold: u32,
-    /// Epoch number as written in the file.
-    pub epoch: u32,
-    /// Training accuracy in percent.
-    pub train_accuracy: f64,
-    /// Test accuracy in percent.
-    pub test_accuracy: f64,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Mean test loss.
-    pub test_loss: f64,
-    /// Predicted label of each test sample; empty when the file has no predictions.
-    pub test_pred: Vec<usize>,
-    /// True label of each test sample, paired with `test_pred`.
-    pub test_truth: Vec<usize>,
-}
 
 /// The rows of one or several history files, sorted by fold then epoch, with the run
 /// configuration found beside them.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    records: Vec<EpochRecord>,
+    records: Vec<HistoryRow>,
     sources: Vec<PathBuf>,
     config: Option<RunConfig>,
     notes: Vec<String>,
@@ -53,7 +26,7 @@ impl History {
     /// unnamed index column; `test_pred`/`test_truth` may be absent (no confusion matrices then).
     /// Folds numbered from 0 are renumbered from 1. A zero-byte file (a run that has not finished
     /// its first epoch) is an empty history. A malformed row is an error naming its line, and so
-    /// is a label of [`MAX_CLASSES`] or more.
+    /// is a label of [`dexpression_runfiles::MAX_CLASSES`] or more.
     pub fn from_csv(path: impl AsRef<Path>) -> Result<Self> {
         Self::read_csv(path.as_ref(), None)
     }
@@ -106,7 +79,7 @@ impl History {
         if !path.is_dir() {
             return Self::from_csv_with_config(path);
         }
-        let csv_path = path.join(HISTORY_FILE_NAME);
+        let csv_path = path.join(HISTORY_CSV);
         if csv_path.is_file() {
             return Self::from_csv_with_config(&csv_path);
         }
@@ -117,7 +90,7 @@ impl History {
         let mut run_dirs = Vec::new();
         for entry in std::fs::read_dir(path).map_err(io_error)? {
             let entry_path = entry.map_err(io_error)?.path();
-            if entry_path.join(HISTORY_FILE_NAME).is_file() {
+            if entry_path.join(HISTORY_CSV).is_file() {
                 run_dirs.push(entry_path);
             }
         }
@@ -129,7 +102,7 @@ impl History {
         run_dirs.sort();
         let runs = run_dirs
             .iter()
-            .map(|dir| Self::from_csv_with_config(&dir.join(HISTORY_FILE_NAME)))
+            .map(|dir| Self::from_csv_with_config(&dir.join(HISTORY_CSV)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::merge(runs))
     }
@@ -138,7 +111,7 @@ impl History {
         let config_path = csv_path
             .parent()
             .unwrap_or_else(|| Path::new("."))
-            .join(CONFIG_FILE_NAME);
+            .join(CONFIG_FILE);
         let config = if config_path.is_file() {
             Some(RunConfig::from_json(&config_path)?)
         } else {
@@ -162,7 +135,7 @@ impl History {
     pub fn merge(histories: impl IntoIterator<Item = History>) -> History {
         let mut merged = History::default();
         // (fold, epoch) -> (record, index into `source_names` of the input it came from)
-        let mut by_key: BTreeMap<(u32, u32), (EpochRecord, usize)> = BTreeMap::new();
+        let mut by_key: BTreeMap<(u32, u32), (HistoryRow, usize)> = BTreeMap::new();
         let mut source_names: Vec<String> = Vec::new();
         for history in histories {
             let source_idx = source_names.len();
@@ -205,7 +178,7 @@ impl History {
     }
 
     /// All rows, sorted by fold then epoch.
-    pub fn records(&self) -> &[EpochRecord] {
+    pub fn records(&self) -> &[HistoryRow] {
         &self.records
     }
 
@@ -217,7 +190,7 @@ impl History {
     }
 
     /// The rows of one fold, sorted by epoch.
-    pub fn fold_records(&self, fold: u32) -> Vec<&EpochRecord> {
+    pub fn fold_records(&self, fold: u32) -> Vec<&HistoryRow> {
         self.records
             .iter()
             .filter(|record| record.fold == fold)
@@ -261,7 +234,7 @@ struct Columns {
     test_truth: Option<usize>,
 }
 
-fn parse_records(path: &Path, bytes: &[u8], n_classes: Option<usize>) -> Result<Vec<EpochRecord>> {
+fn parse_records(path: &Path, bytes: &[u8], n_classes: Option<usize>) -> Result<Vec<HistoryRow>> {
     let (label_limit, limit) = match n_classes {
         Some(n_classes) => (
             n_classes,
@@ -289,15 +262,15 @@ fn parse_records(path: &Path, bytes: &[u8], n_classes: Option<usize>) -> Result<
             column,
         })
     };
-    let columns = Columns {
-        fold: require("fold")?,
-        epoch: require("epoch")?,
-        train_accuracy: require("avg_train_accuracy")?,
-        test_accuracy: require("avg_test_accuracy")?,
-        train_loss: require("avg_train_loss")?,
-        test_loss: require("avg_test_loss")?,
-        test_pred: find("test_pred"),
-        test_truth: find("test_truth"),
+    let positions = Columns {
+        fold: require(columns::FOLD)?,
+        epoch: require(columns::EPOCH)?,
+        train_accuracy: require(columns::TRAIN_ACCURACY)?,
+        test_accuracy: require(columns::TEST_ACCURACY)?,
+        train_loss: require(columns::TRAIN_LOSS)?,
+        test_loss: require(columns::TEST_LOSS)?,
+        test_pred: find(columns::TEST_PRED),
+        test_truth: find(columns::TEST_TRUTH),
     };
 
     let mut records = Vec::new();
@@ -324,19 +297,19 @@ fn parse_records(path: &Path, bytes: &[u8], n_classes: Option<usize>) -> Result<
             Some(idx) => parse_labels(field(idx))
                 .ok_or_else(|| malformed(column, idx, "a list of labels such as \"[4, 0, 3]\"")),
         };
-        let record = EpochRecord {
-            fold: integer("fold", columns.fold)?,
-            epoch: integer("epoch", columns.epoch)?,
-            train_accuracy: number("avg_train_accuracy", columns.train_accuracy)?,
-            test_accuracy: number("avg_test_accuracy", columns.test_accuracy)?,
-            train_loss: number("avg_train_loss", columns.train_loss)?,
-            test_loss: number("avg_test_loss", columns.test_loss)?,
-            test_pred: labels("test_pred", columns.test_pred)?,
-            test_truth: labels("test_truth", columns.test_truth)?,
+        let record = HistoryRow {
+            fold: integer(columns::FOLD, positions.fold)?,
+            epoch: integer(columns::EPOCH, positions.epoch)?,
+            train_accuracy: number(columns::TRAIN_ACCURACY, positions.train_accuracy)?,
+            test_accuracy: number(columns::TEST_ACCURACY, positions.test_accuracy)?,
+            train_loss: number(columns::TRAIN_LOSS, positions.train_loss)?,
+            test_loss: number(columns::TEST_LOSS, positions.test_loss)?,
+            test_pred: labels(columns::TEST_PRED, positions.test_pred)?,
+            test_truth: labels(columns::TEST_TRUTH, positions.test_truth)?,
         };
         for (column, labels) in [
-            ("test_pred", &record.test_pred),
-            ("test_truth", &record.test_truth),
+            (columns::TEST_PRED, &record.test_pred),
+            (columns::TEST_TRUTH, &record.test_truth),
         ] {
             if let Some(&label) = labels.iter().find(|&&label| label >= label_limit) {
                 return Err(Error::LabelOutOfRange {
@@ -570,7 +543,7 @@ mod property_tests {
         let error = parse_records(path, huge.as_bytes(), None).unwrap_err();
         assert!(
             error.to_string().contains("label 4000000000")
-                && error.to_string().contains("labels 0 to 255"),
+                && error.to_string().contains("labels 0 to 999"),
             "{error}"
         );
     }

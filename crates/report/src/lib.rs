@@ -31,9 +31,11 @@ mod plot;
 mod report;
 mod summary;
 
-pub use config::{RunConfig, CK_PLUS_CLASS_NAMES, NEUTRAL_CLASS_NAME};
+pub use config::RunConfig;
+pub use dexpression_runfiles::HistoryRow;
+pub use dexpression_runfiles::CK_PLUS_CLASS_NAMES;
 pub use error::{Error, Result};
-pub use history::{EpochRecord, History, CONFIG_FILE_NAME, HISTORY_FILE_NAME, MAX_CLASSES};
-pub use metrics::{class_scores, confusion_matrix, mean_and_std, ClassScores};
+pub use history::History;
+pub use metrics::confusion_matrix;
 pub use plot::{draw_confusion_matrix, CONFUSION_SIZE, CURVES_SIZE};
 pub use report::{write_report, EpochChoice, IncompleteFold, ReportOptions, ReportSummary};

@@ -33,7 +33,7 @@ pub(crate) fn add_counts(total: &mut Vec<Vec<u64>>, other: &[Vec<u64>]) {
 
 /// Precision, recall and F1 of one class; `None` where the denominator is zero.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ClassScores {
+pub(crate) struct ClassScores {
     /// Correct predictions of the class over all predictions of it.
     pub precision: Option<f64>,
     /// Correct predictions of the class over all samples of it.
@@ -45,7 +45,7 @@ pub struct ClassScores {
 }
 
 /// Scores of each class from a confusion matrix (`counts[truth][predicted]`).
-pub fn class_scores(counts: &[Vec<u64>]) -> Vec<ClassScores> {
+pub(crate) fn class_scores(counts: &[Vec<u64>]) -> Vec<ClassScores> {
     (0..counts.len())
         .map(|class_idx| {
             let true_positives = counts[class_idx][class_idx];
@@ -73,7 +73,7 @@ pub fn class_scores(counts: &[Vec<u64>]) -> Vec<ClassScores> {
 
 /// Mean and sample standard deviation (n − 1, as pandas' `std`); the deviation is `None` for
 /// fewer than two values and both are `None` for none.
-pub fn mean_and_std(values: &[f64]) -> (Option<f64>, Option<f64>) {
+pub(crate) fn mean_and_std(values: &[f64]) -> (Option<f64>, Option<f64>) {
     if values.is_empty() {
         return (None, None);
     }

@@ -103,7 +103,7 @@ pub(crate) fn draw_curves(
         .into_iter()
         .map(|fold| {
             let records = history.fold_records(fold);
-            let points = |value: &dyn Fn(&crate::EpochRecord) -> f64| {
+            let points = |value: &dyn Fn(&crate::HistoryRow) -> f64| {
                 records
                     .iter()
                     .map(|record| (i64::from(record.epoch), value(record)))

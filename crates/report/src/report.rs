@@ -6,10 +6,11 @@ use std::str::FromStr;
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::history::{EpochRecord, History};
+use crate::history::History;
 use crate::metrics::{add_counts, confusion_matrix};
 use crate::plot::{draw_confusion_matrix, draw_curves, CurveMetric};
 use crate::summary::{write_summary, SummaryInput};
+use crate::HistoryRow;
 
 /// Which epoch of each fold the confusion matrices and per-class scores are taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,7 +26,7 @@ pub enum EpochChoice {
 
 impl EpochChoice {
     /// The record of `records` (one fold, sorted by epoch) this choice picks, if there is one.
-    pub fn select<'a>(&self, records: &[&'a EpochRecord]) -> Option<&'a EpochRecord> {
+    pub fn select<'a>(&self, records: &[&'a HistoryRow]) -> Option<&'a HistoryRow> {
         match self {
             EpochChoice::Final => records.last().copied(),
             EpochChoice::Best => best_test_epoch(records),
@@ -35,8 +36,8 @@ impl EpochChoice {
 }
 
 /// The record with the highest test accuracy, the earliest on ties; NaN accuracies never win.
-pub(crate) fn best_test_epoch<'a>(records: &[&'a EpochRecord]) -> Option<&'a EpochRecord> {
-    let mut best: Option<&'a EpochRecord> = None;
+pub(crate) fn best_test_epoch<'a>(records: &[&'a HistoryRow]) -> Option<&'a HistoryRow> {
+    let mut best: Option<&'a HistoryRow> = None;
     for &record in records {
         let is_better = match best {
             None => true,
@@ -450,8 +451,8 @@ fn write_confusion_csv(counts: &[Vec<u64>], class_names: &[String], path: &Path)
 mod tests {
     use super::*;
 
-    fn record(epoch: u32, test_accuracy: f64) -> EpochRecord {
-        EpochRecord {
+    fn record(epoch: u32, test_accuracy: f64) -> HistoryRow {
+        HistoryRow {
             fold: 1,
             epoch,
             train_accuracy: 0.0,
@@ -472,7 +473,7 @@ mod tests {
             record(4, 90.0),
             record(5, f64::NAN),
         ];
-        let refs: Vec<&EpochRecord> = records.iter().collect();
+        let refs: Vec<&HistoryRow> = records.iter().collect();
         assert_eq!(best_test_epoch(&refs).map(|r| r.epoch), Some(3));
         assert_eq!(EpochChoice::Final.select(&refs).map(|r| r.epoch), Some(5));
         assert_eq!(

@@ -3,9 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::config::RunConfig;
-use crate::history::{EpochRecord, History};
+use crate::history::History;
 use crate::metrics::{class_scores, mean_and_std};
 use crate::report::{best_test_epoch, file_names, EpochChoice, IncompleteFold};
+use crate::HistoryRow;
 
 /// Everything `write_report` worked out that the summary shows.
 pub(crate) struct SummaryInput<'a> {
@@ -56,7 +57,7 @@ pub(crate) fn write_summary(input: &SummaryInput<'_>) -> String {
 
     let aggregate_note = aggregate_note(input);
     let _ = writeln!(md, "## Final epoch\n");
-    let final_records: Vec<&EpochRecord> = input
+    let final_records: Vec<&HistoryRow> = input
         .folds
         .iter()
         .filter_map(|&fold| input.history.fold_records(fold).last().copied())
@@ -65,7 +66,7 @@ pub(crate) fn write_summary(input: &SummaryInput<'_>) -> String {
     let _ = writeln!(md, "\n{aggregate_note}\n");
 
     let _ = writeln!(md, "## Best test epoch of each fold\n");
-    let best_records: Vec<&EpochRecord> = input
+    let best_records: Vec<&HistoryRow> = input
         .folds
         .iter()
         .filter_map(|&fold| best_test_epoch(&input.history.fold_records(fold)))
@@ -174,7 +175,7 @@ fn aggregate_note(input: &SummaryInput<'_>) -> String {
 fn write_fold_table(
     md: &mut String,
     input: &SummaryInput<'_>,
-    records: &[&EpochRecord],
+    records: &[&HistoryRow],
     with_epoch: bool,
 ) {
     let epoch_header = if with_epoch { " Epoch |" } else { "" };
@@ -216,12 +217,12 @@ fn write_fold_table(
             loss(record.test_loss)
         );
     }
-    let aggregated: Vec<&EpochRecord> = records
+    let aggregated: Vec<&HistoryRow> = records
         .iter()
         .copied()
         .filter(|record| input.aggregate_folds.contains(&record.fold))
         .collect();
-    let column = |value: fn(&EpochRecord) -> f64, format: fn(f64) -> String| {
+    let column = |value: fn(&HistoryRow) -> f64, format: fn(f64) -> String| {
         let values: Vec<f64> = aggregated.iter().map(|record| value(record)).collect();
         match mean_and_std(&values) {
             (Some(mean), Some(std)) => format!("{} ± {}", format(mean), format(std)),
@@ -279,7 +280,7 @@ fn write_class_scores(md: &mut String, input: &SummaryInput<'_>) {
         );
     }
     // Macro averages skip undefined scores, like classes absent from the test sets.
-    let macro_average = |value: fn(&crate::ClassScores) -> Option<f64>| {
+    let macro_average = |value: fn(&crate::metrics::ClassScores) -> Option<f64>| {
         let values: Vec<f64> = scores.iter().filter_map(value).collect();
         mean_and_std(&values).0
     };

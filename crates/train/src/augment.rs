@@ -16,7 +16,7 @@ const MAX_CONTRAST: f32 = 0.2;
 
 /// A randomly transformed copy of a `side` x `side` gray image (bilinear sampling, edges
 /// repeated outside the image).
-pub fn augment(pixels: &[u8], side: usize, rng: &mut impl Rng) -> Vec<u8> {
+pub(crate) fn augment(pixels: &[u8], side: usize, rng: &mut impl Rng) -> Vec<u8> {
     let flip = rng.random_bool(0.5);
     let angle = rng
         .random_range(-MAX_ROTATION_DEGREES..=MAX_ROTATION_DEGREES)

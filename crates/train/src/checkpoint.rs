@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use dexpression_model::{serialize_with_metadata, Adam, Dexpression, WeightsMetadata};
@@ -105,11 +105,6 @@ impl TrainState {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
-}
-
-/// The folder of fold `fold` (from 1) inside the output folder.
-pub(crate) fn fold_dir(out: &Path, fold: usize) -> PathBuf {
-    out.join(format!("fold{fold}"))
 }
 
 /// Key of the safetensors metadata entry of a `last-epochNNN.safetensors` that holds the
@@ -541,7 +536,7 @@ fn is_our_temporary(name: &str) -> bool {
 pub(crate) fn collect_records(out: &Path, config: &TrainConfig) -> Result<Vec<EpochRecord>> {
     let mut records = Vec::new();
     for fold in 1..=config.folds {
-        if let Some(point) = load_state(&fold_dir(out, fold), config)? {
+        if let Some(point) = load_state(&crate::layout::fold_dir(out, fold), config)? {
             records.extend(point.state.records);
         }
     }

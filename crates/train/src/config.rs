@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// File name of the configuration inside the output folder.
-pub const CONFIG_FILE: &str = "config.json";
-
 /// How the checkpoint called `best` is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -242,7 +239,7 @@ impl TrainConfig {
 }
 
 /// `peak:N` or `all`, the form the report reads.
-pub fn selection_name(selection: Selection) -> String {
+pub(crate) fn selection_name(selection: Selection) -> String {
     match selection {
         Selection::Peak(n_frames) => format!("peak:{n_frames}"),
         Selection::All => "all".into(),

@@ -2,21 +2,15 @@
 //! the report crate) and `history.jsonl` with everything, both rewritten by atomic replace
 //! ([`dexpression_fsio`]) after every epoch.
 
-use std::fmt::Write as _;
 use std::path::Path;
+
+use dexpression_runfiles::{HistoryRow, HISTORY_CSV, HISTORY_JSONL};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
-
-/// File name of the port-compatible history.
-pub const HISTORY_CSV: &str = "history.csv";
-/// File name of the complete history, one JSON record per fold and epoch.
-pub const HISTORY_JSONL: &str = "history.jsonl";
-/// The port's columns, in its order.
-pub const CSV_HEADER: &str = "fold,epoch,avg_train_accuracy,avg_test_accuracy,avg_train_loss,avg_test_loss,test_pred,test_truth";
 
 /// What one epoch of one fold measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +34,11 @@ pub struct EpochRecord {
 
 /// Writes `history.csv` and `history.jsonl` into `out` from `records` (sorted by fold and epoch
 /// here), each through a temporary file renamed into place.
-pub fn write_history(out: &Path, config: &TrainConfig, records: &[EpochRecord]) -> Result<()> {
+pub(crate) fn write_history(
+    out: &Path,
+    config: &TrainConfig,
+    records: &[EpochRecord],
+) -> Result<()> {
     let mut sorted: Vec<&EpochRecord> = records.iter().collect();
     sorted.sort_by_key(|record| (record.fold, record.epoch));
     write_atomic(&out.join(HISTORY_CSV), history_csv(&sorted).as_bytes())?;
@@ -59,36 +57,29 @@ pub fn write_history(out: &Path, config: &TrainConfig, records: &[EpochRecord]) 
     write_atomic(&out.join(HISTORY_JSONL), jsonl.as_bytes())
 }
 
-/// The CSV text: accuracy in percent, lists as `"[1, 2, 3]"`, numbers in Rust's shortest
-/// round-trip form (so equal runs give equal bytes).
-pub fn history_csv(records: &[&EpochRecord]) -> String {
-    let mut csv = String::from(CSV_HEADER);
-    csv.push('\n');
-    let list = |values: &[usize]| {
-        format!(
-            "\"[{}]\"",
-            values
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    for record in records {
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},{},{}",
-            record.fold,
-            record.epoch,
-            record.train.accuracy,
-            record.test.accuracy,
-            record.train.loss,
-            record.test.loss,
-            list(&record.test.predictions),
-            list(&record.test.truths),
-        );
+/// The CSV text ([`dexpression_runfiles::history_csv`]): accuracy in percent, the test
+/// predictions and truths of each epoch.
+pub(crate) fn history_csv(records: &[&EpochRecord]) -> String {
+    let rows: Vec<HistoryRow> = records.iter().map(|record| record.history_row()).collect();
+    dexpression_runfiles::history_csv(&rows)
+}
+
+impl EpochRecord {
+    /// Its row of `history.csv`, in the port's columns (test predictions included).
+    pub fn history_row(&self) -> HistoryRow {
+        // Folds and epochs are counted by this crate in the thousands at most.
+        let count = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+        HistoryRow {
+            fold: count(self.fold),
+            epoch: count(self.epoch),
+            train_accuracy: self.train.accuracy,
+            test_accuracy: self.test.accuracy,
+            train_loss: self.train.loss,
+            test_loss: self.test.loss,
+            test_pred: self.test.predictions.clone(),
+            test_truth: self.test.truths.clone(),
+        }
     }
-    csv
 }
 
 /// Reads `history.jsonl` back.

@@ -4,9 +4,9 @@
 //! [`run`] deals folds that do not share people (by default), trains a fresh network per fold
 //! with Adam and NLL loss (the PyTorch port's schedule by default), evaluates every epoch, and
 //! writes into the output folder `config.json` ([`TrainConfig`]), `history.csv` (the port's
-//! columns), `history.jsonl` (everything) and per fold `last`/`best` checkpoints
-//! ([`TrainState`]). A killed run started again resumes after its last finished epoch and ends
-//! with the same history; the same seed, options and thread count on the CPU give the same
+//! columns), `history.jsonl` (everything) and per fold `last`/`best` checkpoints (read back
+//! through [`RunDir`]). A killed run started again resumes after its last finished epoch and
+//! ends with the same history; the same seed, options and thread count on the CPU give the same
 //! history byte for byte.
 //!
 //! It does not read CK+ (the dataset crate prepares samples), define the network (the model
@@ -37,24 +37,32 @@ mod config;
 mod error;
 mod folds;
 mod history;
+mod layout;
 mod metrics;
 mod output;
 mod progress;
 mod run;
 
-pub use augment::augment;
-pub use batching::{batch_tensors, epoch_batches};
-pub use checkpoint::{
-    load_state, parse_weights_name, weights_name, BestEpoch, BestState, ResumePoint, TrainState,
-    WeightsKind, BEST_STATE, LAST_STATE,
-};
-pub use config::{selection_name, SelectOn, TrainConfig, CONFIG_FILE};
+pub use checkpoint::WeightsKind;
+pub use config::{SelectOn, TrainConfig};
+pub use dexpression_runfiles::{CONFIG_FILE, HISTORY_CSV, HISTORY_JSONL};
 pub use error::{Error, Result};
-pub use folds::{plan_folds, FoldPlan};
-pub use history::{
-    history_csv, read_history_jsonl, write_history, EpochRecord, CSV_HEADER, HISTORY_CSV,
-    HISTORY_JSONL,
-};
-pub use metrics::{Metrics, MetricsAccumulator};
+pub use history::{read_history_jsonl, EpochRecord};
+pub use layout::{FoldWeights, RunDir};
+pub use metrics::Metrics;
 pub use progress::{FoldInfo, Progress, RunInfo, Silent};
-pub use run::{evaluate, run, train_batch, BatchOutcome, RunOptions, RunSummary};
+pub use run::{run, RunOptions, RunSummary};
+
+/// The loop's parts and the checkpoint files' contents, for tests and benchmarks that drive a
+/// training step by hand or check what a fold folder holds; not a stable API (the `testing`
+/// feature turns it on).
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::batching::{batch_tensors, epoch_batches};
+    pub use crate::checkpoint::{
+        load_state, parse_weights_name, weights_name, BestEpoch, BestState, ResumePoint,
+        TrainState, BEST_STATE, LAST_STATE,
+    };
+    pub use crate::folds::{plan_folds, FoldPlan};
+    pub use crate::run::{train_batch, BatchOutcome};
+}

@@ -26,7 +26,7 @@ pub struct Metrics {
 
 /// Collects batches into [`Metrics`].
 #[derive(Debug, Default)]
-pub struct MetricsAccumulator {
+pub(crate) struct MetricsAccumulator {
     loss_sum: f64,
     predictions: Vec<usize>,
     truths: Vec<usize>,
@@ -49,11 +49,6 @@ impl MetricsAccumulator {
         self.truths.extend(targets.iter().map(|&t| t as usize));
         self.loss_sum += f64::from(mean_loss) * targets.len() as f64;
         Ok(())
-    }
-
-    /// Number of samples added.
-    pub fn n_samples(&self) -> usize {
-        self.truths.len()
     }
 
     /// The metrics of everything added, for `n_classes` classes.

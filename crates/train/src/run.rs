@@ -6,14 +6,16 @@ use std::time::Instant;
 use candle_core::{Device, ModuleT, Tensor};
 use dexpression_dataset::{Dataset, Sample};
 use dexpression_model::{Adam, Dexpression};
+use dexpression_runfiles::{CONFIG_FILE, HISTORY_CSV, HISTORY_JSONL};
 
 use crate::batching::{batch_tensors, derived_rng, derived_seed, epoch_batches, Purpose};
 use crate::checkpoint::{
-    self, collect_records, fold_dir, load_state, remove_stale_weights, restore, TrainState,
+    self, collect_records, load_state, remove_stale_weights, restore, TrainState,
 };
-use crate::config::{TrainConfig, CONFIG_FILE};
+use crate::config::TrainConfig;
 use crate::folds::{plan_folds, FoldPlan};
-use crate::history::{write_history, EpochRecord, HISTORY_CSV, HISTORY_JSONL};
+use crate::history::{write_history, EpochRecord};
+use crate::layout::fold_dir;
 use crate::metrics::{Metrics, MetricsAccumulator};
 use crate::output::{lock_output, move_aside, write_marker};
 use crate::progress::{FoldInfo, Progress, RunInfo};
@@ -276,7 +278,7 @@ pub fn train_batch(
 }
 
 /// Accuracy, loss and predictions of the network (evaluation mode) on some samples.
-pub fn evaluate(
+pub(crate) fn evaluate(
     model: &Dexpression,
     samples: &[Sample],
     indices: &[usize],

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use dexpression_train::{
-    load_state, parse_weights_name, read_history_jsonl, weights_name, TrainConfig, TrainState,
-    WeightsKind, LAST_STATE,
+use dexpression_train::testing::{
+    load_state, parse_weights_name, weights_name, TrainState, LAST_STATE,
 };
+use dexpression_train::{read_history_jsonl, TrainConfig, WeightsKind};
 use proptest::prelude::*;
 
 fn config() -> TrainConfig {

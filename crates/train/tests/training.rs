@@ -11,8 +11,9 @@ use candle_core::{Device, Tensor};
 use common::{history, small_config, synthetic, SIDE};
 use dexpression_dataset::Dataset;
 use dexpression_model::{Adam, Dexpression};
+use dexpression_train::testing::train_batch;
 use dexpression_train::{
-    read_history_jsonl, run, train_batch, Error, Progress, RunOptions, Silent, TrainConfig,
+    read_history_jsonl, run, Error, Progress, RunDir, RunOptions, Silent, TrainConfig, WeightsKind,
     HISTORY_JSONL,
 };
 
@@ -55,15 +56,49 @@ fn same_seed_gives_the_same_history_and_fold_runs_merge_to_it() {
     let records = read_history_jsonl(&full.join(HISTORY_JSONL)).unwrap();
     assert_eq!(records.len(), 6);
     for (ours, theirs) in records.iter().zip(report.records()) {
-        assert_eq!(
-            (ours.fold as u32, ours.epoch as u32),
-            (theirs.fold, theirs.epoch)
-        );
-        assert_eq!(ours.test.accuracy, theirs.test_accuracy);
-        assert_eq!(ours.test.predictions, theirs.test_pred);
-        assert_eq!(ours.test.truths, theirs.test_truth);
+        // One row type: what train writes is what the report reads, field for field.
+        assert_eq!(&ours.history_row(), theirs);
         assert!(ours.test.truths.iter().all(|&label| label < 7));
     }
+
+    // Both runs are found under their folder, and each fold offers its best weights.
+    let runs = RunDir::discover(folder.path(), 1).unwrap();
+    let roots: Vec<&Path> = runs.iter().map(RunDir::root).collect();
+    assert_eq!(roots, vec![by_fold.as_path(), full.as_path()]);
+    for run in &runs {
+        assert_eq!(run.folds(), 1..=3);
+        for fold in run.folds() {
+            let weights = run.best_or_last_weights(fold).expect("a trained fold");
+            assert_eq!((weights.fold, weights.kind), (fold, WeightsKind::Best));
+            assert!(weights.path.starts_with(run.fold_dir(fold)) && weights.path.is_file());
+            let best = records
+                .iter()
+                .filter(|record| record.fold == fold)
+                .max_by(|a, b| a.test.accuracy.total_cmp(&b.test.accuracy))
+                .expect("records of the fold");
+            assert_eq!(weights.test_accuracy, Some(best.test.accuracy));
+        }
+        let first = run.first_weights().expect("fold 1 trained");
+        let classifier = run.load_classifier(&first.path, &Device::Cpu).unwrap();
+        assert_eq!(classifier.class_names(), config.class_names.as_slice());
+        assert_eq!(classifier.image_size(), config.image_size);
+    }
+    // Without `best.json`, the last epoch's weights; a state naming a file outside the fold
+    // folder offers nothing (on the copy trained fold by fold, which only its history serves
+    // from here on).
+    let fold1 = by_fold.join("fold1");
+    std::fs::remove_file(fold1.join("best.json")).unwrap();
+    let run = RunDir::open(&by_fold).unwrap();
+    let last = run.best_or_last_weights(1).expect("last weights");
+    assert_eq!((last.kind, last.epoch), (WeightsKind::Last, 2));
+    let state = std::fs::read_to_string(fold1.join("last.json")).unwrap();
+    let name = last.path.file_name().unwrap().to_str().unwrap();
+    std::fs::write(
+        fold1.join("last.json"),
+        state.replace(name, "../config.json"),
+    )
+    .unwrap();
+    assert_eq!(run.best_or_last_weights(1), None);
     let n_samples: usize = records
         .iter()
         .filter(|r| r.epoch == 1)
@@ -308,7 +343,8 @@ fn validation_splits_keep_subjects_apart() {
     let mut config = small_config(&dataset);
     config.folds = 4;
     config.select_on = dexpression_train::SelectOn::Val;
-    let (plans, warnings) = dexpression_train::plan_folds(&config, &dataset.samples).unwrap();
+    let (plans, warnings) =
+        dexpression_train::testing::plan_folds(&config, &dataset.samples).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let subjects = |indices: &[usize]| -> std::collections::BTreeSet<String> {
         indices
@@ -358,7 +394,7 @@ fn augmentation_is_seeded_and_validation_selects_the_best_epoch() {
     unaugmented.validation_fraction = 0.34;
     train(&unaugmented, &dataset, &plain, Some(1)).unwrap();
     assert_ne!(history(&first), history(&plain));
-    let best: dexpression_train::BestState =
+    let best: dexpression_train::testing::BestState =
         serde_json::from_str(&std::fs::read_to_string(plain.join("fold1/best.json")).unwrap())
             .unwrap();
     let validation = best.validation.expect("selected on validation");

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use dexpression_model::candle_core::Device;
-use dexpression_model::{Classifier, Dexpression};
-use dexpression_train::{BestState, TrainConfig, TrainState, CONFIG_FILE};
-use dexpression_train::{BEST_STATE, LAST_STATE};
+use dexpression_model::Classifier;
+use dexpression_train::{RunDir, WeightsKind};
 use serde::Serialize;
 
 use crate::{DEMO_RESULTS_DIR as DEMO_RUN, RESULTS_DIR as RESULTS};
@@ -142,7 +141,7 @@ impl ModelSet {
 struct Candidate {
     weights: PathBuf,
     name: String,
-    config: Option<TrainConfig>,
+    run: Option<RunDir>,
     fold: usize,
     accuracy: Option<f64>,
     epoch: Option<usize>,
@@ -156,7 +155,7 @@ impl Candidate {
                 || weights.display().to_string(),
                 |name| name.to_string_lossy().into_owned(),
             ),
-            config: None,
+            run: None,
             fold: 0,
             accuracy: None,
             epoch: None,
@@ -164,14 +163,11 @@ impl Candidate {
     }
 
     fn load(self, id: usize, device: &Device) -> anyhow::Result<ServedModel> {
-        // A run knows its input side; the tensor shapes alone leave a few sides to choose from
-        // (45 to 48 give the same shapes), and `load` prefers 224, then multiples of 16.
-        let classifier = match &self.config {
-            Some(config) => {
-                Dexpression::load_with_config(&self.weights, config.model_config(), device)
-                    .and_then(|network| Classifier::new(network, config.class_names.clone()))
-            }
-            None => Classifier::load(&self.weights, device),
+        let classifier = match &self.run {
+            Some(run) => run
+                .load_classifier(&self.weights, device)
+                .map_err(anyhow::Error::from),
+            None => Classifier::load(&self.weights, device).map_err(anyhow::Error::from),
         }
         // The server owns its pool: spinning through a small forward cuts batch-1 latency.
         .map(|classifier| classifier.with_threads_awake(true))
@@ -181,14 +177,17 @@ impl Candidate {
                 self.weights.display()
             )
         })?;
-        let protocol = self.config.map(|config| Protocol {
-            dataset: config.dataset,
-            split: config.split,
-            selection: config.selection,
-            folds: config.folds,
-            fold: self.fold,
-            epochs: config.epochs,
-        });
+        let protocol = self
+            .run
+            .map(|run| run.config().clone())
+            .map(|config| Protocol {
+                dataset: config.dataset,
+                split: config.split,
+                selection: config.selection,
+                folds: config.folds,
+                fold: self.fold,
+                epochs: config.epochs,
+            });
         let info = ModelInfo {
             id,
             name: self.name,
@@ -206,84 +205,40 @@ impl Candidate {
 /// The folds of the run in `folder`, or of the runs in its subfolders (two levels down: results/
 /// holds demo/, which holds quick/).
 fn run_candidates(folder: &Path) -> anyhow::Result<Vec<Candidate>> {
-    let mut runs = Vec::new();
-    collect_runs(folder, 2, &mut runs)?;
-    runs.sort();
     let mut found = Vec::new();
-    for run in runs {
-        found.extend(fold_candidates(folder, &run)?);
+    for run in RunDir::discover(folder, 2)? {
+        found.extend(fold_candidates(folder, &run));
     }
     Ok(found)
-}
-
-fn collect_runs(folder: &Path, depth: usize, runs: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    if folder.join(CONFIG_FILE).is_file() {
-        runs.push(folder.to_path_buf());
-    }
-    if depth == 0 {
-        return Ok(());
-    }
-    let entries =
-        std::fs::read_dir(folder).with_context(|| format!("reading {}", folder.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_fold = entry.file_name().to_string_lossy().starts_with("fold");
-        if path.is_dir() && !is_fold {
-            collect_runs(&path, depth - 1, runs)?;
-        }
-    }
-    Ok(())
 }
 
 /// Each finished or started fold of one run: its best weights (else its last).
-fn fold_candidates(root: &Path, run: &Path) -> anyhow::Result<Vec<Candidate>> {
-    let config_path = run.join(CONFIG_FILE);
-    let config = TrainConfig::load(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let run_name = match run.strip_prefix(root) {
+fn fold_candidates(root: &Path, run: &RunDir) -> Vec<Candidate> {
+    let run_name = match run.root().strip_prefix(root) {
         Ok(relative) if !relative.as_os_str().is_empty() => relative.display().to_string(),
-        _ => run.file_name().map_or_else(
-            || run.display().to_string(),
+        _ => run.root().file_name().map_or_else(
+            || run.root().display().to_string(),
             |name| name.to_string_lossy().into_owned(),
         ),
     };
-    let mut found = Vec::new();
-    for fold in 1..=config.folds {
-        let dir = run.join(format!("fold{fold}"));
-        let best: Option<BestState> = read_json(&dir.join(BEST_STATE));
-        let (weights, epoch, accuracy, which) = if let Some(best) = best {
-            (
-                best.best.weights,
-                best.best.epoch,
-                Some(best.test.accuracy),
-                "best",
-            )
-        } else if let Some(last) = read_json::<TrainState>(&dir.join(LAST_STATE)) {
-            let Some(weights) = last.weights else {
-                continue;
+    run.folds()
+        .filter_map(|fold| run.best_or_last_weights(fold))
+        .map(|weights| {
+            let which = match weights.kind {
+                WeightsKind::Best => "best",
+                WeightsKind::Last => "last",
             };
-            let accuracy = last.records.last().map(|record| record.test.accuracy);
-            (weights, last.epoch, accuracy, "last")
-        } else {
-            continue;
-        };
-        // The state file names a file of its own folder; anything else is not ours to open.
-        if Path::new(&weights).components().count() != 1 {
-            continue;
-        }
-        found.push(Candidate {
-            weights: dir.join(&weights),
-            name: format!("{run_name}, fold {fold} ({which} epoch {epoch})"),
-            config: Some(config.clone()),
-            fold,
-            accuracy,
-            epoch: Some(epoch),
-        });
-    }
-    Ok(found)
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
+            Candidate {
+                name: format!(
+                    "{run_name}, fold {} ({which} epoch {})",
+                    weights.fold, weights.epoch
+                ),
+                weights: weights.path,
+                run: Some(run.clone()),
+                fold: weights.fold,
+                accuracy: weights.test_accuracy,
+                epoch: Some(weights.epoch),
+            }
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use dexpression_dataset::synth::{generate, SynthOptions};
 use dexpression_dataset::{prepare, Dataset, PrepareOptions};
 use dexpression_model::candle_core::Device;
 use dexpression_model::{Adam, AdamConfig, Dexpression, DexpressionConfig};
-use dexpression_train::{batch_tensors, epoch_batches, train_batch};
+use dexpression_train::testing::{batch_tensors, epoch_batches, train_batch};
 
 /// `cargo xtask ARGS`, which must succeed; its standard output. A proxy in the environment is
 /// bypassed for the local servers some tests start.
@@ -134,7 +134,7 @@ pub fn landmarks_of(synth: &Path, frame: &Path) -> Vec<[f32; 2]> {
         .join(format!("{stem}_landmarks.txt"));
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    dexpression_dataset::parse::parse_landmarks(&text).expect("landmarks parse")
+    dexpression_dataset::testing::parse_landmarks(&text).expect("landmarks parse")
 }
 
 /// A 640 x 480 RGB photo made from a synthetic frame (640 x 490 or 640 x 480).
