@@ -504,9 +504,12 @@ pub fn bench_side_on(
     gemm_gflops: Option<f64>,
     mut progress: impl FnMut(&str),
 ) -> Result<SideReport> {
-    let flops_per_image =
-        Dexpression::new(DexpressionConfig::with(7, config.image_size), 0, &Device::Cpu)?
-            .training_flops_per_image();
+    let flops_per_image = Dexpression::new(
+        DexpressionConfig::with(7, config.image_size),
+        0,
+        &Device::Cpu,
+    )?
+    .training_flops_per_image();
     let mut run = |reference: bool, iterations: usize| {
         let name = if reference { "reference" } else { "fast" };
         let path_config = BenchConfig {

@@ -104,7 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for &side in &sides {
         side_reports.push(bench_side(side)?);
     }
-    let asked = match side_reports.iter().find(|s| s.image_size == config.image_size) {
+    let asked = match side_reports
+        .iter()
+        .find(|s| s.image_size == config.image_size)
+    {
         Some(report) => report.clone(),
         None => bench_side(config.image_size)?,
     };
