@@ -31,19 +31,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             batch_size: 2,
             iterations: 1,
             latency_iterations: 1,
-            variant: defaults.variant,
+            ..defaults.clone()
         }
     } else {
         BenchConfig {
             image_size: env_or("BENCH_IMAGE_SIZE", defaults.image_size),
             batch_size: env_or("BENCH_BATCH_SIZE", defaults.batch_size),
             iterations: env_or("BENCH_ITERATIONS", defaults.iterations),
-            latency_iterations: defaults.latency_iterations,
             // BENCH_VARIANT=paper times the paper's network.
             variant: std::env::var("BENCH_VARIANT")
                 .ok()
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(defaults.variant),
+            ..defaults.clone()
         }
     };
     if std::env::var("BENCH_PROFILE").is_ok_and(|value| value == "1") {

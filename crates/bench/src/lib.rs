@@ -17,7 +17,8 @@ use std::time::Instant;
 use candle_core::{Device, ModuleT, Tensor, Var};
 
 use dexpression_kernels::{
-    conv2d_relu, conv2d_relu_max_pool2d, layer_norm, local_response_norm, max_pool2d,
+    batch_norm_train, conv2d_relu, conv2d_relu_max_pool2d, layer_norm, local_response_norm,
+    max_pool2d,
     set_reference_ops,
 };
 use dexpression_model::{
@@ -39,6 +40,10 @@ pub struct BenchConfig {
     /// The network timed: the port's or the paper's.
     #[serde(default)]
     pub variant: Variant,
+    /// Keep the pool's threads awake through each training step
+    /// (`dexpression_kernels::with_threads_awake`), as a program that owns its pool may.
+    #[serde(default)]
+    pub threads_awake_training: bool,
 }
 
 impl Default for BenchConfig {
@@ -49,6 +54,7 @@ impl Default for BenchConfig {
             iterations: 5,
             latency_iterations: 20,
             variant: Variant::Port,
+            threads_awake_training: false,
         }
     }
 }
@@ -407,11 +413,18 @@ pub fn bench_path_on(
         }
         let mut adam_time = 0.0;
         let total = seconds(device, || {
-            let logp = model.forward_t(xs, true)?;
-            let loss = candle_nn::loss::nll(&logp, ys)?;
-            let grads = loss.backward()?;
-            adam_time = seconds(device, || adam.step(&grads))?;
-            Ok(())
+            let mut step = || {
+                let logp = model.forward_t(xs, true)?;
+                let loss = candle_nn::loss::nll(&logp, ys)?;
+                let grads = loss.backward()?;
+                adam_time = seconds(device, || adam.step(&grads))?;
+                Ok(())
+            };
+            if config.threads_awake_training && device.is_cpu() && !reference {
+                dexpression_kernels::with_threads_awake(step)
+            } else {
+                step()
+            }
         })?;
         if step >= 3 {
             train_seconds.push(total);
@@ -444,6 +457,105 @@ pub fn bench_path_on(
     })
 }
 
+/// How much faster the fast path is than the reference path on each measurement (reference time
+/// over fast time).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Speedups {
+    /// Training images per second, fast over reference.
+    pub train: f64,
+    /// Inference images per second at the batch size, fast over reference.
+    pub eval: f64,
+    /// Batch-1 milliseconds, reference over fast.
+    pub latency: f64,
+}
+
+/// The figures of one input side: each path timed, and the fast path's training against the
+/// machine's GEMM ceiling. Serialised, these are the fields a single-side `cargo xtask bench`
+/// prints beside the machine.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SideReport {
+    /// Input side.
+    pub image_size: usize,
+    /// Arithmetic of one image's training step (forward and backward), GFLOP.
+    pub train_gflop_per_image: f64,
+    /// The fast kernels, when timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast: Option<PathReport>,
+    /// The fast path's training arithmetic rate, GFLOP/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_train_gflops: Option<f64>,
+    /// That rate over the machine's GEMM ceiling (on the CPU only; PyTorch reaches about a third).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_train_fraction_of_gemm: Option<f64>,
+    /// The reference path, when timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<PathReport>,
+    /// Fast over reference, when both were timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_over_reference: Option<Speedups>,
+}
+
+/// Which paths [`bench_side_on`] times, with their timed iterations (`None`: not timed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paths {
+    /// Iterations on the fast kernels.
+    pub fast: Option<usize>,
+    /// Iterations on the reference path.
+    pub reference: Option<usize>,
+}
+
+/// Times the chosen paths at `config`'s side on `device` ([`bench_path_on`] for each, the fast one
+/// first). `gemm_gflops` is the machine's ceiling ([`Machine::gemm_gflops`]; `None` off the CPU).
+/// `progress` gets `fast: ...` or `reference: ...` before each measurement.
+pub fn bench_side_on(
+    device: &Device,
+    config: &BenchConfig,
+    paths: Paths,
+    gemm_gflops: Option<f64>,
+    mut progress: impl FnMut(&str),
+) -> Result<SideReport> {
+    let flops_per_image = Dexpression::new(
+        DexpressionConfig::of(config.variant, 7, config.image_size),
+        0,
+        &Device::Cpu,
+    )?
+    .training_flops_per_image();
+    let mut run = |reference: bool, iterations: usize| {
+        let name = if reference { "reference" } else { "fast" };
+        let path_config = BenchConfig {
+            iterations,
+            ..config.clone()
+        };
+        bench_path_on(device, &path_config, reference, |what| {
+            progress(&format!("{name}: {what}"))
+        })
+    };
+    let fast = paths.fast.map(|n| run(false, n)).transpose()?;
+    let reference = paths.reference.map(|n| run(true, n)).transpose()?;
+    let fast_train_gflops = fast
+        .as_ref()
+        .map(|fast| fast.train_images_per_s.median * flops_per_image / 1e9);
+    let fast_over_reference = match (&fast, &reference) {
+        (Some(fast), Some(reference)) => Some(Speedups {
+            train: fast.train_images_per_s.median / reference.train_images_per_s.median,
+            eval: fast.eval_images_per_s.median / reference.eval_images_per_s.median,
+            latency: reference.latency_ms_batch1.median / fast.latency_ms_batch1.median,
+        }),
+        _ => None,
+    };
+    Ok(SideReport {
+        image_size: config.image_size,
+        train_gflop_per_image: flops_per_image / 1e9,
+        fast_train_fraction_of_gemm: fast_train_gflops
+            .zip(gemm_gflops)
+            .map(|(rate, ceiling)| rate / ceiling),
+        fast_train_gflops,
+        fast,
+        reference,
+        fast_over_reference,
+    })
+}
+
 /// Writes `layers` as an aligned table: layer, output shape, forward and backward milliseconds.
 pub fn write_layer_table(
     out: &mut impl std::io::Write,
@@ -467,9 +579,10 @@ pub fn write_layer_table(
     Ok(())
 }
 
-/// Forward and backward time of each feature-extraction layer alone, at the benchmark's batch size
-/// and input side, on the chosen path. The head (dropout, batch norm, fc, log-softmax, NLL) and
-/// Adam are not listed: they are the difference to the whole step.
+/// Forward and backward time of each layer alone, at the benchmark's batch size and input side, on
+/// the chosen path: the feature-extraction layers, then the head (batch norm, fc, log-softmax;
+/// dropout and NLL are not timed). Adam and whatever the whole step spends between the ops are
+/// the difference to the step.
 pub fn profile_layers(config: &BenchConfig, reference: bool) -> Result<Vec<LayerTiming>> {
     profile_layers_on(&Device::Cpu, config, reference)
 }
@@ -605,6 +718,29 @@ pub fn profile_layers_on(
     });
     layers.extend(featex_block(2, block1, side2)?);
     layers.extend(featex_block(3, featex, side3)?);
+    // The head in training mode, less dropout (a mask multiply): at small sides it is no longer
+    // negligible beside the convolutions.
+    let head_side = model.config().head_side();
+    layers.push((
+        "bn+fc+softmax".to_string(),
+        vec![n, featex, head_side, head_side],
+        true,
+        {
+            let (bn_w, bn_b) = (
+                param("batch_normalization.weight"),
+                param("batch_normalization.bias"),
+            );
+            let (fc_w, fc_b) = (param("fc.weight"), param("fc.bias"));
+            Box::new(move |xs: &Tensor| {
+                let (ys, _) = batch_norm_train(xs, &bn_w, &bn_b, 1e-5)?;
+                let logits = ys
+                    .flatten_from(1)?
+                    .matmul(&fc_w.t()?)?
+                    .broadcast_add(&fc_b)?;
+                candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)
+            })
+        },
+    ));
     // Small batches take milliseconds: more repeats then steady the medians.
     let repeats = config.iterations.clamp(1, 5) * if n <= 4 { 4 } else { 1 };
     let mut timings = Vec::new();

@@ -1,13 +1,13 @@
 //! `cargo xtask bench`: times a training step and inference of the network on the CPU (or a GPU
 //! with `--device cuda`), on the fast kernels and the reference path, and prints one JSON line
-//! with the machine it ran on (the logic is the `dexpression-bench` crate).
+//! with the machine it ran on, at one input side or, with `--sides`, at several (the logic is the
+//! `dexpression-bench` crate).
 
 use anyhow::Context;
 use dexpression_bench::{
-    bench_path_on, profile_layers_on, write_layer_table, BenchConfig, Machine, PathReport,
+    bench_side_on, profile_layers_on, write_layer_table, BenchConfig, Machine, Paths, SideReport,
 };
-use dexpression_model::candle_core::Device;
-use dexpression_model::{device_name, parse_device, Dexpression, DexpressionConfig};
+use dexpression_model::{device_name, parse_device};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -22,9 +22,14 @@ pub struct Args {
     /// Timed batch-1 inferences.
     #[arg(long, default_value_t = 20)]
     latency_iterations: usize,
-    /// Input side.
+    /// Input side; with `--sides`, the side whose figures also sit at the JSON's top level and the
+    /// one profiled.
     #[arg(long, default_value_t = 224)]
     image_size: usize,
+    /// Also time these sides (e.g. `48,96,144,224`), each on its own freshly built network; their
+    /// figures go to the JSON's `sides` list, the `--image-size` side's also to the top level.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(usize))]
+    sides: Vec<usize>,
     /// The network timed: `port` (the PyTorch port's) or `paper` (Burkert et al.'s); run once
     /// per variant to compare them.
     #[arg(long, default_value = "port", value_parser = crate::parse_variant)]
@@ -42,6 +47,10 @@ pub struct Args {
     /// table and added to the JSON as `profile`).
     #[arg(long)]
     profile: bool,
+    /// Keep the pool's threads awake (spinning) through each timed training step
+    /// (`dexpression_kernels::with_threads_awake`), as a program that owns its pool may.
+    #[arg(long)]
+    threads_awake_training: bool,
     /// Where to run: `cpu`, or `cuda` / `cuda:N` (a build with `--features cuda`; see
     /// docs/gpu.md). On a GPU each clock read waits for the queued work first.
     #[arg(long, default_value = "cpu")]
@@ -54,51 +63,60 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         iterations: args.iterations,
         latency_iterations: args.latency_iterations,
+        threads_awake_training: args.threads_awake_training,
         variant: args.variant,
     };
+    // The side asked is always timed: its figures also sit at the top level, as without `--sides`.
+    let mut sides = args.sides.clone();
+    if !sides.is_empty() && !sides.contains(&config.image_size) {
+        sides.push(config.image_size);
+    }
     let device = parse_device(&args.device)?;
     let device_label = device_name(&device);
     eprintln!("bench: measuring this machine's GEMM rate");
     let machine = Machine::measure();
     eprintln!(
-        "bench: on {device_label}; {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; {} variant, batch {}, {}x{}",
+        "bench: on {device_label}; {}, {} kernels, {} threads (RAYON_NUM_THREADS), GEMM {:.0} GFLOP/s; {} variant, batch {}, {}",
         machine.cpu_model,
         machine.isa,
         machine.threads,
         machine.gemm_gflops,
         config.variant,
         config.batch_size,
-        config.image_size,
-        config.image_size
+        if sides.is_empty() {
+            format!("{0}x{0}", config.image_size)
+        } else {
+            format!("sides {sides:?}")
+        }
     );
-    let flops_per_image = Dexpression::new(
-        DexpressionConfig::of(config.variant, 7, config.image_size),
-        0,
-        &Device::Cpu,
-    )?
-    .training_flops_per_image();
+    let paths = Paths {
+        fast: (!args.reference).then_some(args.iterations),
+        reference: (!args.fast_only).then_some(args.reference_iterations),
+    };
+    // The GEMM ceiling is the CPU's: no measure of a GPU.
+    let ceiling = device.is_cpu().then_some(machine.gemm_gflops);
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-    let run_path = |reference: bool, iterations: usize| -> anyhow::Result<PathReport> {
-        let path_config = BenchConfig {
-            iterations,
+    let bench_side = |image_size: usize| -> anyhow::Result<SideReport> {
+        let side_config = BenchConfig {
+            image_size,
             ..config.clone()
         };
-        let name = if reference { "reference" } else { "fast" };
-        bench_path_on(&device, &path_config, reference, |what| {
-            spinner.set_message(format!("{name}: {what}"))
+        bench_side_on(&device, &side_config, paths, ceiling, |what| {
+            spinner.set_message(format!("{image_size} px, {what}"))
         })
-        .with_context(|| format!("benchmark of the {name} path"))
+        .with_context(|| format!("benchmark at {image_size} px"))
     };
-    let fast = if args.reference {
-        None
-    } else {
-        Some(run_path(false, args.iterations)?)
-    };
-    let reference = if args.fast_only {
-        None
-    } else {
-        Some(run_path(true, args.reference_iterations)?)
+    let mut side_reports = Vec::new();
+    for &side in &sides {
+        side_reports.push(bench_side(side)?);
+    }
+    let asked = match side_reports
+        .iter()
+        .find(|s| s.image_size == config.image_size)
+    {
+        Some(report) => report.clone(),
+        None => bench_side(config.image_size)?,
     };
     let profile = if args.profile {
         spinner.set_message("profiling layers");
@@ -108,36 +126,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     spinner.finish_and_clear();
 
+    // The single-side shape: the run's header and the asked side's fields at the top level.
     let mut report = serde_json::json!({
         "bench": if device.is_cpu() { "dexpression_candle_cpu" } else { "dexpression_candle_cuda" },
         "device": device_label,
         "threads": machine.threads,
-        "image_size": config.image_size,
-        "variant": config.variant,
         "batch_size": config.batch_size,
+        "variant": config.variant,
         "machine": machine,
-        "train_gflop_per_image": flops_per_image / 1e9,
     });
-    if let Some(fast) = &fast {
-        report["fast"] = serde_json::to_value(fast)?;
-        // How much of the GEMM ceiling a training step reaches (PyTorch: about a third).
-        let train_gflops = fast.train_images_per_s.median * flops_per_image / 1e9;
-        report["fast_train_gflops"] = serde_json::json!(train_gflops);
-        // The GEMM ceiling is the CPU's: no measure of a GPU.
-        if device.is_cpu() {
-            report["fast_train_fraction_of_gemm"] =
-                serde_json::json!(train_gflops / machine.gemm_gflops);
+    if let (Some(top), serde_json::Value::Object(fields)) =
+        (report.as_object_mut(), serde_json::to_value(&asked)?)
+    {
+        top.extend(fields);
+    }
+    if !side_reports.is_empty() {
+        for side in &side_reports {
+            eprintln!("{}", side_summary(side));
         }
-    }
-    if let Some(reference) = &reference {
-        report["reference"] = serde_json::to_value(reference)?;
-    }
-    if let (Some(fast), Some(reference)) = (&fast, &reference) {
-        report["fast_over_reference"] = serde_json::json!({
-            "train": fast.train_images_per_s.median / reference.train_images_per_s.median,
-            "eval": fast.eval_images_per_s.median / reference.eval_images_per_s.median,
-            "latency": reference.latency_ms_batch1.median / fast.latency_ms_batch1.median,
-        });
+        report["sides"] = serde_json::to_value(&side_reports)?;
     }
     if let Some(profile) = &profile {
         write_layer_table(&mut std::io::stderr(), profile)?;
@@ -145,4 +152,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{report}");
     Ok(())
+}
+
+/// One line per side for the terminal: the fast path's medians.
+fn side_summary(side: &SideReport) -> String {
+    match &side.fast {
+        Some(fast) => format!(
+            "{:>4} px: training {:.1} img/s, inference {:.1} img/s, batch 1 {:.2} ms",
+            side.image_size,
+            fast.train_images_per_s.median,
+            fast.eval_images_per_s.median,
+            fast.latency_ms_batch1.median
+        ),
+        None => format!("{:>4} px: (fast path not timed)", side.image_size),
+    }
 }

@@ -96,7 +96,9 @@ fn check_paths(name: &str, vars: &[Var], f: impl Fn(&[Tensor], bool) -> Tensor) 
 #[test]
 fn fast_conv_relu_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, kernel, stride, padding, batch) in [
+        // A 3x3 stride-1 conv below WINOGRAD_MIN_SIDE (im2col) and at or above it (Winograd).
         (3, 5, 9, 3, 1, 1, 3),
+        (3, 5, 13, 3, 1, 1, 3),
         (1, 4, 15, 7, 2, 3, 2),
         (6, 4, 5, 1, 1, 0, 3),
         (4, 3, 8, 3, 2, 0, 1),
@@ -144,9 +146,11 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, conv, pool, batch) in [
         (1, 4, 17, (2, 3), (3, 2, 0), 3),
         (1, 4, 17, (2, 3), (3, 2, 0), 1),
+        // 3x3 stride 1 with a padded pool, by im2col (side 10) and by Winograd (13).
         (3, 5, 10, (1, 1), (3, 1, 1), 2),
+        (3, 5, 13, (1, 1), (3, 1, 1), 2),
         // Winograd's F(4x4, 3x3) with the pool, at batch 1: blocks of output channels per thread.
-        (3, 5, 10, (1, 1), (3, 2, 0), 1),
+        (3, 5, 12, (1, 1), (3, 2, 0), 1),
         (2, 3, 9, (1, 0), (2, 2, 0), 1),
     ] {
         let (kernel, (stride, padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
@@ -177,8 +181,8 @@ const NO_POOL: Pool2d = Pool2d {
 #[test]
 fn winograd_conv_matches_the_reference_forward() {
     // 3x3, stride 1, padding 1 runs by Winograd's algorithm in the fused conv+pool op: a batch
-    // below and above the thread count, odd and even sides.
-    for (c_in, c_out, side, batch) in [(5, 7, 11, 1), (4, 3, 8, 3)] {
+    // below and above the thread count, odd and even sides; below WINOGRAD_MIN_SIDE by im2col.
+    for (c_in, c_out, side, batch) in [(5, 7, 13, 1), (4, 3, 12, 3), (4, 3, 5, 3)] {
         let xs = var(&[batch, c_in, side, side], 21);
         let weight = var(&[c_out, c_in, 3, 3], 22);
         let bias = var(&[c_out], 23);
@@ -198,11 +202,12 @@ fn winograd_conv_matches_the_reference_forward() {
 fn every_vector_path_computes_the_same_bits() {
     // The kernels with vector paths (Winograd's transforms in training and inference, LayerNorm,
     // im2col, the pools) at every level this CPU has, against the portable build: bit for bit.
-    let xs = var(&[2, 6, 9, 9], 31);
+    // At 13x13 the 3x3 convolution runs by Winograd (WINOGRAD_MIN_SIDE).
+    let xs = var(&[2, 6, 13, 13], 31);
     let weight = var(&[5, 6, 3, 3], 32);
     let bias = var(&[5], 33);
-    let norm_weight = var(&[5, 9, 9], 34);
-    let norm_bias = var(&[5, 9, 9], 35);
+    let norm_weight = var(&[5, 13, 13], 34);
+    let norm_bias = var(&[5, 13, 13], 35);
     let pool = Pool2d {
         kernel: 3,
         stride: 2,

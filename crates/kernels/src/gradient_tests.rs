@@ -163,10 +163,14 @@ fn layer_norm_backward_matches_finite_differences() {
 
 #[test]
 fn conv_relu_backward_matches_finite_differences() {
-    // conv1's geometry (7x7, stride 2, padding 3), a 3x3 FeatEx conv and a 1x1 one.
-    for (c_in, c_out, side, kernel, stride, padding) in
-        [(1, 3, 9, 7, 2, 3), (3, 4, 6, 3, 1, 1), (4, 3, 5, 1, 1, 0)]
-    {
+    // conv1's geometry (7x7, stride 2, padding 3), a 3x3 FeatEx conv below WINOGRAD_MIN_SIDE
+    // (im2col) and at it (Winograd), and a 1x1 one.
+    for (c_in, c_out, side, kernel, stride, padding) in [
+        (1, 3, 9, 7, 2, 3),
+        (3, 4, 6, 3, 1, 1),
+        (2, 3, 12, 3, 1, 1),
+        (4, 3, 5, 1, 1, 0),
+    ] {
         let xs = var(&[2, c_in, side, side], 7);
         let weight = var(&[c_out, c_in, kernel, kernel], 8);
         let bias = var(&[c_out], 9);

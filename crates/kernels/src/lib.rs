@@ -174,6 +174,17 @@ pub fn with_threads_awake_for<R: Send>(
     }
 }
 
+/// Runs `f` (a whole training step, say: forward, backward and the optimiser's update) with the
+/// current rayon pool's threads kept awake (spinning) between its parallel steps, whatever the
+/// batch. At small input sides a training step is some forty parallel steps of well under a
+/// millisecond each, and a sleeping thread takes tens of microseconds to wake at each; the serial
+/// parts between them (the autograd graph, allocation) then cost a spinning thread instead. For a
+/// program that owns its pool (the command line's `train` and `bench`); the crate never does this
+/// unasked. A panic inside releases the threads.
+pub fn with_threads_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    parallel::with_threads_awake(f)
+}
+
 /// Whether an op on `xs` runs on the fast kernels: CPU, f32, and the reference path not forced.
 fn fast_kernels_for(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32 && !reference_ops()

@@ -5,6 +5,14 @@ use super::super::winograd::Winograd;
 use super::super::winograd_f4::WinogradF4;
 use crate::parallel::grown;
 
+/// The smallest plane side that 3x3 stride-1 convolutions run by Winograd's F(4x4, 3x3); below
+/// it they take im2col and one GEMM per image. Winograd's GEMMs are as wide as an image's tiles
+/// (9 at 11x11, 4 at 5x5, which 8x8 outputs cover), where `gemm` runs at a fraction of its rate
+/// and re-reads a whole weight matrix per few thousand multiply-adds; at 48 px input, conv3b
+/// (5x5) by im2col took 35 ms a training step's forward and backward against 190 by Winograd,
+/// conv2b (11x11) 133-180 against 195-203 (docs/performance.md, "Small sides").
+pub(crate) const WINOGRAD_MIN_SIDE: usize = 12;
+
 /// Shape of one convolution: input `n x c_in x h x w`, kernel `c_out x c_in x kernel x kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConvGeometry {
@@ -84,7 +92,8 @@ impl ConvGeometry {
     /// equivalence tests compare gradients as tensors for that reason (see
     /// `tests/torch_equivalence.rs`).
     pub(crate) fn winograd(&self) -> Option<Winograd> {
-        (self.kernel == 3 && self.stride == 1 && self.padding == 1).then_some(Winograd {
+        let winograd = self.kernel == 3 && self.stride == 1 && self.padding == 1;
+        (winograd && self.h.min(self.w) >= WINOGRAD_MIN_SIDE).then_some(Winograd {
             c_in: self.c_in,
             c_out: self.c_out,
             h: self.h,
