@@ -402,6 +402,7 @@ impl Dexpression {
 
     /// Stride and padding of each convolution by its `state_dict` prefix (`conv1`, `conv2a`,
     /// ...), in forward order: what an exporter needs besides the tensors.
+    #[cfg(feature = "onnx")]
     pub(crate) fn conv_geometry(&self) -> [(&'static str, usize, usize); 7] {
         let of = |name, conv: &Conv| (name, conv.stride, conv.padding);
         [
