@@ -47,7 +47,10 @@ mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cuda")]
+mod cuda_train;
+#[cfg(feature = "cuda")]
 mod cudnn_conv;
+mod dropout;
 mod fast_conv;
 mod fast_conv_pool;
 mod fast_layer_norm;
@@ -63,6 +66,7 @@ mod winograd_f2_oracle;
 mod winograd_f4;
 
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
+pub use dropout::{dropout, DropoutKey};
 pub use feat_ex::{feat_ex, ConvLayer, FeatEx};
 pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
 
@@ -300,6 +304,8 @@ pub fn tune_allocator() -> bool {
 
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_train_tests;
 #[cfg(all(test, feature = "cuda"))]
 mod cudnn_conv_tests;
 #[cfg(test)]
