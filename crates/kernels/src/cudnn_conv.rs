@@ -91,12 +91,7 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(
-        x: &[usize],
-        w: &[usize],
-        stride: usize,
-        padding: usize,
-    ) -> candle_core::Result<Self> {
+    fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> candle_core::Result<Self> {
         let (&[n, c, h, wd], &[k, wc, r, s]) = (x, w) else {
             candle_core::bail!("cuDNN conv2d: input {x:?} and weight {w:?} must be 4-D");
         };
@@ -264,7 +259,11 @@ impl DeviceState {
         })
     }
 
-    fn grow_workspace(&mut self, stream: &Arc<CudaStream>, bytes: usize) -> candle_core::Result<()> {
+    fn grow_workspace(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+    ) -> candle_core::Result<()> {
         if bytes > self.workspace.as_ref().map_or(0, |w| w.len()) {
             // Free the old one first so that both never need to fit at once.
             self.workspace = None;
@@ -311,11 +310,7 @@ pub(crate) fn plan_count(device: &CudaDevice) -> usize {
 /// The addresses must be live allocations on `device` of the geometry's sizes in f32 (`x` and
 /// `y` NCHW, `w` KCRR), the output one not aliasing the others, kept alive (with their stream
 /// guards) until the call returns.
-unsafe fn run(
-    device: &CudaDevice,
-    key: PlanKey,
-    addresses: Addresses,
-) -> candle_core::Result<()> {
+unsafe fn run(device: &CudaDevice, key: PlanKey, addresses: Addresses) -> candle_core::Result<()> {
     let stream = device.cuda_stream();
     stream
         .context()
@@ -330,8 +325,8 @@ unsafe fn run(
             }
         };
         if !state.plans.contains_key(&key) {
-            let descriptors = Descriptors::new(&key.geometry, key.math)
-                .map_err(failed("create descriptors"))?;
+            let descriptors =
+                Descriptors::new(&key.geometry, key.math).map_err(failed("create descriptors"))?;
             let wanted = largest_heuristic_workspace(state.handle.0, &descriptors, key.direction)
                 .map_err(failed("query algorithms"))?
                 .min(MAX_FIND_WORKSPACE);
@@ -676,7 +671,10 @@ fn f32_view<'a>(
     what: &str,
 ) -> candle_core::Result<CudaView<'a, f32>> {
     let CudaStorageSlice::F32(slice) = &storage.slice else {
-        candle_core::bail!("cuDNN conv2d: {what} must be f32, not {:?}", storage.dtype());
+        candle_core::bail!(
+            "cuDNN conv2d: {what} must be f32, not {:?}",
+            storage.dtype()
+        );
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
@@ -848,7 +846,12 @@ impl CustomOp2 for CudnnConv2dBackwardData {
         w: &CudaStorage,
         w_layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let g = Geometry::new(&self.x_dims, w_layout.dims(), self.conv.stride, self.conv.padding)?;
+        let g = Geometry::new(
+            &self.x_dims,
+            w_layout.dims(),
+            self.conv.stride,
+            self.conv.padding,
+        )?;
         if dy_layout.dims() != g.y {
             candle_core::bail!(
                 "cuDNN conv2d backward: gradient {:?} for an output of {:?}",
@@ -894,7 +897,12 @@ impl CustomOp2 for CudnnConv2dBackwardFilter {
         dy: &CudaStorage,
         dy_layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let g = Geometry::new(x_layout.dims(), &self.w_dims, self.conv.stride, self.conv.padding)?;
+        let g = Geometry::new(
+            x_layout.dims(),
+            &self.w_dims,
+            self.conv.stride,
+            self.conv.padding,
+        )?;
         if dy_layout.dims() != g.y {
             candle_core::bail!(
                 "cuDNN conv2d backward: gradient {:?} for an output of {:?}",

@@ -57,7 +57,10 @@ fn host(tensor: &Tensor) -> Vec<f64> {
 fn relative_error(actual: &Tensor, reference: &Tensor) -> f64 {
     let (actual, reference) = (host(actual), host(reference));
     assert_eq!(actual.len(), reference.len(), "sizes differ");
-    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let scale = reference
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs()))
+        .max(1e-30);
     let worst = actual
         .iter()
         .zip(&reference)
@@ -95,10 +98,20 @@ fn check(x_dims: [usize; 4], w_dims: [usize; 4], stride: usize, padding: usize, 
         .and_then(|loss| loss.backward())
         .expect("reference backward");
 
-    let x = Var::from_tensor(&x_cpu.to_dtype(DType::F32).and_then(|t| t.to_device(&device)).expect("x"))
-        .expect("var");
-    let w = Var::from_tensor(&w_cpu.to_dtype(DType::F32).and_then(|t| t.to_device(&device)).expect("w"))
-        .expect("var");
+    let x = Var::from_tensor(
+        &x_cpu
+            .to_dtype(DType::F32)
+            .and_then(|t| t.to_device(&device))
+            .expect("x"),
+    )
+    .expect("var");
+    let w = Var::from_tensor(
+        &w_cpu
+            .to_dtype(DType::F32)
+            .and_then(|t| t.to_device(&device))
+            .expect("w"),
+    )
+    .expect("var");
     let y = conv2d(x.as_tensor(), w.as_tensor(), stride, padding, math).expect("cuDNN forward");
     assert_eq!(y.dims(), y_ref.dims());
     let grads = (&y * r.to_device(&device).expect("r"))
@@ -107,11 +120,18 @@ fn check(x_dims: [usize; 4], w_dims: [usize; 4], stride: usize, padding: usize, 
         .expect("cuDNN backward");
     let dx = grads.get(x.as_tensor()).expect("an input gradient");
     let dw = grads.get(w.as_tensor()).expect("a weight gradient");
-    assert!(dx.device().is_cuda() && dw.device().is_cuda(), "gradients left the GPU");
+    assert!(
+        dx.device().is_cuda() && dw.device().is_cuda(),
+        "gradients left the GPU"
+    );
     let dx_ref = grads_ref.get(x_ref.as_tensor()).expect("reference dx");
     let dw_ref = grads_ref.get(w_ref.as_tensor()).expect("reference dw");
     let tol = tolerance(math);
-    for (what, actual, reference) in [("forward", &y, &y_ref), ("input gradient", dx, dx_ref), ("weight gradient", dw, dw_ref)] {
+    for (what, actual, reference) in [
+        ("forward", &y, &y_ref),
+        ("input gradient", dx, dx_ref),
+        ("weight gradient", dw, dw_ref),
+    ] {
         let err = relative_error(actual, reference);
         assert!(
             err <= tol,
@@ -160,7 +180,10 @@ fn cuda_cudnn_conv_skips_the_untracked_input_and_reuses_its_plans() {
             .expect("forward and backward")
     };
     let grads = step();
-    assert!(grads.get(&x).is_none(), "an input gradient for an untracked input");
+    assert!(
+        grads.get(&x).is_none(),
+        "an input gradient for an untracked input"
+    );
     let dw = grads.get(w.as_tensor()).expect("a weight gradient").clone();
     assert_eq!(
         plan_count(cuda),
@@ -168,22 +191,40 @@ fn cuda_cudnn_conv_skips_the_untracked_input_and_reuses_its_plans() {
         "one forward and one backward-filter plan, no backward-data one"
     );
     let again = step();
-    assert_eq!(plan_count(cuda), before + 2, "a repeated shape adds no plan");
+    assert_eq!(
+        plan_count(cuda),
+        before + 2,
+        "a repeated shape adds no plan"
+    );
     let dw_again = again.get(w.as_tensor()).expect("a weight gradient");
-    assert_eq!(host(&dw), host(dw_again), "the same plan gives the same result");
+    assert_eq!(
+        host(&dw),
+        host(dw_again),
+        "the same plan gives the same result"
+    );
 
     let reference = x
         .to_device(&Device::Cpu)
         .and_then(|x| x.to_dtype(DType::F64))
         .and_then(|x| {
-            let w = Var::from_tensor(&w.as_tensor().to_device(&Device::Cpu)?.to_dtype(DType::F64)?)?;
-            let grads = x.conv2d(w.as_tensor(), padding, stride, 1, 1)?.sum_all()?.backward()?;
+            let w = Var::from_tensor(
+                &w.as_tensor()
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F64)?,
+            )?;
+            let grads = x
+                .conv2d(w.as_tensor(), padding, stride, 1, 1)?
+                .sum_all()?
+                .backward()?;
             Ok(grads.get(w.as_tensor()).cloned())
         })
         .expect("reference")
         .expect("reference dw");
     let err = relative_error(&dw, &reference);
-    assert!(err <= tolerance(CudnnMath::Strict), "weight gradient: relative error {err:e}");
+    assert!(
+        err <= tolerance(CudnnMath::Strict),
+        "weight gradient: relative error {err:e}"
+    );
 }
 
 /// `conv2d_relu` on CUDA with the cuDNN path chosen equals candle's path (the default) to the
@@ -204,5 +245,8 @@ fn cuda_conv2d_relu_through_cudnn_matches_candle() {
     crate::set_cuda_conv(before);
     let (candle, cudnn) = (candle.expect("candle's path"), cudnn.expect("cuDNN path"));
     let err = relative_error(&cudnn, &candle);
-    assert!(err <= 1e-5, "conv2d_relu: cuDNN against candle, relative error {err:e}");
+    assert!(
+        err <= 1e-5,
+        "conv2d_relu: cuDNN against candle, relative error {err:e}"
+    );
 }

@@ -66,7 +66,11 @@ impl CustomOp1 for DropoutOp {
         "dexpression-dropout"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(values) = storage else {
             candle_core::bail!("dropout: f32 only, not {:?}", storage.dtype());
         };
@@ -92,7 +96,12 @@ impl CustomOp1 for DropoutOp {
     }
 
     /// `y = x * mask`, so `dx = dy * mask`: the same op on the gradient, the mask recomputed.
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
@@ -143,10 +152,18 @@ mod tests {
         let key = DropoutKey { seed: 11, step: 0 };
         let ys = dropout(var.as_tensor(), 0.3, key).expect("dropout");
         let grads = ys.sum_all().and_then(|s| s.backward()).expect("backward");
-        let grad = grads.get(var.as_tensor()).expect("a gradient").to_vec1::<f32>().expect("vec");
+        let grad = grads
+            .get(var.as_tensor())
+            .expect("a gradient")
+            .to_vec1::<f32>()
+            .expect("vec");
         let ys = ys.to_vec1::<f32>().expect("vec");
         for (i, (g, y)) in grad.iter().zip(&ys).enumerate() {
-            assert_eq!(*g == 0.0, *y == 0.0, "element {i}: gradient {g}, output {y}");
+            assert_eq!(
+                *g == 0.0,
+                *y == 0.0,
+                "element {i}: gradient {g}, output {y}"
+            );
         }
     }
 
