@@ -377,7 +377,7 @@ unsafe fn run(device: &CudaDevice, key: PlanKey, addresses: Addresses) -> candle
 /// stream, and its length in bytes.
 fn workspace_pointer<'a>(
     workspace: &'a mut Option<CudaSlice<u8>>,
-    stream: &Arc<CudaStream>,
+    stream: &'a Arc<CudaStream>,
 ) -> (WorkspaceGuard<'a>, usize) {
     match workspace {
         Some(buffer) if buffer.len() > 0 => {
