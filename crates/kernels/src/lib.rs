@@ -17,14 +17,15 @@
 //! one-pass LayerNorm) are used by default, their vector extensions chosen at run time
 //! ([`Isa`]); the reference path composes candle tensor ops and serves every other device and
 //! dtype, except that with the `cuda` feature max pooling and LayerNorm run CUDA kernels of their
-//! own on the GPU (`cuda.rs`). The only op that copies a GPU tensor to the host is max pooling
+//! own on the GPU (`cuda.rs`), and convolutions run through cuDNN where a program chose it
+//! ([`set_cuda_conv`], `cudnn_conv.rs`; candle's convolution by default). The only op that copies a GPU tensor to the host is max pooling
 //! where no GPU kernel takes it; [`host_round_trips`] counts such copies.
 //!
 //! The crate knows nothing of the network it serves (the model crate composes the ops) and never
 //! changes the process on its own: it reads no environment variable, tunes no allocator and keeps
 //! no thread spinning unless its caller asks. A program chooses for itself with
 //! [`KernelSettings`] (the reference path, a cap on the vector extensions, glibc's allocator
-//! tuned for repeated training steps) and with [`with_threads_awake_for`] around a small forward.
+//! tuned for repeated training steps, the convolution of CUDA tensors) and with [`with_threads_awake_for`] around a small forward.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
