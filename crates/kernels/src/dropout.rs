@@ -10,6 +10,7 @@
 //! multiplied in. The model's CPU path keeps its own ChaCha generator (its results are pinned by
 //! tests); this op is for the GPU, with the CPU as its reference.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 /// Which dropout mask to draw: the training run's seed and the call's number (one per training
