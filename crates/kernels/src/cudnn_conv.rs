@@ -380,7 +380,7 @@ fn workspace_pointer<'a>(
     stream: &'a Arc<CudaStream>,
 ) -> (WorkspaceGuard<'a>, usize) {
     match workspace {
-        Some(buffer) if buffer.len() > 0 => {
+        Some(buffer) if !buffer.is_empty() => {
             let len = buffer.len();
             let (address, guard) = buffer.device_ptr_mut(stream);
             (WorkspaceGuard(address as *mut c_void, Some(guard)), len)
