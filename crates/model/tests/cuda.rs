@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use dexpression_model::kernels::{cuda_conv, host_round_trips, set_cuda_conv, CudaConv};
 use dexpression_model::{Dexpression, DexpressionConfig};
 
