@@ -17,13 +17,18 @@
 #      against PyTorch's fixture, a training step that stays on the GPU), from the prebuilt test
 #      binary, with --ignored (without them on the CPU: listed as ignored, counted as skipped);
 #   2. bench: `xtask bench --device <device> --fast-only --profile` at each batch (32 and 128), with
-#      the plain binary and with the cuDNN one (the per-layer profile times conv2b/conv3b alone and
-#      with their pool, for the fused conv+ReLU+pool question of docs/gpu.md);
-#   3. torch: xtask/gpu_bench_torch.py, training and inference images/s at the same batches, fp32
-#      eager with cuDNN benchmark mode, then bf16 autocast (needs torch, and torch_dexpression.py in
-#      the bundle); the JSON's `ratios` divide our images/s by PyTorch's fp32 ones;
+#      the plain binary (candle's convolutions), with it and our cuDNN convolutions switched on
+#      (DEXPRESSION_CUDA_CONV=cudnn, TF32 as PyTorch's default, and =cudnn-strict, fp32 only:
+#      bench.xtask+cudnn and bench.xtask+cudnn-strict), and with the binary built with candle's
+#      `cudnn` feature (the per-layer profile times conv2b/conv3b alone and with their pool);
+#   3. torch: xtask/gpu_bench_torch.py, training and inference images/s and batch-1 latency at the
+#      same batches, fp32 eager with cuDNN benchmark mode (TF32 allowed, PyTorch's default), fp32
+#      with allow_tf32 = False, then bf16 autocast (needs torch, and torch_dexpression.py in the
+#      bundle); the JSON's `ratios` divide our images/s by PyTorch's in the same mode (strict for
+#      xtask+cudnn-strict, else PyTorch's default), and `targets` checks issue 23's targets;
 #   4. train: `xtask synth` then `xtask train --folds 5 --epochs 5` at 224 px on that device, each
-#      epoch's seconds from history.jsonl.
+#      epoch's seconds from history.jsonl, with candle's convolutions and again with ours
+#      (train-cudnn: the accuracy must stay in the same range).
 # run exits 1 when any step failed (after writing the JSON).
 #
 # Environment: CUDA_COMPUTE_CAP for prepare (default 90, the H200); GPU_CHECK_BATCHES ("32 128"),
@@ -65,7 +70,11 @@ for line in sys.stdin:
     else
         echo "gpu-check: no $anchors/torch_dexpression.py: the PyTorch step will be skipped" >&2
     fi
-    echo "compute_cap=$CUDA_COMPUTE_CAP" >"$BUNDLE/BUILD"
+    {
+        echo "compute_cap=$CUDA_COMPUTE_CAP"
+        # The commit the binaries were built from, for the JSON (the GPU machine has no .git).
+        echo "commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
+    } >"$BUNDLE/BUILD"
     du -sh "$BUNDLE"/* >&2
     # The binaries are mostly candle's PTX and compress about sixfold: about 29 MiB for all three,
     # under the 64 MiB that a carry to the GPU machine allows.
@@ -151,6 +160,16 @@ print(json.dumps({"step": sys.argv[1], "status": int(sys.argv[2]), "seconds": ro
                 > '$work/bench/$binary-$batch.json'"
         done
     done
+    # Our cuDNN convolutions (crates/kernels/src/cudnn_conv.rs), off by default, switched on
+    # through the environment, in both math modes.
+    local conv
+    for conv in cudnn cudnn-strict; do
+        for batch in $batches; do
+            DEXPRESSION_CUDA_CONV="$conv" step "bench-xtask+$conv-$batch" sh -c "'$BUNDLE/xtask' bench \
+                --device '$device' --fast-only --profile --batch-size $batch --image-size $bench_size \
+                --iterations $bench_iterations > '$work/bench/xtask+$conv-$batch.json'"
+        done
+    done
     if [[ -f "$BUNDLE/torch_dexpression.py" ]]; then
         # shellcheck disable=SC2086 # the batches are separate arguments
         BENCH_STEPS="$bench_iterations" step torch sh -c \
@@ -160,6 +179,9 @@ print(json.dumps({"step": sys.argv[1], "status": int(sys.argv[2]), "seconds": ro
     step train "$BUNDLE/xtask" train --source "$work/ck" --cache "$work/cache" \
         --out "$work/results" --device "$device" --folds 5 --epochs "${GPU_CHECK_EPOCHS:-5}" \
         --image-size "${GPU_CHECK_IMAGE_SIZE:-224}" --quiet
+    DEXPRESSION_CUDA_CONV=cudnn step train-cudnn "$BUNDLE/xtask" train --source "$work/ck" \
+        --cache "$work/cache" --out "$work/results-cudnn" --device "$device" --folds 5 \
+        --epochs "${GPU_CHECK_EPOCHS:-5}" --image-size "${GPU_CHECK_IMAGE_SIZE:-224}" --quiet
 
     report "$work" "$device" "$out"
     if python3 -c 'import json, sys
@@ -200,7 +222,11 @@ try:
                          capture_output=True, text=True).stdout.strip()
 except OSError:
     gpu = None
-epochs = lines(os.path.join(work, "results", "history.jsonl"))
+def epochs_of(results):
+    return [{"fold": e.get("fold"), "epoch": e.get("epoch"), "seconds": e.get("seconds"),
+             "train_loss": (e.get("train") or {}).get("loss"),
+             "test_accuracy": (e.get("test") or {}).get("accuracy")}
+            for e in lines(os.path.join(work, results, "history.jsonl"))]
 test_lines = [l for l in tail("tests", 200) if l.startswith("test ") or l.startswith("test result")]
 # "test result: ok. 1 passed; 0 failed; 4 ignored; ...": ignored tests are skipped, not passed.
 test_counts = {}
@@ -212,7 +238,13 @@ for l in test_lines:
                 if count.isdigit() and word in ("passed", "failed", "ignored"):
                     test_counts[word] = int(count)
 torch = read_json(os.path.join(work, "torch.json"))
-torch_fp32 = {r["batch"]: r for r in (torch or {}).get("runs", []) if r.get("precision") == "fp32"}
+torch_runs = {(r.get("precision"), r["batch"]): r for r in (torch or {}).get("runs", [])}
+build = {}
+try:
+    with open("target/gpu-bundle/BUILD") as f:
+        build = dict(line.strip().split("=", 1) for line in f if "=" in line)
+except OSError:
+    pass
 bench, ratios = {}, {}
 bench_dir = os.path.join(work, "bench")
 for name in sorted(os.listdir(bench_dir)) if os.path.isdir(bench_dir) else []:
@@ -231,15 +263,35 @@ for name in sorted(os.listdir(bench_dir)) if os.path.isdir(bench_dir) else []:
         "profile": result.get("profile"),
     }
     bench.setdefault(binary, {})[batch] = summary
-    theirs = torch_fp32.get(int(batch))
+    # Each mode against PyTorch in the same mode: strict fp32 against allow_tf32 = False.
+    mode = "fp32-strict" if binary.endswith("cudnn-strict") else "fp32"
+    theirs = torch_runs.get((mode, int(batch)))
     if theirs:
-        ratios.setdefault(binary, {})[batch] = {
-            "train_over_torch_fp32": summary["train_images_per_s"] / theirs["train_images_per_s"],
-            "eval_over_torch_fp32": summary["eval_images_per_s"] / theirs["eval_images_per_s"],
+        ratio = {
+            "torch_precision": mode,
+            "train_over_torch": summary["train_images_per_s"] / theirs["train_images_per_s"],
+            "eval_over_torch": summary["eval_images_per_s"] / theirs["eval_images_per_s"],
         }
+        if theirs.get("latency_ms_batch1"):
+            ratio["latency_over_torch"] = summary["latency_ms_batch1"] / theirs["latency_ms_batch1"]
+        ratios.setdefault(binary, {})[batch] = ratio
+# Issue 23's targets, per binary: training >= 1.2x PyTorch at batch 32 and >= 1.0x at 128,
+# inference >= 1.5x at 32 and >= 1.0x at 128, batch-1 latency <= PyTorch's.
+targets = {}
+for binary, by_batch in ratios.items():
+    checks = {}
+    for batch, (train_min, eval_min) in {"32": (1.2, 1.5), "128": (1.0, 1.0)}.items():
+        r = by_batch.get(batch)
+        if r:
+            checks[f"train_{batch}"] = r["train_over_torch"] >= train_min
+            checks[f"eval_{batch}"] = r["eval_over_torch"] >= eval_min
+            if "latency_over_torch" in r:
+                checks[f"latency_{batch}"] = r["latency_over_torch"] <= 1.0
+    targets[binary] = {"met": bool(checks) and all(checks.values()), "checks": checks}
 report = {
     "device": device,
     "gpu": gpu,
+    "build": build,
     "host": platform.node(),
     "steps": lines(os.path.join(work, "steps.jsonl")),
     "tests": test_counts,
@@ -247,9 +299,9 @@ report = {
     "bench": bench,
     "torch": torch,
     "ratios": ratios,
-    "train_epochs": [{"fold": e.get("fold"), "epoch": e.get("epoch"), "seconds": e.get("seconds"),
-                      "train_loss": (e.get("train") or {}).get("loss"),
-                      "test_accuracy": (e.get("test") or {}).get("accuracy")} for e in epochs],
+    "targets": targets,
+    "train_epochs": epochs_of("results"),
+    "train_epochs_cudnn": epochs_of("results-cudnn"),
     "train_tail": tail("train"),
 }
 path = os.path.join(out, "gpu-check.json")

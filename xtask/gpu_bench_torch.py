@@ -1,6 +1,7 @@
 """PyTorch's figures for the DeXpression CNN on a CUDA GPU, for xtask/gpu-check.sh.
 
-fp32, eager, cuDNN with torch.backends.cudnn.benchmark = True; then the same under bf16 autocast
+fp32, eager, cuDNN with torch.backends.cudnn.benchmark = True (TF32 allowed, PyTorch's default), then
+with allow_tf32 = False (fp32-strict), then the same under bf16 autocast
 (reported separately). Training step: forward, NLL loss, backward, Adam step, as
 `cargo xtask bench` times it; inference: eval-mode forward. Each timing is the median of
 BENCH_STEPS (default 20) steps after 3 warm-up steps, synchronised with the GPU.
@@ -60,7 +61,12 @@ def main():
         "steps": steps,
         "runs": [],
     }
-    for autocast in [None, torch.bfloat16]:
+    # fp32: PyTorch's defaults (cuDNN convolutions may use TF32, allow_tf32 = True); fp32-strict:
+    # allow_tf32 = False (fp32 arithmetic only), the mode our `cudnn-strict` convolution compares
+    # with; bf16-autocast: reported separately.
+    for mode in ["fp32", "fp32-strict", "bf16-autocast"]:
+        autocast = torch.bfloat16 if mode == "bf16-autocast" else None
+        torch.backends.cudnn.allow_tf32 = mode != "fp32-strict"
         for batch in args.batch:
             torch.manual_seed(0)
             model = DeXpression().to(device)
@@ -86,12 +92,20 @@ def main():
                 with torch.inference_mode(), precision():
                     model(xs)
 
+            one = xs[:1]
+
+            def latency_step():
+                with torch.inference_mode(), precision():
+                    model(one)
+
             model.train()
             train = median_seconds(train_step)
             model.eval()
             infer = median_seconds(eval_step)
+            latency = median_seconds(latency_step)
             run = {
-                "precision": "bf16-autocast" if enabled else "fp32",
+                "precision": mode,
+                "latency_ms_batch1": latency * 1e3,
                 "batch": batch,
                 "train_images_per_s": batch / train,
                 "train_ms_per_step": train * 1e3,

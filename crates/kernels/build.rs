@@ -1,31 +1,41 @@
-//! With the `cuda` feature: compiles the custom ops' CUDA kernels (src/cuda_ops.cu) to PTX
-//! with nvcc, for the compute capability in `CUDA_COMPUTE_CAP` (as candle's kernels are built),
-//! into `$OUT_DIR/dexpression_ops.ptx`. Without it, does nothing. No GPU is needed to build.
+//! With the `cuda` feature: compiles the custom ops' CUDA kernels (src/cuda_ops.cu, and the
+//! training step's element-wise kernels in src/cuda_train.cu) to PTX with nvcc, for the compute
+//! capability in `CUDA_COMPUTE_CAP` (as candle's kernels are built), into
+//! `$OUT_DIR/dexpression_ops.ptx` and `$OUT_DIR/dexpression_train.ptx`. Without it, does nothing.
+//! No GPU is needed to build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNELS: &str = "src/cuda_ops.cu";
+/// Each CUDA source and the PTX file it becomes.
+const KERNELS: [(&str, &str); 2] = [
+    ("src/cuda_ops.cu", "dexpression_ops.ptx"),
+    ("src/cuda_train.cu", "dexpression_train.ptx"),
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    println!("cargo:rerun-if-changed={KERNELS}");
+    for (source, _) in KERNELS {
+        println!("cargo:rerun-if-changed={source}");
+    }
     for var in ["CUDA_COMPUTE_CAP", "NVCC", "CUDA_ROOT", "CUDA_PATH", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    if let Err(message) = compile_kernels() {
-        eprintln!("error: {message}");
-        std::process::exit(1);
+    for (source, ptx) in KERNELS {
+        if let Err(message) = compile_kernels(source, ptx) {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn compile_kernels() -> Result<(), String> {
+fn compile_kernels(source: &str, ptx: &str) -> Result<(), String> {
     let compute_cap = compute_cap()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
-    let ptx = out_dir.join("dexpression_ops.ptx");
+    let ptx = out_dir.join(ptx);
     let nvcc = nvcc();
     let output = Command::new(&nvcc)
         .args(["--ptx", "-O3", "-std=c++17"])
@@ -34,7 +44,7 @@ fn compile_kernels() -> Result<(), String> {
         .arg("--fmad=false")
         .arg("-o")
         .arg(&ptx)
-        .arg(KERNELS)
+        .arg(source)
         .output()
         .map_err(|e| {
             format!(
@@ -45,7 +55,7 @@ fn compile_kernels() -> Result<(), String> {
         })?;
     if !output.status.success() {
         return Err(format!(
-            "{} failed on {KERNELS}:\n{}{}",
+            "{} failed on {source}:\n{}{}",
             nvcc.display(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)

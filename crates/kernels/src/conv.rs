@@ -23,7 +23,9 @@ pub fn conv2d(
 }
 
 /// `relu(conv2d(xs, weight, bias))`: on the CPU in f32, one fused op whose backward is GEMMs and
-/// skips the input gradient when `xs` needs none; elsewhere [`conv2d`] then ReLU.
+/// skips the input gradient when `xs` needs none; on CUDA in f32 with the cuDNN path chosen
+/// ([`crate::set_cuda_conv`]), cuDNN's convolution (its backward too, skipping the input gradient
+/// likewise) then bias and ReLU; elsewhere [`conv2d`] then ReLU.
 pub fn conv2d_relu(
     xs: &Tensor,
     weight: &Tensor,
@@ -65,10 +67,16 @@ pub(crate) fn conv2d_relu_on(
     fast: bool,
 ) -> candle_core::Result<Tensor> {
     if fast {
-        conv_relu_op(xs, weight, bias, stride, padding)
-    } else {
-        conv2d(xs, weight, bias, stride, padding)?.relu()
+        return conv_relu_op(xs, weight, bias, stride, padding);
     }
+    #[cfg(feature = "cuda")]
+    if let Some(math) = super::cudnn_conv_for(xs) {
+        let out_channels = bias.dim(0)?;
+        return super::cudnn_conv::conv2d(xs, weight, stride, padding, math)?
+            .broadcast_add(&bias.reshape((1, out_channels, 1, 1))?)?
+            .relu();
+    }
+    conv2d(xs, weight, bias, stride, padding)?.relu()
 }
 
 /// `max_pool2d(relu(conv2d(xs, weight, bias)), pool)`: on the CPU in f32 one fused op (3x3

@@ -19,14 +19,15 @@
 //! one-pass LayerNorm) are used by default, their vector extensions chosen at run time
 //! ([`Isa`]); the reference path composes candle tensor ops and serves every other device and
 //! dtype, except that with the `cuda` feature max pooling and LayerNorm run CUDA kernels of their
-//! own on the GPU (`cuda.rs`). The only op that copies a GPU tensor to the host is max pooling
+//! own on the GPU (`cuda.rs`), and convolutions run through cuDNN where a program chose it
+//! ([`set_cuda_conv`], `cudnn_conv.rs`; candle's convolution by default). The only op that copies a GPU tensor to the host is max pooling
 //! where no GPU kernel takes it; [`host_round_trips`] counts such copies.
 //!
 //! The crate knows nothing of the network it serves (the model crate composes the ops) and never
 //! changes the process on its own: it reads no environment variable, tunes no allocator and keeps
 //! no thread spinning unless its caller asks. A program chooses for itself with
 //! [`KernelSettings`] (the reference path, a cap on the vector extensions, glibc's allocator
-//! tuned for repeated training steps) and with [`with_threads_awake_for`] around a small forward.
+//! tuned for repeated training steps, the convolution of CUDA tensors) and with [`with_threads_awake_for`] around a small forward.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -48,6 +49,11 @@ mod batch_norm;
 mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_train;
+#[cfg(feature = "cuda")]
+mod cudnn_conv;
+mod dropout;
 mod fast_conv;
 mod fast_conv_pool;
 mod fast_layer_norm;
@@ -64,6 +70,7 @@ mod winograd_f2_oracle;
 mod winograd_f4;
 
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
+pub use dropout::{dropout, DropoutKey};
 pub use feat_ex::{feat_ex, ConvLayer, FeatEx};
 pub use isa::{isa, set_isa_limit, Isa, ISA_ENV};
 
@@ -80,6 +87,88 @@ pub use winograd_f4::WeightCache;
 /// The environment variable that [`KernelSettings::from_env`] reads to select the reference path
 /// (`1`, `true` or `yes`).
 pub const REFERENCE_OPS_ENV: &str = "DEXPRESSION_REFERENCE_OPS";
+
+/// The environment variable that [`KernelSettings::from_env`] reads to choose the convolution of
+/// CUDA tensors: `candle` (the default), `cudnn` or `cudnn-strict` ([`CudaConv`]).
+pub const CUDA_CONV_ENV: &str = "DEXPRESSION_CUDA_CONV";
+
+/// Which convolution [`conv2d_relu`] and [`conv2d_relu_max_pool2d`] run on a CUDA tensor in f32
+/// (with the `cuda` feature; elsewhere the choice has no effect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CudaConv {
+    /// candle's own convolution (its im2col and cuBLAS, or cuDNN with candle's `cudnn` feature),
+    /// then bias and ReLU as tensor ops. The default until a GPU run shows the cuDNN path correct
+    /// and faster (docs/gpu.md).
+    #[default]
+    Candle,
+    /// This crate's cuDNN convolution (forward, input and weight gradients; the algorithm chosen
+    /// once per shape by timing, as PyTorch's `cudnn.benchmark`), with cuDNN's default math: TF32
+    /// tensor cores allowed, as PyTorch's default. Needs libcudnn.so.9 at run time.
+    Cudnn,
+    /// As [`CudaConv::Cudnn`] with fp32 arithmetic only (PyTorch's
+    /// `torch.backends.cudnn.allow_tf32 = False`).
+    CudnnStrict,
+}
+
+impl CudaConv {
+    /// Every choice, in the order of their names.
+    pub const ALL: [Self; 3] = [Self::Candle, Self::Cudnn, Self::CudnnStrict];
+
+    /// The name [`CUDA_CONV_ENV`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Candle => "candle",
+            Self::Cudnn => "cudnn",
+            Self::CudnnStrict => "cudnn-strict",
+        }
+    }
+
+    /// The choice of that name (ASCII case and surrounding blanks ignored).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let name = name.trim();
+        Self::ALL
+            .into_iter()
+            .find(|conv| conv.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// 0: candle's convolution on CUDA, 1: cuDNN with TF32, 2: cuDNN in strict fp32.
+static CUDA_CONV: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the convolution of CUDA tensors for every following call, in every thread: a
+/// process-wide switch that a program sets at start-up (or a benchmark between runs); the crate
+/// never sets it by itself.
+pub fn set_cuda_conv(conv: CudaConv) {
+    let code = match conv {
+        CudaConv::Candle => 0,
+        CudaConv::Cudnn => 1,
+        CudaConv::CudnnStrict => 2,
+    };
+    CUDA_CONV.store(code, Ordering::Relaxed);
+}
+
+/// The convolution CUDA tensors take (see [`set_cuda_conv`]).
+pub fn cuda_conv() -> CudaConv {
+    match CUDA_CONV.load(Ordering::Relaxed) {
+        1 => CudaConv::Cudnn,
+        2 => CudaConv::CudnnStrict,
+        _ => CudaConv::Candle,
+    }
+}
+
+/// The cuDNN math for a convolution of `xs` when our cuDNN path takes it: a CUDA tensor in f32,
+/// the path chosen, and the reference path not forced.
+#[cfg(feature = "cuda")]
+fn cudnn_conv_for(xs: &Tensor) -> Option<cudnn_conv::CudnnMath> {
+    if !xs.device().is_cuda() || xs.dtype() != DType::F32 || reference_ops() {
+        return None;
+    }
+    match cuda_conv() {
+        CudaConv::Candle => None,
+        CudaConv::Cudnn => Some(cudnn_conv::CudnnMath::Tf32),
+        CudaConv::CudnnStrict => Some(cudnn_conv::CudnnMath::Strict),
+    }
+}
 
 /// 0: fast kernels where they apply (the default), 1: the reference path everywhere.
 static PATH: AtomicU8 = AtomicU8::new(0);
@@ -108,12 +197,14 @@ pub struct KernelSettings {
     pub isa_limit: Option<Isa>,
     /// Tune glibc's allocator for repeated training steps ([`tune_allocator`]).
     pub tune_allocator: bool,
+    /// The convolution of CUDA tensors ([`set_cuda_conv`]).
+    pub cuda_conv: CudaConv,
 }
 
 impl KernelSettings {
-    /// The settings named by [`REFERENCE_OPS_ENV`] and [`ISA_ENV`], with the allocator tuned
-    /// (what a training or inference program wants). An unknown ISA name is an error naming the
-    /// known ones.
+    /// The settings named by [`REFERENCE_OPS_ENV`], [`ISA_ENV`] and [`CUDA_CONV_ENV`], with the
+    /// allocator tuned (what a training or inference program wants). An unknown ISA or
+    /// convolution name is an error naming the known ones.
     pub fn from_env() -> Result<Self, String> {
         let reference_ops = std::env::var(REFERENCE_OPS_ENV)
             .is_ok_and(|value| matches!(value.trim(), "1" | "true" | "yes"));
@@ -126,16 +217,25 @@ impl KernelSettings {
             }
             _ => None,
         };
+        let cuda_conv = match std::env::var(CUDA_CONV_ENV) {
+            Ok(name) if !name.trim().is_empty() => CudaConv::from_name(&name).ok_or_else(|| {
+                let known: Vec<_> = CudaConv::ALL.iter().map(|conv| conv.name()).collect();
+                format!("{CUDA_CONV_ENV}={name}: not one of {}", known.join(", "))
+            })?,
+            _ => CudaConv::Candle,
+        };
         Ok(Self {
             reference_ops,
             isa_limit,
             tune_allocator: true,
+            cuda_conv,
         })
     }
 
     /// Applies the settings to this process; returns the vector extensions now in use.
     pub fn apply(&self) -> Isa {
         set_reference_ops(self.reference_ops);
+        set_cuda_conv(self.cuda_conv);
         if self.tune_allocator {
             tune_allocator();
         }
@@ -220,6 +320,10 @@ pub fn tune_allocator() -> bool {
 
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_train_tests;
+#[cfg(all(test, feature = "cuda"))]
+mod cudnn_conv_tests;
 #[cfg(test)]
 mod fast_tests;
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
-use dexpression_model::kernels::host_round_trips;
+use dexpression_model::kernels::{cuda_conv, host_round_trips, set_cuda_conv, CudaConv};
 use dexpression_model::{Dexpression, DexpressionConfig};
 
 const NEEDS_GPU: &str = "needs a CUDA GPU (run with --ignored on a GPU machine)";
@@ -92,6 +92,30 @@ fn relative_l2(ours: &Tensor, theirs: &Tensor) -> f64 {
 #[test]
 #[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
 fn cuda_network_matches_pytorch_and_the_cpu() {
+    network_matches_pytorch_and_the_cpu();
+}
+
+/// The same with the kernels crate's cuDNN convolutions in strict fp32 (TF32 is checked op by op
+/// in the kernels' cudnn_conv_tests.rs, against looser bounds than these).
+#[test]
+#[ignore = "needs a CUDA GPU and libcudnn (run with --ignored on a GPU machine)"]
+fn cuda_network_through_our_cudnn_conv_matches_pytorch_and_the_cpu() {
+    with_cuda_conv(CudaConv::CudnnStrict, network_matches_pytorch_and_the_cpu);
+}
+
+/// Runs `check` with the convolution of CUDA tensors switched to `conv`, restoring the switch
+/// (process-wide) afterwards, also when `check` fails.
+fn with_cuda_conv(conv: CudaConv, check: fn()) {
+    let before = cuda_conv();
+    set_cuda_conv(conv);
+    let result = std::panic::catch_unwind(check);
+    set_cuda_conv(before);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn network_matches_pytorch_and_the_cpu() {
     let device = gpu();
     let (dir, reference) = fixture();
     let weights = dir.join("weights.safetensors");
@@ -165,6 +189,16 @@ fn cuda_network_matches_pytorch_and_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
 fn cuda_training_step_stays_on_the_gpu() {
+    training_step_stays_on_the_gpu();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and libcudnn (run with --ignored on a GPU machine)"]
+fn cuda_training_step_through_our_cudnn_conv_stays_on_the_gpu() {
+    with_cuda_conv(CudaConv::Cudnn, training_step_stays_on_the_gpu);
+}
+
+fn training_step_stays_on_the_gpu() {
     let device = gpu();
     let model = Dexpression::new(DexpressionConfig::with(7, 64), 3, &device).unwrap();
     let mut adam = dexpression_model::Adam::new(

@@ -1,0 +1,106 @@
+//! The training step's element-wise CUDA kernels (cuda_train.cu) against the CPU: dropout's mask
+//! on the GPU must equal the CPU's bit for bit (the same integer generator, one f32 product), be
+//! reproducible from its key, and keep about `1 - p` of the elements.
+//!
+//! They need a CUDA GPU, so they are `#[ignore]`d; `xtask/gpu-check.sh` runs them
+//! (`kernel-tests --ignored --test-threads 1 cuda_`). Without a GPU, `--ignored` makes them fail.
+
+use candle_core::{Device, Tensor, Var};
+
+use super::dropout::{dropout, DropoutKey};
+
+fn gpu() -> Device {
+    assert!(
+        candle_core::utils::cuda_is_available(),
+        "no CUDA GPU: these tests need one (run with --ignored on a GPU machine)"
+    );
+    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
+}
+
+fn host(tensor: &Tensor) -> Vec<f32> {
+    tensor
+        .to_device(&Device::Cpu)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("readable on the host")
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_dropout_equals_the_cpu_and_repeats_itself() {
+    let device = gpu();
+    // Some NaNs and negative zeros: a mask multiplied in keeps a NaN a NaN and zero's sign.
+    let values: Vec<f32> = (0..300_001)
+        .map(|i| match i % 1000 {
+            999 => f32::NAN,
+            998 => -0.0,
+            _ => (i as f32 * 0.37).sin(),
+        })
+        .collect();
+    let cpu = Tensor::from_vec(values, 300_001, &Device::Cpu).expect("input");
+    let on_gpu = cpu.to_device(&device).expect("upload");
+    let key = DropoutKey {
+        seed: 2026,
+        step: 17,
+    };
+    let expected = host(&dropout(&cpu, 0.2, key).expect("CPU dropout"));
+    let first = host(&dropout(&on_gpu, 0.2, key).expect("GPU dropout"));
+    let second = host(&dropout(&on_gpu, 0.2, key).expect("GPU dropout"));
+    // Every NaN alike: the GPU's multiply returns the canonical NaN, x86's the input's payload.
+    let bits = |values: &[f32]| {
+        values
+            .iter()
+            .map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bits(&first),
+        bits(&expected),
+        "the GPU's dropout differs from the CPU's"
+    );
+    assert_eq!(
+        bits(&first),
+        bits(&second),
+        "the same key gave another mask"
+    );
+    let other = host(
+        &dropout(
+            &on_gpu,
+            0.2,
+            DropoutKey {
+                seed: 2026,
+                step: 18,
+            },
+        )
+        .expect("GPU"),
+    );
+    assert_ne!(
+        bits(&first),
+        bits(&other),
+        "another step gave the same mask"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_dropout_keeps_one_minus_p_and_its_gradient_is_the_mask() {
+    let device = gpu();
+    let n = 1_000_000;
+    let xs = Var::from_tensor(&Tensor::ones(n, candle_core::DType::F32, &device).expect("ones"))
+        .expect("var");
+    let ys = dropout(xs.as_tensor(), 0.2, DropoutKey { seed: 5, step: 0 }).expect("dropout");
+    let grads = ys.sum_all().and_then(|s| s.backward()).expect("backward");
+    let grad = host(grads.get(xs.as_tensor()).expect("a gradient"));
+    let ys = host(&ys);
+    let kept = ys.iter().filter(|&&y| y != 0.0).count();
+    // Binomial(1e6, 0.8): standard deviation 400; 5 of them.
+    assert!((798_000..=802_000).contains(&kept), "{kept} kept of {n}");
+    assert!(
+        ys.iter().all(|&y| y == 0.0 || y == 1.25),
+        "a kept value not scaled by 1/(1-p)"
+    );
+    assert_eq!(
+        grad, ys,
+        "the gradient of sum(dropout(ones)) is the scaled mask"
+    );
+}
