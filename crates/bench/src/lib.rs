@@ -18,8 +18,7 @@ use candle_core::{Device, ModuleT, Tensor, Var};
 
 use dexpression_kernels::{
     batch_norm_train, conv2d_relu, conv2d_relu_max_pool2d, layer_norm, local_response_norm,
-    max_pool2d,
-    set_reference_ops,
+    max_pool2d, set_reference_ops,
 };
 use dexpression_model::{
     Adam, AdamConfig, Dexpression, DexpressionConfig, Result, Variant, POOL_KEEP, POOL_REDUCE,

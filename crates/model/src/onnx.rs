@@ -268,6 +268,14 @@ impl Dexpression {
     pub fn to_onnx(&self, options: &ExportOptions) -> Result<Vec<u8>> {
         check_opset(options.opset)?;
         let config = self.config();
+        // The graph below is the port's network; the paper's (LRN, no BatchNorm) has no exporter
+        // yet, and a graph of the wrong network must not be written.
+        if config.variant != crate::Variant::Port {
+            return Err(Error::Config(format!(
+                "ONNX export covers the port's network only, not the {} variant",
+                config.variant
+            )));
+        }
         if options.class_names.len() != config.n_classes {
             return Err(Error::Config(format!(
                 "{} class names given for a network of {} classes",
