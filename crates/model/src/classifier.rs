@@ -11,20 +11,9 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use crate::{batch_from_pixels, Dexpression, Error, GradCam, Result, WeightsMetadata};
+use dexpression_runfiles::{CK_PLUS_CLASS_NAMES, NEUTRAL_CLASS_NAME};
 
-/// The class names of the PyTorch port's weights, which record none: CK+'s seven emotions in the
-/// port's label order, and Neutral as an eighth class where a network has eight outputs.
-pub const PORT_CLASS_NAMES: [&str; 8] = [
-    "Anger",
-    "Contempt",
-    "Disgust",
-    "Fear",
-    "Happiness",
-    "Sadness",
-    "Surprise",
-    "Neutral",
-];
+use crate::{batch_from_pixels, Dexpression, Error, GradCam, Result, WeightsMetadata};
 
 /// A network with its class names, ready to classify faces.
 ///
@@ -89,7 +78,7 @@ pub(crate) fn top_class(probabilities: &[f32]) -> Option<usize> {
 impl Classifier {
     /// Loads weights (safetensors) with the class names and input side their metadata records
     /// (every file `train` writes has them). Files without metadata (the PyTorch port's, through
-    /// `import_torch`) get the input side the shapes imply and [`PORT_CLASS_NAMES`] when the
+    /// `import_torch`) get the input side the shapes imply and [`port_class_names`] when the
     /// network has 7 or 8 outputs; other files without names are an error naming the file.
     pub fn load(weights: &Path, device: &Device) -> Result<Self> {
         let network = Dexpression::load(weights, device)?;
@@ -164,7 +153,7 @@ impl Classifier {
         &self.class_names
     }
 
-    /// Whether the class names came from the weights (false: [`PORT_CLASS_NAMES`] stood in).
+    /// Whether the class names came from the weights (false: [`port_class_names`] stood in).
     pub fn names_recorded(&self) -> bool {
         self.names_recorded
     }
@@ -229,14 +218,22 @@ impl Classifier {
     }
 }
 
-/// [`PORT_CLASS_NAMES`] for a network of `n_classes` outputs, where it has 7 or 8.
-pub(crate) fn port_class_names(n_classes: usize) -> Option<Vec<String>> {
-    matches!(n_classes, 7 | 8).then(|| {
-        PORT_CLASS_NAMES[..n_classes]
-            .iter()
-            .map(|name| name.to_string())
-            .collect()
-    })
+/// The class names of the PyTorch port's weights, which record none, for a network of
+/// `n_classes` outputs: CK+'s seven emotions in the port's label order (the run files' names), and
+/// Neutral as an eighth class; `None` for other counts.
+pub fn port_class_names(n_classes: usize) -> Option<Vec<String>> {
+    let mut names: Vec<String> = CK_PLUS_CLASS_NAMES
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    match n_classes {
+        7 => Some(names),
+        8 => {
+            names.push(NEUTRAL_CLASS_NAME.to_string());
+            Some(names)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ mod optim;
 mod torch_pickle;
 mod weights;
 
-pub use classifier::{Classifier, Prediction, PORT_CLASS_NAMES};
+pub use classifier::{port_class_names, Classifier, Prediction};
 pub use config::{DexpressionConfig, LrnConstants, Variant};
 pub use device::{device_name, parse_device};
 pub use dexpression::{
