@@ -190,12 +190,6 @@ fn uploads_get_predictions_and_bad_requests_json_errors() {
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
         (
-            "over 10 MiB",
-            "",
-            vec![0u8; 10 * 1024 * 1024 + 1],
-            StatusCode::PAYLOAD_TOO_LARGE,
-        ),
-        (
             "unknown model",
             "?model=99",
             photo.clone(),
@@ -215,6 +209,16 @@ fn uploads_get_predictions_and_bad_requests_json_errors() {
             "{what}: {answer}"
         );
     }
+    // Over 10 MiB: refused on the declared length, before the body. The client waits for
+    // `100 Continue` as curl does with large bodies; a client that sends the body regardless
+    // may see the connection closed under its writes (the server does not read 10 MiB it
+    // refuses), which is why the body is not sent here.
+    let (status, answer) = declared_upload(&url, 10 * 1024 * 1024 + 1);
+    assert_eq!(status, 413, "over 10 MiB: {answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains("MiB")),
+        "over 10 MiB: {answer}"
+    );
     let (content_type, body) = form("note", None, b"no file here");
     let no_file = client
         .post(format!("{url}/api/predict"))
@@ -233,6 +237,52 @@ fn uploads_get_predictions_and_bad_requests_json_errors() {
     let (status, again) = post("", photo);
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["faces"][0]["top"], face["top"]);
+}
+
+/// The status and JSON answer to a `POST /api/predict` that declares `length` bytes and asks
+/// for `100 Continue` before sending them, over a plain socket.
+fn declared_upload(url: &str, length: u64) -> (u16, serde_json::Value) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /api/predict HTTP/1.1\r\nHost: {address}\r\nContent-Type: image/png\r\nContent-Length: {length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request written");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP status line, got {status_line:?}"));
+    let mut body_length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                body_length = value.trim().parse().expect("a length");
+            }
+        }
+    }
+    let mut body = vec![0; body_length];
+    if body_length > 0 {
+        reader.read_exact(&mut body).expect("the answer's body");
+    } else {
+        reader.read_to_end(&mut body).expect("the answer's body");
+    }
+    let json = serde_json::from_slice(&body).expect("a JSON answer");
+    (status, json)
 }
 
 /// An untrained network's weights and a 640 x 480 JPEG of a generated face, in `dir`.
