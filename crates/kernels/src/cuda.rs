@@ -11,18 +11,44 @@
 //! with the CPU's to about one f32 rounding.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-};
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
+use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Tensor};
 
 use super::max_pool::{MaxPoolRecordedBackwardOp, Pool2d, PoolGeometry};
 
-/// The kernels, compiled by build.rs for `CUDA_COMPUTE_CAP`.
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dexpression_ops.ptx"));
-/// The name candle caches the loaded module under.
-const MODULE: &str = "dexpression_ops";
+/// One of our PTX modules: kernels build.rs compiled for `CUDA_COMPUTE_CAP`, and the name
+/// candle caches the loaded module under.
+pub(super) struct PtxModule {
+    pub(super) name: &'static str,
+    pub(super) ptx: &'static str,
+}
+
+/// The ops' kernels (`cuda_ops.cu`).
+const OPS: PtxModule = PtxModule {
+    name: "dexpression_ops",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/dexpression_ops.ptx")),
+};
+
+/// Queues `kernel` of the [`PtxModule`] `module` on `device`'s stream with `config`, pushing the
+/// arguments in the kernel's order (then each item of `..rest`), and maps the driver's error to
+/// candle's. Every launch of the crate goes through it. The caller wraps it in `unsafe` and
+/// answers for the launch: the arguments match the kernel's signature and every read and write
+/// stays inside the buffers passed.
+macro_rules! launch {
+    ($device:expr, $module:expr, $kernel:expr, $config:expr, [$($arg:expr),* $(,)?] $(, ..$rest:expr)?) => {{
+        let module: &$crate::cuda::PtxModule = &$module;
+        let func = $device.get_or_load_custom_func($kernel, module.name, module.ptx)?;
+        let mut builder = func.builder();
+        $(candle_core::cuda_backend::cudarc::driver::PushKernelArg::arg(&mut builder, $arg);)*
+        $(for value in $rest {
+            candle_core::cuda_backend::cudarc::driver::PushKernelArg::arg(&mut builder, value);
+        })?
+        candle_core::cuda_backend::WrapErr::w(builder.launch($config))
+    }};
+}
+pub(super) use launch;
+
 /// Threads per block of the elementwise kernels (grid-stride loops).
 const BLOCK: u32 = 256;
 /// Threads per block of the per-sample reductions (`REDUCE_THREADS` in the kernels).
@@ -44,7 +70,7 @@ pub(super) fn normalises(xs: &Tensor) -> bool {
 }
 
 /// A grid-stride launch over `total` elements.
-fn elementwise(total: usize) -> LaunchConfig {
+pub(super) fn elementwise(total: usize) -> LaunchConfig {
     let blocks = total.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -100,17 +126,18 @@ pub(super) fn max_pool_forward(
             let src = contiguous($data, layout, "max_pool2d input")?;
             // SAFETY: as for `offsets`.
             let dst = unsafe { device.alloc::<$ty>(len)? };
-            let func = device.get_or_load_custom_func($kernel, MODULE, PTX)?;
-            let mut builder = func.builder();
-            builder.arg(&src);
-            builder.arg(&dst);
-            builder.arg(&offsets);
-            for value in &sizes {
-                builder.arg(value);
-            }
             // SAFETY: the arguments match the kernel's signature; the kernel reads the
             // `n * c * h * w` inputs and writes inside `dst` and `offsets` (`len` each).
-            unsafe { builder.launch(elementwise(len)) }.w()?;
+            unsafe {
+                launch!(
+                    device,
+                    OPS,
+                    $kernel,
+                    elementwise(len),
+                    [&src, &dst, &offsets],
+                    ..&sizes
+                )
+            }?;
             CudaStorageSlice::$variant(dst)
         }};
     }
@@ -174,11 +201,6 @@ fn gather_gradient<T: DeviceRepr + candle_core::WithDType>(
     let len = n * c * h * w;
     // SAFETY: the kernel writes every input gradient (one thread per element).
     let grad_in = unsafe { device.alloc::<T>(len)? };
-    let func = device.get_or_load_custom_func(kernel, MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder.arg(&grad);
-    builder.arg(offsets);
-    builder.arg(&grad_in);
     let sizes = [
         n,
         c,
@@ -192,12 +214,18 @@ fn gather_gradient<T: DeviceRepr + candle_core::WithDType>(
     ]
     .map(|value| i32_arg(value, "max_pool2d size"));
     let sizes: Vec<i32> = sizes.into_iter().collect::<candle_core::Result<_>>()?;
-    for value in &sizes {
-        builder.arg(value);
-    }
     // SAFETY: the arguments match the kernel's signature; it reads inside `grad` and the offsets
     // (their sizes checked by the op) and writes the `len` values of `grad_in`.
-    unsafe { builder.launch(elementwise(len)) }.w()?;
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            kernel,
+            elementwise(len),
+            [&grad, offsets, &grad_in],
+            ..&sizes
+        )
+    }?;
     Ok(grad_in)
 }
 
@@ -223,14 +251,16 @@ fn statistics(
 ) -> candle_core::Result<CudaSlice<f64>> {
     // SAFETY: the kernel writes both statistics of every sample (one block each).
     let stats = unsafe { device.alloc::<f64>(2 * samples)? };
-    let func = device.get_or_load_custom_func("layer_norm_statistics", MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder.arg(x);
-    builder.arg(&stats);
-    builder.arg(&features);
-    builder.arg(&eps);
     // SAFETY: the arguments match the kernel's signature; it reads `samples * features` inputs.
-    unsafe { builder.launch(per_sample(samples)) }.w()?;
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            "layer_norm_statistics",
+            per_sample(samples),
+            [x, &stats, &features, &eps]
+        )
+    }?;
     Ok(stats)
 }
 
@@ -282,20 +312,27 @@ pub(super) fn layer_norm_forward(
     let total = samples * features;
     // SAFETY: the kernel writes every output (grid-stride over `total`).
     let out = unsafe { device.alloc::<f32>(total)? };
-    let func = device.get_or_load_custom_func("layer_norm_forward", MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder.arg(&args.x);
-    builder.arg(&args.stats);
-    builder.arg(&args.weight);
-    builder.arg(&args.third);
-    builder.arg(&out);
     let total64 = total as i64;
-    builder.arg(&total64);
-    builder.arg(&args.features32);
-    builder.arg(&eps);
     // SAFETY: the arguments match the kernel's signature; all reads and writes lie inside the
     // `total` inputs and outputs and the `features` affine values.
-    unsafe { builder.launch(elementwise(total)) }.w()?;
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            "layer_norm_forward",
+            elementwise(total),
+            [
+                &args.x,
+                &args.stats,
+                &args.weight,
+                &args.third,
+                &out,
+                &total64,
+                &args.features32,
+                &eps
+            ]
+        )
+    }?;
     Ok(CudaStorage {
         slice: CudaStorageSlice::F32(out),
         device,
@@ -317,50 +354,71 @@ pub(super) fn layer_norm_backward(
 
     // SAFETY: the kernel writes both means of every sample (one block each).
     let means = unsafe { device.alloc::<f64>(2 * samples)? };
-    let func = device.get_or_load_custom_func("layer_norm_gradient_means", MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder.arg(&args.x);
-    builder.arg(&args.third);
-    builder.arg(&args.weight);
-    builder.arg(&args.stats);
-    builder.arg(&means);
-    builder.arg(&args.features32);
     // SAFETY: the arguments match the kernel's signature; it reads inside the inputs.
-    unsafe { builder.launch(per_sample(samples)) }.w()?;
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            "layer_norm_gradient_means",
+            per_sample(samples),
+            [
+                &args.x,
+                &args.third,
+                &args.weight,
+                &args.stats,
+                &means,
+                &args.features32
+            ]
+        )
+    }?;
 
     // SAFETY: the two kernels below write all of it: the input gradient (`total` values), then
     // the weight and bias gradients (`features` each).
     let mut out = unsafe { device.alloc::<f32>(total + 2 * features)? };
     {
         let mut dx = out.slice_mut(0..total);
-        let func = device.get_or_load_custom_func("layer_norm_input_grad", MODULE, PTX)?;
-        let mut builder = func.builder();
-        builder.arg(&args.x);
-        builder.arg(&args.third);
-        builder.arg(&args.weight);
-        builder.arg(&args.stats);
-        builder.arg(&means);
-        builder.arg(&mut dx);
         let total64 = total as i64;
-        builder.arg(&total64);
-        builder.arg(&args.features32);
         // SAFETY: the arguments match the kernel's signature; it writes the `total` values of
         // `dx`.
-        unsafe { builder.launch(elementwise(total)) }.w()?;
+        unsafe {
+            launch!(
+                device,
+                OPS,
+                "layer_norm_input_grad",
+                elementwise(total),
+                [
+                    &args.x,
+                    &args.third,
+                    &args.weight,
+                    &args.stats,
+                    &means,
+                    &mut dx,
+                    &total64,
+                    &args.features32
+                ]
+            )
+        }?;
     }
     {
         let mut affine = out.slice_mut(total..);
-        let func = device.get_or_load_custom_func("layer_norm_affine_grad", MODULE, PTX)?;
-        let mut builder = func.builder();
-        builder.arg(&args.x);
-        builder.arg(&args.third);
-        builder.arg(&args.stats);
-        builder.arg(&mut affine);
-        builder.arg(&samples32);
-        builder.arg(&args.features32);
         // SAFETY: the arguments match the kernel's signature; it writes the `2 * features`
         // values of `affine` (weight gradient, then bias gradient).
-        unsafe { builder.launch(elementwise(features)) }.w()?;
+        unsafe {
+            launch!(
+                device,
+                OPS,
+                "layer_norm_affine_grad",
+                elementwise(features),
+                [
+                    &args.x,
+                    &args.third,
+                    &args.stats,
+                    &mut affine,
+                    &samples32,
+                    &args.features32
+                ]
+            )
+        }?;
     }
     Ok(CudaStorage {
         slice: CudaStorageSlice::F32(out),
@@ -413,23 +471,31 @@ pub(super) fn lrn_forward(
     let sizes = LrnLaunch::new(geometry, layout.shape().elem_count(), lrn)?;
     // SAFETY: the kernel writes every output (grid-stride over `total`).
     let out = unsafe { device.alloc::<f32>(sizes.total.max(1))? };
-    let func = device.get_or_load_custom_func("lrn_forward", MODULE, PTX)?;
-    let mut builder = func.builder();
     let total64 = sizes.total as i64;
-    builder.arg(&x);
-    builder.arg(&out);
-    builder.arg(&total64);
-    builder.arg(&sizes.channels);
-    builder.arg(&sizes.plane);
-    builder.arg(&sizes.before);
-    builder.arg(&sizes.after);
-    builder.arg(&sizes.size);
-    builder.arg(&sizes.alpha);
-    builder.arg(&sizes.beta);
-    builder.arg(&sizes.k);
+    let s = &sizes;
     // SAFETY: the arguments match the kernel's signature; it reads the `total` inputs (each
     // window inside its own image) and writes the `total` outputs.
-    unsafe { builder.launch(elementwise(sizes.total)) }.w()?;
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            "lrn_forward",
+            elementwise(s.total),
+            [
+                &x,
+                &out,
+                &total64,
+                &s.channels,
+                &s.plane,
+                &s.before,
+                &s.after,
+                &s.size,
+                &s.alpha,
+                &s.beta,
+                &s.k
+            ]
+        )
+    }?;
     Ok(CudaStorage {
         slice: CudaStorageSlice::F32(out),
         device,
@@ -453,38 +519,53 @@ pub(super) fn lrn_backward(
     let dx = unsafe { device.alloc::<f32>(sizes.total.max(1))? };
     // SAFETY: as for `dx`.
     let terms = unsafe { device.alloc::<f32>(sizes.total.max(1))? };
-    let func = device.get_or_load_custom_func("lrn_backward_terms", MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder.arg(&x);
-    builder.arg(&grad);
-    builder.arg(&dx);
-    builder.arg(&terms);
-    builder.arg(&total64);
-    builder.arg(&sizes.channels);
-    builder.arg(&sizes.plane);
-    builder.arg(&sizes.before);
-    builder.arg(&sizes.after);
-    builder.arg(&sizes.size);
-    builder.arg(&sizes.alpha);
-    builder.arg(&sizes.beta);
-    builder.arg(&sizes.k);
+    let s = &sizes;
     // SAFETY: the arguments match the kernel's signature; reads and writes lie inside the
     // `total` values of each buffer.
-    unsafe { builder.launch(elementwise(sizes.total)) }.w()?;
-    let coefficient = 2.0 * sizes.alpha * sizes.beta / sizes.size;
-    let func = device.get_or_load_custom_func("lrn_backward_cross", MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder.arg(&x);
-    builder.arg(&terms);
-    builder.arg(&dx);
-    builder.arg(&total64);
-    builder.arg(&sizes.channels);
-    builder.arg(&sizes.plane);
-    builder.arg(&sizes.before);
-    builder.arg(&sizes.after);
-    builder.arg(&coefficient);
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            "lrn_backward_terms",
+            elementwise(s.total),
+            [
+                &x,
+                &grad,
+                &dx,
+                &terms,
+                &total64,
+                &s.channels,
+                &s.plane,
+                &s.before,
+                &s.after,
+                &s.size,
+                &s.alpha,
+                &s.beta,
+                &s.k
+            ]
+        )
+    }?;
+    let coefficient = 2.0 * s.alpha * s.beta / s.size;
     // SAFETY: as above; each thread updates its own value of `dx`, reading `terms` only.
-    unsafe { builder.launch(elementwise(sizes.total)) }.w()?;
+    unsafe {
+        launch!(
+            device,
+            OPS,
+            "lrn_backward_cross",
+            elementwise(s.total),
+            [
+                &x,
+                &terms,
+                &dx,
+                &total64,
+                &s.channels,
+                &s.plane,
+                &s.before,
+                &s.after,
+                &coefficient
+            ]
+        )
+    }?;
     Ok(CudaStorage {
         slice: CudaStorageSlice::F32(dx),
         device,

@@ -402,54 +402,45 @@ fn largest_heuristic_workspace(
     direction: Direction,
 ) -> Result<usize, CudnnError> {
     let mut returned: c_int = 0;
+    // As in `execute`: the same arguments in every direction, x, w and y in different parts.
+    macro_rules! largest_listed {
+        ($get:path, $perf:ty, $count:expr, $first:ident, $second:ident => $out:ident) => {{
+            let mut perf: [$perf; $count] = std::mem::zeroed();
+            $get(
+                handle,
+                d.$first,
+                d.$second,
+                d.conv,
+                d.$out,
+                $count as c_int,
+                &mut returned,
+                perf.as_mut_ptr(),
+            )?;
+            Ok(largest(perf.iter().map(|p| (p.status, p.memory)), returned))
+        }};
+    }
     // SAFETY (all three): the handle and descriptors are valid; the arrays hold as many results
     // as requested; all-zero bytes are a valid perf struct (algorithm 0, success, default math).
     unsafe {
         match direction {
-            Direction::Forward => {
-                let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; FWD_ALGOS] = std::mem::zeroed();
-                result::get_convolution_forward_algorithm(
-                    handle,
-                    d.x,
-                    d.w,
-                    d.conv,
-                    d.y,
-                    FWD_ALGOS as c_int,
-                    &mut returned,
-                    perf.as_mut_ptr(),
-                )?;
-                Ok(largest(perf.iter().map(|p| (p.status, p.memory)), returned))
-            }
-            Direction::BackwardData => {
-                let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; BWD_DATA_ALGOS] =
-                    std::mem::zeroed();
-                result::get_convolution_backward_data_algorithm(
-                    handle,
-                    d.w,
-                    d.y,
-                    d.conv,
-                    d.x,
-                    BWD_DATA_ALGOS as c_int,
-                    &mut returned,
-                    perf.as_mut_ptr(),
-                )?;
-                Ok(largest(perf.iter().map(|p| (p.status, p.memory)), returned))
-            }
-            Direction::BackwardFilter => {
-                let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; BWD_FILTER_ALGOS] =
-                    std::mem::zeroed();
-                result::get_convolution_backward_filter_algorithm(
-                    handle,
-                    d.x,
-                    d.y,
-                    d.conv,
-                    d.w,
-                    BWD_FILTER_ALGOS as c_int,
-                    &mut returned,
-                    perf.as_mut_ptr(),
-                )?;
-                Ok(largest(perf.iter().map(|p| (p.status, p.memory)), returned))
-            }
+            Direction::Forward => largest_listed!(
+                result::get_convolution_forward_algorithm,
+                sys::cudnnConvolutionFwdAlgoPerf_t,
+                FWD_ALGOS,
+                x, w => y
+            ),
+            Direction::BackwardData => largest_listed!(
+                result::get_convolution_backward_data_algorithm,
+                sys::cudnnConvolutionBwdDataAlgoPerf_t,
+                BWD_DATA_ALGOS,
+                w, y => x
+            ),
+            Direction::BackwardFilter => largest_listed!(
+                result::get_convolution_backward_filter_algorithm,
+                sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+                BWD_FILTER_ALGOS,
+                x, y => w
+            ),
         }
     }
 }
@@ -485,23 +476,23 @@ unsafe fn find(
     workspace_len: usize,
 ) -> candle_core::Result<(Algorithm, usize)> {
     let mut returned: c_int = 0;
-    let (x, w, y) = (a.x as *mut c_void, a.w as *mut c_void, a.y as *mut c_void);
-    let chosen = match key.direction {
-        Direction::Forward => {
+    // As in `execute`: the same arguments in every direction, x, w and y in different parts.
+    macro_rules! fastest {
+        ($find:path, $perf:ty, $count:expr, $algorithm:path, $what:literal,
+         $first:ident, $second:ident => $out:ident) => {{
             // SAFETY: all-zero bytes are a valid perf struct; the rest as the caller promises.
-            let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; FWD_ALGOS] =
-                unsafe { std::mem::zeroed() };
+            let mut perf: [$perf; $count] = unsafe { std::mem::zeroed() };
             unsafe {
-                sys::cudnnFindConvolutionForwardAlgorithmEx(
+                $find(
                     handle,
-                    d.x,
-                    x,
-                    d.w,
-                    w,
+                    d.$first,
+                    a.$first as *mut c_void,
+                    d.$second,
+                    a.$second as *mut c_void,
                     d.conv,
-                    d.y,
-                    y,
-                    FWD_ALGOS as c_int,
+                    d.$out,
+                    a.$out as *mut c_void,
+                    $count as c_int,
                     &mut returned,
                     perf.as_mut_ptr(),
                     workspace,
@@ -509,62 +500,36 @@ unsafe fn find(
                 )
             }
             .result()
-            .map_err(failed("find forward algorithm"))?;
+            .map_err(failed($what))?;
             pick(&perf, returned, key.math, |p| (p.status, p.mathType))
-                .map(|p| (Algorithm::Forward(p.algo), p.memory, p.mathType))
-        }
-        Direction::BackwardData => {
-            // SAFETY: as for the forward.
-            let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; BWD_DATA_ALGOS] =
-                unsafe { std::mem::zeroed() };
-            unsafe {
-                sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
-                    handle,
-                    d.w,
-                    w,
-                    d.y,
-                    y,
-                    d.conv,
-                    d.x,
-                    x,
-                    BWD_DATA_ALGOS as c_int,
-                    &mut returned,
-                    perf.as_mut_ptr(),
-                    workspace,
-                    workspace_len,
-                )
-            }
-            .result()
-            .map_err(failed("find backward-data algorithm"))?;
-            pick(&perf, returned, key.math, |p| (p.status, p.mathType))
-                .map(|p| (Algorithm::BackwardData(p.algo), p.memory, p.mathType))
-        }
-        Direction::BackwardFilter => {
-            // SAFETY: as for the forward.
-            let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; BWD_FILTER_ALGOS] =
-                unsafe { std::mem::zeroed() };
-            unsafe {
-                sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                    handle,
-                    d.x,
-                    x,
-                    d.y,
-                    y,
-                    d.conv,
-                    d.w,
-                    w,
-                    BWD_FILTER_ALGOS as c_int,
-                    &mut returned,
-                    perf.as_mut_ptr(),
-                    workspace,
-                    workspace_len,
-                )
-            }
-            .result()
-            .map_err(failed("find backward-filter algorithm"))?;
-            pick(&perf, returned, key.math, |p| (p.status, p.mathType))
-                .map(|p| (Algorithm::BackwardFilter(p.algo), p.memory, p.mathType))
-        }
+                .map(|p| ($algorithm(p.algo), p.memory, p.mathType))
+        }};
+    }
+    let chosen = match key.direction {
+        Direction::Forward => fastest!(
+            sys::cudnnFindConvolutionForwardAlgorithmEx,
+            sys::cudnnConvolutionFwdAlgoPerf_t,
+            FWD_ALGOS,
+            Algorithm::Forward,
+            "find forward algorithm",
+            x, w => y
+        ),
+        Direction::BackwardData => fastest!(
+            sys::cudnnFindConvolutionBackwardDataAlgorithmEx,
+            sys::cudnnConvolutionBwdDataAlgoPerf_t,
+            BWD_DATA_ALGOS,
+            Algorithm::BackwardData,
+            "find backward-data algorithm",
+            w, y => x
+        ),
+        Direction::BackwardFilter => fastest!(
+            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx,
+            sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+            BWD_FILTER_ALGOS,
+            Algorithm::BackwardFilter,
+            "find backward-filter algorithm",
+            x, y => w
+        ),
     };
     let Some((algorithm, memory, math_type)) = chosen else {
         candle_core::bail!(
@@ -612,54 +577,37 @@ unsafe fn execute(
     let alpha = &alpha as *const f32 as *const c_void;
     let beta = &beta as *const f32 as *const c_void;
     let d = &plan.descriptors;
+    // The three directions' functions take the same arguments: two inputs, then the output,
+    // each as (descriptor, address); only which of x, w and y plays which part differs.
+    macro_rules! convolve {
+        ($run:path, $algo:expr, $first:ident, $second:ident => $out:ident) => {
+            $run(
+                handle,
+                alpha,
+                d.$first,
+                a.$first as *const c_void,
+                d.$second,
+                a.$second as *const c_void,
+                d.conv,
+                $algo,
+                workspace,
+                workspace_len,
+                beta,
+                d.$out,
+                a.$out as *mut c_void,
+            )
+        };
+    }
     // SAFETY: as the caller promises.
     unsafe {
         match plan.algorithm {
-            Algorithm::Forward(algo) => result::convolution_forward(
-                handle,
-                alpha,
-                d.x,
-                a.x as *const c_void,
-                d.w,
-                a.w as *const c_void,
-                d.conv,
-                algo,
-                workspace,
-                workspace_len,
-                beta,
-                d.y,
-                a.y as *mut c_void,
-            ),
-            Algorithm::BackwardData(algo) => result::convolution_backward_data(
-                handle,
-                alpha,
-                d.w,
-                a.w as *const c_void,
-                d.y,
-                a.y as *const c_void,
-                d.conv,
-                algo,
-                workspace,
-                workspace_len,
-                beta,
-                d.x,
-                a.x as *mut c_void,
-            ),
-            Algorithm::BackwardFilter(algo) => result::convolution_backward_filter(
-                handle,
-                alpha,
-                d.x,
-                a.x as *const c_void,
-                d.y,
-                a.y as *const c_void,
-                d.conv,
-                algo,
-                workspace,
-                workspace_len,
-                beta,
-                d.w,
-                a.w as *mut c_void,
-            ),
+            Algorithm::Forward(algo) => convolve!(result::convolution_forward, algo, x, w => y),
+            Algorithm::BackwardData(algo) => {
+                convolve!(result::convolution_backward_data, algo, w, y => x)
+            }
+            Algorithm::BackwardFilter(algo) => {
+                convolve!(result::convolution_backward_filter, algo, x, y => w)
+            }
         }
     }
 }
