@@ -12,6 +12,8 @@
 //!
 //! This module measures and reports; it does not judge the figures or talk to PyTorch.
 
+#![warn(missing_docs)]
+
 use std::time::Instant;
 
 use candle_core::{Device, ModuleT, Tensor, Var};

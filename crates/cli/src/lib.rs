@@ -5,6 +5,8 @@
 //! display over the library crates, which hold all the logic. The library exists so that both
 //! binaries are one line ([`main`]); it is not an API.
 
+#![warn(missing_docs)]
+
 mod bench;
 mod bench_prepare;
 mod demo;

@@ -124,7 +124,7 @@ impl Preprocessing {
     }
 }
 
-/// What [`export`] is to write besides the network.
+/// What [`Dexpression::to_onnx`] writes besides the network.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// The `ai.onnx` opset, within [`OPSETS`].

@@ -26,7 +26,7 @@ pub struct ImportSummary {
 
 /// The most bytes of tensor data an import reads: the port's network at 224 pixels holds about
 /// 8 MB; a network with an input side of 4,096 about 600 MB.
-pub(crate) const MAX_CHECKPOINT_TENSOR_BYTES: u64 = 1 << 30;
+pub const MAX_CHECKPOINT_TENSOR_BYTES: u64 = 1 << 30;
 
 /// The largest `data.pkl` an import parses; the port's is 7 KB.
 pub(crate) const MAX_PICKLE_BYTES: u64 = 16 << 20;
