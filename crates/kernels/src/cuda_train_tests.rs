@@ -8,14 +8,7 @@
 use candle_core::{Device, Tensor, Var};
 
 use super::dropout::{dropout, DropoutKey};
-
-fn gpu() -> Device {
-    assert!(
-        candle_core::utils::cuda_is_available(),
-        "no CUDA GPU: these tests need one (run with --ignored on a GPU machine)"
-    );
-    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
-}
+use super::testing::gpu;
 
 fn host(tensor: &Tensor) -> Vec<f32> {
     tensor

@@ -66,6 +66,8 @@ mod lrn;
 mod max_pool;
 mod parallel;
 mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod winograd;
 #[cfg(test)]
 mod winograd_f2_oracle;
