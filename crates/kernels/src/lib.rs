@@ -47,6 +47,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use candle_core::{DType, Tensor};
 
+mod adam;
 mod batch_norm;
 mod conv;
 #[cfg(feature = "cuda")]
@@ -73,6 +74,7 @@ mod winograd;
 mod winograd_f2_oracle;
 mod winograd_f4;
 
+pub use adam::{adam_update, AdamStep};
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
 pub use dropout::{dropout, DropoutKey};
 pub use feat_ex::{feat_ex, ConvLayer, FeatEx};
