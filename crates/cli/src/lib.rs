@@ -83,6 +83,15 @@ const VERSION: &str = concat!(
     ")"
 );
 
+/// The device `spec` names (`auto`, `cpu`, `cuda`, `cuda:N`), tuned as a program that repeats
+/// steps wants it: a CUDA device keeps its freed memory pooled and allocates without events
+/// (`tune_cuda_device`, process-wide for that GPU, hence here and not in the libraries).
+fn open_device(spec: &str) -> anyhow::Result<dexpression_model::candle_core::Device> {
+    let device = dexpression_model::parse_device(spec)?;
+    dexpression_model::kernels::tune_cuda_device(&device)?;
+    Ok(device)
+}
+
 /// Runs the command line on the process's arguments; prints an error with its hint.
 pub fn main() -> std::process::ExitCode {
     match try_main() {

@@ -111,7 +111,7 @@ mod app {
     }
 
     pub fn run(args: Args) -> anyhow::Result<()> {
-        let device = dexpression_model::parse_device(&args.device)?;
+        let device = crate::open_device(&args.device)?;
         let models = ModelSet::discover(args.weights.as_deref(), args.run.as_deref(), device)?;
         if let Some(variant) = args.variant {
             for model in &models.models {
