@@ -9,6 +9,8 @@
 
 mod bench;
 mod bench_prepare;
+#[cfg(feature = "serve")]
+mod browser;
 mod demo;
 mod display;
 mod download;

@@ -24,11 +24,13 @@ pub const TOKEN_VARIABLE: &str = "DEXPRESSION_TOKEN";
 /// and style sheet from the server only, draws uploads from `blob:` URLs and heat maps from
 /// `data:` URLs, and talks to the API only; nothing inline, nothing from elsewhere, no framing.
 ///
-/// An in-browser model (ONNX Runtime Web) will need `'wasm-unsafe-eval'` in `script-src` and
-/// `worker-src 'self' blob:`: extend these directives, not the policy's shape.
+/// `'wasm-unsafe-eval'` lets the in-browser page (`/local/`) compile ONNX Runtime Web's
+/// WebAssembly, and nothing else: JavaScript `eval` stays refused. No `worker-src`: the page runs
+/// the runtime single-threaded in the page itself (`numThreads = 1`, no proxy worker), so it
+/// starts no worker, and `default-src 'none'` refuses any.
 pub const CONTENT_SECURITY_POLICY: &[(&str, &str)] = &[
     ("default-src", "'none'"),
-    ("script-src", "'self'"),
+    ("script-src", "'self' 'wasm-unsafe-eval'"),
     ("style-src", "'self'"),
     ("img-src", "'self' data: blob:"),
     ("media-src", "'self' blob: mediastream:"),

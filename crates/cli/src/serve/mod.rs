@@ -13,6 +13,8 @@ mod guard;
 #[cfg(feature = "serve")]
 mod load;
 #[cfg(feature = "serve")]
+mod local;
+#[cfg(feature = "serve")]
 mod models;
 #[cfg(feature = "serve")]
 mod net;
@@ -108,6 +110,11 @@ mod app {
         /// weights record. Weights of the other variant are refused at start.
         #[arg(long, value_parser = crate::parse_variant)]
         variant: Option<dexpression_model::Variant>,
+        /// Where the in-browser page (/local/) finds onnxruntime-web, which the server downloads
+        /// into it when the page asks (default: dexpression in the user's cache folder, e.g.
+        /// ~/.cache/dexpression).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
     }
 
     pub fn run(args: Args) -> anyhow::Result<()> {
@@ -178,7 +185,8 @@ mod app {
                 println!("{line}");
             }
             let access = Access::new(bound, &args.allow_hosts, &args.allow_origins, token, tls.is_some());
-            api::serve(listener, models, limits, access, tls).await
+            let runtime = super::local::RuntimeSource::new(args.cache);
+            api::serve(listener, models, limits, access, tls, runtime).await
         })
     }
 }
@@ -207,6 +215,9 @@ fn startup_lines(scheme: &str, bound: std::net::SocketAddr, token: Option<&str>)
             format!("scripts send the header 'Authorization: Bearer {token}'"),
         ],
     };
+    lines.push(format!(
+        "{base}local/ classifies in the browser: photos and webcam frames are never uploaded"
+    ));
     if bound.ip().is_unspecified() {
         lines.push(format!(
             "from other machines: this machine's address instead of {shown} (a name needs --allow-host NAME)"
