@@ -8,8 +8,9 @@
 //! `POST /api/predict?whole_image=true` of a server on the same weights within 1e-3; so do they
 //! for a square dragged on the photo. The fake webcam's frames are classified too. Every request
 //! the page made was a GET without a body, for the page's own files: no image was sent. Last,
-//! the server's `/local/` page gives the server's probabilities under the server's own
-//! Content-Security-Policy, with its runtime files served as `.wasm` and JavaScript. On the way,
+//! the server's `/local/` page, opened with the server's token, gives the server's probabilities
+//! under the server's own Content-Security-Policy, with its runtime files served as `.wasm` and
+//! JavaScript. On the way,
 //! `export --web` refuses a folder it cannot make and a folder of someone else's files.
 //!
 //! onnxruntime-web comes from `target/tmp/onnxruntime-web` (the test's cache, read offline). When
@@ -38,6 +39,9 @@ use common::start_server;
 use dexpression_dataset::crop::{crop_and_resize, CropBox};
 use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
 use fantoccini::{Client, Locator};
+
+/// The server's token: `/local/` must load its model and runtime with the cookie alone.
+const TOKEN: &str = "in-browser-test-token-77c1";
 
 /// How far an in-browser probability may be from the server's.
 const TOLERANCE: f32 = 1e-3;
@@ -82,6 +86,8 @@ fn the_page_classifies_in_the_browser_as_the_server_does_and_uploads_nothing() {
         trained.weights.as_os_str(),
         "--cache".as_ref(),
         cache.as_os_str(),
+        "--token".as_ref(),
+        TOKEN.as_ref(),
     ]);
     let webcam = dir.path().join("webcam.y4m");
     let photo = image::open(&images[0]).expect("photo").to_rgb8();
@@ -163,6 +169,7 @@ impl Server {
         let text = self
             .http
             .post(format!("{}/api/predict?whole_image=true", self.url))
+            .bearer_auth(TOKEN)
             .body(png.to_vec())
             .send()
             .await
@@ -261,6 +268,7 @@ async fn static_page(
         &server
             .http
             .get(format!("{}/api/model", server.url))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .expect("GET /api/model")
@@ -419,6 +427,7 @@ async fn served_page(browser: &Client, server: &Server, photo: &Path) {
         let response = server
             .http
             .get(format!("{}/local/ort/{file}", server.url))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .expect("a runtime file");
@@ -434,7 +443,7 @@ async fn served_page(browser: &Client, server: &Server, photo: &Path) {
     }
     let wait = Duration::from_secs(120);
     browser
-        .goto(&format!("{}/local/", server.url))
+        .goto(&format!("{}/local/?token={TOKEN}", server.url))
         .await
         .expect("the served page loads");
     browser
