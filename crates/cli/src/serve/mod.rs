@@ -215,8 +215,9 @@ fn startup_lines(scheme: &str, bound: std::net::SocketAddr, token: Option<&str>)
             format!("scripts send the header 'Authorization: Bearer {token}'"),
         ],
     };
+    let token_query = token.map_or(String::new(), |token| format!("?token={token}"));
     lines.push(format!(
-        "{base}local/ classifies in the browser: photos and webcam frames are never uploaded"
+        "{base}local/{token_query} classifies in the browser: photos and webcam frames are never uploaded"
     ));
     if bound.ip().is_unspecified() {
         lines.push(format!(
@@ -224,6 +225,28 @@ fn startup_lines(scheme: &str, bound: std::net::SocketAddr, token: Option<&str>)
         ));
     }
     lines
+}
+
+#[cfg(all(test, feature = "serve"))]
+mod tests {
+    #[test]
+    fn the_start_up_lines_name_the_in_browser_page_with_the_token() {
+        let bound = "127.0.0.1:8080".parse().expect("address");
+        let lines = super::startup_lines("http", bound, Some("s3cret"));
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("http://127.0.0.1:8080/local/?token=s3cret ")),
+            "{lines:?}"
+        );
+        let lines = super::startup_lines("http", bound, None);
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("http://127.0.0.1:8080/local/ ")),
+            "{lines:?}"
+        );
+    }
 }
 
 #[cfg(not(feature = "serve"))]
