@@ -593,7 +593,7 @@ fn foreign_hosts_origins_and_tokens_are_refused() {
             .expect("answer"),
         StatusCode::UNAUTHORIZED,
     );
-    json_error(
+    let refused_upload = json_error(
         "a prediction without a token",
         client
             .post(format!("{url}/api/predict"))
@@ -601,6 +601,14 @@ fn foreign_hosts_origins_and_tokens_are_refused() {
             .send()
             .expect("answer"),
         StatusCode::UNAUTHORIZED,
+    );
+    // Its body was never read: the client must not send another request on that connection.
+    assert_eq!(
+        refused_upload
+            .get(reqwest::header::CONNECTION)
+            .and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "a refused upload closes its connection"
     );
 
     // The right token as a bearer header.

@@ -355,9 +355,24 @@ fn preflight(origin: &str) -> Response {
 
 /// The headers of every answer: the content security policy, no sniffing, no framing, no
 /// referrer, and no caching (answers are predictions of private photos).
+///
+/// An error answer to an HTTP/1 request that carried a body also says `Connection: close`: a
+/// refusal (401, 403, 413, ...) is sent without reading the upload, after which the connection
+/// cannot carry another request, and a client told nothing would send its next request on it
+/// and see the connection drop.
 pub async fn security_headers(policy: Arc<HeaderValue>, request: Request, next: Next) -> Response {
+    let carries_body = request.version() < axum::http::Version::HTTP_2
+        && (request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0"));
     let mut response = next.run(request).await;
+    let status = response.status();
     let headers = response.headers_mut();
+    if carries_body && (status.is_client_error() || status.is_server_error()) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let fixed: [(HeaderName, HeaderValue); 5] = [
         (
             header::X_CONTENT_TYPE_OPTIONS,
