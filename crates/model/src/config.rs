@@ -93,6 +93,23 @@ impl LrnConstants {
     }
 }
 
+/// How [`crate::Dexpression::new`] draws a fresh network's weights.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightInit {
+    /// PyTorch's defaults, as the port gets them: every weight and bias uniform in
+    /// `±1/sqrt(fan_in)` (`kaiming_uniform_(a = sqrt(5))`, variance `1/(3 fan_in)`).
+    #[default]
+    Pytorch,
+    /// He et al. (2015)'s initialisation for ReLU networks: weights of variance `2/fan_in`
+    /// (uniform in `±sqrt(6/fan_in)`, PyTorch's `kaiming_uniform_(nonlinearity="relu")`; Caffe's
+    /// `msra` filler draws the same variance from a normal distribution), biases 0. It keeps the
+    /// activations' scale from layer to layer where no normalisation layer restores it.
+    He,
+}
+
 /// Architecture choices of DeXpression.
 ///
 /// [`DexpressionConfig::port`] is the PyTorch port's network: 7 classes, 224x224 inputs, dropout 0.2;
@@ -113,6 +130,10 @@ pub struct DexpressionConfig {
     /// The paper variant's local response normalisation (unused by the port's).
     #[serde(default)]
     pub lrn: LrnConstants,
+    /// How a fresh network's weights are drawn (configurations written before this choice
+    /// existed drew PyTorch's).
+    #[serde(default)]
+    pub init: WeightInit,
 }
 
 impl Default for DexpressionConfig {
@@ -130,14 +151,19 @@ impl DexpressionConfig {
             dropout: 0.2,
             variant: Variant::Port,
             lrn: LrnConstants::default(),
+            init: WeightInit::Pytorch,
         }
     }
 
     /// Burkert et al.'s network: 224x224 inputs, LRN after pool1 with AlexNet's constants,
-    /// dropout before the classifier (the port's 0.2: the paper gives no rate), 7 classes.
+    /// dropout before the classifier (the port's 0.2: the paper gives no rate), 7 classes, and
+    /// He et al.'s initialisation (the paper gives none; PyTorch's defaults, which the port's
+    /// LayerNorm and BatchNorm rescale, shrink the signal of a network without them layer by
+    /// layer until the classifier sees nearly the same features for every face).
     pub fn paper() -> Self {
         Self {
             variant: Variant::Paper,
+            init: WeightInit::He,
             ..Self::port()
         }
     }
@@ -151,11 +177,17 @@ impl DexpressionConfig {
         }
     }
 
-    /// The given variant's network with another class count and input side.
+    /// The given variant's network ([`Self::port`] or [`Self::paper`]) with another class count
+    /// and input side.
     pub fn of(variant: Variant, n_classes: usize, image_size: usize) -> Self {
+        let preset = match variant {
+            Variant::Port => Self::port(),
+            Variant::Paper => Self::paper(),
+        };
         Self {
-            variant,
-            ..Self::with(n_classes, image_size)
+            n_classes,
+            image_size,
+            ..preset
         }
     }
 

@@ -8,7 +8,7 @@ use candle_core::{Device, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{DexpressionConfig, LrnConstants, Variant, FEATEX_CHANNELS};
+use crate::config::{DexpressionConfig, LrnConstants, Variant, WeightInit, FEATEX_CHANNELS};
 use crate::{Error, Result};
 use dexpression_kernels::{self as ops, Pool2d};
 
@@ -117,15 +117,37 @@ struct DropoutRng {
     calls: AtomicU64,
 }
 
-/// How a tensor is initialised, following PyTorch's defaults.
+/// How a tensor is initialised.
 #[derive(Clone, Copy)]
 enum Init {
-    /// kaiming_uniform(a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); PyTorch's biases use the same bound.
-    Uniform {
-        fan_in: usize,
-    },
-    Ones,
-    Zeros,
+    /// U(-bound, bound).
+    Uniform { bound: f32 },
+    Constant(f32),
+}
+
+impl Init {
+    /// A convolution's or the classifier's weight of `fan_in` inputs: PyTorch's
+    /// kaiming_uniform(a = sqrt(5)) has bound 1/sqrt(fan_in), He et al.'s variance 2/fan_in
+    /// bound sqrt(6/fan_in).
+    fn weight(init: WeightInit, fan_in: usize) -> Self {
+        let fan_in = fan_in as f32;
+        let bound = match init {
+            WeightInit::Pytorch => 1.0 / fan_in.sqrt(),
+            WeightInit::He => (6.0 / fan_in).sqrt(),
+        };
+        Init::Uniform { bound }
+    }
+
+    /// The bias beside that weight: PyTorch draws it with the weight's default bound, He et al.
+    /// start from zero.
+    fn bias(init: WeightInit, fan_in: usize) -> Self {
+        match init {
+            WeightInit::Pytorch => Init::Uniform {
+                bound: 1.0 / (fan_in as f32).sqrt(),
+            },
+            WeightInit::He => Init::Constant(0.0),
+        }
+    }
 }
 
 struct TensorSpec {
@@ -138,20 +160,18 @@ struct TensorSpec {
 /// The port's `state_dict` (minus `num_batches_tracked`), in order, with shapes and initialisers.
 fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
     let conv = |name: &str, out: usize, inp: usize, k: usize| {
-        let init = Init::Uniform {
-            fan_in: inp * k * k,
-        };
+        let fan_in = inp * k * k;
         [
             TensorSpec {
                 name: format!("{name}.weight"),
                 shape: vec![out, inp, k, k],
-                init,
+                init: Init::weight(config.init, fan_in),
                 trainable: true,
             },
             TensorSpec {
                 name: format!("{name}.bias"),
                 shape: vec![out],
-                init,
+                init: Init::bias(config.init, fan_in),
                 trainable: true,
             },
         ]
@@ -163,13 +183,13 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
     specs.extend(port.then(|| TensorSpec {
         name: "lrn1.weight".into(),
         shape: vec![64, side, side],
-        init: Init::Ones,
+        init: Init::Constant(1.0),
         trainable: true,
     }));
     specs.extend(port.then(|| TensorSpec {
         name: "lrn1.bias".into(),
         shape: vec![64, side, side],
-        init: Init::Zeros,
+        init: Init::Constant(0.0),
         trainable: true,
     }));
     for (name, out, inp, k) in [
@@ -186,13 +206,13 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
     specs.push(TensorSpec {
         name: "fc.weight".into(),
         shape: vec![config.n_classes, fc_in],
-        init: Init::Uniform { fan_in: fc_in },
+        init: Init::weight(config.init, fc_in),
         trainable: true,
     });
     specs.push(TensorSpec {
         name: "fc.bias".into(),
         shape: vec![config.n_classes],
-        init: Init::Uniform { fan_in: fc_in },
+        init: Init::bias(config.init, fc_in),
         trainable: true,
     });
     let bn = |suffix: &str, init: Init, trainable: bool| TensorSpec {
@@ -202,10 +222,10 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
         trainable,
     };
     if port {
-        specs.push(bn("weight", Init::Ones, true));
-        specs.push(bn("bias", Init::Zeros, true));
-        specs.push(bn("running_mean", Init::Zeros, false));
-        specs.push(bn("running_var", Init::Ones, false));
+        specs.push(bn("weight", Init::Constant(1.0), true));
+        specs.push(bn("bias", Init::Constant(0.0), true));
+        specs.push(bn("running_mean", Init::Constant(0.0), false));
+        specs.push(bn("running_var", Init::Constant(1.0), false));
     }
     specs
 }
@@ -220,14 +240,10 @@ impl Dexpression {
         for spec in tensor_specs(&config) {
             let count: usize = spec.shape.iter().product();
             let values: Vec<f32> = match spec.init {
-                Init::Uniform { fan_in } => {
-                    let bound = 1.0 / (fan_in as f32).sqrt();
-                    (0..count)
-                        .map(|_| rng.random_range(-bound..bound))
-                        .collect()
-                }
-                Init::Ones => vec![1.0; count],
-                Init::Zeros => vec![0.0; count],
+                Init::Uniform { bound } => (0..count)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect(),
+                Init::Constant(value) => vec![value; count],
             };
             tensors.insert(spec.name, Tensor::from_vec(values, spec.shape, device)?);
         }
@@ -1092,5 +1108,51 @@ mod tests {
                 .expect("sum")
                 > 0.0
         );
+    }
+
+    /// The weights and biases of `name` in a fresh network of `config`.
+    fn fresh(config: DexpressionConfig, name: &str) -> (Vec<f32>, Vec<f32>) {
+        let model = Dexpression::new(config, 3, &Device::Cpu).expect("network");
+        let values = |suffix: &str| {
+            let full = format!("{name}.{suffix}");
+            let var = model
+                .named_vars()
+                .iter()
+                .find(|n| n.name == full)
+                .expect("a parameter of that name");
+            var.var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("values")
+        };
+        (values("weight"), values("bias"))
+    }
+
+    #[test]
+    fn the_paper_variant_starts_from_he_init_and_the_port_from_pytorchs() {
+        // conv2b: 208 x 96 x 3 x 3, fan-in 864.
+        let fan_in = 864.0f32;
+        let variance = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32;
+        let (weights, biases) = fresh(DexpressionConfig::of(Variant::Paper, 7, 48), "conv2b");
+        assert_eq!(DexpressionConfig::paper().init, WeightInit::He);
+        // He et al.: variance 2 / fan-in (uniform in +-sqrt(6 / fan-in)), biases zero.
+        let bound = (6.0 / fan_in).sqrt();
+        assert!(weights.iter().all(|w| w.abs() <= bound));
+        let ratio = variance(&weights) / (2.0 / fan_in);
+        assert!((0.95..1.05).contains(&ratio), "variance ratio {ratio}");
+        assert!(biases.iter().all(|&b| b == 0.0));
+        // The port keeps PyTorch's defaults, variance 1 / (3 fan-in), biases drawn likewise.
+        let (weights, biases) = fresh(DexpressionConfig::of(Variant::Port, 7, 48), "conv2b");
+        let ratio = variance(&weights) / (1.0 / (3.0 * fan_in));
+        assert!((0.95..1.05).contains(&ratio), "variance ratio {ratio}");
+        let bound = 1.0 / fan_in.sqrt();
+        assert!(biases.iter().all(|b| b.abs() <= bound) && biases.iter().any(|&b| b != 0.0));
+        // The classifier too: He's variance, zero bias.
+        let (weights, biases) = fresh(DexpressionConfig::of(Variant::Paper, 7, 48), "fc");
+        let fc_in = DexpressionConfig::of(Variant::Paper, 7, 48).fc_in_features() as f32;
+        let ratio = variance(&weights) / (2.0 / fc_in);
+        assert!((0.9..1.1).contains(&ratio), "variance ratio {ratio}");
+        assert!(biases.iter().all(|&b| b == 0.0));
     }
 }
