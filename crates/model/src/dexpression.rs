@@ -23,12 +23,14 @@ pub const POOL_REDUCE: Pool2d = Pool2d {
     kernel: 3,
     stride: 2,
     padding: 0,
+    ceil_mode: false,
 };
 /// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch).
 pub const POOL_KEEP: Pool2d = Pool2d {
     kernel: 3,
     stride: 1,
     padding: 1,
+    ceil_mode: false,
 };
 
 /// The key PyTorch adds to BatchNorm's state; read and written, never used for computation.
