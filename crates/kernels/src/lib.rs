@@ -35,7 +35,7 @@
 //!
 //! # fn main() -> candle_core::Result<()> {
 //! let xs = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
-//! let pooled = max_pool2d(&xs, Pool2d { kernel: 3, stride: 2, padding: 1 })?;
+//! let pooled = max_pool2d(&xs, Pool2d { kernel: 3, stride: 2, padding: 1 , ceil_mode: false})?;
 //! assert_eq!(pooled.flatten_all()?.to_vec1::<f32>()?, [5., 7., 13., 15.]);
 //! # Ok(())
 //! # }

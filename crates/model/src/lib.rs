@@ -42,7 +42,7 @@ mod torch_pickle;
 mod weights;
 
 pub use classifier::{port_class_names, Classifier, Prediction};
-pub use config::{DexpressionConfig, LrnConstants, Variant};
+pub use config::{DexpressionConfig, LrnConstants, Variant, WeightInit};
 pub use device::{device_name, parse_device};
 pub use dexpression::{
     serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata, NUM_BATCHES_TRACKED,

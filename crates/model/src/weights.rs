@@ -47,7 +47,7 @@ pub(crate) const MAX_CHECKPOINT_ENTRIES: usize = 100_000;
 /// pass.
 pub fn import_torch(checkpoint: &Path, output: &Path) -> Result<ImportSummary> {
     let (tensors, stripped_module_prefix) = read_torch_state_dict(checkpoint)?;
-    let config = infer_config(&tensors, checkpoint)?;
+    let config = infer_config(&tensors, checkpoint, None)?;
     let model = Dexpression::from_tensors(config.clone(), tensors, checkpoint, &Device::Cpu)?;
     let state = model.state_dict()?;
     save_atomic(&state, output)?;
@@ -151,7 +151,7 @@ fn read_torch_state_dict(checkpoint: &Path) -> Result<(HashMap<String, Tensor>, 
                 .collect()
         })
     };
-    let config = crate::dexpression::infer_config_from_shapes(shape_of, checkpoint)?;
+    let config = crate::dexpression::infer_config_from_shapes(shape_of, checkpoint, None)?;
     let expected = crate::dexpression::expected_shapes(&config);
     for record in &records {
         if record.name != NUM_BATCHES_TRACKED
