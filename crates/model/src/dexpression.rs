@@ -149,8 +149,57 @@ struct TensorSpec {
 }
 
 /// The port's `state_dict` (minus `num_batches_tracked`), in order, with shapes and initialisers.
+/// A convolution of the network as the port's `state_dict` names it.
+struct ConvSpec {
+    name: &'static str,
+    out_channels: usize,
+    in_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+const fn conv_spec(
+    name: &'static str,
+    (out_channels, in_channels, kernel): (usize, usize, usize),
+    (stride, padding): (usize, usize),
+) -> ConvSpec {
+    ConvSpec {
+        name,
+        out_channels,
+        in_channels,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+/// The convolutions in forward order: the one place their names, shapes and geometry are written
+/// (the tensor list, the network's fields and the exporter read them from here).
+const CONVS: [ConvSpec; 7] = [
+    conv_spec("conv1", (64, 1, 7), (2, 3)),
+    conv_spec("conv2a", (96, 64, 1), (1, 0)),
+    conv_spec("conv2b", (208, 96, 3), (1, 1)),
+    conv_spec("conv2c", (64, 64, 1), (1, 0)),
+    conv_spec("conv3a", (96, FEATEX_CHANNELS, 1), (1, 0)),
+    conv_spec("conv3b", (208, 96, 3), (1, 1)),
+    conv_spec("conv3c", (64, FEATEX_CHANNELS, 1), (1, 0)),
+];
+
+/// The `state_dict` prefixes of the other layers.
+const LRN1: &str = "lrn1";
+const FC: &str = "fc";
+const BATCH_NORMALIZATION: &str = "batch_normalization";
+
 fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
-    let conv = |name: &str, out: usize, inp: usize, k: usize| {
+    let conv = |spec: &ConvSpec| {
+        let ConvSpec {
+            name,
+            out_channels: out,
+            in_channels: inp,
+            kernel: k,
+            ..
+        } = *spec;
         let fan_in = inp * k * k;
         [
             TensorSpec {
@@ -168,46 +217,40 @@ fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
         ]
     };
     let mut specs = Vec::new();
-    specs.extend(conv("conv1", 64, 1, 7));
+    let (conv1, feat_ex) = CONVS.split_first().expect("seven convolutions");
+    specs.extend(conv(conv1));
     let side = config.block1_side();
     let port = config.variant == Variant::Port;
     specs.extend(port.then(|| TensorSpec {
-        name: "lrn1.weight".into(),
-        shape: vec![64, side, side],
+        name: format!("{LRN1}.weight"),
+        shape: vec![conv1.out_channels, side, side],
         init: Init::Constant(1.0),
         trainable: true,
     }));
     specs.extend(port.then(|| TensorSpec {
-        name: "lrn1.bias".into(),
-        shape: vec![64, side, side],
+        name: format!("{LRN1}.bias"),
+        shape: vec![conv1.out_channels, side, side],
         init: Init::Constant(0.0),
         trainable: true,
     }));
-    for (name, out, inp, k) in [
-        ("conv2a", 96, 64, 1),
-        ("conv2b", 208, 96, 3),
-        ("conv2c", 64, 64, 1),
-        ("conv3a", 96, FEATEX_CHANNELS, 1),
-        ("conv3b", 208, 96, 3),
-        ("conv3c", 64, FEATEX_CHANNELS, 1),
-    ] {
-        specs.extend(conv(name, out, inp, k));
+    for spec in feat_ex {
+        specs.extend(conv(spec));
     }
     let fc_in = config.fc_in_features();
     specs.push(TensorSpec {
-        name: "fc.weight".into(),
+        name: format!("{FC}.weight"),
         shape: vec![config.n_classes, fc_in],
         init: Init::weight(config.init, fc_in),
         trainable: true,
     });
     specs.push(TensorSpec {
-        name: "fc.bias".into(),
+        name: format!("{FC}.bias"),
         shape: vec![config.n_classes],
         init: Init::bias(config.init, fc_in),
         trainable: true,
     });
     let bn = |suffix: &str, init: Init, trainable: bool| TensorSpec {
-        name: format!("batch_normalization.{suffix}"),
+        name: format!("{BATCH_NORMALIZATION}.{suffix}"),
         shape: vec![FEATEX_CHANNELS],
         init,
         trainable,
@@ -294,35 +337,34 @@ impl Dexpression {
                 .map(|n| n.var.clone())
                 .expect("every spec name was just inserted")
         };
-        let conv = |name: &str, stride: usize, padding: usize| Conv {
-            weight: var(&format!("{name}.weight")),
-            bias: var(&format!("{name}.bias")),
-            stride,
-            padding,
+        let [conv1, conv2a, conv2b, conv2c, conv3a, conv3b, conv3c] = CONVS.map(|spec| Conv {
+            weight: var(&format!("{}.weight", spec.name)),
+            bias: var(&format!("{}.bias", spec.name)),
+            stride: spec.stride,
+            padding: spec.padding,
+        });
+        let affine = |prefix: &str| Affine {
+            weight: var(&format!("{prefix}.weight")),
+            bias: var(&format!("{prefix}.bias")),
         };
+        let batch_norm = |part: &str| var(&format!("{BATCH_NORMALIZATION}.{part}"));
         Ok(Self {
-            conv1: conv("conv1", 2, 3),
-            lrn1: port.then(|| Affine {
-                weight: var("lrn1.weight"),
-                bias: var("lrn1.bias"),
-            }),
-            conv2a: conv("conv2a", 1, 0),
-            conv2b: conv("conv2b", 1, 1),
-            conv2c: conv("conv2c", 1, 0),
-            conv3a: conv("conv3a", 1, 0),
-            conv3b: conv("conv3b", 1, 1),
-            conv3c: conv("conv3c", 1, 0),
+            conv1,
+            lrn1: port.then(|| affine(LRN1)),
+            conv2a,
+            conv2b,
+            conv2c,
+            conv3a,
+            conv3b,
+            conv3c,
             batch_normalization: port.then(|| BatchNorm {
-                weight: var("batch_normalization.weight"),
-                bias: var("batch_normalization.bias"),
-                running_mean: var("batch_normalization.running_mean"),
-                running_var: var("batch_normalization.running_var"),
+                weight: batch_norm("weight"),
+                bias: batch_norm("bias"),
+                running_mean: batch_norm("running_mean"),
+                running_var: batch_norm("running_var"),
                 num_batches_tracked: AtomicI64::new(num_batches_tracked),
             }),
-            fc: Affine {
-                weight: var("fc.weight"),
-                bias: var("fc.bias"),
-            },
+            fc: affine(FC),
             dropout: DropoutRng {
                 seed: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
@@ -414,16 +456,7 @@ impl Dexpression {
     /// ...), in forward order: what an exporter needs besides the tensors.
     #[cfg(feature = "onnx")]
     pub(crate) fn conv_geometry(&self) -> [(&'static str, usize, usize); 7] {
-        let of = |name, conv: &Conv| (name, conv.stride, conv.padding);
-        [
-            of("conv1", &self.conv1),
-            of("conv2a", &self.conv2a),
-            of("conv2b", &self.conv2b),
-            of("conv2c", &self.conv2c),
-            of("conv3a", &self.conv3a),
-            of("conv3b", &self.conv3b),
-            of("conv3c", &self.conv3c),
-        ]
+        CONVS.map(|spec| (spec.name, spec.stride, spec.padding))
     }
 
     /// Every tensor with its name, trainable or not.
@@ -856,9 +889,9 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// The variant whose tensors `has` names: the port's has `lrn1.weight` (its LayerNorm) and
 /// BatchNorm's, the paper's neither; `None` when there is not even `conv1.weight`.
 pub(crate) fn variant_of_tensors(has: impl Fn(&str) -> bool) -> Option<Variant> {
-    if has("lrn1.weight") || has("batch_normalization.weight") {
+    if has(&format!("{LRN1}.weight")) || has(&format!("{BATCH_NORMALIZATION}.weight")) {
         Some(Variant::Port)
-    } else if has("conv1.weight") {
+    } else if has(&format!("{}.weight", CONVS[0].name)) {
         Some(Variant::Paper)
     } else {
         None
@@ -923,13 +956,13 @@ pub(crate) fn infer_config_from_shapes(
         }
         Ok(dims)
     };
-    let fc = dims("fc.weight", 2)?;
+    let fc = dims(&format!("{FC}.weight"), 2)?;
     let n_classes = fc[0];
     let variant = variant_of_tensors(|name| shape_of(name).is_some()).unwrap_or_default();
     // The paper's variant has no LayerNorm: its side shows only in fc's width, which fixes fewer
     // bits of it (sides 61 to 76 share a width); its metadata records the side it was trained at.
     let lrn_side = match variant {
-        Variant::Port => Some(dims("lrn1.weight", 3)?[1]),
+        Variant::Port => Some(dims(&format!("{LRN1}.weight"), 3)?[1]),
         Variant::Paper => None,
     };
     // Several input sides give one LayerNorm side (or fc width): prefer the port's 224, then a

@@ -118,7 +118,7 @@ impl Preprocessing {
         Preprocessing {
             color: "grayscale".into(),
             grayscale:
-                "luma = (2126 R + 7152 G + 722 B) / 10000 on 8-bit sRGB values (Rec. 709 weights, the Rust image crate's to_luma8)"
+                "the image crate 0.25's to_luma8: each 8-bit value / 255 in f32, weighted by BT.709's Y row (0.21264784 R + 0.7151792 G + 0.07217304 B), summed, times 255, rounded to the nearest; (2126 R + 7152 G + 722 B) / 10000 rounded down is within one level of it"
                     .into(),
             side,
             resize: "Catmull-Rom (bicubic), its support widened by the scale factor when downscaling (the Rust image crate's resize with FilterType::CatmullRom)".into(),
