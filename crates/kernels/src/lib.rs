@@ -65,6 +65,7 @@ mod max_pool;
 mod parallel;
 mod storage;
 mod winograd;
+mod winograd_batch;
 #[cfg(test)]
 mod winograd_f2_oracle;
 mod winograd_f4;
