@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_conv::{backward_from, forward_image, forward_rows, ConvGeometry};
+use super::fast_conv::{backward_from, forward_image, forward_rows, ConvGeometry, WinogradBatch};
 use super::max_pool::{pool_planes, scatter_plane, window_steps, Pool2d, NO_OFFSET};
 use super::parallel::{
     filled, grown, image_groups, thread_count, with_spare_buffer, Parallel, SharedMut,
@@ -146,6 +146,35 @@ impl ConvPoolGeometry {
         })
     }
 
+    /// The whole batch `x` (`n` images) by Winograd over several images at once (`batch`, from
+    /// [`ConvGeometry::winograd_batch`]), into `out` and `offsets` (`n x c_out x OH x OW`): one
+    /// call per group of `batch.images` images, each spread over every thread. The values are
+    /// those of [`Self::image`] image by image (each tile's column of the GEMMs is computed alone).
+    pub(super) fn batch(
+        &self,
+        x: &[f32],
+        weights: &ConvWeights<'_>,
+        (out, offsets): (&mut [f32], &mut [u8]),
+        batch: WinogradBatch,
+    ) {
+        let (winograd, transformed) = weights
+            .winograd
+            .as_ref()
+            .expect("a batched Winograd convolution has its transformed weights");
+        let (in_image, pooled_image) = (self.conv.in_image(), self.pooled_image());
+        for ((x, out), offsets) in x
+            .chunks(batch.images * in_image)
+            .zip(out.chunks_mut(batch.images * pooled_image))
+            .zip(offsets.chunks_mut(batch.images * pooled_image))
+        {
+            let images = x.len() / in_image;
+            let arguments = (x, images, transformed.as_slice(), weights.bias);
+            with_winograd_scratch(|scratch| {
+                winograd.batch_pooled(arguments, self.pool, (out, offsets), scratch)
+            });
+        }
+    }
+
     /// [`Self::image`] by bands of pooled rows (a pool without padding): each band convolves
     /// just the rows its windows read (one row more than its share where windows overlap) into a
     /// buffer small enough for the L2 and pools them from there, so conv1's full-size output
@@ -229,8 +258,12 @@ fn forward(
     let pooled_image = geometry.pooled_image();
     let mut out = filled(g.n * pooled_image, 0f32);
     let mut offsets = filled(g.n * pooled_image, NO_OFFSET);
-    let (per_group, par) = image_groups(g.n);
     let weights = ConvWeights::new(g, weight, bias, cache);
+    if let Some(batch) = g.winograd_batch() {
+        geometry.batch(x, &weights, (&mut out, &mut offsets), batch);
+        return (out, offsets);
+    }
+    let (per_group, par) = image_groups(g.n);
     out.par_chunks_mut(per_group * pooled_image)
         .zip(offsets.par_chunks_mut(per_group * pooled_image))
         .zip(x.par_chunks(per_group * g.in_image()))

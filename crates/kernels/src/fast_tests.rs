@@ -96,9 +96,13 @@ fn check_paths(name: &str, vars: &[Var], f: impl Fn(&[Tensor], bool) -> Tensor) 
 #[test]
 fn fast_conv_relu_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, kernel, stride, padding, batch) in [
-        // A 3x3 stride-1 conv below WINOGRAD_MIN_SIDE (im2col) and at or above it (Winograd).
+        // A 3x3 stride-1 conv below WINOGRAD_MIN_SIDE (im2col), by Winograd over several images
+        // at once (in calls of two images in the tests, WINOGRAD_BATCH_COLUMNS) and from
+        // WINOGRAD_BATCH_MAX_SIDE one image at a time.
+        (3, 5, 3, 3, 1, 1, 3),
         (3, 5, 9, 3, 1, 1, 3),
         (3, 5, 13, 3, 1, 1, 3),
+        (2, 3, 33, 3, 1, 1, 3),
         (1, 4, 15, 7, 2, 3, 2),
         (6, 4, 5, 1, 1, 0, 3),
         (4, 3, 8, 3, 2, 0, 1),
@@ -146,17 +150,22 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, conv, (kernel, stride, padding), batch, ceil_mode) in [
         (1, 4, 17, (2, 3), (3, 2, 0), 3, false),
         (1, 4, 17, (2, 3), (3, 2, 0), 1, false),
-        // 3x3 stride 1 with a padded pool, by im2col (side 10) and by Winograd (13).
+        // 3x3 stride 1 with a padded pool, by im2col (side 3), by Winograd over several images
+        // (10, 13) and one image at a time (33).
+        (3, 5, 3, (1, 1), (3, 1, 1), 2, false),
         (3, 5, 10, (1, 1), (3, 1, 1), 2, false),
-        (3, 5, 13, (1, 1), (3, 1, 1), 2, false),
-        // Winograd's F(4x4, 3x3) with the pool, at batch 1: blocks of output channels per thread.
+        (3, 5, 13, (1, 1), (3, 1, 1), 3, false),
+        (2, 3, 33, (1, 1), (3, 1, 1), 2, false),
+        // Winograd's F(4x4, 3x3) with the pool, at batch 1: each step spread over the threads.
         (3, 5, 12, (1, 1), (3, 2, 0), 1, false),
+        (2, 3, 33, (1, 1), (3, 2, 0), 1, false),
         (2, 3, 9, (1, 0), (2, 2, 0), 1, false),
         // Ceil-mode pools (the paper variant's) with a partial last window: conv1's geometry
         // (an 8x8 convolution output, by bands at batch 1 and by image at 3) and Winograd's.
         (1, 4, 16, (2, 3), (3, 2, 0), 1, true),
         (1, 4, 16, (2, 3), (3, 2, 0), 3, true),
         (3, 5, 12, (1, 1), (3, 2, 0), 1, true),
+        (3, 5, 10, (1, 1), (3, 2, 0), 3, true),
     ] {
         let (conv_kernel, (conv_stride, conv_padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
         let xs = var(&[batch, c_in, side, side], 11);
@@ -189,8 +198,15 @@ const NO_POOL: Pool2d = Pool2d {
 #[test]
 fn winograd_conv_matches_the_reference_forward() {
     // 3x3, stride 1, padding 1 runs by Winograd's algorithm in the fused conv+pool op: a batch
-    // below and above the thread count, odd and even sides; below WINOGRAD_MIN_SIDE by im2col.
-    for (c_in, c_out, side, batch) in [(5, 7, 13, 1), (4, 3, 12, 3), (4, 3, 5, 3)] {
+    // below and above the thread count, odd and even sides, one image at a time from
+    // WINOGRAD_BATCH_MAX_SIDE; below WINOGRAD_MIN_SIDE by im2col.
+    for (c_in, c_out, side, batch) in [
+        (5, 7, 13, 1),
+        (4, 3, 12, 3),
+        (4, 3, 5, 3),
+        (3, 2, 33, 2),
+        (4, 3, 3, 3),
+    ] {
         let xs = var(&[batch, c_in, side, side], 21);
         let weight = var(&[c_out, c_in, 3, 3], 22);
         let bias = var(&[c_out], 23);
@@ -210,55 +226,131 @@ fn winograd_conv_matches_the_reference_forward() {
 fn every_vector_path_computes_the_same_bits() {
     // The kernels with vector paths (Winograd's transforms in training and inference, LayerNorm,
     // im2col, the pools) at every level this CPU has, against the portable build: bit for bit.
-    // At 13x13 the 3x3 convolution runs by Winograd (WINOGRAD_MIN_SIDE).
-    let xs = var(&[2, 6, 13, 13], 31);
-    let weight = var(&[5, 6, 3, 3], 32);
-    let bias = var(&[5], 33);
-    let norm_weight = var(&[5, 13, 13], 34);
-    let norm_bias = var(&[5, 13, 13], 35);
-    let pool = Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 0,
+    // At 13x13 the 3x3 convolution runs by Winograd over several images at once, at 33x33 one
+    // image at a time (WINOGRAD_BATCH_MAX_SIDE).
+    for side in [13, 33] {
+        let xs = var(&[2, 6, side, side], 31);
+        let weight = var(&[5, 6, 3, 3], 32);
+        let bias = var(&[5], 33);
+        let norm_weight = var(&[5, side, side], 34);
+        let norm_bias = var(&[5, side, side], 35);
+        let pool = Pool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+            ceil_mode: false,
+        };
+        let run = || {
+            let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
+            let conv = conv2d_relu_on(x, w, b, 1, 1, true).unwrap();
+            let normed = layer_norm_on(
+                &conv,
+                norm_weight.as_tensor(),
+                norm_bias.as_tensor(),
+                1e-5,
+                true,
+            )
+            .unwrap();
+            let pooled = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), pool, true, None).unwrap();
+            let inference =
+                conv2d_relu_max_pool2d_on(x, w, b, (1, 1), NO_POOL, true, None).unwrap();
+            let loss =
+                (normed.sum_all().unwrap() + pooled.sqr().unwrap().sum_all().unwrap()).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut bits = Vec::new();
+            for tensor in [
+                &normed,
+                &pooled,
+                &inference,
+                grads.get(x).unwrap(),
+                grads.get(w).unwrap(),
+                grads.get(norm_weight.as_tensor()).unwrap(),
+            ] {
+                bits.push(tensor_bits(tensor));
+            }
+            bits
+        };
+        let mut portable = None;
+        super::isa::for_each_supported(|level| {
+            let bits = run();
+            match &portable {
+                None => portable = Some(bits),
+                Some(expected) => assert!(
+                    *expected == bits,
+                    "side {side}: {level} differs from portable"
+                ),
+            }
+        });
+    }
+}
+
+/// A tensor's values as bit patterns, for exact comparisons.
+fn tensor_bits(tensor: &Tensor) -> Vec<u32> {
+    let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // Each convolution path, forward and gradients, in pools of 1, 2 and 3 threads: the same
+    // bits. The parameter gradients sum over the batch's images in groups fixed by the batch
+    // alone (batches of 7 and 5 split unevenly over 2 and 3 threads), so training repeats
+    // exactly on any number of threads.
+    let pool = |kernel, stride, padding| Pool2d {
+        kernel,
+        stride,
+        padding,
         ceil_mode: false,
     };
-    let run = || {
-        let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
-        let conv = conv2d_relu_on(x, w, b, 1, 1, true).unwrap();
-        let normed = layer_norm_on(
-            &conv,
-            norm_weight.as_tensor(),
-            norm_bias.as_tensor(),
-            1e-5,
-            true,
-        )
-        .unwrap();
-        let pooled = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), pool, true, None).unwrap();
-        let inference = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), NO_POOL, true, None).unwrap();
-        let loss = (normed.sum_all().unwrap() + pooled.sqr().unwrap().sum_all().unwrap()).unwrap();
-        let grads = loss.backward().unwrap();
-        let mut bits = Vec::new();
-        for tensor in [
-            &normed,
-            &pooled,
-            &inference,
-            grads.get(x).unwrap(),
-            grads.get(w).unwrap(),
-            grads.get(norm_weight.as_tensor()).unwrap(),
-        ] {
-            let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            bits.push(values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+    let cases = [
+        // conv1's geometry with its pool.
+        (1, 4, 17, 7, (2, 3), pool(3, 2, 0), 7),
+        // 3x3 by im2col, by Winograd over several images, by Winograd one image at a time.
+        (3, 4, 3, 3, (1, 1), pool(3, 1, 1), 7),
+        (3, 4, 9, 3, (1, 1), pool(3, 2, 0), 7),
+        (2, 3, 33, 3, (1, 1), pool(3, 2, 0), 5),
+        // A 1x1 convolution (no pool).
+        (6, 4, 5, 1, (1, 0), NO_POOL, 7),
+    ];
+    for (c_in, c_out, side, kernel, (stride, padding), pool, batch) in cases {
+        let xs = var(&[batch, c_in, side, side], 51);
+        let weight = var(&[c_out, c_in, kernel, kernel], 52);
+        let bias = var(&[c_out], 53);
+        let run = || {
+            let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
+            let out =
+                conv2d_relu_max_pool2d_on(x, w, b, (stride, padding), pool, true, None).unwrap();
+            let projection =
+                Tensor::from_vec(values(out.elem_count(), 54), out.shape(), x.device()).unwrap();
+            let grads = (&out * &projection)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [
+                &out,
+                grads.get(x).unwrap(),
+                grads.get(w).unwrap(),
+                grads.get(b).unwrap(),
+            ]
+            .map(tensor_bits)
+        };
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(run)
+        };
+        let one = in_pool(1);
+        for threads in [2, 3] {
+            assert!(
+                in_pool(threads) == one,
+                "k{kernel} side {side} n{batch}: {threads} threads differ from one"
+            );
         }
-        bits
-    };
-    let mut portable = None;
-    super::isa::for_each_supported(|level| {
-        let bits = run();
-        match &portable {
-            None => portable = Some(bits),
-            Some(expected) => assert!(*expected == bits, "{level} differs from portable"),
-        }
-    });
+    }
 }
 
 /// A FeatEx block of small random convolutions (channels in, reduced, conv, pooled), with
@@ -318,6 +410,7 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
         (1, 13, false),
         (2, 15, false),
         (5, 10, false),
+        (3, 33, false),
         (1, 12, true),
         (5, 10, true),
     ] {
@@ -331,11 +424,7 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
         assert_eq!(fused.dims(), composed.dims(), "batch {n}, side {side}");
         let pooled = block.out_pool.out_side(side);
         assert_eq!(fused.dims(), &[n, 7 + 4, pooled, pooled]);
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            values.iter().map(|v| v.to_bits()).collect()
-        };
-        let (fused, composed) = (bits(&fused), bits(&composed));
+        let (fused, composed) = (tensor_bits(&fused), tensor_bits(&composed));
         let differing = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
         assert_eq!(
             differing, 0,

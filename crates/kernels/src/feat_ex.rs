@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{conv2d_relu, conv2d_relu_max_pool2d_on};
-use super::fast_conv::{forward_image, ConvGeometry};
+use super::fast_conv::{forward, forward_image, ConvGeometry, WinogradBatch};
 use super::fast_conv_pool::{ConvPoolGeometry, ConvWeights};
 use super::max_pool::{max_pool2d, pool_planes, Pool2d, NO_OFFSET};
 use super::parallel::{filled, grown, image_groups, with_spare_buffer, Parallel};
@@ -200,7 +200,7 @@ impl FeatExGeometry {
         offsets: &mut [u8],
         par: Parallel,
     ) {
-        let [reduce, conv, pooled] = weights;
+        let [reduce, conv, _] = weights;
         let (conv_out, pooled_out) = out.split_at_mut(self.conv.pooled_image());
         with_spare_buffer(|buffer| {
             let g = &self.reduce;
@@ -209,15 +209,73 @@ impl FeatExGeometry {
                 forward_image(x, reduce.weight, reduce.bias, g, reduced, col, par)
             });
             self.conv.image(reduced, conv, conv_out, offsets, par);
-            // The buffer again, for the pooled input: the reduced image is used up.
+        });
+        self.pool_branch(x, weights, pooled_out, offsets, par);
+    }
+
+    /// The pool branch of one image `x` into `out` (its channels of the block's output).
+    fn pool_branch(
+        &self,
+        x: &[f32],
+        weights: &[ConvWeights<'_>; 3],
+        out: &mut [f32],
+        offsets: &mut [u8],
+        par: Parallel,
+    ) {
+        with_spare_buffer(|buffer| {
             let kept = &self.pooled.conv;
             let kept_input = grown(buffer, kept.in_image());
             let parallel = !matches!(par, Parallel::None);
             let (h, w) = (self.reduce.h, self.reduce.w);
             pool_planes(x, (h, w), self.keep, kept_input, offsets, parallel);
             self.pooled
-                .image(kept_input, pooled, pooled_out, offsets, par);
+                .image(kept_input, &weights[2], out, offsets, par);
         })
+    }
+
+    /// The whole batch `x` (`n` images) into `out`, the conv branch by Winograd over several
+    /// images at once (`batch`): the reduction of every image, then the conv branch of every
+    /// image (the kernels, and so the values, of the training step's composed ops), then each
+    /// image's pool branch.
+    fn batch(
+        &self,
+        x: &[f32],
+        weights: &[ConvWeights<'_>; 3],
+        out: &mut [f32],
+        batch: WinogradBatch,
+    ) {
+        let [reduce, conv, _] = weights;
+        let n = self.reduce.n;
+        let reduced = forward(x, reduce.weight, reduce.bias, &self.reduce);
+        let conv_image = self.conv.pooled_image();
+        let mut conv_out = filled(n * conv_image, 0f32);
+        let mut conv_offsets = filled(n * conv_image, NO_OFFSET);
+        self.conv
+            .batch(&reduced, conv, (&mut conv_out, &mut conv_offsets), batch);
+        let (in_image, out_image) = (self.reduce.in_image(), self.out_image());
+        let (per_group, par) = image_groups(n);
+        let per_task = if matches!(par, Parallel::None) {
+            1
+        } else {
+            per_group
+        };
+        out.par_chunks_mut(per_task * out_image)
+            .zip(x.par_chunks(per_task * in_image))
+            .zip(conv_out.par_chunks(per_task * conv_image))
+            .for_each_init(
+                || vec![NO_OFFSET; self.offsets_len()],
+                |offsets, ((out, x), conv_out)| {
+                    for ((out, x), conv_out) in out
+                        .chunks_mut(out_image)
+                        .zip(x.chunks(in_image))
+                        .zip(conv_out.chunks(conv_image))
+                    {
+                        let (conv_part, pooled_part) = out.split_at_mut(conv_image);
+                        conv_part.copy_from_slice(conv_out);
+                        self.pool_branch(x, weights, pooled_part, offsets, par);
+                    }
+                },
+            );
     }
 }
 
@@ -251,6 +309,13 @@ impl CustomOp1 for FeatExInferenceOp {
         let n = geometry.reduce.n;
         let (in_image, out_image) = (geometry.reduce.in_image(), geometry.out_image());
         let mut out = filled(n * out_image, 0f32);
+        let (pooled_h, pooled_w) = (geometry.conv.pooled_h(), geometry.conv.pooled_w());
+        let channels = geometry.conv.conv.c_out + geometry.pooled.conv.c_out;
+        let shape = Shape::from((n, channels, pooled_h, pooled_w));
+        if let Some(batch) = geometry.conv.conv.winograd_batch() {
+            geometry.batch(x, &weights, &mut out, batch);
+            return Ok((CpuStorage::F32(out), shape));
+        }
         let (per_group, par) = image_groups(n);
         // Whole images per thread: one image a task, so a thread that runs ahead takes more.
         let per_task = if matches!(par, Parallel::None) {
@@ -268,12 +333,7 @@ impl CustomOp1 for FeatExInferenceOp {
                     }
                 },
             );
-        let (pooled_h, pooled_w) = (geometry.conv.pooled_h(), geometry.conv.pooled_w());
-        let channels = geometry.conv.conv.c_out + geometry.pooled.conv.c_out;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((n, channels, pooled_h, pooled_w)),
-        ))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(

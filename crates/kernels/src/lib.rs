@@ -70,6 +70,7 @@ mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod winograd;
+mod winograd_batch;
 #[cfg(test)]
 mod winograd_f2_oracle;
 mod winograd_f4;

@@ -18,8 +18,8 @@ pub(crate) fn thread_count() -> usize {
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut<T>(pub *mut T);
 
-// SAFETY: only used for disjoint writes, see `max_pool::pool_forward` and
-// `fast_conv::forward_image`.
+// SAFETY: only used for disjoint writes, see `max_pool::pool_forward`,
+// `fast_conv::forward_image` and `winograd_batch::ChannelPlanes`.
 unsafe impl<T> Send for SharedMut<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SharedMut<T> {}
@@ -86,6 +86,25 @@ pub(crate) fn for_each_chunk_with<T: Send, S>(
         let mut state = init();
         for item in data.chunks_mut(chunk).enumerate() {
             f(&mut state, item);
+        }
+    }
+}
+
+/// Runs `f(state, index)` for each index in `0..count`: on every thread when `parallel` (each
+/// rayon job with its own `init()` state), else in order on the calling thread with one state.
+pub(crate) fn for_each_index_with<S>(
+    count: usize,
+    parallel: bool,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if parallel {
+        (0..count).into_par_iter().for_each_init(init, f);
+    } else {
+        let mut state = init();
+        for index in 0..count {
+            f(&mut state, index);
         }
     }
 }

@@ -31,11 +31,11 @@ use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, grown, Gemm};
 use super::winograd::{position_gemm, Scratch, Winograd};
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
-const POSITIONS: usize = 36;
+pub(super) const POSITIONS: usize = 36;
 /// Side of the output block of one tile.
-const BLOCK: usize = 4;
+pub(super) const BLOCK: usize = 4;
 /// Side of the input tile.
-const TILE: usize = 6;
+pub(super) const TILE: usize = 6;
 
 /// Geometry of one 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out x h x w`.
 #[derive(Debug, Clone, Copy)]
@@ -77,15 +77,18 @@ fn weight_grad_combination(u: [f64; 6]) -> [f64; 3] {
 }
 
 impl WinogradF4 {
-    fn tiles_h(&self) -> usize {
+    /// Rows of tiles.
+    pub(super) fn tiles_h(&self) -> usize {
         self.h.div_ceil(BLOCK)
     }
 
-    fn tiles_w(&self) -> usize {
+    /// Tiles in a row.
+    pub(super) fn tiles_w(&self) -> usize {
         self.w.div_ceil(BLOCK)
     }
 
-    fn tiles(&self) -> usize {
+    /// Tiles per image.
+    pub(super) fn tiles(&self) -> usize {
         self.tiles_h() * self.tiles_w()
     }
 
@@ -557,7 +560,12 @@ struct RememberedWeights {
 
 /// Six rows of `len` values of `matrix`: rows `first`, `first + step`, ...
 #[inline(always)]
-fn rows_of(matrix: &mut [f32], len: usize, first: usize, step: usize) -> [&mut [f32]; TILE] {
+pub(super) fn rows_of(
+    matrix: &mut [f32],
+    len: usize,
+    first: usize,
+    step: usize,
+) -> [&mut [f32]; TILE] {
     let mut rows = matrix.chunks_exact_mut(len).skip(first).step_by(step);
     [(); TILE].map(|_| rows.next().expect("six rows"))
 }
@@ -566,7 +574,7 @@ fn rows_of(matrix: &mut [f32], len: usize, first: usize, step: usize) -> [&mut [
 /// products are arranged as in the usual factorisation (shared sums first), so each output costs
 /// two or three operations.
 #[inline(always)]
-fn input_transform_6(d: [&mut [f32]; TILE]) {
+pub(super) fn input_transform_6(d: [&mut [f32]; TILE]) {
     let n = d[0].len();
     let [d0, d1, d2, d3, d4, d5] = d.map(|s| &mut s[..n]);
     for k in 0..n {
@@ -585,7 +593,7 @@ fn input_transform_6(d: [&mut [f32]; TILE]) {
 
 /// `A^T` applied along six equally long rows `m[0..6]`, into four: `o = A^T m`.
 #[inline(always)]
-fn output_transform_6(m: [&[f32]; TILE], o: [&mut [f32]; BLOCK]) {
+pub(super) fn output_transform_6(m: [&[f32]; TILE], o: [&mut [f32]; BLOCK]) {
     let n = o[0].len();
     let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
     let [o0, o1, o2, o3] = o.map(|s| &mut s[..n]);
@@ -601,7 +609,7 @@ fn output_transform_6(m: [&[f32]; TILE], o: [&mut [f32]; BLOCK]) {
 
 /// [`output_transform_6`] in place: the four outputs replace the first four rows.
 #[inline(always)]
-fn output_transform_6_in_place(m: [&mut [f32]; TILE]) {
+pub(super) fn output_transform_6_in_place(m: [&mut [f32]; TILE]) {
     let n = m[0].len();
     let [m0, m1, m2, m3, m4, m5] = m.map(|s| &mut s[..n]);
     for k in 0..n {
@@ -618,7 +626,7 @@ fn output_transform_6_in_place(m: [&mut [f32]; TILE]) {
 /// `A` applied along six equally long rows in place: the first four hold `y[0..4]`, and all six
 /// become `m = A y`, the adjoint of [`output_transform_6`].
 #[inline(always)]
-fn grad_transform_6(m: [&mut [f32]; TILE]) {
+pub(super) fn grad_transform_6(m: [&mut [f32]; TILE]) {
     let n = m[0].len();
     let [m0, m1, m2, m3, m4, m5] = m.map(|s| &mut s[..n]);
     for k in 0..n {
@@ -634,7 +642,7 @@ fn grad_transform_6(m: [&mut [f32]; TILE]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::winograd::Winograd;
     use crate::winograd_f2_oracle::tests::{self as oracle, values};
@@ -683,7 +691,7 @@ mod tests {
 
     /// Direct weight gradient of a 3x3 convolution, stride 1, padding 1, in f64:
     /// `dW[o][i][ky][kx] = sum over (y, x) of dY[o][y][x] * x[i][y + ky - 1][x + kx - 1]`.
-    fn direct_weight_grad(x: &[f32], grad: &[f32], g: &WinogradF4) -> Vec<f64> {
+    pub(crate) fn direct_weight_grad(x: &[f32], grad: &[f32], g: &WinogradF4) -> Vec<f64> {
         let (c_in, c_out, h, w) = (g.c_in, g.c_out, g.h, g.w);
         let mut dw = vec![0f64; c_out * c_in * 9];
         for o in 0..c_out {

@@ -5,13 +5,35 @@ use super::super::winograd::Winograd;
 use super::super::winograd_f4::WinogradF4;
 use crate::parallel::grown;
 
-/// The smallest plane side that 3x3 stride-1 convolutions run by Winograd's F(4x4, 3x3); below
-/// it they take im2col and one GEMM per image. Winograd's GEMMs are as wide as an image's tiles
-/// (9 at 11x11, 4 at 5x5, which 8x8 outputs cover), where `gemm` runs at a fraction of its rate
-/// and re-reads a whole weight matrix per few thousand multiply-adds; at 48 px input, conv3b
-/// (5x5) by im2col took 35 ms a training step's forward and backward against 190 by Winograd,
-/// conv2b (11x11) 133-180 against 195-203 (docs/performance.md, "Small sides").
-pub(crate) const WINOGRAD_MIN_SIDE: usize = 12;
+/// The smallest plane side that 3x3 stride-1 convolutions run by Winograd's F(4x4, 3x3): one
+/// tile gives a 4x4 block of outputs, so a narrower plane would compute mostly outputs it throws
+/// away; below it they take im2col and one GEMM per image. At 5x5 (conv3b at 48 px) 2x2 tiles
+/// cover 8x8 outputs for 25, and batched Winograd still measured as fast as im2col or faster
+/// (docs/performance.md, "Small sides").
+pub(crate) const WINOGRAD_MIN_SIDE: usize = 4;
+
+/// Planes narrower than this (and at least [`WINOGRAD_MIN_SIDE`]) run Winograd over several
+/// images at once ([`WinogradBatch`], `winograd_batch.rs`): their tiles side by side make each
+/// tile position's GEMM up to [`WINOGRAD_BATCH_COLUMNS`] wide, where one image's tiles made it 4
+/// (5x5), 9 (11x11) or 49 (27x27) columns wide. Wider planes (35x35 at 144 px, 55x55 at 224 px)
+/// keep one image per thread, whose forward (row-wise gathers, the pool's vector kernel on long
+/// rows) was faster there.
+pub(crate) const WINOGRAD_BATCH_MAX_SIDE: usize = 32;
+
+/// About how many tiles (all images' together) one batched Winograd call puts in its GEMMs'
+/// columns: wide enough for `gemm`'s full rate, small enough that the transformed input and the
+/// products (`(c_in + c_out) x 36 x columns` values, 11 MiB for conv2b) stay in the L3. Small in
+/// the unit tests, so that their small batches still take several calls.
+pub(crate) const WINOGRAD_BATCH_COLUMNS: usize = if cfg!(test) { 20 } else { 512 };
+
+/// How a batched Winograd convolution walks the batch: the geometry, and the images of each call
+/// (a fixed split of the batch, the same whatever the thread count, so the weight gradient sums
+/// the same terms in the same order on any number of threads).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WinogradBatch {
+    pub winograd: WinogradF4,
+    pub images: usize,
+}
 
 /// Shape of one convolution: input `n x c_in x h x w`, kernel `c_out x c_in x kernel x kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +123,27 @@ impl ConvGeometry {
         })
     }
 
-    /// The same convolutions for inference by Winograd's F(4x4, 3x3): fewer multiplications and
-    /// less memory traffic than F(2x2, 3x3), for slightly coarser rounding (see `winograd_f4`).
+    /// The same convolutions by Winograd's F(4x4, 3x3): fewer multiplications and less memory
+    /// traffic than F(2x2, 3x3), for slightly coarser rounding (see `winograd_f4`).
     pub(crate) fn winograd_f4(&self) -> Option<WinogradF4> {
         self.winograd().map(WinogradF4::from)
+    }
+
+    /// For a Winograd convolution on planes under [`WINOGRAD_BATCH_MAX_SIDE`], how it runs over
+    /// several images at once: the batch in near-equal calls of at most about
+    /// [`WINOGRAD_BATCH_COLUMNS`] tiles (at least one image each), each call spread over the
+    /// threads by channels and tile positions. `None` for other convolutions.
+    pub(crate) fn winograd_batch(&self) -> Option<WinogradBatch> {
+        let winograd = self.winograd_f4()?;
+        if self.h.min(self.w) >= WINOGRAD_BATCH_MAX_SIDE {
+            return None;
+        }
+        let most = (WINOGRAD_BATCH_COLUMNS / winograd.tiles()).max(1);
+        let calls = self.n.div_ceil(most).max(1);
+        Some(WinogradBatch {
+            winograd,
+            images: self.n.div_ceil(calls).max(1),
+        })
     }
 
     /// That `bias` holds one value per output channel.

@@ -2,7 +2,8 @@
 //! fused into the output pass; backward as GEMMs too (the weight gradient over im2col, the input
 //! gradient as a GEMM followed by col2im). 1x1 convolutions skip im2col: they are plain GEMMs.
 //! 3x3 stride-1 convolutions take their forward and both gradients by Winograd's algorithm
-//! (`super::winograd`, `super::winograd_f4`).
+//! (`super::winograd`, `super::winograd_f4`), on small planes over several images at once
+//! (`super::winograd_batch`, [`ConvGeometry::winograd_batch`]).
 //!
 //! `geometry` holds the shapes and im2col/col2im, `forward` and `backward` the two passes, and
 //! this module the candle op that joins them.
@@ -26,7 +27,7 @@ pub(crate) use backward::backward;
 pub(crate) use backward::backward_from;
 pub(crate) use forward::forward;
 pub(crate) use forward::{forward_image, forward_rows};
-pub(crate) use geometry::ConvGeometry;
+pub(crate) use geometry::{ConvGeometry, WinogradBatch};
 
 /// `relu(conv2d(x, w) + b)`: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluOp {

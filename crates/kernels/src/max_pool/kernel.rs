@@ -16,7 +16,7 @@ pub(crate) const NO_OFFSET: u8 = u8::MAX;
 /// The rows or columns of a window along one axis, clipped to the image: padding is never the
 /// maximum (it acts as minus infinity), so it is simply skipped.
 #[inline]
-pub(super) fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> Range<usize> {
+pub(crate) fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> Range<usize> {
     let start = (out_idx * pool.stride).saturating_sub(pool.padding);
     let end = (out_idx * pool.stride + pool.kernel)
         .saturating_sub(pool.padding)
@@ -27,7 +27,7 @@ pub(super) fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> Range<u
 /// Whether `value` replaces `best` as a window's maximum: strictly greater, or NaN (as in
 /// PyTorch); a NaN never equals itself, which is how the test is written for any element type.
 #[inline(always)]
-pub(super) fn replaces<T: WithDType>(value: T, best: T) -> bool {
+pub(crate) fn replaces<T: WithDType>(value: T, best: T) -> bool {
     #[allow(clippy::eq_op)]
     let is_nan = value != value;
     value > best || is_nan

@@ -29,8 +29,9 @@ mod tests;
 use kernel::interior_kernel_f32;
 #[cfg(test)]
 use kernel::interior_kernel_f32_for;
+pub(super) use kernel::replaces;
 use kernel::{pool_backward, pool_backward_recorded, pool_forward};
-pub(super) use kernel::{pool_planes, scatter_plane, window_steps, NO_OFFSET};
+pub(super) use kernel::{pool_planes, scatter_plane, window_range, window_steps, NO_OFFSET};
 
 /// Whether a vectorised 3x3 kernel that takes `block` windows at a time may run on `outputs` of
 /// one output row: at least one block, at most three window rows, no window reaching into the

@@ -1,0 +1,619 @@
+//! 3x3 stride-1 convolutions on small planes by Winograd's F(4x4, 3x3) over several images at
+//! once: the forward with its bias, ReLU and max-pool, the plain convolution the input gradient
+//! takes, and the weight gradient.
+//!
+//! One image of an 11x11 plane has 9 tiles, of a 5x5 plane 4: one image at a time
+//! ([`super::winograd_f4`]), each tile position's GEMM is 9 or 4 columns wide, where `gemm` runs
+//! at a fraction of its rate and re-reads a whole weight matrix for a few thousand
+//! multiply-adds. Here the tiles of all the images of a call are the columns of one GEMM per
+//! position (288 columns for 32 images at 11x11), and every step is spread over the threads:
+//! the transforms by channel, the GEMMs by tile position.
+//!
+//! The columns are ordered tile by tile, the images of each tile side by side. Tiles this small
+//! make the per-image code's row-by-row gathers a series of tiny copies; here each tile element
+//! is gathered from a table of plane indices, one run over the images at a time. And an output
+//! pixel of every image is one run of the output buffer, so the max-pool compares eight images
+//! at a time in vector registers, for any window (the pool's vector kernel needs rows of eight
+//! windows or more, which 5x5 outputs never give it).
+//!
+//! Each column is computed as it would be alone (the transforms work column by column, and a
+//! GEMM's column does not depend on the others), so the forward's values do not depend on how
+//! the batch is split into calls; the weight gradient sums over a call's columns, so its split
+//! is fixed by the caller (`ConvGeometry::winograd_batch`).
+
+use super::max_pool::{replaces, window_range, Pool2d};
+use super::parallel::{for_each_chunk, for_each_index_with, gemm, grown, Gemm, SharedMut};
+use super::winograd::{position_gemm, Scratch};
+use super::winograd_f4::{
+    grad_transform_6, input_transform_6, output_transform_6, output_transform_6_in_place, rows_of,
+    WinogradF4, BLOCK, POSITIONS, TILE,
+};
+
+/// A table entry for a tile element outside the plane (the padding, or past the last row or
+/// column): zero.
+const OUTSIDE: u32 = u32::MAX;
+
+/// Images the pool compares at once: eight f32 lanes, one AVX2 register (the compiler widens or
+/// narrows the loops to the vector extensions in use).
+const LANES: usize = 8;
+
+/// The gathers' and scatters' index tables for one plane side, computed per call (a few hundred
+/// entries).
+struct Tables {
+    /// Per tile position `6i + j` (rows of `tiles`): the plane index of element `(i, j)` of each
+    /// tile, input pixel `(4ty + i - 1, 4tx + j - 1)`, or [`OUTSIDE`].
+    input: Vec<u32>,
+    /// Per block position `4r + c` (rows of `tiles`): the plane index of output `(4ty + r, 4tx +
+    /// c)` of each tile, or [`OUTSIDE`].
+    block: Vec<u32>,
+    /// Per output pixel: where its first image's value sits in the output buffer (`24 x
+    /// columns`); the other images follow it.
+    location: Vec<usize>,
+}
+
+impl Tables {
+    fn new(g: &WinogradF4, images: usize) -> Self {
+        let (h, w, tiles_w, tiles) = (g.h, g.w, g.tiles_w(), g.tiles());
+        let columns = tiles * images;
+        let index = |y: Option<usize>, x: Option<usize>| match (y, x) {
+            (Some(y), Some(x)) if y < h && x < w => (y * w + x) as u32,
+            _ => OUTSIDE,
+        };
+        let per_tile = |rows: usize, cols: usize, first: isize| -> Vec<u32> {
+            let mut table = Vec::with_capacity(rows * cols * tiles);
+            for i in 0..rows {
+                for j in 0..cols {
+                    for tile in 0..tiles {
+                        let (ty, tx) = (tile / tiles_w, tile % tiles_w);
+                        let y = ((BLOCK * ty + i) as isize + first).try_into().ok();
+                        let x = ((BLOCK * tx + j) as isize + first).try_into().ok();
+                        table.push(index(y, x));
+                    }
+                }
+            }
+            table
+        };
+        let location = (0..h * w)
+            .map(|pixel| {
+                let (y, x) = (pixel / w, pixel % w);
+                let row = (y % BLOCK) * TILE + x % BLOCK;
+                let tile = (y / BLOCK) * tiles_w + x / BLOCK;
+                row * columns + tile * images
+            })
+            .collect();
+        Self {
+            input: per_tile(TILE, TILE, -1),
+            block: per_tile(BLOCK, BLOCK, 0),
+            location,
+        }
+    }
+}
+
+impl WinogradF4 {
+    /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`,
+    /// plus `bias`, through the ReLU and max-pooled by `pool` into `out` with the window offsets
+    /// in `offsets` (both `images x c_out x OH x OW`): the values of [`Self::image_pooled`] for
+    /// each image. Windows of padding alone are left as they were.
+    pub(super) fn batch_pooled(
+        &self,
+        (x, images, u, bias): (&[f32], usize, &[f32], &[f32]),
+        pool: Pool2d,
+        (out, offsets): (&mut [f32], &mut [u8]),
+        scratch: &mut Scratch,
+    ) {
+        let tables = Tables::new(self, images);
+        let products = self.batch_products(x, images, u, &tables, scratch);
+        let pooled = pool.out_side(self.h) * pool.out_side(self.w);
+        let out_planes = ChannelPlanes::new(out, images, self.c_out, pooled);
+        let offset_planes = ChannelPlanes::new(offsets, images, self.c_out, pooled);
+        let transform_and_pool = |buffer: &mut Vec<f32>, channel: usize| {
+            let buffer = self.batch_output(products, channel, Some(bias[channel]), images, buffer);
+            let destination = (&out_planes, &offset_planes, channel);
+            self.pool_images(buffer, &tables.location, images, pool, destination);
+        };
+        for_each_index_with(self.c_out, true, Vec::new, transform_and_pool);
+    }
+
+    /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`
+    /// into `out` (`images x c_out x h x w`), no bias: the values of [`Self::image`] for each
+    /// image. The input gradient runs this with the flipped, channel-swapped kernel.
+    pub(super) fn batch_image(
+        &self,
+        (x, images): (&[f32], usize),
+        u: &[f32],
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        let tables = Tables::new(self, images);
+        let products = self.batch_products(x, images, u, &tables, scratch);
+        let planes = ChannelPlanes::new(out, images, self.c_out, self.h * self.w);
+        let transform_output = |buffer: &mut Vec<f32>, channel: usize| {
+            let buffer = self.batch_output(products, channel, None, images, buffer);
+            for image in 0..images {
+                // SAFETY: this job alone handles output channel `channel`, so it alone writes
+                // that channel's plane of each image.
+                let plane = unsafe { planes.plane(image, channel) };
+                for (value, &at) in plane.iter_mut().zip(&tables.location) {
+                    *value = buffer[at + image];
+                }
+            }
+        };
+        for_each_index_with(self.c_out, true, Vec::new, transform_output);
+    }
+
+    /// Adds the share of `images` images of the weight gradient in the Winograd domain to `du`
+    /// (`36 x c_out x c_in`; overwritten unless `accumulate`), from their inputs `x` (`images x
+    /// c_in x h x w`) and output gradients `grad` (`images x c_out x h x w`): for each tile
+    /// position `p`, `dU[p] += dM[p] * V[p]^T` as in [`Self::accumulate_weight_grad`], the
+    /// GEMMs summing over all the images' tiles at once.
+    pub(super) fn batch_weight_grad(
+        &self,
+        (x, grad, images): (&[f32], &[f32], usize),
+        du: &mut [f32],
+        accumulate: bool,
+        scratch: &mut Scratch,
+    ) {
+        let tables = Tables::new(self, images);
+        let columns = images * self.tiles();
+        let (plane, (c_in, c_out)) = (self.h * self.w, (self.c_in, self.c_out));
+        let (input, grads) =
+            scratch.buffers(c_in * POSITIONS * columns, c_out * POSITIONS * columns);
+        let transform_input = |(channel, v): (usize, &mut [f32])| {
+            let x = (&x[channel * plane..], c_in * plane);
+            self.batch_transform_input(x, images, &tables, v)
+        };
+        let transform_grad = |(channel, m): (usize, &mut [f32])| {
+            let grad = (&grad[channel * plane..], c_out * plane);
+            self.batch_transform_grad(grad, images, &tables, m)
+        };
+        for_each_chunk(input, POSITIONS * columns, true, transform_input);
+        for_each_chunk(grads, POSITIONS * columns, true, transform_grad);
+        let (input, grads): (&[f32], &[f32]) = (input, grads);
+        let gemm_at = |(position, du): (usize, &mut [f32])| {
+            // dU[p] (c_out x c_in) += dM[p] (c_out x columns) * V[p]^T (columns x c_in); both
+            // operands' rows lie 36 * columns values apart.
+            gemm(
+                Gemm {
+                    m: c_out,
+                    n: c_in,
+                    k: columns,
+                    dst: du,
+                    accumulate,
+                    lhs: &grads[position * columns..],
+                    lhs_rs: POSITIONS * columns,
+                    lhs_cs: 1,
+                    rhs: &input[position * columns..],
+                    rhs_rs: 1,
+                    rhs_cs: POSITIONS * columns,
+                },
+                gemm::Parallelism::None,
+            )
+        };
+        for_each_chunk(du, c_out * c_in, true, gemm_at);
+    }
+
+    /// The input transform and the 36 GEMMs for `images` images, into `scratch`'s products (`36
+    /// x c_out x columns`), which it returns.
+    fn batch_products<'a>(
+        &self,
+        x: &[f32],
+        images: usize,
+        u: &[f32],
+        tables: &Tables,
+        scratch: &'a mut Scratch,
+    ) -> &'a [f32] {
+        let columns = images * self.tiles();
+        let plane = self.h * self.w;
+        let (input, products) = scratch.buffers(
+            self.c_in * POSITIONS * columns,
+            POSITIONS * self.c_out * columns,
+        );
+        let transform_channel = |(channel, v): (usize, &mut [f32])| {
+            let x = (&x[channel * plane..], self.c_in * plane);
+            self.batch_transform_input(x, images, tables, v)
+        };
+        for_each_chunk(input, POSITIONS * columns, true, transform_channel);
+        let input: &[f32] = input;
+        let sizes = (self.c_in, self.c_out, columns, POSITIONS);
+        let gemm_at =
+            |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
+        for_each_chunk(products, self.c_out * columns, true, gemm_at);
+        products
+    }
+
+    /// `V = B^T d B` for every tile of one channel of `images` images (`x[b * image_stride..]`
+    /// is image `b`'s plane), into `v` (`36 x columns`): gathered through the table, then
+    /// transformed in place, rows first, then columns, each step over all the columns at once.
+    fn batch_transform_input(
+        &self,
+        (x, image_stride): (&[f32], usize),
+        images: usize,
+        tables: &Tables,
+        v: &mut [f32],
+    ) {
+        super::isa::vectorised(
+            #[inline(always)]
+            || {
+                let columns = images * self.tiles();
+                gather(x, image_stride, images, &tables.input, v, columns);
+                for j in 0..TILE {
+                    input_transform_6(rows_of(v, columns, j, TILE));
+                }
+                for i in 0..TILE {
+                    input_transform_6(rows_of(v, columns, i * TILE, 1));
+                }
+            },
+        )
+    }
+
+    /// `dM = A dY A^T` for every 4x4 block of one channel's output gradient in `images` images
+    /// (`grad[b * image_stride..]` is image `b`'s plane), into `m` (`36 x columns`): the blocks
+    /// gathered into the rows `6r + c` through the table (zero past the last row or column), then
+    /// expanded in place, columns first, then rows.
+    fn batch_transform_grad(
+        &self,
+        (grad, image_stride): (&[f32], usize),
+        images: usize,
+        tables: &Tables,
+        m: &mut [f32],
+    ) {
+        super::isa::vectorised(
+            #[inline(always)]
+            || {
+                let columns = images * self.tiles();
+                for (r, rows) in m.chunks_exact_mut(TILE * columns).take(BLOCK).enumerate() {
+                    let table = &tables.block[r * BLOCK * self.tiles()..][..BLOCK * self.tiles()];
+                    gather(grad, image_stride, images, table, rows, columns);
+                }
+                for r in 0..BLOCK {
+                    grad_transform_6(rows_of(m, columns, r * TILE, 1));
+                }
+                for j in 0..TILE {
+                    grad_transform_6(rows_of(m, columns, j, TILE));
+                }
+            },
+        )
+    }
+
+    /// `Y = A^T M A` for every tile of output channel `channel` (with `bias`, `relu(Y + bias)`)
+    /// into `buffer`, which it returns: `24 x columns`, output `(4ty + r, 4tx + c)` of each image
+    /// in row `6r + c` (rows `6r + 4` and `6r + 5` are left over), at [`Tables::location`].
+    fn batch_output<'a>(
+        &self,
+        products: &[f32],
+        channel: usize,
+        bias: Option<f32>,
+        images: usize,
+        buffer: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
+        let columns = images * self.tiles();
+        let buffer = grown(buffer, BLOCK * TILE * columns);
+        super::isa::vectorised(
+            #[inline(always)]
+            || {
+                // A^T m: for each column j, rows i = 0..5 of M become rows r = 0..3 (kept as
+                // 6r + j).
+                for j in 0..TILE {
+                    let m: [&[f32]; TILE] = std::array::from_fn(|i| {
+                        &products[((i * TILE + j) * self.c_out + channel) * columns..][..columns]
+                    });
+                    let mut dst = buffer.chunks_exact_mut(columns).skip(j).step_by(TILE);
+                    let dst = [(); BLOCK].map(|_| dst.next().expect("four rows"));
+                    output_transform_6(m, dst);
+                }
+                // (A^T m) A, in place: row r's six columns become its four outputs.
+                for r in 0..BLOCK {
+                    output_transform_6_in_place(rows_of(buffer, columns, r * TILE, 1));
+                }
+                if let Some(b) = bias {
+                    for value in buffer.iter_mut() {
+                        *value = (*value + b).max(0.0);
+                    }
+                }
+            },
+        );
+        buffer
+    }
+
+    /// Max-pools output channel `channel` of every image from the output `buffer` (see
+    /// [`Self::batch_output`]) into its planes of `out` and `offsets`, eight images at a time:
+    /// each window scanned in the scalar kernel's order with its comparison (strictly greater,
+    /// or NaN), lane by lane, so each image gets the scalar kernel's value and offset.
+    fn pool_images(
+        &self,
+        buffer: &[f32],
+        location: &[usize],
+        images: usize,
+        pool: Pool2d,
+        (out, offsets, channel): (&ChannelPlanes<'_, f32>, &ChannelPlanes<'_, u8>, usize),
+    ) {
+        super::isa::vectorised(
+            #[inline(always)]
+            || {
+                let (h, w) = (self.h, self.w);
+                let (oh, ow) = (pool.out_side(h), pool.out_side(w));
+                // SAFETY (both planes below): this job alone handles output channel `channel`,
+                // so it alone writes that channel's planes of each image.
+                let write = |image: usize, pixel: usize, value: f32, offset: u32| unsafe {
+                    out.plane(image, channel)[pixel] = value;
+                    offsets.plane(image, channel)[pixel] = offset as u8;
+                };
+                for oy in 0..oh {
+                    let rows = window_range(oy, h, pool);
+                    for ox in 0..ow {
+                        let cols = window_range(ox, w, pool);
+                        if rows.is_empty() || cols.is_empty() {
+                            continue;
+                        }
+                        // Window coordinates of pixel (y, x), padding counted.
+                        let dy0 = rows.start + pool.padding - oy * pool.stride;
+                        let dx0 = cols.start + pool.padding - ox * pool.stride;
+                        let window = Window {
+                            buffer,
+                            location,
+                            w,
+                            kernel: pool.kernel,
+                            rows: rows.clone(),
+                            cols,
+                            first: (dy0, dx0),
+                        };
+                        let pixel = oy * ow + ox;
+                        let mut first = 0;
+                        while first + LANES <= images {
+                            let (best, offset) = window.max::<LANES>(first);
+                            for lane in 0..LANES {
+                                write(first + lane, pixel, best[lane], offset[lane]);
+                            }
+                            first += LANES;
+                        }
+                        for image in first..images {
+                            let ([best], [offset]) = window.max::<1>(image);
+                            write(image, pixel, best, offset);
+                        }
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// One pooling window of the output buffer: its rows and columns in the plane, and the window
+/// coordinates of its first pixel.
+struct Window<'a> {
+    buffer: &'a [f32],
+    location: &'a [usize],
+    w: usize,
+    kernel: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    first: (usize, usize),
+}
+
+impl Window<'_> {
+    /// The maximum and its offset (`row * kernel + column` in the window) for images `first..first
+    /// + N`, each lane scanning as the scalar kernel does.
+    #[inline(always)]
+    fn max<const N: usize>(&self, first: usize) -> ([f32; N], [u32; N]) {
+        let start = self.location[self.rows.start * self.w + self.cols.start] + first;
+        let mut best: [f32; N] = std::array::from_fn(|lane| self.buffer[start + lane]);
+        let initial = (self.first.0 * self.kernel + self.first.1) as u32;
+        let mut offset = [initial; N];
+        for (dy, y) in (self.first.0..).zip(self.rows.clone()) {
+            for (dx, x) in (self.first.1..).zip(self.cols.clone()) {
+                let at = self.location[y * self.w + x] + first;
+                let values: &[f32; N] = self.buffer[at..at + N].try_into().expect("N values");
+                let here = (dy * self.kernel + dx) as u32;
+                for lane in 0..N {
+                    let take = replaces(values[lane], best[lane]);
+                    best[lane] = if take { values[lane] } else { best[lane] };
+                    offset[lane] = if take { here } else { offset[lane] };
+                }
+            }
+        }
+        (best, offset)
+    }
+}
+
+/// Fills the `rows` of `columns` values with a gather of `table` (rows of `table.len() / rows`
+/// tiles): entry `(row, tile)` of the table names a plane index, whose value in each of the
+/// `images` images (`x[b * image_stride..]`) goes to `rows[row][tile * images + b]`; [`OUTSIDE`]
+/// gives zeros.
+#[inline(always)]
+fn gather(
+    x: &[f32],
+    image_stride: usize,
+    images: usize,
+    table: &[u32],
+    rows: &mut [f32],
+    columns: usize,
+) {
+    let tiles = columns / images;
+    for (row, sources) in rows
+        .chunks_exact_mut(columns)
+        .zip(table.chunks_exact(tiles))
+    {
+        for (dst, &source) in row.chunks_exact_mut(images).zip(sources) {
+            if source == OUTSIDE {
+                for value in dst.iter_mut() {
+                    *value = 0.0;
+                }
+                continue;
+            }
+            for (image, value) in dst.iter_mut().enumerate() {
+                *value = x[image * image_stride + source as usize];
+            }
+        }
+    }
+}
+
+/// The planes of an `images x channels x plane` tensor, for jobs that each write one channel of
+/// every image (strided pieces, so not expressible as disjoint chunks of one slice).
+pub(super) struct ChannelPlanes<'a, T> {
+    start: SharedMut<T>,
+    images: usize,
+    channels: usize,
+    plane: usize,
+    /// The tensor stays borrowed mutably for as long as its planes are handed out.
+    _values: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T> ChannelPlanes<'a, T> {
+    /// The planes of `values`, which must hold `images x channels x plane` values.
+    pub(super) fn new(values: &'a mut [T], images: usize, channels: usize, plane: usize) -> Self {
+        assert!(
+            values.len() >= images * channels * plane,
+            "winograd: {} values for {images} images of {channels} planes of {plane}",
+            values.len()
+        );
+        Self {
+            start: SharedMut(values.as_mut_ptr()),
+            images,
+            channels,
+            plane,
+            _values: std::marker::PhantomData,
+        }
+    }
+
+    /// Image `image`'s plane of channel `channel`.
+    ///
+    /// # Safety
+    /// No two slices of the same plane may be alive at once (each job writes its own channel).
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn plane(&self, image: usize, channel: usize) -> &mut [T] {
+        assert!(
+            image < self.images && channel < self.channels,
+            "winograd: plane ({image}, {channel}) outside {} x {}",
+            self.images,
+            self.channels
+        );
+        // SAFETY: inside the tensor (the bounds just checked and `new`'s length check), which
+        // stays borrowed for `'a`; the caller keeps the slices of one plane from overlapping.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.start
+                    .0
+                    .add((image * self.channels + channel) * self.plane),
+                self.plane,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::winograd_f2_oracle::tests::values;
+    use crate::winograd_f4::tests::direct_weight_grad;
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn a_batch_gives_each_image_its_values_alone_bit_for_bit() {
+        // Three images in one call against each image through the per-image kernels: the plain
+        // convolution, and with bias, ReLU and pool (values and window offsets), on sides with
+        // partial tiles, a pool with padding, a bias that leaves many windows tied at zero, and a
+        // NaN in one image.
+        let pools = [
+            Pool2d {
+                kernel: 3,
+                stride: 2,
+                padding: 0,
+                ceil_mode: false,
+            },
+            Pool2d {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                ceil_mode: false,
+            },
+            // The paper variant's: a last window that runs past the end on even sides.
+            Pool2d {
+                kernel: 3,
+                stride: 2,
+                padding: 0,
+                ceil_mode: true,
+            },
+        ];
+        for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 3, 11, 11), (2, 4, 5, 5), (2, 9, 4, 4)] {
+            let g = WinogradF4 { c_in, c_out, h, w };
+            let (plane, images) = (h * w, 3);
+            let mut x = values(images * c_in * plane, 41);
+            x[c_in * plane + 5] = f32::NAN;
+            let u = g.transform_weights(&values(c_out * c_in * 9, 42));
+            let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.4 - 1.0).collect();
+            let mut scratch = Scratch::default();
+            let mut together = vec![f32::NAN; images * c_out * plane];
+            g.batch_image((&x, images), &u, &mut together, &mut scratch);
+            for pool in pools {
+                let pooled = pool.out_side(h) * pool.out_side(w);
+                let mut pooled_together = vec![f32::NAN; images * c_out * pooled];
+                let mut offsets_together = vec![u8::MAX; images * c_out * pooled];
+                g.batch_pooled(
+                    (&x, images, &u, &bias),
+                    pool,
+                    (&mut pooled_together, &mut offsets_together),
+                    &mut scratch,
+                );
+                for image in 0..images {
+                    let x = &x[image * c_in * plane..][..c_in * plane];
+                    let mut alone = vec![f32::NAN; c_out * plane];
+                    g.image(x, &u, None, &mut alone, &mut scratch, false);
+                    let range = image * c_out * plane..(image + 1) * c_out * plane;
+                    assert_eq!(bits(&together[range]), bits(&alone), "{g:?}, image {image}");
+                    let mut pooled_alone = vec![f32::NAN; c_out * pooled];
+                    let mut offsets_alone = vec![u8::MAX; c_out * pooled];
+                    g.image_pooled(
+                        (x, &u, &bias),
+                        pool,
+                        (&mut pooled_alone, &mut offsets_alone),
+                        &mut scratch,
+                        false,
+                    );
+                    let range = image * c_out * pooled..(image + 1) * c_out * pooled;
+                    let case = format!("{g:?}, {pool:?}, image {image}");
+                    assert_eq!(
+                        bits(&pooled_together[range.clone()]),
+                        bits(&pooled_alone),
+                        "{case}"
+                    );
+                    assert_eq!(offsets_together[range], offsets_alone, "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_weight_gradient_of_a_batch_matches_the_direct_sum() {
+        // Three images' share in one call, and a second call of two more added to it.
+        for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 2, 8, 9), (2, 3, 11, 11), (5, 4, 5, 5)] {
+            let g = WinogradF4 { c_in, c_out, h, w };
+            let plane = h * w;
+            let x = values(5 * c_in * plane, 61);
+            let grad = values(5 * c_out * plane, 62);
+            let mut expected = vec![0f64; c_out * c_in * 9];
+            for image in 0..5 {
+                let x = &x[image * c_in * plane..][..c_in * plane];
+                let grad = &grad[image * c_out * plane..][..c_out * plane];
+                for (e, d) in expected.iter_mut().zip(direct_weight_grad(x, grad, &g)) {
+                    *e += d;
+                }
+            }
+            let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+            let mut du = vec![f32::NAN; g.transformed_len()];
+            let mut scratch = Scratch::default();
+            let (first, second) = (
+                x.split_at(3 * c_in * plane),
+                grad.split_at(3 * c_out * plane),
+            );
+            g.batch_weight_grad((first.0, second.0, 3), &mut du, false, &mut scratch);
+            g.batch_weight_grad((first.1, second.1, 2), &mut du, true, &mut scratch);
+            let mut dw = vec![0f32; c_out * c_in * 9];
+            g.weight_grad(&du, &mut dw);
+            for (a, e) in dw.iter().zip(&expected) {
+                assert!(((*a as f64) - e).abs() / scale < 5e-6, "{g:?}: {a} vs {e}");
+            }
+        }
+    }
+}
