@@ -23,8 +23,10 @@ pub enum Variant {
     /// and dropout then BatchNorm before the classifier.
     #[default]
     Port,
-    /// Burkert et al. (2015): local response normalisation after pool1 (no weights), dropout
-    /// before the classifier, no BatchNorm (docs/architecture.md quotes the paper for each choice).
+    /// Burkert et al. (2015): local response normalisation after pool1 (no weights), pools that
+    /// round up (the paper's 56, 28 and 14 at 224), dropout before the classifier, no BatchNorm,
+    /// He et al.'s initialisation (docs/architecture.md gives the paper's word, or its silence,
+    /// for each choice).
     Paper,
 }
 

@@ -160,10 +160,23 @@ pub struct ExportSummary {
     pub class_names_recorded: bool,
     /// The opset written.
     pub opset: i64,
-    /// Whether the LayerNorm is one `LayerNormalization` node (else its decomposition).
+    /// Whether the LayerNorm is one `LayerNormalization` node (else its decomposition; false for
+    /// the paper variant, which has an `LRN` node instead: see [`Self::normalisation_nodes`]).
     pub layer_normalization_node: bool,
     /// The size of the file written, in bytes.
     pub bytes: usize,
+}
+
+impl ExportSummary {
+    /// The nodes that hold the normalisation after pool1, for messages: `LRN` (the paper
+    /// variant), `LayerNormalization`, or the LayerNorm's decomposition below opset 17.
+    pub fn normalisation_nodes(&self) -> &'static str {
+        match (self.config.variant, self.layer_normalization_node) {
+            (Variant::Paper, _) => "LRN",
+            (Variant::Port, true) => "LayerNormalization",
+            (Variant::Port, false) => "ReduceMean/Sub/Mul/Sqrt/Div",
+        }
+    }
 }
 
 /// Refuses an opset outside [`OPSETS`], naming the supported ones.
@@ -263,13 +276,15 @@ pub fn export_weights(
     };
     let bytes = model.to_onnx(&options)?;
     crate::weights::write_atomic(out, &bytes)?;
+    let layer_normalization_node =
+        config.variant == Variant::Port && opset >= LAYER_NORMALIZATION_OPSET;
     Ok(ExportSummary {
         config,
         class_names,
         inferred_side_from,
         class_names_recorded,
         opset,
-        layer_normalization_node: opset >= LAYER_NORMALIZATION_OPSET,
+        layer_normalization_node,
         bytes: bytes.len(),
     })
 }

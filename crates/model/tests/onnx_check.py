@@ -7,7 +7,8 @@ Subcommands:
       Writes DIR/input-00.png ... : random 8-bit grayscale images at the model's input side, so that
       no resize stands between our preprocessing and this script's (pixel / 255 exactly).
   check MODEL --inputs DIR --ours JSONL
-      onnx.checker (full check), the metadata, then ONNX Runtime on the images at batch 1 (each alone)
+      onnx.checker (full check), the operators (the port's or the paper variant's, as the weights'
+      metadata names it), the metadata, then ONNX Runtime on the images at batch 1 (each alone)
       and at batch N (all at once) against `cargo xtask predict --no-crop --json` on the same images
       (JSONL), within 1e-4; and log_probabilities against the log of probabilities.
   port MODEL --reference SAFETENSORS
@@ -87,9 +88,14 @@ def cmd_check(args):
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     ops = {node.op_type for node in model.graph.node}
     print(f"{args.model}: onnx.checker passed (opset {opset}, IR {model.ir_version})")
-    if ("LayerNormalization" in ops) != (opset >= 17):
-        fail(f"opset {opset} with operators {sorted(ops)}")
     meta = {entry.key: entry.value for entry in model.metadata_props}
+    # The paper variant (its weights' metadata says so) has an LRN node and no BatchNorm; the
+    # port's a LayerNormalization node from opset 17 on, its decomposition below.
+    if meta.get("safetensors.variant", "port") == "paper":
+        if "LRN" not in ops or ops & {"LayerNormalization", "BatchNormalization"}:
+            fail(f"a paper network with operators {sorted(ops)}")
+    elif ("LayerNormalization" in ops) != (opset >= 17):
+        fail(f"opset {opset} with operators {sorted(ops)}")
     classes = json.loads(meta["dexpression.class_names"])
     side = int(meta["dexpression.input_side"])
     if len(classes) != int(meta["dexpression.n_classes"]):
