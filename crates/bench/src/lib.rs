@@ -12,6 +12,8 @@
 //!
 //! This module measures and reports; it does not judge the figures or talk to PyTorch.
 
+#![warn(missing_docs)]
+
 use std::time::Instant;
 
 use candle_core::{Device, ModuleT, Tensor, Var};
@@ -21,7 +23,7 @@ use dexpression_kernels::{
     max_pool2d, set_reference_ops,
 };
 use dexpression_model::{
-    Adam, AdamConfig, Dexpression, DexpressionConfig, Result, Variant, POOL_KEEP, POOL_REDUCE,
+    Adam, AdamConfig, Dexpression, DexpressionConfig, Result, Variant, POOL_KEEP,
 };
 
 /// What to time.
@@ -612,7 +614,7 @@ pub fn profile_layers_on(
         let dims = param(&format!("{name}.weight")).dims().to_vec();
         (dims[0], dims[1])
     };
-    let (pool_reduce, pool_keep) = (POOL_REDUCE, POOL_KEEP);
+    let (pool_reduce, pool_keep) = (model.config().reduce_pool(), POOL_KEEP);
     let side2 = model.config().block1_side();
     let side3 = pool_reduce.out_side(side2);
     let (_, block1) = channels("conv2a");
@@ -711,7 +713,7 @@ pub fn profile_layers_on(
             Box::new(move |xs: &Tensor| layer_norm(xs, &w, &b, 1e-5)) as Layer<'_>
         }),
         Variant::Paper => ("lrn".to_string(), vec![n, block1, side2, side2], true, {
-            let lrn = DexpressionConfig::paper().lrn.op();
+            let lrn = model.config().lrn.op();
             Box::new(move |xs: &Tensor| local_response_norm(xs, lrn)) as Layer<'_>
         }),
     });
@@ -720,25 +722,36 @@ pub fn profile_layers_on(
     // The head in training mode, less dropout (a mask multiply): at small sides it is no longer
     // negligible beside the convolutions.
     let head_side = model.config().head_side();
-    layers.push((
-        "bn+fc+softmax".to_string(),
-        vec![n, featex, head_side, head_side],
-        true,
-        {
+    let (fc_w, fc_b) = (param("fc.weight"), param("fc.bias"));
+    let classify = move |xs: &Tensor| -> candle_core::Result<Tensor> {
+        let logits = xs
+            .flatten_from(1)?
+            .matmul(&fc_w.t()?)?
+            .broadcast_add(&fc_b)?;
+        candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)
+    };
+    // The port's head has a batch norm before the classifier; the paper's has none.
+    let head: (&str, Layer<'_>) = match config.variant {
+        Variant::Port => {
             let (bn_w, bn_b) = (
                 param("batch_normalization.weight"),
                 param("batch_normalization.bias"),
             );
-            let (fc_w, fc_b) = (param("fc.weight"), param("fc.bias"));
-            Box::new(move |xs: &Tensor| {
-                let (ys, _) = batch_norm_train(xs, &bn_w, &bn_b, 1e-5)?;
-                let logits = ys
-                    .flatten_from(1)?
-                    .matmul(&fc_w.t()?)?
-                    .broadcast_add(&fc_b)?;
-                candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)
-            })
-        },
+            (
+                "bn+fc+softmax",
+                Box::new(move |xs: &Tensor| {
+                    let (ys, _) = batch_norm_train(xs, &bn_w, &bn_b, 1e-5)?;
+                    classify(&ys)
+                }),
+            )
+        }
+        Variant::Paper => ("fc+softmax", Box::new(classify)),
+    };
+    layers.push((
+        head.0.to_string(),
+        vec![n, featex, head_side, head_side],
+        true,
+        head.1,
     ));
     // Small batches take milliseconds: more repeats then steady the medians.
     let repeats = config.iterations.clamp(1, 5) * if n <= 4 { 4 } else { 1 };
@@ -779,4 +792,47 @@ pub fn profile_layers_on(
         });
     }
     Ok(timings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_runs_each_variants_layers_at_their_sides() {
+        // Run, not timed: the layers and shapes must be the variant's (the paper's has an LRN, no
+        // batch norm, and pools that round up: 48 px gives 12, 6 and 3 instead of 11, 5 and 2).
+        for (variant, norm, head, sides) in [
+            (Variant::Port, "lrn1", "bn+fc+softmax", [11, 5, 2]),
+            (Variant::Paper, "lrn", "fc+softmax", [12, 6, 3]),
+        ] {
+            let config = BenchConfig {
+                image_size: 48,
+                batch_size: 2,
+                iterations: 1,
+                variant,
+                ..BenchConfig::default()
+            };
+            let layers = profile_layers(&config, false).expect("profile");
+            let output_of = |name: &str| -> Vec<usize> {
+                layers
+                    .iter()
+                    .find(|layer| layer.layer == name)
+                    .map(|layer| layer.output.clone())
+                    .unwrap_or_else(|| panic!("{variant}: no layer {name}"))
+            };
+            assert_eq!(output_of(norm), [2, 64, sides[0], sides[0]], "{variant}");
+            assert_eq!(
+                output_of("pool2b+cat"),
+                [2, 272, sides[1], sides[1]],
+                "{variant}"
+            );
+            assert_eq!(
+                output_of("pool3b+cat"),
+                [2, 272, sides[2], sides[2]],
+                "{variant}"
+            );
+            assert_eq!(output_of(head), [2, 7], "{variant}");
+        }
+    }
 }

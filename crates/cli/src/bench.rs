@@ -7,7 +7,7 @@ use anyhow::Context;
 use dexpression_bench::{
     bench_side_on, profile_layers_on, write_layer_table, BenchConfig, Machine, Paths, SideReport,
 };
-use dexpression_model::{device_name, parse_device};
+use dexpression_model::device_name;
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !sides.is_empty() && !sides.contains(&config.image_size) {
         sides.push(config.image_size);
     }
-    let device = parse_device(&args.device)?;
+    let device = crate::open_device(&args.device)?;
     let device_label = device_name(&device);
     eprintln!("bench: measuring this machine's GEMM rate");
     let machine = Machine::measure();

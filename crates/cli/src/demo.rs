@@ -69,7 +69,7 @@ const SEED: u64 = 0;
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let plan = if args.quick { QUICK } else { FULL };
-    let device = dexpression_model::parse_device(&args.device)?;
+    let device = crate::open_device(&args.device)?;
 
     // 1. A synthetic CK+ in the official layout, generated once.
     let synth_dir = args.data.join(plan.synth_dir);

@@ -5,8 +5,12 @@
 //! display over the library crates, which hold all the logic. The library exists so that both
 //! binaries are one line ([`main`]); it is not an API.
 
+#![warn(missing_docs)]
+
 mod bench;
 mod bench_prepare;
+#[cfg(feature = "serve")]
+mod browser;
 mod demo;
 mod display;
 mod download;
@@ -80,6 +84,15 @@ const VERSION: &str = concat!(
     env!("DEXPRESSION_COMMIT"),
     ")"
 );
+
+/// The device `spec` names (`auto`, `cpu`, `cuda`, `cuda:N`), tuned as a program that repeats
+/// steps wants it: a CUDA device keeps its freed memory pooled and allocates without events
+/// (`tune_cuda_device`, process-wide for that GPU, hence here and not in the libraries).
+fn open_device(spec: &str) -> anyhow::Result<dexpression_model::candle_core::Device> {
+    let device = dexpression_model::parse_device(spec)?;
+    dexpression_model::kernels::tune_cuda_device(&device)?;
+    Ok(device)
+}
 
 /// Runs the command line on the process's arguments; prints an error with its hint.
 pub fn main() -> std::process::ExitCode {

@@ -8,7 +8,7 @@ use dexpression_dataset::crop::{load_face_pixels, open_image, CropBox};
 use dexpression_dataset::faces::{detect_face_inputs, whole_image_input, FaceInput};
 use dexpression_dataset::DataDir;
 use dexpression_model::candle_core::Device;
-use dexpression_model::{parse_device, Classifier, Prediction};
+use dexpression_model::{Classifier, Prediction};
 use dexpression_train::RunDir;
 
 /// Classify the facial expression in each image with trained weights.
@@ -43,7 +43,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
+    let device = crate::open_device(&args.device)?;
     let classifier = load_classifier(&args.weights, &device)
         .with_context(|| {
             format!(

@@ -20,6 +20,17 @@ pub struct Args {
     args: Vec<OsString>,
 }
 
+impl Args {
+    /// The arguments after the command's name on this process's command line (the binary
+    /// takes no options before its command), for a command that relays only some of its uses.
+    #[cfg_attr(feature = "serve", allow(dead_code))]
+    pub fn from_process() -> Self {
+        Args {
+            args: std::env::args_os().skip(2).collect(),
+        }
+    }
+}
+
 /// Runs `cargo xtask <command> ARGS` with xtask's `feature`; `build_time` says how long its
 /// first compilation takes.
 pub fn run_with_feature(

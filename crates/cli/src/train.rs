@@ -85,7 +85,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let device = dexpression_model::parse_device(&args.device)?;
+    let device = crate::open_device(&args.device)?;
     let source = args
         .source
         .clone()

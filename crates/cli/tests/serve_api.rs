@@ -593,7 +593,7 @@ fn foreign_hosts_origins_and_tokens_are_refused() {
             .expect("answer"),
         StatusCode::UNAUTHORIZED,
     );
-    json_error(
+    let refused_upload = json_error(
         "a prediction without a token",
         client
             .post(format!("{url}/api/predict"))
@@ -601,6 +601,14 @@ fn foreign_hosts_origins_and_tokens_are_refused() {
             .send()
             .expect("answer"),
         StatusCode::UNAUTHORIZED,
+    );
+    // Its body was never read: the client must not send another request on that connection.
+    assert_eq!(
+        refused_upload
+            .get(reqwest::header::CONNECTION)
+            .and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "a refused upload closes its connection"
     );
 
     // The right token as a bearer header.
@@ -823,4 +831,161 @@ fn tls_serves_https_with_the_given_certificate() {
         plain.map_or(true, |response| !response.status().is_success()),
         "plain HTTP on the TLS port"
     );
+}
+
+/// `/local/`, the page that classifies in the browser: its files with the types browsers require,
+/// the model as ONNX with a model.json read from it, and, until the page asks, no runtime and
+/// no download. Asked (only by a same-origin POST), the server downloads it; from an address that
+/// serves other bytes it refuses them, says why on the page and keeps nothing.
+#[test]
+fn the_in_browser_page_is_served_and_its_runtime_downloaded_only_when_asked() {
+    use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, ORIGIN};
+
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (weights, _) = weights_and_photo(dir.path());
+    let cache = dir.path().join("cache");
+    let other = b"not onnxruntime-web".to_vec();
+    let (mirror, requests) = common::serve_bytes(200, other);
+    let (_server, url) = common::start_server_with_env(
+        &[
+            "--weights".as_ref(),
+            weights.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+        ],
+        &[("DEXPRESSION_ONNXRUNTIME_WEB_URL", mirror.as_ref())],
+    );
+    let client = Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let get = |path: &str| {
+        client
+            .get(format!("{url}{path}"))
+            .send()
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+    };
+    let content_type = |response: &reqwest::blocking::Response| {
+        response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    let redirect = get("/local");
+    assert_eq!(redirect.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        redirect
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok()),
+        Some("/local/")
+    );
+    let page = get("/local/");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(content_type(&page).starts_with("text/html"));
+    // WebAssembly may be compiled, JavaScript's eval stays refused, and no worker is allowed.
+    let policy = page
+        .headers()
+        .get(CONTENT_SECURITY_POLICY)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        policy.contains("script-src 'self' 'wasm-unsafe-eval';"),
+        "{policy}"
+    );
+    assert!(
+        !policy.contains(" 'unsafe-eval'") && !policy.contains("worker-src"),
+        "{policy}"
+    );
+    assert!(page
+        .text()
+        .expect("html")
+        .contains("No face detector runs in this page"));
+    for (path, expected) in [
+        ("/local/page.js", "text/javascript"),
+        ("/local/preprocess.js", "text/javascript"),
+        ("/local/style.css", "text/css"),
+    ] {
+        let response = get(path);
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(content_type(&response).starts_with(expected), "{path}");
+    }
+    for missing in [
+        "/local/nothing.js",
+        "/local/models/1.onnx",
+        "/local/models/x",
+        "/local/ort/ort.min.js",
+    ] {
+        assert_eq!(get(missing).status().as_u16() / 100, 4, "{missing}");
+    }
+
+    // The model, as ONNX, described from its own metadata; the runtime not there yet.
+    let config: serde_json::Value =
+        serde_json::from_str(&get("/local/model.json").text().expect("json")).expect("JSON");
+    let model = &config["models"][0];
+    assert_eq!(model["onnx"], "models/0.onnx", "{config}");
+    assert_eq!(model["input_side"], 45, "{config}");
+    assert_eq!(
+        model["class_names"].as_array().map(Vec::len),
+        Some(7),
+        "{config}"
+    );
+    assert_eq!(config["runtime"]["state"], "missing", "{config}");
+    assert_eq!(config["served"], true);
+    let onnx = get("/local/models/0.onnx");
+    assert_eq!(onnx.status(), StatusCode::OK);
+    assert_eq!(content_type(&onnx), "application/octet-stream");
+    assert!(onnx.bytes().expect("model").len() > 10_000);
+    let runtime = get("/local/ort/ort-wasm-simd-threaded.wasm");
+    assert_eq!(runtime.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing downloaded unasked"
+    );
+
+    // Another site's page cannot make the server download.
+    let foreign = client
+        .post(format!("{url}/local/runtime"))
+        .header(ORIGIN, "https://evil.example")
+        .send()
+        .expect("answer");
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Asked: the download runs, the other bytes are refused, the page is told why.
+    let asked = client
+        .post(format!("{url}/local/runtime"))
+        .send()
+        .expect("answer");
+    assert_eq!(asked.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let runtime = loop {
+        let config: serde_json::Value =
+            serde_json::from_str(&get("/local/model.json").text().expect("json")).expect("JSON");
+        if config["runtime"]["state"] != "fetching" {
+            break config["runtime"].clone();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the download never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(runtime["state"], "failed", "{runtime}");
+    let message = runtime["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("sha512") && message.contains(&mirror),
+        "{message}"
+    );
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let cached: Vec<_> = std::fs::read_dir(cache.join("npm"))
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "nothing kept: {cached:?}");
 }

@@ -14,15 +14,15 @@
 
 mod common;
 
-use common::{start_server, Running};
+use common::browser::{
+    browser, open_chromium, save_screenshot, screenshot_folder, start_chromedriver, write_y4m,
+};
+use common::start_server;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 
 /// Frames a second the webcam view must hold.
 const MIN_WEBCAM_FPS: f64 = 10.0;
@@ -30,102 +30,10 @@ const MIN_WEBCAM_FPS: f64 = 10.0;
 /// The server's token: the page must work with one, as it does off loopback.
 const TOKEN: &str = "browser-test-token-5e0f";
 
-fn on_path(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Chromium and its driver, or why the test cannot run.
-fn browser() -> Result<(PathBuf, PathBuf), String> {
-    let chromium = on_path(&["chromium", "chromium-browser"]).ok_or("no chromium on PATH")?;
-    let driver = on_path(&["chromedriver"]).ok_or("no chromedriver on PATH")?;
-    Ok((chromium, driver))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-fn start_chromedriver(driver: &Path) -> (Running, String) {
-    let port = free_port();
-    let child = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let running = Running(child);
-    let started = Instant::now();
-    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "chromedriver did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (running, format!("http://127.0.0.1:{port}"))
-}
-
-/// A Y4M video (what Chromium's fake webcam plays) of one RGB picture, 4:2:0.
-fn write_y4m(path: &Path, picture: &image::RgbImage, frames: usize) {
-    let (width, height) = picture.dimensions();
-    let mut luma = Vec::with_capacity((width * height) as usize);
-    let mut u = Vec::new();
-    let mut v = Vec::new();
-    for pixel in picture.pixels() {
-        let [r, g, b] = pixel.0.map(f32::from);
-        luma.push((0.299 * r + 0.587 * g + 0.114 * b).round() as u8);
-    }
-    for y in (0..height).step_by(2) {
-        for x in (0..width).step_by(2) {
-            let [r, g, b] = picture.get_pixel(x, y).0.map(f32::from);
-            u.push(
-                (128.0 - 0.168_736 * r - 0.331_264 * g + 0.5 * b)
-                    .round()
-                    .clamp(0.0, 255.0) as u8,
-            );
-            v.push(
-                (128.0 + 0.5 * r - 0.418_688 * g - 0.081_312 * b)
-                    .round()
-                    .clamp(0.0, 255.0) as u8,
-            );
-        }
-    }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("y4m file"));
-    writeln!(file, "YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg").expect("write");
-    for _ in 0..frames {
-        file.write_all(b"FRAME\n").expect("write");
-        file.write_all(&luma).expect("write");
-        file.write_all(&u).expect("write");
-        file.write_all(&v).expect("write");
-    }
-    file.flush().expect("write");
-}
-
-fn screenshot_folder(fallback: &Path) -> PathBuf {
-    match std::env::var("DEXPRESSION_SCREENSHOTS") {
-        Ok(folder) if folder == "docs" => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
-        Ok(folder) if !folder.is_empty() => PathBuf::from(folder),
-        _ => fallback.to_path_buf(),
-    }
-}
-
 #[test]
 fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
-    let (chromium, driver) = match browser() {
-        Ok(found) => found,
-        Err(why) if std::env::var("DEXPRESSION_BROWSER_TEST").is_ok_and(|v| v == "require") => {
-            panic!("DEXPRESSION_BROWSER_TEST=require but {why}: apt-get install chromium chromium-driver")
-        }
-        Err(why) => {
-            eprintln!("notice: browser test skipped ({why}; apt-get install chromium chromium-driver to run it)");
-            return;
-        }
+    let Some((chromium, driver)) = browser() else {
+        return;
     };
     let dir = tempfile::tempdir().expect("temporary folder");
     // 45 pixels: the smallest input side of its tensor shapes, so the bare weights file is read
@@ -156,39 +64,13 @@ fn the_page_shows_predictions_heat_maps_and_webcam_frames() {
     ]);
     let (_driver, driver_url) = start_chromedriver(&driver);
     let profile = dir.path().join("chromium-profile");
-    let args = vec![
-        "--headless".to_string(),
-        "--no-sandbox".into(),
-        "--disable-gpu".into(),
-        "--disable-dev-shm-usage".into(),
-        "--disable-quic".into(),
-        "--no-first-run".into(),
-        "--disable-background-networking".into(),
-        "--disable-component-update".into(),
-        "--disable-sync".into(),
-        "--window-size=1280,1000".into(),
-        format!("--user-data-dir={}", profile.display()),
-        "--use-fake-ui-for-media-stream".into(),
-        "--use-fake-device-for-media-stream".into(),
-        format!("--use-file-for-fake-video-capture={}", video_path.display()),
-    ];
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({ "binary": chromium, "args": args }),
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let browser = ClientBuilder::new(connector)
-            .capabilities(capabilities)
-            .connect(&driver_url)
-            .await
-            .expect("a Chromium session");
+        let browser = open_chromium(&chromium, &driver_url, &profile, &video_path).await;
         let outcome = drive(&browser, &url, &photo_path, &screenshots).await;
         let _ = browser.close().await;
         outcome
@@ -338,9 +220,4 @@ async fn frames_answered(browser: &Client) -> f64 {
         .expect("the fps counter");
     let frames = fps.attr("data-frames").await.expect("its data-frames");
     frames.and_then(|value| value.parse().ok()).unwrap_or(0.0)
-}
-
-async fn save_screenshot(browser: &Client, path: &Path) {
-    let png = browser.screenshot().await.expect("a screenshot");
-    std::fs::write(path, png).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
 }

@@ -25,7 +25,7 @@ pub fn conv2d(
 /// `relu(conv2d(xs, weight, bias))`: on the CPU in f32, one fused op whose backward is GEMMs and
 /// skips the input gradient when `xs` needs none; on CUDA in f32 with the cuDNN path chosen
 /// ([`crate::set_cuda_conv`]), cuDNN's convolution (its backward too, skipping the input gradient
-/// likewise) then bias and ReLU; elsewhere [`conv2d`] then ReLU.
+/// likewise) then bias and ReLU; elsewhere candle's convolution, bias, then ReLU.
 pub fn conv2d_relu(
     xs: &Tensor,
     weight: &Tensor,

@@ -89,7 +89,7 @@ fn per_sample(samples: usize) -> LaunchConfig {
 }
 
 /// The contiguous part of `slice` that `layout` describes.
-fn contiguous<'a, T>(
+pub(super) fn contiguous<'a, T>(
     slice: &'a CudaSlice<T>,
     layout: &Layout,
     what: &str,

@@ -19,31 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::layer_norm::layer_norm_on;
 use super::lrn::{local_response_norm_on, LocalResponseNorm};
 use super::max_pool::{max_pool2d, Pool2d};
-
-const NEEDS_GPU: &str = "needs a CUDA GPU (run with --ignored on a GPU machine)";
-
-/// The first CUDA GPU; panics with a clear message where there is none (these tests only run
-/// when asked for with `--ignored`).
-fn gpu() -> Device {
-    assert!(
-        candle_core::utils::cuda_is_available(),
-        "no CUDA GPU: these tests {NEEDS_GPU}"
-    );
-    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005) ^ 0x9E37_79B9_7F4A_7C15;
-    (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use super::testing::{assert_close, gpu, host_values, values};
 
 /// Values on a coarse grid, so that pool windows hold ties (as LayerNorm of ReLU zeros makes
 /// them), with a NaN every `nan_every` values when given.
@@ -58,18 +34,6 @@ fn tied_values(count: usize, seed: u64, nan_every: Option<usize>) -> Vec<f32> {
         .collect()
 }
 
-fn host_values(tensor: &Tensor) -> Vec<f64> {
-    tensor
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
 /// Element by element, bit for bit (NaN equals NaN).
 fn assert_identical(name: &str, gpu: &Tensor, cpu: &Tensor) {
     assert_eq!(gpu.dims(), cpu.dims(), "{name}: shapes");
@@ -80,22 +44,6 @@ fn assert_identical(name: &str, gpu: &Tensor, cpu: &Tensor) {
             "{name}: element {i} is {g} on the GPU and {c} on the CPU"
         );
     }
-}
-
-/// Max abs difference relative to the CPU's largest value, at most `tolerance`.
-fn assert_close(name: &str, gpu: &Tensor, cpu: &Tensor, tolerance: f64) {
-    assert_eq!(gpu.dims(), cpu.dims(), "{name}: shapes");
-    let (gpu, cpu) = (host_values(gpu), host_values(cpu));
-    let scale = cpu.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    let diff = gpu
-        .iter()
-        .zip(&cpu)
-        .fold(0f64, |m, (g, c)| m.max((g - c).abs()));
-    eprintln!("{name}: max difference {:.2e} of the scale", diff / scale);
-    assert!(
-        diff <= tolerance * scale,
-        "{name}: GPU and CPU differ by {diff:.3e}, more than {tolerance:.0e} of {scale:.3e}"
-    );
 }
 
 /// `sum(out * weights)` for fixed random weights, so every output gradient is distinct.
@@ -109,32 +57,41 @@ fn projected(out: &Tensor, seed: u64) -> Tensor {
     (out * weights).unwrap().sum_all().unwrap()
 }
 
-const POOLS: [Pool2d; 5] = [
+/// Pools of every geometry the network uses and a few others, two in ceil mode (the paper
+/// variant's pools, with partial last windows).
+const POOLS: [Pool2d; 7] = [
     Pool2d {
         kernel: 3,
         stride: 1,
         padding: 1,
+        ceil_mode: false,
     },
     Pool2d {
         kernel: 3,
         stride: 2,
         padding: 0,
+        ceil_mode: false,
     },
     Pool2d {
         kernel: 3,
         stride: 2,
         padding: 1,
+        ceil_mode: false,
     },
     Pool2d {
         kernel: 2,
         stride: 2,
         padding: 0,
+        ceil_mode: false,
     },
     Pool2d {
         kernel: 5,
         stride: 3,
         padding: 2,
+        ceil_mode: false,
     },
+    Pool2d::ceil(3, 2, 0),
+    Pool2d::ceil(3, 2, 1),
 ];
 
 #[test]

@@ -35,17 +35,19 @@ extern "C" __global__ void dropout_f32(const float *src, float *dst, uint64_t le
 }
 
 // ---------------------------------------------------------------------------------------------
-// Adam (crates/model/src/optim.rs), one parameter in place, in the f32 operations candle's
-// tensor ops make of it (each `tensor * f64` is candle's affine `x * mul + add` with both
+// Adam (adam.rs; crates/model/src/optim.rs calls it), one parameter, in the f32 operations
+// candle's tensor ops make of it (each `tensor * f64` is candle's affine `x * mul + add` with both
 // constants rounded to f32, hence the explicit `+ 0`, which turns -0 into +0 as the CPU does):
 //   m = m * beta1 + g * (1 - beta1)
 //   v = v * beta2 + (g * g) * (1 - beta2)
 //   denom = sqrt(v) * (1 / sqrt(bias_correction2)) + eps
 //   param = param - (m / denom) * step_size
-extern "C" __global__ void adam_f32(float *param, float *m, float *v, const float *grad,
-                                    uint64_t len, float beta1, float one_minus_beta1, float beta2,
-                                    float one_minus_beta2, float inv_sqrt_bias_correction2,
-                                    float eps, float step_size) {
+// The new parameter, first and second moments go to `out` (3 x len, in that order) rather than
+// over the inputs: candle lends a tensor's device memory for reading only.
+extern "C" __global__ void adam_f32(const float *param, const float *m, const float *v,
+                                    const float *grad, float *out, uint64_t len, float beta1,
+                                    float one_minus_beta1, float beta2, float one_minus_beta2,
+                                    float inv_sqrt_bias_correction2, float eps, float step_size) {
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < len;
          i += (uint64_t)gridDim.x * blockDim.x) {
         const float g = grad[i];
@@ -57,8 +59,8 @@ extern "C" __global__ void adam_f32(float *param, float *m, float *v, const floa
         const float root = __fadd_rn(__fmul_rn(__fsqrt_rn(v1), inv_sqrt_bias_correction2), 0.0f);
         const float denom = __fadd_rn(__fmul_rn(root, 1.0f), eps);
         const float update = __fadd_rn(__fmul_rn(__fdiv_rn(m1, denom), step_size), 0.0f);
-        m[i] = m1;
-        v[i] = v1;
-        param[i] = __fsub_rn(param[i], update);
+        out[i] = __fsub_rn(param[i], update);
+        out[len + i] = m1;
+        out[2 * len + i] = v1;
     }
 }

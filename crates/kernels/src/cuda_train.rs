@@ -1,10 +1,6 @@
 //! Launches of the training step's element-wise kernels (cuda_train.cu, compiled to PTX by
-//! build.rs): dropout from its counter-based generator (dropout.rs).
-//!
-//! cuda_train.cu also holds Adam's one-kernel update (`adam_f32`), not launched yet: candle's
-//! public in-place ops (`Tensor::inplace_op3`) write one tensor per call, and Adam writes three
-//! (parameter, first and second moments); the launch needs the optimiser's moments held as
-//! device buffers of its own (issue 23, item 3).
+//! build.rs): dropout from its counter-based generator (dropout.rs) and Adam's update of one
+//! parameter (adam.rs), each one kernel.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorageSlice;
@@ -12,6 +8,7 @@ use candle_core::{CudaStorage, Layout};
 
 use super::cuda::{elementwise, launch, PtxModule};
 use super::dropout::DropoutOp;
+use super::AdamStep;
 
 /// The training step's kernels (`cuda_train.cu`).
 const TRAIN: PtxModule = PtxModule {
@@ -52,4 +49,91 @@ pub(super) fn dropout(
         slice: CudaStorageSlice::F32(dst),
         device,
     })
+}
+
+/// Adam's update of one f32 parameter on the GPU in one launch (`adam_f32`): `[param, m, v]`
+/// after the step, as views of one new `3 x len` buffer; `None` where the kernel does not apply
+/// (not all on a CUDA GPU, not all f32, or the reference path forced), for the caller's tensor
+/// ops. The shapes were checked by the caller.
+pub(super) fn adam(
+    param: &candle_core::Tensor,
+    m: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    grad: &candle_core::Tensor,
+    step: &super::AdamStep,
+) -> candle_core::Result<Option<[candle_core::Tensor; 3]>> {
+    use candle_core::{DType, Storage, Tensor};
+    let tensors = [param, m, v, grad];
+    if tensors
+        .iter()
+        .any(|t| !t.device().is_cuda() || t.dtype() != DType::F32)
+        || super::reference_ops()
+    {
+        return Ok(None);
+    }
+    let guards = tensors.map(Tensor::storage_and_layout);
+    let mut inputs = Vec::with_capacity(4);
+    let mut device = None;
+    for ((storage, layout), what) in
+        guards
+            .iter()
+            .zip(["parameter", "first moment", "second moment", "gradient"])
+    {
+        let Storage::Cuda(storage) = &**storage else {
+            candle_core::bail!("adam: the {what} is not on the GPU");
+        };
+        let CudaStorageSlice::F32(values) = &storage.slice else {
+            candle_core::bail!("adam: the {what} is not f32");
+        };
+        inputs.push(super::cuda::contiguous(values, layout, what)?);
+        device.get_or_insert_with(|| storage.device().clone());
+    }
+    let device = device.expect("four inputs");
+    let len = param.elem_count();
+    // SAFETY: the kernel writes all three parts of it (one thread per index below `len`).
+    let out = unsafe { device.alloc::<f32>(3 * len.max(1))? };
+    let len_arg = len as u64;
+    // Each constant rounded to f32 from f64, as candle's affine op rounds it on the CPU.
+    let AdamStep {
+        beta1,
+        beta2,
+        eps,
+        step_size,
+        bias_correction2,
+    } = *step;
+    let constants = [
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        1.0 / bias_correction2.sqrt(),
+        eps,
+        step_size,
+    ]
+    .map(|value| value as f32);
+    // SAFETY: the arguments match `adam_f32`'s signature (four f32 inputs of `len`, the f32
+    // output of `3 * len`, u64, seven f32); the kernel reads and writes only below those sizes.
+    unsafe {
+        launch!(
+            device,
+            TRAIN,
+            "adam_f32",
+            elementwise(len),
+            [&inputs[0], &inputs[1], &inputs[2], &inputs[3], &out, &len_arg],
+            ..&constants
+        )
+    }?;
+    drop(inputs);
+    drop(guards);
+    let out = Tensor::from_storage(
+        Storage::Cuda(CudaStorage {
+            slice: CudaStorageSlice::F32(out),
+            device,
+        }),
+        (3, len),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    let part = |i: usize| out.get(i)?.reshape(param.dims());
+    Ok(Some([part(0)?, part(1)?, part(2)?]))
 }

@@ -8,14 +8,7 @@
 use candle_core::{Device, Tensor, Var};
 
 use super::dropout::{dropout, DropoutKey};
-
-fn gpu() -> Device {
-    assert!(
-        candle_core::utils::cuda_is_available(),
-        "no CUDA GPU: these tests need one (run with --ignored on a GPU machine)"
-    );
-    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
-}
+use super::testing::gpu;
 
 fn host(tensor: &Tensor) -> Vec<f32> {
     tensor
@@ -103,4 +96,43 @@ fn cuda_dropout_keeps_one_minus_p_and_its_gradient_is_the_mask() {
         grad, ys,
         "the gradient of sum(dropout(ones)) is the scaled mask"
     );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run with --ignored on a GPU machine)"]
+fn cuda_adam_equals_the_cpu_bit_for_bit_over_several_steps() {
+    use super::adam::{adam_update, AdamStep};
+    use super::testing::{host_values, seeded_tensor};
+    let gpu = gpu();
+    // An odd length (not a multiple of the block) with negative zeros and a zero gradient among
+    // the values, so that the `+ 0` roundings and the zero-moment case are exercised.
+    let dims = [7, 3, 5];
+    let mut cpu = [1u64, 2, 3].map(|seed| seeded_tensor(&dims, seed, &Device::Cpu));
+    cpu[1] = (&cpu[1] * 0.0).unwrap().neg().unwrap();
+    cpu[2] = cpu[2].zeros_like().unwrap();
+    let mut on_gpu = cpu.clone().map(|t| t.to_device(&gpu).unwrap());
+    for step in 1..=4 {
+        let grad = seeded_tensor(&dims, 10 + step as u64, &Device::Cpu);
+        let grad = if step == 2 {
+            grad.zeros_like().unwrap()
+        } else {
+            grad
+        };
+        let constants = AdamStep::new(1e-3, 0.9, 0.999, 1e-8, step);
+        let [p, m, v] = &cpu;
+        cpu = adam_update(p, m, v, &grad, &constants).unwrap();
+        let [p, m, v] = &on_gpu;
+        on_gpu = adam_update(p, m, v, &grad.to_device(&gpu).unwrap(), &constants).unwrap();
+        for (name, (g, c)) in ["param", "m", "v"].iter().zip(on_gpu.iter().zip(&cpu)) {
+            assert!(g.device().is_cuda(), "{name} stays on the GPU");
+            let (g, c) = (host_values(g), host_values(c));
+            for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "step {step}, {name}[{i}]: {a} on the GPU, {b} on the CPU"
+                );
+            }
+        }
+    }
 }

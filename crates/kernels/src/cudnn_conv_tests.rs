@@ -13,64 +13,10 @@
 //!   rounding of up to 2^-11 per operand), and the errors of the products add up about as the
 //!   square root of their count.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 
 use super::cudnn_conv::{conv2d, plan_count, CudnnMath};
-
-/// The first CUDA GPU; panics with a clear message where there is none.
-fn gpu() -> Device {
-    assert!(
-        candle_core::utils::cuda_is_available(),
-        "no CUDA GPU: these tests need one (run with --ignored on a GPU machine)"
-    );
-    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005) ^ 0x9E37_79B9_7F4A_7C15;
-    (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn tensor(dims: &[usize], seed: u64, device: &Device) -> Tensor {
-    let count = dims.iter().product();
-    Tensor::from_vec(values(count, seed), dims, device).expect("a tensor of its own size")
-}
-
-fn host(tensor: &Tensor) -> Vec<f64> {
-    tensor
-        .to_device(&Device::Cpu)
-        .and_then(|t| t.to_dtype(DType::F64))
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f64>())
-        .expect("readable on the host")
-}
-
-/// The largest absolute difference over the largest absolute reference value.
-fn relative_error(actual: &Tensor, reference: &Tensor) -> f64 {
-    let (actual, reference) = (host(actual), host(reference));
-    assert_eq!(actual.len(), reference.len(), "sizes differ");
-    let scale = reference
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs()))
-        .max(1e-30);
-    let worst = actual
-        .iter()
-        .zip(&reference)
-        .fold(0f64, |m, (a, r)| m.max((a - r).abs()));
-    // A NaN anywhere must fail the comparison, not vanish in `max`.
-    if actual.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    worst / scale
-}
+use super::testing::{gpu, host_values as host, relative_error, seeded_tensor as tensor};
 
 fn tolerance(math: CudnnMath) -> f64 {
     match math {

@@ -147,33 +147,41 @@ fn fast_layer_norm_matches_the_reference_with_gradients() {
 fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
     // conv1 and pool1's geometry at a small size, a stride-1 case with a padded pool, and batches
     // below and above the thread count (the two ways the kernels split work).
-    for (c_in, c_out, side, conv, pool, batch) in [
-        (1, 4, 17, (2, 3), (3, 2, 0), 3),
-        (1, 4, 17, (2, 3), (3, 2, 0), 1),
+    for (c_in, c_out, side, conv, (kernel, stride, padding), batch, ceil_mode) in [
+        (1, 4, 17, (2, 3), (3, 2, 0), 3, false),
+        (1, 4, 17, (2, 3), (3, 2, 0), 1, false),
         // 3x3 stride 1 with a padded pool, by im2col (side 3), by Winograd over several images
         // (10, 13) and one image at a time (33).
-        (3, 5, 3, (1, 1), (3, 1, 1), 2),
-        (3, 5, 10, (1, 1), (3, 1, 1), 2),
-        (3, 5, 13, (1, 1), (3, 1, 1), 3),
-        (2, 3, 33, (1, 1), (3, 1, 1), 2),
+        (3, 5, 3, (1, 1), (3, 1, 1), 2, false),
+        (3, 5, 10, (1, 1), (3, 1, 1), 2, false),
+        (3, 5, 13, (1, 1), (3, 1, 1), 3, false),
+        (2, 3, 33, (1, 1), (3, 1, 1), 2, false),
         // Winograd's F(4x4, 3x3) with the pool, at batch 1: each step spread over the threads.
-        (3, 5, 12, (1, 1), (3, 2, 0), 1),
-        (2, 3, 33, (1, 1), (3, 2, 0), 1),
-        (2, 3, 9, (1, 0), (2, 2, 0), 1),
+        (3, 5, 12, (1, 1), (3, 2, 0), 1, false),
+        (2, 3, 33, (1, 1), (3, 2, 0), 1, false),
+        (2, 3, 9, (1, 0), (2, 2, 0), 1, false),
+        // Ceil-mode pools (the paper variant's) with a partial last window: conv1's geometry
+        // (an 8x8 convolution output, by bands at batch 1 and by image at 3) and Winograd's.
+        (1, 4, 16, (2, 3), (3, 2, 0), 1, true),
+        (1, 4, 16, (2, 3), (3, 2, 0), 3, true),
+        (3, 5, 12, (1, 1), (3, 2, 0), 1, true),
+        (3, 5, 10, (1, 1), (3, 2, 0), 3, true),
     ] {
-        let (kernel, (stride, padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
+        let (conv_kernel, (conv_stride, conv_padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
         let xs = var(&[batch, c_in, side, side], 11);
-        let weight = var(&[c_out, c_in, kernel, kernel], 12);
+        let weight = var(&[c_out, c_in, conv_kernel, conv_kernel], 12);
         let bias = var(&[c_out], 13);
         let pool = Pool2d {
-            kernel: pool.0,
-            stride: pool.1,
-            padding: pool.2,
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
         };
-        let name = format!("conv k{kernel} s{stride} p{padding} + pool {pool:?} n{batch}");
+        let name =
+            format!("conv k{conv_kernel} s{conv_stride} p{conv_padding} + pool {pool:?} n{batch}");
         check_paths(&name, &[xs, weight, bias], |t, fast| {
-            conv2d_relu_max_pool2d_on(&t[0], &t[1], &t[2], (stride, padding), pool, fast, None)
-                .unwrap()
+            let geometry = (conv_stride, conv_padding);
+            conv2d_relu_max_pool2d_on(&t[0], &t[1], &t[2], geometry, pool, fast, None).unwrap()
         });
     }
 }
@@ -184,6 +192,7 @@ const NO_POOL: Pool2d = Pool2d {
     kernel: 1,
     stride: 1,
     padding: 0,
+    ceil_mode: false,
 };
 
 #[test]
@@ -229,6 +238,7 @@ fn every_vector_path_computes_the_same_bits() {
             kernel: 3,
             stride: 2,
             padding: 0,
+            ceil_mode: false,
         };
         let run = || {
             let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
@@ -290,6 +300,7 @@ fn results_do_not_depend_on_the_thread_count() {
         kernel,
         stride,
         padding,
+        ceil_mode: false,
     };
     let cases = [
         // conv1's geometry with its pool.
@@ -344,7 +355,7 @@ fn results_do_not_depend_on_the_thread_count() {
 
 /// A FeatEx block of small random convolutions (channels in, reduced, conv, pooled), with
 /// DeXpression's pools; `tensors` holds the weights and biases it borrows.
-fn small_feat_ex(tensors: &[Tensor; 6]) -> FeatEx<'_> {
+fn small_feat_ex(tensors: &[Tensor; 6], ceil_mode: bool) -> FeatEx<'_> {
     let layer = |i: usize, padding| ConvLayer {
         weight: &tensors[2 * i],
         bias: &tensors[2 * i + 1],
@@ -359,11 +370,13 @@ fn small_feat_ex(tensors: &[Tensor; 6]) -> FeatEx<'_> {
             kernel: 3,
             stride: 1,
             padding: 1,
+            ceil_mode: false,
         },
         out_pool: Pool2d {
             kernel: 3,
             stride: 2,
             padding: 0,
+            ceil_mode,
         },
         cache: None,
     }
@@ -392,8 +405,16 @@ fn small_feat_ex_tensors(c_in: usize, (c_a, c_b, c_c): (usize, usize, usize)) ->
 #[test]
 fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
     let tensors = small_feat_ex_tensors(6, (5, 7, 4));
-    let block = small_feat_ex(&tensors);
-    for (n, side) in [(1, 13), (2, 15), (5, 10), (3, 33)] {
+    // The last two with the paper variant's ceil-mode pool (even sides: a partial last window).
+    for (n, side, ceil_mode) in [
+        (1, 13, false),
+        (2, 15, false),
+        (5, 10, false),
+        (3, 33, false),
+        (1, 12, true),
+        (5, 10, true),
+    ] {
+        let block = small_feat_ex(&tensors, ceil_mode);
         let x = var(&[n, 6, side, side], side as u64)
             .as_tensor()
             .relu()
@@ -401,6 +422,8 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
         let fused = feat_ex(&x, &block, false).unwrap();
         let composed = feat_ex_composed(&x, &block).unwrap();
         assert_eq!(fused.dims(), composed.dims(), "batch {n}, side {side}");
+        let pooled = block.out_pool.out_side(side);
+        assert_eq!(fused.dims(), &[n, 7 + 4, pooled, pooled]);
         let (fused, composed) = (tensor_bits(&fused), tensor_bits(&composed));
         let differing = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
         assert_eq!(
@@ -416,7 +439,7 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
 fn a_backward_through_the_inference_block_says_what_to_do_instead() {
     let tensors = small_feat_ex_tensors(2, (3, 4, 2));
     let x = var(&[1, 2, 9, 9], 8);
-    let out = feat_ex(x.as_tensor(), &small_feat_ex(&tensors), false).unwrap();
+    let out = feat_ex(x.as_tensor(), &small_feat_ex(&tensors, false), false).unwrap();
     let error = out.sum_all().unwrap().backward().unwrap_err().to_string();
     assert!(error.contains("training-mode forward"), "{error}");
 }

@@ -109,23 +109,29 @@ fn check_gradients(name: &str, vars: &[Var], f: impl Fn() -> Tensor) {
 }
 
 /// DeXpression's pools: pool1 and pool2b/3b (3x3, stride 2, no padding) and pool2a/3a (3x3,
-/// stride 1, padding 1), and one with a larger window.
-const POOLS: [Pool2d; 3] = [
+/// stride 1, padding 1), one with a larger window, and the paper variant's ceil-mode pool with
+/// one with padding (on the 6-wide input both have a last window that runs past the edge).
+const POOLS: [Pool2d; 5] = [
     Pool2d {
         kernel: 3,
         stride: 2,
         padding: 0,
+        ceil_mode: false,
     },
     Pool2d {
         kernel: 3,
         stride: 1,
         padding: 1,
+        ceil_mode: false,
     },
     Pool2d {
         kernel: 4,
         stride: 3,
         padding: 2,
+        ceil_mode: false,
     },
+    Pool2d::ceil(3, 2, 0),
+    Pool2d::ceil(3, 2, 1),
 ];
 
 #[test]
@@ -194,25 +200,29 @@ fn conv_relu_backward_matches_finite_differences() {
 
 #[test]
 fn conv_relu_pool_backward_matches_finite_differences() {
+    // conv1 and pool1 on an input whose convolution output (6x6) is even, so that the ceil-mode
+    // pool has a last, partial window.
     let xs = var(&[2, 1, 11, 11], 10);
     let weight = var(&[3, 1, 7, 7], 11);
     let bias = var(&[3], 12);
-    check_gradients(
-        "conv2d_relu_max_pool2d",
-        &[xs.clone(), weight.clone(), bias.clone()],
-        || {
-            conv2d_relu_max_pool2d_on(
-                xs.as_tensor(),
-                weight.as_tensor(),
-                bias.as_tensor(),
-                (2, 3),
-                POOLS[0],
-                false,
-                None,
-            )
-            .unwrap()
-        },
-    );
+    for pool in [POOLS[0], POOLS[3]] {
+        check_gradients(
+            &format!("conv2d_relu_max_pool2d {pool:?}"),
+            &[xs.clone(), weight.clone(), bias.clone()],
+            || {
+                conv2d_relu_max_pool2d_on(
+                    xs.as_tensor(),
+                    weight.as_tensor(),
+                    bias.as_tensor(),
+                    (2, 3),
+                    pool,
+                    false,
+                    None,
+                )
+                .unwrap()
+            },
+        );
+    }
 }
 
 #[test]

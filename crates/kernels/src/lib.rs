@@ -35,16 +35,19 @@
 //!
 //! # fn main() -> candle_core::Result<()> {
 //! let xs = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
-//! let pooled = max_pool2d(&xs, Pool2d { kernel: 3, stride: 2, padding: 1 })?;
+//! let pooled = max_pool2d(&xs, Pool2d { kernel: 3, stride: 2, padding: 1 , ceil_mode: false})?;
 //! assert_eq!(pooled.flatten_all()?.to_vec1::<f32>()?, [5., 7., 13., 15.]);
 //! # Ok(())
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+mod adam;
 mod batch_norm;
 mod conv;
 #[cfg(feature = "cuda")]
@@ -64,12 +67,15 @@ mod lrn;
 mod max_pool;
 mod parallel;
 mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod winograd;
 mod winograd_batch;
 #[cfg(test)]
 mod winograd_f2_oracle;
 mod winograd_f4;
 
+pub use adam::{adam_update, AdamStep};
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};
 pub use dropout::{dropout, DropoutKey};
 pub use feat_ex::{feat_ex, ConvLayer, FeatEx};
@@ -289,6 +295,53 @@ pub fn with_threads_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Whether an op on `xs` runs on the fast kernels: CPU, f32, and the reference path not forced.
 fn fast_kernels_for(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32 && !reference_ops()
+}
+
+/// Tunes a CUDA device for a program that repeats training or inference steps; returns whether
+/// it did anything (`false` for the CPU or without the `cuda` feature).
+///
+/// - Freed device memory stays in the device's memory pool (its release threshold at the
+///   maximum), as PyTorch's caching allocator keeps it: candle allocates every activation with
+///   `cuMemAllocAsync`, and with the default threshold of 0 the pool hands its memory back to the
+///   driver at each synchronisation (a step synchronises when it reads its loss), so every step
+///   maps it again.
+/// - Tensors allocated on `device` from now on create no CUDA events: cudarc creates two per
+///   allocation, but uses them only to order several streams, and candle's device runs on one.
+///
+/// The pool is the device's default pool, shared by the whole process (other libraries on the
+/// same GPU keep their freed memory too), so the crate never calls it by itself.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn tune_cuda_device(device: &Device) -> candle_core::Result<bool> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        use candle_core::cuda_backend::WrapErr;
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        context.bind_to_thread().w()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut threshold = u64::MAX;
+        // SAFETY: the context is current on this thread; `pool` and `threshold` are valid for the
+        // calls, which only read `threshold` and write `pool`.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device())
+                .result()
+                .w()?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .result()
+            .w()?;
+            // SAFETY: candle runs this device's work on one stream per host thread and cudarc
+            // orders streams with these events only once a second stream of the context exists
+            // (`is_managing_stream_synchronization`); without events it orders nothing either way.
+            cuda.disable_event_tracking();
+        }
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Tunes glibc's allocator (process-wide) for programs that repeat training steps; returns

@@ -442,11 +442,20 @@ mod tests {
                 kernel: 3,
                 stride: 2,
                 padding: 0,
+                ceil_mode: false,
             },
             Pool2d {
                 kernel: 3,
                 stride: 1,
                 padding: 1,
+                ceil_mode: false,
+            },
+            // The paper variant's: a last window that runs past the end on even sides.
+            Pool2d {
+                kernel: 3,
+                stride: 2,
+                padding: 0,
+                ceil_mode: true,
             },
         ];
         for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 3, 11, 11), (2, 4, 5, 5), (2, 9, 4, 4)] {

@@ -1,6 +1,14 @@
 //! The network's configuration.
 
 use crate::{Error, Result};
+use dexpression_kernels::Pool2d;
+
+/// pool1, pool2b, pool3b as the port has them: 3x3 stride 2, no padding, rounding down
+/// ([`DexpressionConfig::reduce_pool`] gives a configuration's).
+pub const POOL_REDUCE: Pool2d = Pool2d::floor(3, 2, 0);
+/// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch; either
+/// rounding gives the same side).
+pub const POOL_KEEP: Pool2d = Pool2d::floor(3, 1, 1);
 
 /// Number of channels after each FeatEx block (208 from the 3x3 branch + 64 from the pooling branch).
 pub(crate) const FEATEX_CHANNELS: usize = 272;
@@ -93,6 +101,23 @@ impl LrnConstants {
     }
 }
 
+/// How [`crate::Dexpression::new`] draws a fresh network's weights.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightInit {
+    /// PyTorch's defaults, as the port gets them: every weight and bias uniform in
+    /// `±1/sqrt(fan_in)` (`kaiming_uniform_(a = sqrt(5))`, variance `1/(3 fan_in)`).
+    #[default]
+    Pytorch,
+    /// He et al. (2015)'s initialisation for ReLU networks: weights of variance `2/fan_in`
+    /// (uniform in `±sqrt(6/fan_in)`, PyTorch's `kaiming_uniform_(nonlinearity="relu")`; Caffe's
+    /// `msra` filler draws the same variance from a normal distribution), biases 0. It keeps the
+    /// activations' scale from layer to layer where no normalisation layer restores it.
+    He,
+}
+
 /// Architecture choices of DeXpression.
 ///
 /// [`DexpressionConfig::port`] is the PyTorch port's network: 7 classes, 224x224 inputs, dropout 0.2;
@@ -113,6 +138,15 @@ pub struct DexpressionConfig {
     /// The paper variant's local response normalisation (unused by the port's).
     #[serde(default)]
     pub lrn: LrnConstants,
+    /// How a fresh network's weights are drawn (configurations written before this choice
+    /// existed drew PyTorch's).
+    #[serde(default)]
+    pub init: WeightInit,
+    /// Whether pool1, pool2b and pool3b round their output side up (Caffe's pooling, which gives
+    /// the paper's 112 -> 56 -> 28 -> 14 at 224) instead of down (PyTorch's default, the port's
+    /// 55 -> 27 -> 13); configurations written before this choice existed rounded down.
+    #[serde(default)]
+    pub ceil_mode: bool,
 }
 
 impl Default for DexpressionConfig {
@@ -130,14 +164,22 @@ impl DexpressionConfig {
             dropout: 0.2,
             variant: Variant::Port,
             lrn: LrnConstants::default(),
+            init: WeightInit::Pytorch,
+            ceil_mode: false,
         }
     }
 
     /// Burkert et al.'s network: 224x224 inputs, LRN after pool1 with AlexNet's constants,
-    /// dropout before the classifier (the port's 0.2: the paper gives no rate), 7 classes.
+    /// pools rounding up to the paper's 56, 28 and 14 pixels at 224 ([`Self::ceil_mode`]),
+    /// dropout before the classifier (the port's 0.2: the paper gives no rate), 7 classes, and
+    /// He et al.'s initialisation (the paper gives none; PyTorch's defaults, which the port's
+    /// LayerNorm and BatchNorm rescale, shrink the signal of a network without them layer by
+    /// layer until the classifier sees nearly the same features for every face).
     pub fn paper() -> Self {
         Self {
             variant: Variant::Paper,
+            init: WeightInit::He,
+            ceil_mode: true,
             ..Self::port()
         }
     }
@@ -151,11 +193,17 @@ impl DexpressionConfig {
         }
     }
 
-    /// The given variant's network with another class count and input side.
+    /// The given variant's network ([`Self::port`] or [`Self::paper`]) with another class count
+    /// and input side.
     pub fn of(variant: Variant, n_classes: usize, image_size: usize) -> Self {
+        let preset = match variant {
+            Variant::Port => Self::port(),
+            Variant::Paper => Self::paper(),
+        };
         Self {
-            variant,
-            ..Self::with(n_classes, image_size)
+            n_classes,
+            image_size,
+            ..preset
         }
     }
 
@@ -188,17 +236,29 @@ impl DexpressionConfig {
         Ok(())
     }
 
-    /// Side of the LayerNorm input: conv1 (7x7, stride 2, pad 3) then pool1 (3x3, stride 2): 55 at 224.
+    /// pool1, pool2b and pool3b: 3x3, stride 2, no padding, rounding as [`Self::ceil_mode`]
+    /// says.
+    pub fn reduce_pool(&self) -> Pool2d {
+        Pool2d {
+            ceil_mode: self.ceil_mode,
+            ..POOL_REDUCE
+        }
+    }
+
+    /// Side of the normalisation's input: conv1 (7x7, stride 2, pad 3) then pool1 (3x3, stride
+    /// 2): 55 at 224 (56 rounding up).
     pub fn block1_side(&self) -> usize {
-        pool_out(conv1_out(self.image_size))
+        self.reduce_pool().out_side(conv1_out(self.image_size))
     }
 
-    /// Side of the feature map that enters the head: 13 at 224.
+    /// Side of the feature map that enters the head: 13 at 224 (14 rounding up).
     pub fn head_side(&self) -> usize {
-        pool_out(pool_out(self.block1_side()))
+        let pool = self.reduce_pool();
+        pool.out_side(pool.out_side(self.block1_side()))
     }
 
-    /// Width of the fully connected layer's input: 272 x 13 x 13 = 45968 at 224.
+    /// Width of the fully connected layer's input: 272 x 13 x 13 = 45968 at 224 (272 x 14 x 14
+    /// rounding up).
     pub fn fc_in_features(&self) -> usize {
         FEATEX_CHANNELS * self.head_side() * self.head_side()
     }
@@ -207,11 +267,6 @@ impl DexpressionConfig {
 /// conv1: kernel 7, stride 2, padding 3.
 pub(crate) fn conv1_out(side: usize) -> usize {
     (side + 2 * 3 - 7) / 2 + 1
-}
-
-/// Max-pool with kernel 3, stride 2, no padding, floor mode.
-fn pool_out(side: usize) -> usize {
-    side.saturating_sub(3) / 2 + 1
 }
 
 #[cfg(test)]
@@ -224,6 +279,24 @@ mod tests {
         assert_eq!(config.block1_side(), 55);
         assert_eq!(config.head_side(), 13);
         assert_eq!(config.fc_in_features(), 45968);
+    }
+
+    #[test]
+    fn the_paper_variant_has_the_papers_feature_map_sides() {
+        // The paper's layer figure: 112 after conv1, 56 after pool1, 28 and 14 after the FeatEx
+        // blocks' pools, at 224.
+        let config = DexpressionConfig::paper();
+        assert!(config.ceil_mode);
+        assert_eq!(conv1_out(config.image_size), 112);
+        assert_eq!(config.block1_side(), 56);
+        assert_eq!(config.reduce_pool().out_side(56), 28);
+        assert_eq!(config.head_side(), 14);
+        assert_eq!(config.fc_in_features(), 272 * 14 * 14);
+        // The demo's 48 px: 24, 12, 6, 3 (the port's 24, 11, 5, 2).
+        let small = DexpressionConfig::of(Variant::Paper, 7, 48);
+        assert_eq!((small.block1_side(), small.head_side()), (12, 3));
+        let port = DexpressionConfig::of(Variant::Port, 7, 48);
+        assert_eq!((port.block1_side(), port.head_side()), (11, 2));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use candle_core::{Device, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{DexpressionConfig, LrnConstants, Variant, FEATEX_CHANNELS};
+use crate::config::{DexpressionConfig, LrnConstants, Variant, WeightInit, FEATEX_CHANNELS};
 use crate::{Error, Result};
-use dexpression_kernels::{self as ops, Pool2d};
+use dexpression_kernels as ops;
 
 /// LayerNorm epsilon of the port's `nn.LayerNorm([64, 55, 55], eps=1e-5)`.
 pub(crate) const LAYER_NORM_EPS: f64 = 1e-5;
@@ -18,18 +18,7 @@ pub(crate) const LAYER_NORM_EPS: f64 = 1e-5;
 pub(crate) const BATCH_NORM_EPS: f64 = 1e-5;
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
-/// pool1, pool2b, pool3b: 3x3 stride 2, no padding.
-pub const POOL_REDUCE: Pool2d = Pool2d {
-    kernel: 3,
-    stride: 2,
-    padding: 0,
-};
-/// pool2a, pool3a: 3x3 stride 1 padding 1, keeping the side (the FeatEx pooling branch).
-pub const POOL_KEEP: Pool2d = Pool2d {
-    kernel: 3,
-    stride: 1,
-    padding: 1,
-};
+pub use crate::config::{POOL_KEEP, POOL_REDUCE};
 
 /// The key PyTorch adds to BatchNorm's state; read and written, never used for computation.
 pub const NUM_BATCHES_TRACKED: &str = "batch_normalization.num_batches_tracked";
@@ -117,15 +106,39 @@ struct DropoutRng {
     calls: AtomicU64,
 }
 
-/// How a tensor is initialised, following PyTorch's defaults.
+/// How a tensor is initialised.
 #[derive(Clone, Copy)]
 enum Init {
-    /// kaiming_uniform(a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); PyTorch's biases use the same bound.
+    /// U(-bound, bound).
     Uniform {
-        fan_in: usize,
+        bound: f32,
     },
-    Ones,
-    Zeros,
+    Constant(f32),
+}
+
+impl Init {
+    /// A convolution's or the classifier's weight of `fan_in` inputs: PyTorch's
+    /// kaiming_uniform(a = sqrt(5)) has bound 1/sqrt(fan_in), He et al.'s variance 2/fan_in
+    /// bound sqrt(6/fan_in).
+    fn weight(init: WeightInit, fan_in: usize) -> Self {
+        let fan_in = fan_in as f32;
+        let bound = match init {
+            WeightInit::Pytorch => 1.0 / fan_in.sqrt(),
+            WeightInit::He => (6.0 / fan_in).sqrt(),
+        };
+        Init::Uniform { bound }
+    }
+
+    /// The bias beside that weight: PyTorch draws it with the weight's default bound, He et al.
+    /// start from zero.
+    fn bias(init: WeightInit, fan_in: usize) -> Self {
+        match init {
+            WeightInit::Pytorch => Init::Uniform {
+                bound: 1.0 / (fan_in as f32).sqrt(),
+            },
+            WeightInit::He => Init::Constant(0.0),
+        }
+    }
 }
 
 struct TensorSpec {
@@ -136,76 +149,117 @@ struct TensorSpec {
 }
 
 /// The port's `state_dict` (minus `num_batches_tracked`), in order, with shapes and initialisers.
+/// A convolution of the network as the port's `state_dict` names it.
+struct ConvSpec {
+    name: &'static str,
+    out_channels: usize,
+    in_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+const fn conv_spec(
+    name: &'static str,
+    (out_channels, in_channels, kernel): (usize, usize, usize),
+    (stride, padding): (usize, usize),
+) -> ConvSpec {
+    ConvSpec {
+        name,
+        out_channels,
+        in_channels,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+/// The convolutions in forward order: the one place their names, shapes and geometry are written
+/// (the tensor list, the network's fields and the exporter read them from here).
+const CONVS: [ConvSpec; 7] = [
+    conv_spec("conv1", (64, 1, 7), (2, 3)),
+    conv_spec("conv2a", (96, 64, 1), (1, 0)),
+    conv_spec("conv2b", (208, 96, 3), (1, 1)),
+    conv_spec("conv2c", (64, 64, 1), (1, 0)),
+    conv_spec("conv3a", (96, FEATEX_CHANNELS, 1), (1, 0)),
+    conv_spec("conv3b", (208, 96, 3), (1, 1)),
+    conv_spec("conv3c", (64, FEATEX_CHANNELS, 1), (1, 0)),
+];
+
+/// The `state_dict` prefixes of the other layers.
+const LRN1: &str = "lrn1";
+const FC: &str = "fc";
+const BATCH_NORMALIZATION: &str = "batch_normalization";
+
 fn tensor_specs(config: &DexpressionConfig) -> Vec<TensorSpec> {
-    let conv = |name: &str, out: usize, inp: usize, k: usize| {
-        let init = Init::Uniform {
-            fan_in: inp * k * k,
-        };
+    let conv = |spec: &ConvSpec| {
+        let ConvSpec {
+            name,
+            out_channels: out,
+            in_channels: inp,
+            kernel: k,
+            ..
+        } = *spec;
+        let fan_in = inp * k * k;
         [
             TensorSpec {
                 name: format!("{name}.weight"),
                 shape: vec![out, inp, k, k],
-                init,
+                init: Init::weight(config.init, fan_in),
                 trainable: true,
             },
             TensorSpec {
                 name: format!("{name}.bias"),
                 shape: vec![out],
-                init,
+                init: Init::bias(config.init, fan_in),
                 trainable: true,
             },
         ]
     };
     let mut specs = Vec::new();
-    specs.extend(conv("conv1", 64, 1, 7));
+    let (conv1, feat_ex) = CONVS.split_first().expect("seven convolutions");
+    specs.extend(conv(conv1));
     let side = config.block1_side();
     let port = config.variant == Variant::Port;
     specs.extend(port.then(|| TensorSpec {
-        name: "lrn1.weight".into(),
-        shape: vec![64, side, side],
-        init: Init::Ones,
+        name: format!("{LRN1}.weight"),
+        shape: vec![conv1.out_channels, side, side],
+        init: Init::Constant(1.0),
         trainable: true,
     }));
     specs.extend(port.then(|| TensorSpec {
-        name: "lrn1.bias".into(),
-        shape: vec![64, side, side],
-        init: Init::Zeros,
+        name: format!("{LRN1}.bias"),
+        shape: vec![conv1.out_channels, side, side],
+        init: Init::Constant(0.0),
         trainable: true,
     }));
-    for (name, out, inp, k) in [
-        ("conv2a", 96, 64, 1),
-        ("conv2b", 208, 96, 3),
-        ("conv2c", 64, 64, 1),
-        ("conv3a", 96, FEATEX_CHANNELS, 1),
-        ("conv3b", 208, 96, 3),
-        ("conv3c", 64, FEATEX_CHANNELS, 1),
-    ] {
-        specs.extend(conv(name, out, inp, k));
+    for spec in feat_ex {
+        specs.extend(conv(spec));
     }
     let fc_in = config.fc_in_features();
     specs.push(TensorSpec {
-        name: "fc.weight".into(),
+        name: format!("{FC}.weight"),
         shape: vec![config.n_classes, fc_in],
-        init: Init::Uniform { fan_in: fc_in },
+        init: Init::weight(config.init, fc_in),
         trainable: true,
     });
     specs.push(TensorSpec {
-        name: "fc.bias".into(),
+        name: format!("{FC}.bias"),
         shape: vec![config.n_classes],
-        init: Init::Uniform { fan_in: fc_in },
+        init: Init::bias(config.init, fc_in),
         trainable: true,
     });
     let bn = |suffix: &str, init: Init, trainable: bool| TensorSpec {
-        name: format!("batch_normalization.{suffix}"),
+        name: format!("{BATCH_NORMALIZATION}.{suffix}"),
         shape: vec![FEATEX_CHANNELS],
         init,
         trainable,
     };
     if port {
-        specs.push(bn("weight", Init::Ones, true));
-        specs.push(bn("bias", Init::Zeros, true));
-        specs.push(bn("running_mean", Init::Zeros, false));
-        specs.push(bn("running_var", Init::Ones, false));
+        specs.push(bn("weight", Init::Constant(1.0), true));
+        specs.push(bn("bias", Init::Constant(0.0), true));
+        specs.push(bn("running_mean", Init::Constant(0.0), false));
+        specs.push(bn("running_var", Init::Constant(1.0), false));
     }
     specs
 }
@@ -220,14 +274,10 @@ impl Dexpression {
         for spec in tensor_specs(&config) {
             let count: usize = spec.shape.iter().product();
             let values: Vec<f32> = match spec.init {
-                Init::Uniform { fan_in } => {
-                    let bound = 1.0 / (fan_in as f32).sqrt();
-                    (0..count)
-                        .map(|_| rng.random_range(-bound..bound))
-                        .collect()
-                }
-                Init::Ones => vec![1.0; count],
-                Init::Zeros => vec![0.0; count],
+                Init::Uniform { bound } => (0..count)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect(),
+                Init::Constant(value) => vec![value; count],
             };
             tensors.insert(spec.name, Tensor::from_vec(values, spec.shape, device)?);
         }
@@ -287,35 +337,34 @@ impl Dexpression {
                 .map(|n| n.var.clone())
                 .expect("every spec name was just inserted")
         };
-        let conv = |name: &str, stride: usize, padding: usize| Conv {
-            weight: var(&format!("{name}.weight")),
-            bias: var(&format!("{name}.bias")),
-            stride,
-            padding,
+        let [conv1, conv2a, conv2b, conv2c, conv3a, conv3b, conv3c] = CONVS.map(|spec| Conv {
+            weight: var(&format!("{}.weight", spec.name)),
+            bias: var(&format!("{}.bias", spec.name)),
+            stride: spec.stride,
+            padding: spec.padding,
+        });
+        let affine = |prefix: &str| Affine {
+            weight: var(&format!("{prefix}.weight")),
+            bias: var(&format!("{prefix}.bias")),
         };
+        let batch_norm = |part: &str| var(&format!("{BATCH_NORMALIZATION}.{part}"));
         Ok(Self {
-            conv1: conv("conv1", 2, 3),
-            lrn1: port.then(|| Affine {
-                weight: var("lrn1.weight"),
-                bias: var("lrn1.bias"),
-            }),
-            conv2a: conv("conv2a", 1, 0),
-            conv2b: conv("conv2b", 1, 1),
-            conv2c: conv("conv2c", 1, 0),
-            conv3a: conv("conv3a", 1, 0),
-            conv3b: conv("conv3b", 1, 1),
-            conv3c: conv("conv3c", 1, 0),
+            conv1,
+            lrn1: port.then(|| affine(LRN1)),
+            conv2a,
+            conv2b,
+            conv2c,
+            conv3a,
+            conv3b,
+            conv3c,
             batch_normalization: port.then(|| BatchNorm {
-                weight: var("batch_normalization.weight"),
-                bias: var("batch_normalization.bias"),
-                running_mean: var("batch_normalization.running_mean"),
-                running_var: var("batch_normalization.running_var"),
+                weight: batch_norm("weight"),
+                bias: batch_norm("bias"),
+                running_mean: batch_norm("running_mean"),
+                running_var: batch_norm("running_var"),
                 num_batches_tracked: AtomicI64::new(num_batches_tracked),
             }),
-            fc: Affine {
-                weight: var("fc.weight"),
-                bias: var("fc.bias"),
-            },
+            fc: affine(FC),
             dropout: DropoutRng {
                 seed: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
@@ -336,8 +385,11 @@ impl Dexpression {
     /// tensor shapes, and only the recorded one is the side the network was trained at.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let tensors = read_safetensors(path)?;
-        let mut config = infer_config(&tensors, path)?;
-        if let Some(metadata) = WeightsMetadata::read(path)? {
+        let metadata = WeightsMetadata::read(path)?;
+        // The pools' rounding decides which input sides give the tensors' shapes.
+        let ceil_mode = metadata.as_ref().map(|metadata| metadata.ceil_mode);
+        let mut config = infer_config(&tensors, path, ceil_mode)?;
+        if let Some(metadata) = metadata {
             metadata.check(&config, path)?;
             config.image_size = metadata.image_size;
             if let Some(lrn) = metadata.lrn {
@@ -404,16 +456,7 @@ impl Dexpression {
     /// ...), in forward order: what an exporter needs besides the tensors.
     #[cfg(feature = "onnx")]
     pub(crate) fn conv_geometry(&self) -> [(&'static str, usize, usize); 7] {
-        let of = |name, conv: &Conv| (name, conv.stride, conv.padding);
-        [
-            of("conv1", &self.conv1),
-            of("conv2a", &self.conv2a),
-            of("conv2b", &self.conv2b),
-            of("conv2c", &self.conv2c),
-            of("conv3a", &self.conv3a),
-            of("conv3b", &self.conv3b),
-            of("conv3c", &self.conv3c),
-        ]
+        CONVS.map(|spec| (spec.name, spec.stride, spec.padding))
     }
 
     /// Every tensor with its name, trainable or not.
@@ -465,7 +508,7 @@ impl Dexpression {
             conv: conv.layer(),
             pooled: pooled.layer(),
             keep: POOL_KEEP,
-            out_pool: POOL_REDUCE,
+            out_pool: self.config.reduce_pool(),
             cache: Some(&self.winograd_weights),
         };
         ops::feat_ex(xs, &block, train)
@@ -549,14 +592,14 @@ impl Dexpression {
     /// The network up to the output of the last FeatEx block (`N x 272 x h x w`), the layer
     /// Grad-CAM explains; [`Self::head_logits_t`] finishes the forward.
     pub(crate) fn last_featex_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        // Block 1: N x 1 x S x S -> N x 64 x 55 x 55 (at S = 224).
+        // Block 1: N x 1 x S x S -> N x 64 x 55 x 55 (at S = 224; 56 rounding up).
         let xs = ops::conv2d_relu_max_pool2d(
             xs,
             self.conv1.weight.as_tensor(),
             self.conv1.bias.as_tensor(),
             self.conv1.stride,
             self.conv1.padding,
-            POOL_REDUCE,
+            self.config.reduce_pool(),
         )?;
         let xs = match &self.lrn1 {
             Some(lrn1) => ops::layer_norm(
@@ -567,9 +610,9 @@ impl Dexpression {
             )?,
             None => ops::local_response_norm(&xs, self.config.lrn.op())?,
         };
-        // FeatEx 2: -> N x 272 x 27 x 27.
+        // FeatEx 2: -> N x 272 x 27 x 27 (28).
         let xs = self.featex(&xs, (&self.conv2a, &self.conv2b, &self.conv2c), train)?;
-        // FeatEx 3: -> N x 272 x 13 x 13.
+        // FeatEx 3: -> N x 272 x 13 x 13 (14).
         self.featex(&xs, (&self.conv3a, &self.conv3b, &self.conv3c), train)
     }
 
@@ -604,6 +647,9 @@ pub struct WeightsMetadata {
     pub variant: Variant,
     /// The paper variant's LRN constants (`None` for the port's, which has no LRN).
     pub lrn: Option<LrnConstants>,
+    /// Whether the network's stride-2 pools round up ([`DexpressionConfig::ceil_mode`]; files
+    /// that do not say rounded down, as every network did before the paper variant's did not).
+    pub ceil_mode: bool,
 }
 
 impl WeightsMetadata {
@@ -617,6 +663,8 @@ impl WeightsMetadata {
     pub const VARIANT: &'static str = "variant";
     /// Metadata key of the LRN constants (a JSON object: size, alpha, beta, k).
     pub const LRN: &'static str = "lrn";
+    /// Metadata key of the pools' rounding (`true` when they round up; written only then).
+    pub const CEIL_MODE: &'static str = "ceil_mode";
 
     /// The metadata of a network of `config` predicting `class_names`.
     pub fn of(config: &DexpressionConfig, class_names: &[String]) -> Self {
@@ -625,6 +673,7 @@ impl WeightsMetadata {
             image_size: config.image_size,
             variant: config.variant,
             lrn: (config.variant == Variant::Paper).then_some(config.lrn),
+            ceil_mode: config.ceil_mode,
         }
     }
 
@@ -648,13 +697,18 @@ impl WeightsMetadata {
                 serde_json::to_string(lrn).unwrap_or_default(),
             );
         }
+        // Only when it is true, so that the port's files stay as they were.
+        if self.ceil_mode {
+            map.insert(Self::CEIL_MODE.to_string(), true.to_string());
+        }
         map
     }
 
     /// Reads the entries back; `None` when the class names or input side are absent or not of
     /// the expected form (files from the PyTorch port or `import-torch` have neither). A file
     /// without a variant is the port's (it was written before there were two); an unknown
-    /// variant or unreadable LRN constants read as no metadata, and the tensors decide.
+    /// variant, unreadable LRN constants or rounding read as no metadata, and the tensors
+    /// decide.
     pub fn from_map(map: &HashMap<String, String>) -> Option<Self> {
         let class_names: Vec<String> = serde_json::from_str(map.get(Self::CLASS_NAMES)?).ok()?;
         let image_size = map.get(Self::IMAGE_SIZE)?.trim().parse().ok()?;
@@ -666,11 +720,16 @@ impl WeightsMetadata {
             Some(json) => Some(serde_json::from_str(json).ok()?),
             None => None,
         };
+        let ceil_mode = match map.get(Self::CEIL_MODE) {
+            Some(flag) => flag.trim().parse().ok()?,
+            None => false,
+        };
         Some(WeightsMetadata {
             class_names,
             image_size,
             variant,
             lrn,
+            ceil_mode,
         })
     }
 
@@ -727,7 +786,20 @@ impl WeightsMetadata {
                 ),
             });
         }
-        let same_side = DexpressionConfig::of(config.variant, config.n_classes, self.image_size);
+        if self.ceil_mode != config.ceil_mode {
+            return Err(Error::Weights {
+                path: path.to_path_buf(),
+                message: format!(
+                    "its metadata says its pools round {} but the network's round {}; the file was altered, train or export it again",
+                    rounding(self.ceil_mode),
+                    rounding(config.ceil_mode)
+                ),
+            });
+        }
+        let same_side = DexpressionConfig {
+            image_size: self.image_size,
+            ..config.clone()
+        };
         // The side shows in lrn1's shape (the port's) and in fc's width (both variants).
         let port = config.variant == Variant::Port;
         if self.class_names.len() != config.n_classes
@@ -746,6 +818,15 @@ impl WeightsMetadata {
             });
         }
         Ok(())
+    }
+}
+
+/// How pools with `ceil_mode` round, for messages.
+fn rounding(ceil_mode: bool) -> &'static str {
+    if ceil_mode {
+        "up"
+    } else {
+        "down"
     }
 }
 
@@ -808,9 +889,9 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// The variant whose tensors `has` names: the port's has `lrn1.weight` (its LayerNorm) and
 /// BatchNorm's, the paper's neither; `None` when there is not even `conv1.weight`.
 pub(crate) fn variant_of_tensors(has: impl Fn(&str) -> bool) -> Option<Variant> {
-    if has("lrn1.weight") || has("batch_normalization.weight") {
+    if has(&format!("{LRN1}.weight")) || has(&format!("{BATCH_NORMALIZATION}.weight")) {
         Some(Variant::Port)
-    } else if has("conv1.weight") {
+    } else if has(&format!("{}.weight", CONVS[0].name)) {
         Some(Variant::Paper)
     } else {
         None
@@ -832,12 +913,18 @@ fn variant_mismatch(path: &Path, found: Variant, asked: Variant) -> Error {
 }
 
 /// Reads the class count from `fc.weight`, the variant from which tensors there are and the
-/// input side from `lrn1.weight` (the port's) or `fc.weight`'s width (the paper's).
+/// input side from `lrn1.weight` (the port's) or `fc.weight`'s width (the paper's), with the
+/// pools rounding as `ceil_mode` says (by default as the variant's preset does).
 pub(crate) fn infer_config(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
+    ceil_mode: Option<bool>,
 ) -> Result<DexpressionConfig> {
-    infer_config_from_shapes(|name| tensors.get(name).map(|t| t.dims().to_vec()), path)
+    infer_config_from_shapes(
+        |name| tensors.get(name).map(|t| t.dims().to_vec()),
+        path,
+        ceil_mode,
+    )
 }
 
 /// The names and shapes of the `state_dict` tensors (without `num_batches_tracked`) that a
@@ -853,6 +940,7 @@ pub(crate) fn expected_shapes(config: &DexpressionConfig) -> Vec<(String, Vec<us
 pub(crate) fn infer_config_from_shapes(
     shape_of: impl Fn(&str) -> Option<Vec<usize>>,
     path: &Path,
+    ceil_mode: Option<bool>,
 ) -> Result<DexpressionConfig> {
     let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
         let dims = shape_of(name).ok_or_else(|| Error::MissingTensor {
@@ -868,19 +956,25 @@ pub(crate) fn infer_config_from_shapes(
         }
         Ok(dims)
     };
-    let fc = dims("fc.weight", 2)?;
+    let fc = dims(&format!("{FC}.weight"), 2)?;
     let n_classes = fc[0];
     let variant = variant_of_tensors(|name| shape_of(name).is_some()).unwrap_or_default();
     // The paper's variant has no LayerNorm: its side shows only in fc's width, which fixes fewer
     // bits of it (sides 61 to 76 share a width); its metadata records the side it was trained at.
     let lrn_side = match variant {
-        Variant::Port => Some(dims("lrn1.weight", 3)?[1]),
+        Variant::Port => Some(dims(&format!("{LRN1}.weight"), 3)?[1]),
         Variant::Paper => None,
     };
     // Several input sides give one LayerNorm side (or fc width): prefer the port's 224, then a
     // multiple of 16 (the usual crop sides: 48, 64, 96, ...), then the smallest.
+    let preset = DexpressionConfig::of(variant, n_classes, 224);
+    let config_at = |image_size: usize| DexpressionConfig {
+        image_size,
+        ceil_mode: ceil_mode.unwrap_or(preset.ceil_mode),
+        ..preset.clone()
+    };
     let fits = |side: &usize| {
-        let config = DexpressionConfig::of(variant, n_classes, *side);
+        let config = config_at(*side);
         match lrn_side {
             Some(lrn_side) => config.block1_side() == lrn_side,
             None => config.fc_in_features() == fc[1],
@@ -898,7 +992,7 @@ pub(crate) fn infer_config_from_shapes(
                 None => format!("no input side gives `fc.weight`'s {} inputs", fc[1]),
             },
         })?;
-    Ok(DexpressionConfig::of(variant, n_classes, image_size))
+    Ok(config_at(image_size))
 }
 
 #[cfg(test)]
@@ -962,6 +1056,7 @@ mod tests {
             image_size: 48,
             variant: Variant::Port,
             lrn: None,
+            ceil_mode: false,
         };
         let tampered = dir.path().join("tampered.safetensors");
         save_tensors_with_metadata(&model.state_dict().expect("tensors"), &wrong, &tampered)
@@ -999,13 +1094,14 @@ mod tests {
             .expect("present");
         assert_eq!(metadata.variant, Variant::Paper);
         assert_eq!(metadata.lrn, Some(paper_config.lrn));
+        assert!(metadata.ceil_mode);
         let loaded = Dexpression::load(&paper_path, &Device::Cpu).expect("loads");
         assert_eq!(
             loaded.config(),
             &paper_config,
             "variant, side and LRN constants"
         );
-        // Sides 61 to 76 give the paper's variant one fc width, but not one LayerNorm side: the
+        // Sides 63 to 78 give the paper's variant one fc width (and no LayerNorm side): the
         // recorded side is the one used.
         let at_76 = DexpressionConfig::of(Variant::Paper, 3, 76);
         let path_76 = dir.path().join("paper-76.safetensors");
@@ -1021,6 +1117,47 @@ mod tests {
             76
         );
         assert!(loaded.state_dict().expect("tensors").len() == names_of(&paper).len());
+        // A paper network whose pools round down (as the variant's did before it took the
+        // paper's sides) records nothing of its rounding, and loads rounding down.
+        let floor_config = DexpressionConfig {
+            ceil_mode: false,
+            ..paper_config.clone()
+        };
+        let floor_path = dir.path().join("paper-floor.safetensors");
+        Dexpression::new(floor_config.clone(), 3, &Device::Cpu)
+            .expect("network")
+            .save_with_metadata(&floor_path, &names)
+            .expect("saved");
+        let entries = WeightsMetadata::read_entries(&floor_path)
+            .expect("readable")
+            .expect("present");
+        assert!(!entries.contains_key(WeightsMetadata::CEIL_MODE));
+        assert_eq!(
+            Dexpression::load(&floor_path, &Device::Cpu)
+                .expect("loads")
+                .config(),
+            &floor_config
+        );
+        // Metadata whose rounding contradicts the tensors is refused (at 48 px, where the
+        // roundings differ: 46 px gives the same sides either way).
+        let at_48 = Dexpression::new(
+            DexpressionConfig::of(Variant::Paper, 3, 48),
+            4,
+            &Device::Cpu,
+        )
+        .expect("network");
+        let tampered = dir.path().join("tampered-rounding.safetensors");
+        let lying = WeightsMetadata {
+            image_size: 48,
+            ceil_mode: false,
+            ..metadata.clone()
+        };
+        save_tensors_with_metadata(&at_48.state_dict().expect("tensors"), &lying, &tampered)
+            .expect("written");
+        let Err(error) = Dexpression::load(&tampered, &Device::Cpu) else {
+            panic!("metadata rounding down over tensors that round up must be refused");
+        };
+        assert!(error.to_string().contains("at 48 px"), "{error}");
 
         let port = Dexpression::new(DexpressionConfig::with(3, 46), 1, &Device::Cpu).expect("port");
         let port_path = dir.path().join("port.safetensors");
@@ -1092,5 +1229,51 @@ mod tests {
                 .expect("sum")
                 > 0.0
         );
+    }
+
+    /// The weights and biases of `name` in a fresh network of `config`.
+    fn fresh(config: DexpressionConfig, name: &str) -> (Vec<f32>, Vec<f32>) {
+        let model = Dexpression::new(config, 3, &Device::Cpu).expect("network");
+        let values = |suffix: &str| {
+            let full = format!("{name}.{suffix}");
+            let var = model
+                .named_vars()
+                .iter()
+                .find(|n| n.name == full)
+                .expect("a parameter of that name");
+            var.var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("values")
+        };
+        (values("weight"), values("bias"))
+    }
+
+    #[test]
+    fn the_paper_variant_starts_from_he_init_and_the_port_from_pytorchs() {
+        // conv2b: 208 x 96 x 3 x 3, fan-in 864.
+        let fan_in = 864.0f32;
+        let variance = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32;
+        let (weights, biases) = fresh(DexpressionConfig::of(Variant::Paper, 7, 48), "conv2b");
+        assert_eq!(DexpressionConfig::paper().init, WeightInit::He);
+        // He et al.: variance 2 / fan-in (uniform in +-sqrt(6 / fan-in)), biases zero.
+        let bound = (6.0 / fan_in).sqrt();
+        assert!(weights.iter().all(|w| w.abs() <= bound));
+        let ratio = variance(&weights) / (2.0 / fan_in);
+        assert!((0.95..1.05).contains(&ratio), "variance ratio {ratio}");
+        assert!(biases.iter().all(|&b| b == 0.0));
+        // The port keeps PyTorch's defaults, variance 1 / (3 fan-in), biases drawn likewise.
+        let (weights, biases) = fresh(DexpressionConfig::of(Variant::Port, 7, 48), "conv2b");
+        let ratio = variance(&weights) / (1.0 / (3.0 * fan_in));
+        assert!((0.95..1.05).contains(&ratio), "variance ratio {ratio}");
+        let bound = 1.0 / fan_in.sqrt();
+        assert!(biases.iter().all(|b| b.abs() <= bound) && biases.iter().any(|&b| b != 0.0));
+        // The classifier too: He's variance, zero bias.
+        let (weights, biases) = fresh(DexpressionConfig::of(Variant::Paper, 7, 48), "fc");
+        let fc_in = DexpressionConfig::of(Variant::Paper, 7, 48).fc_in_features() as f32;
+        let ratio = variance(&weights) / (2.0 / fc_in);
+        assert!((0.9..1.1).contains(&ratio), "variance ratio {ratio}");
+        assert!(biases.iter().all(|&b| b == 0.0));
     }
 }

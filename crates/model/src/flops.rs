@@ -1,7 +1,6 @@
 //! What the network costs: multiply-adds per layer and floating-point operations per training image,
 //! counted from the weights' shapes and the config's sides (benchmarks report rates against them).
 
-use crate::dexpression::POOL_REDUCE;
 use crate::Dexpression;
 
 impl Dexpression {
@@ -38,7 +37,7 @@ impl Dexpression {
         let conv1_side = crate::config::conv1_out(config.image_size);
         let (side2, side3) = (
             config.block1_side(),
-            POOL_REDUCE.out_side(config.block1_side()),
+            config.reduce_pool().out_side(config.block1_side()),
         );
         vec![
             conv("conv1", conv1_side),

@@ -42,7 +42,7 @@ mod torch_pickle;
 mod weights;
 
 pub use classifier::{port_class_names, Classifier, Prediction};
-pub use config::{DexpressionConfig, LrnConstants, Variant};
+pub use config::{DexpressionConfig, LrnConstants, Variant, WeightInit};
 pub use device::{device_name, parse_device};
 pub use dexpression::{
     serialize_with_metadata, Dexpression, NamedVar, WeightsMetadata, NUM_BATCHES_TRACKED,
@@ -54,7 +54,7 @@ pub use error::{CandleError, Error, Result};
 pub use gradcam::{Explanation, GradCam};
 pub use input::batch_from_pixels;
 pub use optim::{Adam, AdamConfig};
-pub use weights::{import_torch, ImportSummary};
+pub use weights::{import_torch, ImportSummary, MAX_CHECKPOINT_TENSOR_BYTES};
 
 /// Re-exported so that users need no direct candle dependency for the basics.
 pub use candle_core;

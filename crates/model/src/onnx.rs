@@ -7,6 +7,12 @@
 //! no dropout, flatten, the fully connected layer and the log-softmax. Every tensor of the
 //! weights is an initializer, under its PyTorch `state_dict` name.
 //!
+//! The paper variant ([`crate::Variant::Paper`]) has an `LRN` node (ONNX's cross-channel local
+//! response normalisation, PyTorch's `nn.LocalResponseNorm` for the odd windows the export takes)
+//! in place of the LayerNorm and no BatchNorm; its pools round their output up, which the graph
+//! writes as explicit end padding (padding never wins a max-pool), so that the same file runs on
+//! every opset and runtime whatever their `ceil_mode` support.
+//!
 //! - **Input** [`INPUT`]: `batch x 1 x side x side` float32, the batch dimension symbolic.
 //! - **Outputs** [`LOG_PROBABILITIES`] (natural logarithms of the class probabilities, what
 //!   the network computes) and [`PROBABILITIES`] (their exponential), both `batch x n_classes`.
@@ -31,9 +37,9 @@ use onnx_protobuf::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use crate::config::DexpressionConfig;
-use crate::dexpression::{BATCH_NORM_EPS, LAYER_NORM_EPS, POOL_KEEP, POOL_REDUCE};
-use crate::{Dexpression, Error, Result, WeightsMetadata};
+use crate::config::{conv1_out, DexpressionConfig, LrnConstants};
+use crate::dexpression::{BATCH_NORM_EPS, LAYER_NORM_EPS, POOL_KEEP};
+use crate::{Dexpression, Error, Result, Variant, WeightsMetadata};
 use dexpression_kernels::Pool2d;
 
 /// The `ai.onnx` opsets the export can write. 9 is the first whose `BatchNormalization` and
@@ -112,7 +118,7 @@ impl Preprocessing {
         Preprocessing {
             color: "grayscale".into(),
             grayscale:
-                "luma = (2126 R + 7152 G + 722 B) / 10000 on 8-bit sRGB values (Rec. 709 weights, the Rust image crate's to_luma8)"
+                "the image crate 0.25's to_luma8: each 8-bit value / 255 in f32, weighted by BT.709's Y row (0.21264784 R + 0.7151792 G + 0.07217304 B), summed, times 255, rounded to the nearest; (2126 R + 7152 G + 722 B) / 10000 rounded down is within one level of it"
                     .into(),
             side,
             resize: "Catmull-Rom (bicubic), its support widened by the scale factor when downscaling (the Rust image crate's resize with FilterType::CatmullRom)".into(),
@@ -124,7 +130,7 @@ impl Preprocessing {
     }
 }
 
-/// What [`export`] is to write besides the network.
+/// What [`Dexpression::to_onnx`] writes besides the network.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// The `ai.onnx` opset, within [`OPSETS`].
@@ -172,12 +178,18 @@ pub fn check_opset(opset: i64) -> Result<()> {
     )))
 }
 
-/// Every input side in the range the loader searches that gives the same tensor shapes (the
-/// same LayerNorm side) as `config`: the candidates when weights record no side.
+/// Every input side in the range the loader searches that gives the same tensor shapes as
+/// `config` (the same LayerNorm side for the port's variant, the same fc width for the paper's):
+/// the candidates when weights record no side.
 pub fn sides_with_same_shapes(config: &DexpressionConfig) -> Vec<usize> {
+    let at = |image_size: usize| DexpressionConfig {
+        image_size,
+        ..config.clone()
+    };
     (32..=4096)
-        .filter(|&side| {
-            DexpressionConfig::with(config.n_classes, side).block1_side() == config.block1_side()
+        .filter(|&side| match config.variant {
+            Variant::Port => at(side).block1_side() == config.block1_side(),
+            Variant::Paper => at(side).fc_in_features() == config.fc_in_features(),
         })
         .collect()
 }
@@ -268,13 +280,8 @@ impl Dexpression {
     pub fn to_onnx(&self, options: &ExportOptions) -> Result<Vec<u8>> {
         check_opset(options.opset)?;
         let config = self.config();
-        // The graph below is the port's network; the paper's (LRN, no BatchNorm) has no exporter
-        // yet, and a graph of the wrong network must not be written.
-        if config.variant != crate::Variant::Port {
-            return Err(Error::Config(format!(
-                "ONNX export covers the port's network only, not the {} variant",
-                config.variant
-            )));
+        if config.variant == Variant::Paper {
+            check_lrn(&config.lrn)?;
         }
         if options.class_names.len() != config.n_classes {
             return Err(Error::Config(format!(
@@ -301,27 +308,51 @@ impl Dexpression {
             }
         };
 
-        // Block 1: conv1, ReLU, pool1, then the LayerNorm over [C, H, W].
+        // Block 1: conv1, ReLU, pool1, then the port's LayerNorm over [C, H, W] or the paper's
+        // LRN.
+        let reduce = config.reduce_pool();
         let x = graph.conv(INPUT, &conv("conv1"), self)?;
         let x = graph.op("Relu", "conv1.relu", &[&x], vec![]);
-        let x = graph.max_pool("pool1", &x, POOL_REDUCE);
-        let x = graph.layer_norm("lrn1", &x)?;
+        let side1 = conv1_out(config.image_size);
+        let x = graph.max_pool("pool1", &x, reduce, side1);
+        let x = match config.variant {
+            Variant::Port => graph.layer_norm("lrn1", &x)?,
+            Variant::Paper => graph.lrn("lrn", &x, &config.lrn),
+        };
         // The FeatEx blocks.
-        let x = graph.featex(&x, ["conv2a", "conv2b", "conv2c"].map(conv), "2", self)?;
-        let x = graph.featex(&x, ["conv3a", "conv3b", "conv3c"].map(conv), "3", self)?;
-        // The head in evaluation mode: no dropout, BatchNorm on its running statistics.
-        let x = graph.op(
-            "BatchNormalization",
-            "batch_normalization",
-            &[
-                &x,
-                "batch_normalization.weight",
-                "batch_normalization.bias",
-                "batch_normalization.running_mean",
-                "batch_normalization.running_var",
-            ],
-            vec![float_attr("epsilon", BATCH_NORM_EPS as f32)],
-        );
+        let side2 = config.block1_side();
+        let x = graph.featex(
+            &x,
+            ["conv2a", "conv2b", "conv2c"].map(conv),
+            "2",
+            self,
+            side2,
+        )?;
+        let side3 = reduce.out_side(side2);
+        let x = graph.featex(
+            &x,
+            ["conv3a", "conv3b", "conv3c"].map(conv),
+            "3",
+            self,
+            side3,
+        )?;
+        // The head in evaluation mode: no dropout, the port's BatchNorm on its running
+        // statistics (the paper's head has none).
+        let x = match config.variant {
+            Variant::Port => graph.op(
+                "BatchNormalization",
+                "batch_normalization",
+                &[
+                    &x,
+                    "batch_normalization.weight",
+                    "batch_normalization.bias",
+                    "batch_normalization.running_mean",
+                    "batch_normalization.running_var",
+                ],
+                vec![float_attr("epsilon", BATCH_NORM_EPS as f32)],
+            ),
+            Variant::Paper => x,
+        };
         let x = graph.op("Flatten", "flatten", &[&x], vec![int_attr("axis", 1)]);
         let x = graph.op(
             "Gemm",
@@ -617,14 +648,21 @@ impl Graph {
         ))
     }
 
-    fn max_pool(&mut self, name: &str, x: &str, pool: Pool2d) -> String {
+    /// A max-pool of a square input of side `side`.
+    fn max_pool(&mut self, name: &str, x: &str, pool: Pool2d, side: usize) -> String {
         let (k, s, p) = (pool.kernel as i64, pool.stride as i64, pool.padding as i64);
-        // Padded positions never win (ONNX pads max-pools with -inf, as PyTorch does); the
-        // output side rounds down (PyTorch's ceil_mode=False), spelled out where it exists.
+        // A pool that rounds up is written as one that rounds down over an input padded at
+        // the end by what its last window lacks: the same windows, since padded positions never
+        // win (ONNX pads max-pools with -inf, as PyTorch does). ceil_mode=1 would need opset 10
+        // and a runtime that has it.
+        let windows = pool.out_side(side);
+        let end = ((windows - 1) * pool.stride + pool.kernel)
+            .saturating_sub(side + 2 * pool.padding) as i64;
+        // The output side rounds down (PyTorch's ceil_mode=False), spelled out where it exists.
         let mut attrs = vec![
             ints_attr("kernel_shape", &[k, k]),
             ints_attr("strides", &[s, s]),
-            ints_attr("pads", &[p, p, p, p]),
+            ints_attr("pads", &[p, p, p + end, p + end]),
         ];
         if self.opset >= 10 {
             attrs.push(int_attr("ceil_mode", 0));
@@ -689,20 +727,39 @@ impl Graph {
         Ok(self.op("Add", name, &[&scaled, &bias], vec![]))
     }
 
-    /// A FeatEx block: `relu(conv_b(relu(conv_a(x))))` and `relu(conv_c(pool_keep(x)))`,
-    /// concatenated on the channels in that order, then the reducing max-pool.
+    /// The paper variant's cross-channel local response normalisation: ONNX's `LRN` computes
+    /// `x / (bias + alpha / size * sum of squares)^beta` over channels `c - (size - 1) / 2` to
+    /// `c + ceil((size - 1) / 2)`, PyTorch's window for the odd sizes [`check_lrn`] lets through.
+    fn lrn(&mut self, name: &str, x: &str, lrn: &LrnConstants) -> String {
+        self.op(
+            "LRN",
+            name,
+            &[x],
+            vec![
+                int_attr("size", lrn.size as i64),
+                float_attr("alpha", lrn.alpha as f32),
+                float_attr("beta", lrn.beta as f32),
+                float_attr("bias", lrn.k as f32),
+            ],
+        )
+    }
+
+    /// A FeatEx block on an input of side `side`: `relu(conv_b(relu(conv_a(x))))` and
+    /// `relu(conv_c(pool_keep(x)))`, concatenated on the channels in that order, then the
+    /// reducing max-pool.
     fn featex(
         &mut self,
         x: &str,
         [reduce, conv, pooled]: [ConvNode; 3],
         block: &str,
         model: &Dexpression,
+        side: usize,
     ) -> Result<String> {
         let a = self.conv(x, &reduce, model)?;
         let a = self.op("Relu", &format!("{}.relu", reduce.name), &[&a], vec![]);
         let a = self.conv(&a, &conv, model)?;
         let a = self.op("Relu", &format!("{}.relu", conv.name), &[&a], vec![]);
-        let b = self.max_pool(&format!("pool{block}a"), x, POOL_KEEP);
+        let b = self.max_pool(&format!("pool{block}a"), x, POOL_KEEP, side);
         let b = self.conv(&b, &pooled, model)?;
         let b = self.op("Relu", &format!("{}.relu", pooled.name), &[&b], vec![]);
         let joined = self.op(
@@ -711,8 +768,21 @@ impl Graph {
             &[&a, &b],
             vec![int_attr("axis", 1)],
         );
-        Ok(self.max_pool(&format!("pool{block}b"), &joined, POOL_REDUCE))
+        let reduce = model.config().reduce_pool();
+        Ok(self.max_pool(&format!("pool{block}b"), &joined, reduce, side))
     }
+}
+
+/// Refuses LRN constants the `LRN` node cannot hold: an even window, which ONNX centres one
+/// channel later than PyTorch (and our kernel) does.
+fn check_lrn(lrn: &LrnConstants) -> Result<()> {
+    if lrn.size % 2 == 1 {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "ONNX export of the paper variant needs an odd LRN window: ONNX's LRN centres a window of {} channels one channel later than PyTorch's LocalResponseNorm, which the network computes",
+        lrn.size
+    )))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub struct ImportSummary {
 
 /// The most bytes of tensor data an import reads: the port's network at 224 pixels holds about
 /// 8 MB; a network with an input side of 4,096 about 600 MB.
-pub(crate) const MAX_CHECKPOINT_TENSOR_BYTES: u64 = 1 << 30;
+pub const MAX_CHECKPOINT_TENSOR_BYTES: u64 = 1 << 30;
 
 /// The largest `data.pkl` an import parses; the port's is 7 KB.
 pub(crate) const MAX_PICKLE_BYTES: u64 = 16 << 20;
@@ -47,7 +47,7 @@ pub(crate) const MAX_CHECKPOINT_ENTRIES: usize = 100_000;
 /// pass.
 pub fn import_torch(checkpoint: &Path, output: &Path) -> Result<ImportSummary> {
     let (tensors, stripped_module_prefix) = read_torch_state_dict(checkpoint)?;
-    let config = infer_config(&tensors, checkpoint)?;
+    let config = infer_config(&tensors, checkpoint, None)?;
     let model = Dexpression::from_tensors(config.clone(), tensors, checkpoint, &Device::Cpu)?;
     let state = model.state_dict()?;
     save_atomic(&state, output)?;
@@ -151,7 +151,7 @@ fn read_torch_state_dict(checkpoint: &Path) -> Result<(HashMap<String, Tensor>, 
                 .collect()
         })
     };
-    let config = crate::dexpression::infer_config_from_shapes(shape_of, checkpoint)?;
+    let config = crate::dexpression::infer_config_from_shapes(shape_of, checkpoint, None)?;
     let expected = crate::dexpression::expected_shapes(&config);
     for record in &records {
         if record.name != NUM_BATCHES_TRACKED

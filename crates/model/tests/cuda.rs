@@ -12,61 +12,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
+use dexpression_kernels::testing::{assert_close, gpu, host_values, values};
 use dexpression_model::kernels::{cuda_conv, host_round_trips, set_cuda_conv, CudaConv};
 use dexpression_model::{Dexpression, DexpressionConfig};
-
-const NEEDS_GPU: &str = "needs a CUDA GPU (run with --ignored on a GPU machine)";
-
-/// The first CUDA GPU; panics with a clear message where there is none (these tests only run
-/// when asked for with `--ignored`).
-fn gpu() -> Device {
-    assert!(
-        candle_core::utils::cuda_is_available(),
-        "no CUDA GPU: these tests {NEEDS_GPU}"
-    );
-    Device::new_cuda(0).unwrap_or_else(|err| panic!("cannot open CUDA GPU 0: {err}"))
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005) ^ 0x9E37_79B9_7F4A_7C15;
-    (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn host_values(tensor: &Tensor) -> Vec<f64> {
-    tensor
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-/// Max abs difference relative to the CPU's largest value, at most `tolerance`.
-fn assert_close(name: &str, gpu: &Tensor, cpu: &Tensor, tolerance: f64) {
-    assert_eq!(gpu.dims(), cpu.dims(), "{name}: shapes");
-    let (gpu, cpu) = (host_values(gpu), host_values(cpu));
-    let scale = cpu.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    let diff = gpu
-        .iter()
-        .zip(&cpu)
-        .fold(0f64, |m, (g, c)| m.max((g - c).abs()));
-    eprintln!("{name}: max difference {:.2e} of the scale", diff / scale);
-    assert!(
-        diff <= tolerance * scale,
-        "{name}: GPU and CPU differ by {diff:.3e}, more than {tolerance:.0e} of {scale:.3e}"
-    );
-}
 
 /// The repository's PyTorch fixture (64 x 64 inputs). The crate's folder is taken from
 /// `CARGO_MANIFEST_DIR` at run time when set (cargo sets it; xtask/gpu-check.sh sets it for the

@@ -1,8 +1,9 @@
 //! The exported ONNX model, read back and run by tract (a Rust ONNX engine that shares no code
 //! with ours), computes what the network's evaluation forward computes: on several random
 //! networks (every tensor random, BatchNorm statistics included), several images, batch 1 and a
-//! larger batch, with `LayerNormalization` and with its decomposition; and on the PyTorch port's
-//! checkpoint it gives PyTorch's outputs. Then what `export_weights` does with the files a user
+//! larger batch, with `LayerNormalization` and with its decomposition, for the port's network and
+//! the paper's (its `LRN` node and its pools that round up); and on the PyTorch port's checkpoint
+//! it gives PyTorch's outputs. Then what `export_weights` does with the files a user
 //! may hand it. Run with `cargo test -p dexpression-model --release --features tract --test
 //! onnx_export`.
 
@@ -11,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, ModuleT, Tensor};
 use dexpression_model::onnx::{self, keys, ExportSummary, LOG_PROBABILITIES, PROBABILITIES};
-use dexpression_model::{batch_from_pixels, import_torch, Dexpression, DexpressionConfig};
+use dexpression_model::{
+    batch_from_pixels, import_torch, Dexpression, DexpressionConfig, LrnConstants, Variant,
+};
 use onnx_protobuf::{Message, ModelProto};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -153,6 +156,55 @@ fn tract_runs_the_export_of_random_networks_as_the_forward_does() {
             }
         }
     }
+}
+
+#[test]
+fn tract_runs_the_export_of_paper_networks_as_the_forward_does() {
+    // 48 and 64 px: every pool of the paper variant rounds up a partial window (24 -> 12 -> 6
+    // -> 3, 32 -> 16 -> 8 -> 4); 46 px: none does. The LRN with AlexNet's constants and with
+    // constants strong enough that a wrong window or exponent would show.
+    let strong = LrnConstants {
+        size: 5,
+        alpha: 1.0,
+        beta: 0.75,
+        k: 2.0,
+    };
+    for (seed, side, n_classes, lrn) in [
+        (4, 48, 7, LrnConstants::default()),
+        (5, 64, 3, strong),
+        (6, 46, 2, strong),
+    ] {
+        let config = DexpressionConfig {
+            lrn,
+            ..DexpressionConfig::of(Variant::Paper, n_classes, side)
+        };
+        let model = random_network(config, seed);
+        let batch = random_images(3, side, seed + 300);
+        let expected = ours(&model, &batch);
+        for opset in [*onnx::OPSETS.start(), *onnx::OPSETS.end()] {
+            let bytes = model.to_onnx(&options(opset, n_classes)).expect("exported");
+            let proto = ModelProto::parse_from_bytes(&bytes).expect("parses back");
+            let graph = proto.graph.as_ref().expect("a graph");
+            let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+            assert!(ops.contains(&"LRN"), "{ops:?}");
+            assert!(!ops.contains(&"BatchNormalization"), "{ops:?}");
+            let what = format!("paper, seed {seed}, side {side}, opset {opset}");
+            let (logp, _) = run_tract(&bytes, &batch);
+            assert_close(&format!("{what}: {LOG_PROBABILITIES}"), &logp, &expected);
+        }
+    }
+    // An even LRN window is centred differently by ONNX: refused, not written wrong.
+    let even = DexpressionConfig {
+        lrn: LrnConstants {
+            size: 4,
+            ..LrnConstants::default()
+        },
+        ..DexpressionConfig::of(Variant::Paper, 2, 48)
+    };
+    let error = random_network(even, 7)
+        .to_onnx(&options(onnx::DEFAULT_OPSET, 2))
+        .expect_err("an even window");
+    assert!(error.to_string().contains("odd LRN window"), "{error}");
 }
 
 fn fixture() -> PathBuf {

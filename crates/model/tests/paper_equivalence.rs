@@ -159,6 +159,9 @@ fn the_fixture_is_the_paper_variant_and_its_weights_follow_the_formula() {
     // No LayerNorm and no BatchNorm: the state holds the convolutions and fc only.
     let names: Vec<&str> = model.named_vars().iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, PARAMS);
+    // The pools round up as the fixture's (PyTorch's ceil_mode=True): 64 px gives 32, 16, 8, 4.
+    assert_eq!(metadata["ceil_mode"], model.config().ceil_mode.to_string());
+    assert_eq!(model.config().head_side(), 4);
     // The constants are the fixture's strong ones, not AlexNet's near-identity.
     assert!(model.config().lrn.alpha >= 0.5, "{:?}", model.config().lrn);
     for param in PARAMS {

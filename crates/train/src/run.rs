@@ -266,9 +266,12 @@ pub fn train_batch(
 ) -> Result<BatchOutcome> {
     let log_probabilities = model.forward_t(xs, true)?;
     let loss = candle_nn::loss::nll(&log_probabilities, ys)?;
+    // The backward is queued before the loss is read: on a GPU, reading it waits for the device,
+    // and reading it first would leave the device idle while the backward's kernels are queued.
+    // A non-finite loss wastes that backward, which only happens when the run is stopping.
+    let grads = loss.backward()?;
     let loss_value = loss.to_device(&Device::Cpu)?.to_scalar::<f32>()?;
     if loss_value.is_finite() {
-        let grads = loss.backward()?;
         adam.step(&grads)?;
     }
     Ok(BatchOutcome {

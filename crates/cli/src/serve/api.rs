@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::guard::{self, Access};
+use super::local::{self, LocalPage, RuntimeSource};
 use super::models::{ModelInfo, ModelSet};
 use super::net::PerClient;
 use super::upload::{self, UploadRate};
@@ -195,6 +196,14 @@ struct AppState {
     /// Predictions in flight per client address.
     clients: Arc<PerClient>,
     limits: Limits,
+    /// The page that classifies in the browser (`/local/`).
+    local: Arc<LocalPage>,
+}
+
+impl FromRef<Arc<AppState>> for local::Shared {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        local::Shared(Arc::clone(&state.local))
+    }
 }
 
 /// Serves until Ctrl-C, over TLS when `tls` is given.
@@ -204,8 +213,9 @@ pub async fn serve(
     limits: Limits,
     access: Access,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    runtime: RuntimeSource,
 ) -> anyhow::Result<()> {
-    let app = router(models, limits.clone(), access)?;
+    let app = router(models, limits.clone(), access, runtime)?;
     super::net::serve(listener, app, &limits, tls, async {
         let _ = tokio::signal::ctrl_c().await;
     })
@@ -213,10 +223,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// The routes with their limits and access rules.
-pub fn router(models: ModelSet, limits: Limits, access: Access) -> std::io::Result<Router> {
+/// The routes with their limits and access rules; the in-browser page's runtime from `runtime`.
+pub fn router(
+    models: ModelSet,
+    limits: Limits,
+    access: Access,
+    runtime: RuntimeSource,
+) -> std::io::Result<Router> {
     let models = Arc::new(models);
     let state = Arc::new(AppState {
+        local: Arc::new(LocalPage::new(Arc::clone(&models), runtime)),
         queue: Queue::start(Arc::clone(&models), &limits)?,
         uploads: Semaphore::new(limits.max_uploads),
         admitted: Semaphore::new(limits.workers + limits.queue),
@@ -252,6 +268,7 @@ pub fn router(models: ModelSet, limits: Limits, access: Access) -> std::io::Resu
         )
         .route("/api/model", get(model_info))
         .route("/api/predict", post(predict))
+        .merge(local::routes())
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,

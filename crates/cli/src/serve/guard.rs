@@ -24,11 +24,13 @@ pub const TOKEN_VARIABLE: &str = "DEXPRESSION_TOKEN";
 /// and style sheet from the server only, draws uploads from `blob:` URLs and heat maps from
 /// `data:` URLs, and talks to the API only; nothing inline, nothing from elsewhere, no framing.
 ///
-/// An in-browser model (ONNX Runtime Web) will need `'wasm-unsafe-eval'` in `script-src` and
-/// `worker-src 'self' blob:`: extend these directives, not the policy's shape.
+/// `'wasm-unsafe-eval'` lets the in-browser page (`/local/`) compile ONNX Runtime Web's
+/// WebAssembly, and nothing else: JavaScript `eval` stays refused. No `worker-src`: the page runs
+/// the runtime single-threaded in the page itself (`numThreads = 1`, no proxy worker), so it
+/// starts no worker, and `default-src 'none'` refuses any.
 pub const CONTENT_SECURITY_POLICY: &[(&str, &str)] = &[
     ("default-src", "'none'"),
-    ("script-src", "'self'"),
+    ("script-src", "'self' 'wasm-unsafe-eval'"),
     ("style-src", "'self'"),
     ("img-src", "'self' data: blob:"),
     ("media-src", "'self' blob: mediastream:"),
@@ -353,9 +355,24 @@ fn preflight(origin: &str) -> Response {
 
 /// The headers of every answer: the content security policy, no sniffing, no framing, no
 /// referrer, and no caching (answers are predictions of private photos).
+///
+/// An error answer to an HTTP/1 request that carried a body also says `Connection: close`: a
+/// refusal (401, 403, 413, ...) is sent without reading the upload, after which the connection
+/// cannot carry another request, and a client told nothing would send its next request on it
+/// and see the connection drop.
 pub async fn security_headers(policy: Arc<HeaderValue>, request: Request, next: Next) -> Response {
+    let carries_body = request.version() < axum::http::Version::HTTP_2
+        && (request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0"));
     let mut response = next.run(request).await;
+    let status = response.status();
     let headers = response.headers_mut();
+    if carries_body && (status.is_client_error() || status.is_server_error()) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let fixed: [(HeaderName, HeaderValue); 5] = [
         (
             header::X_CONTENT_TYPE_OPTIONS,

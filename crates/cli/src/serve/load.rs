@@ -45,7 +45,12 @@ pub async fn run(models: ModelSet, limits: Limits, options: LoadOptions) -> anyh
         max_connections: limits.max_connections.max(options.clients + 1),
         ..limits
     };
-    let app = router(models, limits.clone(), Access::local(address))?;
+    // The load test never opens the in-browser page: no cache is looked at.
+    let runtime = super::local::RuntimeSource {
+        package: crate::browser::runtime::Package::onnxruntime_web(),
+        cache: None,
+    };
+    let app = router(models, limits.clone(), Access::local(address), runtime)?;
     let server = tokio::spawn(async move {
         super::net::serve(listener, app, &limits, None, std::future::pending()).await
     });

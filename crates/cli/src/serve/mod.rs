@@ -13,6 +13,8 @@ mod guard;
 #[cfg(feature = "serve")]
 mod load;
 #[cfg(feature = "serve")]
+mod local;
+#[cfg(feature = "serve")]
 mod models;
 #[cfg(feature = "serve")]
 mod net;
@@ -108,10 +110,15 @@ mod app {
         /// weights record. Weights of the other variant are refused at start.
         #[arg(long, value_parser = crate::parse_variant)]
         variant: Option<dexpression_model::Variant>,
+        /// Where the in-browser page (/local/) finds onnxruntime-web, which the server downloads
+        /// into it when the page asks (default: dexpression in the user's cache folder, e.g.
+        /// ~/.cache/dexpression).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
     }
 
     pub fn run(args: Args) -> anyhow::Result<()> {
-        let device = dexpression_model::parse_device(&args.device)?;
+        let device = crate::open_device(&args.device)?;
         let models = ModelSet::discover(args.weights.as_deref(), args.run.as_deref(), device)?;
         if let Some(variant) = args.variant {
             for model in &models.models {
@@ -178,7 +185,8 @@ mod app {
                 println!("{line}");
             }
             let access = Access::new(bound, &args.allow_hosts, &args.allow_origins, token, tls.is_some());
-            api::serve(listener, models, limits, access, tls).await
+            let runtime = super::local::RuntimeSource::new(args.cache);
+            api::serve(listener, models, limits, access, tls, runtime).await
         })
     }
 }
@@ -207,12 +215,38 @@ fn startup_lines(scheme: &str, bound: std::net::SocketAddr, token: Option<&str>)
             format!("scripts send the header 'Authorization: Bearer {token}'"),
         ],
     };
+    let token_query = token.map_or(String::new(), |token| format!("?token={token}"));
+    lines.push(format!(
+        "{base}local/{token_query} classifies in the browser: photos and webcam frames are never uploaded"
+    ));
     if bound.ip().is_unspecified() {
         lines.push(format!(
             "from other machines: this machine's address instead of {shown} (a name needs --allow-host NAME)"
         ));
     }
     lines
+}
+
+#[cfg(all(test, feature = "serve"))]
+mod tests {
+    #[test]
+    fn the_start_up_lines_name_the_in_browser_page_with_the_token() {
+        let bound = "127.0.0.1:8080".parse().expect("address");
+        let lines = super::startup_lines("http", bound, Some("s3cret"));
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("http://127.0.0.1:8080/local/?token=s3cret ")),
+            "{lines:?}"
+        );
+        let lines = super::startup_lines("http", bound, None);
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("http://127.0.0.1:8080/local/ ")),
+            "{lines:?}"
+        );
+    }
 }
 
 #[cfg(not(feature = "serve"))]

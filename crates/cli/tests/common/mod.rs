@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+/// Chromium, chromedriver and the fake webcam of the browser tests.
+#[cfg(feature = "serve")]
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -155,9 +159,20 @@ impl Drop for Running {
 
 /// Starts `cargo xtask serve ARGS` on a free port and returns it with its address.
 pub fn start_server(args: &[&std::ffi::OsStr]) -> (Running, String) {
+    start_server_with_env(args, &[])
+}
+
+/// [`start_server`] with further environment variables.
+pub fn start_server_with_env(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Running, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dexpression"))
         .args(["serve", "--port", "0"])
         .args(args)
+        .envs(env.iter().copied())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
         .stdout(Stdio::piped())
         .spawn()
         .expect("xtask serve starts");
@@ -176,4 +191,48 @@ pub fn start_server(args: &[&std::ffi::OsStr]) -> (Running, String) {
     // Keep draining its output so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (server, url)
+}
+
+/// A one-file HTTP server on 127.0.0.1 that answers every request with `status` and `body` (a
+/// stand-in for the npm registry); its address and the number of requests it has had.
+pub fn serve_bytes(
+    status: u16,
+    body: Vec<u8>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener =
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).expect("a loopback port");
+    let address = listener.local_addr().expect("its address");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(match stream.try_clone() {
+                Ok(stream) => stream,
+                Err(_) => continue,
+            });
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (format!("http://{address}/onnxruntime-web.tgz"), requests)
+}
+
+/// A loopback address where nothing listens.
+pub fn closed_address() -> String {
+    let address = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    format!("http://{address}/onnxruntime-web.tgz")
 }

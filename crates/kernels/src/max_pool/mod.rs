@@ -69,12 +69,47 @@ pub struct Pool2d {
     pub stride: usize,
     /// Implicit minus-infinity border on each side.
     pub padding: usize,
+    /// Round the output side up, as PyTorch's `ceil_mode=True` and Caffe's pooling do: a last
+    /// window that starts inside the input (or its left padding) but runs past its end (and the
+    /// right padding) still counts, its missing part acting as minus infinity.
+    pub ceil_mode: bool,
 }
 
 impl Pool2d {
-    /// Output side for an input side (floor mode).
+    /// A window rounding its output side down (PyTorch's default).
+    pub const fn floor(kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            kernel,
+            stride,
+            padding,
+            ceil_mode: false,
+        }
+    }
+
+    /// A window rounding its output side up ([`Self::ceil_mode`]).
+    pub const fn ceil(kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            ceil_mode: true,
+            ..Self::floor(kernel, stride, padding)
+        }
+    }
+
+    /// Output side for an input side: windows that fit whole (floor mode), or windows that start
+    /// before the input's last element (ceil mode: PyTorch's and Caffe's output side wherever
+    /// the window fits the padded input; also one for a padded side shorter than the window,
+    /// which only the banded fused kernel asks for, with a slice of rows its windows start in).
     pub fn out_side(&self, side: usize) -> usize {
-        (side + 2 * self.padding - self.kernel) / self.stride + 1
+        let span = side + 2 * self.padding;
+        if !self.ceil_mode {
+            return (span - self.kernel) / self.stride + 1;
+        }
+        let windows = span.saturating_sub(self.kernel).div_ceil(self.stride) + 1;
+        // PyTorch and Caffe drop a last window that would start in the right padding.
+        if windows > 1 && (windows - 1) * self.stride >= side + self.padding {
+            windows - 1
+        } else {
+            windows
+        }
     }
 
     /// Outputs along an axis of `side` inputs whose whole window lies inside the image.

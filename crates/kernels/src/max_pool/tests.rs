@@ -13,6 +13,7 @@ fn forward_matches_hand_computed_values_with_padding() {
         kernel: 3,
         stride: 1,
         padding: 1,
+        ceil_mode: false,
     };
     let ys = max_pool2d(&xs, pool).unwrap();
     let expected = [
@@ -22,6 +23,77 @@ fn forward_matches_hand_computed_values_with_padding() {
         ys.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         expected
     );
+}
+
+#[test]
+fn output_sides_round_as_pytorch_and_caffe_do() {
+    // (side, kernel, stride, padding, floor, ceil): PyTorch's `MaxPool2d` with and without
+    // `ceil_mode` (the paper's 112 -> 56 -> 28 -> 14 is Caffe's rounding up), and a last window
+    // that would start in the right padding, which ceil mode drops as PyTorch does.
+    for (side, kernel, stride, padding, floor, ceil) in [
+        (112, 3, 2, 0, 55, 56),
+        (56, 3, 2, 0, 27, 28),
+        (28, 3, 2, 0, 13, 14),
+        (55, 3, 2, 0, 27, 27),
+        (24, 3, 2, 0, 11, 12),
+        (7, 3, 1, 1, 7, 7),
+        (5, 2, 3, 1, 2, 2),
+        (6, 2, 3, 1, 3, 3),
+        (7, 4, 3, 2, 3, 3),
+        (8, 3, 2, 1, 4, 5),
+    ] {
+        assert_eq!(
+            Pool2d::floor(kernel, stride, padding).out_side(side),
+            floor,
+            "floor {side} k{kernel} s{stride} p{padding}"
+        );
+        assert_eq!(
+            Pool2d::ceil(kernel, stride, padding).out_side(side),
+            ceil,
+            "ceil {side} k{kernel} s{stride} p{padding}"
+        );
+    }
+    // A band of rows shorter than the window (the fused kernel's last band): one window.
+    assert_eq!(Pool2d::ceil(3, 2, 0).out_side(1), 1);
+    assert_eq!(Pool2d::ceil(3, 2, 0).out_side(2), 1);
+}
+
+#[test]
+fn ceil_mode_pools_the_partial_last_windows() {
+    // 4x4 input 0..16, 3x3 windows, stride 2: floor mode keeps the one whole window, ceil mode
+    // adds the windows that start at row or column 2 and run past the edge.
+    let xs = Var::from_tensor(
+        &Tensor::arange(0f32, 16., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap(),
+    )
+    .unwrap();
+    let floor = max_pool2d(xs.as_tensor(), Pool2d::floor(3, 2, 0)).unwrap();
+    assert_eq!(
+        floor.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        [10.]
+    );
+    let ceil = max_pool2d(xs.as_tensor(), Pool2d::ceil(3, 2, 0)).unwrap();
+    assert_eq!(ceil.dims(), &[1, 1, 2, 2]);
+    assert_eq!(
+        ceil.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        [10., 11., 14., 15.]
+    );
+    // Each window's gradient goes to its maximum, inside the image.
+    let grads = ceil.sum_all().unwrap().backward().unwrap();
+    let grad = grads
+        .get(xs.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut expected = vec![0f32; 16];
+    for idx in [10, 11, 14, 15] {
+        expected[idx] = 1.0;
+    }
+    assert_eq!(grad, expected);
 }
 
 #[test]
@@ -35,6 +107,7 @@ fn backward_sends_gradient_to_the_first_tied_maximum() {
         kernel: 3,
         stride: 2,
         padding: 0,
+        ceil_mode: false,
     };
     let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
     assert_eq!(ys.dims(), &[1, 1, 2, 2]);
@@ -64,17 +137,22 @@ fn recorded_backward_equals_searching_again_with_ties_and_padding() {
             kernel: 3,
             stride: 1,
             padding: 1,
+            ceil_mode: false,
         },
         Pool2d {
             kernel: 3,
             stride: 2,
             padding: 0,
+            ceil_mode: false,
         },
         Pool2d {
             kernel: 2,
             stride: 3,
             padding: 1,
+            ceil_mode: false,
         },
+        Pool2d::ceil(3, 2, 0),
+        Pool2d::ceil(3, 2, 1),
     ] {
         let xs = Var::from_tensor(
             &Tensor::from_vec(values.clone(), (2, 3, 9, 8), &Device::Cpu).unwrap(),
@@ -120,11 +198,14 @@ fn tricky_values(count: usize, with_nan: bool) -> Vec<f32> {
 
 #[test]
 fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
-    let pools = [(1, 0), (1, 1), (2, 0), (2, 1)].map(|(stride, padding)| Pool2d {
-        kernel: 3,
-        stride,
-        padding,
-    });
+    let pools = [(1, 0), (1, 1), (2, 0), (2, 1)]
+        .into_iter()
+        .flat_map(|(stride, padding)| {
+            [
+                Pool2d::floor(3, stride, padding),
+                Pool2d::ceil(3, stride, padding),
+            ]
+        });
     // Every vector path this CPU can run (none on a CPU without AVX2: nothing to compare).
     let isas = [crate::isa::Isa::Avx2, crate::isa::Isa::Avx512]
         .into_iter()
@@ -238,6 +319,7 @@ fn a_nan_wins_its_window_as_in_pytorch() {
         kernel: 3,
         stride: 1,
         padding: 0,
+        ceil_mode: false,
     };
     let geometry = PoolGeometry {
         pool,
