@@ -258,13 +258,14 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
 fn planes_pooled_in_lanes_equal_the_scalar_ones_bit_for_bit() {
     // Groups of eight planes and a remainder, windows with and without padding, strides that
     // skip pixels, ties and NaNs: each plane's values and offsets as the scalar kernel's.
-    let pools =
-        [(3, 1, 1), (3, 2, 0), (3, 2, 1), (2, 3, 1), (1, 1, 0)].map(|(kernel, stride, padding)| {
-            Pool2d {
-                kernel,
-                stride,
-                padding,
-            }
+    // Ceil mode too (the paper variant's pools): its last windows run past the plane.
+    let pools = [(3, 1, 1), (3, 2, 0), (3, 2, 1), (2, 3, 1), (1, 1, 0)]
+        .into_iter()
+        .flat_map(|(kernel, stride, padding)| {
+            [
+                Pool2d::floor(kernel, stride, padding),
+                Pool2d::ceil(kernel, stride, padding),
+            ]
         });
     for pool in pools {
         for (h, w) in [(5, 5), (11, 11), (2, 3), (9, 4), (13, 13), (24, 24)] {
