@@ -13,15 +13,15 @@
 //! make the per-image code's row-by-row gathers a series of tiny copies; here each tile element
 //! is gathered from a table of plane indices, one run over the images at a time. And an output
 //! pixel of every image is one run of the output buffer, so the max-pool compares eight images
-//! at a time in vector registers, for any window (the pool's vector kernel needs rows of eight
-//! windows or more, which 5x5 outputs never give it).
+//! at a time in vector registers (`max_pool::lanes`), for any window (the pool's row kernel
+//! needs rows of eight windows or more, which 5x5 outputs never give it).
 //!
 //! Each column is computed as it would be alone (the transforms work column by column, and a
 //! GEMM's column does not depend on the others), so the forward's values do not depend on how
 //! the batch is split into calls; the weight gradient sums over a call's columns, so its split
 //! is fixed by the caller (`ConvGeometry::winograd_batch`).
 
-use super::max_pool::{replaces, window_range, Pool2d};
+use super::max_pool::{pool_lanes, Pool2d};
 use super::parallel::{for_each_chunk, for_each_index_with, gemm, grown, Gemm, SharedMut};
 use super::winograd::{position_gemm, Scratch};
 use super::winograd_f4::{
@@ -32,10 +32,6 @@ use super::winograd_f4::{
 /// A table entry for a tile element outside the plane (the padding, or past the last row or
 /// column): zero.
 const OUTSIDE: u32 = u32::MAX;
-
-/// Images the pool compares at once: eight f32 lanes, one AVX2 register (the compiler widens or
-/// narrows the loops to the vector extensions in use).
-const LANES: usize = 8;
 
 /// The gathers' and scatters' index tables for one plane side, computed per call (a few hundred
 /// entries).
@@ -316,9 +312,8 @@ impl WinogradF4 {
     }
 
     /// Max-pools output channel `channel` of every image from the output `buffer` (see
-    /// [`Self::batch_output`]) into its planes of `out` and `offsets`, eight images at a time:
-    /// each window scanned in the scalar kernel's order with its comparison (strictly greater,
-    /// or NaN), lane by lane, so each image gets the scalar kernel's value and offset.
+    /// [`Self::batch_output`]) into its planes of `out` and `offsets`, eight images at a time in
+    /// vector registers, each getting the scalar kernel's value and offset (`max_pool::lanes`).
     fn pool_images(
         &self,
         buffer: &[f32],
@@ -327,90 +322,17 @@ impl WinogradF4 {
         pool: Pool2d,
         (out, offsets, channel): (&ChannelPlanes<'_, f32>, &ChannelPlanes<'_, u8>, usize),
     ) {
+        // SAFETY (both planes): this job alone handles output channel `channel`, so it alone
+        // writes that channel's planes of each image.
+        let write = |image: usize, output: usize, value: f32, offset: u8| unsafe {
+            out.plane(image, channel)[output] = value;
+            offsets.plane(image, channel)[output] = offset;
+        };
+        let geometry = (self.h, self.w, pool);
         super::isa::vectorised(
             #[inline(always)]
-            || {
-                let (h, w) = (self.h, self.w);
-                let (oh, ow) = (pool.out_side(h), pool.out_side(w));
-                // SAFETY (both planes below): this job alone handles output channel `channel`,
-                // so it alone writes that channel's planes of each image.
-                let write = |image: usize, pixel: usize, value: f32, offset: u32| unsafe {
-                    out.plane(image, channel)[pixel] = value;
-                    offsets.plane(image, channel)[pixel] = offset as u8;
-                };
-                for oy in 0..oh {
-                    let rows = window_range(oy, h, pool);
-                    for ox in 0..ow {
-                        let cols = window_range(ox, w, pool);
-                        if rows.is_empty() || cols.is_empty() {
-                            continue;
-                        }
-                        // Window coordinates of pixel (y, x), padding counted.
-                        let dy0 = rows.start + pool.padding - oy * pool.stride;
-                        let dx0 = cols.start + pool.padding - ox * pool.stride;
-                        let window = Window {
-                            buffer,
-                            location,
-                            w,
-                            kernel: pool.kernel,
-                            rows: rows.clone(),
-                            cols,
-                            first: (dy0, dx0),
-                        };
-                        let pixel = oy * ow + ox;
-                        let mut first = 0;
-                        while first + LANES <= images {
-                            let (best, offset) = window.max::<LANES>(first);
-                            for lane in 0..LANES {
-                                write(first + lane, pixel, best[lane], offset[lane]);
-                            }
-                            first += LANES;
-                        }
-                        for image in first..images {
-                            let ([best], [offset]) = window.max::<1>(image);
-                            write(image, pixel, best, offset);
-                        }
-                    }
-                }
-            },
+            || pool_lanes(buffer, |pixel| location[pixel], images, geometry, write),
         )
-    }
-}
-
-/// One pooling window of the output buffer: its rows and columns in the plane, and the window
-/// coordinates of its first pixel.
-struct Window<'a> {
-    buffer: &'a [f32],
-    location: &'a [usize],
-    w: usize,
-    kernel: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    first: (usize, usize),
-}
-
-impl Window<'_> {
-    /// The maximum and its offset (`row * kernel + column` in the window) for images `first..first
-    /// + N`, each lane scanning as the scalar kernel does.
-    #[inline(always)]
-    fn max<const N: usize>(&self, first: usize) -> ([f32; N], [u32; N]) {
-        let start = self.location[self.rows.start * self.w + self.cols.start] + first;
-        let mut best: [f32; N] = std::array::from_fn(|lane| self.buffer[start + lane]);
-        let initial = (self.first.0 * self.kernel + self.first.1) as u32;
-        let mut offset = [initial; N];
-        for (dy, y) in (self.first.0..).zip(self.rows.clone()) {
-            for (dx, x) in (self.first.1..).zip(self.cols.clone()) {
-                let at = self.location[y * self.w + x] + first;
-                let values: &[f32; N] = self.buffer[at..at + N].try_into().expect("N values");
-                let here = (dy * self.kernel + dx) as u32;
-                for lane in 0..N {
-                    let take = replaces(values[lane], best[lane]);
-                    best[lane] = if take { values[lane] } else { best[lane] };
-                    offset[lane] = if take { here } else { offset[lane] };
-                }
-            }
-        }
-        (best, offset)
     }
 }
 

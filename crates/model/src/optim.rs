@@ -99,7 +99,8 @@ impl Adam {
             let Some(grad) = grads.get(param.var.as_tensor()) else {
                 continue;
             };
-            // One fused kernel on a CUDA GPU, candle's tensor ops elsewhere; the same bits.
+            // One pass on the CPU's fast path, one kernel on a CUDA GPU, candle's tensor ops
+            // elsewhere; the same bits.
             let [updated, first, second] =
                 adam_update(param.var.as_tensor(), m, v, grad, &constants)?;
             param.var.set(&updated)?;

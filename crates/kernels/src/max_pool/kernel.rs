@@ -7,6 +7,7 @@ use std::ops::Range;
 use candle_core::WithDType;
 use rayon::prelude::*;
 
+use super::lanes::{pool_planes_in_lanes, pools_in_lanes, LANES};
 use super::{Pool2d, PoolGeometry};
 use crate::parallel::{filled, par_build, SharedMut};
 
@@ -16,7 +17,7 @@ pub(crate) const NO_OFFSET: u8 = u8::MAX;
 /// The rows or columns of a window along one axis, clipped to the image: padding is never the
 /// maximum (it acts as minus infinity), so it is simply skipped.
 #[inline]
-pub(crate) fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> Range<usize> {
+pub(super) fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> Range<usize> {
     let start = (out_idx * pool.stride).saturating_sub(pool.padding);
     let end = (out_idx * pool.stride + pool.kernel)
         .saturating_sub(pool.padding)
@@ -27,7 +28,7 @@ pub(crate) fn window_range(out_idx: usize, size: usize, pool: Pool2d) -> Range<u
 /// Whether `value` replaces `best` as a window's maximum: strictly greater, or NaN (as in
 /// PyTorch); a NaN never equals itself, which is how the test is written for any element type.
 #[inline(always)]
-pub(crate) fn replaces<T: WithDType>(value: T, best: T) -> bool {
+pub(super) fn replaces<T: WithDType>(value: T, best: T) -> bool {
     #[allow(clippy::eq_op)]
     let is_nan = value != value;
     value > best || is_nan
@@ -38,12 +39,18 @@ pub(crate) fn replaces<T: WithDType>(value: T, best: T) -> bool {
 /// outputs, and the row of outputs and offsets to write. Returns false when it does not apply.
 pub(crate) type InteriorKernel<T> = fn(&[&[T]], usize, Range<usize>, &mut [T], &mut [u8]) -> bool;
 
+/// Pools several whole planes at once (`lanes.rs`): planes (`count x h x w`), geometry, outputs,
+/// offsets and a working buffer.
+pub(crate) type PlanesKernel<T> =
+    fn(&[T], (usize, usize, Pool2d), &mut [T], &mut [u8], &mut Vec<T>);
+
 /// Pools `data` (contiguous `N x C x H x W`) into an `N x C x OH x OW` output and the offsets of
-/// each window's maximum.
+/// each window's maximum, with the row kernel `interior` and, for planes whose output rows are
+/// short, the several-planes kernel `lanes` where they are given.
 pub(super) fn pool_forward<T: WithDType>(
     data: &[T],
     geometry: PoolGeometry,
-    interior: Option<InteriorKernel<T>>,
+    (interior, lanes): (Option<InteriorKernel<T>>, Option<PlanesKernel<T>>),
 ) -> (Vec<T>, Vec<u8>) {
     let PoolGeometry { pool, n, c, h, w } = geometry;
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
@@ -53,7 +60,14 @@ pub(super) fn pool_forward<T: WithDType>(
     let mut offsets = filled(len, NO_OFFSET);
     let offsets_ptr = SharedMut(offsets.as_mut_ptr());
     // Several planes per task when planes are many and small: a task costs about a microsecond.
+    // With the fast kernels, planes whose output rows are short go [`LANES`] at a time.
+    let in_lanes = lanes.filter(|_| pools_in_lanes(pool, w));
     let planes_per_task = (n * c / (8 * rayon::current_num_threads().max(1))).clamp(1, 16);
+    let planes_per_task = if in_lanes.is_some() {
+        planes_per_task.next_multiple_of(LANES)
+    } else {
+        planes_per_task
+    };
     let out = par_build(
         len,
         planes_per_task * plane_len,
@@ -69,6 +83,10 @@ pub(super) fn pool_forward<T: WithDType>(
                     out.len(),
                 )
             };
+            if let Some(lanes) = in_lanes {
+                let planes = &data[first_plane * h * w..][..out.len() / plane_len * h * w];
+                return lanes(planes, (h, w, pool), out, offsets, &mut Vec::new());
+            }
             for (plane_idx, (out, offsets)) in
                 (first_plane..).zip(out.chunks_mut(plane_len).zip(offsets.chunks_mut(plane_len)))
             {
@@ -81,7 +99,8 @@ pub(super) fn pool_forward<T: WithDType>(
 }
 
 /// Pools every `h x w` plane of `planes` (one image's channels) into `out` and `offsets`, with the
-/// vectorised kernel where it applies; the channels run on every thread when `parallel`.
+/// vectorised kernels where they apply (several planes at once where the output rows are short);
+/// the channels run on every thread when `parallel`.
 pub(crate) fn pool_planes(
     planes: &[f32],
     (h, w): (usize, usize),
@@ -91,6 +110,22 @@ pub(crate) fn pool_planes(
     parallel: bool,
 ) {
     let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
+    // Several planes at once where the rows are short, if there are enough planes to fill the
+    // lanes (conv1's bands hand over one plane at a time).
+    if pools_in_lanes(pool, w) && planes.len() >= LANES * plane {
+        let in_lanes = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
+            pool_planes_in_lanes(planes, (h, w, pool), out, offsets, &mut Vec::new())
+        };
+        if parallel {
+            out.par_chunks_mut(pooled * LANES)
+                .zip(offsets.par_chunks_mut(pooled * LANES))
+                .zip(planes.par_chunks(plane * LANES))
+                .for_each(in_lanes);
+        } else {
+            in_lanes(((out, offsets), planes));
+        }
+        return;
+    }
     let interior = interior_kernel_f32(pool);
     let one = |((out, offsets), input): ((&mut [f32], &mut [u8]), &[f32])| {
         pool_plane(input, h, w, pool, out, offsets, interior)

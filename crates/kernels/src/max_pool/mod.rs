@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use super::storage::contiguous;
 
 mod kernel;
+mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
@@ -29,9 +30,9 @@ mod tests;
 use kernel::interior_kernel_f32;
 #[cfg(test)]
 use kernel::interior_kernel_f32_for;
-pub(super) use kernel::replaces;
 use kernel::{pool_backward, pool_backward_recorded, pool_forward};
-pub(super) use kernel::{pool_planes, scatter_plane, window_range, window_steps, NO_OFFSET};
+pub(super) use kernel::{pool_planes, scatter_plane, window_steps, NO_OFFSET};
+pub(super) use lanes::pool_lanes;
 
 /// Whether a vectorised 3x3 kernel that takes `block` windows at a time may run on `outputs` of
 /// one output row: at least one block, at most three window rows, no window reaching into the
@@ -309,8 +310,15 @@ impl CustomOp1 for MaxPoolOp {
             }};
         }
         let out = match storage {
-            CpuStorage::F32(data) => pool!(F32, data, interior_kernel_f32(self.pool)),
-            CpuStorage::F64(data) => pool!(F64, data, None),
+            CpuStorage::F32(data) => pool!(
+                F32,
+                data,
+                (
+                    interior_kernel_f32(self.pool),
+                    Some(lanes::pool_planes_in_lanes)
+                )
+            ),
+            CpuStorage::F64(data) => pool!(F64, data, (None, None)),
             other => candle_core::bail!("max_pool2d: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, geometry.output_shape()))

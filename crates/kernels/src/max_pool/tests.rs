@@ -237,8 +237,8 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
                     h,
                     w,
                 };
-                let (fast, fast_offsets) = pool_forward(&values, geometry, Some(kernel));
-                let (slow, slow_offsets) = pool_forward(&values, geometry, None);
+                let (fast, fast_offsets) = pool_forward(&values, geometry, (Some(kernel), None));
+                let (slow, slow_offsets) = pool_forward(&values, geometry, (None, None));
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&fast),
@@ -249,6 +249,61 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
                     fast_offsets, slow_offsets,
                     "{isa:?} {pool:?} {h}x{w} nan {with_nan}"
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn planes_pooled_in_lanes_equal_the_scalar_ones_bit_for_bit() {
+    // Groups of eight planes and a remainder, windows with and without padding, strides that
+    // skip pixels, ties and NaNs: each plane's values and offsets as the scalar kernel's.
+    // Ceil mode too (the paper variant's pools): its last windows run past the plane.
+    let pools = [(3, 1, 1), (3, 2, 0), (3, 2, 1), (2, 3, 1), (1, 1, 0)]
+        .into_iter()
+        .flat_map(|(kernel, stride, padding)| {
+            [
+                Pool2d::floor(kernel, stride, padding),
+                Pool2d::ceil(kernel, stride, padding),
+            ]
+        });
+    for pool in pools {
+        for (h, w) in [(5, 5), (11, 11), (2, 3), (9, 4), (13, 13), (24, 24)] {
+            if !pool.fits(h, w) {
+                continue;
+            }
+            let (oh, ow) = (pool.out_side(h), pool.out_side(w));
+            for planes in [1, 8, 11, 19] {
+                for with_nan in [false, true] {
+                    let values = tricky_values(planes * h * w, with_nan);
+                    let mut lanes = (
+                        vec![0f32; planes * oh * ow],
+                        vec![NO_OFFSET; planes * oh * ow],
+                    );
+                    let mut scalar = lanes.clone();
+                    for ((plane, out), offsets) in values
+                        .chunks(h * w)
+                        .zip(scalar.0.chunks_mut(oh * ow))
+                        .zip(scalar.1.chunks_mut(oh * ow))
+                    {
+                        kernel::pool_plane(plane, h, w, pool, out, offsets, None);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    // Every vector path this CPU has, and the portable one.
+                    crate::isa::for_each_supported(|level| {
+                        lanes::pool_planes_in_lanes(
+                            &values,
+                            (h, w, pool),
+                            &mut lanes.0,
+                            &mut lanes.1,
+                            &mut Vec::new(),
+                        );
+                        let case =
+                            format!("{level}: {pool:?} {h}x{w}, {planes} planes, nan {with_nan}");
+                        assert_eq!(bits(&lanes.0), bits(&scalar.0), "{case}");
+                        assert_eq!(lanes.1, scalar.1, "{case}");
+                    });
+                }
             }
         }
     }
@@ -274,7 +329,7 @@ fn a_nan_wins_its_window_as_in_pytorch() {
         h: 4,
         w: 4,
     };
-    let (out, offsets) = pool_forward(&values, geometry, None);
+    let (out, offsets) = pool_forward(&values, geometry, (None, None));
     assert!(out.iter().all(|v| v.is_nan()));
     // Window (0, 0) covers rows 0-2, columns 0-2: input 9 is its row 2, column 1.
     assert_eq!(offsets[0], 7);
