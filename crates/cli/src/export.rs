@@ -80,15 +80,12 @@ fn print_notes(weights: &Path, summary: &onnx::ExportSummary) {
 fn print_summary(out: &Path, summary: &onnx::ExportSummary) {
     let side = summary.config.image_size;
     println!(
-        "wrote {} ({:.1} MB, opset {}, LayerNorm as {}): input `{}` batch x 1 x {side} x {side} (grayscale / 255), outputs `{}` and `{}` over {} classes: {}",
+        "wrote {} ({:.1} MB, opset {}, {} variant, normalisation as {}): input `{}` batch x 1 x {side} x {side} (grayscale / 255), outputs `{}` and `{}` over {} classes: {}",
         out.display(),
         summary.bytes as f64 / 1e6,
         summary.opset,
-        if summary.layer_normalization_node {
-            "LayerNormalization"
-        } else {
-            "ReduceMean/Sub/Mul/Sqrt/Div"
-        },
+        summary.config.variant,
+        summary.normalisation_nodes(),
         onnx::INPUT,
         onnx::LOG_PROBABILITIES,
         onnx::PROBABILITIES,
