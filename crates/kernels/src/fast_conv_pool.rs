@@ -221,6 +221,19 @@ impl ConvPoolGeometry {
             let slab = grown(slab, g.c_out * slab_h * ow);
             forward_rows(x, weights.weight, weights.bias, g, first..end, slab, col);
             let band_len = pooled_rows.len() * pooled_w;
+            if pooled_rows.len() == pooled_h && slab_h == g.out_h() {
+                // The whole image in one band (small images): every channel at once, so that
+                // short rows pool several channels at a time (`max_pool::lanes`).
+                // SAFETY: the image's whole output and offsets (`len` values, checked above),
+                // written by this band alone: it is the only one.
+                let (out, offsets) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(shared_out.get(), len),
+                        std::slice::from_raw_parts_mut(shared_offsets.get(), len),
+                    )
+                };
+                return pool_planes(slab, (slab_h, ow), pool, out, offsets, false);
+            }
             for (channel, slab) in slab.chunks_exact(slab_h * ow).enumerate() {
                 let start = channel * pooled_plane + pooled_rows.start * pooled_w;
                 // SAFETY: channel `channel`'s pooled rows `pooled_rows`: inside `out` and

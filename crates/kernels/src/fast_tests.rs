@@ -150,6 +150,9 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, conv, (kernel, stride, padding), batch, ceil_mode) in [
         (1, 4, 17, (2, 3), (3, 2, 0), 3, false),
         (1, 4, 17, (2, 3), (3, 2, 0), 1, false),
+        // An image small enough for one band: its nine channels pooled together, in lanes.
+        (1, 9, 9, (2, 3), (3, 2, 0), 3, false),
+        (1, 9, 9, (2, 3), (3, 2, 0), 3, true),
         // 3x3 stride 1 with a padded pool, by im2col (side 3), by Winograd over several images
         // (10, 13) and one image at a time (33).
         (3, 5, 3, (1, 1), (3, 1, 1), 2, false),
