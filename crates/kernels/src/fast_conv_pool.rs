@@ -221,7 +221,7 @@ impl ConvPoolGeometry {
             let slab = grown(slab, g.c_out * slab_h * ow);
             forward_rows(x, weights.weight, weights.bias, g, first..end, slab, col);
             let band_len = pooled_rows.len() * pooled_w;
-            if pooled_rows.len() == pooled_h && slab_h == g.out_h() {
+            if pooled_rows.len() == pooled_h {
                 // The whole image in one band (small images): every channel at once, so that
                 // short rows pool several channels at a time (`max_pool::lanes`).
                 // SAFETY: the image's whole output and offsets (`len` values, checked above),
