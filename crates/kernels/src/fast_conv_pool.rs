@@ -48,6 +48,10 @@ impl ConvReluPoolOp {
     }
 }
 
+/// The most bytes of convolution output a band of [`ConvPoolGeometry::image`] holds: a slab the
+/// L2 keeps while it is pooled.
+const BAND_BYTES: usize = 512 << 10;
+
 /// The convolution's and the pool's geometry together.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConvPoolGeometry {
@@ -133,7 +137,12 @@ impl ConvPoolGeometry {
                 winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
             });
         }
-        if self.pool.padding == 0 {
+        // Bands keep a large output out of memory; a small one (conv2b's at 48 px, 100 KiB)
+        // stays in the L2 anyway, and spread over the threads it is better convolved once in
+        // rows of its own than in bands, whose windows' overlap convolves some rows twice (a
+        // third more arithmetic at 11x11 with four bands).
+        let small = g.out_image() * std::mem::size_of::<f32>() <= BAND_BYTES;
+        if self.pool.padding == 0 && !(parallel && small) {
             return self.image_in_bands(x, weights, out, offsets, parallel);
         }
         with_spare_buffer(|conv_out| {
@@ -195,7 +204,7 @@ impl ConvPoolGeometry {
         // the unit tests, so that their small images still take several bands), and at least
         // two bands per thread when the threads share the image.
         let slab_row = (g.c_out * ow * pool.stride * std::mem::size_of::<f32>()).max(1);
-        let budget = if cfg!(test) { 2 * slab_row } else { 512 << 10 };
+        let budget = if cfg!(test) { 2 * slab_row } else { BAND_BYTES };
         let mut rows_per_band = (budget / slab_row).clamp(1, pooled_h);
         if parallel {
             // A whole number of bands per thread, so that none waits for another's last band.
