@@ -52,6 +52,12 @@ impl ConvReluPoolOp {
 /// L2 keeps while it is pooled.
 const BAND_BYTES: usize = 512 << 10;
 
+/// The most bytes of convolution output that [`ConvPoolGeometry::image`], spread over the
+/// threads, convolves whole rather than in bands: at 48 px conv1's (144 KiB) and conv2b's (100
+/// KiB), which took a 48 px batch-1 inference from 1.10-1.55 to 0.82-0.87 ms (loaded machine);
+/// 224 px's smallest (182 KiB, the pool branch's at 27x27) stays in bands, as it was timed.
+const WHOLE_IMAGE_BYTES: usize = 160 << 10;
+
 /// The convolution's and the pool's geometry together.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConvPoolGeometry {
@@ -137,11 +143,11 @@ impl ConvPoolGeometry {
                 winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
             });
         }
-        // Bands keep a large output out of memory; a small one (conv2b's at 48 px, 100 KiB)
-        // stays in the L2 anyway, and spread over the threads it is better convolved once in
-        // rows of its own than in bands, whose windows' overlap convolves some rows twice (a
-        // third more arithmetic at 11x11 with four bands).
-        let small = g.out_image() * std::mem::size_of::<f32>() <= BAND_BYTES;
+        // Bands keep a large output out of memory; a small one stays in the L2 anyway, and
+        // spread over the threads it is better convolved once in rows of its own than in bands,
+        // whose windows' overlap convolves some rows twice (a third more arithmetic for conv2b
+        // at 11x11 with four bands).
+        let small = g.out_image() * std::mem::size_of::<f32>() <= WHOLE_IMAGE_BYTES;
         if self.pool.padding == 0 && !(parallel && small) {
             return self.image_in_bands(x, weights, out, offsets, parallel);
         }
