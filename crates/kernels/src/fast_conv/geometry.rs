@@ -39,7 +39,9 @@ pub(crate) const WINOGRAD_BATCH_COLUMNS: usize = if cfg!(test) { 20 } else { 512
 /// the same terms in the same order on any number of threads).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WinogradBatch {
+    /// The convolution's F(4x4, 3x3) geometry.
     pub winograd: WinogradF4,
+    /// Images per call (the last call may hold fewer).
     pub images: usize,
 }
 
