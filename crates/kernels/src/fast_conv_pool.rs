@@ -48,6 +48,16 @@ impl ConvReluPoolOp {
     }
 }
 
+/// The most bytes of convolution output a band of [`ConvPoolGeometry::image`] holds: a slab the
+/// L2 keeps while it is pooled.
+const BAND_BYTES: usize = 512 << 10;
+
+/// The most bytes of convolution output that [`ConvPoolGeometry::image`], spread over the
+/// threads, convolves whole rather than in bands: at 48 px conv1's (144 KiB) and conv2b's (100
+/// KiB), which took a 48 px batch-1 inference from 1.10-1.55 to 0.82-0.87 ms (loaded machine);
+/// 224 px's smallest (182 KiB, the pool branch's at 27x27) stays in bands, as it was timed.
+const WHOLE_IMAGE_BYTES: usize = 160 << 10;
+
 /// The convolution's and the pool's geometry together.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConvPoolGeometry {
@@ -133,7 +143,12 @@ impl ConvPoolGeometry {
                 winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
             });
         }
-        if self.pool.padding == 0 {
+        // Bands keep a large output out of memory; a small one stays in the L2 anyway, and
+        // spread over the threads it is better convolved once in rows of its own than in bands,
+        // whose windows' overlap convolves some rows twice (a third more arithmetic for conv2b
+        // at 11x11 with four bands).
+        let small = g.out_image() * std::mem::size_of::<f32>() <= WHOLE_IMAGE_BYTES;
+        if self.pool.padding == 0 && !(parallel && small) {
             return self.image_in_bands(x, weights, out, offsets, parallel);
         }
         with_spare_buffer(|conv_out| {
@@ -195,7 +210,7 @@ impl ConvPoolGeometry {
         // the unit tests, so that their small images still take several bands), and at least
         // two bands per thread when the threads share the image.
         let slab_row = (g.c_out * ow * pool.stride * std::mem::size_of::<f32>()).max(1);
-        let budget = if cfg!(test) { 2 * slab_row } else { 512 << 10 };
+        let budget = if cfg!(test) { 2 * slab_row } else { BAND_BYTES };
         let mut rows_per_band = (budget / slab_row).clamp(1, pooled_h);
         if parallel {
             // A whole number of bands per thread, so that none waits for another's last band.
@@ -221,6 +236,19 @@ impl ConvPoolGeometry {
             let slab = grown(slab, g.c_out * slab_h * ow);
             forward_rows(x, weights.weight, weights.bias, g, first..end, slab, col);
             let band_len = pooled_rows.len() * pooled_w;
+            if pooled_rows.len() == pooled_h {
+                // The whole image in one band (small images): every channel at once, so that
+                // short rows pool several channels at a time (`max_pool::lanes`).
+                // SAFETY: the image's whole output and offsets (`len` values, checked above),
+                // written by this band alone: it is the only one.
+                let (out, offsets) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(shared_out.get(), len),
+                        std::slice::from_raw_parts_mut(shared_offsets.get(), len),
+                    )
+                };
+                return pool_planes(slab, (slab_h, ow), pool, out, offsets, false);
+            }
             for (channel, slab) in slab.chunks_exact(slab_h * ow).enumerate() {
                 let start = channel * pooled_plane + pooled_rows.start * pooled_w;
                 // SAFETY: channel `channel`'s pooled rows `pooled_rows`: inside `out` and

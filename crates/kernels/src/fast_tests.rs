@@ -96,9 +96,9 @@ fn check_paths(name: &str, vars: &[Var], f: impl Fn(&[Tensor], bool) -> Tensor) 
 #[test]
 fn fast_conv_relu_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, kernel, stride, padding, batch) in [
-        // A 3x3 stride-1 conv below WINOGRAD_MIN_SIDE (im2col), by Winograd over several images
-        // at once (in calls of two images in the tests, WINOGRAD_BATCH_COLUMNS) and from
-        // WINOGRAD_BATCH_MAX_SIDE one image at a time.
+        // A 3x3 stride-1 conv by im2col (side 3; side 6 at batch 1, too few tiles to batch), by
+        // Winograd over several images at once (WINOGRAD_BATCH_SIDES; in calls of two images and
+        // of one in the tests, WINOGRAD_BATCH_COLUMNS) and past those sides one image at a time.
         (3, 5, 3, 3, 1, 1, 3),
         (3, 5, 9, 3, 1, 1, 3),
         (3, 5, 13, 3, 1, 1, 3),
@@ -150,6 +150,12 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, conv, (kernel, stride, padding), batch, ceil_mode) in [
         (1, 4, 17, (2, 3), (3, 2, 0), 3, false),
         (1, 4, 17, (2, 3), (3, 2, 0), 1, false),
+        // At batch 1 an output over WHOLE_IMAGE_BYTES (180 KiB here) goes in bands spread over
+        // the threads; a smaller one is convolved whole.
+        (1, 8, 150, (2, 3), (3, 2, 0), 1, false),
+        // An image small enough for one band: its nine channels pooled together, in lanes.
+        (1, 9, 9, (2, 3), (3, 2, 0), 3, false),
+        (1, 9, 9, (2, 3), (3, 2, 0), 3, true),
         // 3x3 stride 1 with a padded pool, by im2col (side 3), by Winograd over several images
         // (10, 13) and one image at a time (33).
         (3, 5, 3, (1, 1), (3, 1, 1), 2, false),
@@ -198,8 +204,8 @@ const NO_POOL: Pool2d = Pool2d {
 #[test]
 fn winograd_conv_matches_the_reference_forward() {
     // 3x3, stride 1, padding 1 runs by Winograd's algorithm in the fused conv+pool op: a batch
-    // below and above the thread count, odd and even sides, one image at a time from
-    // WINOGRAD_BATCH_MAX_SIDE; below WINOGRAD_MIN_SIDE by im2col.
+    // below and above the thread count, odd and even sides, one image at a time past
+    // WINOGRAD_BATCH_SIDES; below them by im2col.
     for (c_in, c_out, side, batch) in [
         (5, 7, 13, 1),
         (4, 3, 12, 3),
@@ -227,7 +233,7 @@ fn every_vector_path_computes_the_same_bits() {
     // The kernels with vector paths (Winograd's transforms in training and inference, LayerNorm,
     // im2col, the pools) at every level this CPU has, against the portable build: bit for bit.
     // At 13x13 the 3x3 convolution runs by Winograd over several images at once, at 33x33 one
-    // image at a time (WINOGRAD_BATCH_MAX_SIDE).
+    // image at a time (past WINOGRAD_BATCH_SIDES).
     for side in [13, 33] {
         let xs = var(&[2, 6, side, side], 31);
         let weight = var(&[5, 6, 3, 3], 32);

@@ -6,9 +6,12 @@
 //! block (conv_a's output, the pooled input, conv_c's output, the pooled branch, the
 //! concatenation) and each pool records its windows' maxima for a backward that never comes. As
 //! one op, each image's intermediates live in per-thread buffers of a few hundred KiB, and each
-//! branch is pooled straight into its channels of the output. The per-image kernels are the ones
-//! the composed ops run, in the same order, so the output is the same bit for bit on any CPU
-//! (checked by `feat_ex_inference_equals_the_composed_block_bit_for_bit`).
+//! branch is pooled straight into its channels of the output. Where the 3x3 convolution runs over
+//! several images at once (small planes, a batch of enough tiles: `winograd_batch.rs`), the
+//! block goes in three steps over the batch instead (every image's reduction, the conv branch of
+//! all of them, each image's pool branch). Either way the kernels are the ones the composed ops
+//! run, in the same order, so the output is the same bit for bit on any CPU (checked by
+//! `feat_ex_inference_equals_the_composed_block_bit_for_bit`).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;

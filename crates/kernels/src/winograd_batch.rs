@@ -322,7 +322,7 @@ impl WinogradF4 {
         pool: Pool2d,
         (out, offsets, channel): (&ChannelPlanes<'_, f32>, &ChannelPlanes<'_, u8>, usize),
     ) {
-        // SAFETY (both planes): this job alone handles output channel `channel`, so it alone
+        // SAFETY: (both planes) this job alone handles output channel `channel`, so it alone
         // writes that channel's planes of each image.
         let write = |image: usize, output: usize, value: f32, offset: u8| unsafe {
             out.plane(image, channel)[output] = value;

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use super::max_pool::{pool_planes, Pool2d};
 use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, grown, Gemm};
 use super::winograd::{position_gemm, Scratch, Winograd};
+use super::winograd_batch::ChannelPlanes;
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
 pub(super) const POSITIONS: usize = 36;
@@ -46,14 +47,23 @@ pub(super) struct WinogradF4 {
     pub w: usize,
 }
 
+/// 1/6, 1/12 and 1/24 in f64. The transforms multiply by them rather than divide: a division
+/// costs about ten multiplications, the weight transform made about sixty a kernel (2.4 ms for
+/// conv2b's weights, a tenth of its training step at 48 px), and the f64 results differ by an ulp
+/// or so, far below the rounding to f32 that follows.
+const SIXTH: f64 = 1.0 / 6.0;
+const TWELFTH: f64 = 1.0 / 12.0;
+const TWENTY_FOURTH: f64 = 1.0 / 24.0;
+
 /// `G` applied to one kernel row or column `g[0..3]`, in f64: the six values.
 fn weight_combination(g: [f64; 3]) -> [f64; 6] {
+    let (outer, middle) = (g[0] * TWENTY_FOURTH + g[2] * SIXTH, g[1] * TWELFTH);
     [
-        g[0] / 4.0,
-        -(g[0] + g[1] + g[2]) / 6.0,
-        -(g[0] - g[1] + g[2]) / 6.0,
-        g[0] / 24.0 + g[1] / 12.0 + g[2] / 6.0,
-        g[0] / 24.0 - g[1] / 12.0 + g[2] / 6.0,
+        g[0] * 0.25,
+        -(g[0] + g[1] + g[2]) * SIXTH,
+        -(g[0] - g[1] + g[2]) * SIXTH,
+        outer + middle,
+        outer - middle,
         g[2],
     ]
 }
@@ -70,9 +80,9 @@ impl From<Winograd> for WinogradF4 {
 /// gradient (the adjoint of [`weight_combination`]).
 fn weight_grad_combination(u: [f64; 6]) -> [f64; 3] {
     [
-        u[0] / 4.0 - (u[1] + u[2]) / 6.0 + (u[3] + u[4]) / 24.0,
-        (u[2] - u[1]) / 6.0 + (u[3] - u[4]) / 12.0,
-        (u[3] + u[4] - u[1] - u[2]) / 6.0 + u[5],
+        u[0] * 0.25 - (u[1] + u[2]) * SIXTH + (u[3] + u[4]) * TWENTY_FOURTH,
+        (u[2] - u[1]) * SIXTH + (u[3] - u[4]) * TWELFTH,
+        (u[3] + u[4] - u[1] - u[2]) * SIXTH + u[5],
     ]
 }
 
@@ -93,49 +103,37 @@ impl WinogradF4 {
     }
 
     /// `U = G g G^T` for every kernel, as 36 `c_out x c_in` matrices (`36 x c_out x c_in`),
-    /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`.
+    /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`. Each output channel
+    /// on its own thread, its 36 rows built in a local block and then copied out row by row (the
+    /// rows lie a whole matrix apart, a multiple of 4 KiB for conv2b, so writing them value by
+    /// value kept evicting one another from the L1's set).
     pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
         let (c_out, c_in) = (self.c_out, self.c_in);
         let mut transformed = vec![0f32; POSITIONS * c_out * c_in];
-        let per_output: Vec<Vec<[f32; POSITIONS]>> = (0..c_out)
+        let rows = ChannelPlanes::new(&mut transformed, POSITIONS, c_out, c_in);
+        (0..c_out)
             .into_par_iter()
-            .map(|o| {
-                (0..c_in)
-                    .map(|i| {
-                        let g = &weight[(o * c_in + i) * 9..][..9];
-                        // G g: 6 x 3, column by column.
-                        let columns: [[f64; 6]; 3] = std::array::from_fn(|col| {
-                            weight_combination([
-                                g[col] as f64,
-                                g[3 + col] as f64,
-                                g[6 + col] as f64,
-                            ])
-                        });
-                        // (G g) G^T: 6 x 6, row by row.
-                        let mut block = [0f32; POSITIONS];
-                        for row in 0..TILE {
-                            let values = weight_combination([
-                                columns[0][row],
-                                columns[1][row],
-                                columns[2][row],
-                            ]);
-                            for (col, value) in values.into_iter().enumerate() {
-                                block[row * TILE + col] = value as f32;
-                            }
+            .for_each_init(Vec::new, |block, o| {
+                let block = grown(block, POSITIONS * c_in);
+                for i in 0..c_in {
+                    let g = &weight[(o * c_in + i) * 9..][..9];
+                    // G g: 6 x 3, column by column.
+                    let columns: [[f64; 6]; 3] = std::array::from_fn(|col| {
+                        weight_combination([g[col] as f64, g[3 + col] as f64, g[6 + col] as f64])
+                    });
+                    // (G g) G^T: 6 x 6, row by row.
+                    for row in 0..TILE {
+                        let values =
+                            weight_combination([columns[0][row], columns[1][row], columns[2][row]]);
+                        for (col, value) in values.into_iter().enumerate() {
+                            block[(row * TILE + col) * c_in + i] = value as f32;
                         }
-                        block
-                    })
-                    .collect()
-            })
-            .collect();
-        transformed
-            .par_chunks_mut(c_out * c_in)
-            .enumerate()
-            .for_each(|(position, matrix)| {
-                for (row, blocks) in matrix.chunks_mut(c_in).zip(&per_output) {
-                    for (value, block) in row.iter_mut().zip(blocks) {
-                        *value = block[position];
                     }
+                }
+                for (position, values) in block.chunks_exact(c_in).enumerate() {
+                    // SAFETY: this job alone handles output channel `o`, so it alone writes its row
+                    // of each position's matrix.
+                    unsafe { rows.plane(position, o) }.copy_from_slice(values);
                 }
             });
         transformed
@@ -323,23 +321,36 @@ impl WinogradF4 {
     }
 
     /// The kernel gradient `dg = G^T dU G` for every kernel, in f64, added to `dw` (`c_out x c_in
-    /// x 3 x 3`), from the sum `du` of [`Self::accumulate_weight_grad`] (`36 x c_out x c_in`).
+    /// x 3 x 3`), from the sum `du` of [`Self::accumulate_weight_grad`] (`36 x c_out x c_in`);
+    /// output channels on every thread.
     pub(super) fn weight_grad(&self, du: &[f32], dw: &mut [f32]) {
-        let pairs = self.c_out * self.c_in;
-        for (pair, dg) in dw.chunks_exact_mut(9).enumerate().take(pairs) {
-            let u = |row: usize, col: usize| du[(row * TILE + col) * pairs + pair] as f64;
-            // G^T dU: 3 x 6, kept as its six columns.
-            let columns: [[f64; 3]; TILE] = std::array::from_fn(|col| {
-                weight_grad_combination(std::array::from_fn(|row| u(row, col)))
-            });
-            // (G^T dU) G: 3 x 3.
-            for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
-                let values = weight_grad_combination(std::array::from_fn(|col| columns[col][row]));
-                for (d, value) in dg_row.iter_mut().zip(values) {
-                    *d += value as f32;
+        let (c_in, pairs) = (self.c_in, self.c_out * self.c_in);
+        dw[..9 * pairs]
+            .par_chunks_mut(9 * c_in)
+            .enumerate()
+            .for_each_init(Vec::new, |block, (o, dw)| {
+                // Output channel `o`'s row of each position's matrix, copied together first (the
+                // rows lie a whole matrix apart; read value by value, they evicted one another).
+                let block = grown(block, POSITIONS * c_in);
+                for (position, row) in block.chunks_exact_mut(c_in).enumerate() {
+                    row.copy_from_slice(&du[position * pairs + o * c_in..][..c_in]);
                 }
-            }
-        }
+                for (i, dg) in dw.chunks_exact_mut(9).enumerate() {
+                    let u = |row: usize, col: usize| block[(row * TILE + col) * c_in + i] as f64;
+                    // G^T dU: 3 x 6, kept as its six columns.
+                    let columns: [[f64; 3]; TILE] = std::array::from_fn(|col| {
+                        weight_grad_combination(std::array::from_fn(|row| u(row, col)))
+                    });
+                    // (G^T dU) G: 3 x 3.
+                    for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
+                        let values =
+                            weight_grad_combination(std::array::from_fn(|col| columns[col][row]));
+                        for (d, value) in dg_row.iter_mut().zip(values) {
+                            *d += value as f32;
+                        }
+                    }
+                }
+            });
     }
 
     /// `dM = A dY A^T` for every 4x4 block of one channel's output gradient `grad` (`h x w`),

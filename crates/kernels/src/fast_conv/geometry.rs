@@ -5,20 +5,28 @@ use super::super::winograd::Winograd;
 use super::super::winograd_f4::WinogradF4;
 use crate::parallel::grown;
 
-/// The smallest plane side that 3x3 stride-1 convolutions run by Winograd's F(4x4, 3x3): one
-/// tile gives a 4x4 block of outputs, so a narrower plane would compute mostly outputs it throws
-/// away; below it they take im2col and one GEMM per image. At 5x5 (conv3b at 48 px) 2x2 tiles
-/// cover 8x8 outputs for 25, and batched Winograd still measured as fast as im2col or faster
-/// (docs/performance.md, "Small sides").
-pub(crate) const WINOGRAD_MIN_SIDE: usize = 4;
+/// The smallest plane side that 3x3 stride-1 convolutions run by Winograd's F(4x4, 3x3) one
+/// image at a time (or, with few images, a few images at once); below it they take im2col and
+/// one GEMM per image, unless the batch gives [`WINOGRAD_BATCH_MIN_COLUMNS`] tiles. One image's
+/// GEMMs are as wide as its tiles (9 at 11x11, 4 at 5x5), where `gemm` runs at a fraction of its
+/// rate: im2col won below 12 (docs/performance.md, "Small sides").
+pub(crate) const WINOGRAD_MIN_SIDE: usize = 12;
 
-/// Planes narrower than this (and at least [`WINOGRAD_MIN_SIDE`]) run Winograd over several
-/// images at once ([`WinogradBatch`], `winograd_batch.rs`): their tiles side by side make each
-/// tile position's GEMM up to [`WINOGRAD_BATCH_COLUMNS`] wide, where one image's tiles made it 4
-/// (5x5), 9 (11x11) or 49 (27x27) columns wide. Wider planes (35x35 at 144 px, 55x55 at 224 px)
-/// keep one image per thread, whose forward (row-wise gathers, the pool's vector kernel on long
-/// rows) was faster there.
-pub(crate) const WINOGRAD_BATCH_MAX_SIDE: usize = 32;
+/// The planes that run Winograd over several images at once ([`WinogradBatch`],
+/// `winograd_batch.rs`) when the batch has tiles enough: their tiles side by side make each tile
+/// position's GEMM up to [`WINOGRAD_BATCH_COLUMNS`] wide, where one image's tiles made it 4
+/// (5x5), 9 (11x11) or 49 (27x27) columns wide. From 4 pixels (one tile gives a 4x4 block of
+/// outputs; a narrower plane computes mostly outputs it throws away) to 31: wider planes (35x35
+/// at 144 px, 55x55 at 224 px) keep one image per thread, whose forward (row-wise gathers, the
+/// pool's row kernel) was faster there.
+pub(crate) const WINOGRAD_BATCH_SIDES: std::ops::Range<usize> = 4..32;
+
+/// The fewest tiles (all images' together) for which the batched Winograd path beats the others
+/// on [`WINOGRAD_BATCH_SIDES`]: measured at 11x11 between 4 and 8 images (36 and 72 tiles), at
+/// 5x5 near 16 (64), at 13x13 and 23x23 below 2 images; fewer take the paths of before (im2col
+/// under [`WINOGRAD_MIN_SIDE`], one image at a time from it), batch-1 inference included. Small
+/// in the unit tests, so that their small batches take the batched path.
+pub(crate) const WINOGRAD_BATCH_MIN_COLUMNS: usize = if cfg!(test) { 8 } else { 64 };
 
 /// About how many tiles (all images' together) one batched Winograd call puts in its GEMMs'
 /// columns: wide enough for `gemm`'s full rate, small enough that the transformed input and the
@@ -31,7 +39,9 @@ pub(crate) const WINOGRAD_BATCH_COLUMNS: usize = if cfg!(test) { 20 } else { 512
 /// the same terms in the same order on any number of threads).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WinogradBatch {
+    /// The convolution's F(4x4, 3x3) geometry.
     pub winograd: WinogradF4,
+    /// Images per call (the last call may hold fewer).
     pub images: usize,
 }
 
@@ -115,7 +125,8 @@ impl ConvGeometry {
     /// `tests/torch_equivalence.rs`).
     pub(crate) fn winograd(&self) -> Option<Winograd> {
         let winograd = self.kernel == 3 && self.stride == 1 && self.padding == 1;
-        (winograd && self.h.min(self.w) >= WINOGRAD_MIN_SIDE).then_some(Winograd {
+        let side = self.h.min(self.w);
+        (winograd && (side >= WINOGRAD_MIN_SIDE || self.batches_winograd())).then_some(Winograd {
             c_in: self.c_in,
             c_out: self.c_out,
             h: self.h,
@@ -129,21 +140,32 @@ impl ConvGeometry {
         self.winograd().map(WinogradF4::from)
     }
 
-    /// For a Winograd convolution on planes under [`WINOGRAD_BATCH_MAX_SIDE`], how it runs over
-    /// several images at once: the batch in near-equal calls of at most about
-    /// [`WINOGRAD_BATCH_COLUMNS`] tiles (at least one image each), each call spread over the
-    /// threads by channels and tile positions. `None` for other convolutions.
+    /// For a 3x3 stride-1 convolution on [`WINOGRAD_BATCH_SIDES`] whose batch holds at least
+    /// [`WINOGRAD_BATCH_MIN_COLUMNS`] tiles, how it runs over several images at once: the batch
+    /// in near-equal calls of at most about [`WINOGRAD_BATCH_COLUMNS`] tiles (at least one image
+    /// each), each call spread over the threads by channels and tile positions. `None` for other
+    /// convolutions. The choice depends on the batch, never on the thread count.
     pub(crate) fn winograd_batch(&self) -> Option<WinogradBatch> {
-        let winograd = self.winograd_f4()?;
-        if self.h.min(self.w) >= WINOGRAD_BATCH_MAX_SIDE {
+        if !self.batches_winograd() {
             return None;
         }
+        let winograd = self.winograd_f4()?;
         let most = (WINOGRAD_BATCH_COLUMNS / winograd.tiles()).max(1);
         let calls = self.n.div_ceil(most).max(1);
         Some(WinogradBatch {
             winograd,
             images: self.n.div_ceil(calls).max(1),
         })
+    }
+
+    /// Whether [`Self::winograd_batch`] applies.
+    fn batches_winograd(&self) -> bool {
+        let tiles = self.h.div_ceil(4) * self.w.div_ceil(4);
+        self.kernel == 3
+            && self.stride == 1
+            && self.padding == 1
+            && WINOGRAD_BATCH_SIDES.contains(&self.h.min(self.w))
+            && self.n * tiles >= WINOGRAD_BATCH_MIN_COLUMNS
     }
 
     /// That `bias` holds one value per output channel.

@@ -61,7 +61,7 @@ pub(super) fn pool_forward<T: WithDType>(
     let offsets_ptr = SharedMut(offsets.as_mut_ptr());
     // Several planes per task when planes are many and small: a task costs about a microsecond.
     // With the fast kernels, planes whose output rows are short go [`LANES`] at a time.
-    let in_lanes = lanes.filter(|_| pools_in_lanes(pool, w));
+    let in_lanes = lanes.filter(|_| pools_in_lanes(pool, (h, w)));
     let planes_per_task = (n * c / (8 * rayon::current_num_threads().max(1))).clamp(1, 16);
     let planes_per_task = if in_lanes.is_some() {
         planes_per_task.next_multiple_of(LANES)
@@ -112,7 +112,7 @@ pub(crate) fn pool_planes(
     let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
     // Several planes at once where the rows are short, if there are enough planes to fill the
     // lanes (conv1's bands hand over one plane at a time).
-    if pools_in_lanes(pool, w) && planes.len() >= LANES * plane {
+    if pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane {
         let in_lanes = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
             pool_planes_in_lanes(planes, (h, w, pool), out, offsets, &mut Vec::new())
         };

@@ -14,11 +14,16 @@ use super::Pool2d;
 /// loops to the vector extensions in use).
 pub(crate) const LANES: usize = 8;
 
-/// Whether planes `w` wide are better pooled [`LANES`] planes at a time than row by row: when
-/// the output rows are shorter than two of the row kernel's vectors.
-pub(crate) fn pools_in_lanes(pool: Pool2d, w: usize) -> bool {
-    pool.out_side(w) < 2 * LANES
+/// Whether planes of `h x w` are better pooled [`LANES`] planes at a time than row by row: when
+/// the output rows are shorter than two of the row kernel's vectors and the planes small enough
+/// that eight of them stay in the L1 once interleaved (conv1's 24x24 planes at 48 px pooled no
+/// faster in lanes than by the row kernel, which takes eight of their eleven windows a row).
+pub(crate) fn pools_in_lanes(pool: Pool2d, (h, w): (usize, usize)) -> bool {
+    pool.out_side(w) < 2 * LANES && h * w <= MAX_PLANE
 }
+
+/// The largest plane pooled in lanes ([`pools_in_lanes`]).
+const MAX_PLANE: usize = 256;
 
 /// Pools `lanes` interleaved planes of `h x w` pixels (`values[locate(p) + l]` is pixel `p` of
 /// lane `l`) and hands each output to `write(lane, output index, maximum, offset)`; windows of
@@ -90,8 +95,13 @@ fn pool_lanes_with<L: Fn(usize) -> usize>(
     }
 }
 
+/// Values interleaved at once by [`pool_planes_in_lanes`], at most: as many planes as fit in 32
+/// KiB (64 planes of 11x11), so that each window's clipping and offsets are worked out once for
+/// several lane groups while the interleaved copy stays in the L1.
+const VALUES_AT_ONCE: usize = 8 << 10;
+
 /// Pools `planes` (`count x h x w`, contiguous) into `out` and `offsets` (`count x OH x OW`)
-/// [`LANES`] planes at a time, interleaving each group's pixels into `buffer`.
+/// several planes at a time ([`VALUES_AT_ONCE`]), interleaving their pixels into `buffer`.
 pub(crate) fn pool_planes_in_lanes(
     planes: &[f32],
     (h, w, pool): (usize, usize, Pool2d),
@@ -100,23 +110,24 @@ pub(crate) fn pool_planes_in_lanes(
     buffer: &mut Vec<f32>,
 ) {
     let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
-    buffer.resize(plane * LANES, 0.0);
+    let at_once = (VALUES_AT_ONCE / plane.max(1)).clamp(LANES, 8 * LANES) / LANES * LANES;
+    buffer.resize(plane * at_once, 0.0);
     for ((planes, out), offsets) in planes
-        .chunks(plane * LANES)
-        .zip(out.chunks_mut(pooled * LANES))
-        .zip(offsets.chunks_mut(pooled * LANES))
+        .chunks(plane * at_once)
+        .zip(out.chunks_mut(pooled * at_once))
+        .zip(offsets.chunks_mut(pooled * at_once))
     {
         let lanes = planes.len() / plane;
         for (lane, pixels) in planes.chunks_exact(plane).enumerate() {
             for (pixel, &value) in pixels.iter().enumerate() {
-                buffer[pixel * LANES + lane] = value;
+                buffer[pixel * lanes + lane] = value;
             }
         }
         let write = |lane: usize, output: usize, value: f32, offset: u8| {
             out[lane * pooled + output] = value;
             offsets[lane * pooled + output] = offset;
         };
-        pool_lanes(buffer, |pixel| pixel * LANES, lanes, (h, w, pool), write);
+        pool_lanes(buffer, |pixel| pixel * lanes, lanes, (h, w, pool), write);
     }
 }
 
