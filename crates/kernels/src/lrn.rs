@@ -128,7 +128,6 @@ fn geometry(layout: &Layout) -> (usize, usize) {
 struct Constants {
     size: f32,
     alpha: f32,
-    beta: f32,
     k: f32,
 }
 
@@ -137,25 +136,7 @@ impl Constants {
         Self {
             size: lrn.size as f32,
             alpha: lrn.alpha as f32,
-            beta: lrn.beta as f32,
             k: lrn.k as f32,
-        }
-    }
-
-    /// `d^beta`. The common exponent 0.75 as two square roots (correctly rounded, and the
-    /// compiler vectorises them, where `powf` is a scalar library call per value: most of the
-    /// op's time).
-    #[inline(always)]
-    fn power(&self, d: f32) -> f32 {
-        if self.beta == 0.75 {
-            let root = d.sqrt();
-            root * root.sqrt()
-        } else if self.beta == 0.5 {
-            d.sqrt()
-        } else if self.beta == 1.0 {
-            d
-        } else {
-            d.powf(self.beta)
         }
     }
 
@@ -165,6 +146,84 @@ impl Constants {
     fn base(&self, sum: f32) -> f32 {
         sum / self.size * self.alpha + self.k
     }
+}
+
+/// `d^beta`, chosen once per call: a test of `beta` inside the loops kept them from
+/// vectorising. The common exponent 0.75 is two square roots (correctly rounded, and
+/// vectorised, where `powf` is a scalar library call per value).
+trait Exponent: Copy + Send + Sync {
+    fn power(self, d: f32) -> f32;
+}
+
+#[derive(Clone, Copy)]
+struct ThreeQuarters;
+
+impl Exponent for ThreeQuarters {
+    #[inline(always)]
+    fn power(self, d: f32) -> f32 {
+        let root = d.sqrt();
+        root * root.sqrt()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Half;
+
+impl Exponent for Half {
+    #[inline(always)]
+    fn power(self, d: f32) -> f32 {
+        d.sqrt()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct One;
+
+impl Exponent for One {
+    #[inline(always)]
+    fn power(self, d: f32) -> f32 {
+        d
+    }
+}
+
+#[derive(Clone, Copy)]
+struct General(f32);
+
+impl Exponent for General {
+    #[inline(always)]
+    fn power(self, d: f32) -> f32 {
+        d.powf(self.0)
+    }
+}
+
+/// Runs `$body` with `$exponent` bound to the [`Exponent`] of `$beta`.
+macro_rules! with_exponent {
+    ($beta:expr, $exponent:ident => $body:expr) => {{
+        let beta = $beta as f32;
+        if beta == 0.75 {
+            let $exponent = ThreeQuarters;
+            $body
+        } else if beta == 0.5 {
+            let $exponent = Half;
+            $body
+        } else if beta == 1.0 {
+            let $exponent = One;
+            $body
+        } else {
+            let $exponent = General(beta);
+            $body
+        }
+    }};
+}
+
+/// Values each parallel task takes at least (whole planes): at 48 px a plane is 144 values, and
+/// a task per plane cost more in scheduling than in arithmetic. Tests split their small
+/// tensors into several tasks, the last one short.
+const TASK_VALUES: usize = if cfg!(test) { 40 } else { 8192 };
+
+/// Planes per parallel task for planes of `plane` values.
+fn planes_per_task(plane: usize) -> usize {
+    TASK_VALUES.div_ceil(plane.max(1))
 }
 
 /// `out = sum of x[c']^2` over the window of channel `c` of one image (`x`: its `C` planes).
@@ -183,27 +242,41 @@ fn window_sum(out: &mut [f32], x: &[f32], c: usize, channels: usize, lrn: LocalR
 
 /// The forward: each output plane from its window of input planes.
 fn forward(x: &[f32], (channels, plane): (usize, usize), lrn: LocalResponseNorm) -> Vec<f32> {
-    let constants = Constants::of(lrn);
     let mut out = vec![0f32; x.len()];
     if plane == 0 {
         return out;
     }
-    out.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(plane_idx, out)| {
-            let (image, c) = (plane_idx / channels, plane_idx % channels);
-            let x = &x[image * channels * plane..(image + 1) * channels * plane];
-            super::isa::vectorised(
-                #[inline(always)]
-                || {
-                    window_sum(out, x, c, channels, lrn);
-                    for (o, &v) in out.iter_mut().zip(&x[c * plane..(c + 1) * plane]) {
-                        *o = v / constants.power(constants.base(*o));
-                    }
-                },
-            )
-        });
+    with_exponent!(lrn.beta, exponent => forward_with(&mut out, x, (channels, plane), lrn, exponent));
     out
+}
+
+fn forward_with(
+    out: &mut [f32],
+    x: &[f32],
+    (channels, plane): (usize, usize),
+    lrn: LocalResponseNorm,
+    exponent: impl Exponent,
+) {
+    let constants = Constants::of(lrn);
+    let per_task = planes_per_task(plane);
+    out.par_chunks_mut(plane * per_task)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (offset, out) in out.chunks_mut(plane).enumerate() {
+                let plane_idx = task * per_task + offset;
+                let (image, c) = (plane_idx / channels, plane_idx % channels);
+                let x = &x[image * channels * plane..(image + 1) * channels * plane];
+                super::isa::vectorised(
+                    #[inline(always)]
+                    || {
+                        window_sum(out, x, c, channels, lrn);
+                        for (o, &v) in out.iter_mut().zip(&x[c * plane..(c + 1) * plane]) {
+                            *o = v / exponent.power(constants.base(*o));
+                        }
+                    },
+                )
+            }
+        });
 }
 
 /// The input gradient. With `d_c = k + alpha / size * S_c` and `y_c = x_c / d_c^beta`,
@@ -215,67 +288,91 @@ fn backward(
     (channels, plane): (usize, usize),
     lrn: LocalResponseNorm,
 ) -> Vec<f32> {
-    let constants = Constants::of(lrn);
     let mut dx = vec![0f32; x.len()];
     if plane == 0 {
         return dx;
     }
+    with_exponent!(lrn.beta, exponent => backward_with(&mut dx, x, grad, (channels, plane), lrn, exponent));
+    dx
+}
+
+fn backward_with(
+    dx: &mut [f32],
+    x: &[f32],
+    grad: &[f32],
+    (channels, plane): (usize, usize),
+    lrn: LocalResponseNorm,
+    exponent: impl Exponent,
+) {
+    let constants = Constants::of(lrn);
+    let per_task = planes_per_task(plane);
     let mut terms = vec![0f32; x.len()];
     // Pass 1: the direct term of each plane and its share `g x / (d^beta d)` of its window's.
-    dx.par_chunks_mut(plane)
-        .zip(terms.par_chunks_mut(plane))
+    dx.par_chunks_mut(plane * per_task)
+        .zip(terms.par_chunks_mut(plane * per_task))
         .enumerate()
-        .for_each(|(plane_idx, (dx, terms))| {
-            let (image, c) = (plane_idx / channels, plane_idx % channels);
-            let x = &x[image * channels * plane..(image + 1) * channels * plane];
-            let at = plane_idx * plane..(plane_idx + 1) * plane;
-            let (own, grad) = (&x[c * plane..(c + 1) * plane], &grad[at]);
-            super::isa::vectorised(
-                #[inline(always)]
-                || {
-                    window_sum(dx, x, c, channels, lrn);
-                    for (((d, t), &v), &g) in dx.iter_mut().zip(terms.iter_mut()).zip(own).zip(grad)
-                    {
-                        let base = constants.base(*d);
-                        let scale = constants.power(base);
-                        *d = g / scale;
-                        *t = g * v / (scale * base);
-                    }
-                },
-            )
-        });
-    // Pass 2: subtract the window terms of the channels whose windows hold this one.
-    let coefficient = 2.0 * constants.alpha * constants.beta / constants.size;
-    let terms = &terms;
-    dx.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(plane_idx, dx)| {
-            let (image, j) = (plane_idx / channels, plane_idx % channels);
-            let first = j.saturating_sub(lrn.after());
-            let last = (j + lrn.before()).min(channels - 1);
-            let image_terms = &terms[image * channels * plane..(image + 1) * channels * plane];
-            let own = &x[plane_idx * plane..(plane_idx + 1) * plane];
-            with_spare_buffer(|buffer| {
-                let sum = grown(buffer, plane);
+        .for_each(|(task, (dx, terms))| {
+            for (offset, (dx, terms)) in dx
+                .chunks_mut(plane)
+                .zip(terms.chunks_mut(plane))
+                .enumerate()
+            {
+                let plane_idx = task * per_task + offset;
+                let (image, c) = (plane_idx / channels, plane_idx % channels);
+                let x = &x[image * channels * plane..(image + 1) * channels * plane];
+                let at = plane_idx * plane..(plane_idx + 1) * plane;
+                let (own, grad) = (&x[c * plane..(c + 1) * plane], &grad[at]);
                 super::isa::vectorised(
                     #[inline(always)]
                     || {
-                        sum.fill(0.0);
-                        for c in first..=last {
-                            for (s, &t) in
-                                sum.iter_mut().zip(&image_terms[c * plane..(c + 1) * plane])
-                            {
-                                *s += t;
-                            }
-                        }
-                        for ((d, &v), &s) in dx.iter_mut().zip(own).zip(sum.iter()) {
-                            *d -= coefficient * v * s;
+                        window_sum(dx, x, c, channels, lrn);
+                        for (((d, t), &v), &g) in
+                            dx.iter_mut().zip(terms.iter_mut()).zip(own).zip(grad)
+                        {
+                            let base = constants.base(*d);
+                            let scale = exponent.power(base);
+                            *d = g / scale;
+                            *t = g * v / (scale * base);
                         }
                     },
                 )
+            }
+        });
+    // Pass 2: subtract the window terms of the channels whose windows hold this one.
+    let coefficient = 2.0 * constants.alpha * lrn.beta as f32 / constants.size;
+    let terms = &terms;
+    dx.par_chunks_mut(plane * per_task)
+        .enumerate()
+        .for_each(|(task, dx)| {
+            with_spare_buffer(|buffer| {
+                let sum = grown(buffer, plane);
+                for (offset, dx) in dx.chunks_mut(plane).enumerate() {
+                    let plane_idx = task * per_task + offset;
+                    let (image, j) = (plane_idx / channels, plane_idx % channels);
+                    let first = j.saturating_sub(lrn.after());
+                    let last = (j + lrn.before()).min(channels - 1);
+                    let image_terms =
+                        &terms[image * channels * plane..(image + 1) * channels * plane];
+                    let own = &x[plane_idx * plane..(plane_idx + 1) * plane];
+                    super::isa::vectorised(
+                        #[inline(always)]
+                        || {
+                            sum.fill(0.0);
+                            for c in first..=last {
+                                for (s, &t) in
+                                    sum.iter_mut().zip(&image_terms[c * plane..(c + 1) * plane])
+                                {
+                                    *s += t;
+                                }
+                            }
+                            for ((d, &v), &s) in dx.iter_mut().zip(own).zip(sum.iter()) {
+                                *d -= coefficient * v * s;
+                            }
+                        },
+                    )
+                }
             })
         });
-    dx
 }
 
 /// The fused op on a contiguous `N x C x ...` f32 input, on the CPU and on CUDA (`cuda.rs`).
