@@ -95,6 +95,12 @@ pub(crate) fn backward_from(
         let mut col = Vec::new();
         let mut dcol = Vec::new();
         let mut grad = vec![0f32; g.out_image()];
+        if g.is_pointwise() && plane <= POINTWISE_GROUP_PLANE {
+            let first = group_idx * per_partial;
+            let arguments = (x, dx, first, weight);
+            pointwise_group(arguments, output_grad, g, (parallel_inside, par), (dw, db));
+            return sums;
+        }
         let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
         for (image_idx, x) in x.chunks(g.in_image()).enumerate() {
             output_grad(
@@ -214,6 +220,91 @@ pub(crate) fn backward_from(
         None => total,
     };
     (params, with_input_grad.then_some(dx))
+}
+
+/// Output planes up to which a 1x1 convolution's backward multiplies a group's images at once
+/// ([`pointwise_group`]): one image's GEMMs are then small (conv2a at 48 px: 96 x 64 over 121
+/// pixels). Larger planes keep one image per GEMM; so do the tests' larger ones.
+const POINTWISE_GROUP_PLANE: usize = if cfg!(test) { 36 } else { 1024 };
+
+/// The parameter gradients (`dw`, `db`, both added to) and, with `dx`, the input gradient of a
+/// 1x1 stride-1 convolution for the group of images `x` (the first of them image `first` of the
+/// batch) by two GEMMs over the whole group: the output gradients and the inputs are copied
+/// side by side (`channels x (images * plane)`) so that each GEMM sums over every pixel of the
+/// group at once. The bias gradient adds the images in order, as the per-image path does.
+fn pointwise_group(
+    (x, dx, first, weight): (&[f32], Option<&mut [f32]>, usize, &[f32]),
+    output_grad: &OutputGrad<'_>,
+    g: &ConvGeometry,
+    (parallel_inside, par): (bool, Parallel),
+    (dw, db): (&mut [f32], &mut [f32]),
+) {
+    let (plane, in_image) = (g.out_plane(), g.in_image());
+    let count = x.len() / in_image;
+    let columns = count * plane;
+    with_spare_buffer(|grads| {
+        with_spare_buffer(|inputs| {
+            with_spare_buffer(|grad| {
+                let grads = grown(grads, g.c_out * columns);
+                let inputs = grown(inputs, g.c_in * columns);
+                let grad = grown(grad, g.out_image());
+                for (image, x) in x.chunks(in_image).enumerate() {
+                    output_grad(first + image, grad, parallel_inside);
+                    for (channel, row) in grad.chunks(plane).enumerate() {
+                        grads[channel * columns + image * plane..][..plane].copy_from_slice(row);
+                    }
+                    for (b, row) in db.iter_mut().zip(grad.chunks(plane)) {
+                        *b += lane_sum(row);
+                    }
+                    for (channel, row) in x.chunks(plane).enumerate() {
+                        inputs[channel * columns + image * plane..][..plane].copy_from_slice(row);
+                    }
+                }
+                // dW (c_out x c_in) += dY (c_out x columns) * X^T (columns x c_in).
+                gemm(
+                    Gemm {
+                        m: g.c_out,
+                        n: g.c_in,
+                        k: columns,
+                        dst: dw,
+                        accumulate: true,
+                        lhs: grads,
+                        lhs_rs: columns,
+                        lhs_cs: 1,
+                        rhs: inputs,
+                        rhs_rs: 1,
+                        rhs_cs: columns,
+                    },
+                    par,
+                );
+                let Some(dx) = dx else {
+                    return;
+                };
+                // dX (c_in x columns) = W^T (c_in x c_out) * dY, into the inputs' buffer.
+                gemm(
+                    Gemm {
+                        m: g.c_in,
+                        n: columns,
+                        k: g.c_out,
+                        dst: inputs,
+                        accumulate: false,
+                        lhs: weight,
+                        lhs_rs: 1,
+                        lhs_cs: g.c_in,
+                        rhs: grads,
+                        rhs_rs: columns,
+                        rhs_cs: 1,
+                    },
+                    par,
+                );
+                for (image, dx) in dx.chunks_mut(in_image).enumerate() {
+                    for (channel, row) in dx.chunks_mut(plane).enumerate() {
+                        row.copy_from_slice(&inputs[channel * columns + image * plane..][..plane]);
+                    }
+                }
+            })
+        })
+    })
 }
 
 /// How many partial sums of the parameter gradients [`backward_from`] splits a batch into (at
