@@ -29,10 +29,13 @@ pub(crate) const WINOGRAD_BATCH_SIDES: std::ops::Range<usize> = 4..32;
 pub(crate) const WINOGRAD_BATCH_MIN_COLUMNS: usize = if cfg!(test) { 8 } else { 64 };
 
 /// About how many tiles (all images' together) one batched Winograd call puts in its GEMMs'
-/// columns: wide enough for `gemm`'s full rate, small enough that the transformed input and the
-/// products (`(c_in + c_out) x 36 x columns` values, 11 MiB for conv2b) stay in the L3. Small in
+/// columns: wide enough for `gemm`'s full rate (each call packs the transformed weights again),
+/// while the transformed input and the products (`(c_in + c_out) x 36 x columns` values) stay
+/// tens of MiB. At 96 px (conv2b at 23x23, 36 tiles an image, batch 32) 512 columns (three calls
+/// of 11 images) took 26 ms forward, 1024 (two of 16, 25 MiB) 19 ms and 2048 (one of 32) 18 ms
+/// (best of three, AMD EPYC Zen 3, 2 threads); 48 px's planes fit one call either way. Small in
 /// the unit tests, so that their small batches still take several calls.
-pub(crate) const WINOGRAD_BATCH_COLUMNS: usize = if cfg!(test) { 20 } else { 512 };
+pub(crate) const WINOGRAD_BATCH_COLUMNS: usize = if cfg!(test) { 20 } else { 1024 };
 
 /// How a batched Winograd convolution walks the batch: the geometry, and the images of each call
 /// (a fixed split of the batch, the same whatever the thread count, so the weight gradient sums
