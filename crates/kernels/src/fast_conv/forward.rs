@@ -3,10 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::geometry::{im2col_rows, ConvGeometry, POINTWISE_GROUP_PLANE};
-use crate::parallel::{
-    filled, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut,
-};
+use super::geometry::{im2col_rows, ConvGeometry};
+use crate::parallel::{filled, gemm, image_groups, with_spare_buffer, Gemm, Parallel, SharedMut};
 
 /// Forward of one image into `out` (`c_out x out_plane`): `relu(W * im2col(x) + b)`. With
 /// `Parallel::None` the calling thread does it all. Otherwise (a batch smaller than the thread
@@ -167,13 +165,9 @@ fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize) {
 pub(crate) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let mut out = filled(g.n * g.out_image(), 0f32);
     let (per_group, par) = image_groups(g.n);
-    let grouped = g.is_pointwise() && g.out_plane() <= POINTWISE_GROUP_PLANE;
     out.par_chunks_mut(per_group * g.out_image())
         .zip(x.par_chunks(per_group * g.in_image()))
         .for_each(|(out, x)| {
-            if grouped && matches!(par, Parallel::None) {
-                return pointwise_group(x, weight, bias, g, out);
-            }
             with_spare_buffer(|col| {
                 for (out, x) in out.chunks_mut(g.out_image()).zip(x.chunks(g.in_image())) {
                     forward_image(x, weight, bias, g, out, col, par);
@@ -181,47 +175,4 @@ pub(crate) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry)
             })
         });
     out
-}
-
-/// `relu(W x + b)` of a 1x1 stride-1 convolution for the group of images `x` into `out`, by one
-/// GEMM over the whole group on the calling thread: the inputs copied side by side
-/// (`c_in x (images * plane)`), the products written back image by image with the bias and ReLU.
-fn pointwise_group(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry, out: &mut [f32]) {
-    let (plane, in_image, out_image) = (g.out_plane(), g.in_image(), g.out_image());
-    let columns = x.len() / in_image * plane;
-    with_spare_buffer(|inputs| {
-        with_spare_buffer(|products| {
-            let inputs = grown(inputs, g.c_in * columns);
-            let products = grown(products, g.c_out * columns);
-            for (image, x) in x.chunks(in_image).enumerate() {
-                for (channel, row) in x.chunks(plane).enumerate() {
-                    inputs[channel * columns + image * plane..][..plane].copy_from_slice(row);
-                }
-            }
-            gemm(
-                Gemm {
-                    m: g.c_out,
-                    n: columns,
-                    k: g.c_in,
-                    dst: products,
-                    accumulate: false,
-                    lhs: weight,
-                    lhs_rs: g.c_in,
-                    lhs_cs: 1,
-                    rhs: inputs,
-                    rhs_rs: columns,
-                    rhs_cs: 1,
-                },
-                Parallel::None,
-            );
-            for (image, out) in out.chunks_mut(out_image).enumerate() {
-                for ((channel, row), b) in out.chunks_mut(plane).enumerate().zip(bias) {
-                    let products = &products[channel * columns + image * plane..][..plane];
-                    for (value, product) in row.iter_mut().zip(products) {
-                        *value = (product + b).max(0.0);
-                    }
-                }
-            }
-        })
-    })
 }

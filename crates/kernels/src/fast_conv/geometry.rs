@@ -21,12 +21,6 @@ pub(crate) const WINOGRAD_MIN_SIDE: usize = 12;
 /// pool's row kernel) was faster there.
 pub(crate) const WINOGRAD_BATCH_SIDES: std::ops::Range<usize> = 4..32;
 
-/// Output planes up to which a 1x1 convolution multiplies a group's images at once, forward and
-/// backward (their channels copied side by side, `channels x (images * plane)`): one image's
-/// GEMMs are small there (conv2a at 48 px: 96 x 64 over 121 pixels). Larger planes keep one
-/// image per GEMM; so do the tests' larger ones.
-pub(crate) const POINTWISE_GROUP_PLANE: usize = if cfg!(test) { 36 } else { 1024 };
-
 /// The fewest tiles (all images' together) for which the batched Winograd path beats the others
 /// on [`WINOGRAD_BATCH_SIDES`]: measured at 11x11 between 4 and 8 images (36 and 72 tiles), at
 /// 5x5 near 16 (64), at 13x13 and 23x23 below 2 images; fewer take the paths of before (im2col
