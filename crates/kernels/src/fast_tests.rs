@@ -104,8 +104,7 @@ fn fast_conv_relu_matches_the_reference_with_gradients() {
         (3, 5, 13, 3, 1, 1, 3),
         (2, 3, 33, 3, 1, 1, 3),
         (1, 4, 15, 7, 2, 3, 2),
-        // 1x1: a group's images in one GEMM (planes up to POINTWISE_GROUP_PLANE, at batch 1
-        // too; 17 images make groups of three, PARTIAL_SUMS), and one image at a time above.
+        // 1x1, at batch 1 and with 17 images (partial sums over groups of three, PARTIAL_SUMS).
         (6, 4, 5, 1, 1, 0, 17),
         (6, 4, 5, 1, 1, 0, 1),
         (6, 4, 9, 1, 1, 0, 3),
@@ -319,8 +318,7 @@ fn results_do_not_depend_on_the_thread_count() {
         (3, 4, 3, 3, (1, 1), pool(3, 1, 1), 7),
         (3, 4, 9, 3, (1, 1), pool(3, 2, 0), 7),
         (2, 3, 33, 3, (1, 1), pool(3, 2, 0), 5),
-        // 1x1 convolutions (no pool), a group's images at once (groups of three of 17) and
-        // one at a time.
+        // 1x1 convolutions (no pool); 17 images sum their gradients in groups of three.
         (6, 4, 5, 1, (1, 0), NO_POOL, 17),
         (6, 4, 9, 1, (1, 0), NO_POOL, 7),
     ];

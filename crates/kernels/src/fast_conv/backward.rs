@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::geometry::{col2im_add, im2col, ConvGeometry, WinogradBatch, POINTWISE_GROUP_PLANE};
+use super::geometry::{col2im_add, im2col, ConvGeometry, WinogradBatch};
 use crate::parallel::{filled, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel};
 use crate::winograd::with_scratch as with_winograd_scratch;
 use crate::winograd_f4::WinogradF4;
@@ -95,12 +95,6 @@ pub(crate) fn backward_from(
         let mut col = Vec::new();
         let mut dcol = Vec::new();
         let mut grad = vec![0f32; g.out_image()];
-        if g.is_pointwise() && plane <= POINTWISE_GROUP_PLANE {
-            let first = group_idx * per_partial;
-            let arguments = (x, dx, first, weight);
-            pointwise_group(arguments, output_grad, g, (parallel_inside, par), (dw, db));
-            return sums;
-        }
         let mut dx_images = dx.map(|dx| dx.chunks_mut(g.in_image()));
         for (image_idx, x) in x.chunks(g.in_image()).enumerate() {
             output_grad(
@@ -220,86 +214,6 @@ pub(crate) fn backward_from(
         None => total,
     };
     (params, with_input_grad.then_some(dx))
-}
-
-/// The parameter gradients (`dw`, `db`, both added to) and, with `dx`, the input gradient of a
-/// 1x1 stride-1 convolution for the group of images `x` (the first of them image `first` of the
-/// batch) by two GEMMs over the whole group: the output gradients and the inputs are copied
-/// side by side (`channels x (images * plane)`) so that each GEMM sums over every pixel of the
-/// group at once. The bias gradient adds the images in order, as the per-image path does.
-fn pointwise_group(
-    (x, dx, first, weight): (&[f32], Option<&mut [f32]>, usize, &[f32]),
-    output_grad: &OutputGrad<'_>,
-    g: &ConvGeometry,
-    (parallel_inside, par): (bool, Parallel),
-    (dw, db): (&mut [f32], &mut [f32]),
-) {
-    let (plane, in_image) = (g.out_plane(), g.in_image());
-    let count = x.len() / in_image;
-    let columns = count * plane;
-    with_spare_buffer(|grads| {
-        with_spare_buffer(|inputs| {
-            with_spare_buffer(|grad| {
-                let grads = grown(grads, g.c_out * columns);
-                let inputs = grown(inputs, g.c_in * columns);
-                let grad = grown(grad, g.out_image());
-                for (image, x) in x.chunks(in_image).enumerate() {
-                    output_grad(first + image, grad, parallel_inside);
-                    for (channel, row) in grad.chunks(plane).enumerate() {
-                        grads[channel * columns + image * plane..][..plane].copy_from_slice(row);
-                    }
-                    for (b, row) in db.iter_mut().zip(grad.chunks(plane)) {
-                        *b += lane_sum(row);
-                    }
-                    for (channel, row) in x.chunks(plane).enumerate() {
-                        inputs[channel * columns + image * plane..][..plane].copy_from_slice(row);
-                    }
-                }
-                // dW (c_out x c_in) += dY (c_out x columns) * X^T (columns x c_in).
-                gemm(
-                    Gemm {
-                        m: g.c_out,
-                        n: g.c_in,
-                        k: columns,
-                        dst: dw,
-                        accumulate: true,
-                        lhs: grads,
-                        lhs_rs: columns,
-                        lhs_cs: 1,
-                        rhs: inputs,
-                        rhs_rs: 1,
-                        rhs_cs: columns,
-                    },
-                    par,
-                );
-                let Some(dx) = dx else {
-                    return;
-                };
-                // dX (c_in x columns) = W^T (c_in x c_out) * dY, into the inputs' buffer.
-                gemm(
-                    Gemm {
-                        m: g.c_in,
-                        n: columns,
-                        k: g.c_out,
-                        dst: inputs,
-                        accumulate: false,
-                        lhs: weight,
-                        lhs_rs: 1,
-                        lhs_cs: g.c_in,
-                        rhs: grads,
-                        rhs_rs: columns,
-                        rhs_cs: 1,
-                    },
-                    par,
-                );
-                for (image, dx) in dx.chunks_mut(in_image).enumerate() {
-                    for (channel, row) in dx.chunks_mut(plane).enumerate() {
-                        row.copy_from_slice(&inputs[channel * columns + image * plane..][..plane]);
-                    }
-                }
-            })
-        })
-    })
 }
 
 /// How many partial sums of the parameter gradients [`backward_from`] splits a batch into (at
