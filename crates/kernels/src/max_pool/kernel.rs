@@ -8,6 +8,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::lanes::{pool_planes_in_lanes, pools_in_lanes, LANES};
+use super::same;
 use super::{Pool2d, PoolGeometry};
 use crate::parallel::{filled, par_build, SharedMut};
 
@@ -61,7 +62,7 @@ pub(super) fn pool_forward<T: WithDType>(
     let offsets_ptr = SharedMut(offsets.as_mut_ptr());
     // Several planes per task when planes are many and small: a task costs about a microsecond.
     // With the fast kernels, planes whose output rows are short go [`LANES`] at a time.
-    let in_lanes = lanes.filter(|_| pools_in_lanes(pool, (h, w)));
+    let in_lanes = lanes.filter(|_| pools_planes_at_once(pool, (h, w)));
     let planes_per_task = (n * c / (8 * rayon::current_num_threads().max(1))).clamp(1, 16);
     let planes_per_task = if in_lanes.is_some() {
         planes_per_task.next_multiple_of(LANES)
@@ -110,11 +111,12 @@ pub(crate) fn pool_planes(
     parallel: bool,
 ) {
     let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
-    // Several planes at once where the rows are short, if there are enough planes to fill the
-    // lanes (conv1's bands hand over one plane at a time).
-    if pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane {
+    // Several planes at once: 3x3 windows at stride 1 and padding 1 always, short rows if there
+    // are enough planes to fill the lanes (conv1's bands hand over one plane at a time).
+    let at_once = same::applies(pool, w) || planes.len() >= LANES * plane;
+    if pools_planes_at_once(pool, (h, w)) && at_once {
         let in_lanes = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
-            pool_planes_in_lanes(planes, (h, w, pool), out, offsets, &mut Vec::new())
+            pool_planes_f32(planes, (h, w, pool), out, offsets, &mut Vec::new())
         };
         if parallel {
             out.par_chunks_mut(pooled * LANES)
@@ -141,6 +143,28 @@ pub(crate) fn pool_planes(
             .zip(planes.chunks(plane))
             .for_each(one);
     }
+}
+
+/// The f32 kernel for several planes at once ([`PlanesKernel`]): the separable one for 3x3
+/// windows at stride 1 and padding 1 (`same.rs`, any plane), else the lanes (`lanes.rs`, short
+/// rows: [`pools_in_lanes`]).
+pub(crate) fn pool_planes_f32(
+    planes: &[f32],
+    (h, w, pool): (usize, usize, Pool2d),
+    out: &mut [f32],
+    offsets: &mut [u8],
+    buffer: &mut Vec<f32>,
+) {
+    if same::applies(pool, w) {
+        same::pool_planes_same(planes, (h, w, pool), out, offsets, buffer)
+    } else {
+        pool_planes_in_lanes(planes, (h, w, pool), out, offsets, buffer)
+    }
+}
+
+/// Whether [`pool_planes_f32`] takes planes of `h x w` under `pool`.
+pub(crate) fn pools_planes_at_once(pool: Pool2d, (h, w): (usize, usize)) -> bool {
+    same::applies(pool, w) || pools_in_lanes(pool, (h, w))
 }
 
 /// Pools one `h x w` plane into `out` and `offsets` (`OH x OW` each).

@@ -22,6 +22,7 @@ use super::storage::contiguous;
 
 mod kernel;
 mod lanes;
+mod same;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
@@ -315,7 +316,7 @@ impl CustomOp1 for MaxPoolOp {
                 data,
                 (
                     interior_kernel_f32(self.pool),
-                    Some(lanes::pool_planes_in_lanes)
+                    Some(kernel::pool_planes_f32)
                 )
             ),
             CpuStorage::F64(data) => pool!(F64, data, (None, None)),

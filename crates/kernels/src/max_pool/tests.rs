@@ -310,6 +310,56 @@ fn planes_pooled_in_lanes_equal_the_scalar_ones_bit_for_bit() {
 }
 
 #[test]
+fn separable_same_size_pool_equals_the_scalar_one_bit_for_bit() {
+    // 3x3 windows at stride 1 and padding 1 as two passes of three: every side from one pixel
+    // (no interior at all) up, non-square planes, ties, infinities and NaNs, several planes a
+    // call; values and offsets as the scalar kernel's, at every vector level and the portable one.
+    for pool in [Pool2d::floor(3, 1, 1), Pool2d::ceil(3, 1, 1)] {
+        for (h, w) in [
+            (1, 1),
+            (1, 5),
+            (5, 1),
+            (2, 2),
+            (2, 9),
+            (3, 3),
+            (11, 11),
+            (23, 23),
+            (7, 16),
+        ] {
+            for planes in [1, 3] {
+                for with_nan in [false, true] {
+                    let values = tricky_values(planes * h * w, with_nan);
+                    let mut scalar = (vec![0f32; values.len()], vec![NO_OFFSET; values.len()]);
+                    for ((plane, out), offsets) in values
+                        .chunks(h * w)
+                        .zip(scalar.0.chunks_mut(h * w))
+                        .zip(scalar.1.chunks_mut(h * w))
+                    {
+                        kernel::pool_plane(plane, h, w, pool, out, offsets, None);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    crate::isa::for_each_supported(|level| {
+                        let mut separable =
+                            (vec![0f32; values.len()], vec![NO_OFFSET; values.len()]);
+                        same::pool_planes_same(
+                            &values,
+                            (h, w, pool),
+                            &mut separable.0,
+                            &mut separable.1,
+                            &mut Vec::new(),
+                        );
+                        let case =
+                            format!("{level}: {pool:?} {h}x{w}, {planes} planes, nan {with_nan}");
+                        assert_eq!(bits(&separable.0), bits(&scalar.0), "{case}");
+                        assert_eq!(separable.1, scalar.1, "{case}");
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn a_nan_wins_its_window_as_in_pytorch() {
     // PyTorch's CPU kernel takes a value when `val > max || isnan(val)`: the last NaN wins.
     let mut values = vec![0f32; 16];
