@@ -254,6 +254,45 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
     }
 }
 
+/// That `kernel` pools the `h x w` planes of `values` as the scalar kernel does plane by plane,
+/// values and offsets bit for bit, at every vector level this CPU has and the portable one.
+fn assert_equals_the_scalar_kernel(
+    kernel: kernel::PlanesKernel<f32>,
+    values: &[f32],
+    (h, w, pool): (usize, usize, Pool2d),
+    case: &str,
+) {
+    let pooled = pool.out_side(h) * pool.out_side(w);
+    let planes = values.len() / (h * w);
+    let fresh = || {
+        (
+            vec![0f32; planes * pooled],
+            vec![NO_OFFSET; planes * pooled],
+        )
+    };
+    let mut scalar = fresh();
+    for ((plane, out), offsets) in values
+        .chunks(h * w)
+        .zip(scalar.0.chunks_mut(pooled))
+        .zip(scalar.1.chunks_mut(pooled))
+    {
+        kernel::pool_plane(plane, h, w, pool, out, offsets, None);
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    crate::isa::for_each_supported(|level| {
+        let mut fast = fresh();
+        kernel(
+            values,
+            (h, w, pool),
+            &mut fast.0,
+            &mut fast.1,
+            &mut Vec::new(),
+        );
+        assert_eq!(bits(&fast.0), bits(&scalar.0), "{level}: {case}");
+        assert_eq!(fast.1, scalar.1, "{level}: {case}");
+    });
+}
+
 #[test]
 fn planes_pooled_in_lanes_equal_the_scalar_ones_bit_for_bit() {
     // Groups of eight planes and a remainder, windows with and without padding, strides that
@@ -272,37 +311,12 @@ fn planes_pooled_in_lanes_equal_the_scalar_ones_bit_for_bit() {
             if !pool.fits(h, w) {
                 continue;
             }
-            let (oh, ow) = (pool.out_side(h), pool.out_side(w));
             for planes in [1, 8, 11, 19] {
                 for with_nan in [false, true] {
                     let values = tricky_values(planes * h * w, with_nan);
-                    let mut lanes = (
-                        vec![0f32; planes * oh * ow],
-                        vec![NO_OFFSET; planes * oh * ow],
-                    );
-                    let mut scalar = lanes.clone();
-                    for ((plane, out), offsets) in values
-                        .chunks(h * w)
-                        .zip(scalar.0.chunks_mut(oh * ow))
-                        .zip(scalar.1.chunks_mut(oh * ow))
-                    {
-                        kernel::pool_plane(plane, h, w, pool, out, offsets, None);
-                    }
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    // Every vector path this CPU has, and the portable one.
-                    crate::isa::for_each_supported(|level| {
-                        lanes::pool_planes_in_lanes(
-                            &values,
-                            (h, w, pool),
-                            &mut lanes.0,
-                            &mut lanes.1,
-                            &mut Vec::new(),
-                        );
-                        let case =
-                            format!("{level}: {pool:?} {h}x{w}, {planes} planes, nan {with_nan}");
-                        assert_eq!(bits(&lanes.0), bits(&scalar.0), "{case}");
-                        assert_eq!(lanes.1, scalar.1, "{case}");
-                    });
+                    let case = format!("{pool:?} {h}x{w}, {planes} planes, nan {with_nan}");
+                    let kernel: kernel::PlanesKernel<f32> = lanes::pool_planes_in_lanes;
+                    assert_equals_the_scalar_kernel(kernel, &values, (h, w, pool), &case);
                 }
             }
         }
@@ -329,30 +343,9 @@ fn separable_same_size_pool_equals_the_scalar_one_bit_for_bit() {
             for planes in [1, 3] {
                 for with_nan in [false, true] {
                     let values = tricky_values(planes * h * w, with_nan);
-                    let mut scalar = (vec![0f32; values.len()], vec![NO_OFFSET; values.len()]);
-                    for ((plane, out), offsets) in values
-                        .chunks(h * w)
-                        .zip(scalar.0.chunks_mut(h * w))
-                        .zip(scalar.1.chunks_mut(h * w))
-                    {
-                        kernel::pool_plane(plane, h, w, pool, out, offsets, None);
-                    }
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    crate::isa::for_each_supported(|level| {
-                        let mut separable =
-                            (vec![0f32; values.len()], vec![NO_OFFSET; values.len()]);
-                        same::pool_planes_same(
-                            &values,
-                            (h, w, pool),
-                            &mut separable.0,
-                            &mut separable.1,
-                            &mut Vec::new(),
-                        );
-                        let case =
-                            format!("{level}: {pool:?} {h}x{w}, {planes} planes, nan {with_nan}");
-                        assert_eq!(bits(&separable.0), bits(&scalar.0), "{case}");
-                        assert_eq!(separable.1, scalar.1, "{case}");
-                    });
+                    let case = format!("{pool:?} {h}x{w}, {planes} planes, nan {with_nan}");
+                    let kernel: kernel::PlanesKernel<f32> = same::pool_planes_same;
+                    assert_equals_the_scalar_kernel(kernel, &values, (h, w, pool), &case);
                 }
             }
         }
