@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::browser::{
-    browser, open_chromium, required, save_screenshot, screenshot_folder, start_chromedriver,
-    write_y4m,
+    browser, click, open_chromium, required, save_screenshot, screenshot_folder,
+    start_chromedriver, wait_for, webcam_frames, write_y4m,
 };
 use common::start_server;
 use dexpression_dataset::crop::{crop_and_resize, CropBox};
@@ -286,12 +286,13 @@ async fn static_page(
         .goto(&format!("{url}/"))
         .await
         .expect("the page loads");
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("body[data-ready='true']"))
-        .await
-        .expect("the model and ONNX Runtime Web load");
+    wait_for(
+        browser,
+        "body[data-ready='true']",
+        wait,
+        "the model and ONNX Runtime Web load",
+    )
+    .await;
 
     let paths: Vec<String> = images
         .iter()
@@ -360,12 +361,7 @@ async fn static_page(
         });
     browser.perform_actions(drag).await.expect("the drag");
     let selector = format!("{block}[data-box^='{{']");
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css(&selector))
-        .await
-        .expect("the square is classified");
+    wait_for(browser, &selector, wait, "the square is classified").await;
     let page = shown(browser, &selector).await;
     let square = page.square.expect("a square");
     assert_eq!(square.width, square.height, "a square: {square:?}");
@@ -386,35 +382,24 @@ async fn static_page(
     save_screenshot(browser, &screenshots.join("in-browser.png")).await;
 
     // The fake webcam: frames are classified in the page.
-    browser
-        .find(Locator::Css("#webcam"))
-        .await
-        .expect("webcam button")
-        .click()
-        .await
-        .expect("clicked");
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css(".webcam-result[data-probabilities]"))
-        .await
-        .expect("a webcam frame is classified");
+    click(browser, "#webcam", "webcam button").await;
+    wait_for(
+        browser,
+        ".webcam-result[data-probabilities]",
+        wait,
+        "a webcam frame is classified",
+    )
+    .await;
     let started = Instant::now();
-    while frames_done(browser).await < 3 {
+    while webcam_frames(browser).await < 3 {
         assert!(
             started.elapsed() < wait,
             "the webcam view stopped after {} frames",
-            frames_done(browser).await
+            webcam_frames(browser).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    browser
-        .find(Locator::Css("#webcam"))
-        .await
-        .expect("webcam button")
-        .click()
-        .await
-        .expect("stopped");
+    click(browser, "#webcam", "webcam button").await;
     assert_no_violations(browser, "the folder's page").await;
 }
 
@@ -446,12 +431,13 @@ async fn served_page(browser: &Client, server: &Server, photo: &Path) {
         .goto(&format!("{}/local/?token={TOKEN}", server.url))
         .await
         .expect("the served page loads");
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("body[data-ready='true']"))
-        .await
-        .expect("the served page loads its model and runtime");
+    wait_for(
+        browser,
+        "body[data-ready='true']",
+        wait,
+        "the served page loads its model and runtime",
+    )
+    .await;
     browser
         .find(Locator::Css("#file"))
         .await
@@ -460,12 +446,13 @@ async fn served_page(browser: &Client, server: &Server, photo: &Path) {
         .await
         .expect("the photo is picked");
     let selector = ".photo-result[data-probabilities]";
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css(selector))
-        .await
-        .expect("the photo is classified on the served page");
+    wait_for(
+        browser,
+        selector,
+        wait,
+        "the photo is classified on the served page",
+    )
+    .await;
     let page = shown(browser, selector).await;
     let (probabilities, top) = server.predict(&std::fs::read(photo).expect("photo")).await;
     assert_close("the served page", &page.probabilities, &probabilities);
@@ -485,15 +472,6 @@ async fn assert_no_violations(browser: &Client, what: &str) {
         violations, None,
         "{what}: Content-Security-Policy violations"
     );
-}
-
-async fn frames_done(browser: &Client) -> u64 {
-    let fps = browser.find(Locator::Css("#fps")).await.expect("fps");
-    fps.attr("data-frames")
-        .await
-        .expect("an attribute")
-        .and_then(|frames| frames.parse().ok())
-        .unwrap_or(0)
 }
 
 fn run_export(weights: &Path, site: &Path, cache: &Path, offline: bool) -> std::process::Output {

@@ -15,7 +15,8 @@
 mod common;
 
 use common::browser::{
-    browser, open_chromium, save_screenshot, screenshot_folder, start_chromedriver, write_y4m,
+    browser, click, open_chromium, save_screenshot, screenshot_folder, start_chromedriver,
+    wait_for, webcam_frames, write_y4m,
 };
 use common::start_server;
 
@@ -89,12 +90,7 @@ async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
         ("/", None),
         "the token leaves the address bar"
     );
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("#model option"))
-        .await
-        .expect("the model list arrives");
+    wait_for(browser, "#model option", wait, "the model list arrives").await;
 
     // 1. A photo: boxes, bars and the top class, the same as the API's.
     let input = browser
@@ -105,12 +101,13 @@ async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
         .send_keys(&photo.display().to_string())
         .await
         .expect("the photo is picked");
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css(".photo-result .face-box"))
-        .await
-        .expect("a face box appears");
+    wait_for(
+        browser,
+        ".photo-result .face-box",
+        wait,
+        "a face box appears",
+    )
+    .await;
     let boxes = browser
         .find_all(Locator::Css(".photo-result .face-box"))
         .await
@@ -160,19 +157,14 @@ async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
     save_screenshot(browser, &screenshots.join("serve-photo.png")).await;
 
     // 2. The heat map toggle.
-    browser
-        .find(Locator::Css("#heatmap"))
-        .await
-        .expect("toggle")
-        .click()
-        .await
-        .expect("clicked");
-    let heat = browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css(".photo-result .heatmap"))
-        .await
-        .expect("a heat map appears");
+    click(browser, "#heatmap", "toggle").await;
+    let heat = wait_for(
+        browser,
+        ".photo-result .heatmap",
+        wait,
+        "a heat map appears",
+    )
+    .await;
     let source = heat.attr("src").await.expect("src").unwrap_or_default();
     assert!(
         source.starts_with("data:image/png;base64,"),
@@ -181,22 +173,17 @@ async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
     save_screenshot(browser, &screenshots.join("serve-heatmap.png")).await;
 
     // 3. The fake webcam, showing the same face: predictions arrive, fast enough.
-    browser
-        .find(Locator::Css("#webcam"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("clicked");
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css(".webcam-result .face-box"))
-        .await
-        .expect("the webcam frames show a boxed face");
-    let (start, started) = (frames_answered(browser).await, Instant::now());
+    click(browser, "#webcam", "button").await;
+    wait_for(
+        browser,
+        ".webcam-result .face-box",
+        wait,
+        "the webcam frames show a boxed face",
+    )
+    .await;
+    let (start, started) = (webcam_frames(browser).await, Instant::now());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let fps = (frames_answered(browser).await - start) / started.elapsed().as_secs_f64();
+    let fps = (webcam_frames(browser).await - start) as f64 / started.elapsed().as_secs_f64();
     let shown = browser
         .find(Locator::Css("#fps"))
         .await
@@ -210,14 +197,4 @@ async fn drive(browser: &Client, url: &str, photo: &Path, screenshots: &Path) {
         fps >= MIN_WEBCAM_FPS,
         "the webcam view ran at {fps:.1} frames a second"
     );
-}
-
-/// Webcam frames the page has had answered so far.
-async fn frames_answered(browser: &Client) -> f64 {
-    let fps = browser
-        .find(Locator::Css("#fps"))
-        .await
-        .expect("the fps counter");
-    let frames = fps.attr("data-frames").await.expect("its data-frames");
-    frames.and_then(|value| value.parse().ok()).unwrap_or(0.0)
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
 
 use super::Running;
 
@@ -164,4 +165,38 @@ pub fn screenshot_folder(fallback: &Path) -> PathBuf {
 pub async fn save_screenshot(browser: &Client, path: &Path) {
     let png = browser.screenshot().await.expect("a screenshot");
     std::fs::write(path, png).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+}
+
+/// Clicks the element `css` names; `what` says which in a failure.
+pub async fn click(browser: &Client, css: &str, what: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("{what} ({css}): {err}"))
+        .click()
+        .await
+        .unwrap_or_else(|err| panic!("{what} ({css}) clicked: {err}"));
+}
+
+/// Waits up to `within` for an element matching `css`; `what` says what should have appeared.
+pub async fn wait_for(browser: &Client, css: &str, within: Duration, what: &str) -> Element {
+    browser
+        .wait()
+        .at_most(within)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("{what} ({css}): {err}"))
+}
+
+/// Webcam frames the page has had classified so far (its `#fps` counter's `data-frames`).
+pub async fn webcam_frames(browser: &Client) -> u64 {
+    let fps = browser
+        .find(Locator::Css("#fps"))
+        .await
+        .expect("the fps counter");
+    fps.attr("data-frames")
+        .await
+        .expect("its data-frames")
+        .and_then(|frames| frames.parse().ok())
+        .unwrap_or(0)
 }
