@@ -25,8 +25,8 @@ use super::max_pool::{pool_lanes, Pool2d};
 use super::parallel::{for_each_chunk, for_each_index_with, gemm, grown, Gemm, SharedMut};
 use super::winograd::{position_gemm, Scratch};
 use super::winograd_f4::{
-    grad_transform_6, input_transform_6, output_transform_6, output_transform_6_in_place, rows_of,
-    WinogradF4, BLOCK, POSITIONS, TILE,
+    grad_transform_tiles, input_transform_tiles, output_transform_tiles, WinogradF4, BLOCK,
+    POSITIONS, TILE,
 };
 
 /// A table entry for a tile element outside the plane (the padding, or past the last row or
@@ -232,12 +232,7 @@ impl WinogradF4 {
             || {
                 let columns = images * self.tiles();
                 gather(x, image_stride, images, &tables.input, v, columns);
-                for j in 0..TILE {
-                    input_transform_6(rows_of(v, columns, j, TILE));
-                }
-                for i in 0..TILE {
-                    input_transform_6(rows_of(v, columns, i * TILE, 1));
-                }
+                input_transform_tiles(v, columns);
             },
         )
     }
@@ -261,12 +256,7 @@ impl WinogradF4 {
                     let table = &tables.block[r * BLOCK * self.tiles()..][..BLOCK * self.tiles()];
                     gather(grad, image_stride, images, table, rows, columns);
                 }
-                for r in 0..BLOCK {
-                    grad_transform_6(rows_of(m, columns, r * TILE, 1));
-                }
-                for j in 0..TILE {
-                    grad_transform_6(rows_of(m, columns, j, TILE));
-                }
+                grad_transform_tiles(m, columns);
             },
         )
     }
@@ -286,27 +276,7 @@ impl WinogradF4 {
         let buffer = grown(buffer, BLOCK * TILE * columns);
         super::isa::vectorised(
             #[inline(always)]
-            || {
-                // A^T m: for each column j, rows i = 0..5 of M become rows r = 0..3 (kept as
-                // 6r + j).
-                for j in 0..TILE {
-                    let m: [&[f32]; TILE] = std::array::from_fn(|i| {
-                        &products[((i * TILE + j) * self.c_out + channel) * columns..][..columns]
-                    });
-                    let mut dst = buffer.chunks_exact_mut(columns).skip(j).step_by(TILE);
-                    let dst = [(); BLOCK].map(|_| dst.next().expect("four rows"));
-                    output_transform_6(m, dst);
-                }
-                // (A^T m) A, in place: row r's six columns become its four outputs.
-                for r in 0..BLOCK {
-                    output_transform_6_in_place(rows_of(buffer, columns, r * TILE, 1));
-                }
-                if let Some(b) = bias {
-                    for value in buffer.iter_mut() {
-                        *value = (*value + b).max(0.0);
-                    }
-                }
-            },
+            || output_transform_tiles(products, (self.c_out, channel), columns, bias, buffer),
         );
         buffer
     }

@@ -387,12 +387,7 @@ impl WinogradF4 {
                 }
             }
         }
-        for r in 0..BLOCK {
-            grad_transform_6(rows_of(m, tiles, r * TILE, 1));
-        }
-        for j in 0..TILE {
-            grad_transform_6(rows_of(m, tiles, j, TILE));
-        }
+        grad_transform_tiles(m, tiles);
     }
 
     /// `V = B^T d B` for every 6x6 tile of one channel, into `v` (`36 x tiles`): the tiles are
@@ -446,12 +441,7 @@ impl WinogradF4 {
                 d5[last] = padded[BLOCK * tiles_w + 1];
             }
         }
-        for j in 0..TILE {
-            input_transform_6(rows_of(v, tiles, j, TILE));
-        }
-        for i in 0..TILE {
-            input_transform_6(rows_of(v, tiles, i * TILE, 1));
-        }
+        input_transform_tiles(v, tiles);
     }
 
     /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), then with
@@ -481,26 +471,7 @@ impl WinogradF4 {
     ) {
         let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
         buffer.resize(BLOCK * TILE * tiles, 0.0);
-        // A^T m: for each column j, rows i = 0..5 of M become rows r = 0..3 (kept as 6r + j).
-        for j in 0..TILE {
-            let m: [&[f32]; TILE] = std::array::from_fn(|i| {
-                &products[((i * TILE + j) * self.c_out + channel) * tiles..][..tiles]
-            });
-            let mut dst = buffer.chunks_exact_mut(tiles).skip(j).step_by(TILE);
-            let dst = [(); BLOCK].map(|_| dst.next().expect("four rows"));
-            output_transform_6(m, dst);
-        }
-        // (A^T m) A, in place: row r's six columns become its four outputs (6r .. 6r + 3).
-        for r in 0..BLOCK {
-            output_transform_6_in_place(rows_of(buffer, tiles, r * TILE, 1));
-        }
-        // The bias and ReLU over the whole buffer first (a loop the compiler vectorises; the
-        // rows 6r + 4 and 6r + 5, left over by the in-place step, are never read).
-        if let Some(b) = bias {
-            for value in buffer.iter_mut() {
-                *value = (*value + b).max(0.0);
-            }
-        }
+        output_transform_tiles(products, (self.c_out, channel), tiles, bias, buffer);
         // Output (4ty + r, 4tx + dx) is element (ty, tx) of row 6r + dx.
         for ty in 0..self.tiles_h() {
             for r in 0..BLOCK {
@@ -579,6 +550,63 @@ pub(super) fn rows_of(
 ) -> [&mut [f32]; TILE] {
     let mut rows = matrix.chunks_exact_mut(len).skip(first).step_by(step);
     [(); TILE].map(|_| rows.next().expect("six rows"))
+}
+
+/// `V = B^T d B` in place for each of the `columns` tiles of `v` (`36 x columns`, element
+/// `(i, j)` of every tile in row `6i + j`): rows first (`B^T d`), then columns (`(.) B`).
+#[inline(always)]
+pub(super) fn input_transform_tiles(v: &mut [f32], columns: usize) {
+    for j in 0..TILE {
+        input_transform_6(rows_of(v, columns, j, TILE));
+    }
+    for i in 0..TILE {
+        input_transform_6(rows_of(v, columns, i * TILE, 1));
+    }
+}
+
+/// `dM = A dY A^T` in place for each of the `columns` 4x4 blocks of `m` (`36 x columns`,
+/// element `(r, c)` of every block in row `6r + c`): each block row's four values expanded to
+/// six, then each of the six columns.
+#[inline(always)]
+pub(super) fn grad_transform_tiles(m: &mut [f32], columns: usize) {
+    for r in 0..BLOCK {
+        grad_transform_6(rows_of(m, columns, r * TILE, 1));
+    }
+    for j in 0..TILE {
+        grad_transform_6(rows_of(m, columns, j, TILE));
+    }
+}
+
+/// `Y = A^T M A` of output channel `channel` for each of the `columns` tiles of `products`
+/// (`36 x c_out x columns`) into `buffer` (`24 x columns`: output `(r, c)` of every tile in row
+/// `6r + c`; rows `6r + 4` and `6r + 5` are left over), then with `bias` `relu(Y + bias)` over
+/// the whole buffer (a loop the compiler vectorises; the left-over rows are never read).
+#[inline(always)]
+pub(super) fn output_transform_tiles(
+    products: &[f32],
+    (c_out, channel): (usize, usize),
+    columns: usize,
+    bias: Option<f32>,
+    buffer: &mut [f32],
+) {
+    // A^T m: for each column j, rows i = 0..5 of M become rows r = 0..3 (kept as 6r + j).
+    for j in 0..TILE {
+        let m: [&[f32]; TILE] = std::array::from_fn(|i| {
+            &products[((i * TILE + j) * c_out + channel) * columns..][..columns]
+        });
+        let mut dst = buffer.chunks_exact_mut(columns).skip(j).step_by(TILE);
+        let dst = [(); BLOCK].map(|_| dst.next().expect("four rows"));
+        output_transform_6(m, dst);
+    }
+    // (A^T m) A, in place: row r's six columns become its four outputs (6r .. 6r + 3).
+    for r in 0..BLOCK {
+        output_transform_6_in_place(rows_of(buffer, columns, r * TILE, 1));
+    }
+    if let Some(b) = bias {
+        for value in buffer.iter_mut() {
+            *value = (*value + b).max(0.0);
+        }
+    }
 }
 
 /// `B^T` applied along six equally long rows `d[0..6]` in place, element by element. The
