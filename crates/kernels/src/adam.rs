@@ -38,6 +38,22 @@ impl AdamStep {
             bias_correction2: 1.0 - beta2.powi(step),
         }
     }
+
+    /// The step's constants as the one-pass kernels take them, each rounded to f32 from f64 as
+    /// candle's affine op rounds it: `beta1`, `1 - beta1`, `beta2`, `1 - beta2`,
+    /// `1 / sqrt(bias_correction2)`, `eps`, `step_size`.
+    pub(crate) fn f32_constants(&self) -> [f32; 7] {
+        [
+            self.beta1,
+            1.0 - self.beta1,
+            self.beta2,
+            1.0 - self.beta2,
+            1.0 / self.bias_correction2.sqrt(),
+            self.eps,
+            self.step_size,
+        ]
+        .map(|value| value as f32)
+    }
 }
 
 /// The updated parameter and first and second moments `[param, m, v]` after one step with the
@@ -131,24 +147,8 @@ fn adam_cpu(
         inputs.push(super::storage::contiguous_f32(storage, layout, what)?);
     }
     let [param_values, m_values, v_values, grad_values] = [0, 1, 2, 3].map(|i| inputs[i]);
-    let AdamStep {
-        beta1,
-        beta2,
-        eps,
-        step_size,
-        bias_correction2,
-    } = *step;
-    // Each constant rounded to f32 from f64, as candle's affine op rounds it.
-    let [beta1, one_minus_beta1, beta2, one_minus_beta2, inv_root, eps, step_size] = [
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        1.0 / bias_correction2.sqrt(),
-        eps,
-        step_size,
-    ]
-    .map(|value| value as f32);
+    let [beta1, one_minus_beta1, beta2, one_minus_beta2, inv_root, eps, step_size] =
+        step.f32_constants();
     let len = param.elem_count();
     let mut out = [vec![0f32; len], vec![0f32; len], vec![0f32; len]];
     let [new_param, new_m, new_v] = &mut out;

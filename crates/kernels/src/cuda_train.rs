@@ -60,7 +60,7 @@ pub(super) fn adam(
     m: &candle_core::Tensor,
     v: &candle_core::Tensor,
     grad: &candle_core::Tensor,
-    step: &super::AdamStep,
+    step: &AdamStep,
 ) -> candle_core::Result<Option<[candle_core::Tensor; 3]>> {
     use candle_core::{DType, Storage, Tensor};
     let tensors = [param, m, v, grad];
@@ -93,24 +93,8 @@ pub(super) fn adam(
     // SAFETY: the kernel writes all three parts of it (one thread per index below `len`).
     let out = unsafe { device.alloc::<f32>(3 * len.max(1))? };
     let len_arg = len as u64;
-    // Each constant rounded to f32 from f64, as candle's affine op rounds it on the CPU.
-    let AdamStep {
-        beta1,
-        beta2,
-        eps,
-        step_size,
-        bias_correction2,
-    } = *step;
-    let constants = [
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        1.0 / bias_correction2.sqrt(),
-        eps,
-        step_size,
-    ]
-    .map(|value| value as f32);
+    // Rounded to f32 as candle's affine op rounds them on the CPU.
+    let constants = step.f32_constants();
     // SAFETY: the arguments match `adam_f32`'s signature (four f32 inputs of `len`, the f32
     // output of `3 * len`, u64, seven f32); the kernel reads and writes only below those sizes.
     unsafe {
