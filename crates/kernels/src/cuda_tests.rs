@@ -60,36 +60,11 @@ fn projected(out: &Tensor, seed: u64) -> Tensor {
 /// Pools of every geometry the network uses and a few others, two in ceil mode (the paper
 /// variant's pools, with partial last windows).
 const POOLS: [Pool2d; 7] = [
-    Pool2d {
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-        ceil_mode: false,
-    },
-    Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 0,
-        ceil_mode: false,
-    },
-    Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-        ceil_mode: false,
-    },
-    Pool2d {
-        kernel: 2,
-        stride: 2,
-        padding: 0,
-        ceil_mode: false,
-    },
-    Pool2d {
-        kernel: 5,
-        stride: 3,
-        padding: 2,
-        ceil_mode: false,
-    },
+    Pool2d::floor(3, 1, 1),
+    Pool2d::floor(3, 2, 0),
+    Pool2d::floor(3, 2, 1),
+    Pool2d::floor(2, 2, 0),
+    Pool2d::floor(5, 3, 2),
     Pool2d::ceil(3, 2, 0),
     Pool2d::ceil(3, 2, 1),
 ];

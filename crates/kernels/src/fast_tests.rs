@@ -197,12 +197,7 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
 
 /// A pool that keeps every value: the fused conv+pool op with it is a plain convolution by
 /// Winograd's F(4x4, 3x3) (for 3x3 stride-1 kernels).
-const NO_POOL: Pool2d = Pool2d {
-    kernel: 1,
-    stride: 1,
-    padding: 0,
-    ceil_mode: false,
-};
+const NO_POOL: Pool2d = Pool2d::floor(1, 1, 0);
 
 #[test]
 fn winograd_conv_matches_the_reference_forward() {
@@ -243,12 +238,7 @@ fn every_vector_path_computes_the_same_bits() {
         let bias = var(&[5], 33);
         let norm_weight = var(&[5, side, side], 34);
         let norm_bias = var(&[5, side, side], 35);
-        let pool = Pool2d {
-            kernel: 3,
-            stride: 2,
-            padding: 0,
-            ceil_mode: false,
-        };
+        let pool = Pool2d::floor(3, 2, 0);
         let run = || {
             let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
             let conv = conv2d_relu_on(x, w, b, 1, 1, true).unwrap();
@@ -305,12 +295,7 @@ fn results_do_not_depend_on_the_thread_count() {
     // bits. The parameter gradients sum over the batch's images in groups fixed by the batch
     // alone (batches of 7 and 5 split unevenly over 2 and 3 threads), so training repeats
     // exactly on any number of threads.
-    let pool = |kernel, stride, padding| Pool2d {
-        kernel,
-        stride,
-        padding,
-        ceil_mode: false,
-    };
+    let pool = Pool2d::floor;
     let cases = [
         // conv1's geometry with its pool.
         (1, 4, 17, 7, (2, 3), pool(3, 2, 0), 7),
@@ -376,12 +361,7 @@ fn small_feat_ex(tensors: &[Tensor; 6], ceil_mode: bool) -> FeatEx<'_> {
         reduce: layer(0, 0),
         conv: layer(1, 1),
         pooled: layer(2, 0),
-        keep: Pool2d {
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            ceil_mode: false,
-        },
+        keep: Pool2d::floor(3, 1, 1),
         out_pool: Pool2d {
             kernel: 3,
             stride: 2,

@@ -484,25 +484,10 @@ mod tests {
         // partial tiles, a pool with padding, a bias that leaves many windows tied at zero, and a
         // NaN in one image.
         let pools = [
-            Pool2d {
-                kernel: 3,
-                stride: 2,
-                padding: 0,
-                ceil_mode: false,
-            },
-            Pool2d {
-                kernel: 3,
-                stride: 1,
-                padding: 1,
-                ceil_mode: false,
-            },
+            Pool2d::floor(3, 2, 0),
+            Pool2d::floor(3, 1, 1),
             // The paper variant's: a last window that runs past the end on even sides.
-            Pool2d {
-                kernel: 3,
-                stride: 2,
-                padding: 0,
-                ceil_mode: true,
-            },
+            Pool2d::ceil(3, 2, 0),
         ];
         for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 3, 11, 11), (2, 4, 5, 5), (2, 9, 4, 4)] {
             let g = WinogradF4 { c_in, c_out, h, w };

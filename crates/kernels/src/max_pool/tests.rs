@@ -9,12 +9,7 @@ fn forward_matches_hand_computed_values_with_padding() {
         .unwrap()
         .reshape((1, 1, 4, 4))
         .unwrap();
-    let pool = Pool2d {
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-        ceil_mode: false,
-    };
+    let pool = Pool2d::floor(3, 1, 1);
     let ys = max_pool2d(&xs, pool).unwrap();
     let expected = [
         5., 6., 7., 7., 9., 10., 11., 11., 13., 14., 15., 15., 13., 14., 15., 15.,
@@ -103,12 +98,7 @@ fn backward_sends_gradient_to_the_first_tied_maximum() {
         &Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap(),
     )
     .unwrap();
-    let pool = Pool2d {
-        kernel: 3,
-        stride: 2,
-        padding: 0,
-        ceil_mode: false,
-    };
+    let pool = Pool2d::floor(3, 2, 0);
     let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
     assert_eq!(ys.dims(), &[1, 1, 2, 2]);
     let grads = ys.sum_all().unwrap().backward().unwrap();
@@ -133,24 +123,9 @@ fn recorded_backward_equals_searching_again_with_ties_and_padding() {
         .map(|i| ((i * 7919 % 13) / 4) as f32)
         .collect();
     for pool in [
-        Pool2d {
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            ceil_mode: false,
-        },
-        Pool2d {
-            kernel: 3,
-            stride: 2,
-            padding: 0,
-            ceil_mode: false,
-        },
-        Pool2d {
-            kernel: 2,
-            stride: 3,
-            padding: 1,
-            ceil_mode: false,
-        },
+        Pool2d::floor(3, 1, 1),
+        Pool2d::floor(3, 2, 0),
+        Pool2d::floor(2, 3, 1),
         Pool2d::ceil(3, 2, 0),
         Pool2d::ceil(3, 2, 1),
     ] {
@@ -359,12 +334,7 @@ fn a_nan_wins_its_window_as_in_pytorch() {
     values[5] = f32::NAN;
     values[6] = 3.0;
     values[9] = f32::NAN;
-    let pool = Pool2d {
-        kernel: 3,
-        stride: 1,
-        padding: 0,
-        ceil_mode: false,
-    };
+    let pool = Pool2d::floor(3, 1, 0);
     let geometry = PoolGeometry {
         pool,
         n: 1,
