@@ -22,7 +22,7 @@
 //! is fixed by the caller (`ConvGeometry::winograd_batch`).
 
 use super::max_pool::{pool_lanes, Pool2d};
-use super::parallel::{for_each_chunk, for_each_index_with, gemm, grown, Gemm, SharedMut};
+use super::parallel::{for_each_chunk, for_each_index_with, grown, SharedMut};
 use super::winograd::{position_gemm, Scratch};
 use super::winograd_f4::{
     grad_transform_tiles, input_transform_tiles, output_transform_tiles, WinogradF4, BLOCK,
@@ -164,28 +164,7 @@ impl WinogradF4 {
         };
         for_each_chunk(input, POSITIONS * columns, true, transform_input);
         for_each_chunk(grads, POSITIONS * columns, true, transform_grad);
-        let (input, grads): (&[f32], &[f32]) = (input, grads);
-        let gemm_at = |(position, du): (usize, &mut [f32])| {
-            // dU[p] (c_out x c_in) += dM[p] (c_out x columns) * V[p]^T (columns x c_in); both
-            // operands' rows lie 36 * columns values apart.
-            gemm(
-                Gemm {
-                    m: c_out,
-                    n: c_in,
-                    k: columns,
-                    dst: du,
-                    accumulate,
-                    lhs: &grads[position * columns..],
-                    lhs_rs: POSITIONS * columns,
-                    lhs_cs: 1,
-                    rhs: &input[position * columns..],
-                    rhs_rs: 1,
-                    rhs_cs: POSITIONS * columns,
-                },
-                gemm::Parallelism::None,
-            )
-        };
-        for_each_chunk(du, c_out * c_in, true, gemm_at);
+        self.position_weight_grads((input, grads), columns, du, accumulate, true);
     }
 
     /// The input transform and the 36 GEMMs for `images` images, into `scratch`'s products (`36

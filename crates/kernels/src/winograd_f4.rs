@@ -296,23 +296,36 @@ impl WinogradF4 {
         };
         for_each_chunk(input, POSITIONS * tiles, parallel, transform_input);
         for_each_chunk(grads, POSITIONS * tiles, parallel, transform_grad);
-        let (input, grads): (&[f32], &[f32]) = (input, grads);
+        self.position_weight_grads((input, grads), tiles, du, accumulate, parallel);
+    }
+
+    /// `dU[p] (c_out x c_in) += dM[p] (c_out x columns) * V[p]^T (columns x c_in)` for every tile
+    /// position `p` (overwritten unless `accumulate`), from the transformed inputs `input` and
+    /// output gradients `grads` (`channels x 36 x columns`: both operands' rows lie `36 *
+    /// columns` values apart); the positions on every thread when `parallel`.
+    pub(super) fn position_weight_grads(
+        &self,
+        (input, grads): (&[f32], &[f32]),
+        columns: usize,
+        du: &mut [f32],
+        accumulate: bool,
+        parallel: bool,
+    ) {
+        let (c_in, c_out) = (self.c_in, self.c_out);
         let gemm_at = |(position, du): (usize, &mut [f32])| {
-            // dU[p] (c_out x c_in) += dM[p] (c_out x tiles) * V[p]^T (tiles x c_in); both
-            // operands' rows lie 36 * tiles values apart.
             gemm(
                 Gemm {
                     m: c_out,
                     n: c_in,
-                    k: tiles,
+                    k: columns,
                     dst: du,
                     accumulate,
-                    lhs: &grads[position * tiles..],
-                    lhs_rs: POSITIONS * tiles,
+                    lhs: &grads[position * columns..],
+                    lhs_rs: POSITIONS * columns,
                     lhs_cs: 1,
-                    rhs: &input[position * tiles..],
+                    rhs: &input[position * columns..],
                     rhs_rs: 1,
-                    rhs_cs: POSITIONS * tiles,
+                    rhs_cs: POSITIONS * columns,
                 },
                 gemm::Parallelism::None,
             )
