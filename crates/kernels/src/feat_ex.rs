@@ -256,12 +256,7 @@ impl FeatExGeometry {
         self.conv
             .batch(&reduced, conv, (&mut conv_out, &mut conv_offsets), batch);
         let (in_image, out_image) = (self.reduce.in_image(), self.out_image());
-        let (per_group, par) = image_groups(n);
-        let per_task = if matches!(par, Parallel::None) {
-            1
-        } else {
-            per_group
-        };
+        let (per_task, par) = images_per_task(n);
         out.par_chunks_mut(per_task * out_image)
             .zip(x.par_chunks(per_task * in_image))
             .zip(conv_out.par_chunks(per_task * conv_image))
@@ -279,6 +274,17 @@ impl FeatExGeometry {
                     }
                 },
             );
+    }
+}
+
+/// Images a parallel task of the block's inference takes, and the parallelism inside an image:
+/// with at least one image per thread, one image a task (a thread that runs ahead takes more),
+/// each on one thread; below that, all of them in one task, each image over every thread.
+fn images_per_task(n: usize) -> (usize, Parallel) {
+    let (per_group, par) = image_groups(n);
+    match par {
+        Parallel::None => (1, par),
+        _ => (per_group, par),
     }
 }
 
@@ -319,13 +325,7 @@ impl CustomOp1 for FeatExInferenceOp {
             geometry.batch(x, &weights, &mut out, batch);
             return Ok((CpuStorage::F32(out), shape));
         }
-        let (per_group, par) = image_groups(n);
-        // Whole images per thread: one image a task, so a thread that runs ahead takes more.
-        let per_task = if matches!(par, Parallel::None) {
-            1
-        } else {
-            per_group
-        };
+        let (per_task, par) = images_per_task(n);
         out.par_chunks_mut(per_task * out_image)
             .zip(x.par_chunks(per_task * in_image))
             .for_each_init(
