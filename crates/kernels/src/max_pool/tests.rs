@@ -77,13 +77,7 @@ fn ceil_mode_pools_the_partial_last_windows() {
     );
     // Each window's gradient goes to its maximum, inside the image.
     let grads = ceil.sum_all().unwrap().backward().unwrap();
-    let grad = grads
-        .get(xs.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let grad = input_grad(&grads, &xs);
     let mut expected = vec![0f32; 16];
     for idx in [10, 11, 14, 15] {
         expected[idx] = 1.0;
@@ -102,13 +96,7 @@ fn backward_sends_gradient_to_the_first_tied_maximum() {
     let ys = max_pool2d(xs.as_tensor(), pool).unwrap();
     assert_eq!(ys.dims(), &[1, 1, 2, 2]);
     let grads = ys.sum_all().unwrap().backward().unwrap();
-    let grad = grads
-        .get(xs.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let grad = input_grad(&grads, &xs);
     let mut expected = vec![0f32; 25];
     for idx in [0, 2, 10, 12] {
         expected[idx] = 1.0;
@@ -142,13 +130,7 @@ fn recorded_backward_equals_searching_again_with_ties_and_padding() {
             .unwrap()
             .backward()
             .unwrap();
-        let recorded = grads
-            .get(xs.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let recorded = input_grad(&grads, &xs);
         let searched = pool_backward(
             &values,
             &weights.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -157,6 +139,12 @@ fn recorded_backward_equals_searching_again_with_ties_and_padding() {
         );
         assert_eq!(recorded, searched, "{pool:?}");
     }
+}
+
+/// The gradient backpropagation gave the input `xs`, as one flat vector.
+fn input_grad(grads: &candle_core::backprop::GradStore, xs: &Var) -> Vec<f32> {
+    let grad = grads.get(xs.as_tensor()).expect("a gradient for the input");
+    grad.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// Values on a coarse grid (many ties), with NaNs and infinities sprinkled in.
