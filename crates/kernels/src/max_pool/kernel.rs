@@ -113,18 +113,19 @@ pub(crate) fn pool_planes(
     let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
     // Several planes at once: 3x3 windows at stride 1 and padding 1 always, short rows if there
     // are enough planes to fill the lanes (conv1's bands hand over one plane at a time).
-    let at_once = same::applies(pool, w) || planes.len() >= LANES * plane;
-    if pools_planes_at_once(pool, (h, w)) && at_once {
-        let in_lanes = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
+    let at_once =
+        same::applies(pool, w) || (pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane);
+    if at_once {
+        let several = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
             pool_planes_f32(planes, (h, w, pool), out, offsets, &mut Vec::new())
         };
         if parallel {
             out.par_chunks_mut(pooled * LANES)
                 .zip(offsets.par_chunks_mut(pooled * LANES))
                 .zip(planes.par_chunks(plane * LANES))
-                .for_each(in_lanes);
+                .for_each(several);
         } else {
-            in_lanes(((out, offsets), planes));
+            several(((out, offsets), planes));
         }
         return;
     }
