@@ -48,8 +48,10 @@ pub struct Args {
     #[arg(long)]
     profile: bool,
     /// Keep the pool's threads awake (spinning) through each timed training step
-    /// (`dexpression_kernels::with_threads_awake`), as a program that owns its pool may.
-    #[arg(long)]
+    /// (`dexpression_kernels::with_threads_awake`), as `train` does by default; `false` times
+    /// steps with the threads asleep between parallel regions.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
     threads_awake_training: bool,
     /// Where to run: `cpu`, or `cuda` / `cuda:N` (a build with `--features cuda`; see
     /// docs/gpu.md). On a GPU each clock read waits for the queued work first.

@@ -139,6 +139,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &RunOptions {
             only_fold: None,
             restart: true,
+            // The demo owns its pool, as `train` does.
+            threads_awake: true,
         },
         &device,
         &mut bars,

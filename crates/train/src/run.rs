@@ -30,6 +30,13 @@ pub struct RunOptions {
     /// selected folds, or the whole run when its options differ) is moved into
     /// `<out>/.previous-<time>/`, never deleted.
     pub restart: bool,
+    /// Keep the rayon pool's threads awake (spinning) through each training step on the CPU
+    /// (`dexpression_kernels::with_threads_awake`) instead of letting them sleep between the
+    /// step's parallel regions: at small input sides a step is some forty regions of well under a
+    /// millisecond, and waking a sleeping thread for each costs tens of microseconds. For a
+    /// program that owns its pool (the command line's `train` does this by default); off by
+    /// default here, since spinning threads take CPU time from other work sharing the pool.
+    pub threads_awake: bool,
 }
 
 /// What [`run`] leaves behind.
@@ -98,7 +105,14 @@ pub fn run(
     });
 
     for plan in selected {
-        train_fold(config, &dataset.samples, plan, out, device, progress)?;
+        train_fold(
+            config,
+            &dataset.samples,
+            plan,
+            out,
+            (device, options.threads_awake),
+            progress,
+        )?;
     }
 
     let records = {
@@ -120,7 +134,7 @@ fn train_fold(
     samples: &[Sample],
     plan: &FoldPlan,
     out: &Path,
-    device: &Device,
+    (device, threads_awake): (&Device, bool),
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let fold = plan.fold;
@@ -184,7 +198,12 @@ fn train_fold(
                 augment_rng.as_mut(),
                 device,
             )?;
-            let outcome = train_batch(&model, &mut adam, &xs, &ys)?;
+            let mut step = || train_batch(&model, &mut adam, &xs, &ys);
+            let outcome = if threads_awake && device.is_cpu() {
+                dexpression_model::kernels::with_threads_awake(step)?
+            } else {
+                step()?
+            };
             if !outcome.loss.is_finite() {
                 let kept = state
                     .weights

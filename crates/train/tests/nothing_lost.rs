@@ -15,7 +15,11 @@ use dexpression_dataset::Dataset;
 use dexpression_train::{run, EpochRecord, Progress, RunOptions, Silent, TrainConfig, HISTORY_CSV};
 
 fn options(only_fold: Option<usize>, restart: bool) -> RunOptions {
-    RunOptions { only_fold, restart }
+    RunOptions {
+        only_fold,
+        restart,
+        threads_awake: false,
+    }
 }
 
 fn train_with(

@@ -25,7 +25,7 @@ fn train(
 ) -> dexpression_train::Result<()> {
     let options = RunOptions {
         only_fold,
-        restart: false,
+        ..RunOptions::default()
     };
     run(config, dataset, out, &options, &Device::Cpu, &mut Silent).map(|_| ())
 }
