@@ -264,17 +264,17 @@ fn count_host_round_trip() {
 }
 
 /// Runs `f`, a forward of `xs`, with the current rayon pool's threads kept awake (spinning)
-/// between its parallel steps when `xs` is on the fast kernels and holds fewer images than there
-/// are threads (each image is then spread over the threads, step by step, and waking sleeping
-/// threads at each of about twenty steps costs more than the work). The threads spin only for the
-/// duration of `f`; a panic inside releases them. Worth it for batch-1 latency when the pool is
-/// the program's own; a program that shares its pool with other work may prefer plain `f()`.
+/// between its parallel steps when `xs` is on the fast kernels. A forward is twenty-odd parallel
+/// steps, and waking sleeping threads at each costs tens of microseconds: more than a tenth of a
+/// batch-1 inference, and about a tenth of a batch of 32 at 48 px (alternating pairs, see
+/// docs/performance.md). The threads spin only for the duration of `f`; a panic inside releases
+/// them. Worth it when the pool is the program's own; a program that shares its pool with other
+/// work may prefer plain `f()`.
 pub fn with_threads_awake_for<R: Send>(
     xs: &Tensor,
     f: impl FnOnce() -> candle_core::Result<R> + Send,
 ) -> candle_core::Result<R> {
-    let images = xs.dims().first().copied().unwrap_or(1);
-    if fast_kernels_for(xs) && images < parallel::thread_count() {
+    if fast_kernels_for(xs) {
         parallel::with_threads_awake(f)
     } else {
         f()

@@ -142,7 +142,7 @@ impl Classifier {
         self.network
     }
 
-    /// Keeps the pool's threads awake through small forwards ([`Dexpression::with_threads_awake`]).
+    /// Keeps the pool's threads awake through each forward ([`Dexpression::with_threads_awake`]).
     pub fn with_threads_awake(mut self, awake: bool) -> Self {
         self.network = self.network.with_threads_awake(awake);
         self

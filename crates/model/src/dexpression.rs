@@ -49,7 +49,7 @@ pub struct Dexpression {
     batch_normalization: Option<BatchNorm>,
     fc: Affine,
     dropout: DropoutRng,
-    /// Whether a forward of fewer images than threads keeps the pool's threads awake
+    /// Whether an inference forward keeps the pool's threads awake
     /// ([`Self::with_threads_awake`]).
     threads_awake: bool,
     /// The Winograd transforms of conv2b's and conv3b's weights, kept between inferences (owned
@@ -568,7 +568,9 @@ impl ModuleT for Dexpression {
             let features = self.last_featex_t(xs, train)?;
             candle_nn::ops::log_softmax(&self.head_logits_t(&features, train)?, D::Minus1)
         };
-        if self.threads_awake {
+        // A training forward is one part of a step, which the caller keeps awake as a whole
+        // (`dexpression_kernels::with_threads_awake`) or not.
+        if self.threads_awake && !train {
             ops::with_threads_awake_for(xs, forward)
         } else {
             forward()
@@ -577,11 +579,11 @@ impl ModuleT for Dexpression {
 }
 
 impl Dexpression {
-    /// Keeps the rayon pool's threads awake (spinning) through a forward of fewer images than
-    /// threads on the CPU's fast kernels (`dexpression_kernels::with_threads_awake_for`): batch-1
-    /// latency drops by about a tenth, at the cost of the pool's other threads spinning during the
-    /// call. Off by default, since the pool may be shared with the caller's other work; the
-    /// command line's `predict` and `serve` switch it on.
+    /// Keeps the rayon pool's threads awake (spinning) through each inference forward on the CPU's
+    /// fast kernels (`dexpression_kernels::with_threads_awake_for`): batch-1 latency drops by about a
+    /// tenth, and small inputs' batches gain too, at the cost of the pool's other threads spinning
+    /// during the call. Off by default, since the pool may be shared with the caller's other
+    /// work; the command line's `predict`, `serve`, `bench` and `train` switch it on.
     pub fn with_threads_awake(mut self, awake: bool) -> Self {
         self.threads_awake = awake;
         self
@@ -1207,6 +1209,38 @@ mod tests {
                 .variant,
             Variant::Paper
         );
+    }
+
+    #[test]
+    fn threads_kept_awake_change_no_output() {
+        // Spinning threads between parallel steps must not change which thread sums what.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a thread pool");
+        pool.install(|| {
+            let config = DexpressionConfig::with(3, 48);
+            let asleep = Dexpression::new(config.clone(), 4, &Device::Cpu).expect("network");
+            let awake = Dexpression::new(config, 4, &Device::Cpu)
+                .expect("network")
+                .with_threads_awake(true);
+            for (images, seed) in [(1, 1), (5, 2)] {
+                let xs = Tensor::rand(0f32, 1.0, (images, 1, 48, 48), &Device::Cpu)
+                    .expect("input")
+                    .affine(1.0, seed as f64 * 0.01)
+                    .expect("input");
+                let bits = |model: &Dexpression| -> Vec<u32> {
+                    model
+                        .forward_t(&xs, false)
+                        .and_then(|ys| ys.flatten_all()?.to_vec1::<f32>())
+                        .expect("forward")
+                        .into_iter()
+                        .map(f32::to_bits)
+                        .collect()
+                };
+                assert_eq!(bits(&asleep), bits(&awake), "{images} image(s)");
+            }
+        });
     }
 
     #[test]

@@ -173,6 +173,8 @@ fn train_fold(
             (model, adam, state)
         }
     };
+    // Evaluation's forwards too, when the caller keeps the threads awake.
+    let model = model.with_threads_awake(threads_awake && device.is_cpu());
     progress.fold_start(&FoldInfo {
         fold,
         n_train: plan.train.len(),
