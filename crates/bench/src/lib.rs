@@ -414,21 +414,8 @@ pub fn bench_path_on(
             cpu_at_first_timed_step = process_cpu_seconds();
             round_trips_at_first_timed_step = dexpression_kernels::host_round_trips();
         }
-        let mut adam_time = 0.0;
-        let total = seconds(device, || {
-            let mut step = || {
-                let logp = model.forward_t(xs, true)?;
-                let loss = candle_nn::loss::nll(&logp, ys)?;
-                let grads = loss.backward()?;
-                adam_time = seconds(device, || adam.step(&grads))?;
-                Ok(())
-            };
-            if config.threads_awake_training && device.is_cpu() && !reference {
-                dexpression_kernels::with_threads_awake(step)
-            } else {
-                step()
-            }
-        })?;
+        let awake = config.threads_awake_training && !reference;
+        let (total, adam_time) = timed_training_step(device, (&model, &mut adam), (xs, ys), awake)?;
         if step >= 3 {
             train_seconds.push(total);
             adam_seconds.push(adam_time);
@@ -457,6 +444,117 @@ pub fn bench_path_on(
         train_cpu_utilisation,
         train_host_round_trips: dexpression_kernels::host_round_trips()
             - round_trips_at_first_timed_step,
+    })
+}
+
+/// One training step (forward, NLL, backward, Adam) of `model` on a batch: its seconds, and the
+/// seconds of the Adam update within it. With `awake` on the CPU the pool's threads spin through
+/// the step ([`dexpression_kernels::with_threads_awake`]).
+fn timed_training_step(
+    device: &Device,
+    (model, adam): (&Dexpression, &mut Adam),
+    (xs, ys): (&Tensor, &Tensor),
+    awake: bool,
+) -> Result<(f64, f64)> {
+    let mut adam_time = 0.0;
+    let total = seconds(device, || {
+        let mut step = || {
+            let logp = model.forward_t(xs, true)?;
+            let loss = candle_nn::loss::nll(&logp, ys)?;
+            let grads = loss.backward()?;
+            adam_time = seconds(device, || adam.step(&grads))?;
+            Ok(())
+        };
+        if awake && device.is_cpu() {
+            dexpression_kernels::with_threads_awake(step)
+        } else {
+            step()
+        }
+    })?;
+    Ok((total, adam_time))
+}
+
+/// Training of the paper's variant against the port's at one side, timed step by step in turn
+/// ([`compare_variants_on`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VariantComparison {
+    /// Input side.
+    pub image_size: usize,
+    /// Pairs of timed steps (one step of each variant per pair).
+    pub pairs: usize,
+    /// The port's training images per second.
+    pub port_train_images_per_s: Spread,
+    /// The paper variant's training images per second.
+    pub paper_train_images_per_s: Spread,
+    /// For each pair, the paper variant's images per second over the port's: its median is the
+    /// comparison's figure (below 1: the paper's variant is slower).
+    pub paper_over_port_train: Spread,
+}
+
+/// Times training steps of both variants on the fast kernels at `config`'s side and batch,
+/// alternating them step by step (port then paper, then paper then port, and so on), so that a
+/// machine whose speed drifts over seconds (a shared host, a laptop's clock) slows both alike and
+/// each pair's ratio compares like with like; separate runs a minute apart can differ by more
+/// than the variants do. `config.iterations` pairs are timed after three untimed steps of each;
+/// `config.variant` is ignored. `progress` gets a short message before each pair.
+pub fn compare_variants_on(
+    device: &Device,
+    config: &BenchConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<VariantComparison> {
+    set_reference_ops(false);
+    let batches: Vec<(Tensor, Tensor)> = (0..4)
+        .map(|idx| {
+            let labels: Vec<u32> = (0..config.batch_size)
+                .map(|i| ((i * 5 + idx * 3) % 7) as u32)
+                .collect();
+            Ok((
+                random_batch(config.batch_size, config.image_size, idx as u64, device)?,
+                Tensor::new(labels, device)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut networks = Variant::ALL
+        .map(|variant| -> Result<(Dexpression, Adam)> {
+            let model = Dexpression::new(
+                DexpressionConfig::of(variant, 7, config.image_size),
+                0,
+                device,
+            )?;
+            let adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
+            Ok((model, adam))
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let iterations = config.iterations.max(1);
+    // Seconds per step, per variant in `Variant::ALL`'s order (the port's first).
+    let mut seconds_of = [Vec::new(), Vec::new()];
+    for step in 0..iterations + 3 {
+        progress(&format!("variants: pair {step}/{iterations}"));
+        let batch = &batches[step % batches.len()];
+        let order = if step % 2 == 0 { [0, 1] } else { [1, 0] };
+        for index in order {
+            let (model, adam) = &mut networks[index];
+            let awake = config.threads_awake_training;
+            let (total, _) =
+                timed_training_step(device, (model, adam), (&batch.0, &batch.1), awake)?;
+            if step >= 3 {
+                seconds_of[index].push(total);
+            }
+        }
+    }
+    let [port, paper] = seconds_of;
+    let ratios: Vec<f64> = port
+        .iter()
+        .zip(&paper)
+        .map(|(port, paper)| port / paper)
+        .collect();
+    Ok(VariantComparison {
+        image_size: config.image_size,
+        pairs: ratios.len(),
+        port_train_images_per_s: Spread::of(&port).per_second(config.batch_size),
+        paper_train_images_per_s: Spread::of(&paper).per_second(config.batch_size),
+        paper_over_port_train: Spread::of(&ratios),
     })
 }
 
@@ -799,6 +897,26 @@ pub fn profile_layers_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_variant_comparison_times_each_pair_and_compares_like_with_like() {
+        let config = BenchConfig {
+            image_size: 40,
+            batch_size: 2,
+            iterations: 3,
+            ..BenchConfig::default()
+        };
+        let comparison = compare_variants_on(&Device::Cpu, &config, |_| {}).expect("comparison");
+        assert_eq!((comparison.image_size, comparison.pairs), (40, 3));
+        let ratio = comparison.paper_over_port_train;
+        assert!(ratio.min > 0.0 && ratio.min <= ratio.median && ratio.median <= ratio.max);
+        // Each ratio is a pair's, so the median ratio lies between the extreme pairs' rates.
+        let (port, paper) = (
+            comparison.port_train_images_per_s,
+            comparison.paper_train_images_per_s,
+        );
+        assert!(ratio.max >= paper.min / port.max && ratio.min <= paper.max / port.min);
+    }
 
     #[test]
     fn the_profile_runs_each_variants_layers_at_their_sides() {

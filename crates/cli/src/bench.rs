@@ -5,7 +5,8 @@
 
 use anyhow::Context;
 use dexpression_bench::{
-    bench_side_on, profile_layers_on, write_layer_table, BenchConfig, Machine, Paths, SideReport,
+    bench_side_on, compare_variants_on, profile_layers_on, write_layer_table, BenchConfig, Machine,
+    Paths, SideReport, VariantComparison,
 };
 use dexpression_model::device_name;
 
@@ -47,6 +48,12 @@ pub struct Args {
     /// table and added to the JSON as `profile`).
     #[arg(long)]
     profile: bool,
+    /// Also time the paper variant's training against the port's, step by step in turn (robust
+    /// to a machine whose speed drifts), at the side asked and at each of --sides: the pairs'
+    /// median ratio and both rates, in the JSON as `variant_comparison` (one entry per side).
+    /// --iterations sets the pairs timed (30 or more for a figure to quote).
+    #[arg(long)]
+    compare_variants: bool,
     /// Keep the pool's threads awake (spinning) through each timed training step
     /// (`dexpression_kernels::with_threads_awake`), as `train` does by default; `false` times
     /// steps with the threads asleep between parallel regions.
@@ -120,6 +127,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(report) => report.clone(),
         None => bench_side(config.image_size)?,
     };
+    let mut comparisons = Vec::new();
+    if args.compare_variants {
+        let mut compared_sides = sides.clone();
+        if compared_sides.is_empty() {
+            compared_sides.push(config.image_size);
+        }
+        for image_size in compared_sides {
+            let side_config = BenchConfig {
+                image_size,
+                ..config.clone()
+            };
+            let comparison = compare_variants_on(&device, &side_config, |what| {
+                spinner.set_message(format!("{image_size} px, {what}"))
+            })
+            .with_context(|| format!("variant comparison at {image_size} px"))?;
+            comparisons.push(comparison);
+        }
+    }
     let profile = if args.profile {
         spinner.set_message("profiling layers");
         Some(profile_layers_on(&device, &config, false).context("per-layer profile")?)
@@ -135,6 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "threads": machine.threads,
         "batch_size": config.batch_size,
         "variant": config.variant,
+        "threads_awake_training": config.threads_awake_training,
         "machine": machine,
     });
     if let (Some(top), serde_json::Value::Object(fields)) =
@@ -148,12 +174,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         report["sides"] = serde_json::to_value(&side_reports)?;
     }
+    if !comparisons.is_empty() {
+        for comparison in &comparisons {
+            eprintln!("{}", comparison_summary(comparison));
+        }
+        report["variant_comparison"] = serde_json::to_value(&comparisons)?;
+    }
     if let Some(profile) = &profile {
         write_layer_table(&mut std::io::stderr(), profile)?;
         report["profile"] = serde_json::to_value(profile)?;
     }
     println!("{report}");
     Ok(())
+}
+
+/// One line per side for the terminal: the variants' training, pair by pair.
+fn comparison_summary(comparison: &VariantComparison) -> String {
+    let ratio = comparison.paper_over_port_train;
+    format!(
+        "{:>4} px: paper variant's training over the port's {:.3} (median of {} pairs, {:.3}-{:.3}); port {:.1} img/s, paper {:.1} img/s",
+        comparison.image_size,
+        ratio.median,
+        comparison.pairs,
+        ratio.min,
+        ratio.max,
+        comparison.port_train_images_per_s.median,
+        comparison.paper_train_images_per_s.median
+    )
 }
 
 /// One line per side for the terminal: the fast path's medians.
