@@ -151,8 +151,13 @@ pub struct LayerTiming {
     pub output: Vec<usize>,
     /// Median forward milliseconds.
     pub forward_ms: f64,
-    /// Median backward milliseconds (gradients of the input, when it needs one, and parameters).
+    /// Median backward milliseconds (gradients of the input, when it needs one, and parameters),
+    /// without the objective's own backward (`objective_backward_ms`).
     pub backward_ms: f64,
+    /// Median milliseconds of the profiling objective's own backward (the sum of the layer's
+    /// output: a copy of the output's size), timed on a leaf and taken off `backward_ms`.
+    #[serde(default)]
+    pub objective_backward_ms: f64,
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), if the kernel reports it.
@@ -865,6 +870,7 @@ pub fn profile_layers_on(
         };
         let mut forward = Vec::new();
         let mut backward = Vec::new();
+        let mut objective_backward = Vec::new();
         let mut output = Vec::new();
         for _ in 0..=repeats {
             let mut out = None;
@@ -874,21 +880,35 @@ pub fn profile_layers_on(
             })?);
             let out = out.ok_or_else(|| candle_core::Error::Msg("no layer output".into()))?;
             output = out.dims().to_vec();
-            // A plain sum: its backward is one tensor of ones, so the timing is the layer's own.
+            // A plain sum as the objective. Its own backward is not free: candle stores the
+            // gradient reaching the layer's output (ones, broadcast from the sum) as a contiguous
+            // copy of the output's size, which the training step never makes. So the same
+            // backward on a leaf of the output's shape is timed right after, and taken off.
             let objective = out.sum_all()?;
             let mut grads = None;
-            backward.push(seconds(device, || {
+            let layer_seconds = seconds(device, || {
                 grads = Some(objective.backward()?);
                 Ok(())
-            })?);
+            })?;
             // Freed outside the timing, as the layer's output.
             drop(grads);
+            let leaf = Var::from_tensor(&out.detach())?;
+            let leaf_objective = leaf.as_tensor().sum_all()?;
+            let mut leaf_grads = None;
+            let sum_seconds = seconds(device, || {
+                leaf_grads = Some(leaf_objective.backward()?);
+                Ok(())
+            })?;
+            drop(leaf_grads);
+            backward.push(layer_seconds - sum_seconds);
+            objective_backward.push(sum_seconds);
         }
         timings.push(LayerTiming {
             layer: name,
             output,
             forward_ms: Spread::of(&forward[1..]).median * 1e3,
-            backward_ms: Spread::of(&backward[1..]).median * 1e3,
+            backward_ms: Spread::of(&backward[1..]).median.max(0.0) * 1e3,
+            objective_backward_ms: Spread::of(&objective_backward[1..]).median * 1e3,
         });
     }
     Ok(timings)
