@@ -162,14 +162,15 @@ impl ConvPoolGeometry {
     }
 
     /// The whole batch `x` (`n` images) by Winograd over several images at once (`batch`, from
-    /// [`ConvGeometry::winograd_batch`]), into `out` and `offsets` (`n x c_out x OH x OW`): one
+    /// [`ConvGeometry::winograd_batch`]), into `out` and, where given, `offsets` (`n x c_out x OH
+    /// x OW`; an inference needs none): one
     /// call per group of `batch.images` images, each spread over every thread. The values are
     /// those of [`Self::image`] image by image (each tile's column of the GEMMs is computed alone).
     pub(super) fn batch(
         &self,
         x: &[f32],
         weights: &ConvWeights<'_>,
-        (out, offsets): (&mut [f32], &mut [u8]),
+        (out, mut offsets): (&mut [f32], Option<&mut [u8]>),
         batch: WinogradBatch,
     ) {
         let (winograd, transformed) = weights
@@ -177,12 +178,16 @@ impl ConvPoolGeometry {
             .as_ref()
             .expect("a batched Winograd convolution has its transformed weights");
         let (in_image, pooled_image) = (self.conv.in_image(), self.pooled_image());
-        for ((x, out), offsets) in x
+        let call = batch.images * pooled_image;
+        for (call_idx, (x, out)) in x
             .chunks(batch.images * in_image)
-            .zip(out.chunks_mut(batch.images * pooled_image))
-            .zip(offsets.chunks_mut(batch.images * pooled_image))
+            .zip(out.chunks_mut(call))
+            .enumerate()
         {
             let images = x.len() / in_image;
+            let offsets = offsets
+                .as_deref_mut()
+                .map(|offsets| &mut offsets[call_idx * call..][..out.len()]);
             let arguments = (x, images, transformed.as_slice(), weights.bias);
             with_winograd_scratch(|scratch| {
                 winograd.batch_pooled(arguments, self.pool, (out, offsets), scratch)
@@ -288,7 +293,7 @@ fn forward(
     let mut offsets = filled(g.n * pooled_image, NO_OFFSET);
     let weights = ConvWeights::new(g, weight, bias, cache);
     if let Some(batch) = g.winograd_batch() {
-        geometry.batch(x, &weights, (&mut out, &mut offsets), batch);
+        geometry.batch(x, &weights, (&mut out, Some(&mut offsets)), batch);
         return (out, offsets);
     }
     let (per_group, par) = image_groups(g.n);

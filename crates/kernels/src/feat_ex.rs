@@ -252,9 +252,9 @@ impl FeatExGeometry {
         let reduced = forward(x, reduce.weight, reduce.bias, &self.reduce);
         let conv_image = self.conv.pooled_image();
         let mut conv_out = filled(n * conv_image, 0f32);
-        let mut conv_offsets = filled(n * conv_image, NO_OFFSET);
+        // No window offsets: an inference has no backward.
         self.conv
-            .batch(&reduced, conv, (&mut conv_out, &mut conv_offsets), batch);
+            .batch(&reduced, conv, (&mut conv_out, None), batch);
         let (in_image, out_image) = (self.reduce.in_image(), self.out_image());
         let (per_task, par) = images_per_task(n);
         out.par_chunks_mut(per_task * out_image)
