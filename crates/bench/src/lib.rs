@@ -322,6 +322,22 @@ fn random_batch(
     )?)
 }
 
+/// Four distinct batches of `config`'s size and side with random labels, made before timing, as
+/// bench_torch.py does.
+fn training_batches(config: &BenchConfig, device: &Device) -> Result<Vec<(Tensor, Tensor)>> {
+    (0..4)
+        .map(|idx| {
+            let labels: Vec<u32> = (0..config.batch_size)
+                .map(|i| ((i * 5 + idx * 3) % 7) as u32)
+                .collect();
+            Ok((
+                random_batch(config.batch_size, config.image_size, idx as u64, device)?,
+                Tensor::new(labels, device)?,
+            ))
+        })
+        .collect()
+}
+
 /// Seconds `f` takes on `device`: the device is synchronised before each clock read, so queued
 /// GPU work is neither counted before the start nor missed at the end.
 fn seconds(device: &Device, f: impl FnOnce() -> Result<()>) -> Result<f64> {
@@ -360,18 +376,7 @@ pub fn bench_path_on(
     )?
     .with_threads_awake(true);
     let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
-    // Four distinct batches with random labels, made before timing, as bench_torch.py does.
-    let batches: Vec<(Tensor, Tensor)> = (0..4)
-        .map(|idx| {
-            let labels: Vec<u32> = (0..config.batch_size)
-                .map(|i| ((i * 5 + idx * 3) % 7) as u32)
-                .collect();
-            Ok((
-                random_batch(config.batch_size, config.image_size, idx as u64, device)?,
-                Tensor::new(labels, device)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let batches = training_batches(config, device)?;
 
     // The order and warm-ups of bench_torch.py, so that both measure the same thing: inference on
     // the freshly initialised network first (2 warm-up batches, 5 warm-up single images), then
@@ -508,17 +513,7 @@ pub fn compare_variants_on(
     mut progress: impl FnMut(&str),
 ) -> Result<VariantComparison> {
     set_reference_ops(false);
-    let batches: Vec<(Tensor, Tensor)> = (0..4)
-        .map(|idx| {
-            let labels: Vec<u32> = (0..config.batch_size)
-                .map(|i| ((i * 5 + idx * 3) % 7) as u32)
-                .collect();
-            Ok((
-                random_batch(config.batch_size, config.image_size, idx as u64, device)?,
-                Tensor::new(labels, device)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let batches = training_batches(config, device)?;
     let mut networks = Variant::ALL
         .map(|variant| -> Result<(Dexpression, Adam)> {
             let model = Dexpression::new(
