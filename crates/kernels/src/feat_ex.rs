@@ -254,7 +254,7 @@ impl FeatExGeometry {
         let mut conv_out = filled(n * conv_image, 0f32);
         // No window offsets: an inference has no backward.
         self.conv
-            .batch(&reduced, conv, (&mut conv_out, None), batch);
+            .batch(&reduced, conv, (&mut conv_out, None), None, batch);
         let (in_image, out_image) = (self.reduce.in_image(), self.out_image());
         let (per_task, par) = images_per_task(n);
         out.par_chunks_mut(per_task * out_image)

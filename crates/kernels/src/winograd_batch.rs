@@ -90,16 +90,19 @@ impl WinogradF4 {
     /// plus `bias`, through the ReLU and max-pooled by `pool` into `out` with the window offsets
     /// in `offsets` where given (both `images x c_out x OH x OW`; an inference, which has no
     /// backward, skips them): the values of [`Self::image_pooled`] for each image. Windows of
-    /// padding alone are left as they were.
+    /// padding alone are left as they were. With `kept_input` (`c_in x 36 x columns`, see
+    /// [`Self::transformed_input_len`]) the transformed input is written there, for the weight
+    /// gradient to use again ([`Self::batch_weight_grad`]), instead of into the scratch.
     pub(super) fn batch_pooled(
         &self,
         (x, images, u, bias): (&[f32], usize, &[f32], &[f32]),
         pool: Pool2d,
         (out, offsets): (&mut [f32], Option<&mut [u8]>),
+        kept_input: Option<&mut [f32]>,
         scratch: &mut Scratch,
     ) {
         let tables = Tables::new(self, images);
-        let products = self.batch_products(x, images, u, &tables, scratch);
+        let products = self.batch_products(x, images, u, &tables, kept_input, scratch);
         let pooled = pool.out_side(self.h) * pool.out_side(self.w);
         let out_planes = ChannelPlanes::new(out, images, self.c_out, pooled);
         let offset_planes =
@@ -123,7 +126,7 @@ impl WinogradF4 {
         scratch: &mut Scratch,
     ) {
         let tables = Tables::new(self, images);
-        let products = self.batch_products(x, images, u, &tables, scratch);
+        let products = self.batch_products(x, images, u, &tables, None, scratch);
         let planes = ChannelPlanes::new(out, images, self.c_out, self.h * self.w);
         let transform_output = |buffer: &mut Vec<f32>, channel: usize| {
             let buffer = self.batch_output(products, channel, None, images, buffer);
@@ -143,10 +146,13 @@ impl WinogradF4 {
     /// (`36 x c_out x c_in`; overwritten unless `accumulate`), from their inputs `x` (`images x
     /// c_in x h x w`) and output gradients `grad` (`images x c_out x h x w`): for each tile
     /// position `p`, `dU[p] += dM[p] * V[p]^T` as in [`Self::accumulate_weight_grad`], the
-    /// GEMMs summing over all the images' tiles at once.
+    /// GEMMs summing over all the images' tiles at once. `transformed_input`, where given, is
+    /// `V` as the forward kept it ([`Self::batch_pooled`]'s `kept_input`, the same images), which
+    /// is then not computed again.
     pub(super) fn batch_weight_grad(
         &self,
         (x, grad, images): (&[f32], &[f32], usize),
+        transformed_input: Option<&[f32]>,
         du: &mut [f32],
         accumulate: bool,
         scratch: &mut Scratch,
@@ -154,37 +160,67 @@ impl WinogradF4 {
         let tables = Tables::new(self, images);
         let columns = images * self.tiles();
         let (plane, (c_in, c_out)) = (self.h * self.w, (self.c_in, self.c_out));
-        let (input, grads) =
-            scratch.buffers(c_in * POSITIONS * columns, c_out * POSITIONS * columns);
-        let transform_input = |(channel, v): (usize, &mut [f32])| {
-            let x = (&x[channel * plane..], c_in * plane);
-            self.batch_transform_input(x, images, &tables, v)
+        let input_len = if transformed_input.is_some() {
+            0
+        } else {
+            self.transformed_input_len(images)
         };
+        let (input, grads) = scratch.buffers(input_len, c_out * POSITIONS * columns);
         let transform_grad = |(channel, m): (usize, &mut [f32])| {
             let grad = (&grad[channel * plane..], c_out * plane);
             self.batch_transform_grad(grad, images, &tables, m)
         };
-        for_each_chunk(input, POSITIONS * columns, true, transform_input);
         for_each_chunk(grads, POSITIONS * columns, true, transform_grad);
+        let input: &[f32] = match transformed_input {
+            Some(kept) => {
+                assert_eq!(
+                    kept.len(),
+                    self.transformed_input_len(images),
+                    "kept input's length"
+                );
+                kept
+            }
+            None => {
+                let transform_input = |(channel, v): (usize, &mut [f32])| {
+                    let x = (&x[channel * plane..], c_in * plane);
+                    self.batch_transform_input(x, images, &tables, v)
+                };
+                for_each_chunk(input, POSITIONS * columns, true, transform_input);
+                input
+            }
+        };
         self.position_weight_grads((input, grads), columns, du, accumulate, true);
     }
 
-    /// The input transform and the 36 GEMMs for `images` images, into `scratch`'s products (`36
-    /// x c_out x columns`), which it returns.
+    /// Values of the transformed input of `images` images: `c_in x 36 x (images x tiles)`.
+    pub(super) fn transformed_input_len(&self, images: usize) -> usize {
+        self.c_in * POSITIONS * images * self.tiles()
+    }
+
+    /// The input transform (into `kept_input` where given, else `scratch`) and the 36 GEMMs for
+    /// `images` images, into `scratch`'s products (`36 x c_out x columns`), which it returns.
     fn batch_products<'a>(
         &self,
         x: &[f32],
         images: usize,
         u: &[f32],
         tables: &Tables,
+        kept_input: Option<&mut [f32]>,
         scratch: &'a mut Scratch,
     ) -> &'a [f32] {
         let columns = images * self.tiles();
         let plane = self.h * self.w;
-        let (input, products) = scratch.buffers(
-            self.c_in * POSITIONS * columns,
-            POSITIONS * self.c_out * columns,
-        );
+        let input_len = self.transformed_input_len(images);
+        let scratch_input = if kept_input.is_some() { 0 } else { input_len };
+        let (scratch_input, products) =
+            scratch.buffers(scratch_input, POSITIONS * self.c_out * columns);
+        let input = match kept_input {
+            Some(kept) => {
+                assert_eq!(kept.len(), input_len, "kept input's length");
+                kept
+            }
+            None => scratch_input,
+        };
         let transform_channel = |(channel, v): (usize, &mut [f32])| {
             let x = (&x[channel * plane..], self.c_in * plane);
             self.batch_transform_input(x, images, tables, v)
@@ -503,14 +539,18 @@ mod tests {
                     (&x, images, &u, &bias),
                     pool,
                     (&mut pooled_together, Some(&mut offsets_together)),
+                    None,
                     &mut scratch,
                 );
-                // Without offsets (an inference), the same values.
+                // Without offsets (an inference), and keeping the transformed input (a training
+                // step), the same values.
                 let mut pooled_without_offsets = vec![f32::NAN; images * c_out * pooled];
+                let mut kept = vec![f32::NAN; g.transformed_input_len(images)];
                 g.batch_pooled(
                     (&x, images, &u, &bias),
                     pool,
                     (&mut pooled_without_offsets, None),
+                    Some(&mut kept),
                     &mut scratch,
                 );
                 assert_eq!(
@@ -569,13 +609,42 @@ mod tests {
                 x.split_at(3 * c_in * plane),
                 grad.split_at(3 * c_out * plane),
             );
-            g.batch_weight_grad((first.0, second.0, 3), &mut du, false, &mut scratch);
-            g.batch_weight_grad((first.1, second.1, 2), &mut du, true, &mut scratch);
+            g.batch_weight_grad((first.0, second.0, 3), None, &mut du, false, &mut scratch);
+            g.batch_weight_grad((first.1, second.1, 2), None, &mut du, true, &mut scratch);
             let mut dw = vec![0f32; c_out * c_in * 9];
             g.weight_grad(&du, &mut dw);
             for (a, e) in dw.iter().zip(&expected) {
                 assert!(((*a as f64) - e).abs() / scale < 5e-6, "{g:?}: {a} vs {e}");
             }
+            // With the transformed inputs a forward kept, the same bits.
+            let (u, bias) = (vec![0.5f32; g.transformed_len()], vec![0f32; c_out]);
+            let pool = Pool2d::floor(3, 2, 0);
+            let pooled = pool.out_side(h) * pool.out_side(w);
+            let mut du_kept = vec![f32::NAN; g.transformed_len()];
+            for ((x, grad, images), accumulate) in [
+                ((first.0, second.0, 3), false),
+                ((first.1, second.1, 2), true),
+            ] {
+                let mut kept = vec![f32::NAN; g.transformed_input_len(images)];
+                let mut out = vec![0f32; images * c_out * pooled];
+                let arguments = (x, images, u.as_slice(), bias.as_slice());
+                g.batch_pooled(
+                    arguments,
+                    pool,
+                    (&mut out, None),
+                    Some(&mut kept),
+                    &mut scratch,
+                );
+                let arguments = (x, grad, images);
+                g.batch_weight_grad(
+                    arguments,
+                    Some(&kept),
+                    &mut du_kept,
+                    accumulate,
+                    &mut scratch,
+                );
+            }
+            assert_eq!(bits(&du_kept), bits(&du), "{g:?}: kept transformed input");
         }
     }
 }

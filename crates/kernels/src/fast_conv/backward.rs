@@ -42,23 +42,26 @@ pub(crate) fn backward(
         let range = image_idx * image..(image_idx + 1) * image;
         relu_mask(grad, &y[range.clone()], &grad_y[range], parallel)
     };
-    backward_from(x, weight, &output_grad, g, with_input_grad)
+    backward_from(x, weight, (&output_grad, None), g, with_input_grad)
 }
 
 /// Writes image `image_idx`'s gradient at the convolution output (`c_out x out_plane`, after the
 /// ReLU) into the buffer; the last argument says whether it may use every thread.
 pub(crate) type OutputGrad<'a> = dyn Fn(usize, &mut [f32], bool) + Sync + 'a;
 
-/// [`backward`] with the output gradient of each image given by `output_grad`.
+/// [`backward`] with the output gradient of each image given by `output_grad`, and for a batched
+/// Winograd convolution the transformed input its forward kept, where it did (else computed
+/// again).
 pub(crate) fn backward_from(
     x: &[f32],
     weight: &[f32],
-    output_grad: &OutputGrad<'_>,
+    (output_grad, transformed_input): (&OutputGrad<'_>, Option<&[f32]>),
     g: &ConvGeometry,
     with_input_grad: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     if let Some(batch) = g.winograd_batch() {
-        return backward_batched(x, weight, output_grad, g, with_input_grad, batch);
+        let gradients = (output_grad, transformed_input);
+        return backward_batched(x, weight, gradients, g, with_input_grad, batch);
     }
     let (plane, rows) = (g.out_plane(), g.col_rows());
     let (_, par) = image_groups(g.n);
@@ -230,7 +233,7 @@ const PARTIAL_SUMS: usize = 8;
 fn backward_batched(
     x: &[f32],
     weight: &[f32],
-    output_grad: &OutputGrad<'_>,
+    (output_grad, transformed_input): (&OutputGrad<'_>, Option<&[f32]>),
     g: &ConvGeometry,
     with_input_grad: bool,
     batch: WinogradBatch,
@@ -255,6 +258,14 @@ fn backward_batched(
     };
     let mut du = vec![0f32; winograd.transformed_len()];
     let mut params = vec![0f32; weight_len + g.c_out];
+    if let Some(kept) = transformed_input {
+        assert_eq!(
+            kept.len(),
+            winograd.transformed_input_len(g.n),
+            "conv2d backward: a kept transformed input of another batch"
+        );
+    }
+    let mut kept_start = 0;
     with_spare_buffer(|grad| {
         for (group_idx, x) in x.chunks(images * in_image).enumerate() {
             let (first, count) = (group_idx * images, x.len() / in_image);
@@ -271,9 +282,14 @@ fn backward_batched(
                         *db += lane_sum(&image[channel * plane..][..plane]);
                     }
                 });
+            // The forward's transformed input of these images (the same calls, one after the
+            // other), where it kept it.
+            let kept_len = winograd.transformed_input_len(count);
+            let kept = transformed_input.map(|kept| &kept[kept_start..][..kept_len]);
+            kept_start += kept_len;
             with_winograd_scratch(|scratch| {
                 let arguments = (x, grad, count);
-                winograd.batch_weight_grad(arguments, &mut du, group_idx > 0, scratch)
+                winograd.batch_weight_grad(arguments, kept, &mut du, group_idx > 0, scratch)
             });
             if let Some((swapped, transformed)) = &input_grad {
                 let dx = &mut dx[first * in_image..][..count * in_image];
