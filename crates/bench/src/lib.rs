@@ -878,23 +878,21 @@ pub fn profile_layers_on(
             // A plain sum as the objective. Its own backward is not free: candle stores the
             // gradient reaching the layer's output (ones, broadcast from the sum) as a contiguous
             // copy of the output's size, which the training step never makes. So the same
-            // backward on a leaf of the output's shape is timed right after, and taken off.
-            let objective = out.sum_all()?;
-            let mut grads = None;
-            let layer_seconds = seconds(device, || {
-                grads = Some(objective.backward()?);
-                Ok(())
-            })?;
-            // Freed outside the timing, as the layer's output.
-            drop(grads);
-            let leaf = Var::from_tensor(&out.detach())?;
-            let leaf_objective = leaf.as_tensor().sum_all()?;
-            let mut leaf_grads = None;
-            let sum_seconds = seconds(device, || {
-                leaf_grads = Some(leaf_objective.backward()?);
-                Ok(())
-            })?;
-            drop(leaf_grads);
+            // backward on a leaf of the output's shape (a detached copy that tracks only itself)
+            // is timed right after, and taken off.
+            let backward_seconds = |output: &Tensor| -> Result<f64> {
+                let objective = output.sum_all()?;
+                let mut grads = None;
+                let elapsed = seconds(device, || {
+                    grads = Some(objective.backward()?);
+                    Ok(())
+                })?;
+                // Freed outside the timing, as the layer's output.
+                drop(grads);
+                Ok(elapsed)
+            };
+            let layer_seconds = backward_seconds(&out)?;
+            let sum_seconds = backward_seconds(Var::from_tensor(&out.detach())?.as_tensor())?;
             backward.push(layer_seconds - sum_seconds);
             objective_backward.push(sum_seconds);
         }
