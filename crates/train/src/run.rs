@@ -173,8 +173,9 @@ fn train_fold(
             (model, adam, state)
         }
     };
-    // Evaluation's forwards too, when the caller keeps the threads awake.
-    let model = model.with_threads_awake(threads_awake && device.is_cpu());
+    // Threads spin only on the CPU's pool; evaluation's forwards too, when asked.
+    let threads_awake = threads_awake && device.is_cpu();
+    let model = model.with_threads_awake(threads_awake);
     progress.fold_start(&FoldInfo {
         fold,
         n_train: plan.train.len(),
@@ -201,7 +202,7 @@ fn train_fold(
                 device,
             )?;
             let mut step = || train_batch(&model, &mut adam, &xs, &ys);
-            let outcome = if threads_awake && device.is_cpu() {
+            let outcome = if threads_awake {
                 dexpression_model::kernels::with_threads_awake(step)?
             } else {
                 step()?
