@@ -20,6 +20,7 @@ use super::parallel::{
 };
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
+use super::winograd_batch::TiledWinograd;
 use super::winograd_f4::{WeightCache, WinogradF4};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
@@ -98,24 +99,38 @@ impl ConvPoolGeometry {
     }
 }
 
-/// A convolution's weights as the per-image kernels take them: `weight`, `bias` and, for a 3x3
-/// stride-1 convolution, its Winograd F(4x4, 3x3) form.
+/// A convolution's weights as the kernels take them: `weight`, `bias` and, for a 3x3 stride-1
+/// convolution, its Winograd form: F(4x4, 3x3) for one image at a time, or the algorithm of the
+/// batched path where the batch takes it ([`ConvGeometry::winograd_batch`] in training,
+/// [`ConvGeometry::inference_winograd_batch`] in inference).
 pub(super) struct ConvWeights<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
     winograd: Option<(WinogradF4, Arc<Vec<f32>>)>,
+    batched: Option<(TiledWinograd, Arc<Vec<f32>>)>,
 }
 
 impl<'a> ConvWeights<'a> {
-    /// The weights of the convolution `g`. 3x3 stride-1 convolutions (the FeatEx blocks' conv2b
-    /// and conv3b) run by Winograd's F(4x4, 3x3): a quarter of the multiplications, rounded within
-    /// about 1e-6 of the output's scale (see `winograd_f4`); the others by im2col and a GEMM.
+    /// The weights of the convolution `g`, run over several images at once as `batch` says where
+    /// given (its algorithm's transform), else image by image. 3x3 stride-1 convolutions (the
+    /// FeatEx blocks' conv2b and conv3b) run by Winograd's algorithm: F(4x4, 3x3) a quarter of
+    /// the multiplications, rounded within about 1e-6 of the output's scale (see `winograd_f4`),
+    /// F(6x6, 3x3) fewer still (`winograd_f6`); the others by im2col and a GEMM.
     pub(super) fn new(
-        g: &ConvGeometry,
+        (g, batch): (&ConvGeometry, Option<WinogradBatch>),
         weight: &'a [f32],
         bias: &'a [f32],
         cache: Option<&WeightCache>,
     ) -> Self {
+        if let Some(batch) = batch {
+            let transformed = batch.winograd.transform_weights_cached(weight, cache);
+            return Self {
+                weight,
+                bias,
+                winograd: None,
+                batched: Some((batch.winograd, transformed)),
+            };
+        }
         let winograd = g
             .winograd_f4()
             .map(|winograd| (winograd, winograd.transform_weights_cached(weight, cache)));
@@ -123,6 +138,7 @@ impl<'a> ConvWeights<'a> {
             weight,
             bias,
             winograd,
+            batched: None,
         }
     }
 }
@@ -180,9 +196,13 @@ impl ConvPoolGeometry {
         batch: WinogradBatch,
     ) {
         let (winograd, transformed) = weights
-            .winograd
+            .batched
             .as_ref()
             .expect("a batched Winograd convolution has its transformed weights");
+        assert_eq!(
+            *winograd, batch.winograd,
+            "weights transformed for another batch"
+        );
         let (in_image, pooled_image) = (self.conv.in_image(), self.pooled_image());
         let call = batch.images * pooled_image;
         let mut kept_start = 0;
@@ -305,8 +325,9 @@ fn forward(
     let pooled_image = geometry.pooled_image();
     let mut out = filled(g.n * pooled_image, 0f32);
     let mut offsets = filled(g.n * pooled_image, NO_OFFSET);
-    let weights = ConvWeights::new(g, weight, bias, cache);
-    if let Some(batch) = g.winograd_batch() {
+    let batch = g.winograd_batch();
+    let weights = ConvWeights::new((g, batch), weight, bias, cache);
+    if let Some(batch) = batch {
         // Kept for the backward: transforming the input again there cost about a tenth of it
         // (conv2b at 96 px: 2.2 of 44 ms).
         let mut kept = filled(batch.winograd.transformed_input_len(g.n), 0f32);

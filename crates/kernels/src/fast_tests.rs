@@ -98,7 +98,7 @@ fn fast_conv_relu_matches_the_reference_with_gradients() {
     for (c_in, c_out, side, kernel, stride, padding, batch) in [
         // A 3x3 stride-1 conv by im2col (side 3; side 6 at batch 1, too few tiles to batch), by
         // Winograd over several images at once (WINOGRAD_BATCH_SIDES; in calls of two images and
-        // of one in the tests, WINOGRAD_BATCH_COLUMNS) and past those sides one image at a time.
+        // of one in the tests, WINOGRAD_BATCH_VALUES) and past those sides one image at a time.
         (3, 5, 3, 3, 1, 1, 3),
         (3, 5, 9, 3, 1, 1, 3),
         (3, 5, 13, 3, 1, 1, 3),
@@ -391,7 +391,9 @@ fn small_feat_ex_tensors(c_in: usize, (c_a, c_b, c_c): (usize, usize, usize)) ->
 
 /// The fused inference block against the composition it replaces, at batches below, at and above
 /// the thread count (each splits the work differently), on sides where the pools' borders and
-/// Winograd's partial tiles both occur: the same kernels in the same order, so the same bits.
+/// Winograd's partial tiles both occur: the same kernels in the same order, so the same bits;
+/// where the inference's batched 3x3 convolution takes F(6x6, 3x3) and the composition's
+/// training op F(4x4, 3x3) (10x10 and 12x12), within 1e-5 of the output's scale.
 #[test]
 fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
     let tensors = small_feat_ex_tensors(6, (5, 7, 4));
@@ -415,11 +417,25 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
         let pooled = block.out_pool.out_side(side);
         assert_eq!(fused.dims(), &[n, 7 + 4, pooled, pooled]);
         let (fused, composed) = (tensor_bits(&fused), tensor_bits(&composed));
-        let differing = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
-        assert_eq!(
-            differing, 0,
-            "batch {n}, side {side}: {differing} values differ"
-        );
+        if crate::winograd::Tiling::for_plane(side, side) == crate::winograd::Tiling::F6 {
+            let value = |bits: &u32| f32::from_bits(*bits) as f64;
+            let scale = composed.iter().map(value).fold(1e-6, f64::max);
+            let largest = fused
+                .iter()
+                .zip(&composed)
+                .map(|(a, b)| (value(a) - value(b)).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                largest / scale < 1e-5,
+                "batch {n}, side {side}: {largest:e} from the composition"
+            );
+        } else {
+            let differing = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differing, 0,
+                "batch {n}, side {side}: {differing} values differ"
+            );
+        }
         // Not all zero: the ReLUs and pools let values through.
         assert!(fused.iter().any(|&b| f32::from_bits(b) > 0.0));
     }

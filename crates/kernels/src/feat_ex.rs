@@ -311,7 +311,8 @@ impl CustomOp1 for FeatExInferenceOp {
             let weight = read_f32(weight, weight_layout, "feat_ex weight")?;
             let bias = read_f32(bias, bias_layout, "feat_ex bias")?;
             g.check_bias(bias)?;
-            Ok(ConvWeights::new(g, weight, bias, self.cache.as_ref()))
+            let batch = (g, g.inference_winograd_batch());
+            Ok(ConvWeights::new(batch, weight, bias, self.cache.as_ref()))
         };
         let weights = [weights_of(0)?, weights_of(1)?, weights_of(2)?];
 
@@ -321,7 +322,7 @@ impl CustomOp1 for FeatExInferenceOp {
         let (pooled_h, pooled_w) = (geometry.conv.pooled_h(), geometry.conv.pooled_w());
         let channels = geometry.conv.conv.c_out + geometry.pooled.conv.c_out;
         let shape = Shape::from((n, channels, pooled_h, pooled_w));
-        if let Some(batch) = geometry.conv.conv.winograd_batch() {
+        if let Some(batch) = geometry.conv.conv.inference_winograd_batch() {
             geometry.batch(x, &weights, &mut out, batch);
             return Ok((CpuStorage::F32(out), shape));
         }

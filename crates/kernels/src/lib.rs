@@ -74,6 +74,7 @@ mod winograd_batch;
 #[cfg(test)]
 mod winograd_f2_oracle;
 mod winograd_f4;
+mod winograd_f6;
 
 pub use adam::{adam_update, AdamStep};
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};

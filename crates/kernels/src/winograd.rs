@@ -2,10 +2,169 @@
 //! geometry and the flipped, channel-swapped kernel of the input gradient. The input gradient of
 //! a 3x3 stride-1 convolution is the same convolution of the output gradient with the kernel
 //! flipped and its channels swapped ([`Winograd::flipped_weights`], [`Winograd::transposed`]).
-//! The algorithm that runs is [`super::winograd_f4`]'s F(4x4, 3x3); F(2x2, 3x3), a second
-//! algorithm the tests compare it with, is in `winograd_f2_oracle.rs` (compiled for tests only).
+//! The algorithms that run are [`super::winograd_f4`]'s F(4x4, 3x3) and, over several images
+//! at once on the planes where it needs fewer products, [`super::winograd_f6`]'s F(6x6, 3x3)
+//! ([`Tiling`]); F(2x2, 3x3), a third algorithm the tests compare them with, is in
+//! `winograd_f2_oracle.rs` (compiled for tests only).
 
-use super::parallel::{gemm, Gemm};
+use rayon::prelude::*;
+
+use super::parallel::{for_each_chunk, gemm, grown, Gemm};
+use super::winograd_batch::ChannelPlanes;
+use super::{winograd_f4 as f4, winograd_f6 as f6};
+
+/// Which of Winograd's algorithms a convolution runs: the size of its tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tiling {
+    /// F(4x4, 3x3): 4x4 output blocks from 6x6 tiles, 36 products per tile.
+    F4,
+    /// F(6x6, 3x3): 6x6 output blocks from 8x8 tiles, 64 products per tile.
+    F6,
+}
+
+impl Tiling {
+    /// The tiling with fewer products for an `h x w` plane, F(4x4, 3x3) on a tie: F(6x6, 3x3)
+    /// at 5x5 and 6x6 (one tile against four), 9x12, 11x11, 12x12, 23x23, 24x24 (a fifth fewer);
+    /// F(4x4, 3x3) at 7x7, 8x8 (four tiles either way) and 13x13 (as many products).
+    pub(crate) fn for_plane(h: usize, w: usize) -> Self {
+        let products =
+            |block: usize, positions: usize| h.div_ceil(block) * w.div_ceil(block) * positions;
+        if products(f6::BLOCK, f6::POSITIONS) < products(f4::BLOCK, f4::POSITIONS) {
+            Tiling::F6
+        } else {
+            Tiling::F4
+        }
+    }
+
+    /// Side of the input tile.
+    pub(crate) fn tile(self) -> usize {
+        match self {
+            Tiling::F4 => f4::TILE,
+            Tiling::F6 => f6::TILE,
+        }
+    }
+
+    /// Side of the output block of one tile.
+    pub(crate) fn block(self) -> usize {
+        match self {
+            Tiling::F4 => f4::BLOCK,
+            Tiling::F6 => f6::BLOCK,
+        }
+    }
+
+    /// Positions in a transformed tile: one GEMM each.
+    pub(crate) fn positions(self) -> usize {
+        self.tile() * self.tile()
+    }
+}
+
+/// `U = G g G^T` for every kernel of `weight` (`c_out x c_in x 3 x 3`), as `N * N` matrices of
+/// `c_out x c_in` (`N^2 x c_out x c_in`), where `combine` applies `G` to a kernel row or column:
+/// computed in f64 and rounded once. Each output channel on its own thread, its rows built in a
+/// local block and then copied out row by row (the rows lie a whole matrix apart, a multiple of 4
+/// KiB for conv2b, so writing them value by value kept evicting one another from the L1's set).
+pub(super) fn transform_weights_with<const N: usize>(
+    (c_out, c_in): (usize, usize),
+    weight: &[f32],
+    combine: impl Fn([f64; 3]) -> [f64; N] + Sync,
+) -> Vec<f32> {
+    let positions = N * N;
+    let mut transformed = vec![0f32; positions * c_out * c_in];
+    let rows = ChannelPlanes::new(&mut transformed, positions, c_out, c_in);
+    (0..c_out)
+        .into_par_iter()
+        .for_each_init(Vec::new, |block, o| {
+            let block = grown(block, positions * c_in);
+            for i in 0..c_in {
+                let g = &weight[(o * c_in + i) * 9..][..9];
+                // G g: N x 3, column by column.
+                let columns: [[f64; N]; 3] = std::array::from_fn(|col| {
+                    combine([g[col] as f64, g[3 + col] as f64, g[6 + col] as f64])
+                });
+                // (G g) G^T: N x N, row by row.
+                for row in 0..N {
+                    let values = combine([columns[0][row], columns[1][row], columns[2][row]]);
+                    for (col, value) in values.into_iter().enumerate() {
+                        block[(row * N + col) * c_in + i] = value as f32;
+                    }
+                }
+            }
+            for (position, values) in block.chunks_exact(c_in).enumerate() {
+                // SAFETY: this job alone handles output channel `o`, so it alone writes its row
+                // of each position's matrix.
+                unsafe { rows.plane(position, o) }.copy_from_slice(values);
+            }
+        });
+    transformed
+}
+
+/// The kernel gradient `dg = G^T dU G` for every kernel, in f64, added to `dw` (`c_out x c_in
+/// x 3 x 3`), from the gradient `du` in Winograd's domain (`N^2 x c_out x c_in`), where
+/// `combine` applies `G^T` to `N` values; output channels on every thread.
+pub(super) fn weight_grad_with<const N: usize>(
+    (c_out, c_in): (usize, usize),
+    du: &[f32],
+    dw: &mut [f32],
+    combine: impl Fn([f64; N]) -> [f64; 3] + Sync,
+) {
+    let (positions, pairs) = (N * N, c_out * c_in);
+    dw[..9 * pairs]
+        .par_chunks_mut(9 * c_in)
+        .enumerate()
+        .for_each_init(Vec::new, |block, (o, dw)| {
+            // Output channel `o`'s row of each position's matrix, copied together first (the
+            // rows lie a whole matrix apart; read value by value, they evicted one another).
+            let block = grown(block, positions * c_in);
+            for (position, row) in block.chunks_exact_mut(c_in).enumerate() {
+                row.copy_from_slice(&du[position * pairs + o * c_in..][..c_in]);
+            }
+            for (i, dg) in dw.chunks_exact_mut(9).enumerate() {
+                let u = |row: usize, col: usize| block[(row * N + col) * c_in + i] as f64;
+                // G^T dU: 3 x N, kept as its N columns.
+                let columns: [[f64; 3]; N] =
+                    std::array::from_fn(|col| combine(std::array::from_fn(|row| u(row, col))));
+                // (G^T dU) G: 3 x 3.
+                for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
+                    let values = combine(std::array::from_fn(|col| columns[col][row]));
+                    for (d, value) in dg_row.iter_mut().zip(values) {
+                        *d += value as f32;
+                    }
+                }
+            }
+        });
+}
+
+/// `dU[p] (c_out x c_in) += dM[p] (c_out x columns) * V[p]^T (columns x c_in)` for every tile
+/// position `p` of `positions` (overwritten unless `accumulate`), from the transformed inputs
+/// `input` and output gradients `grads` (`channels x positions x columns`: both operands' rows
+/// lie `positions * columns` values apart); the positions on every thread when `parallel`.
+pub(super) fn position_weight_grads(
+    (input, grads): (&[f32], &[f32]),
+    (c_in, c_out, columns, positions): GemmSizes,
+    du: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    let gemm_at = |(position, du): (usize, &mut [f32])| {
+        gemm(
+            Gemm {
+                m: c_out,
+                n: c_in,
+                k: columns,
+                dst: du,
+                accumulate,
+                lhs: &grads[position * columns..],
+                lhs_rs: positions * columns,
+                lhs_cs: 1,
+                rhs: &input[position * columns..],
+                rhs_rs: 1,
+                rhs_cs: positions * columns,
+            },
+            gemm::Parallelism::None,
+        )
+    };
+    for_each_chunk(du, c_out * c_in, parallel, gemm_at);
+}
 
 /// Geometry of one 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out x h x w`.
 #[derive(Debug, Clone, Copy)]

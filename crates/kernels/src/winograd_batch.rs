@@ -21,13 +21,111 @@
 //! the batch is split into calls; the weight gradient sums over a call's columns, so its split
 //! is fixed by the caller (`ConvGeometry::winograd_batch`).
 
+use std::sync::Arc;
+
 use super::max_pool::{pool_lanes, Pool2d};
 use super::parallel::{for_each_chunk, for_each_index_with, grown, SharedMut};
-use super::winograd::{position_gemm, Scratch};
-use super::winograd_f4::{
-    grad_transform_tiles, input_transform_tiles, output_transform_tiles, WinogradF4, BLOCK,
-    POSITIONS, TILE,
+use super::winograd::{
+    position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, Scratch, Tiling,
 };
+use super::winograd_f4::{cached_transform, WeightCache, WinogradF4};
+use super::{winograd_f4 as f4, winograd_f6 as f6};
+
+/// Geometry of one batched 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out
+/// x h x w` (per image), and the Winograd algorithm it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TiledWinograd {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+    pub tiling: Tiling,
+}
+
+impl TiledWinograd {
+    /// The convolution `g` by `tiling`.
+    pub(crate) fn new(g: WinogradF4, tiling: Tiling) -> Self {
+        let WinogradF4 { c_in, c_out, h, w } = g;
+        Self {
+            c_in,
+            c_out,
+            h,
+            w,
+            tiling,
+        }
+    }
+
+    /// The same convolution with input and output channels swapped (for the input gradient).
+    pub(crate) fn transposed(&self) -> Self {
+        Self {
+            c_in: self.c_out,
+            c_out: self.c_in,
+            ..*self
+        }
+    }
+
+    /// The per-image geometry of F(4x4, 3x3).
+    fn f4(&self) -> WinogradF4 {
+        let Self {
+            c_in, c_out, h, w, ..
+        } = *self;
+        WinogradF4 { c_in, c_out, h, w }
+    }
+
+    /// Tiles in a row.
+    pub(super) fn tiles_w(&self) -> usize {
+        self.w.div_ceil(self.tiling.block())
+    }
+
+    /// Tiles per image.
+    pub(super) fn tiles(&self) -> usize {
+        self.h.div_ceil(self.tiling.block()) * self.tiles_w()
+    }
+
+    /// Positions in a transformed tile.
+    fn positions(&self) -> usize {
+        self.tiling.positions()
+    }
+
+    /// The length of the transformed weights and of the weight gradient in Winograd's domain,
+    /// `positions x c_out x c_in`.
+    pub(super) fn transformed_len(&self) -> usize {
+        self.positions() * self.c_out * self.c_in
+    }
+
+    /// `U = G g G^T` for every kernel of `weight` (`c_out x c_in x 3 x 3`), as `positions`
+    /// matrices of `c_out x c_in`.
+    pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
+        match self.tiling {
+            Tiling::F4 => self.f4().transform_weights(weight),
+            Tiling::F6 => {
+                transform_weights_with((self.c_out, self.c_in), weight, f6::weight_combination)
+            }
+        }
+    }
+
+    /// [`Self::transform_weights`], taken from `cache` where it holds the same weights for the
+    /// same algorithm (and remembered there), else computed.
+    pub(super) fn transform_weights_cached(
+        &self,
+        weight: &[f32],
+        cache: Option<&WeightCache>,
+    ) -> Arc<Vec<f32>> {
+        let key = (self.c_in, self.c_out, self.tiling);
+        cached_transform(cache, key, weight, || self.transform_weights(weight))
+    }
+
+    /// The kernel gradient `dg = G^T dU G` for every kernel, added to `dw` (`c_out x c_in x 3 x
+    /// 3`), from the sum `du` of [`Self::batch_weight_grad`].
+    pub(super) fn weight_grad(&self, du: &[f32], dw: &mut [f32]) {
+        match self.tiling {
+            Tiling::F4 => self.f4().weight_grad(du, dw),
+            Tiling::F6 => {
+                weight_grad_with((self.c_out, self.c_in), du, dw, f6::weight_grad_combination)
+            }
+        }
+    }
+}
 
 /// A table entry for a tile element outside the plane (the padding, or past the last row or
 /// column): zero.
@@ -36,20 +134,22 @@ const OUTSIDE: u32 = u32::MAX;
 /// The gathers' and scatters' index tables for one plane side, computed per call (a few hundred
 /// entries).
 struct Tables {
-    /// Per tile position `6i + j` (rows of `tiles`): the plane index of element `(i, j)` of each
-    /// tile, input pixel `(4ty + i - 1, 4tx + j - 1)`, or [`OUTSIDE`].
+    /// Per tile position `Ti + j` (rows of `tiles`, `T` the tile's side): the plane index of
+    /// element `(i, j)` of each tile, input pixel `(Bty + i - 1, Btx + j - 1)` (`B` the output
+    /// block's side), or [`OUTSIDE`].
     input: Vec<u32>,
-    /// Per block position `4r + c` (rows of `tiles`): the plane index of output `(4ty + r, 4tx +
+    /// Per block position `Br + c` (rows of `tiles`): the plane index of output `(Bty + r, Btx +
     /// c)` of each tile, or [`OUTSIDE`].
     block: Vec<u32>,
-    /// Per output pixel: where its first image's value sits in the output buffer (`24 x
+    /// Per output pixel: where its first image's value sits in the output buffer (`BT x
     /// columns`); the other images follow it.
     location: Vec<usize>,
 }
 
 impl Tables {
-    fn new(g: &WinogradF4, images: usize) -> Self {
+    fn new(g: &TiledWinograd, images: usize) -> Self {
         let (h, w, tiles_w, tiles) = (g.h, g.w, g.tiles_w(), g.tiles());
+        let (block, tile) = (g.tiling.block(), g.tiling.tile());
         let columns = tiles * images;
         let index = |y: Option<usize>, x: Option<usize>| match (y, x) {
             (Some(y), Some(x)) if y < h && x < w => (y * w + x) as u32,
@@ -61,8 +161,8 @@ impl Tables {
                 for j in 0..cols {
                     for tile in 0..tiles {
                         let (ty, tx) = (tile / tiles_w, tile % tiles_w);
-                        let y = ((BLOCK * ty + i) as isize + first).try_into().ok();
-                        let x = ((BLOCK * tx + j) as isize + first).try_into().ok();
+                        let y = ((block * ty + i) as isize + first).try_into().ok();
+                        let x = ((block * tx + j) as isize + first).try_into().ok();
                         table.push(index(y, x));
                     }
                 }
@@ -72,20 +172,20 @@ impl Tables {
         let location = (0..h * w)
             .map(|pixel| {
                 let (y, x) = (pixel / w, pixel % w);
-                let row = (y % BLOCK) * TILE + x % BLOCK;
-                let tile = (y / BLOCK) * tiles_w + x / BLOCK;
-                row * columns + tile * images
+                let row = (y % block) * tile + x % block;
+                let tile_idx = (y / block) * tiles_w + x / block;
+                row * columns + tile_idx * images
             })
             .collect();
         Self {
-            input: per_tile(TILE, TILE, -1),
-            block: per_tile(BLOCK, BLOCK, 0),
+            input: per_tile(tile, tile, -1),
+            block: per_tile(block, block, 0),
             location,
         }
     }
 }
 
-impl WinogradF4 {
+impl TiledWinograd {
     /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`,
     /// plus `bias`, through the ReLU and max-pooled by `pool` into `out` with the window offsets
     /// in `offsets` where given (both `images x c_out x OH x OW`; an inference, which has no
@@ -165,12 +265,12 @@ impl WinogradF4 {
         } else {
             self.transformed_input_len(images)
         };
-        let (input, grads) = scratch.buffers(input_len, c_out * POSITIONS * columns);
+        let (input, grads) = scratch.buffers(input_len, c_out * self.positions() * columns);
         let transform_grad = |(channel, m): (usize, &mut [f32])| {
             let grad = (&grad[channel * plane..], c_out * plane);
             self.batch_transform_grad(grad, images, &tables, m)
         };
-        for_each_chunk(grads, POSITIONS * columns, true, transform_grad);
+        for_each_chunk(grads, self.positions() * columns, true, transform_grad);
         let input: &[f32] = match transformed_input {
             Some(kept) => {
                 assert_eq!(
@@ -185,16 +285,17 @@ impl WinogradF4 {
                     let x = (&x[channel * plane..], c_in * plane);
                     self.batch_transform_input(x, images, &tables, v)
                 };
-                for_each_chunk(input, POSITIONS * columns, true, transform_input);
+                for_each_chunk(input, self.positions() * columns, true, transform_input);
                 input
             }
         };
-        self.position_weight_grads((input, grads), columns, du, accumulate, true);
+        let sizes = (c_in, c_out, columns, self.positions());
+        position_weight_grads((input, grads), sizes, du, accumulate, true);
     }
 
     /// Values of the transformed input of `images` images: `c_in x 36 x (images x tiles)`.
     pub(super) fn transformed_input_len(&self, images: usize) -> usize {
-        self.c_in * POSITIONS * images * self.tiles()
+        self.c_in * self.positions() * images * self.tiles()
     }
 
     /// The input transform (into `kept_input` where given, else `scratch`) and the 36 GEMMs for
@@ -213,7 +314,7 @@ impl WinogradF4 {
         let input_len = self.transformed_input_len(images);
         let scratch_input = if kept_input.is_some() { 0 } else { input_len };
         let (scratch_input, products) =
-            scratch.buffers(scratch_input, POSITIONS * self.c_out * columns);
+            scratch.buffers(scratch_input, self.positions() * self.c_out * columns);
         let input = match kept_input {
             Some(kept) => {
                 assert_eq!(kept.len(), input_len, "kept input's length");
@@ -225,9 +326,9 @@ impl WinogradF4 {
             let x = (&x[channel * plane..], self.c_in * plane);
             self.batch_transform_input(x, images, tables, v)
         };
-        for_each_chunk(input, POSITIONS * columns, true, transform_channel);
+        for_each_chunk(input, self.positions() * columns, true, transform_channel);
         let input: &[f32] = input;
-        let sizes = (self.c_in, self.c_out, columns, POSITIONS);
+        let sizes = (self.c_in, self.c_out, columns, self.positions());
         let gemm_at =
             |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
         for_each_chunk(products, self.c_out * columns, true, gemm_at);
@@ -249,7 +350,10 @@ impl WinogradF4 {
             || {
                 let columns = images * self.tiles();
                 gather(x, image_stride, images, &tables.input, v, columns);
-                input_transform_tiles(v, columns);
+                match self.tiling {
+                    Tiling::F4 => f4::input_transform_tiles(v, columns),
+                    Tiling::F6 => f6::input_transform_tiles(v, columns),
+                }
             },
         )
     }
@@ -269,11 +373,15 @@ impl WinogradF4 {
             #[inline(always)]
             || {
                 let columns = images * self.tiles();
-                for (r, rows) in m.chunks_exact_mut(TILE * columns).take(BLOCK).enumerate() {
-                    let table = &tables.block[r * BLOCK * self.tiles()..][..BLOCK * self.tiles()];
+                let (tile, block) = (self.tiling.tile(), self.tiling.block());
+                for (r, rows) in m.chunks_exact_mut(tile * columns).take(block).enumerate() {
+                    let table = &tables.block[r * block * self.tiles()..][..block * self.tiles()];
                     gather(grad, image_stride, images, table, rows, columns);
                 }
-                grad_transform_tiles(m, columns);
+                match self.tiling {
+                    Tiling::F4 => f4::grad_transform_tiles(m, columns),
+                    Tiling::F6 => f6::grad_transform_tiles(m, columns),
+                }
             },
         )
     }
@@ -290,10 +398,14 @@ impl WinogradF4 {
         buffer: &'a mut Vec<f32>,
     ) -> &'a [f32] {
         let columns = images * self.tiles();
-        let buffer = grown(buffer, BLOCK * TILE * columns);
+        let buffer = grown(buffer, self.tiling.block() * self.tiling.tile() * columns);
+        let channel = (self.c_out, channel);
         super::isa::vectorised(
             #[inline(always)]
-            || output_transform_tiles(products, (self.c_out, channel), columns, bias, buffer),
+            || match self.tiling {
+                Tiling::F4 => f4::output_transform_tiles(products, channel, columns, bias, buffer),
+                Tiling::F6 => f6::output_transform_tiles(products, channel, columns, bias, buffer),
+            },
         );
         buffer
     }
@@ -459,7 +571,9 @@ impl<'a, T> ChannelPlanes<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::winograd_f2_oracle::tests::values;
+    use crate::max_pool::pool_planes;
+    use crate::winograd::Winograd;
+    use crate::winograd_f2_oracle::tests::{direct, values};
     use crate::winograd_f4::tests::direct_weight_grad;
 
     fn bits(values: &[f32]) -> Vec<u32> {
@@ -522,7 +636,8 @@ mod tests {
             Pool2d::ceil(3, 2, 0),
         ];
         for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 3, 11, 11), (2, 4, 5, 5), (2, 9, 4, 4)] {
-            let g = WinogradF4 { c_in, c_out, h, w };
+            let alone = WinogradF4 { c_in, c_out, h, w };
+            let g = TiledWinograd::new(alone, Tiling::F4);
             let (plane, images) = (h * w, 3);
             let mut x = values(images * c_in * plane, 41);
             x[c_in * plane + 5] = f32::NAN;
@@ -561,12 +676,12 @@ mod tests {
                 for image in 0..images {
                     let x = &x[image * c_in * plane..][..c_in * plane];
                     let mut alone = vec![f32::NAN; c_out * plane];
-                    g.image(x, &u, None, &mut alone, &mut scratch, false);
+                    g.f4().image(x, &u, None, &mut alone, &mut scratch, false);
                     let range = image * c_out * plane..(image + 1) * c_out * plane;
                     assert_eq!(bits(&together[range]), bits(&alone), "{g:?}, image {image}");
                     let mut pooled_alone = vec![f32::NAN; c_out * pooled];
                     let mut offsets_alone = vec![u8::MAX; c_out * pooled];
-                    g.image_pooled(
+                    g.f4().image_pooled(
                         (x, &u, &bias),
                         pool,
                         (&mut pooled_alone, &mut offsets_alone),
@@ -589,8 +704,19 @@ mod tests {
     #[test]
     fn the_weight_gradient_of_a_batch_matches_the_direct_sum() {
         // Three images' share in one call, and a second call of two more added to it.
-        for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 2, 8, 9), (2, 3, 11, 11), (5, 4, 5, 5)] {
-            let g = WinogradF4 { c_in, c_out, h, w };
+        let shapes = [
+            (3, 5, 7, 6),
+            (4, 2, 8, 9),
+            (2, 3, 11, 11),
+            (5, 4, 5, 5),
+            (3, 2, 13, 12),
+        ];
+        for ((c_in, c_out, h, w), tiling) in shapes
+            .into_iter()
+            .flat_map(|shape| [(shape, Tiling::F4), (shape, Tiling::F6)])
+        {
+            let f4 = WinogradF4 { c_in, c_out, h, w };
+            let g = TiledWinograd::new(f4, tiling);
             let plane = h * w;
             let x = values(5 * c_in * plane, 61);
             let grad = values(5 * c_out * plane, 62);
@@ -598,7 +724,7 @@ mod tests {
             for image in 0..5 {
                 let x = &x[image * c_in * plane..][..c_in * plane];
                 let grad = &grad[image * c_out * plane..][..c_out * plane];
-                for (e, d) in expected.iter_mut().zip(direct_weight_grad(x, grad, &g)) {
+                for (e, d) in expected.iter_mut().zip(direct_weight_grad(x, grad, &f4)) {
                     *e += d;
                 }
             }
@@ -645,6 +771,85 @@ mod tests {
                 );
             }
             assert_eq!(bits(&du_kept), bits(&du), "{g:?}: kept transformed input");
+        }
+    }
+
+    #[test]
+    fn f6_batches_match_a_direct_convolution_and_pool_their_own_outputs() {
+        // F(6x6, 3x3) over three images: the plain convolution within 1e-5 of the direct sum in
+        // f64 (sides with partial blocks, one tile, several), and with bias, ReLU and pool the
+        // values and window offsets of pooling its own plain output image by image, bit for bit.
+        let pools = [
+            Pool2d::floor(3, 2, 0),
+            Pool2d::floor(3, 1, 1),
+            Pool2d::ceil(3, 2, 0),
+        ];
+        let shapes = [
+            (3, 5, 7, 6),
+            (4, 3, 11, 11),
+            (2, 4, 5, 5),
+            (3, 2, 12, 13),
+            (6, 4, 23, 23),
+        ];
+        for (c_in, c_out, h, w) in shapes {
+            let g = TiledWinograd::new(WinogradF4 { c_in, c_out, h, w }, Tiling::F6);
+            let (plane, images) = (h * w, 3);
+            let x = values(images * c_in * plane, 43);
+            let weight = values(c_out * c_in * 9, 44);
+            let u = g.transform_weights(&weight);
+            let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.4 - 1.0).collect();
+            let mut scratch = Scratch::default();
+            let mut conv = vec![f32::NAN; images * c_out * plane];
+            g.batch_image((&x, images), &u, &mut conv, &mut scratch);
+            for image in 0..images {
+                let x = &x[image * c_in * plane..][..c_in * plane];
+                let expected = direct(x, &weight, &Winograd { c_in, c_out, h, w });
+                let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+                let ours = &conv[image * c_out * plane..][..c_out * plane];
+                for (a, e) in ours.iter().zip(&expected) {
+                    assert!(((*a as f64) - e).abs() / scale < 1e-5, "{g:?}: {a} vs {e}");
+                }
+            }
+            let activated: Vec<f32> = conv
+                .iter()
+                .enumerate()
+                .map(|(idx, v)| (v + bias[idx / plane % c_out]).max(0.0))
+                .collect();
+            for pool in pools {
+                let pooled = pool.out_side(h) * pool.out_side(w);
+                let mut out = vec![f32::NAN; images * c_out * pooled];
+                let mut offsets = vec![u8::MAX; images * c_out * pooled];
+                let arguments = (x.as_slice(), images, u.as_slice(), bias.as_slice());
+                let outputs = (out.as_mut_slice(), Some(offsets.as_mut_slice()));
+                g.batch_pooled(arguments, pool, outputs, None, &mut scratch);
+                let mut expected = vec![f32::NAN; images * c_out * pooled];
+                let mut expected_offsets = vec![u8::MAX; images * c_out * pooled];
+                pool_planes(
+                    &activated,
+                    (h, w),
+                    pool,
+                    &mut expected,
+                    &mut expected_offsets,
+                    false,
+                );
+                assert_eq!(bits(&out), bits(&expected), "{g:?}, {pool:?}: values");
+                assert_eq!(offsets, expected_offsets, "{g:?}, {pool:?}: offsets");
+            }
+        }
+    }
+
+    #[test]
+    fn each_plane_takes_the_tiling_with_fewer_products() {
+        for (side, tiling) in [
+            (4, Tiling::F4),
+            (5, Tiling::F6),
+            (6, Tiling::F6),
+            (8, Tiling::F4),
+            (11, Tiling::F6),
+            (13, Tiling::F4),
+            (23, Tiling::F6),
+        ] {
+            assert_eq!(Tiling::for_plane(side, side), tiling, "{side}x{side}");
         }
     }
 }

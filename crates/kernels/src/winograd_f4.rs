@@ -27,9 +27,11 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::max_pool::{pool_planes, Pool2d};
-use super::parallel::{for_each_chunk, for_each_chunk_with, gemm, grown, Gemm};
-use super::winograd::{position_gemm, Scratch, Winograd};
-use super::winograd_batch::ChannelPlanes;
+use super::parallel::{for_each_chunk, for_each_chunk_with, grown};
+use super::winograd::{
+    position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, Scratch,
+    Tiling, Winograd,
+};
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
 pub(super) const POSITIONS: usize = 36;
@@ -56,6 +58,7 @@ const TWELFTH: f64 = 1.0 / 12.0;
 const TWENTY_FOURTH: f64 = 1.0 / 24.0;
 
 /// `G` applied to one kernel row or column `g[0..3]`, in f64: the six values.
+#[inline(always)]
 fn weight_combination(g: [f64; 3]) -> [f64; 6] {
     let (outer, middle) = (g[0] * TWENTY_FOURTH + g[2] * SIXTH, g[1] * TWELFTH);
     [
@@ -78,6 +81,7 @@ impl From<Winograd> for WinogradF4 {
 
 /// `G^T` applied to six values `u[0..6]`, in f64: the three values of a kernel row or column's
 /// gradient (the adjoint of [`weight_combination`]).
+#[inline(always)]
 fn weight_grad_combination(u: [f64; 6]) -> [f64; 3] {
     [
         u[0] * 0.25 - (u[1] + u[2]) * SIXTH + (u[3] + u[4]) * TWENTY_FOURTH,
@@ -103,40 +107,9 @@ impl WinogradF4 {
     }
 
     /// `U = G g G^T` for every kernel, as 36 `c_out x c_in` matrices (`36 x c_out x c_in`),
-    /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`. Each output channel
-    /// on its own thread, its 36 rows built in a local block and then copied out row by row (the
-    /// rows lie a whole matrix apart, a multiple of 4 KiB for conv2b, so writing them value by
-    /// value kept evicting one another from the L1's set).
+    /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`.
     pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
-        let (c_out, c_in) = (self.c_out, self.c_in);
-        let mut transformed = vec![0f32; POSITIONS * c_out * c_in];
-        let rows = ChannelPlanes::new(&mut transformed, POSITIONS, c_out, c_in);
-        (0..c_out)
-            .into_par_iter()
-            .for_each_init(Vec::new, |block, o| {
-                let block = grown(block, POSITIONS * c_in);
-                for i in 0..c_in {
-                    let g = &weight[(o * c_in + i) * 9..][..9];
-                    // G g: 6 x 3, column by column.
-                    let columns: [[f64; 6]; 3] = std::array::from_fn(|col| {
-                        weight_combination([g[col] as f64, g[3 + col] as f64, g[6 + col] as f64])
-                    });
-                    // (G g) G^T: 6 x 6, row by row.
-                    for row in 0..TILE {
-                        let values =
-                            weight_combination([columns[0][row], columns[1][row], columns[2][row]]);
-                        for (col, value) in values.into_iter().enumerate() {
-                            block[(row * TILE + col) * c_in + i] = value as f32;
-                        }
-                    }
-                }
-                for (position, values) in block.chunks_exact(c_in).enumerate() {
-                    // SAFETY: this job alone handles output channel `o`, so it alone writes its row
-                    // of each position's matrix.
-                    unsafe { rows.plane(position, o) }.copy_from_slice(values);
-                }
-            });
-        transformed
+        transform_weights_with((self.c_out, self.c_in), weight, weight_combination)
     }
 
     /// [`Self::transform_weights`], taken from `cache` where it holds the same weights (and
@@ -146,35 +119,8 @@ impl WinogradF4 {
         weight: &[f32],
         cache: Option<&WeightCache>,
     ) -> Arc<Vec<f32>> {
-        let Some(cache) = cache else {
-            return Arc::new(self.transform_weights(weight));
-        };
-        let same = |entry: &RememberedWeights| {
-            (entry.c_in, entry.c_out) == (self.c_in, self.c_out)
-                && bits(&entry.weight) == bits(weight)
-        };
-        if let Ok(mut recent) = cache.recent.lock() {
-            if let Some(at) = recent.iter().position(same) {
-                let entry = recent.remove(at);
-                let transformed = entry.transformed.clone();
-                recent.insert(0, entry);
-                return transformed;
-            }
-        }
-        let transformed = Arc::new(self.transform_weights(weight));
-        if let Ok(mut recent) = cache.recent.lock() {
-            recent.truncate(WeightCache::REMEMBERED - 1);
-            recent.insert(
-                0,
-                RememberedWeights {
-                    c_in: self.c_in,
-                    c_out: self.c_out,
-                    weight: weight.to_vec(),
-                    transformed: transformed.clone(),
-                },
-            );
-        }
-        transformed
+        let key = (self.c_in, self.c_out, Tiling::F4);
+        cached_transform(cache, key, weight, || self.transform_weights(weight))
     }
 
     /// Convolves one image `x` (`c_in x h x w`) with the transformed weights `u` into `out`
@@ -296,74 +242,15 @@ impl WinogradF4 {
         };
         for_each_chunk(input, POSITIONS * tiles, parallel, transform_input);
         for_each_chunk(grads, POSITIONS * tiles, parallel, transform_grad);
-        self.position_weight_grads((input, grads), tiles, du, accumulate, parallel);
-    }
-
-    /// `dU[p] (c_out x c_in) += dM[p] (c_out x columns) * V[p]^T (columns x c_in)` for every tile
-    /// position `p` (overwritten unless `accumulate`), from the transformed inputs `input` and
-    /// output gradients `grads` (`channels x 36 x columns`: both operands' rows lie `36 *
-    /// columns` values apart); the positions on every thread when `parallel`.
-    pub(super) fn position_weight_grads(
-        &self,
-        (input, grads): (&[f32], &[f32]),
-        columns: usize,
-        du: &mut [f32],
-        accumulate: bool,
-        parallel: bool,
-    ) {
-        let (c_in, c_out) = (self.c_in, self.c_out);
-        let gemm_at = |(position, du): (usize, &mut [f32])| {
-            gemm(
-                Gemm {
-                    m: c_out,
-                    n: c_in,
-                    k: columns,
-                    dst: du,
-                    accumulate,
-                    lhs: &grads[position * columns..],
-                    lhs_rs: POSITIONS * columns,
-                    lhs_cs: 1,
-                    rhs: &input[position * columns..],
-                    rhs_rs: 1,
-                    rhs_cs: POSITIONS * columns,
-                },
-                gemm::Parallelism::None,
-            )
-        };
-        for_each_chunk(du, c_out * c_in, parallel, gemm_at);
+        let sizes = (c_in, c_out, tiles, POSITIONS);
+        position_weight_grads((input, grads), sizes, du, accumulate, parallel);
     }
 
     /// The kernel gradient `dg = G^T dU G` for every kernel, in f64, added to `dw` (`c_out x c_in
     /// x 3 x 3`), from the sum `du` of [`Self::accumulate_weight_grad`] (`36 x c_out x c_in`);
     /// output channels on every thread.
     pub(super) fn weight_grad(&self, du: &[f32], dw: &mut [f32]) {
-        let (c_in, pairs) = (self.c_in, self.c_out * self.c_in);
-        dw[..9 * pairs]
-            .par_chunks_mut(9 * c_in)
-            .enumerate()
-            .for_each_init(Vec::new, |block, (o, dw)| {
-                // Output channel `o`'s row of each position's matrix, copied together first (the
-                // rows lie a whole matrix apart; read value by value, they evicted one another).
-                let block = grown(block, POSITIONS * c_in);
-                for (position, row) in block.chunks_exact_mut(c_in).enumerate() {
-                    row.copy_from_slice(&du[position * pairs + o * c_in..][..c_in]);
-                }
-                for (i, dg) in dw.chunks_exact_mut(9).enumerate() {
-                    let u = |row: usize, col: usize| block[(row * TILE + col) * c_in + i] as f64;
-                    // G^T dU: 3 x 6, kept as its six columns.
-                    let columns: [[f64; 3]; TILE] = std::array::from_fn(|col| {
-                        weight_grad_combination(std::array::from_fn(|row| u(row, col)))
-                    });
-                    // (G^T dU) G: 3 x 3.
-                    for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
-                        let values =
-                            weight_grad_combination(std::array::from_fn(|col| columns[col][row]));
-                        for (d, value) in dg_row.iter_mut().zip(values) {
-                            *d += value as f32;
-                        }
-                    }
-                }
-            });
+        weight_grad_with((self.c_out, self.c_in), du, dw, weight_grad_combination)
     }
 
     /// `dM = A dY A^T` for every 4x4 block of one channel's output gradient `grad` (`h x w`),
@@ -534,8 +421,9 @@ pub struct WeightCache {
 }
 
 impl WeightCache {
-    /// Two layers of one network, and room for a second network.
-    const REMEMBERED: usize = 4;
+    /// Two layers of one network, each in both of inference's algorithms (F(4x4, 3x3) image by
+    /// image, F(6x6, 3x3) over a batch on most small planes), and room for a second network.
+    const REMEMBERED: usize = 8;
 }
 
 impl std::fmt::Debug for WeightCache {
@@ -545,10 +433,46 @@ impl std::fmt::Debug for WeightCache {
     }
 }
 
+/// `transform()` of `weight`, the transform of a convolution of `key` (`c_in`, `c_out` and the
+/// algorithm), taken from `cache` where it holds the same weights for the same key (and
+/// remembered there), else computed.
+pub(super) fn cached_transform(
+    cache: Option<&WeightCache>,
+    key: (usize, usize, Tiling),
+    weight: &[f32],
+    transform: impl FnOnce() -> Vec<f32>,
+) -> Arc<Vec<f32>> {
+    let Some(cache) = cache else {
+        return Arc::new(transform());
+    };
+    let same = |entry: &RememberedWeights| entry.key == key && bits(&entry.weight) == bits(weight);
+    if let Ok(mut recent) = cache.recent.lock() {
+        if let Some(at) = recent.iter().position(same) {
+            let entry = recent.remove(at);
+            let transformed = entry.transformed.clone();
+            recent.insert(0, entry);
+            return transformed;
+        }
+    }
+    let transformed = Arc::new(transform());
+    if let Ok(mut recent) = cache.recent.lock() {
+        recent.truncate(WeightCache::REMEMBERED - 1);
+        recent.insert(
+            0,
+            RememberedWeights {
+                key,
+                weight: weight.to_vec(),
+                transformed: transformed.clone(),
+            },
+        );
+    }
+    transformed
+}
+
 /// Weights and their transform, remembered by a [`WeightCache`].
 struct RememberedWeights {
-    c_in: usize,
-    c_out: usize,
+    /// `c_in`, `c_out` and the algorithm.
+    key: (usize, usize, Tiling),
     weight: Vec<f32>,
     transformed: Arc<Vec<f32>>,
 }
@@ -833,6 +757,16 @@ pub(super) mod tests {
         let other = g.transform_weights_cached(&changed, Some(&cache));
         assert!(!Arc::ptr_eq(&first, &other));
         assert_eq!(*other, g.transform_weights(&changed));
+        // The same weights for the other algorithm are another entry, and both stay.
+        let key = (g.c_in, g.c_out, Tiling::F6);
+        let f6 = cached_transform(Some(&cache), key, &weight, || vec![7.0; 64 * 6]);
+        assert_eq!(*f6, vec![7.0; 64 * 6]);
+        assert!(Arc::ptr_eq(
+            &first,
+            &g.transform_weights_cached(&weight, Some(&cache))
+        ));
+        let again = cached_transform(Some(&cache), key, &weight, || unreachable!("remembered"));
+        assert!(Arc::ptr_eq(&f6, &again));
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn backward_batched(
         let geometry = g
             .winograd()
             .expect("a batched convolution is a Winograd one");
-        let swapped = WinogradF4::from(geometry.transposed());
+        let swapped = winograd.transposed();
         let transformed = swapped.transform_weights(&geometry.flipped_weights(weight));
         (swapped, transformed)
     });

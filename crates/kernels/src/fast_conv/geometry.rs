@@ -1,7 +1,8 @@
 //! A convolution's shape (sides, channels, stride, padding) and the im2col unfolding with its
 //! adjoint, col2im.
 
-use super::super::winograd::Winograd;
+use super::super::winograd::{Tiling, Winograd};
+use super::super::winograd_batch::TiledWinograd;
 use super::super::winograd_f4::WinogradF4;
 use crate::parallel::grown;
 
@@ -14,7 +15,7 @@ pub(crate) const WINOGRAD_MIN_SIDE: usize = 12;
 
 /// The planes that run Winograd over several images at once ([`WinogradBatch`],
 /// `winograd_batch.rs`) when the batch has tiles enough: their tiles side by side make each tile
-/// position's GEMM up to [`WINOGRAD_BATCH_COLUMNS`] wide, where one image's tiles made it 4
+/// position's GEMM up to [`WINOGRAD_BATCH_VALUES`] / 36 wide, where one image's tiles made it 4
 /// (5x5), 9 (11x11) or 49 (27x27) columns wide. From 4 pixels (one tile gives a 4x4 block of
 /// outputs; a narrower plane computes mostly outputs it throws away) to 31: wider planes (35x35
 /// at 144 px, 55x55 at 224 px) keep one image per thread, whose forward (row-wise gathers, the
@@ -28,22 +29,23 @@ pub(crate) const WINOGRAD_BATCH_SIDES: std::ops::Range<usize> = 4..32;
 /// in the unit tests, so that their small batches take the batched path.
 pub(crate) const WINOGRAD_BATCH_MIN_COLUMNS: usize = if cfg!(test) { 8 } else { 64 };
 
-/// About how many tiles (all images' together) one batched Winograd call puts in its GEMMs'
-/// columns: wide enough for `gemm`'s full rate (each call packs the transformed weights again),
-/// while the transformed input and the products (`(c_in + c_out) x 36 x columns` values) stay
-/// tens of MiB. At 96 px (conv2b at 23x23, 36 tiles an image, batch 32) 512 columns (three calls
-/// of 11 images) took 26 ms forward, 1024 (two of 16, 25 MiB) 19 ms and 2048 (one of 32) 18 ms
-/// (best of three, AMD EPYC Zen 3, 2 threads); 48 px's planes fit one call either way. Small in
-/// the unit tests, so that their small batches still take several calls.
-pub(crate) const WINOGRAD_BATCH_COLUMNS: usize = if cfg!(test) { 20 } else { 1024 };
+/// About how many transformed values per channel (tiles times a tile's positions, all images'
+/// together) one batched Winograd call puts in its GEMMs: 1024 tiles of F(4x4, 3x3), 576 of
+/// F(6x6, 3x3). Wide enough for `gemm`'s full rate (each call packs the transformed weights
+/// again), while the transformed input and the products (`(c_in + c_out) x` this many values)
+/// stay tens of MiB. At 96 px (conv2b at 23x23, 36 F(4x4) tiles an image, batch 32) 512 tiles
+/// (three calls of 11 images) took 26 ms forward, 1024 (two of 16, 25 MiB) 19 ms and 2048 (one
+/// of 32) 18 ms (best of three, AMD EPYC Zen 3, 2 threads); 48 px's planes fit one call either
+/// way. Small in the unit tests, so that their small batches still take several calls.
+pub(crate) const WINOGRAD_BATCH_VALUES: usize = if cfg!(test) { 20 * 36 } else { 1024 * 36 };
 
-/// How a batched Winograd convolution walks the batch: the geometry, and the images of each call
+/// How a batched Winograd convolution walks the batch: the geometry and algorithm, and the images of each call
 /// (a fixed split of the batch, the same whatever the thread count, so the weight gradient sums
 /// the same terms in the same order on any number of threads).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WinogradBatch {
-    /// The convolution's F(4x4, 3x3) geometry.
-    pub winograd: WinogradF4,
+    /// The convolution's geometry and algorithm.
+    pub winograd: TiledWinograd,
     /// Images per call (the last call may hold fewer).
     pub images: usize,
 }
@@ -144,16 +146,39 @@ impl ConvGeometry {
     }
 
     /// For a 3x3 stride-1 convolution on [`WINOGRAD_BATCH_SIDES`] whose batch holds at least
-    /// [`WINOGRAD_BATCH_MIN_COLUMNS`] tiles, how it runs over several images at once: the batch
-    /// in near-equal calls of at most about [`WINOGRAD_BATCH_COLUMNS`] tiles (at least one image
-    /// each), each call spread over the threads by channels and tile positions. `None` for other
+    /// [`WINOGRAD_BATCH_MIN_COLUMNS`] tiles, how a training step runs it over several images at
+    /// once: by F(4x4, 3x3), the batch in near-equal calls of at most about
+    /// [`WINOGRAD_BATCH_VALUES`] transformed values a channel (at least one image each), each
+    /// call spread over the threads by channels and tile positions. `None` for other
     /// convolutions. The choice depends on the batch, never on the thread count.
+    ///
+    /// Training keeps F(4x4, 3x3) where inference takes F(6x6, 3x3) ([`Self::
+    /// inference_winograd_batch`]): a step transforms the changed weights three times (forward,
+    /// input gradient, weight gradient) and its weight gradient's GEMMs write one `c_out x c_in`
+    /// matrix per tile position, weight-sized work that F(6x6, 3x3)'s 64 positions make 1.78
+    /// times larger, and that ate its saving: training steps alternating the two took the same
+    /// time (median ratio 1.00 at 48 px, 1.02 at 96, 60 pairs each, AMD EPYC Zen 3, 2 threads).
     pub(crate) fn winograd_batch(&self) -> Option<WinogradBatch> {
+        self.winograd_batch_by(Tiling::F4)
+    }
+
+    /// [`Self::winograd_batch`] for an inference, whose transformed weights are computed once and
+    /// kept ([`crate::WeightCache`]): by the algorithm with fewer products for the plane
+    /// ([`Tiling::for_plane`]), F(6x6, 3x3) at 5x5, 11x11 and 23x23 (the port's conv3b and
+    /// conv2b at 48 and 96 px). Batch-32 inference alternating the two: 8-10% less time with
+    /// F(6x6, 3x3) at 48 and 96 px (medians of 30 pairs, AMD EPYC Zen 3, 2 threads).
+    pub(crate) fn inference_winograd_batch(&self) -> Option<WinogradBatch> {
+        self.winograd_batch_by(Tiling::for_plane(self.h, self.w))
+    }
+
+    /// [`Self::winograd_batch`] by `tiling`.
+    fn winograd_batch_by(&self, tiling: Tiling) -> Option<WinogradBatch> {
         if !self.batches_winograd() {
             return None;
         }
-        let winograd = self.winograd_f4()?;
-        let most = (WINOGRAD_BATCH_COLUMNS / winograd.tiles()).max(1);
+        let winograd = TiledWinograd::new(self.winograd_f4()?, tiling);
+        let per_image = winograd.tiles() * winograd.tiling.positions();
+        let most = (WINOGRAD_BATCH_VALUES / per_image).max(1);
         let calls = self.n.div_ceil(most).max(1);
         Some(WinogradBatch {
             winograd,
