@@ -175,7 +175,7 @@ pub(super) struct Winograd {
     pub w: usize,
 }
 
-/// Per-thread buffers of [`Winograd::image`].
+/// Per-thread buffers of the Winograd convolutions ([`super::winograd_f4::WinogradF4::image`] and the batched ones).
 #[derive(Default)]
 pub(super) struct Scratch {
     /// Transformed input, `c_in x 16 x tiles`.

@@ -1,6 +1,8 @@
-//! 3x3 stride-1 convolutions on small planes by Winograd's F(4x4, 3x3) over several images at
-//! once: the forward with its bias, ReLU and max-pool, the plain convolution the input gradient
-//! takes, and the weight gradient.
+//! 3x3 stride-1 convolutions on small planes by Winograd's F(4x4, 3x3) or F(6x6, 3x3)
+//! ([`Tiling`], [`TiledWinograd`]) over several images at once: the forward with its bias, ReLU
+//! and max-pool, the plain convolution the input gradient takes, and the weight gradient. A
+//! training step runs F(4x4, 3x3); an inference F(6x6, 3x3) where it needs fewer products
+//! (`ConvGeometry::inference_winograd_batch`).
 //!
 //! One image of an 11x11 plane has 9 tiles, of a 5x5 plane 4: one image at a time
 //! ([`super::winograd_f4`]), each tile position's GEMM is 9 or 4 columns wide, where `gemm` runs
@@ -189,7 +191,7 @@ impl TiledWinograd {
     /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`,
     /// plus `bias`, through the ReLU and max-pooled by `pool` into `out` with the window offsets
     /// in `offsets` where given (both `images x c_out x OH x OW`; an inference, which has no
-    /// backward, skips them): the values of [`Self::image_pooled`] for each image. Windows of
+    /// backward, skips them): by F(4x4, 3x3), the values of [`WinogradF4::image_pooled`] for each image. Windows of
     /// padding alone are left as they were. With `kept_input` (`c_in x 36 x columns`, see
     /// [`Self::transformed_input_len`]) the transformed input is written there, for the weight
     /// gradient to use again ([`Self::batch_weight_grad`]), instead of into the scratch.
@@ -216,8 +218,9 @@ impl TiledWinograd {
     }
 
     /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`
-    /// into `out` (`images x c_out x h x w`), no bias: the values of [`Self::image`] for each
-    /// image. The input gradient runs this with the flipped, channel-swapped kernel.
+    /// into `out` (`images x c_out x h x w`), no bias: by F(4x4, 3x3), the values of
+    /// [`WinogradF4::image`] for each image. The input gradient runs this with the flipped,
+    /// channel-swapped kernel.
     pub(super) fn batch_image(
         &self,
         (x, images): (&[f32], usize),
@@ -245,7 +248,7 @@ impl TiledWinograd {
     /// Adds the share of `images` images of the weight gradient in the Winograd domain to `du`
     /// (`36 x c_out x c_in`; overwritten unless `accumulate`), from their inputs `x` (`images x
     /// c_in x h x w`) and output gradients `grad` (`images x c_out x h x w`): for each tile
-    /// position `p`, `dU[p] += dM[p] * V[p]^T` as in [`Self::accumulate_weight_grad`], the
+    /// position `p`, `dU[p] += dM[p] * V[p]^T` as in [`WinogradF4::accumulate_weight_grad`], the
     /// GEMMs summing over all the images' tiles at once. `transformed_input`, where given, is
     /// `V` as the forward kept it ([`Self::batch_pooled`]'s `kept_input`, the same images), which
     /// is then not computed again.

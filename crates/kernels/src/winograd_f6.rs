@@ -4,7 +4,7 @@
 //! Per output that is 1.78 against 2.25, and the planes of small faces fit six-wide blocks
 //! better: a 5x5 plane (conv3b at 48 px) is one tile instead of four (64 products against 144),
 //! 11x11 and 23x23 (conv2b at 48 and 96 px) four and sixteen against nine and thirty-six (21%
-//! fewer). [`Tiling::for_plane`](super::winograd_batch::Tiling::for_plane) picks per plane.
+//! fewer). [`Tiling::for_plane`](super::winograd::Tiling::for_plane) picks per plane.
 //!
 //! The interpolation points are 0, 1, -1, 2, -2, 1/2, -1/2 and infinity (Lavin and Gray, "Fast
 //! Algorithms for Convolutional Neural Networks", 2015; the matrices as NNPACK has them). The
