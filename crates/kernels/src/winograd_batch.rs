@@ -851,6 +851,7 @@ mod tests {
             (11, Tiling::F6),
             (13, Tiling::F4),
             (23, Tiling::F6),
+            (27, Tiling::F6),
         ] {
             assert_eq!(Tiling::for_plane(side, side), tiling, "{side}x{side}");
         }
