@@ -182,9 +182,10 @@ impl ConvPoolGeometry {
     }
 
     /// The whole batch `x` (`n` images) by Winograd over several images at once (`batch`, from
-    /// [`ConvGeometry::winograd_batch`] or [`ConvGeometry::inference_winograd_batch`]), into `out` and, where given, `offsets` (`n x c_out x OH
-    /// x OW`; an inference needs none), keeping the transformed input in `kept_input` where given
-    /// (`c_in x 36 x tiles` per call, the calls one after the other, for the backward): one
+    /// [`ConvGeometry::winograd_batch`] or [`ConvGeometry::inference_winograd_batch`]), into
+    /// `out` and, where given, `offsets` (`n x c_out x OH x OW`; an inference needs none),
+    /// keeping the transformed input in `kept_input` where given (`c_in x positions x tiles` per
+    /// call, the calls one after the other, for the backward): one
     /// call per group of `batch.images` images, each spread over every thread. Each tile's column
     /// of the GEMMs is computed alone, so an image's values do not depend on the other images or
     /// the split into calls; by F(4x4, 3x3) they are those of [`Self::image`] image by image.

@@ -24,9 +24,9 @@ pub(crate) enum Tiling {
 
 impl Tiling {
     /// The tiling with fewer products for an `h x w` plane, F(4x4, 3x3) on a tie: F(6x6, 3x3)
-    /// at 5x5 and 6x6 (one tile against four), 9x12, 11x11, 12x12, 23x23, 24x24 (a fifth fewer),
-    /// 27x27 (conv3b at 224 px, a tenth fewer);
-    /// F(4x4, 3x3) at 7x7, 8x8 (four tiles either way) and 13x13 (as many products).
+    /// at 5x5 and 6x6 (one tile against four), 9x12, 11x11, 12x12, 23x23, 24x24 (a fifth fewer)
+    /// and 27x27 (conv3b at 224 px, a tenth fewer); F(4x4, 3x3) at 7x7, 8x8 (four tiles either
+    /// way) and 13x13 (as many products).
     pub(crate) fn for_plane(h: usize, w: usize) -> Self {
         let products =
             |block: usize, positions: usize| h.div_ceil(block) * w.div_ceil(block) * positions;
@@ -176,7 +176,8 @@ pub(super) struct Winograd {
     pub w: usize,
 }
 
-/// Per-thread buffers of the Winograd convolutions ([`super::winograd_f4::WinogradF4::image`] and the batched ones).
+/// Per-thread buffers of the Winograd convolutions ([`super::winograd_f4::WinogradF4::image`]
+/// and the batched ones).
 #[derive(Default)]
 pub(super) struct Scratch {
     /// Transformed input, `c_in x 16 x tiles`.

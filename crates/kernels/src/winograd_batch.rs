@@ -191,10 +191,11 @@ impl TiledWinograd {
     /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`,
     /// plus `bias`, through the ReLU and max-pooled by `pool` into `out` with the window offsets
     /// in `offsets` where given (both `images x c_out x OH x OW`; an inference, which has no
-    /// backward, skips them): by F(4x4, 3x3), the values of [`WinogradF4::image_pooled`] for each image. Windows of
-    /// padding alone are left as they were. With `kept_input` (`c_in x 36 x columns`, see
-    /// [`Self::transformed_input_len`]) the transformed input is written there, for the weight
-    /// gradient to use again ([`Self::batch_weight_grad`]), instead of into the scratch.
+    /// backward, skips them): by F(4x4, 3x3), the values of [`WinogradF4::image_pooled`] for
+    /// each image. Windows of padding alone are left as they were. With `kept_input` (`c_in x
+    /// positions x columns`, see [`Self::transformed_input_len`]) the transformed input is
+    /// written there, for the weight gradient to use again ([`Self::batch_weight_grad`]),
+    /// instead of into the scratch.
     pub(super) fn batch_pooled(
         &self,
         (x, images, u, bias): (&[f32], usize, &[f32], &[f32]),
@@ -246,10 +247,11 @@ impl TiledWinograd {
     }
 
     /// Adds the share of `images` images of the weight gradient in the Winograd domain to `du`
-    /// (`36 x c_out x c_in`; overwritten unless `accumulate`), from their inputs `x` (`images x
-    /// c_in x h x w`) and output gradients `grad` (`images x c_out x h x w`): for each tile
-    /// position `p`, `dU[p] += dM[p] * V[p]^T` as in [`WinogradF4::accumulate_weight_grad`], the
-    /// GEMMs summing over all the images' tiles at once. `transformed_input`, where given, is
+    /// (`positions x c_out x c_in`; overwritten unless `accumulate`), from their inputs `x`
+    /// (`images x c_in x h x w`) and output gradients `grad` (`images x c_out x h x w`): for
+    /// each tile position `p`, `dU[p] += dM[p] * V[p]^T` as in
+    /// [`WinogradF4::accumulate_weight_grad`], the GEMMs summing over all the images' tiles at
+    /// once. `transformed_input`, where given, is
     /// `V` as the forward kept it ([`Self::batch_pooled`]'s `kept_input`, the same images), which
     /// is then not computed again.
     pub(super) fn batch_weight_grad(
@@ -296,13 +298,15 @@ impl TiledWinograd {
         position_weight_grads((input, grads), sizes, du, accumulate, true);
     }
 
-    /// Values of the transformed input of `images` images: `c_in x 36 x (images x tiles)`.
+    /// Values of the transformed input of `images` images: `c_in x positions x (images x
+    /// tiles)`.
     pub(super) fn transformed_input_len(&self, images: usize) -> usize {
         self.c_in * self.positions() * images * self.tiles()
     }
 
-    /// The input transform (into `kept_input` where given, else `scratch`) and the 36 GEMMs for
-    /// `images` images, into `scratch`'s products (`36 x c_out x columns`), which it returns.
+    /// The input transform (into `kept_input` where given, else `scratch`) and the GEMMs, one
+    /// per tile position, for `images` images, into `scratch`'s products (`positions x c_out x
+    /// columns`), which it returns.
     fn batch_products<'a>(
         &self,
         x: &[f32],
@@ -339,7 +343,7 @@ impl TiledWinograd {
     }
 
     /// `V = B^T d B` for every tile of one channel of `images` images (`x[b * image_stride..]`
-    /// is image `b`'s plane), into `v` (`36 x columns`): gathered through the table, then
+    /// is image `b`'s plane), into `v` (`positions x columns`): gathered through the table, then
     /// transformed in place, rows first, then columns, each step over all the columns at once.
     fn batch_transform_input(
         &self,
@@ -361,9 +365,10 @@ impl TiledWinograd {
         )
     }
 
-    /// `dM = A dY A^T` for every 4x4 block of one channel's output gradient in `images` images
-    /// (`grad[b * image_stride..]` is image `b`'s plane), into `m` (`36 x columns`): the blocks
-    /// gathered into the rows `6r + c` through the table (zero past the last row or column), then
+    /// `dM = A dY A^T` for every `B x B` output block of one channel's output gradient in
+    /// `images` images (`grad[b * image_stride..]` is image `b`'s plane), into `m` (`positions x
+    /// columns`): the blocks gathered into the rows `Tr + c` (`T` the tile's side) through the
+    /// table (zero past the last row or column), then
     /// expanded in place, columns first, then rows.
     fn batch_transform_grad(
         &self,
@@ -390,8 +395,9 @@ impl TiledWinograd {
     }
 
     /// `Y = A^T M A` for every tile of output channel `channel` (with `bias`, `relu(Y + bias)`)
-    /// into `buffer`, which it returns: `24 x columns`, output `(4ty + r, 4tx + c)` of each image
-    /// in row `6r + c` (rows `6r + 4` and `6r + 5` are left over), at [`Tables::location`].
+    /// into `buffer`, which it returns: `BT x columns` (`B` the output block's side, `T` the
+    /// tile's), output `(Bty + r, Btx + c)` of each image in row `Tr + c` (rows `Tr + B` to `Tr +
+    /// T - 1` are left over), at [`Tables::location`].
     fn batch_output<'a>(
         &self,
         products: &[f32],

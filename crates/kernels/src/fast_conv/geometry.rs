@@ -39,9 +39,9 @@ pub(crate) const WINOGRAD_BATCH_MIN_COLUMNS: usize = if cfg!(test) { 8 } else { 
 /// way. Small in the unit tests, so that their small batches still take several calls.
 pub(crate) const WINOGRAD_BATCH_VALUES: usize = if cfg!(test) { 20 * 36 } else { 1024 * 36 };
 
-/// How a batched Winograd convolution walks the batch: the geometry and algorithm, and the images of each call
-/// (a fixed split of the batch, the same whatever the thread count, so the weight gradient sums
-/// the same terms in the same order on any number of threads).
+/// How a batched Winograd convolution walks the batch: the geometry and algorithm, and the
+/// images of each call (a fixed split of the batch, the same whatever the thread count, so the
+/// weight gradient sums the same terms in the same order on any number of threads).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WinogradBatch {
     /// The convolution's geometry and algorithm.
