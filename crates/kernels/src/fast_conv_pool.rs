@@ -6,7 +6,9 @@
 //! image's convolution output lives only in a per-thread buffer: it is pooled right away, and the
 //! backward rebuilds that image's output gradient from the pooled gradient and the recorded
 //! window offsets (the ReLU mask at a window's maximum is whether the pooled value is positive),
-//! then runs the usual GEMMs on it.
+//! then runs the usual GEMMs on it. Where the input needs no gradient and the pool keeps few of
+//! the outputs (conv1: the images are data), `pooled_weight_grad` takes the weight and bias
+//! gradients from the pool's winners alone.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +20,7 @@ use super::max_pool::{pool_planes, scatter_plane, window_steps, Pool2d, NO_OFFSE
 use super::parallel::{
     filled, grown, image_groups, thread_count, with_spare_buffer, Parallel, SharedMut,
 };
+use super::pooled_weight_grad::{self, PoolWinners};
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
 use super::winograd_batch::TiledWinograd;
@@ -422,6 +425,22 @@ impl CustomOp3 for ConvReluPoolOp {
                 offsets.len(),
                 grad_res.dims()
             )
+        }
+        if pooled_weight_grad::applies(&geometry, with_input_grad) {
+            // The storages are only read here, and no op runs on these tensors meanwhile.
+            let params = {
+                let (x_storage, x_layout) = x.storage_and_layout();
+                let (y_storage, y_layout) = res.storage_and_layout();
+                let (g_storage, g_layout) = grad_res.storage_and_layout();
+                let winners = PoolWinners {
+                    offsets: &offsets,
+                    pooled: read_f32(&y_storage, y_layout, "pooled output")?,
+                    grad: read_f32(&g_storage, g_layout, "pooled gradient")?,
+                };
+                let x = read_f32(&x_storage, x_layout, "conv2d input")?;
+                pooled_weight_grad::parameter_grads(x, &winners, &geometry)
+            };
+            return gradient_tensors(params, None, &g, x, w);
         }
         let steps = window_steps(geometry.pool, g.out_w());
         let sides = (geometry.pooled_h(), geometry.pooled_w(), g.out_w());

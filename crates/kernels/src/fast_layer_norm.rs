@@ -6,6 +6,8 @@
 //! several full-size temporaries for its backward; here the statistics are still accumulated in
 //! f64 (PyTorch's precision: a plain f32 sum over 193,600 values drifts), but nothing else is.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -57,17 +59,30 @@ fn sample_statistics(x: &[f32], eps: f64, parallel: bool) -> (f64, f64) {
     (mean, (variance + eps).sqrt())
 }
 
-/// `rstd` and `-rstd * mean` in f32, from statistics accumulated in f64, rounded as PyTorch's CPU
-/// kernel rounds them: it computes `y = (x * rstd + (-rstd * mean)) * gamma + beta`, one f32
-/// operation at a time. Matching that order matters: LayerNorm maps the zeros left by ReLU to
-/// values that tie exactly in the next max-pool, and which element wins a tie decides where the
-/// gradient goes.
-fn pytorch_scale_shift(x: &[f32], eps: f64, parallel: bool) -> (f32, f32) {
-    let (mean, std) = sample_statistics(x, eps, parallel);
+/// `rstd` and `-rstd * mean` in f32, from a sample's statistics accumulated in f64
+/// ([`sample_statistics`]), rounded as PyTorch's CPU kernel rounds them: it computes `y = (x *
+/// rstd + (-rstd * mean)) * gamma + beta`, one f32 operation at a time. Matching that order
+/// matters: LayerNorm maps the zeros left by ReLU to values that tie exactly in the next
+/// max-pool, and which element wins a tie decides where the gradient goes.
+fn pytorch_scale_shift((mean, std): (f64, f64), eps: f64) -> (f32, f32) {
     let variance = (std * std - eps) as f32;
     let mean = mean as f32;
     let scale = 1.0f32 / (variance + eps as f32).sqrt();
     (scale, -scale * mean)
+}
+
+/// Each sample's mean and standard deviation ([`sample_statistics`]), the samples on every
+/// thread (or, when they are fewer than the threads, each sample's sums).
+fn statistics(x: &[f32], features: usize, eps: f64) -> Vec<(f64, f64)> {
+    if split_samples(x.len() / features) {
+        x.chunks(features)
+            .map(|x| sample_statistics(x, eps, true))
+            .collect()
+    } else {
+        x.par_chunks(features)
+            .map(|x| sample_statistics(x, eps, false))
+            .collect()
+    }
 }
 
 /// Whether samples are too few to give each thread whole samples: then each sample's work is
@@ -93,88 +108,94 @@ fn normalise(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], scale: f3
     )
 }
 
-/// `((x - mean) / std) * weight + bias` per sample.
-fn forward(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> Vec<f32> {
+/// `((x - mean) / std) * weight + bias` per sample, and each sample's statistics (kept for the
+/// backward).
+fn forward(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> (Vec<f32>, Vec<(f64, f64)>) {
     let features = weight.len();
+    let statistics = statistics(x, features, eps);
+    let scale_shift = |sample_idx: usize| pytorch_scale_shift(statistics[sample_idx], eps);
     if !split_samples(x.len() / features) {
-        return par_build(x.len(), features, 0.0, |sample_idx, out| {
+        let out = par_build(x.len(), features, 0.0, |sample_idx, out| {
             let x = &x[sample_idx * features..(sample_idx + 1) * features];
-            let (scale, shift) = pytorch_scale_shift(x, eps, false);
+            let (scale, shift) = scale_shift(sample_idx);
             normalise(out, x, weight, bias, scale, shift);
         });
+        return (out, statistics);
     }
     let mut out = filled(x.len(), 0f32);
-    for (out, x) in out.chunks_mut(features).zip(x.chunks(features)) {
-        let (scale, shift) = pytorch_scale_shift(x, eps, true);
+    for (sample_idx, (out, x)) in out.chunks_mut(features).zip(x.chunks(features)).enumerate() {
+        let (scale, shift) = scale_shift(sample_idx);
         let chunk = split_len(features);
         out.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .zip(weight.par_chunks(chunk).zip(bias.par_chunks(chunk)))
             .for_each(|((out, x), (weight, bias))| normalise(out, x, weight, bias, scale, shift));
     }
-    out
+    (out, statistics)
 }
 
-/// Sums of `g = dy * w` and of `g * xhat` over one sample, in f64.
-fn gradient_sums(
-    x: &[f32],
-    grad: &[f32],
-    weight: &[f32],
+/// Features per task of the backward's first pass, and per partial sum of its per-sample sums:
+/// small enough that a 48 px network's normalisation (7,744 features) still spreads over the
+/// threads. The sums run over fixed chunks, added in order, so they are the same on any number
+/// of threads.
+const GRADIENT_CHUNK: usize = 1024;
+
+/// Over one chunk of features of one sample: the sums of `g = dy * w` and of `g * xhat` in f64
+/// (eight interleaved lanes, as in `lane_sum_f64`), returned, and the sample's terms of the
+/// weight and bias gradients (`dy * xhat`, `dy`) added onto `dw` and `db`.
+fn chunk_terms(
+    (x, grad, weight): (&[f32], &[f32], &[f32]),
     (mean, std): (f64, f64),
-    parallel: bool,
+    dw: &mut [f32],
+    db: &mut [f32],
 ) -> (f64, f64) {
     // One division, then multiplications: a division per element cost more than the rest.
     let inv_std = 1.0 / std;
-    let chunk_sums = |chunk_idx: usize| {
-        let range = chunk_idx * STATISTICS_CHUNK..((chunk_idx + 1) * STATISTICS_CHUNK).min(x.len());
-        let terms = |(&v, &dy): (&f32, &f32), &w: &f32| {
-            let g = (dy * w) as f64;
-            (g, g * ((v as f64 - mean) * inv_std))
-        };
-        // Eight interleaved lanes of each sum, as in `lane_sum_f64`.
-        super::isa::vectorised(
-            #[inline(always)]
-            || {
-                let (x, grad, weight) = (&x[range.clone()], &grad[range.clone()], &weight[range]);
-                let mut lanes = [[0f64; 8]; 2];
-                let mut sums = (0f64, 0f64);
-                let blocks = x.len() / 8 * 8;
-                for ((x, grad), weight) in x[..blocks]
-                    .chunks_exact(8)
-                    .zip(grad[..blocks].chunks_exact(8))
-                    .zip(weight[..blocks].chunks_exact(8))
-                {
-                    for lane in 0..8 {
-                        let (g, g_xhat) = terms((&x[lane], &grad[lane]), &weight[lane]);
-                        lanes[0][lane] += g;
-                        lanes[1][lane] += g_xhat;
-                    }
+    super::isa::vectorised(
+        #[inline(always)]
+        || {
+            let mut lanes = [[0f64; 8]; 2];
+            let mut sums = (0f64, 0f64);
+            let term = |(v, dy, w): (f32, f32, f32), (dw, db): (&mut f32, &mut f32)| {
+                let xhat = (v as f64 - mean) * inv_std;
+                let g = (dy * w) as f64;
+                *dw += dy * xhat as f32;
+                *db += dy;
+                (g, g * xhat)
+            };
+            let blocks = x.len() / 8 * 8;
+            let (dw_blocks, dw_rest) = dw.split_at_mut(blocks);
+            let (db_blocks, db_rest) = db.split_at_mut(blocks);
+            for ((((x, grad), weight), dw), db) in x[..blocks]
+                .chunks_exact(8)
+                .zip(grad[..blocks].chunks_exact(8))
+                .zip(weight[..blocks].chunks_exact(8))
+                .zip(dw_blocks.chunks_exact_mut(8))
+                .zip(db_blocks.chunks_exact_mut(8))
+            {
+                for lane in 0..8 {
+                    let values = (x[lane], grad[lane], weight[lane]);
+                    let (g, g_xhat) = term(values, (&mut dw[lane], &mut db[lane]));
+                    lanes[0][lane] += g;
+                    lanes[1][lane] += g_xhat;
                 }
-                for ((v, dy), w) in x[blocks..]
-                    .iter()
-                    .zip(&grad[blocks..])
-                    .zip(&weight[blocks..])
-                {
-                    let (g, g_xhat) = terms((v, dy), w);
-                    sums.0 += g;
-                    sums.1 += g_xhat;
-                }
-                (
-                    lanes[0].iter().sum::<f64>() + sums.0,
-                    lanes[1].iter().sum::<f64>() + sums.1,
-                )
-            },
-        )
-    };
-    let n_chunks = x.len().div_ceil(STATISTICS_CHUNK);
-    let partials: Vec<(f64, f64)> = if parallel {
-        (0..n_chunks).into_par_iter().map(chunk_sums).collect()
-    } else {
-        (0..n_chunks).map(chunk_sums).collect()
-    };
-    partials
-        .into_iter()
-        .fold((0f64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1))
+            }
+            let rest = x[blocks..]
+                .iter()
+                .zip(&grad[blocks..])
+                .zip(&weight[blocks..])
+                .zip(dw_rest.iter_mut().zip(db_rest));
+            for (((&v, &dy), &w), (dw, db)) in rest {
+                let (g, g_xhat) = term((v, dy, w), (dw, db));
+                sums.0 += g;
+                sums.1 += g_xhat;
+            }
+            (
+                lanes[0].iter().sum::<f64>() + sums.0,
+                lanes[1].iter().sum::<f64>() + sums.1,
+            )
+        },
+    )
 }
 
 /// One sample's (or part of one sample's) input gradient.
@@ -198,74 +219,104 @@ fn input_grad_part(
     )
 }
 
-/// Input, weight and bias gradients, concatenated (`x.len()`, then two of `weight.len()`).
-fn backward(x: &[f32], weight: &[f32], grad: &[f32], eps: f64) -> Vec<f32> {
+/// Input, weight and bias gradients, concatenated (`x.len()`, then two of `weight.len()`), from
+/// the forward's per-sample statistics where it kept them (else computed again). Two passes: one
+/// over chunks of features (each chunk's weight and bias gradients, samples in order, and each
+/// sample's partial sums), then the input gradient.
+fn backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    eps: f64,
+    kept: Option<&[(f64, f64)]>,
+) -> Vec<f32> {
     let features = weight.len();
     let n = x.len() / features;
+    let computed;
+    let statistics = match kept {
+        Some(kept) if kept.len() == n => kept,
+        _ => {
+            computed = statistics(x, features, eps);
+            &computed[..]
+        }
+    };
     let mut out = filled(x.len() + 2 * features, 0f32);
     let (dx, affine) = out.split_at_mut(x.len());
-    let one_sample = |dx: &mut [f32], x: &[f32], grad: &[f32], parallel: bool| {
-        let statistics = sample_statistics(x, eps, parallel);
-        let (sum_g, sum_g_xhat) = gradient_sums(x, grad, weight, statistics, parallel);
-        let means = (sum_g / features as f64, sum_g_xhat / features as f64);
-        if parallel {
-            let chunk = split_len(features);
+    let (dw, db) = affine.split_at_mut(features);
+    // Per chunk of features, each sample's partial sums.
+    let partials: Vec<Vec<(f64, f64)>> = dw
+        .par_chunks_mut(GRADIENT_CHUNK)
+        .zip(db.par_chunks_mut(GRADIENT_CHUNK))
+        .enumerate()
+        .map(|(chunk_idx, (dw, db))| {
+            let start = chunk_idx * GRADIENT_CHUNK;
+            let weight = &weight[start..][..dw.len()];
+            statistics
+                .iter()
+                .enumerate()
+                .map(|(sample_idx, &statistics)| {
+                    let offset = sample_idx * features + start;
+                    let values = (
+                        &x[offset..][..dw.len()],
+                        &grad[offset..][..dw.len()],
+                        weight,
+                    );
+                    chunk_terms(values, statistics, dw, db)
+                })
+                .collect()
+        })
+        .collect();
+    let means: Vec<(f64, f64)> = (0..n)
+        .map(|sample_idx| {
+            let (sum_g, sum_g_xhat) = partials.iter().fold((0f64, 0f64), |a, p| {
+                (a.0 + p[sample_idx].0, a.1 + p[sample_idx].1)
+            });
+            (sum_g / features as f64, sum_g_xhat / features as f64)
+        })
+        .collect();
+    let samples = dx
+        .chunks_mut(features)
+        .zip(x.chunks(features))
+        .zip(grad.chunks(features))
+        .zip(statistics.iter().zip(&means));
+    if split_samples(n) {
+        let chunk = split_len(features);
+        for (((dx, x), grad), (&statistics, &means)) in samples {
             dx.par_chunks_mut(chunk)
                 .zip(x.par_chunks(chunk))
                 .zip(grad.par_chunks(chunk).zip(weight.par_chunks(chunk)))
                 .for_each(|((dx, x), (grad, weight))| {
                     input_grad_part(dx, x, grad, weight, statistics, means)
                 });
-        } else {
-            input_grad_part(dx, x, grad, weight, statistics, means);
         }
-        statistics
-    };
-    let statistics: Vec<(f64, f64)> = if split_samples(n) {
-        dx.chunks_mut(features)
-            .zip(x.chunks(features))
-            .zip(grad.chunks(features))
-            .map(|((dx, x), grad)| one_sample(dx, x, grad, true))
-            .collect()
     } else {
-        dx.par_chunks_mut(features)
-            .zip(x.par_chunks(features))
-            .zip(grad.par_chunks(features))
-            .map(|((dx, x), grad)| one_sample(dx, x, grad, false))
-            .collect()
-    };
-    let (dw, db) = affine.split_at_mut(features);
-    let chunk = split_len(features);
-    dw.par_chunks_mut(chunk)
-        .zip(db.par_chunks_mut(chunk))
-        .enumerate()
-        .for_each(|(chunk_idx, (dw, db))| {
-            let start = chunk_idx * chunk;
-            for (sample_idx, &(mean, std)) in statistics.iter().enumerate() {
-                let inv_std = 1.0 / std;
-                let offset = sample_idx * features + start;
-                let x = &x[offset..offset + dw.len()];
-                let grad = &grad[offset..offset + dw.len()];
-                super::isa::vectorised(
-                    #[inline(always)]
-                    || {
-                        for (((w, b), &v), &dy) in dw.iter_mut().zip(db.iter_mut()).zip(x).zip(grad)
-                        {
-                            let xhat = ((v as f64 - mean) * inv_std) as f32;
-                            *w += dy * xhat;
-                            *b += dy;
-                        }
-                    },
-                )
-            }
-        });
+        samples.collect::<Vec<_>>().into_par_iter().for_each(
+            |(((dx, x), grad), (&statistics, &means))| {
+                input_grad_part(dx, x, grad, weight, statistics, means)
+            },
+        );
+    }
     out
 }
+
+/// Each sample's mean and standard deviation from a forward, shared with its backward.
+type KeptStatistics = Arc<Vec<(f64, f64)>>;
 
 /// LayerNorm with affine weight and bias: arguments input, weight, bias (contiguous f32), on the
 /// CPU and on CUDA (`cuda.rs`).
 pub(crate) struct LayerNormOp {
     pub eps: f64,
+    /// The CPU forward's per-sample mean and standard deviation, which its backward needs again.
+    statistics: Mutex<Option<KeptStatistics>>,
+}
+
+impl LayerNormOp {
+    pub(crate) fn new(eps: f64) -> Self {
+        Self {
+            eps,
+            statistics: Mutex::new(None),
+        }
+    }
 }
 
 /// What the third argument of a LayerNorm op is, and so how many values it must hold.
@@ -326,10 +377,11 @@ impl CustomOp3 for LayerNormOp {
             [(x, xl), (w, wl), (b, bl)],
             ["layer_norm input", "layer_norm weight", "layer_norm bias"],
         )?;
-        Ok((
-            CpuStorage::F32(forward(x_values, w, b, self.eps)),
-            xl.shape().clone(),
-        ))
+        let (out, statistics) = forward(x_values, w, b, self.eps);
+        if let Ok(mut kept) = self.statistics.lock() {
+            *kept = Some(Arc::new(statistics));
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -358,7 +410,10 @@ impl CustomOp3 for LayerNormOp {
         let all = x.apply_op3_no_bwd(
             w,
             &grad_res.contiguous()?,
-            &LayerNormBackwardOp { eps: self.eps },
+            &LayerNormBackwardOp {
+                eps: self.eps,
+                statistics: self.statistics.lock().ok().and_then(|kept| kept.clone()),
+            },
         )?;
         let (n_inputs, features) = (x.elem_count(), w.elem_count());
         let grad_x = all.narrow(0, 0, n_inputs)?.reshape(x.shape())?;
@@ -374,6 +429,8 @@ impl CustomOp3 for LayerNormOp {
 /// weight and output gradient.
 struct LayerNormBackwardOp {
     eps: f64,
+    /// The forward's per-sample statistics, where it kept them.
+    statistics: Option<KeptStatistics>,
 }
 
 impl CustomOp3 for LayerNormBackwardOp {
@@ -399,7 +456,8 @@ impl CustomOp3 for LayerNormBackwardOp {
                 "layer_norm gradient",
             ],
         )?;
-        let out = backward(x_values, w, g, self.eps);
+        let kept = self.statistics.as_deref().map(Vec::as_slice);
+        let out = backward(x_values, w, g, self.eps, kept);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -421,5 +479,38 @@ impl CustomOp3 for LayerNormBackwardOp {
             self.eps,
         )?;
         Ok((out, Shape::from(samples * features + 2 * features)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{backward, forward};
+
+    #[test]
+    fn the_backward_computes_the_statistics_it_was_not_given() {
+        // The forward's kept statistics and statistics computed again give the same bits, for
+        // samples fewer and more than the threads.
+        let features = 2_415;
+        for samples in [1, 3] {
+            let values = |seed: usize| -> Vec<f32> {
+                (0..samples * features)
+                    .map(|i| ((i * 7_919 + seed * 104_729) % 1_000) as f32 / 500.0 - 1.0)
+                    .collect()
+            };
+            let (x, grad) = (values(1), values(2));
+            let (weight, bias) = (&values(3)[..features], &values(4)[..features]);
+            let (_, statistics) = forward(&x, weight, bias, 1e-5);
+            let kept = backward(&x, weight, &grad, 1e-5, Some(&statistics));
+            let computed = backward(&x, weight, &grad, 1e-5, None);
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&kept), bits(&computed), "{samples} samples");
+            // Statistics of another batch are not taken.
+            let other = backward(&x, weight, &grad, 1e-5, Some(&statistics[..samples - 1]));
+            assert_eq!(
+                bits(&other),
+                bits(&computed),
+                "{samples} samples, statistics of another batch"
+            );
+        }
     }
 }

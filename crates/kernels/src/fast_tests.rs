@@ -5,6 +5,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::conv::{conv2d_relu_max_pool2d_on, conv2d_relu_on};
+use super::fast_conv::ConvGeometry;
+use super::fast_conv_pool::ConvPoolGeometry;
 use super::feat_ex::{feat_ex, feat_ex_composed, ConvLayer, FeatEx};
 use super::layer_norm::layer_norm_on;
 use super::lrn::{local_response_norm_on, LocalResponseNorm};
@@ -48,13 +50,27 @@ fn relative_diff(fast: &Tensor, reference: &Tensor) -> f32 {
 /// kernel, not of the reference, and no max-pool near-tie can resolve differently on another CPU:
 /// the inputs are random and small, and their windows' candidates are far apart.
 fn check_paths(name: &str, vars: &[Var], f: impl Fn(&[Tensor], bool) -> Tensor) {
+    check_paths_tracking(name, vars, true, f)
+}
+
+/// [`check_paths`] with the first argument tracked (a variable, whose gradient is compared) or,
+/// with `track_first` false, plain data that needs no gradient (a network's input images).
+fn check_paths_tracking(
+    name: &str,
+    vars: &[Var],
+    track_first: bool,
+    f: impl Fn(&[Tensor], bool) -> Tensor,
+) {
     // A fixed random projection of the output makes every output gradient distinct.
     let run = |dtype: DType, fast: bool| {
         let vars: Vec<Var> = vars
             .iter()
             .map(|v| Var::from_tensor(&v.as_tensor().to_dtype(dtype).unwrap()).unwrap())
             .collect();
-        let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let mut inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        if !track_first {
+            inputs[0] = inputs[0].detach();
+        }
         let out = f(&inputs, fast);
         let weights = Tensor::from_vec(values(out.elem_count(), 99), out.shape(), &Device::Cpu)
             .unwrap()
@@ -81,6 +97,13 @@ fn check_paths(name: &str, vars: &[Var], f: impl Fn(&[Tensor], bool) -> Tensor) 
     let diff = relative_diff(&fast_out, &reference_out);
     assert!(diff < 1e-5, "{name}: output differs by {diff:e}");
     for (idx, (fast, reference)) in fast_grads.iter().zip(&reference_grads).enumerate() {
+        if idx == 0 && !track_first {
+            assert!(
+                fast.is_none() && reference.is_none(),
+                "{name}: a gradient for the untracked input"
+            );
+            continue;
+        }
         let (fast, reference) = (
             fast.as_ref().expect("fast gradient"),
             reference.as_ref().expect("reference gradient"),
@@ -134,12 +157,19 @@ fn fast_conv_skips_the_gradient_of_a_constant_input() {
 
 #[test]
 fn fast_layer_norm_matches_the_reference_with_gradients() {
-    for batch in [1, 3] {
-        let xs = var(&[batch, 4, 7, 6], 7);
-        let weight = var(&[4, 7, 6], 8);
-        let bias = var(&[4, 7, 6], 9);
+    // 168 features, and 2,415: the backward's chunks of features (1,024) with a short last one
+    // whose length is not a whole number of vectors.
+    for (batch, shape) in [
+        (1, [4, 7, 6]),
+        (3, [4, 7, 6]),
+        (1, [5, 23, 21]),
+        (3, [5, 23, 21]),
+    ] {
+        let xs = var(&[batch, shape[0], shape[1], shape[2]], 7);
+        let weight = var(&shape, 8);
+        let bias = var(&shape, 9);
         check_paths(
-            &format!("layer_norm n{batch}"),
+            &format!("layer_norm n{batch} {shape:?}"),
             &[xs, weight, bias],
             |t, fast| layer_norm_on(&t[0], &t[1], &t[2], 1e-5, fast).unwrap(),
         );
@@ -195,6 +225,41 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
     }
 }
 
+#[test]
+fn pool_winners_give_the_parameter_gradients_of_a_conv_on_plain_data() {
+    // Where the input needs no gradient (conv1's images) and the pool keeps few of the outputs,
+    // the weight and bias gradients come from the pool's winners alone: conv1's geometry (at
+    // batch 1 its channels are shared out over the threads), ceil mode's partial windows (the
+    // paper's), a padded pool with two input channels (ten weight rows: two blocks of sums), and
+    // a 9x9 kernel (rows of two vectors).
+    let (floor, ceil) = (Pool2d::floor, |k, s, p| Pool2d {
+        ceil_mode: true,
+        ..Pool2d::floor(k, s, p)
+    });
+    for (c_in, c_out, side, kernel, (stride, padding), pool, batch) in [
+        (1, 4, 17, 7, (2, 3), floor(3, 2, 0), 3),
+        (1, 4, 17, 7, (2, 3), floor(3, 2, 0), 1),
+        (1, 4, 16, 7, (2, 3), ceil(3, 2, 0), 3),
+        (2, 3, 15, 5, (2, 2), floor(3, 2, 1), 2),
+        (1, 3, 40, 9, (3, 4), floor(3, 2, 0), 2),
+    ] {
+        let xs = var(&[batch, c_in, side, side], 41);
+        let weight = var(&[c_out, c_in, kernel, kernel], 42);
+        let bias = var(&[c_out], 43);
+        let geometry = ConvPoolGeometry {
+            conv: ConvGeometry::new(xs.dims(), weight.dims(), stride, padding).unwrap(),
+            pool,
+        };
+        assert!(crate::pooled_weight_grad::applies(&geometry, false));
+        let name =
+            format!("conv k{kernel} s{stride} p{padding} c_in {c_in} + pool {pool:?} n{batch}");
+        check_paths_tracking(&name, &[xs, weight, bias], false, |t, fast| {
+            let geometry = (stride, padding);
+            conv2d_relu_max_pool2d_on(&t[0], &t[1], &t[2], geometry, pool, fast, None).unwrap()
+        });
+    }
+}
+
 /// A pool that keeps every value: the fused conv+pool op with it is a plain convolution by
 /// Winograd's F(4x4, 3x3) (for 3x3 stride-1 kernels).
 const NO_POOL: Pool2d = Pool2d::floor(1, 1, 0);
@@ -239,6 +304,8 @@ fn every_vector_path_computes_the_same_bits() {
         let norm_weight = var(&[5, side, side], 34);
         let norm_bias = var(&[5, side, side], 35);
         let pool = Pool2d::floor(3, 2, 0);
+        let conv1_weight = var(&[5, 1, 7, 7], 37);
+        let conv1_weight = conv1_weight.as_tensor();
         let run = || {
             let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
             let conv = conv2d_relu_on(x, w, b, 1, 1, true).unwrap();
@@ -253,8 +320,16 @@ fn every_vector_path_computes_the_same_bits() {
             let pooled = conv2d_relu_max_pool2d_on(x, w, b, (1, 1), pool, true, None).unwrap();
             let inference =
                 conv2d_relu_max_pool2d_on(x, w, b, (1, 1), NO_POOL, true, None).unwrap();
-            let loss =
-                (normed.sum_all().unwrap() + pooled.sqr().unwrap().sum_all().unwrap()).unwrap();
+            // conv1's geometry on plain data: its gradients from the pool's winners.
+            let image =
+                Tensor::from_vec(values(2 * 29 * 29, 36), (2, 1, 29, 29), x.device()).unwrap();
+            let conv1 =
+                conv2d_relu_max_pool2d_on(&image, conv1_weight, b, (2, 3), pool, true, None)
+                    .unwrap();
+            let loss = (normed.sum_all().unwrap()
+                + pooled.sqr().unwrap().sum_all().unwrap()
+                + conv1.sqr().unwrap().sum_all().unwrap())
+            .unwrap();
             let grads = loss.backward().unwrap();
             let mut bits = Vec::new();
             for tensor in [
@@ -264,6 +339,7 @@ fn every_vector_path_computes_the_same_bits() {
                 grads.get(x).unwrap(),
                 grads.get(w).unwrap(),
                 grads.get(norm_weight.as_tensor()).unwrap(),
+                grads.get(conv1_weight).unwrap(),
             ] {
                 bits.push(tensor_bits(tensor));
             }
@@ -297,8 +373,10 @@ fn results_do_not_depend_on_the_thread_count() {
     // exactly on any number of threads.
     let pool = Pool2d::floor;
     let cases = [
-        // conv1's geometry with its pool.
+        // conv1's geometry with its pool, the input tracked and (as in a network) plain data,
+        // whose parameter gradients come from the pool's winners.
         (1, 4, 17, 7, (2, 3), pool(3, 2, 0), 7),
+        (0, 4, 17, 7, (2, 3), pool(3, 2, 0), 7),
         // 3x3 by im2col, by Winograd over several images, by Winograd one image at a time.
         (3, 4, 3, 3, (1, 1), pool(3, 1, 1), 7),
         (3, 4, 9, 3, (1, 1), pool(3, 2, 0), 7),
@@ -308,15 +386,63 @@ fn results_do_not_depend_on_the_thread_count() {
         (6, 4, 9, 1, (1, 0), NO_POOL, 7),
     ];
     for (c_in, c_out, side, kernel, (stride, padding), pool, batch) in cases {
+        // `c_in` 0: one channel of plain data, needing no gradient.
+        let (track_input, c_in) = (c_in > 0, c_in.max(1));
         let xs = var(&[batch, c_in, side, side], 51);
         let weight = var(&[c_out, c_in, kernel, kernel], 52);
         let bias = var(&[c_out], 53);
         let run = || {
-            let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
+            let x = &if track_input {
+                xs.as_tensor().clone()
+            } else {
+                xs.as_tensor().detach()
+            };
+            let (w, b) = (weight.as_tensor(), bias.as_tensor());
             let out =
                 conv2d_relu_max_pool2d_on(x, w, b, (stride, padding), pool, true, None).unwrap();
             let projection =
                 Tensor::from_vec(values(out.elem_count(), 54), out.shape(), x.device()).unwrap();
+            let grads = (&out * &projection)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let input_grad = grads.get(x).map(tensor_bits);
+            assert_eq!(input_grad.is_some(), track_input);
+            let [out, w, b] = [&out, grads.get(w).unwrap(), grads.get(b).unwrap()].map(tensor_bits);
+            (out, w, b, input_grad)
+        };
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(run)
+        };
+        let one = in_pool(1);
+        for threads in [2, 3] {
+            assert!(
+                in_pool(threads) == one,
+                "k{kernel} side {side} n{batch}: {threads} threads differ from one"
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_does_not_depend_on_the_thread_count() {
+    // The backward's sums over chunks of features (three here, the last short) and its samples,
+    // fewer and more than the threads: the same bits in pools of 1, 2 and 3 threads.
+    for batch in [1, 2, 5] {
+        let xs = var(&[batch, 5, 23, 21], 61);
+        let weight = var(&[5, 23, 21], 62);
+        let bias = var(&[5, 23, 21], 63);
+        let run = || {
+            let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
+            let out = layer_norm_on(x, w, b, 1e-5, true).unwrap();
+            let projection =
+                Tensor::from_vec(values(out.elem_count(), 64), out.shape(), x.device()).unwrap();
             let grads = (&out * &projection)
                 .unwrap()
                 .sum_all()
@@ -342,7 +468,7 @@ fn results_do_not_depend_on_the_thread_count() {
         for threads in [2, 3] {
             assert!(
                 in_pool(threads) == one,
-                "k{kernel} side {side} n{batch}: {threads} threads differ from one"
+                "layer_norm n{batch}: {threads} threads differ from one"
             );
         }
     }

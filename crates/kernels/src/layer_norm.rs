@@ -34,7 +34,7 @@ pub(crate) fn layer_norm_on(
         return xs.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            LayerNormOp { eps },
+            LayerNormOp::new(eps),
         );
     }
     let dims = xs.dims().to_vec();

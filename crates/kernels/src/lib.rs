@@ -66,6 +66,7 @@ mod layer_norm;
 mod lrn;
 mod max_pool;
 mod parallel;
+mod pooled_weight_grad;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
