@@ -34,9 +34,10 @@ pub struct BenchConfig {
     /// Batch of the training step and of batched inference (32 in the port).
     pub batch_size: usize,
     /// Timed iterations of each measurement, after untimed warm-ups (2 inference batches, 5
-    /// single images, 3 training steps: bench_torch.py's).
+    /// single images, 3 training steps: bench_torch.py's); 12 by default, bench_torch.py's
+    /// training steps.
     pub iterations: usize,
-    /// Timed batch-1 inferences (cheap, so more of them).
+    /// Timed batch-1 inferences (cheap, so more of them); 30 by default, as bench_torch.py.
     pub latency_iterations: usize,
     /// The network timed: the port's or the paper's.
     #[serde(default)]
@@ -54,8 +55,8 @@ impl Default for BenchConfig {
         Self {
             image_size: 224,
             batch_size: 32,
-            iterations: 5,
-            latency_iterations: 20,
+            iterations: 12,
+            latency_iterations: 30,
             variant: Variant::Port,
             threads_awake_training: true,
         }

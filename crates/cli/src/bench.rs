@@ -14,14 +14,15 @@ use dexpression_model::device_name;
 #[derive(clap::Args)]
 pub struct Args {
     /// Timed iterations of the training step and of batched inference (after 3 and 2 untimed
-    /// warm-ups, as bench_torch.py).
-    #[arg(long, default_value_t = 5)]
+    /// warm-ups, as bench_torch.py; its 12 timed training steps, against which the figures are
+    /// compared, and 10 inference batches).
+    #[arg(long, default_value_t = 12)]
     iterations: usize,
     /// Timed iterations on the reference path (slow: about 25 s a training step at 224).
     #[arg(long, default_value_t = 1)]
     reference_iterations: usize,
-    /// Timed batch-1 inferences.
-    #[arg(long, default_value_t = 20)]
+    /// Timed batch-1 inferences (bench_torch.py's 30).
+    #[arg(long, default_value_t = 30)]
     latency_iterations: usize,
     /// Input side; with `--sides`, the side whose figures also sit at the JSON's top level and the
     /// one profiled.
