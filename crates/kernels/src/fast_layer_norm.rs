@@ -1,6 +1,7 @@
-//! Fast CPU LayerNorm over every non-batch dimension (f32 data, f64 statistics): one pass for the
-//! statistics and one for the output forward; backward in two passes (input gradient per sample,
-//! then the affine gradients per feature).
+//! Fast CPU LayerNorm over every non-batch dimension (f32 data, f64 statistics): two passes for the
+//! statistics (mean, then variance) and one for the output forward, the statistics kept for the
+//! backward; backward in two passes (per chunk of features, the affine gradients and each sample's
+//! partial sums; then the input gradient).
 //!
 //! The reference composition of tensor ops converts the whole activation to f64 and back and keeps
 //! several full-size temporaries for its backward; here the statistics are still accumulated in

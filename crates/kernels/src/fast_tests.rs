@@ -400,33 +400,44 @@ fn results_do_not_depend_on_the_thread_count() {
             let (w, b) = (weight.as_tensor(), bias.as_tensor());
             let out =
                 conv2d_relu_max_pool2d_on(x, w, b, (stride, padding), pool, true, None).unwrap();
-            let projection =
-                Tensor::from_vec(values(out.elem_count(), 54), out.shape(), x.device()).unwrap();
-            let grads = (&out * &projection)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = projection_grads(&out, 54);
             let input_grad = grads.get(x).map(tensor_bits);
             assert_eq!(input_grad.is_some(), track_input);
             let [out, w, b] = [&out, grads.get(w).unwrap(), grads.get(b).unwrap()].map(tensor_bits);
             (out, w, b, input_grad)
         };
-        let in_pool = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(run)
-        };
-        let one = in_pool(1);
-        for threads in [2, 3] {
-            assert!(
-                in_pool(threads) == one,
-                "k{kernel} side {side} n{batch}: {threads} threads differ from one"
-            );
-        }
+        assert_same_in_pools_of_1_2_3(&format!("k{kernel} side {side} n{batch}"), run);
+    }
+}
+
+/// The gradients of a fixed random projection of `out` (seeded by `seed`), which makes every
+/// output gradient distinct.
+fn projection_grads(out: &Tensor, seed: u64) -> candle_core::backprop::GradStore {
+    let projection =
+        Tensor::from_vec(values(out.elem_count(), seed), out.shape(), out.device()).unwrap();
+    (out * &projection)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
+/// Runs `run` in rayon pools of 1, 2 and 3 threads and checks that it returns the same each time.
+fn assert_same_in_pools_of_1_2_3<T: PartialEq + Send>(name: &str, run: impl Fn() -> T + Sync) {
+    let in_pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(&run)
+    };
+    let one = in_pool(1);
+    for threads in [2, 3] {
+        assert!(
+            in_pool(threads) == one,
+            "{name}: {threads} threads differ from one"
+        );
     }
 }
 
@@ -441,14 +452,7 @@ fn layer_norm_does_not_depend_on_the_thread_count() {
         let run = || {
             let (x, w, b) = (xs.as_tensor(), weight.as_tensor(), bias.as_tensor());
             let out = layer_norm_on(x, w, b, 1e-5, true).unwrap();
-            let projection =
-                Tensor::from_vec(values(out.elem_count(), 64), out.shape(), x.device()).unwrap();
-            let grads = (&out * &projection)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = projection_grads(&out, 64);
             [
                 &out,
                 grads.get(x).unwrap(),
@@ -457,20 +461,7 @@ fn layer_norm_does_not_depend_on_the_thread_count() {
             ]
             .map(tensor_bits)
         };
-        let in_pool = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(run)
-        };
-        let one = in_pool(1);
-        for threads in [2, 3] {
-            assert!(
-                in_pool(threads) == one,
-                "layer_norm n{batch}: {threads} threads differ from one"
-            );
-        }
+        assert_same_in_pools_of_1_2_3(&format!("layer_norm n{batch}"), run);
     }
 }
 
