@@ -426,66 +426,64 @@ impl CustomOp3 for ConvReluPoolOp {
                 grad_res.dims()
             )
         }
-        if pooled_weight_grad::applies(&geometry, with_input_grad) {
-            // The storages are only read here, and no op runs on these tensors meanwhile.
-            let params = {
-                let (x_storage, x_layout) = x.storage_and_layout();
-                let (y_storage, y_layout) = res.storage_and_layout();
-                let (g_storage, g_layout) = grad_res.storage_and_layout();
-                let winners = PoolWinners {
-                    offsets: &offsets,
-                    pooled: read_f32(&y_storage, y_layout, "pooled output")?,
-                    grad: read_f32(&g_storage, g_layout, "pooled gradient")?,
-                };
-                let x = read_f32(&x_storage, x_layout, "conv2d input")?;
-                pooled_weight_grad::parameter_grads(x, &winners, &geometry)
-            };
-            return gradient_tensors(params, None, &g, x, w);
-        }
-        let steps = window_steps(geometry.pool, g.out_w());
-        let sides = (geometry.pooled_h(), geometry.pooled_w(), g.out_w());
         // The storages are only read here, and no op runs on these tensors meanwhile.
         let (params, dx) = {
             let (x_storage, x_layout) = x.storage_and_layout();
-            let (w_storage, w_layout) = w.storage_and_layout();
             let (y_storage, y_layout) = res.storage_and_layout();
             let (g_storage, g_layout) = grad_res.storage_and_layout();
+            let x_values = read_f32(&x_storage, x_layout, "conv2d input")?;
             let pooled = read_f32(&y_storage, y_layout, "pooled output")?;
             let grad = read_f32(&g_storage, g_layout, "pooled gradient")?;
-            // An image's output gradient: each pooled gradient goes back to its window's maximum,
-            // where the ReLU passes it if that maximum, the pooled value, is positive.
-            let output_grad = |image_idx: usize, conv_grad: &mut [f32], _parallel: bool| {
-                conv_grad.fill(0.0);
-                let start = image_idx * pooled_image;
-                for (channel, conv_plane) in conv_grad.chunks_mut(plane).enumerate() {
-                    let range =
-                        start + channel * pooled_plane..start + (channel + 1) * pooled_plane;
-                    scatter_plane(
-                        &offsets[range.clone()],
-                        &grad[range.clone()],
-                        Some(&pooled[range]),
-                        conv_plane,
-                        sides,
-                        geometry.pool,
-                        &steps,
-                    );
-                }
-            };
-            let transformed_input = self
-                .transformed_input
-                .lock()
-                .ok()
-                .and_then(|guard| guard.clone());
-            backward_from(
-                read_f32(&x_storage, x_layout, "conv2d input")?,
-                read_f32(&w_storage, w_layout, "conv2d weight")?,
+            if pooled_weight_grad::applies(&geometry, with_input_grad) {
+                let winners = PoolWinners {
+                    offsets: &offsets,
+                    pooled,
+                    grad,
+                };
                 (
-                    &output_grad,
-                    transformed_input.as_deref().map(Vec::as_slice),
-                ),
-                &g,
-                with_input_grad,
-            )
+                    pooled_weight_grad::parameter_grads(x_values, &winners, &geometry),
+                    None,
+                )
+            } else {
+                let (w_storage, w_layout) = w.storage_and_layout();
+                let steps = window_steps(geometry.pool, g.out_w());
+                let sides = (geometry.pooled_h(), geometry.pooled_w(), g.out_w());
+                // An image's output gradient: each pooled gradient goes back to its window's
+                // maximum, where the ReLU passes it if that maximum, the pooled value, is
+                // positive.
+                let output_grad = |image_idx: usize, conv_grad: &mut [f32], _parallel: bool| {
+                    conv_grad.fill(0.0);
+                    let start = image_idx * pooled_image;
+                    for (channel, conv_plane) in conv_grad.chunks_mut(plane).enumerate() {
+                        let range =
+                            start + channel * pooled_plane..start + (channel + 1) * pooled_plane;
+                        scatter_plane(
+                            &offsets[range.clone()],
+                            &grad[range.clone()],
+                            Some(&pooled[range]),
+                            conv_plane,
+                            sides,
+                            geometry.pool,
+                            &steps,
+                        );
+                    }
+                };
+                let transformed_input = self
+                    .transformed_input
+                    .lock()
+                    .ok()
+                    .and_then(|guard| guard.clone());
+                backward_from(
+                    x_values,
+                    read_f32(&w_storage, w_layout, "conv2d weight")?,
+                    (
+                        &output_grad,
+                        transformed_input.as_deref().map(Vec::as_slice),
+                    ),
+                    &g,
+                    with_input_grad,
+                )
+            }
         };
         gradient_tensors(params, dx, &g, x, w)
     }

@@ -99,7 +99,10 @@ pub(crate) fn parameter_grads(
         .map(partial)
         .collect();
     let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_default();
+    // No images (an empty batch): zero gradients.
+    let mut total = partials
+        .next()
+        .unwrap_or_else(|| vec![0f32; g.c_out * (channel_len + 1)]);
     for partial in partials {
         for (t, p) in total.iter_mut().zip(&partial) {
             *t += p;
@@ -112,7 +115,6 @@ pub(crate) fn parameter_grads(
         params.extend_from_slice(&row[..g.kernel]);
     }
     params.extend_from_slice(&total[rows * patches.row_len..]);
-    params.resize(rows * g.kernel + g.c_out, 0.0);
     params
 }
 
@@ -230,16 +232,21 @@ impl Patches {
         }
         let patches = &scratch[..count];
         *db += bias;
+        let Some(last_corner) = patches.iter().map(|&(corner, _)| corner).max() else {
+            return;
+        };
         // The weight rows in blocks of up to ROWS_AT_ONCE, each block's sums held in registers
         // over all of the channel's windows.
+        let mut sums = [[0f32; LANES]; ROWS_AT_ONCE];
         for (block, first) in self
             .row_starts
             .chunks(ROWS_AT_ONCE)
             .zip((0..).step_by(ROWS_AT_ONCE))
         {
             for column in (0..self.row_len).step_by(LANES) {
-                let sums = patch_sums(image, patches, block, column);
-                for (row, sum) in (first..).zip(sums) {
+                let sums = &mut sums[..block.len()];
+                patch_sums(image, (patches, last_corner), (block, column), sums);
+                for (row, sum) in (first..).zip(&*sums) {
                     let dw = &mut dw[row * self.row_len + column..][..LANES];
                     for (d, s) in dw.iter_mut().zip(sum) {
                         *d += s;
@@ -255,19 +262,19 @@ impl Patches {
 const ROWS_AT_ONCE: usize = 8;
 
 /// For each row start `s` in `starts` (at most [`ROWS_AT_ONCE`]), `sum(gradient * image[corner +
-/// s + column..][..LANES])` over `patches` in order. In AVX2 registers where the CPU (and the
-/// crate's ISA limit) allows, lane by lane otherwise: the same multiplies and adds in the same
-/// order (no fused multiply-add), so the same bits.
+/// s + column..][..LANES])` over `patches` (whose largest corner is `last_corner`) in order, into
+/// `sums` (one per start). In AVX2 registers where the CPU (and the crate's ISA limit) allows,
+/// lane by lane otherwise: the same multiplies and adds in the same order (no fused
+/// multiply-add), so the same bits.
 fn patch_sums(
     image: &[f32],
-    patches: &[(usize, f32)],
-    starts: &[usize],
-    column: usize,
-) -> Vec<[f32; LANES]> {
-    let last_corner = patches.iter().map(|&(corner, _)| corner).max().unwrap_or(0);
+    (patches, last_corner): (&[(usize, f32)], usize),
+    (starts, column): (&[usize], usize),
+    sums: &mut [[f32; LANES]],
+) {
     let last_start = starts.iter().copied().max().unwrap_or(0) + column;
     assert!(
-        patches.is_empty() || last_corner + last_start + LANES <= image.len(),
+        last_corner + last_start + LANES <= image.len(),
         "conv2d_relu_max_pool2d backward: a window's patch outside its padded image"
     );
     macro_rules! by_rows {
@@ -275,8 +282,9 @@ fn patch_sums(
             match starts.len() {
                 $($rows => {
                     let starts: [usize; $rows] = std::array::from_fn(|row| starts[row] + column);
-                    // SAFETY: every patch row read lies inside `image` (checked above).
-                    unsafe { sums_for(image, patches, starts).to_vec() }
+                    // SAFETY: every patch row read lies inside `image` (checked above: no
+                    // patch's corner is past `last_corner`).
+                    sums.copy_from_slice(&unsafe { sums_for(image, patches, starts) })
                 })*
                 rows => unreachable!("{rows} rows at once"),
             }
@@ -344,5 +352,28 @@ mod x86 {
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
             out
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parameter_grads, PoolWinners};
+    use crate::fast_conv::ConvGeometry;
+    use crate::fast_conv_pool::ConvPoolGeometry;
+    use crate::max_pool::Pool2d;
+
+    #[test]
+    fn an_empty_batch_has_zero_gradients() {
+        let geometry = ConvPoolGeometry {
+            conv: ConvGeometry::new(&[0, 2, 17, 17], &[3, 2, 7, 7], 2, 3).unwrap(),
+            pool: Pool2d::floor(3, 2, 0),
+        };
+        let winners = PoolWinners {
+            offsets: &[],
+            pooled: &[],
+            grad: &[],
+        };
+        let params = parameter_grads(&[], &winners, &geometry);
+        assert_eq!(params, vec![0.0; 3 * 2 * 7 * 7 + 3]);
     }
 }
