@@ -24,7 +24,7 @@ use super::pooled_weight_grad::{self, PoolWinners};
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
 use super::winograd_batch::TiledWinograd;
-use super::winograd_f4::{WeightCache, WinogradF4};
+use super::winograd_f4::{TransformedWeights, WeightCache, WeightLayout, WinogradF4};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -109,7 +109,7 @@ impl ConvPoolGeometry {
 pub(super) struct ConvWeights<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
-    winograd: Option<(WinogradF4, Arc<Vec<f32>>)>,
+    winograd: Option<(WinogradF4, Arc<Vec<f32>>, WeightLayout)>,
     batched: Option<(TiledWinograd, Arc<Vec<f32>>)>,
 }
 
@@ -134,15 +134,45 @@ impl<'a> ConvWeights<'a> {
                 batched: Some((batch.winograd, transformed)),
             };
         }
-        let winograd = g
-            .winograd_f4()
-            .map(|winograd| (winograd, winograd.transform_weights_cached(weight, cache)));
+        let winograd = g.winograd_f4().map(|winograd| {
+            (
+                winograd,
+                winograd.transform_weights_cached(weight, cache),
+                WeightLayout::Matrices,
+            )
+        });
         Self {
             weight,
             bias,
             winograd,
             batched: None,
         }
+    }
+
+    /// [`Self::new`] for an inference, which runs the batch as `batch` says where given
+    /// ([`ConvGeometry::inference_winograd_batch`]), else image by image: there a 3x3 stride-1
+    /// convolution on a plane of few tiles ([`ConvGeometry::few_tiles_winograd_f4`]) takes its
+    /// transformed weights packed for the narrow GEMMs, which made F(4x4, 3x3) faster than
+    /// im2col under 12 pixels too (batch-1 inference at 48 px). Training keeps [`Self::new`]'s
+    /// choice: its backward passes read the transform unpacked.
+    pub(super) fn for_inference(
+        (g, batch): (&ConvGeometry, Option<WinogradBatch>),
+        weight: &'a [f32],
+        bias: &'a [f32],
+        cache: Option<&WeightCache>,
+    ) -> Self {
+        if batch.is_none() {
+            if let Some(winograd) = g.few_tiles_winograd_f4() {
+                let packed = winograd.packed_weights_cached(weight, cache);
+                return Self {
+                    weight,
+                    bias,
+                    winograd: Some((winograd, packed, WeightLayout::Panels)),
+                    batched: None,
+                };
+            }
+        }
+        Self::new((g, batch), weight, bias, cache)
     }
 }
 
@@ -160,9 +190,10 @@ impl ConvPoolGeometry {
     ) {
         let g = &self.conv;
         let parallel = !matches!(par, Parallel::None);
-        if let Some((winograd, transformed)) = &weights.winograd {
+        if let Some((winograd, transformed, layout)) = &weights.winograd {
+            let transformed = TransformedWeights::new(*layout, transformed);
             return with_winograd_scratch(|scratch| {
-                let arguments = (x, transformed.as_slice(), weights.bias);
+                let arguments = (x, transformed, weights.bias);
                 winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
             });
         }

@@ -442,6 +442,51 @@ fn assert_same_in_pools_of_1_2_3<T: PartialEq + Send>(name: &str, run: impl Fn()
 }
 
 #[test]
+fn small_inference_images_give_the_same_bits_on_every_path_and_thread_count() {
+    // Inference image by image on planes of few tiles (9x9 to 32x32), whose 3x3 convolution
+    // takes F(4x4, 3x3) laid out for a small image with the narrow GEMMs: the same bits on
+    // every vector path and in pools of 1, 2 and 3 threads, and within F(4x4, 3x3)'s rounding of
+    // the composed block (the training ops). The unit tests' batched path takes any batch of 8
+    // tiles or more on planes of 4 to 31 pixels, so these run on the planes outside it: 32x32
+    // (64 tiles, the most) and 3x40 (10 tiles, two groups in a GEMM pass), 2 images; 17 output
+    // channels leave part of a panel empty.
+    let tensors = small_feat_ex_tensors(6, (5, 17, 4));
+    let block = small_feat_ex(&tensors, false);
+    for (n, (h, w)) in [(1, (32, 32)), (2, (3, 40))] {
+        let side = format!("{h}x{w}");
+        let x = var(&[n, 6, h, w], 60 + w as u64)
+            .as_tensor()
+            .relu()
+            .unwrap();
+        let run = || tensor_bits(&feat_ex(&x, &block, false).unwrap());
+        let mut portable = None;
+        super::isa::for_each_supported(|level| {
+            let bits = run();
+            match &portable {
+                None => portable = Some(bits),
+                Some(expected) => assert!(
+                    *expected == bits,
+                    "batch {n}, side {side}: {level} differs from portable"
+                ),
+            }
+        });
+        assert_same_in_pools_of_1_2_3(&format!("batch {n}, side {side}"), run);
+        let composed = tensor_bits(&feat_ex_composed(&x, &block).unwrap());
+        let value = |bits: &u32| f32::from_bits(*bits) as f64;
+        let scale = composed.iter().map(value).fold(1e-6, f64::max);
+        let largest = run()
+            .iter()
+            .zip(&composed)
+            .map(|(a, b)| (value(a) - value(b)).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            largest / scale < 1e-5,
+            "batch {n}, side {side}: {largest:e} from the composition"
+        );
+    }
+}
+
+#[test]
 fn layer_norm_does_not_depend_on_the_thread_count() {
     // The backward's sums over chunks of features (three here, the last short) and its samples,
     // fewer and more than the threads: the same bits in pools of 1, 2 and 3 threads.

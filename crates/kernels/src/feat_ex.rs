@@ -315,7 +315,12 @@ impl CustomOp1 for FeatExInferenceOp {
             let bias = read_f32(bias, bias_layout, "feat_ex bias")?;
             g.check_bias(bias)?;
             let batch = (g, g.inference_winograd_batch());
-            Ok(ConvWeights::new(batch, weight, bias, self.cache.as_ref()))
+            Ok(ConvWeights::for_inference(
+                batch,
+                weight,
+                bias,
+                self.cache.as_ref(),
+            ))
         };
         let weights = [weights_of(0)?, weights_of(1)?, weights_of(2)?];
 

@@ -76,6 +76,7 @@ mod winograd_batch;
 mod winograd_f2_oracle;
 mod winograd_f4;
 mod winograd_f6;
+mod winograd_narrow;
 
 pub use adam::{adam_update, AdamStep};
 pub use conv::{conv2d_relu, conv2d_relu_max_pool2d};

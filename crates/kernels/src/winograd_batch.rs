@@ -113,7 +113,7 @@ impl TiledWinograd {
         weight: &[f32],
         cache: Option<&WeightCache>,
     ) -> Arc<Vec<f32>> {
-        let key = (self.c_in, self.c_out, self.tiling);
+        let key = (self.c_in, self.c_out, self.tiling, false);
         cached_transform(cache, key, weight, || self.transform_weights(weight))
     }
 
@@ -584,6 +584,7 @@ mod tests {
     use crate::winograd::Winograd;
     use crate::winograd_f2_oracle::tests::{direct, values};
     use crate::winograd_f4::tests::direct_weight_grad;
+    use crate::winograd_f4::TransformedWeights;
 
     fn bits(values: &[f32]) -> Vec<u32> {
         values.iter().map(|v| v.to_bits()).collect()
@@ -685,13 +686,15 @@ mod tests {
                 for image in 0..images {
                     let x = &x[image * c_in * plane..][..c_in * plane];
                     let mut alone = vec![f32::NAN; c_out * plane];
-                    g.f4().image(x, &u, None, &mut alone, &mut scratch, false);
+                    let matrices = TransformedWeights::Matrices(&u);
+                    g.f4()
+                        .image(x, matrices, None, &mut alone, &mut scratch, false);
                     let range = image * c_out * plane..(image + 1) * c_out * plane;
                     assert_eq!(bits(&together[range]), bits(&alone), "{g:?}, image {image}");
                     let mut pooled_alone = vec![f32::NAN; c_out * pooled];
                     let mut offsets_alone = vec![u8::MAX; c_out * pooled];
                     g.f4().image_pooled(
-                        (x, &u, &bias),
+                        (x, matrices, &bias),
                         pool,
                         (&mut pooled_alone, &mut offsets_alone),
                         &mut scratch,

@@ -27,11 +27,12 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::max_pool::{pool_planes, Pool2d};
-use super::parallel::{for_each_chunk, for_each_chunk_with, grown};
+use super::parallel::{for_each_chunk, for_each_chunk_with, for_each_index_with, grown, SharedMut};
 use super::winograd::{
     position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, Scratch,
     Tiling, Winograd,
 };
+use super::winograd_narrow;
 
 /// Positions in a transformed 6x6 tile: one GEMM each.
 pub(super) const POSITIONS: usize = 36;
@@ -39,6 +40,19 @@ pub(super) const POSITIONS: usize = 36;
 pub(super) const BLOCK: usize = 4;
 /// Side of the input tile.
 pub(super) const TILE: usize = 6;
+
+/// Input channels gathered and transformed together by [`WinogradF4::image_few_tiles`].
+const CHANNELS_AT_ONCE: usize = 16;
+
+/// The tiles of an image that takes [`WinogradF4::image_few_tiles`] in inference: planes of 9x9
+/// to 32x32. Fewer (8x8 and less) did no better than im2col, whose weights are a quarter of the
+/// transformed weights' size, which a batch-1 forward reads from memory once either way (at 5x5,
+/// conv3b at 48 px, the block took 0.36 against 0.28 ms); more keep [`WinogradF4::image`], whose
+/// per-channel transforms run over rows long enough.
+const FEW_TILES: std::ops::RangeInclusive<usize> = 8..=MOST_FEW_TILES;
+
+/// The most tiles in [`FEW_TILES`].
+const MOST_FEW_TILES: usize = 64;
 
 /// Geometry of one 3x3, stride 1, padding 1 convolution of `c_in x h x w` into `c_out x h x w`.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +83,35 @@ fn weight_combination(g: [f64; 3]) -> [f64; 6] {
         outer - middle,
         g[2],
     ]
+}
+
+/// An F(4x4, 3x3) convolution's transformed weights, in the layout its GEMMs read.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TransformedWeights<'a> {
+    /// `36 x c_out x c_in` ([`WinogradF4::transform_weights`]), for `gemm`.
+    Matrices(&'a [f32]),
+    /// Packed in panels ([`WinogradF4::packed_weights_cached`]), for the narrow GEMMs of an
+    /// image with few tiles.
+    Panels(&'a [f32]),
+}
+
+/// Which of [`TransformedWeights`]' layouts a transform is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WeightLayout {
+    /// [`TransformedWeights::Matrices`].
+    Matrices,
+    /// [`TransformedWeights::Panels`].
+    Panels,
+}
+
+impl<'a> TransformedWeights<'a> {
+    /// `values` in `layout`.
+    pub(super) fn new(layout: WeightLayout, values: &'a [f32]) -> Self {
+        match layout {
+            WeightLayout::Matrices => Self::Matrices(values),
+            WeightLayout::Panels => Self::Panels(values),
+        }
+    }
 }
 
 impl From<Winograd> for WinogradF4 {
@@ -119,8 +162,28 @@ impl WinogradF4 {
         weight: &[f32],
         cache: Option<&WeightCache>,
     ) -> Arc<Vec<f32>> {
-        let key = (self.c_in, self.c_out, Tiling::F4);
+        let key = (self.c_in, self.c_out, Tiling::F4, false);
         cached_transform(cache, key, weight, || self.transform_weights(weight))
+    }
+
+    /// [`Self::transform_weights_cached`] packed for the narrow GEMMs of an image with few tiles
+    /// ([`winograd_narrow::pack`]).
+    pub(super) fn packed_weights_cached(
+        &self,
+        weight: &[f32],
+        cache: Option<&WeightCache>,
+    ) -> Arc<Vec<f32>> {
+        let key = (self.c_in, self.c_out, Tiling::F4, true);
+        cached_transform(cache, key, weight, || {
+            let sizes = (self.c_in, self.c_out, POSITIONS);
+            winograd_narrow::pack(&self.transform_weights(weight), sizes)
+        })
+    }
+
+    /// Whether one image's inference takes [`Self::image_few_tiles`]'s layout and GEMMs
+    /// ([`FEW_TILES`]).
+    pub(super) fn few_tiles(&self) -> bool {
+        FEW_TILES.contains(&self.tiles())
     }
 
     /// Convolves one image `x` (`c_in x h x w`) with the transformed weights `u` into `out`
@@ -129,12 +192,18 @@ impl WinogradF4 {
     pub(super) fn image(
         &self,
         x: &[f32],
-        u: &[f32],
+        u: TransformedWeights<'_>,
         bias: Option<&[f32]>,
         out: &mut [f32],
         scratch: &mut Scratch,
         parallel: bool,
     ) {
+        let u = match u {
+            TransformedWeights::Matrices(u) => u,
+            TransformedWeights::Panels(packed) => {
+                return self.image_few_tiles(x, packed, bias, out, scratch, parallel);
+            }
+        };
         let products = self.products(x, u, scratch, parallel);
         let transform_output = |buffer: &mut Vec<f32>, (channel, out): (usize, &mut [f32])| {
             let bias = bias.map(|bias| bias[channel]);
@@ -149,15 +218,27 @@ impl WinogradF4 {
     /// for conv2b, more than a 2 MiB L2) is never written.
     pub(super) fn image_pooled(
         &self,
-        (x, u, bias): (&[f32], &[f32], &[f32]),
+        (x, u, bias): (&[f32], TransformedWeights<'_>, &[f32]),
         pool: Pool2d,
         (out, offsets): (&mut [f32], &mut [u8]),
         scratch: &mut Scratch,
         parallel: bool,
     ) {
-        let products = self.products(x, u, scratch, parallel);
         let (plane, sides) = (self.h * self.w, (self.h, self.w));
         let pooled = pool.out_side(self.h) * pool.out_side(self.w);
+        let u = match u {
+            TransformedWeights::Matrices(u) => u,
+            TransformedWeights::Panels(packed) => {
+                // A small image: its whole output fits the L2, and pooled all at once its small
+                // planes go eight at a time through the pool's vector lanes.
+                return super::parallel::with_spare_buffer(|conv| {
+                    let conv = grown(conv, self.c_out * plane);
+                    self.image_few_tiles(x, packed, Some(bias), conv, scratch, parallel);
+                    pool_planes(conv, sides, pool, out, offsets, parallel);
+                });
+            }
+        };
+        let products = self.products(x, u, scratch, parallel);
         let transform_and_pool =
             |(buffer, conv): &mut (Vec<f32>, Vec<f32>),
              (channel, (out, offsets)): (usize, (&mut [f32], &mut [u8]))| {
@@ -208,6 +289,117 @@ impl WinogradF4 {
             |(position, m): (usize, &mut [f32])| position_gemm(u, input, position, m, sizes);
         for_each_chunk(products, self.c_out * tiles, parallel, gemm_at);
         products
+    }
+
+    /// [`Self::image`] for an image with few tiles ([`Self::few_tiles`]), its transformed weights
+    /// `packed` in panels ([`Self::packed_weights_cached`]): each tile transformed as there, each
+    /// product a sum over the input channels in order, each step fused, laid out for a small
+    /// image. Per channel, nine tiles (conv2b at 11x11) left [`Self::image`]'s transform loops a
+    /// vector and a bit long, their setup paid 96 and 208 times: here the input is gathered and
+    /// transformed sixteen channels at a time, their tiles side by side in each position's row
+    /// (`36 x c_in x tiles` in all), so that each position's GEMM reads its `c_in x tiles` block
+    /// as one run; the GEMMs are the narrow ones (`winograd_narrow`), which leave the products in
+    /// panels of sixteen output channels, and the output transform runs a panel at a time. With
+    /// `parallel`, the channel groups, the positions' GEMMs and the panels are spread over the
+    /// threads; each value is computed by one thread, so the result does not depend on how many.
+    fn image_few_tiles(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+        parallel: bool,
+    ) {
+        let (c_in, c_out, tiles) = (self.c_in, self.c_out, self.tiles());
+        assert!(
+            tiles <= MOST_FEW_TILES,
+            "{tiles} tiles for the few-tiles layout"
+        );
+        let plane = self.h * self.w;
+        let columns_in = c_in * tiles;
+        let columns_out = winograd_narrow::products_len(c_out, tiles);
+        let (input, products) = scratch.buffers(POSITIONS * columns_in, POSITIONS * columns_out);
+        // The input transform by groups of channels, each gathered and transformed in a buffer
+        // of its own, then copied into its columns of every position's row.
+        let groups = c_in.div_ceil(CHANNELS_AT_ONCE);
+        let shared_input = SharedMut(input.as_mut_ptr());
+        let transform_group = |local: &mut Vec<f32>, group: usize| {
+            let channels = group * CHANNELS_AT_ONCE..c_in.min((group + 1) * CHANNELS_AT_ONCE);
+            let columns = channels.len() * tiles;
+            let local = grown(local, POSITIONS * columns);
+            super::isa::vectorised(
+                #[inline(always)]
+                || {
+                    let mut gathered = [0f32; POSITIONS * MOST_FEW_TILES];
+                    let gathered = &mut gathered[..POSITIONS * tiles];
+                    for (at, channel) in channels.clone().enumerate() {
+                        self.gather_input_portable(&x[channel * plane..][..plane], gathered);
+                        for (row, values) in gathered.chunks_exact(tiles).enumerate() {
+                            local[row * columns + at * tiles..][..tiles].copy_from_slice(values);
+                        }
+                    }
+                    input_transform_tiles(local, columns);
+                },
+            );
+            for (row, values) in local.chunks_exact(columns).enumerate() {
+                let start = row * columns_in + channels.start * tiles;
+                // SAFETY: each group writes its own columns of each row, inside `input`.
+                let dst = unsafe { shared_input.get().add(start) };
+                unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst, columns) };
+            }
+        };
+        for_each_index_with(groups, parallel, Vec::new, transform_group);
+        let input: &[f32] = input;
+        let gemm_at = |(position, m): (usize, &mut [f32])| {
+            let v = (&input[position * columns_in..][..columns_in], tiles);
+            winograd_narrow::position_products(packed, position, v, m, (c_in, c_out, tiles))
+        };
+        for_each_chunk(products, columns_out, parallel, gemm_at);
+        let products: &[f32] = products;
+        // The output transform panel by panel of the products, each panel's channels placed
+        // from it.
+        let panel = winograd_narrow::PANEL;
+        let panels = c_out.div_ceil(panel);
+        let place_panel = |buffer: &mut Vec<f32>, (index, out): (usize, &mut [f32])| {
+            let columns = tiles * panel;
+            let buffer = grown(buffer, BLOCK * TILE * columns);
+            super::isa::vectorised(
+                #[inline(always)]
+                || {
+                    output_transform_tiles(products, (panels, index), columns, None, buffer);
+                    for (lane, out) in out.chunks_exact_mut(plane).enumerate() {
+                        let bias = bias.map(|bias| bias[index * panel + lane]);
+                        self.place_spread_blocks(buffer, columns, (lane, panel), bias, out);
+                    }
+                },
+            );
+        };
+        for_each_chunk_with(out, panel * plane, parallel, Vec::new, place_panel);
+    }
+
+    /// Places one channel's transformed 4x4 blocks into its output plane `out` (`h x w`), with
+    /// `bias` as `relu(value + bias)` where given: the values of the channel's tile `t` lie in
+    /// column `first + t * step` of `buffer`'s rows (`24 x columns`, output `(r, c)` of every
+    /// tile in row `6r + c`).
+    #[inline(always)]
+    fn place_spread_blocks(
+        &self,
+        buffer: &[f32],
+        columns: usize,
+        (first, step): (usize, usize),
+        bias: Option<f32>,
+        out: &mut [f32],
+    ) {
+        let (h, w, tiles_w) = (self.h, self.w, self.tiles_w());
+        for (y, out_row) in out.chunks_exact_mut(w).enumerate().take(h) {
+            let (ty, r) = (y / BLOCK, y % BLOCK);
+            for (x, out) in out_row.iter_mut().enumerate() {
+                let (tx, dx) = (x / BLOCK, x % BLOCK);
+                let value = buffer[(r * TILE + dx) * columns + first + (ty * tiles_w + tx) * step];
+                *out = bias.map_or(value, |b| (value + b).max(0.0));
+            }
+        }
     }
 
     /// The length of the weight gradient in Winograd's domain, `36 x c_out x c_in`.
@@ -304,6 +496,14 @@ impl WinogradF4 {
 
     #[inline(always)]
     fn transform_input_portable(&self, x: &[f32], v: &mut [f32]) {
+        self.gather_input_portable(x, v);
+        input_transform_tiles(v, self.tiles());
+    }
+
+    /// The 6x6 tiles of one channel `x`, gathered position by position into `v` (`36 x tiles`:
+    /// `v[6i + j]` holds element `(i, j)` of every tile), untransformed.
+    #[inline(always)]
+    fn gather_input_portable(&self, x: &[f32], v: &mut [f32]) {
         let (h, w, tiles_w, tiles) = (self.h, self.w, self.tiles_w(), self.tiles());
         // Element (i, j) of tile (ty, tx) is input row 4ty + i - 1, column 4tx + j - 1 (zero
         // outside: the padding). With the row copied one place to the right into zeros, that
@@ -341,7 +541,6 @@ impl WinogradF4 {
                 d5[last] = padded[BLOCK * tiles_w + 1];
             }
         }
-        input_transform_tiles(v, tiles);
     }
 
     /// `Y = A^T M A` for every tile of output channel `channel`, into `out` (`h x w`), then with
@@ -438,7 +637,7 @@ impl std::fmt::Debug for WeightCache {
 /// remembered there), else computed.
 pub(super) fn cached_transform(
     cache: Option<&WeightCache>,
-    key: (usize, usize, Tiling),
+    key: TransformKey,
     weight: &[f32],
     transform: impl FnOnce() -> Vec<f32>,
 ) -> Arc<Vec<f32>> {
@@ -469,10 +668,13 @@ pub(super) fn cached_transform(
     transformed
 }
 
+/// What a remembered transform is of: `c_in`, `c_out`, the algorithm, and whether it is packed
+/// for the narrow GEMMs.
+pub(super) type TransformKey = (usize, usize, Tiling, bool);
+
 /// Weights and their transform, remembered by a [`WeightCache`].
 struct RememberedWeights {
-    /// `c_in`, `c_out` and the algorithm.
-    key: (usize, usize, Tiling),
+    key: TransformKey,
     weight: Vec<f32>,
     transformed: Arc<Vec<f32>>,
 }
@@ -645,15 +847,23 @@ pub(super) mod tests {
             let expected = direct(&x, &weight, &g);
             let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
             let u = g.transform_weights(&weight);
-            for parallel in [false, true] {
+            let packed = winograd_narrow::pack(&u, (c_in, c_out, POSITIONS));
+            let layouts = [
+                TransformedWeights::Matrices(&u),
+                TransformedWeights::Panels(&packed),
+            ];
+            for (parallel, u) in [false, true]
+                .into_iter()
+                .flat_map(|p| layouts.map(|u| (p, u)))
+            {
                 let mut out = vec![f32::NAN; c_out * h * w];
-                g.image(&x, &u, None, &mut out, &mut Scratch::default(), parallel);
+                g.image(&x, u, None, &mut out, &mut Scratch::default(), parallel);
                 for (a, e) in out.iter().zip(&expected) {
                     assert!(((*a as f64) - e).abs() / scale < 5e-6, "{g:?}: {a} vs {e}");
                 }
                 let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.1 - 0.2).collect();
                 let mut scratch = Scratch::default();
-                g.image(&x, &u, Some(&bias), &mut out, &mut scratch, parallel);
+                g.image(&x, u, Some(&bias), &mut out, &mut scratch, parallel);
                 for (idx, (a, e)) in out.iter().zip(&expected).enumerate() {
                     let e = (e + bias[idx / (h * w)] as f64).max(0.0);
                     assert!(
@@ -758,7 +968,7 @@ pub(super) mod tests {
         assert!(!Arc::ptr_eq(&first, &other));
         assert_eq!(*other, g.transform_weights(&changed));
         // The same weights for the other algorithm are another entry, and both stay.
-        let key = (g.c_in, g.c_out, Tiling::F6);
+        let key = (g.c_in, g.c_out, Tiling::F6, false);
         let f6 = cached_transform(Some(&cache), key, &weight, || vec![7.0; 64 * 6]);
         assert_eq!(*f6, vec![7.0; 64 * 6]);
         assert!(Arc::ptr_eq(
@@ -767,6 +977,18 @@ pub(super) mod tests {
         ));
         let again = cached_transform(Some(&cache), key, &weight, || unreachable!("remembered"));
         assert!(Arc::ptr_eq(&f6, &again));
+        // So is the packed form for the narrow GEMMs.
+        let packed = g.packed_weights_cached(&weight, Some(&cache));
+        let sizes = (g.c_in, g.c_out, POSITIONS);
+        assert_eq!(*packed, winograd_narrow::pack(&first, sizes));
+        assert!(Arc::ptr_eq(
+            &packed,
+            &g.packed_weights_cached(&weight, Some(&cache))
+        ));
+        assert!(Arc::ptr_eq(
+            &first,
+            &g.transform_weights_cached(&weight, Some(&cache))
+        ));
     }
 
     #[test]
@@ -789,7 +1011,14 @@ pub(super) mod tests {
         let weight = values(f4.c_out * f4.c_in * 9, 8);
         let (mut a, mut b) = (vec![0f32; 12 * 27 * 27], vec![0f32; 12 * 27 * 27]);
         let u4 = f4.transform_weights(&weight);
-        f4.image(&x, &u4, None, &mut a, &mut Scratch::default(), false);
+        f4.image(
+            &x,
+            TransformedWeights::Matrices(&u4),
+            None,
+            &mut a,
+            &mut Scratch::default(),
+            false,
+        );
         let u2 = f2.transform_weights(&weight);
         f2.image(&x, &u2, None, &mut b, &mut Scratch::default(), false);
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::geometry::{col2im_add, im2col, ConvGeometry, WinogradBatch};
 use crate::parallel::{filled, gemm, grown, image_groups, with_spare_buffer, Gemm, Parallel};
 use crate::winograd::with_scratch as with_winograd_scratch;
-use crate::winograd_f4::WinogradF4;
+use crate::winograd_f4::{TransformedWeights, WinogradF4};
 
 /// Sum of a row in eight interleaved lanes: the compiler vectorises it, where one running sum is
 /// a chain of dependent scalar adds.
@@ -149,6 +149,7 @@ pub(crate) fn backward_from(
             };
             if let Some((swapped, transformed)) = &winograd {
                 with_winograd_scratch(|scratch| {
+                    let transformed = TransformedWeights::Matrices(transformed);
                     swapped.image(&grad, transformed, None, dx, scratch, parallel_inside)
                 });
                 continue;
