@@ -257,7 +257,7 @@ fn backward_batched(
     } else {
         Vec::new()
     };
-    let mut du = vec![0f32; winograd.transformed_len()];
+    let mut du = filled(winograd.transformed_len(), 0f32);
     let mut params = vec![0f32; weight_len + g.c_out];
     if let Some(kept) = transformed_input {
         assert_eq!(
