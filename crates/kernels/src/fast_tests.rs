@@ -345,18 +345,34 @@ fn every_vector_path_computes_the_same_bits() {
             }
             bits
         };
-        let mut portable = None;
-        super::isa::for_each_supported(|level| {
-            let bits = run();
-            match &portable {
-                None => portable = Some(bits),
-                Some(expected) => assert!(
-                    *expected == bits,
-                    "side {side}: {level} differs from portable"
-                ),
-            }
-        });
+        assert_same_on_every_path(&format!("side {side}"), run);
     }
+}
+
+/// Runs `run` at every level of vector extensions this CPU has and checks that each returns what
+/// the portable build does.
+fn assert_same_on_every_path<T: PartialEq>(name: &str, run: impl Fn() -> T) {
+    let mut portable = None;
+    super::isa::for_each_supported(|level| {
+        let result = run();
+        match &portable {
+            None => portable = Some(result),
+            Some(expected) => assert!(*expected == result, "{name}: {level} differs from portable"),
+        }
+    });
+}
+
+/// The largest difference between the floats of bit patterns `bits` and `expected`, over the
+/// largest magnitude in `expected` (at least 1e-6).
+fn relative_gap(bits: &[u32], expected: &[u32]) -> f64 {
+    let value = |bits: &u32| f32::from_bits(*bits) as f64;
+    let scale = expected.iter().map(|b| value(b).abs()).fold(1e-6, f64::max);
+    let largest = bits
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (value(a) - value(b)).abs())
+        .fold(0.0, f64::max);
+    largest / scale
 }
 
 /// A tensor's values as bit patterns, for exact comparisons.
@@ -459,29 +475,14 @@ fn small_inference_images_give_the_same_bits_on_every_path_and_thread_count() {
             .relu()
             .unwrap();
         let run = || tensor_bits(&feat_ex(&x, &block, false).unwrap());
-        let mut portable = None;
-        super::isa::for_each_supported(|level| {
-            let bits = run();
-            match &portable {
-                None => portable = Some(bits),
-                Some(expected) => assert!(
-                    *expected == bits,
-                    "batch {n}, side {side}: {level} differs from portable"
-                ),
-            }
-        });
-        assert_same_in_pools_of_1_2_3(&format!("batch {n}, side {side}"), run);
+        let name = format!("batch {n}, side {side}");
+        assert_same_on_every_path(&name, run);
+        assert_same_in_pools_of_1_2_3(&name, run);
         let composed = tensor_bits(&feat_ex_composed(&x, &block).unwrap());
-        let value = |bits: &u32| f32::from_bits(*bits) as f64;
-        let scale = composed.iter().map(value).fold(1e-6, f64::max);
-        let largest = run()
-            .iter()
-            .zip(&composed)
-            .map(|(a, b)| (value(a) - value(b)).abs())
-            .fold(0.0, f64::max);
+        let gap = relative_gap(&run(), &composed);
         assert!(
-            largest / scale < 1e-5,
-            "batch {n}, side {side}: {largest:e} from the composition"
+            gap < 1e-5,
+            "{name}: {gap:e} of the scale from the composition"
         );
     }
 }
@@ -580,16 +581,10 @@ fn feat_ex_inference_equals_the_composed_block_bit_for_bit() {
         assert_eq!(fused.dims(), &[n, 7 + 4, pooled, pooled]);
         let (fused, composed) = (tensor_bits(&fused), tensor_bits(&composed));
         if crate::winograd::Tiling::for_plane(side, side) == crate::winograd::Tiling::F6 {
-            let value = |bits: &u32| f32::from_bits(*bits) as f64;
-            let scale = composed.iter().map(value).fold(1e-6, f64::max);
-            let largest = fused
-                .iter()
-                .zip(&composed)
-                .map(|(a, b)| (value(a) - value(b)).abs())
-                .fold(0.0, f64::max);
+            let gap = relative_gap(&fused, &composed);
             assert!(
-                largest / scale < 1e-5,
-                "batch {n}, side {side}: {largest:e} from the composition"
+                gap < 1e-5,
+                "batch {n}, side {side}: {gap:e} of the scale from the composition"
             );
         } else {
             let differing = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
@@ -682,12 +677,5 @@ fn every_vector_path_computes_the_same_local_response_norm_bits() {
         }
         bits
     };
-    let mut portable = None;
-    super::isa::for_each_supported(|level| {
-        let bits = run();
-        match &portable {
-            None => portable = Some(bits),
-            Some(expected) => assert!(*expected == bits, "{level} differs from portable"),
-        }
-    });
+    assert_same_on_every_path("local response norm", run);
 }
