@@ -10,7 +10,9 @@ use crate::parallel::grown;
 /// image at a time (or, with few images, a few images at once); below it they take im2col and
 /// one GEMM per image, unless the batch gives [`WINOGRAD_BATCH_MIN_COLUMNS`] tiles. One image's
 /// GEMMs are as wide as its tiles (9 at 11x11, 4 at 5x5), where `gemm` runs at a fraction of its
-/// rate: im2col won below 12 (docs/performance.md, "Small sides").
+/// rate: im2col won below 12 (docs/performance.md, "Small sides"). An inference image by image
+/// takes F(4x4, 3x3) from 9x9 all the same, laid out for few tiles and with narrow GEMMs of its
+/// own ([`ConvGeometry::few_tiles_winograd_f4`]).
 pub(crate) const WINOGRAD_MIN_SIDE: usize = 12;
 
 /// The planes that run Winograd over several images at once ([`WinogradBatch`],
@@ -25,8 +27,9 @@ pub(crate) const WINOGRAD_BATCH_SIDES: std::ops::Range<usize> = 4..32;
 /// The fewest tiles (all images' together) for which the batched Winograd path beats the others
 /// on [`WINOGRAD_BATCH_SIDES`]: measured at 11x11 between 4 and 8 images (36 and 72 tiles), at
 /// 5x5 near 16 (64), at 13x13 and 23x23 below 2 images; fewer take the paths of before (im2col
-/// under [`WINOGRAD_MIN_SIDE`], one image at a time from it), batch-1 inference included. Small
-/// in the unit tests, so that their small batches take the batched path.
+/// under [`WINOGRAD_MIN_SIDE`], one image at a time from it; an inference image by image its own,
+/// [`ConvGeometry::few_tiles_winograd_f4`]). Small in the unit tests, so that their small batches
+/// take the batched path.
 pub(crate) const WINOGRAD_BATCH_MIN_COLUMNS: usize = if cfg!(test) { 8 } else { 64 };
 
 /// About how many transformed values per channel (tiles times a tile's positions, all images'
