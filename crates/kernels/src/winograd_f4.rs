@@ -73,7 +73,7 @@ const TWENTY_FOURTH: f64 = 1.0 / 24.0;
 
 /// `G` applied to one kernel row or column `g[0..3]`, in f64: the six values.
 #[inline(always)]
-fn weight_combination(g: [f64; 3]) -> [f64; 6] {
+pub(super) fn weight_combination(g: [f64; 3]) -> [f64; 6] {
     let (outer, middle) = (g[0] * TWENTY_FOURTH + g[2] * SIXTH, g[1] * TWELFTH);
     [
         g[0] * 0.25,
