@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::parallel::{for_each_chunk, gemm, grown, Gemm};
+use super::parallel::{for_each_chunk, gemm, Gemm};
 use super::winograd_batch::ChannelPlanes;
 use super::{winograd_f4 as f4, winograd_f6 as f6};
 
@@ -140,12 +140,12 @@ pub(super) fn transform_weights_with<const N: usize>(
     transformed
 }
 
-/// A thread's working buffers for [`transform_weights_with`]: a channel's kernels transposed,
-/// and `G g`.
+/// A thread's two f64 working buffers for [`transform_weights_with`] (a channel's kernels
+/// transposed, and `G g`) and [`weight_grad_with`] (`G^T dU`, and the kernels' gradients).
 #[derive(Default)]
 struct Buffers(Vec<f64>, Vec<f64>);
 
-/// The first `len` values of `buffer`, grown to fit (the f64 twin of [`grown`]).
+/// The first `len` values of `buffer`, grown to fit (the f64 twin of `parallel::grown`).
 fn grown_f64(buffer: &mut Vec<f64>, len: usize) -> &mut [f64] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
@@ -155,35 +155,60 @@ fn grown_f64(buffer: &mut Vec<f64>, len: usize) -> &mut [f64] {
 
 /// The kernel gradient `dg = G^T dU G` for every kernel, in f64, added to `dw` (`c_out x c_in
 /// x 3 x 3`), from the gradient `du` in Winograd's domain (`N^2 x c_out x c_in`), where
-/// `combine` applies `G^T` to `N` values; output channels on every thread.
+/// `combine` applies `G^T` to `N` values; output channels on every thread. As in
+/// [`transform_weights_with`], each step runs over all of a channel's input channels at once,
+/// reading each position's row of `du` as one run; each value's operations are those of a
+/// kernel-by-kernel computation (tested bit for bit).
 pub(super) fn weight_grad_with<const N: usize>(
     (c_out, c_in): (usize, usize),
     du: &[f32],
     dw: &mut [f32],
     combine: impl Fn([f64; N]) -> [f64; 3] + Sync,
 ) {
-    let (positions, pairs) = (N * N, c_out * c_in);
+    let pairs = c_out * c_in;
     dw[..9 * pairs]
         .par_chunks_mut(9 * c_in)
         .enumerate()
-        .for_each_init(Vec::new, |block, (o, dw)| {
-            // Output channel `o`'s row of each position's matrix, copied together first (the
-            // rows lie a whole matrix apart; read value by value, they evicted one another).
-            let block = grown(block, positions * c_in);
-            for (position, row) in block.chunks_exact_mut(c_in).enumerate() {
-                row.copy_from_slice(&du[position * pairs + o * c_in..][..c_in]);
-            }
-            for (i, dg) in dw.chunks_exact_mut(9).enumerate() {
-                let u = |row: usize, col: usize| block[(row * N + col) * c_in + i] as f64;
-                // G^T dU: 3 x N, kept as its N columns.
-                let columns: [[f64; 3]; N] =
-                    std::array::from_fn(|col| combine(std::array::from_fn(|row| u(row, col))));
-                // (G^T dU) G: 3 x 3.
-                for (row, dg_row) in dg.chunks_exact_mut(3).enumerate() {
-                    let values = combine(std::array::from_fn(|col| columns[col][row]));
-                    for (d, value) in dg_row.iter_mut().zip(values) {
-                        *d += value as f32;
+        .for_each_init(Buffers::default, |Buffers(columns, kernels), (o, dw)| {
+            let columns = grown_f64(columns, N * 3 * c_in);
+            let kernels = grown_f64(kernels, 9 * c_in);
+            super::isa::vectorised(
+                #[inline(always)]
+                || {
+                    // G^T dU: 3 x N, column by column; columns[col][row][i].
+                    for col in 0..N {
+                        let u: [&[f32]; N] = std::array::from_fn(|row| {
+                            &du[(row * N + col) * pairs + o * c_in..][..c_in]
+                        });
+                        let mut rows = columns[col * 3 * c_in..][..3 * c_in].chunks_exact_mut(c_in);
+                        let mut out: [&mut [f64]; 3] =
+                            std::array::from_fn(|_| rows.next().expect("three rows"));
+                        for i in 0..c_in {
+                            let values = combine(std::array::from_fn(|row| u[row][i] as f64));
+                            for (out, value) in out.iter_mut().zip(values) {
+                                out[i] = value;
+                            }
+                        }
                     }
+                    // (G^T dU) G: 3 x 3, row by row; kernels[k][i].
+                    for row in 0..3 {
+                        let t: [&[f64]; N] =
+                            std::array::from_fn(|col| &columns[(col * 3 + row) * c_in..][..c_in]);
+                        let mut rows = kernels[row * 3 * c_in..][..3 * c_in].chunks_exact_mut(c_in);
+                        let mut out: [&mut [f64]; 3] =
+                            std::array::from_fn(|_| rows.next().expect("three columns"));
+                        for i in 0..c_in {
+                            let values = combine(std::array::from_fn(|col| t[col][i]));
+                            for (out, value) in out.iter_mut().zip(values) {
+                                out[i] = value;
+                            }
+                        }
+                    }
+                },
+            );
+            for (i, dg) in dw.chunks_exact_mut(9).enumerate() {
+                for (k, d) in dg.iter_mut().enumerate() {
+                    *d += kernels[k * c_in + i] as f32;
                 }
             }
         });
@@ -331,7 +356,7 @@ impl Winograd {
 
 #[cfg(test)]
 mod tests {
-    use super::transform_weights_with;
+    use super::{transform_weights_with, weight_grad_with};
     use crate::isa::for_each_supported;
 
     /// `G g G^T` kernel by kernel, as the transform computed it before it ran over whole
@@ -384,6 +409,72 @@ mod tests {
                 assert_eq!(
                     bits(&ours),
                     bits(&f6),
+                    "F(6x6, 3x3), {c_out}x{c_in}, {level}"
+                );
+            });
+        }
+    }
+
+    /// `G^T dU G` kernel by kernel, added to `dw`, as before it ran over whole channels.
+    fn grad_kernel_by_kernel<const N: usize>(
+        (c_out, c_in): (usize, usize),
+        du: &[f32],
+        dw: &mut [f32],
+        combine: impl Fn([f64; N]) -> [f64; 3],
+    ) {
+        let pairs = c_out * c_in;
+        for o in 0..c_out {
+            for i in 0..c_in {
+                let u = |row: usize, col: usize| du[(row * N + col) * pairs + o * c_in + i] as f64;
+                let columns: [[f64; 3]; N] =
+                    std::array::from_fn(|col| combine(std::array::from_fn(|row| u(row, col))));
+                for row in 0..3 {
+                    let values = combine(std::array::from_fn(|col| columns[col][row]));
+                    for (col, value) in values.into_iter().enumerate() {
+                        dw[(o * c_in + i) * 9 + row * 3 + col] += value as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_weight_gradient_over_whole_channels_gives_each_kernels_bits() {
+        for (c_out, c_in) in [(3, 1), (2, 5), (4, 13), (2, 96)] {
+            let values = |count: usize, seed: u32| -> Vec<f32> {
+                (0..count as u32)
+                    .map(|k| {
+                        (k.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                            / 16_777_216.0
+                            - 0.5
+                    })
+                    .collect()
+            };
+            let start = values(c_out * c_in * 9, 3);
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let (f4, f6) = (
+                &crate::winograd_f4::weight_grad_combination,
+                &crate::winograd_f6::weight_grad_combination,
+            );
+            let du4 = values(36 * c_out * c_in, 4);
+            let du6 = values(64 * c_out * c_in, 5);
+            let mut expected4 = start.clone();
+            grad_kernel_by_kernel((c_out, c_in), &du4, &mut expected4, f4);
+            let mut expected6 = start.clone();
+            grad_kernel_by_kernel((c_out, c_in), &du6, &mut expected6, f6);
+            for_each_supported(|level| {
+                let mut dw = start.clone();
+                weight_grad_with((c_out, c_in), &du4, &mut dw, f4);
+                assert_eq!(
+                    bits(&dw),
+                    bits(&expected4),
+                    "F(4x4, 3x3), {c_out}x{c_in}, {level}"
+                );
+                let mut dw = start.clone();
+                weight_grad_with((c_out, c_in), &du6, &mut dw, f6);
+                assert_eq!(
+                    bits(&dw),
+                    bits(&expected6),
                     "F(6x6, 3x3), {c_out}x{c_in}, {level}"
                 );
             });

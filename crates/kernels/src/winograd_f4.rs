@@ -125,7 +125,7 @@ impl From<Winograd> for WinogradF4 {
 /// `G^T` applied to six values `u[0..6]`, in f64: the three values of a kernel row or column's
 /// gradient (the adjoint of [`weight_combination`]).
 #[inline(always)]
-fn weight_grad_combination(u: [f64; 6]) -> [f64; 3] {
+pub(super) fn weight_grad_combination(u: [f64; 6]) -> [f64; 3] {
     [
         u[0] * 0.25 - (u[1] + u[2]) * SIXTH + (u[3] + u[4]) * TWENTY_FOURTH,
         (u[2] - u[1]) * SIXTH + (u[3] - u[4]) * TWELFTH,
