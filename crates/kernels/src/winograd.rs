@@ -1,7 +1,7 @@
 //! What the Winograd convolutions share: the per-thread buffers, the per-position GEMM, the
 //! geometry and the flipped, channel-swapped kernel of the input gradient. The input gradient of
 //! a 3x3 stride-1 convolution is the same convolution of the output gradient with the kernel
-//! flipped and its channels swapped ([`Winograd::flipped_weights`], [`Winograd::transposed`]).
+//! flipped and its channels swapped ([`KernelOrder::FlippedSwapped`], [`Winograd::transposed`]).
 //! The algorithms that run are [`super::winograd_f4`]'s F(4x4, 3x3) and, over several images
 //! at once on the planes where it needs fewer products, [`super::winograd_f6`]'s F(6x6, 3x3)
 //! ([`Tiling`]); F(2x2, 3x3), a third algorithm the tests compare them with, is in
@@ -69,7 +69,7 @@ impl Tiling {
 /// copied out, the four transforms of a 48 px training step took about a tenth of it.
 pub(super) fn transform_weights_with<const N: usize>(
     (c_out, c_in): (usize, usize),
-    weight: &[f32],
+    (weight, order): (&[f32], KernelOrder),
     combine: impl Fn([f64; 3]) -> [f64; N] + Sync,
 ) -> Vec<f32> {
     let positions = N * N;
@@ -93,12 +93,22 @@ pub(super) fn transform_weights_with<const N: usize>(
                 #[inline(always)]
                 || {
                     // kernels[k][i]: value k of input channel i's kernel.
-                    for (i, g) in weight[o * c_in * 9..][..c_in * 9]
-                        .chunks_exact(9)
-                        .enumerate()
-                    {
-                        for (k, &value) in g.iter().enumerate() {
-                            kernels[k * c_in + i] = value as f64;
+                    match order {
+                        KernelOrder::AsGiven => {
+                            let weight = &weight[o * c_in * 9..][..c_in * 9];
+                            for (i, g) in weight.chunks_exact(9).enumerate() {
+                                for (k, &value) in g.iter().enumerate() {
+                                    kernels[k * c_in + i] = value as f64;
+                                }
+                            }
+                        }
+                        KernelOrder::FlippedSwapped => {
+                            for i in 0..c_in {
+                                let g = &weight[(i * c_out + o) * 9..][..9];
+                                for (k, &value) in g.iter().rev().enumerate() {
+                                    kernels[k * c_in + i] = value as f64;
+                                }
+                            }
                         }
                     }
                     // G g: N x 3, column by column; columns[col][row][i].
@@ -138,6 +148,18 @@ pub(super) fn transform_weights_with<const N: usize>(
     // matrix: all `positions x c_out x c_in` values.
     unsafe { transformed.set_len(len) };
     transformed
+}
+
+/// How [`transform_weights_with`] reads its kernels from `weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KernelOrder {
+    /// `c_out x c_in x 3 x 3`, as given.
+    AsGiven,
+    /// The kernels of the input gradient's convolution from the forward's weights (`c_in x c_out
+    /// x 3 x 3` for this `c_out` and `c_in`): each turned by 180 degrees, input and output
+    /// channels swapped, without building that copy (`Winograd::flipped_weights`, now the
+    /// tests' reference): a serial pass over the weights at every training step.
+    FlippedSwapped,
 }
 
 /// A thread's two f64 working buffers for [`transform_weights_with`] (a channel's kernels
@@ -329,6 +351,7 @@ pub(super) fn position_gemm(
 impl Winograd {
     /// The kernel for the input gradient: `c_in x c_out x 3 x 3`, each 3x3 kernel turned by 180
     /// degrees. `weight` is `c_out x c_in x 3 x 3`.
+    #[cfg(test)]
     pub(super) fn flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
         let (c_out, c_in) = (self.c_out, self.c_in);
         let mut flipped = vec![0f32; weight.len()];
@@ -356,7 +379,7 @@ impl Winograd {
 
 #[cfg(test)]
 mod tests {
-    use super::{transform_weights_with, weight_grad_with};
+    use super::{transform_weights_with, weight_grad_with, KernelOrder};
     use crate::isa::for_each_supported;
 
     /// `G g G^T` kernel by kernel, as the transform computed it before it ran over whole
@@ -397,15 +420,21 @@ mod tests {
             let f6 = kernel_by_kernel(sizes, &weight, crate::winograd_f6::weight_combination);
             let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             for_each_supported(|level| {
-                let ours =
-                    transform_weights_with(sizes, &weight, crate::winograd_f4::weight_combination);
+                let ours = transform_weights_with(
+                    sizes,
+                    (&weight, KernelOrder::AsGiven),
+                    crate::winograd_f4::weight_combination,
+                );
                 assert_eq!(
                     bits(&ours),
                     bits(&f4),
                     "F(4x4, 3x3), {c_out}x{c_in}, {level}"
                 );
-                let ours =
-                    transform_weights_with(sizes, &weight, crate::winograd_f6::weight_combination);
+                let ours = transform_weights_with(
+                    sizes,
+                    (&weight, KernelOrder::AsGiven),
+                    crate::winograd_f6::weight_combination,
+                );
                 assert_eq!(
                     bits(&ours),
                     bits(&f6),
@@ -478,6 +507,33 @@ mod tests {
                     "F(6x6, 3x3), {c_out}x{c_in}, {level}"
                 );
             });
+        }
+    }
+
+    #[test]
+    fn flipped_kernels_read_in_place_give_the_flipped_copys_transform() {
+        use crate::winograd::Winograd;
+        for (c_out, c_in) in [(3, 1), (2, 5), (5, 13)] {
+            let weight: Vec<f32> = (0..c_out * c_in * 9)
+                .map(|k| ((k as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0)
+                .collect();
+            let g = Winograd {
+                c_in,
+                c_out,
+                h: 8,
+                w: 8,
+            };
+            let flipped = g.flipped_weights(&weight);
+            let swapped = (c_in, c_out);
+            let bits = |values: Vec<f32>| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let f4 = crate::winograd_f4::weight_combination;
+            let copy = transform_weights_with(swapped, (&flipped, KernelOrder::AsGiven), f4);
+            let read = transform_weights_with(swapped, (&weight, KernelOrder::FlippedSwapped), f4);
+            assert_eq!(bits(read), bits(copy), "F(4x4, 3x3), {c_out}x{c_in}");
+            let f6 = crate::winograd_f6::weight_combination;
+            let copy = transform_weights_with(swapped, (&flipped, KernelOrder::AsGiven), f6);
+            let read = transform_weights_with(swapped, (&weight, KernelOrder::FlippedSwapped), f6);
+            assert_eq!(bits(read), bits(copy), "F(6x6, 3x3), {c_out}x{c_in}");
         }
     }
 }

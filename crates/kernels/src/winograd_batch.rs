@@ -28,7 +28,8 @@ use std::sync::Arc;
 use super::max_pool::{pool_lanes, Pool2d};
 use super::parallel::{for_each_chunk, for_each_index_with, grown, SharedMut};
 use super::winograd::{
-    position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, Scratch, Tiling,
+    position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, KernelOrder,
+    Scratch, Tiling,
 };
 use super::winograd_f4::{cached_transform, WeightCache, WinogradF4};
 use super::{winograd_f4 as f4, winograd_f6 as f6};
@@ -101,6 +102,20 @@ impl TiledWinograd {
         match self.tiling {
             Tiling::F4 => self.f4().transform_weights(weight),
             Tiling::F6 => {
+                let weight = (weight, KernelOrder::AsGiven);
+                transform_weights_with((self.c_out, self.c_in), weight, f6::weight_combination)
+            }
+        }
+    }
+
+    /// [`Self::transform_weights`] of the input gradient's kernels, for this convolution with its
+    /// channels swapped ([`Self::transposed`]), from the forward's `weight`
+    /// ([`WinogradF4::transform_flipped_weights`]).
+    pub(super) fn transform_flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
+        match self.tiling {
+            Tiling::F4 => self.f4().transform_flipped_weights(weight),
+            Tiling::F6 => {
+                let weight = (weight, KernelOrder::FlippedSwapped);
                 transform_weights_with((self.c_out, self.c_in), weight, f6::weight_combination)
             }
         }

@@ -29,8 +29,8 @@ use rayon::prelude::*;
 use super::max_pool::{pool_planes, Pool2d};
 use super::parallel::{for_each_chunk, for_each_chunk_with, for_each_index_with, grown, SharedMut};
 use super::winograd::{
-    position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, Scratch,
-    Tiling, Winograd,
+    position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, KernelOrder,
+    Scratch, Tiling, Winograd,
 };
 use super::winograd_narrow;
 
@@ -152,6 +152,15 @@ impl WinogradF4 {
     /// `U = G g G^T` for every kernel, as 36 `c_out x c_in` matrices (`36 x c_out x c_in`),
     /// computed in f64 and rounded once. `weight` is `c_out x c_in x 3 x 3`.
     pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
+        let weight = (weight, KernelOrder::AsGiven);
+        transform_weights_with((self.c_out, self.c_in), weight, weight_combination)
+    }
+
+    /// [`Self::transform_weights`] of the input gradient's kernels, for this convolution with its
+    /// channels swapped ([`Winograd::transposed`]): `weight` is the forward's, `c_in x c_out x 3
+    /// x 3` here, each kernel turned by 180 degrees as it is read.
+    pub(super) fn transform_flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
+        let weight = (weight, KernelOrder::FlippedSwapped);
         transform_weights_with((self.c_out, self.c_in), weight, weight_combination)
     }
 

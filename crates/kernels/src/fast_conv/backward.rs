@@ -70,7 +70,7 @@ pub(crate) fn backward_from(
     // backward with AVX-512 GEMMs): the flipped, channel-swapped kernel, transformed once.
     let winograd = g.winograd().map(|winograd| {
         let swapped = WinogradF4::from(winograd.transposed());
-        let transformed = swapped.transform_weights(&winograd.flipped_weights(weight));
+        let transformed = swapped.transform_flipped_weights(weight);
         (swapped, transformed)
     });
     // The parameter gradients in partial sums over fixed groups of images, added in batch order:
@@ -245,11 +245,8 @@ fn backward_batched(
     // The input gradient is the convolution of the output gradient with the flipped,
     // channel-swapped kernel, transformed once.
     let input_grad = with_input_grad.then(|| {
-        let geometry = g
-            .winograd()
-            .expect("a batched convolution is a Winograd one");
         let swapped = winograd.transposed();
-        let transformed = swapped.transform_weights(&geometry.flipped_weights(weight));
+        let transformed = swapped.transform_flipped_weights(weight);
         (swapped, transformed)
     });
     let mut dx = if with_input_grad {
