@@ -24,7 +24,7 @@ use super::pooled_weight_grad::{self, PoolWinners};
 use super::storage::{f32_arguments, gradient_tensors, read_f32};
 use super::winograd::with_scratch as with_winograd_scratch;
 use super::winograd_batch::TiledWinograd;
-use super::winograd_f4::{TransformedWeights, WeightCache, WeightLayout, WinogradF4};
+use super::winograd_f4::{TransformedWeights, WeightCache, WinogradF4};
 
 /// The fused op: arguments input, weight, bias, all contiguous f32 on the CPU.
 pub(crate) struct ConvReluPoolOp {
@@ -109,7 +109,7 @@ impl ConvPoolGeometry {
 pub(super) struct ConvWeights<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
-    winograd: Option<(WinogradF4, Arc<Vec<f32>>, WeightLayout)>,
+    winograd: Option<(WinogradF4, TransformedWeights<Arc<Vec<f32>>>)>,
     batched: Option<(TiledWinograd, Arc<Vec<f32>>)>,
 }
 
@@ -135,11 +135,8 @@ impl<'a> ConvWeights<'a> {
             };
         }
         let winograd = g.winograd_f4().map(|winograd| {
-            (
-                winograd,
-                winograd.transform_weights_cached(weight, cache),
-                WeightLayout::Matrices,
-            )
+            let transformed = winograd.transform_weights_cached(weight, cache);
+            (winograd, TransformedWeights::Matrices(transformed))
         });
         Self {
             weight,
@@ -167,7 +164,7 @@ impl<'a> ConvWeights<'a> {
                 return Self {
                     weight,
                     bias,
-                    winograd: Some((winograd, packed, WeightLayout::Panels)),
+                    winograd: Some((winograd, TransformedWeights::Panels(packed))),
                     batched: None,
                 };
             }
@@ -190,10 +187,9 @@ impl ConvPoolGeometry {
     ) {
         let g = &self.conv;
         let parallel = !matches!(par, Parallel::None);
-        if let Some((winograd, transformed, layout)) = &weights.winograd {
-            let transformed = TransformedWeights::new(*layout, transformed);
+        if let Some((winograd, transformed)) = &weights.winograd {
             return with_winograd_scratch(|scratch| {
-                let arguments = (x, transformed, weights.bias);
+                let arguments = (x, transformed.as_slices(), weights.bias);
                 winograd.image_pooled(arguments, self.pool, (out, offsets), scratch, parallel)
             });
         }

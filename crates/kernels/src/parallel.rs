@@ -59,9 +59,9 @@ pub(crate) fn with_spare_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
 
 /// The first `len` values of `buffer`, grown to fit but never shrunk: shrinking and growing again
 /// would zero the regrown part on every call. The values are whatever the buffer held.
-pub(crate) fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn grown<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
     if buffer.len() < len {
-        buffer.resize(len, 0.0);
+        buffer.resize(len, T::default());
     }
     &mut buffer[..len]
 }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::parallel::{for_each_chunk, gemm, Gemm};
+use super::parallel::{for_each_chunk, gemm, grown, Gemm};
 use super::winograd_batch::ChannelPlanes;
 use super::{winograd_f4 as f4, winograd_f6 as f6};
 
@@ -87,8 +87,8 @@ pub(super) fn transform_weights_with<const N: usize>(
     (0..c_out)
         .into_par_iter()
         .for_each_init(Buffers::default, |Buffers(kernels, columns), o| {
-            let kernels = grown_f64(kernels, 9 * c_in);
-            let columns = grown_f64(columns, 3 * N * c_in);
+            let kernels = grown(kernels, 9 * c_in);
+            let columns = grown(columns, 3 * N * c_in);
             super::isa::vectorised(
                 #[inline(always)]
                 || {
@@ -167,14 +167,6 @@ pub(super) enum KernelOrder {
 #[derive(Default)]
 struct Buffers(Vec<f64>, Vec<f64>);
 
-/// The first `len` values of `buffer`, grown to fit (the f64 twin of `parallel::grown`).
-fn grown_f64(buffer: &mut Vec<f64>, len: usize) -> &mut [f64] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
-}
-
 /// The kernel gradient `dg = G^T dU G` for every kernel, in f64, added to `dw` (`c_out x c_in
 /// x 3 x 3`), from the gradient `du` in Winograd's domain (`N^2 x c_out x c_in`), where
 /// `combine` applies `G^T` to `N` values; output channels on every thread. As in
@@ -192,8 +184,8 @@ pub(super) fn weight_grad_with<const N: usize>(
         .par_chunks_mut(9 * c_in)
         .enumerate()
         .for_each_init(Buffers::default, |Buffers(columns, kernels), (o, dw)| {
-            let columns = grown_f64(columns, N * 3 * c_in);
-            let kernels = grown_f64(kernels, 9 * c_in);
+            let columns = grown(columns, N * 3 * c_in);
+            let kernels = grown(kernels, 9 * c_in);
             super::isa::vectorised(
                 #[inline(always)]
                 || {

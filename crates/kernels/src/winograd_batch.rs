@@ -99,25 +99,22 @@ impl TiledWinograd {
     /// `U = G g G^T` for every kernel of `weight` (`c_out x c_in x 3 x 3`), as `positions`
     /// matrices of `c_out x c_in`.
     pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
-        match self.tiling {
-            Tiling::F4 => self.f4().transform_weights(weight),
-            Tiling::F6 => {
-                let weight = (weight, KernelOrder::AsGiven);
-                transform_weights_with((self.c_out, self.c_in), weight, f6::weight_combination)
-            }
-        }
+        self.transform_weights_read(weight, KernelOrder::AsGiven)
     }
 
     /// [`Self::transform_weights`] of the input gradient's kernels, for this convolution with its
     /// channels swapped ([`Self::transposed`]), from the forward's `weight`
     /// ([`WinogradF4::transform_flipped_weights`]).
     pub(super) fn transform_flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
+        self.transform_weights_read(weight, KernelOrder::FlippedSwapped)
+    }
+
+    /// The transform by this algorithm of `weight`'s kernels read in `order`.
+    fn transform_weights_read(&self, weight: &[f32], order: KernelOrder) -> Vec<f32> {
+        let (sizes, weight) = ((self.c_out, self.c_in), (weight, order));
         match self.tiling {
-            Tiling::F4 => self.f4().transform_flipped_weights(weight),
-            Tiling::F6 => {
-                let weight = (weight, KernelOrder::FlippedSwapped);
-                transform_weights_with((self.c_out, self.c_in), weight, f6::weight_combination)
-            }
+            Tiling::F4 => transform_weights_with(sizes, weight, f4::weight_combination),
+            Tiling::F6 => transform_weights_with(sizes, weight, f6::weight_combination),
         }
     }
 
@@ -701,7 +698,7 @@ mod tests {
                 for image in 0..images {
                     let x = &x[image * c_in * plane..][..c_in * plane];
                     let mut alone = vec![f32::NAN; c_out * plane];
-                    let matrices = TransformedWeights::Matrices(&u);
+                    let matrices = TransformedWeights::Matrices(u.as_slice());
                     g.f4()
                         .image(x, matrices, None, &mut alone, &mut scratch, false);
                     let range = image * c_out * plane..(image + 1) * c_out * plane;

@@ -85,31 +85,23 @@ pub(super) fn weight_combination(g: [f64; 3]) -> [f64; 6] {
     ]
 }
 
-/// An F(4x4, 3x3) convolution's transformed weights, in the layout its GEMMs read.
+/// An F(4x4, 3x3) convolution's transformed weights `W` (a slice, or the `Arc` a
+/// [`WeightCache`] hands out), in the layout its GEMMs read.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum TransformedWeights<'a> {
+pub(super) enum TransformedWeights<W> {
     /// `36 x c_out x c_in` ([`WinogradF4::transform_weights`]), for `gemm`.
-    Matrices(&'a [f32]),
+    Matrices(W),
     /// Packed in panels ([`WinogradF4::packed_weights_cached`]), for the narrow GEMMs of an
     /// image with few tiles.
-    Panels(&'a [f32]),
+    Panels(W),
 }
 
-/// Which of [`TransformedWeights`]' layouts a transform is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum WeightLayout {
-    /// [`TransformedWeights::Matrices`].
-    Matrices,
-    /// [`TransformedWeights::Panels`].
-    Panels,
-}
-
-impl<'a> TransformedWeights<'a> {
-    /// `values` in `layout`.
-    pub(super) fn new(layout: WeightLayout, values: &'a [f32]) -> Self {
-        match layout {
-            WeightLayout::Matrices => Self::Matrices(values),
-            WeightLayout::Panels => Self::Panels(values),
+impl TransformedWeights<Arc<Vec<f32>>> {
+    /// The same weights, borrowed as a slice in the same layout.
+    pub(super) fn as_slices(&self) -> TransformedWeights<&[f32]> {
+        match self {
+            Self::Matrices(values) => TransformedWeights::Matrices(values),
+            Self::Panels(values) => TransformedWeights::Panels(values),
         }
     }
 }
@@ -201,7 +193,7 @@ impl WinogradF4 {
     pub(super) fn image(
         &self,
         x: &[f32],
-        u: TransformedWeights<'_>,
+        u: TransformedWeights<&[f32]>,
         bias: Option<&[f32]>,
         out: &mut [f32],
         scratch: &mut Scratch,
@@ -227,7 +219,7 @@ impl WinogradF4 {
     /// for conv2b, more than a 2 MiB L2) is never written.
     pub(super) fn image_pooled(
         &self,
-        (x, u, bias): (&[f32], TransformedWeights<'_>, &[f32]),
+        (x, u, bias): (&[f32], TransformedWeights<&[f32]>, &[f32]),
         pool: Pool2d,
         (out, offsets): (&mut [f32], &mut [u8]),
         scratch: &mut Scratch,
@@ -858,8 +850,8 @@ pub(super) mod tests {
             let u = g.transform_weights(&weight);
             let packed = winograd_narrow::pack(&u, (c_in, c_out, POSITIONS));
             let layouts = [
-                TransformedWeights::Matrices(&u),
-                TransformedWeights::Panels(&packed),
+                TransformedWeights::Matrices(u.as_slice()),
+                TransformedWeights::Panels(packed.as_slice()),
             ];
             for (parallel, u) in [false, true]
                 .into_iter()
@@ -1022,7 +1014,7 @@ pub(super) mod tests {
         let u4 = f4.transform_weights(&weight);
         f4.image(
             &x,
-            TransformedWeights::Matrices(&u4),
+            TransformedWeights::Matrices(u4.as_slice()),
             None,
             &mut a,
             &mut Scratch::default(),

@@ -149,7 +149,7 @@ pub(crate) fn backward_from(
             };
             if let Some((swapped, transformed)) = &winograd {
                 with_winograd_scratch(|scratch| {
-                    let transformed = TransformedWeights::Matrices(transformed);
+                    let transformed = TransformedWeights::Matrices(transformed.as_slice());
                     swapped.image(&grad, transformed, None, dx, scratch, parallel_inside)
                 });
                 continue;

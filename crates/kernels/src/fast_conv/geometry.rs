@@ -132,9 +132,10 @@ impl ConvGeometry {
     /// equivalence tests compare gradients as tensors for that reason (see
     /// `tests/torch_equivalence.rs`).
     pub(crate) fn winograd(&self) -> Option<Winograd> {
-        let winograd = self.kernel == 3 && self.stride == 1 && self.padding == 1;
         let side = self.h.min(self.w);
-        (winograd && (side >= WINOGRAD_MIN_SIDE || self.batches_winograd())).then_some(Winograd {
+        let applies =
+            self.is_winograd_shape() && (side >= WINOGRAD_MIN_SIDE || self.batches_winograd());
+        applies.then_some(Winograd {
             c_in: self.c_in,
             c_out: self.c_out,
             h: self.h,
@@ -154,14 +155,18 @@ impl ConvGeometry {
     /// (`winograd_narrow`). Under [`WINOGRAD_MIN_SIDE`] this replaces im2col, whose GEMM does
     /// 3.4 times the multiplications at 11x11.
     pub(crate) fn few_tiles_winograd_f4(&self) -> Option<WinogradF4> {
-        let winograd = self.kernel == 3 && self.stride == 1 && self.padding == 1;
         let f4 = WinogradF4 {
             c_in: self.c_in,
             c_out: self.c_out,
             h: self.h,
             w: self.w,
         };
-        (winograd && f4.few_tiles()).then_some(f4)
+        (self.is_winograd_shape() && f4.few_tiles()).then_some(f4)
+    }
+
+    /// A 3x3 convolution with stride 1 and padding 1: the shape Winograd's algorithms compute.
+    fn is_winograd_shape(&self) -> bool {
+        self.kernel == 3 && self.stride == 1 && self.padding == 1
     }
 
     /// For a 3x3 stride-1 convolution on [`WINOGRAD_BATCH_SIDES`] whose batch holds at least
@@ -208,9 +213,7 @@ impl ConvGeometry {
     /// Whether [`Self::winograd_batch`] applies.
     fn batches_winograd(&self) -> bool {
         let tiles = self.h.div_ceil(4) * self.w.div_ceil(4);
-        self.kernel == 3
-            && self.stride == 1
-            && self.padding == 1
+        self.is_winograd_shape()
             && WINOGRAD_BATCH_SIDES.contains(&self.h.min(self.w))
             && self.n * tiles >= WINOGRAD_BATCH_MIN_COLUMNS
     }
