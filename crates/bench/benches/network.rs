@@ -20,7 +20,8 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // What the command line does at start-up: the environment's kernel choices, a tuned allocator.
+    // What the command line does at start-up: the environment's kernel choices, a tuned allocator,
+    // candle's elementwise ops on the calling thread.
     KernelSettings::from_env()?.apply();
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
     let quick = !std::env::args().any(|arg| arg == "--bench");
