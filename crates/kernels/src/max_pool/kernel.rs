@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::lanes::{pool_planes_in_lanes, pools_in_lanes, LANES};
 use super::same;
 use super::{Pool2d, PoolGeometry};
-use crate::parallel::{filled, par_build, SharedMut};
+use crate::parallel::{filled, par_build, with_spare_buffer, SharedMut};
 
 /// No window offset: the window holds only padding.
 pub(crate) const NO_OFFSET: u8 = u8::MAX;
@@ -117,7 +117,8 @@ pub(crate) fn pool_planes(
         same::applies(pool, w) || (pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane);
     if at_once {
         let several = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
-            pool_planes_f32(planes, (h, w, pool), out, offsets, &mut Vec::new())
+            // A thread's spare buffer: a fresh one was allocated and filled for every eight planes.
+            with_spare_buffer(|buffer| pool_planes_f32(planes, (h, w, pool), out, offsets, buffer))
         };
         if parallel {
             out.par_chunks_mut(pooled * LANES)

@@ -50,7 +50,9 @@ pub(crate) fn pool_planes_same(
     if plane == 0 {
         return;
     }
-    buffer.resize(plane, 0.0);
+    if buffer.len() < plane {
+        buffer.resize(plane, 0.0);
+    }
     let row_max = &mut buffer[..plane];
     let mut row_offset = vec![0u32; plane];
     for ((input, out), offsets) in planes

@@ -243,16 +243,13 @@ fn assert_equals_the_scalar_kernel(
     }
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     crate::isa::for_each_supported(|level| {
-        let mut fast = fresh();
-        kernel(
-            values,
-            (h, w, pool),
-            &mut fast.0,
-            &mut fast.1,
-            &mut Vec::new(),
-        );
-        assert_eq!(bits(&fast.0), bits(&scalar.0), "{level}: {case}");
-        assert_eq!(fast.1, scalar.1, "{level}: {case}");
+        // A fresh buffer, and one left over from other work: larger, its values stale.
+        for mut buffer in [Vec::new(), vec![f32::NAN; 3 * values.len() + 7]] {
+            let mut fast = fresh();
+            kernel(values, (h, w, pool), &mut fast.0, &mut fast.1, &mut buffer);
+            assert_eq!(bits(&fast.0), bits(&scalar.0), "{level}: {case}");
+            assert_eq!(fast.1, scalar.1, "{level}: {case}");
+        }
     });
 }
 
