@@ -9,6 +9,7 @@
 
 use super::kernel::{replaces, window_range};
 use super::Pool2d;
+use crate::parallel::grown;
 
 /// Planes pooled at once: eight f32 lanes, one AVX2 register (the compiler widens or narrows the
 /// loops to the vector extensions in use).
@@ -115,9 +116,7 @@ pub(crate) fn pool_planes_in_lanes(
     // planes over the threads hand over eight at a time, and a fresh buffer for 64 planes was 31
     // KiB to fill at 11x11 (batch-1 forwards at 48 px 1.012-1.016 times faster without).
     let at_once = at_once.min(planes.len() / plane.max(1)).max(1);
-    if buffer.len() < plane * at_once {
-        buffer.resize(plane * at_once, 0.0);
-    }
+    let buffer = grown(buffer, plane * at_once);
     for ((planes, out), offsets) in planes
         .chunks(plane * at_once)
         .zip(out.chunks_mut(pooled * at_once))

@@ -12,6 +12,7 @@
 
 use super::kernel::replaces;
 use super::Pool2d;
+use crate::parallel::grown;
 
 /// Whether [`pool_planes_same`] takes planes `w` wide under `pool`: 3x3 windows, stride 1,
 /// padding 1 (either rounding: at stride 1 both keep the side), rows of 8 pixels or more. In
@@ -50,10 +51,7 @@ pub(crate) fn pool_planes_same(
     if plane == 0 {
         return;
     }
-    if buffer.len() < plane {
-        buffer.resize(plane, 0.0);
-    }
-    let row_max = &mut buffer[..plane];
+    let row_max = grown(buffer, plane);
     let mut row_offset = vec![0u32; plane];
     for ((input, out), offsets) in planes
         .chunks_exact(plane)
