@@ -8,7 +8,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::lanes::{pool_planes_in_lanes, pools_in_lanes, LANES};
-use super::same;
+use super::{plane_vectors, same};
 use super::{Pool2d, PoolGeometry};
 use crate::parallel::{filled, par_build, with_spare_buffer, SharedMut};
 
@@ -42,8 +42,13 @@ pub(crate) type InteriorKernel<T> = fn(&[&[T]], usize, Range<usize>, &mut [T], &
 
 /// Pools several whole planes at once (`lanes.rs`): planes (`count x h x w`), geometry, outputs,
 /// offsets and a working buffer.
+// Outside the tests only the f32 kernels' signatures follow it; the tests hand kernels around by it.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) type PlanesKernel<T> =
     fn(&[T], (usize, usize, Pool2d), &mut [T], &mut [u8], &mut Vec<T>);
+
+/// A [`PlanesKernel`] that finds its own working buffer, as [`pool_forward`] takes it.
+pub(crate) type PlanesKernelOwnBuffer<T> = fn(&[T], (usize, usize, Pool2d), &mut [T], &mut [u8]);
 
 /// Pools `data` (contiguous `N x C x H x W`) into an `N x C x OH x OW` output and the offsets of
 /// each window's maximum, with the row kernel `interior` and, for planes whose output rows are
@@ -51,7 +56,7 @@ pub(crate) type PlanesKernel<T> =
 pub(super) fn pool_forward<T: WithDType>(
     data: &[T],
     geometry: PoolGeometry,
-    (interior, lanes): (Option<InteriorKernel<T>>, Option<PlanesKernel<T>>),
+    (interior, lanes): (Option<InteriorKernel<T>>, Option<PlanesKernelOwnBuffer<T>>),
 ) -> (Vec<T>, Vec<u8>) {
     let PoolGeometry { pool, n, c, h, w } = geometry;
     let (oh, ow) = (pool.out_side(h), pool.out_side(w));
@@ -86,7 +91,7 @@ pub(super) fn pool_forward<T: WithDType>(
             };
             if let Some(lanes) = in_lanes {
                 let planes = &data[first_plane * h * w..][..out.len() / plane_len * h * w];
-                return lanes(planes, (h, w, pool), out, offsets, &mut Vec::new());
+                return lanes(planes, (h, w, pool), out, offsets);
             }
             for (plane_idx, (out, offsets)) in
                 (first_plane..).zip(out.chunks_mut(plane_len).zip(offsets.chunks_mut(plane_len)))
@@ -113,8 +118,9 @@ pub(crate) fn pool_planes(
     let (plane, pooled) = (h * w, pool.out_side(h) * pool.out_side(w));
     // Several planes at once: 3x3 windows at stride 1 and padding 1 always, short rows if there
     // are enough planes to fill the lanes (conv1's bands hand over one plane at a time).
-    let at_once =
-        same::applies(pool, w) || (pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane);
+    let at_once = plane_vectors::applies(pool, (h, w))
+        || same::applies(pool, w)
+        || (pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane);
     if at_once {
         let several = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
             // A thread's spare buffer: a fresh one was allocated and filled for every eight planes.
@@ -147,9 +153,10 @@ pub(crate) fn pool_planes(
     }
 }
 
-/// The f32 kernel for several planes at once ([`PlanesKernel`]): the separable one for 3x3
-/// windows at stride 1 and padding 1 (`same.rs`, any plane), else the lanes (`lanes.rs`, short
-/// rows: [`pools_in_lanes`]).
+/// The f32 kernel for several planes at once ([`PlanesKernel`]): with AVX-512, a plane's outputs
+/// sixteen at a time for windows that keep the side on planes up to 32x32 (`plane_vectors.rs`);
+/// else the separable one for 3x3 windows at stride 1 and padding 1 (`same.rs`, any plane), else
+/// the lanes (`lanes.rs`, short rows: [`pools_in_lanes`]).
 pub(crate) fn pool_planes_f32(
     planes: &[f32],
     (h, w, pool): (usize, usize, Pool2d),
@@ -157,16 +164,35 @@ pub(crate) fn pool_planes_f32(
     offsets: &mut [u8],
     buffer: &mut Vec<f32>,
 ) {
-    if same::applies(pool, w) {
+    if plane_vectors::applies(pool, (h, w)) {
+        plane_vectors::pool_planes(planes, (h, w, pool), out, offsets, buffer)
+    } else if same::applies(pool, w) {
         same::pool_planes_same(planes, (h, w, pool), out, offsets, buffer)
     } else {
         pool_planes_in_lanes(planes, (h, w, pool), out, offsets, buffer)
     }
 }
 
+/// [`pool_planes_f32`] with one of the thread's spare buffers: a fresh one for each task of a
+/// pool (16 planes) made the two threads queue on the allocator's lock, about a tenth of the
+/// pool's time at 5x5.
+pub(crate) fn pool_planes_f32_spare_buffer(
+    planes: &[f32],
+    geometry: (usize, usize, Pool2d),
+    out: &mut [f32],
+    offsets: &mut [u8],
+) {
+    let (h, w, pool) = geometry;
+    if plane_vectors::applies(pool, (h, w)) {
+        // It needs no buffer (and an empty `Vec` allocates nothing).
+        return plane_vectors::pool_planes(planes, geometry, out, offsets, &mut Vec::new());
+    }
+    with_spare_buffer(|buffer| pool_planes_f32(planes, geometry, out, offsets, buffer))
+}
+
 /// Whether [`pool_planes_f32`] takes planes of `h x w` under `pool`.
 pub(crate) fn pools_planes_at_once(pool: Pool2d, (h, w): (usize, usize)) -> bool {
-    same::applies(pool, w) || pools_in_lanes(pool, (h, w))
+    plane_vectors::applies(pool, (h, w)) || same::applies(pool, w) || pools_in_lanes(pool, (h, w))
 }
 
 /// Pools one `h x w` plane into `out` and `offsets` (`OH x OW` each).

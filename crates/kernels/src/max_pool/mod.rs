@@ -22,6 +22,7 @@ use super::storage::contiguous;
 
 mod kernel;
 mod lanes;
+mod plane_vectors;
 mod same;
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -316,7 +317,7 @@ impl CustomOp1 for MaxPoolOp {
                 data,
                 (
                     interior_kernel_f32(self.pool),
-                    Some(kernel::pool_planes_f32)
+                    Some(kernel::pool_planes_f32_spare_buffer)
                 )
             ),
             CpuStorage::F64(data) => pool!(F64, data, (None, None)),

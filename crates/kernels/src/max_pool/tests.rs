@@ -313,6 +313,87 @@ fn separable_same_size_pool_equals_the_scalar_one_bit_for_bit() {
 }
 
 #[test]
+fn pools_keeping_the_side_equal_the_scalar_one_bit_for_bit() {
+    // Windows that keep the side at stride 1 (3x3, 5x5, 7x7 and 1x1, either rounding), planes
+    // from one pixel to the largest the AVX-512 plane kernel takes and one beyond it, several
+    // planes a call (a plane's last register partly outside it), ties, infinities and NaNs: the
+    // planes kernel this CPU picks at each vector level gives the scalar kernel's values and
+    // offsets.
+    let pools = [(3, 1), (5, 2), (7, 3), (1, 0)]
+        .into_iter()
+        .flat_map(|(kernel, padding)| {
+            [
+                Pool2d::floor(kernel, 1, padding),
+                Pool2d::ceil(kernel, 1, padding),
+            ]
+        });
+    for pool in pools {
+        for (h, w) in [
+            (1, 1),
+            (1, 5),
+            (5, 1),
+            (2, 2),
+            (5, 5),
+            (6, 6),
+            (4, 17),
+            (11, 11),
+            (12, 12),
+            (23, 23),
+            (32, 32),
+            (33, 33),
+        ] {
+            if !pool.fits(h, w) {
+                continue;
+            }
+            for planes in [1, 3, 17] {
+                let values = tricky_values(planes * h * w, true);
+                let case = format!("{pool:?} {h}x{w}, {planes} planes");
+                let kernel: kernel::PlanesKernel<f32> = kernel::pool_planes_f32;
+                assert_equals_the_scalar_kernel(kernel, &values, (h, w, pool), &case);
+            }
+        }
+    }
+    crate::isa::for_each_supported(|level| {
+        let takes = plane_vectors::applies(Pool2d::floor(3, 1, 1), (5, 5));
+        assert_eq!(takes, level == crate::isa::Isa::Avx512, "{level:?}");
+        assert!(!plane_vectors::applies(Pool2d::floor(3, 1, 1), (33, 33)));
+        assert!(!plane_vectors::applies(Pool2d::floor(3, 2, 1), (5, 5)));
+    });
+}
+
+#[test]
+fn the_ops_planes_kernels_equal_the_scalar_one_bit_for_bit() {
+    // As the op runs them (`pool_forward`, several planes a task, each thread's spare buffer):
+    // FeatEx's pools at 48 px in both variants, whole batches, at every vector level.
+    let cases = [
+        (Pool2d::floor(3, 1, 1), 5),
+        (Pool2d::ceil(3, 1, 1), 6),
+        (Pool2d::floor(3, 2, 0), 11),
+        (Pool2d::ceil(3, 2, 0), 12),
+        (Pool2d::floor(3, 2, 0), 5),
+        (Pool2d::ceil(3, 2, 0), 6),
+    ];
+    crate::isa::for_each_supported(|level| {
+        for (pool, side) in cases {
+            let geometry = PoolGeometry {
+                pool,
+                n: 3,
+                c: 37,
+                h: side,
+                w: side,
+            };
+            let values = tricky_values(3 * 37 * side * side, true);
+            let planes_kernel = Some(kernel::pool_planes_f32_spare_buffer as _);
+            let (fast, fast_offsets) = pool_forward(&values, geometry, (None, planes_kernel));
+            let (slow, slow_offsets) = pool_forward(&values, geometry, (None, None));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{level:?} {pool:?} {side}");
+            assert_eq!(fast_offsets, slow_offsets, "{level:?} {pool:?} {side}");
+        }
+    });
+}
+
+#[test]
 fn a_nan_wins_its_window_as_in_pytorch() {
     // PyTorch's CPU kernel takes a value when `val > max || isnan(val)`: the last NaN wins.
     let mut values = vec![0f32; 16];
