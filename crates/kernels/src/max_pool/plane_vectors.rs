@@ -44,6 +44,9 @@ fn keeps_the_side(pool: Pool2d) -> bool {
     pool.stride == 1 && pool.kernel % 2 == 1 && pool.padding * 2 + 1 == pool.kernel
 }
 
+/// Plane geometries whose masks a thread keeps ([`pool_planes`]).
+const GEOMETRIES_KEPT: usize = 4;
+
 /// Outputs a register holds.
 const LANES: usize = 16;
 
@@ -123,17 +126,24 @@ pub(crate) fn pool_planes(
         out.len() >= count * plane && offsets.len() >= count * plane,
         "max_pool2d: outputs shorter than the planes"
     );
-    // The masks of the last geometry, kept by each thread: a pool's planes come a few at a time
-    // (16 planes of 5x5 a task), and working the masks out again for each took longer than the
-    // pooling.
+    // The masks of the last few geometries, kept by each thread: a pool's planes come a few at
+    // a time (16 planes of 5x5 a task), and working the masks out again for each took longer
+    // than the pooling; an inference alternates two geometries (pool2a's and pool3a's).
     thread_local! {
-        static MASKS: RefCell<Option<PlaneMasks>> = const { RefCell::new(None) };
+        static MASKS: RefCell<Vec<PlaneMasks>> = const { RefCell::new(Vec::new()) };
     }
     MASKS.with_borrow_mut(|kept| {
-        let masks = match kept {
-            Some(masks) if masks.geometry == (h, w, pool) => masks,
-            _ => kept.insert(PlaneMasks::new(h, w, pool)),
+        let index = match kept.iter().position(|masks| masks.geometry == (h, w, pool)) {
+            Some(index) => index,
+            None => {
+                if kept.len() == GEOMETRIES_KEPT {
+                    kept.remove(0);
+                }
+                kept.push(PlaneMasks::new(h, w, pool));
+                kept.len() - 1
+            }
         };
+        let masks = &kept[index];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `applies` checked that AVX-512 (F, VL, BW) is in use, so the CPU has it; the
         // asserts above keep every output register's unmasked lanes inside `out` and `offsets`,
