@@ -205,6 +205,12 @@ fn fast_conv_relu_pool_matches_the_reference_with_gradients() {
         (1, 4, 16, (2, 3), (3, 2, 0), 3, true),
         (3, 5, 12, (1, 1), (3, 2, 0), 1, true),
         (3, 5, 10, (1, 1), (3, 2, 0), 3, true),
+        // Planes of 13 to 24 pixels, where a training step takes F(6x6, 3x3)
+        // (`Tiling::for_training`): conv2b at 96 px in both variants, and a plane F(6x6, 3x3)
+        // covers with a partial tile.
+        (3, 5, 23, (1, 1), (3, 2, 0), 2, false),
+        (3, 5, 24, (1, 1), (3, 2, 0), 2, true),
+        (2, 4, 17, (1, 1), (3, 1, 1), 3, false),
     ] {
         let (conv_kernel, (conv_stride, conv_padding)) = (if conv.0 == 2 { 7 } else { 3 }, conv);
         let xs = var(&[batch, c_in, side, side], 11);
@@ -397,6 +403,8 @@ fn results_do_not_depend_on_the_thread_count() {
         (3, 4, 3, 3, (1, 1), pool(3, 1, 1), 7),
         (3, 4, 9, 3, (1, 1), pool(3, 2, 0), 7),
         (2, 3, 33, 3, (1, 1), pool(3, 2, 0), 5),
+        // Winograd's F(6x6, 3x3) over several images (`Tiling::for_training`).
+        (3, 4, 23, 3, (1, 1), pool(3, 2, 0), 5),
         // 1x1 convolutions (no pool); 17 images sum their gradients in groups of three.
         (6, 4, 5, 1, (1, 0), NO_POOL, 17),
         (6, 4, 9, 1, (1, 0), NO_POOL, 7),

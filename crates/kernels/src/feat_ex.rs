@@ -13,8 +13,9 @@
 //! run, in the same order, so the output is the same bit for bit on any CPU (checked by
 //! `feat_ex_inference_equals_the_composed_block_bit_for_bit`), except that a batched 3x3
 //! convolution takes F(6x6, 3x3) here where its plane needs fewer products that way
-//! ([`ConvGeometry::inference_winograd_batch`]; the composed ops, a training step's, keep F(4x4,
-//! 3x3)): there the two agree within 1e-5 of the output's scale.
+//! ([`ConvGeometry::inference_winograd_batch`]) and the composed ops, a training step's, keep
+//! F(4x4, 3x3) (`Tiling::for_training`: outside planes of 13 to 24 pixels): there the two agree
+//! within 1e-5 of the output's scale.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;

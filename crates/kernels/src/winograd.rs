@@ -37,6 +37,24 @@ impl Tiling {
         }
     }
 
+    /// The tiling a training step takes for an `h x w` plane: [`Self::for_plane`]'s on planes of
+    /// 13 to 24 pixels a side, F(4x4, 3x3) elsewhere. A step transforms the changed weights three
+    /// times (forward, input gradient, weight gradient) and its weight gradient's GEMMs write one
+    /// `c_out x c_in` matrix per tile position, weight-sized work that F(6x6, 3x3)'s 64
+    /// positions make 1.78 times larger; only on the middle planes does its fifth fewer products
+    /// outweigh that. Training steps alternating F(6x6, 3x3) with F(4x4, 3x3) in one process,
+    /// time over time (medians of 20-60 pairs, 2 threads): on an Intel Xeon with AVX-512, 0.956,
+    /// 0.965 and 0.968 at 96 px (conv2b at 23x23) and 0.969 for the paper variant (24x24), but
+    /// 1.07 at 48 px (11x11 and 12x12, both variants) and 1.02 at 224 px (27x27, 8 pairs); on an
+    /// AMD EPYC Zen 3 with AVX2, 1.00 at 48 px and 1.00-1.02 at 96 px.
+    pub(crate) fn for_training(h: usize, w: usize) -> Self {
+        if (13..=24).contains(&h.min(w)) && h.max(w) <= 24 {
+            Self::for_plane(h, w)
+        } else {
+            Tiling::F4
+        }
+    }
+
     /// Side of the input tile.
     pub(crate) fn tile(self) -> usize {
         match self {
@@ -371,7 +389,7 @@ impl Winograd {
 
 #[cfg(test)]
 mod tests {
-    use super::{transform_weights_with, weight_grad_with, KernelOrder};
+    use super::{transform_weights_with, weight_grad_with, KernelOrder, Tiling};
     use crate::isa::for_each_supported;
 
     /// `G g G^T` kernel by kernel, as the transform computed it before it ran over whole
@@ -527,5 +545,27 @@ mod tests {
             let read = transform_weights_with(swapped, (&weight, KernelOrder::FlippedSwapped), f6);
             assert_eq!(bits(read), bits(copy), "F(6x6, 3x3), {c_out}x{c_in}");
         }
+    }
+
+    #[test]
+    fn training_takes_f6_on_the_middle_planes_only() {
+        // conv3b and conv2b at 48 px (5, 11; 6, 12 in the paper's variant), conv2b at 96 px (23,
+        // 24), conv3b at 224 px (27, 28), and a non-square plane across the edge.
+        for (h, w, tiling) in [
+            (5, 5, Tiling::F4),
+            (6, 6, Tiling::F4),
+            (11, 11, Tiling::F4),
+            (12, 12, Tiling::F4),
+            (13, 13, Tiling::F4),
+            (17, 17, Tiling::F6),
+            (23, 23, Tiling::F6),
+            (24, 24, Tiling::F6),
+            (23, 25, Tiling::F4),
+            (27, 27, Tiling::F4),
+            (28, 28, Tiling::F4),
+        ] {
+            assert_eq!(Tiling::for_training(h, w), tiling, "{h}x{w}");
+        }
+        assert_eq!(Tiling::for_plane(27, 27), Tiling::F6);
     }
 }

@@ -1,8 +1,9 @@
 //! 3x3 stride-1 convolutions on small planes by Winograd's F(4x4, 3x3) or F(6x6, 3x3)
 //! ([`Tiling`], [`TiledWinograd`]) over several images at once: the forward with its bias, ReLU
 //! and max-pool, the plain convolution the input gradient takes, and the weight gradient. A
-//! training step runs F(4x4, 3x3); an inference F(6x6, 3x3) where it needs fewer products
-//! (`ConvGeometry::inference_winograd_batch`).
+//! training step runs F(6x6, 3x3) on planes of 13 to 24 pixels where it needs fewer products,
+//! F(4x4, 3x3) elsewhere ([`Tiling::for_training`]); an inference F(6x6, 3x3) wherever it needs
+//! fewer products (`ConvGeometry::inference_winograd_batch`).
 //!
 //! One image of an 11x11 plane has 9 tiles, of a 5x5 plane 4: one image at a time
 //! ([`super::winograd_f4`]), each tile position's GEMM is 9 or 4 columns wide, where `gemm` runs

@@ -171,19 +171,13 @@ impl ConvGeometry {
 
     /// For a 3x3 stride-1 convolution on [`WINOGRAD_BATCH_SIDES`] whose batch holds at least
     /// [`WINOGRAD_BATCH_MIN_COLUMNS`] tiles, how a training step runs it over several images at
-    /// once: by F(4x4, 3x3), the batch in near-equal calls of at most about
+    /// once: by [`Tiling::for_training`], the batch in near-equal calls of at most about
     /// [`WINOGRAD_BATCH_VALUES`] transformed values a channel (at least one image each), each
     /// call spread over the threads by channels and tile positions. `None` for other
-    /// convolutions. The choice depends on the batch, never on the thread count.
-    ///
-    /// Training keeps F(4x4, 3x3) where inference takes F(6x6, 3x3) ([`Self::
-    /// inference_winograd_batch`]): a step transforms the changed weights three times (forward,
-    /// input gradient, weight gradient) and its weight gradient's GEMMs write one `c_out x c_in`
-    /// matrix per tile position, weight-sized work that F(6x6, 3x3)'s 64 positions make 1.78
-    /// times larger, and that ate its saving: training steps alternating the two took the same
-    /// time (median ratio 1.00 at 48 px, 1.02 at 96, 60 pairs each, AMD EPYC Zen 3, 2 threads).
+    /// convolutions. The choice depends on the batch and the plane, never on the thread count
+    /// or the CPU.
     pub(crate) fn winograd_batch(&self) -> Option<WinogradBatch> {
-        self.winograd_batch_by(Tiling::F4)
+        self.winograd_batch_by(Tiling::for_training(self.h, self.w))
     }
 
     /// [`Self::winograd_batch`] for an inference, whose transformed weights are computed once and
