@@ -90,3 +90,8 @@ pub mod testing {
         parse_ck_stem, parse_emotion_label, parse_landmarks, CkStem, ParseError, N_LANDMARKS,
     };
 }
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

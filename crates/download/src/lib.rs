@@ -172,3 +172,8 @@ fn safe_component(text: &str) -> String {
         text => text.replace(['\\', ':'], "_"),
     }
 }
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -274,3 +274,8 @@ mod tests {
         assert_eq!(names_in(folder.path()), vec!["shared.txt"]);
     }
 }
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

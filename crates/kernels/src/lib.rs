@@ -432,3 +432,8 @@ mod settings_tests {
         assert!(!super::serial_candle_elementwise(), "set once, then left");
     }
 }
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -58,3 +58,8 @@ pub use weights::{import_torch, ImportSummary, MAX_CHECKPOINT_TENSOR_BYTES};
 
 /// Re-exported so that users need no direct candle dependency for the basics.
 pub use candle_core;
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

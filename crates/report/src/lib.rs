@@ -39,3 +39,8 @@ pub use history::History;
 pub use metrics::confusion_matrix;
 pub use plot::{draw_confusion_matrix, CONFUSION_SIZE, CURVES_SIZE};
 pub use report::{write_report, EpochChoice, IncompleteFold, ReportOptions, ReportSummary};
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

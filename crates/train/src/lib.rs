@@ -66,3 +66,8 @@ pub mod testing {
     pub use crate::folds::{plan_folds, FoldPlan};
     pub use crate::run::{train_batch, BatchOutcome};
 }
+
+/// The README's example, compiled and run with the doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
