@@ -82,14 +82,9 @@ pub(super) fn position_products(
             x86::position_products_avx512(packed, (v, row_stride), m, (c_in, panels, tiles))
         };
     }
-    // The tiles in near-equal groups of at most TILES_AT_ONCE (9 as 5 and 4), so that no pass
-    // runs with a register or two of work.
-    let groups = tiles.div_ceil(TILES_AT_ONCE).max(1);
     let panel_products = m.chunks_exact_mut(tiles * PANEL);
     for (panel, m) in packed.chunks_exact(c_in * PANEL).zip(panel_products) {
-        let mut first = 0;
-        for group in 0..groups {
-            let count = (tiles - first) / (groups - group);
+        for (first, count) in tile_groups(tiles, TILES_AT_ONCE) {
             let v = &v[first..];
             let m = &mut m[first * PANEL..][..count * PANEL];
             macro_rules! by_count {
@@ -103,9 +98,20 @@ pub(super) fn position_products(
                 };
             }
             by_count!(1 2 3 4 5 6);
-            first += count;
         }
     }
+}
+
+/// The tiles `0..tiles` in near-equal groups of at most `most`, as `(first, count)` (9 as 5 and
+/// 4 for 6 at most), so that no pass runs with a register or two of work.
+fn tile_groups(tiles: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let groups = tiles.div_ceil(most).max(1);
+    (0..groups).scan(0, move |first, group| {
+        let count = (tiles - *first) / (groups - group);
+        let start = *first;
+        *first += count;
+        Some((start, count))
+    })
 }
 
 /// Values in one position's products ([`position_products`]): whole panels.
@@ -160,7 +166,7 @@ const TILES_AT_ONCE_AVX512: usize = 12;
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, PANEL, TILES_AT_ONCE_AVX512};
+    use super::{tile_groups, LANES, PANEL, TILES_AT_ONCE_AVX512};
 
     /// [`super::position_products`] in AVX-512 registers: a panel is one register, and each pass
     /// takes two panels (the last alone when their count is odd) and up to
@@ -177,14 +183,11 @@ mod x86 {
         m: &mut [f32],
         (c_in, panels, tiles): (usize, usize, usize),
     ) {
-        let groups = tiles.div_ceil(TILES_AT_ONCE_AVX512).max(1);
         let panel_len = c_in * PANEL;
         let mut panel = 0;
         while panel < panels {
             let pair = panels - panel >= 2;
-            let mut first = 0;
-            for group in 0..groups {
-                let count = (tiles - first) / (groups - group);
+            for (first, count) in tile_groups(tiles, TILES_AT_ONCE_AVX512) {
                 let arguments = Sums {
                     panel: packed.as_ptr().add(panel * panel_len),
                     panel_len,
@@ -204,7 +207,6 @@ mod x86 {
                     };
                 }
                 by_count!(1 2 3 4 5 6 7 8 9 10 11 12);
-                first += count;
             }
             panel += if pair { 2 } else { 1 };
         }

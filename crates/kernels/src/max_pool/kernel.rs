@@ -42,7 +42,7 @@ pub(crate) type InteriorKernel<T> = fn(&[&[T]], usize, Range<usize>, &mut [T], &
 
 /// Pools several whole planes at once (`lanes.rs`): planes (`count x h x w`), geometry, outputs,
 /// offsets and a working buffer.
-// Outside the tests only the f32 kernels' signatures follow it; the tests hand kernels around by it.
+// Outside the tests only the f32 kernels' signatures follow it; the tests pass kernels by it.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) type PlanesKernel<T> =
     fn(&[T], (usize, usize, Pool2d), &mut [T], &mut [u8], &mut Vec<T>);
@@ -123,8 +123,7 @@ pub(crate) fn pool_planes(
         || (pools_in_lanes(pool, (h, w)) && planes.len() >= LANES * plane);
     if at_once {
         let several = |((out, offsets), planes): ((&mut [f32], &mut [u8]), &[f32])| {
-            // A thread's spare buffer: a fresh one was allocated and filled for every eight planes.
-            with_spare_buffer(|buffer| pool_planes_f32(planes, (h, w, pool), out, offsets, buffer))
+            pool_planes_f32_spare_buffer(planes, (h, w, pool), out, offsets)
         };
         if parallel {
             out.par_chunks_mut(pooled * LANES)
@@ -175,18 +174,14 @@ pub(crate) fn pool_planes_f32(
 
 /// [`pool_planes_f32`] with one of the thread's spare buffers: a fresh one for each task of a
 /// pool (16 planes) made the two threads queue on the allocator's lock, about a tenth of the
-/// pool's time at 5x5.
+/// pool's time at 5x5, and one for every eight planes of an image spread over the threads was
+/// allocated and filled anew.
 pub(crate) fn pool_planes_f32_spare_buffer(
     planes: &[f32],
     geometry: (usize, usize, Pool2d),
     out: &mut [f32],
     offsets: &mut [u8],
 ) {
-    let (h, w, pool) = geometry;
-    if plane_vectors::applies(pool, (h, w)) {
-        // It needs no buffer (and an empty `Vec` allocates nothing).
-        return plane_vectors::pool_planes(planes, geometry, out, offsets, &mut Vec::new());
-    }
     with_spare_buffer(|buffer| pool_planes_f32(planes, geometry, out, offsets, buffer))
 }
 

@@ -6,12 +6,12 @@
 //! plane, `(dy - padding) * w + dx - padding`, so sixteen consecutive outputs read sixteen
 //! consecutive pixels for each window position: one load, masked to the lanes whose pixel lies
 //! inside the plane (a masked-off lane reads nothing, so the loads at the plane's edges touch no
-//! memory outside it). The masks depend on the plane's geometry alone and are worked out once a
-//! call. Each lane scans its window in the scalar kernel's order with its compare (strictly
-//! greater, or NaN), starting from minus infinity with the offset of its first pixel inside the
-//! plane, which gives the scalar kernel's maximum and offset bit for bit: a first pixel of minus
-//! infinity is not replaced by itself and keeps the offset it starts with, and any other value
-//! (a NaN too) takes over.
+//! memory outside it). The masks depend on the plane's geometry alone and are worked out once
+//! for it (each thread keeps its last few geometries'). Each lane scans its window in the scalar
+//! kernel's order with its compare (strictly greater, or NaN), starting from minus infinity with
+//! the offset of its first pixel inside the plane, which gives the scalar kernel's maximum and
+//! offset bit for bit: a first pixel of minus infinity is not replaced by itself and keeps the
+//! offset it starts with, and any other value (a NaN too) takes over.
 //!
 //! The lanes (`lanes.rs`) and the two passes of three (`same.rs`) took 4-6 ns an output on the
 //! 5x5 and 6x6 planes of FeatEx 3 at 48 px: interleaving eight planes and scattering their outputs
@@ -56,15 +56,14 @@ const LANES: usize = 16;
 struct PlaneMasks {
     /// The planes' side and the window they are for.
     geometry: (usize, usize, Pool2d),
-    /// `vectors x kernel^2` lane masks, register by register.
+    /// `registers x kernel^2` lane masks, register by register.
     inside: Vec<u16>,
-    /// `vectors x 16` first offsets.
+    /// `registers x 16` first offsets.
     first: Vec<u8>,
-    /// `vectors` masks of the lanes that are outputs.
+    /// One mask a register of the lanes that are outputs (so as many as there are registers).
     outputs: Vec<u16>,
     /// Distance in the plane from an output to each window position's pixel.
     steps: Vec<isize>,
-    vectors: usize,
 }
 
 impl PlaneMasks {
@@ -101,7 +100,6 @@ impl PlaneMasks {
             first,
             outputs,
             steps,
-            vectors,
         }
     }
 }
@@ -180,7 +178,7 @@ mod x86 {
             let base = pixels.as_ptr();
             let out = out.as_mut_ptr().add(index * plane);
             let offsets = offsets.as_mut_ptr().add(index * plane);
-            for vector in 0..masks.vectors {
+            for vector in 0..masks.outputs.len() {
                 let start = vector * LANES;
                 let inside = &masks.inside[vector * positions..][..positions];
                 let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
