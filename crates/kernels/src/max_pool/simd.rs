@@ -34,7 +34,7 @@ pub(super) fn interior_3x3_avx2<const STRIDE: usize, const PADDING: usize>(
 }
 
 /// Safe entry to the AVX-512 kernel, as [`interior_3x3_avx2`]; fewer windows than a register
-/// holds go to the AVX2 kernel.
+/// holds go to one masked pass ([`short_avx512`]).
 pub(super) fn interior_3x3_avx512<const STRIDE: usize, const PADDING: usize>(
     rows: &[&[f32]],
     first_window_row: usize,
@@ -43,13 +43,24 @@ pub(super) fn interior_3x3_avx512<const STRIDE: usize, const PADDING: usize>(
     offsets_row: &mut [u8],
 ) -> bool {
     if outputs.len() < Avx512::LANES {
-        return interior_3x3_avx2::<STRIDE, PADDING>(
+        if !super::interior_fits::<STRIDE, PADDING>(
             rows,
             first_window_row,
-            outputs,
+            &outputs,
+            1,
             out_row,
             offsets_row,
-        );
+        ) || !std::arch::is_x86_feature_detected!("avx512f")
+        {
+            return false;
+        }
+        // SAFETY: AVX-512 F is present (checked above); `interior_fits` checked that each row
+        // holds the last column the windows read and both output rows the last output; the
+        // masked loads and stores touch nothing past those.
+        unsafe {
+            short_avx512::<STRIDE, PADDING>(rows, first_window_row, outputs, out_row, offsets_row)
+        };
+        return true;
     }
     if !super::interior_fits::<STRIDE, PADDING>(
         rows,
@@ -96,6 +107,92 @@ unsafe fn avx512<const STRIDE: usize, const PADDING: usize>(
     offsets_row: &mut [u8],
 ) {
     interior_3x3::<Avx512, STRIDE, PADDING>(rows, first_window_row, outputs, out_row, offsets_row)
+}
+
+/// Fewer than sixteen 3x3 windows of a row (11 at a time for conv1's pool at 48 px, which the
+/// AVX2 kernel took as two overlapping blocks of eight): one pass of [`interior_3x3`]'s tree in
+/// AVX-512 registers whose loads and stores are masked to the row's columns and the outputs, so
+/// the lanes past the last window read and write nothing.
+///
+/// # Safety
+/// AVX-512 F must be available; `1 <= outputs.len() < 16`; each row must hold input column
+/// `(outputs.end - 1) * STRIDE + 2 - PADDING`; `outputs.start * STRIDE >= PADDING`; both output
+/// rows must hold `outputs.end` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn short_avx512<const STRIDE: usize, const PADDING: usize>(
+    rows: &[&[f32]],
+    first_window_row: usize,
+    outputs: Range<usize>,
+    out_row: &mut [f32],
+    offsets_row: &mut [u8],
+) {
+    let count = outputs.len();
+    let base = outputs.start * STRIDE - PADDING;
+    // Input columns from `base` that the windows read.
+    let columns_read = (count - 1) * STRIDE + 3;
+    let mut window: Option<(__m512, __m512i)> = None;
+    for (row_idx, row) in rows.iter().enumerate() {
+        let dy = first_window_row + row_idx;
+        let ptr = row.as_ptr().add(base);
+        let columns = if STRIDE == 1 {
+            [
+                masked_load(ptr, 0, count),
+                masked_load(ptr, 1, count),
+                masked_load(ptr, 2, count),
+            ]
+        } else {
+            let [even, odd] = Avx512::deinterleave(
+                masked_load(ptr, 0, columns_read),
+                masked_load(
+                    ptr,
+                    Avx512::LANES,
+                    columns_read - Avx512::LANES.min(columns_read),
+                ),
+            );
+            let rest = columns_read - 1;
+            let [_, next_odd] = Avx512::deinterleave(
+                masked_load(ptr, 1, rest),
+                masked_load(ptr, Avx512::LANES + 1, rest - Avx512::LANES.min(rest)),
+            );
+            [even, odd, next_odd]
+        };
+        let at = |dx: usize| Avx512::offsets(dy * 3 + dx);
+        let row_best = Avx512::later_wins(
+            Avx512::later_wins((columns[0], at(0)), (columns[1], at(1))),
+            (columns[2], at(2)),
+        );
+        window = Some(match window {
+            None => row_best,
+            Some(earlier) => Avx512::later_wins(earlier, row_best),
+        });
+    }
+    let Some((best, offset)) = window else {
+        return;
+    };
+    let mask = lanes_mask(count);
+    _mm512_mask_storeu_ps(out_row.as_mut_ptr().add(outputs.start), mask, best);
+    _mm512_mask_cvtepi32_storeu_epi8(
+        offsets_row.as_mut_ptr().add(outputs.start) as *mut i8,
+        mask,
+        offset,
+    );
+}
+
+/// The first `count` (at most sixteen) of the values from `ptr + from`; the other lanes zero and
+/// not read.
+#[inline(always)]
+unsafe fn masked_load(ptr: *const f32, from: usize, count: usize) -> __m512 {
+    _mm512_maskz_loadu_ps(lanes_mask(count), ptr.wrapping_add(from))
+}
+
+/// A mask of the first `count` lanes (all sixteen from sixteen on).
+#[inline(always)]
+fn lanes_mask(count: usize) -> __mmask16 {
+    if count >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << count) - 1
+    }
 }
 
 /// The vector operations of the window kernel, for one register width. Every method is inlined

@@ -190,6 +190,9 @@ fn vectorised_windows_equal_the_scalar_ones_bit_for_bit() {
             (4, 17),
             (6, 37),
             (7, 70),
+            (24, 24),
+            (13, 13),
+            (11, 4),
         ] {
             for with_nan in [false, true] {
                 let values = tricky_values(2 * h * w, with_nan);
