@@ -144,6 +144,8 @@ struct Patches {
     window_steps: Vec<usize>,
     /// Each weight row's (input channel, kernel row) start in the padded image.
     row_starts: Vec<usize>,
+    /// The patch corner of the convolution's last output pixel: no winner's lies past it.
+    last_corner: usize,
 }
 
 impl Patches {
@@ -173,6 +175,8 @@ impl Patches {
             row_starts: (0..g.c_in * g.kernel)
                 .map(|row| (row / g.kernel) * h * w + (row % g.kernel) * w)
                 .collect(),
+            last_corner: g.out_h().saturating_sub(1) * stride_y
+                + g.out_w().saturating_sub(1) * stride_x,
         }
     }
 
@@ -225,16 +229,19 @@ impl Patches {
                 let passes = offset != NO_OFFSET && value > 0.0;
                 let step = self.window_steps[(offset as usize).min(last_step)];
                 let corner = row_corner.wrapping_add(ox * self.step_x).wrapping_add(step);
-                scratch[count] = (corner, gradient);
+                // A winner is an output pixel, whose corner is at most the last one's: the
+                // bound keeps the reads below inside the image whatever the offsets say.
+                scratch[count] = (corner.min(self.last_corner), gradient);
                 count += passes as usize;
                 bias += if passes { gradient } else { 0.0 };
             }
         }
         let patches = &scratch[..count];
         *db += bias;
-        let Some(last_corner) = patches.iter().map(|&(corner, _)| corner).max() else {
+        if patches.is_empty() {
             return;
-        };
+        }
+        let last_corner = self.last_corner;
         // The weight rows in blocks of up to ROWS_AT_ONCE, each block's sums held in registers
         // over all of the channel's windows.
         let mut sums = [[0f32; LANES]; ROWS_AT_ONCE];
@@ -262,7 +269,7 @@ impl Patches {
 const ROWS_AT_ONCE: usize = 8;
 
 /// For each row start `s` in `starts` (at most [`ROWS_AT_ONCE`]), `sum(gradient * image[corner +
-/// s + column..][..LANES])` over `patches` (whose largest corner is `last_corner`) in order, into
+/// s + column..][..LANES])` over `patches` (no corner past `last_corner`) in order, into
 /// `sums` (one per start). In AVX2 registers where the CPU (and the crate's ISA limit) allows,
 /// lane by lane otherwise: the same multiplies and adds in the same order (no fused
 /// multiply-add), so the same bits.
