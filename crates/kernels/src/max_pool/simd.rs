@@ -156,15 +156,7 @@ unsafe fn short_avx512<const STRIDE: usize, const PADDING: usize>(
             );
             [even, odd, next_odd]
         };
-        let at = |dx: usize| Avx512::offsets(dy * 3 + dx);
-        let row_best = Avx512::later_wins(
-            Avx512::later_wins((columns[0], at(0)), (columns[1], at(1))),
-            (columns[2], at(2)),
-        );
-        window = Some(match window {
-            None => row_best,
-            Some(earlier) => Avx512::later_wins(earlier, row_best),
-        });
+        window = Some(fold_row::<Avx512>(window, columns, dy));
     }
     let Some((best, offset)) = window else {
         return;
@@ -257,15 +249,7 @@ unsafe fn interior_3x3<L: Lanes, const STRIDE: usize, const PADDING: usize>(
                     L::deinterleave(L::load(ptr.add(1)), L::load(ptr.add(L::LANES + 1)));
                 [even, odd, next_odd]
             };
-            let at = |dx: usize| L::offsets(dy * 3 + dx);
-            let row_best = L::later_wins(
-                L::later_wins((columns[0], at(0)), (columns[1], at(1))),
-                (columns[2], at(2)),
-            );
-            window = Some(match window {
-                None => row_best,
-                Some(earlier) => L::later_wins(earlier, row_best),
-            });
+            window = Some(fold_row::<L>(window, columns, dy));
         }
         let Some(best) = window else {
             return;
@@ -279,6 +263,25 @@ unsafe fn interior_3x3<L: Lanes, const STRIDE: usize, const PADDING: usize>(
             break;
         }
         block += L::LANES;
+    }
+}
+
+/// The window maxima so far (`None` before the first row) with window row `dy`'s three columns
+/// added, in scan order: the row's own tree (each row, then the rows), as [`interior_3x3`] says.
+#[inline(always)]
+unsafe fn fold_row<L: Lanes>(
+    window: Option<(L::Values, L::Offsets)>,
+    columns: [L::Values; 3],
+    dy: usize,
+) -> (L::Values, L::Offsets) {
+    let at = |dx: usize| L::offsets(dy * 3 + dx);
+    let row_best = L::later_wins(
+        L::later_wins((columns[0], at(0)), (columns[1], at(1))),
+        (columns[2], at(2)),
+    );
+    match window {
+        None => row_best,
+        Some(earlier) => L::later_wins(earlier, row_best),
     }
 }
 
