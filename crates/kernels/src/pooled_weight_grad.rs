@@ -244,7 +244,6 @@ impl Patches {
         if patches.is_empty() {
             return;
         }
-        let last_corner = self.last_corner;
         // The weight rows in blocks of up to ROWS_AT_ONCE, each block's sums held in registers
         // over all of the channel's windows.
         let mut sums = [[0f32; LANES]; ROWS_AT_ONCE];
@@ -255,7 +254,7 @@ impl Patches {
         {
             for column in (0..self.row_len).step_by(LANES) {
                 let sums = &mut sums[..block.len()];
-                patch_sums(image, (patches, last_corner), (block, column), sums);
+                patch_sums(image, (patches, self.last_corner), (block, column), sums);
                 for (row, sum) in (first..).zip(&*sums) {
                     let dw = &mut dw[row * self.row_len + column..][..LANES];
                     for (d, s) in dw.iter_mut().zip(sum) {

@@ -42,31 +42,15 @@ pub(super) fn interior_3x3_avx512<const STRIDE: usize, const PADDING: usize>(
     out_row: &mut [f32],
     offsets_row: &mut [u8],
 ) -> bool {
-    if outputs.len() < Avx512::LANES {
-        if !super::interior_fits::<STRIDE, PADDING>(
-            rows,
-            first_window_row,
-            &outputs,
-            1,
-            out_row,
-            offsets_row,
-        ) || !std::arch::is_x86_feature_detected!("avx512f")
-        {
-            return false;
-        }
-        // SAFETY: AVX-512 F is present (checked above); `interior_fits` checked that each row
-        // holds the last column the windows read and both output rows the last output; the
-        // masked loads and stores touch nothing past those.
-        unsafe {
-            short_avx512::<STRIDE, PADDING>(rows, first_window_row, outputs, out_row, offsets_row)
-        };
-        return true;
-    }
+    // A row of fewer windows than a register holds takes the masked pass, which needs the row to
+    // hold its windows' columns only, not a whole register's.
+    let short = outputs.len() < Avx512::LANES;
+    let block = if short { 1 } else { Avx512::LANES };
     if !super::interior_fits::<STRIDE, PADDING>(
         rows,
         first_window_row,
         &outputs,
-        Avx512::LANES,
+        block,
         out_row,
         offsets_row,
     ) || !std::arch::is_x86_feature_detected!("avx512f")
@@ -74,8 +58,15 @@ pub(super) fn interior_3x3_avx512<const STRIDE: usize, const PADDING: usize>(
         return false;
     }
     // SAFETY: AVX-512 F is present (checked above); `interior_fits` checked that every load reads
-    // a column inside its row and every store writes an output inside both output rows.
-    unsafe { avx512::<STRIDE, PADDING>(rows, first_window_row, outputs, out_row, offsets_row) };
+    // a column inside its row and every store writes an output inside both output rows (the
+    // short pass's masked loads and stores touch nothing past the windows' columns and outputs).
+    unsafe {
+        if short {
+            short_avx512::<STRIDE, PADDING>(rows, first_window_row, outputs, out_row, offsets_row)
+        } else {
+            avx512::<STRIDE, PADDING>(rows, first_window_row, outputs, out_row, offsets_row)
+        }
+    };
     true
 }
 
