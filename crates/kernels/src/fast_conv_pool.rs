@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_conv::{backward_from, forward_image, forward_rows, ConvGeometry, WinogradBatch};
+use super::fast_conv::{
+    backward_from, forward_image, forward_rows, ConvGeometry, KeptTransforms, WinogradBatch,
+};
 use super::max_pool::{pool_planes, scatter_plane, window_steps, Pool2d, NO_OFFSET};
 use super::parallel::{
     filled, grown, image_groups, thread_count, with_spare_buffer, Parallel, SharedMut,
@@ -32,9 +34,9 @@ pub(crate) struct ConvReluPoolOp {
     pub padding: usize,
     pub pool: Pool2d,
     offsets: Mutex<Option<Arc<Vec<u8>>>>,
-    /// The forward's transformed input, where it was a batched Winograd convolution: the weight
-    /// gradient's, which the backward then need not compute again.
-    transformed_input: Mutex<Option<Arc<Vec<f32>>>>,
+    /// The forward's transformed input and weights, where it was a batched Winograd convolution:
+    /// the weight and input gradients', which the backward then need not compute again.
+    transformed: Mutex<Option<Arc<Transformed>>>,
     cache: Option<WeightCache>,
 }
 
@@ -50,7 +52,7 @@ impl ConvReluPoolOp {
             padding,
             pool,
             offsets: Mutex::new(None),
-            transformed_input: Mutex::new(None),
+            transformed: Mutex::new(None),
             cache: cache.cloned(),
         }
     }
@@ -344,15 +346,21 @@ impl ConvPoolGeometry {
     }
 }
 
+/// A batched Winograd convolution's transformed input and weights, as its forward computed them.
+struct Transformed {
+    input: Vec<f32>,
+    weights: Arc<Vec<f32>>,
+}
+
 /// The op's forward: the pooled output, the window offsets and, for a batched Winograd
-/// convolution, its transformed input (which the weight gradient needs again).
+/// convolution, its transformed input and weights (which the gradients need again).
 fn forward(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
     geometry: &ConvPoolGeometry,
     cache: Option<&WeightCache>,
-) -> (Vec<f32>, Vec<u8>, Option<Vec<f32>>) {
+) -> (Vec<f32>, Vec<u8>, Option<Transformed>) {
     let g = &geometry.conv;
     let pooled_image = geometry.pooled_image();
     let mut out = filled(g.n * pooled_image, 0f32);
@@ -365,7 +373,11 @@ fn forward(
         let mut kept = filled(batch.winograd.transformed_input_len(g.n), 0f32);
         let outputs = (out.as_mut_slice(), Some(offsets.as_mut_slice()));
         geometry.batch(x, &weights, outputs, Some(&mut kept), batch);
-        return (out, offsets, Some(kept));
+        let transformed = weights.batched.map(|(_, weights)| Transformed {
+            input: kept,
+            weights,
+        });
+        return (out, offsets, transformed);
     }
     let (per_group, par) = image_groups(g.n);
     out.par_chunks_mut(per_group * pooled_image)
@@ -407,12 +419,12 @@ impl CustomOp3 for ConvReluPoolOp {
             ["conv2d input", "conv2d weight", "conv2d bias"],
         )?;
         geometry.conv.check_bias(b)?;
-        let (out, offsets, transformed_input) = forward(x, w, b, &geometry, self.cache.as_ref());
+        let (out, offsets, transformed) = forward(x, w, b, &geometry, self.cache.as_ref());
         if let Ok(mut guard) = self.offsets.lock() {
             *guard = Some(Arc::new(offsets));
         }
-        if let Ok(mut guard) = self.transformed_input.lock() {
-            *guard = transformed_input.map(Arc::new);
+        if let Ok(mut guard) = self.transformed.lock() {
+            *guard = transformed.map(Arc::new);
         }
         let shape = Shape::from((
             geometry.conv.n,
@@ -495,18 +507,15 @@ impl CustomOp3 for ConvReluPoolOp {
                         );
                     }
                 };
-                let transformed_input = self
-                    .transformed_input
-                    .lock()
-                    .ok()
-                    .and_then(|guard| guard.clone());
+                let transformed = self.transformed.lock().ok().and_then(|guard| guard.clone());
+                let kept = KeptTransforms {
+                    input: transformed.as_ref().map(|kept| kept.input.as_slice()),
+                    weights: transformed.as_ref().map(|kept| kept.weights.as_slice()),
+                };
                 backward_from(
                     x_values,
                     read_f32(&w_storage, w_layout, "conv2d weight")?,
-                    (
-                        &output_grad,
-                        transformed_input.as_deref().map(Vec::as_slice),
-                    ),
+                    (&output_grad, kept),
                     &g,
                     with_input_grad,
                 )

@@ -1,6 +1,6 @@
 //! 3x3 stride-1 convolutions on small planes by Winograd's F(4x4, 3x3) or F(6x6, 3x3)
 //! ([`Tiling`], [`TiledWinograd`]) over several images at once: the forward with its bias, ReLU
-//! and max-pool, the plain convolution the input gradient takes, and the weight gradient. A
+//! and max-pool, the weight gradient, and the input gradient by the forward's transpose. A
 //! training step runs F(6x6, 3x3) on planes of 13 to 24 pixels where it needs fewer products,
 //! F(4x4, 3x3) elsewhere ([`Tiling::for_training`]); an inference F(6x6, 3x3) wherever it needs
 //! fewer products (`ConvGeometry::inference_winograd_batch`).
@@ -20,14 +20,14 @@
 //! needs rows of eight windows or more, which 5x5 outputs never give it).
 //!
 //! Each column is computed as it would be alone (the transforms work column by column, and a
-//! GEMM's column does not depend on the others), so the forward's values do not depend on how
-//! the batch is split into calls; the weight gradient sums over a call's columns, so its split
-//! is fixed by the caller (`ConvGeometry::winograd_batch`).
+//! GEMM's column does not depend on the others), so the forward's values, and the input
+//! gradient's, do not depend on how the batch is split into calls; the weight gradient sums over
+//! a call's columns, so its split is fixed by the caller (`ConvGeometry::winograd_batch`).
 
 use std::sync::Arc;
 
 use super::max_pool::{pool_lanes, Pool2d};
-use super::parallel::{for_each_chunk, for_each_index_with, grown, SharedMut};
+use super::parallel::{for_each_chunk, for_each_index_with, gemm, grown, Gemm, SharedMut};
 use super::winograd::{
     position_gemm, position_weight_grads, transform_weights_with, weight_grad_with, KernelOrder,
     Scratch, Tiling,
@@ -56,15 +56,6 @@ impl TiledWinograd {
             h,
             w,
             tiling,
-        }
-    }
-
-    /// The same convolution with input and output channels swapped (for the input gradient).
-    pub(crate) fn transposed(&self) -> Self {
-        Self {
-            c_in: self.c_out,
-            c_out: self.c_in,
-            ..*self
         }
     }
 
@@ -101,13 +92,6 @@ impl TiledWinograd {
     /// matrices of `c_out x c_in`.
     pub(super) fn transform_weights(&self, weight: &[f32]) -> Vec<f32> {
         self.transform_weights_read(weight, KernelOrder::AsGiven)
-    }
-
-    /// [`Self::transform_weights`] of the input gradient's kernels, for this convolution with its
-    /// channels swapped ([`Self::transposed`]), from the forward's `weight`
-    /// ([`WinogradF4::transform_flipped_weights`]).
-    pub(super) fn transform_flipped_weights(&self, weight: &[f32]) -> Vec<f32> {
-        self.transform_weights_read(weight, KernelOrder::FlippedSwapped)
     }
 
     /// The transform by this algorithm of `weight`'s kernels read in `order`.
@@ -233,8 +217,9 @@ impl TiledWinograd {
 
     /// `images` images `x` (`images x c_in x h x w`) convolved with the transformed weights `u`
     /// into `out` (`images x c_out x h x w`), no bias: by F(4x4, 3x3), the values of
-    /// [`WinogradF4::image`] for each image. The input gradient runs this with the flipped,
-    /// channel-swapped kernel.
+    /// [`WinogradF4::image`] for each image. The tests' plain convolution (the input gradient
+    /// took it with the flipped, channel-swapped kernel before [`Self::batch_input_grad`]).
+    #[cfg(test)]
     pub(super) fn batch_image(
         &self,
         (x, images): (&[f32], usize),
@@ -267,18 +252,24 @@ impl TiledWinograd {
     /// once. `transformed_input`, where given, is
     /// `V` as the forward kept it ([`Self::batch_pooled`]'s `kept_input`, the same images), which
     /// is then not computed again.
+    ///
+    /// With `input_grad`, the forward's transformed weights `U` and these images' input gradient
+    /// `dx` (`images x c_in x h x w`, zero on entry), it adds the input gradient there too, from
+    /// the same `dM` ([`Self::batch_input_grad`]).
     pub(super) fn batch_weight_grad(
         &self,
         (x, grad, images): (&[f32], &[f32], usize),
         transformed_input: Option<&[f32]>,
-        du: &mut [f32],
-        accumulate: bool,
+        (du, accumulate): (&mut [f32], bool),
+        input_grad: Option<(&[f32], &mut [f32])>,
         scratch: &mut Scratch,
     ) {
         let tables = Tables::new(self, images);
         let columns = images * self.tiles();
         let (plane, (c_in, c_out)) = (self.h * self.w, (self.c_in, self.c_out));
-        let input_len = if transformed_input.is_some() {
+        // The input buffer holds V where the forward kept none, then dV for the input gradient
+        // (as long as V: `c_in x positions x columns`).
+        let input_len = if transformed_input.is_some() && input_grad.is_none() {
             0
         } else {
             self.transformed_input_len(images)
@@ -289,14 +280,15 @@ impl TiledWinograd {
             self.batch_transform_grad(grad, images, &tables, m)
         };
         for_each_chunk(grads, self.positions() * columns, true, transform_grad);
-        let input: &[f32] = match transformed_input {
+        let sizes = (c_in, c_out, columns, self.positions());
+        match transformed_input {
             Some(kept) => {
                 assert_eq!(
                     kept.len(),
                     self.transformed_input_len(images),
                     "kept input's length"
                 );
-                kept
+                position_weight_grads((kept, grads), sizes, du, accumulate, true);
             }
             None => {
                 let transform_input = |(channel, v): (usize, &mut [f32])| {
@@ -304,11 +296,87 @@ impl TiledWinograd {
                     self.batch_transform_input(x, images, &tables, v)
                 };
                 for_each_chunk(input, self.positions() * columns, true, transform_input);
-                input
+                position_weight_grads((input, grads), sizes, du, accumulate, true);
             }
+        }
+        if let Some((u, dx)) = input_grad {
+            self.batch_input_grad((grads, images), u, &tables, input, dx);
+        }
+    }
+
+    /// The input gradient of `images` images added to `dx` (`images x c_in x h x w`) by the
+    /// transpose of the forward: per tile position `dV[p] = U[p]^T dM[p]` (one GEMM each, into
+    /// `dv`, `positions x c_in x columns`), from the forward's transformed weights `u` and the
+    /// transformed output gradient `dm` (`c_out x positions x columns`, as the weight gradient
+    /// has it), then per input channel `B dV B^T` for every tile, each tile element added to the
+    /// input pixel the forward's gather read it from. Beside the convolution of the output
+    /// gradient with the flipped kernel that it replaced, no weights are transformed again and
+    /// the output gradient is neither gathered nor transformed again (about a tenth of a 48 px
+    /// training step), and the transforms run over `c_in` channels instead of `c_out`. Each
+    /// channel's tiles are added in a fixed order by one job, so the result does not depend on
+    /// the thread count.
+    fn batch_input_grad(
+        &self,
+        (dm, images): (&[f32], usize),
+        u: &[f32],
+        tables: &Tables,
+        dv: &mut [f32],
+        dx: &mut [f32],
+    ) {
+        let (c_in, c_out, positions) = (self.c_in, self.c_out, self.positions());
+        let (columns, plane) = (images * self.tiles(), self.h * self.w);
+        assert_eq!(
+            u.len(),
+            self.transformed_len(),
+            "transformed weights' length"
+        );
+        let gemm_at = |(position, dst): (usize, &mut [f32])| {
+            gemm(
+                Gemm {
+                    m: c_in,
+                    n: columns,
+                    k: c_out,
+                    dst,
+                    accumulate: false,
+                    lhs: &u[position * c_out * c_in..][..c_out * c_in],
+                    lhs_rs: 1,
+                    lhs_cs: c_in,
+                    rhs: &dm[position * columns..],
+                    rhs_rs: positions * columns,
+                    rhs_cs: 1,
+                },
+                gemm::Parallelism::None,
+            )
         };
-        let sizes = (c_in, c_out, columns, self.positions());
-        position_weight_grads((input, grads), sizes, du, accumulate, true);
+        for_each_chunk(dv, c_in * columns, true, gemm_at);
+        let dv: &[f32] = dv;
+        let planes = ChannelPlanes::new(dx, images, c_in, plane);
+        let transform_and_add = |buffer: &mut Vec<f32>, channel: usize| {
+            let tile_values = grown(buffer, positions * columns);
+            for (position, row) in tile_values.chunks_exact_mut(columns).enumerate() {
+                row.copy_from_slice(&dv[(position * c_in + channel) * columns..][..columns]);
+            }
+            // SAFETY: this job alone handles input channel `channel`, so it alone holds that
+            // channel's plane of each image, one slice each.
+            let mut image_planes: Vec<&mut [f32]> = (0..images)
+                .map(|image| unsafe { planes.plane(image, channel) })
+                .collect();
+            super::isa::vectorised(
+                #[inline(always)]
+                || {
+                    match self.tiling {
+                        Tiling::F4 => f4::input_grad_transform_tiles(tile_values, columns),
+                        Tiling::F6 => f6::input_grad_transform_tiles(tile_values, columns),
+                    }
+                    scatter_add(
+                        tile_values,
+                        (&tables.input, self.tiles()),
+                        &mut image_planes,
+                    );
+                },
+            )
+        };
+        for_each_index_with(c_in, true, Vec::new, transform_and_add);
     }
 
     /// Values of the transformed input of `images` images: `c_in x positions x (images x
@@ -523,6 +591,28 @@ fn gather(
                 for (image, value) in block.clone().zip(dst.iter_mut()) {
                     *value = x[image * image_stride + source as usize];
                 }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`gather`] for one channel: each value of `rows` (rows of `tiles` tiles, the
+/// images of each tile side by side, one row per `tiles` entries of `table`) added to the pixel
+/// its table entry names, in each image's plane (`planes`); [`OUTSIDE`] entries are dropped. The
+/// adds run row by row, tile by tile, so each pixel sums its tiles' values in a fixed order.
+#[inline(always)]
+fn scatter_add(rows: &[f32], (table, tiles): (&[u32], usize), planes: &mut [&mut [f32]]) {
+    let images = planes.len();
+    for (row, sources) in rows
+        .chunks_exact(tiles * images)
+        .zip(table.chunks_exact(tiles))
+    {
+        for (values, &source) in row.chunks_exact(images).zip(sources) {
+            if source == OUTSIDE {
+                continue;
+            }
+            for (plane, value) in planes.iter_mut().zip(values) {
+                plane[source as usize] += value;
             }
         }
     }
@@ -760,8 +850,10 @@ mod tests {
                 x.split_at(3 * c_in * plane),
                 grad.split_at(3 * c_out * plane),
             );
-            g.batch_weight_grad((first.0, second.0, 3), None, &mut du, false, &mut scratch);
-            g.batch_weight_grad((first.1, second.1, 2), None, &mut du, true, &mut scratch);
+            let arguments = (first.0, second.0, 3);
+            g.batch_weight_grad(arguments, None, (&mut du, false), None, &mut scratch);
+            let arguments = (first.1, second.1, 2);
+            g.batch_weight_grad(arguments, None, (&mut du, true), None, &mut scratch);
             let mut dw = vec![0f32; c_out * c_in * 9];
             g.weight_grad(&du, &mut dw);
             for (a, e) in dw.iter().zip(&expected) {
@@ -790,12 +882,79 @@ mod tests {
                 g.batch_weight_grad(
                     arguments,
                     Some(&kept),
-                    &mut du_kept,
-                    accumulate,
+                    (&mut du_kept, accumulate),
+                    None,
                     &mut scratch,
                 );
             }
             assert_eq!(bits(&du_kept), bits(&du), "{g:?}: kept transformed input");
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_of_a_batch_matches_the_direct_transposed_convolution() {
+        // The transpose of the forward (dV = U^T dM per position, then B dV B^T added into the
+        // planes) for three images in one call, against the convolution of each image's output
+        // gradient with the flipped, channel-swapped kernel in f64: both tilings, sides with
+        // partial tiles, one tile and several, with and without a kept transformed input (which
+        // leaves the weight gradient's bits as they were).
+        let shapes = [
+            (3, 5, 7, 6),
+            (4, 2, 8, 9),
+            (2, 3, 11, 11),
+            (5, 4, 5, 5),
+            (3, 2, 13, 12),
+            (2, 3, 2, 3),
+        ];
+        for ((c_in, c_out, h, w), tiling) in shapes
+            .into_iter()
+            .flat_map(|shape| [(shape, Tiling::F4), (shape, Tiling::F6)])
+        {
+            let g = TiledWinograd::new(WinogradF4 { c_in, c_out, h, w }, tiling);
+            let (plane, images) = (h * w, 3);
+            let x = values(images * c_in * plane, 71);
+            let grad = values(images * c_out * plane, 72);
+            let weight = values(c_out * c_in * 9, 73);
+            let u = g.transform_weights(&weight);
+            let swapped = Winograd {
+                c_in: c_out,
+                c_out: c_in,
+                h,
+                w,
+            };
+            let flipped = Winograd { c_in, c_out, h, w }.flipped_weights(&weight);
+            let mut scratch = Scratch::default();
+            let mut du_alone = vec![f32::NAN; g.transformed_len()];
+            let arguments = (x.as_slice(), grad.as_slice(), images);
+            g.batch_weight_grad(arguments, None, (&mut du_alone, false), None, &mut scratch);
+            let mut kept = vec![f32::NAN; g.transformed_input_len(images)];
+            let mut pooled = vec![0f32; images * c_out * plane];
+            let zero_bias = vec![0f32; c_out];
+            g.batch_pooled(
+                (&x, images, &u, &zero_bias),
+                Pool2d::floor(1, 1, 0),
+                (&mut pooled, None),
+                Some(&mut kept),
+                &mut scratch,
+            );
+            for kept in [None, Some(kept.as_slice())] {
+                let mut dx = vec![0f32; images * c_in * plane];
+                let mut du = vec![f32::NAN; g.transformed_len()];
+                let input_grad = Some((u.as_slice(), dx.as_mut_slice()));
+                g.batch_weight_grad(arguments, kept, (&mut du, false), input_grad, &mut scratch);
+                let case = format!("{g:?}, kept input {}", kept.is_some());
+                assert_eq!(bits(&du), bits(&du_alone), "{case}: weight gradient");
+                for image in 0..images {
+                    let grad = &grad[image * c_out * plane..][..c_out * plane];
+                    let expected = direct(grad, &flipped, &swapped);
+                    let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+                    let ours = &dx[image * c_in * plane..][..c_in * plane];
+                    for (at, (a, e)) in ours.iter().zip(&expected).enumerate() {
+                        let gap = ((*a as f64) - e).abs() / scale;
+                        assert!(gap < 1e-5, "{case}, image {image}, value {at}: {a} vs {e}");
+                    }
+                }
+            }
         }
     }
 

@@ -296,6 +296,34 @@ pub(super) mod tests {
             .collect()
     }
 
+    /// Checks that `adjoint` is the transpose of `transform`, two in-place maps of `positions x
+    /// columns` tile sets: `<T d, v> = <d, T^T v>` for arbitrary `d` and `v`, over five columns
+    /// (a coefficient off anywhere, or two positions swapped, breaks it).
+    pub(crate) fn assert_adjoint(
+        name: &str,
+        positions: usize,
+        transform: impl Fn(&mut [f32], usize),
+        adjoint: impl Fn(&mut [f32], usize),
+    ) {
+        let columns = 5;
+        let (d, v) = (
+            values(positions * columns, 3),
+            values(positions * columns, 4),
+        );
+        let (mut transformed, mut back) = (d.clone(), v.clone());
+        transform(&mut transformed, columns);
+        adjoint(&mut back, columns);
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let (left, right) = (dot(&transformed, &v), dot(&d, &back));
+        let scale = left.abs().max(right.abs()).max(1.0);
+        assert!(
+            (left - right).abs() / scale < 1e-5,
+            "{name}: <T d, v> = {left}, <d, T^T v> = {right}"
+        );
+    }
+
     #[test]
     fn matches_a_direct_convolution_on_odd_and_even_sides() {
         for (c_in, c_out, h, w) in [(3, 5, 7, 6), (4, 2, 8, 9), (1, 1, 1, 1), (2, 3, 2, 5)] {

@@ -704,6 +704,20 @@ pub(super) fn input_transform_tiles(v: &mut [f32], columns: usize) {
     }
 }
 
+/// `dD = B dV B^T` in place for each of the `columns` tiles of `v` (`36 x columns`, element
+/// `(i, j)` of every tile in row `6i + j`): the adjoint of [`input_transform_tiles`], which takes
+/// the input gradient from the transformed one ([`input_grad_transform_6`] along the columns,
+/// then along the rows).
+#[inline(always)]
+pub(super) fn input_grad_transform_tiles(v: &mut [f32], columns: usize) {
+    for i in 0..TILE {
+        input_grad_transform_6(rows_of(v, columns, i * TILE, 1));
+    }
+    for j in 0..TILE {
+        input_grad_transform_6(rows_of(v, columns, j, TILE));
+    }
+}
+
 /// `dM = A dY A^T` in place for each of the `columns` 4x4 blocks of `m` (`36 x columns`,
 /// element `(r, c)` of every block in row `6r + c`): each block row's four values expanded to
 /// six, then each of the six columns.
@@ -817,6 +831,25 @@ pub(super) fn grad_transform_6(m: [&mut [f32]; TILE]) {
         m3[k] = even4 + odd4;
         m4[k] = even4 - odd4;
         m5[k] = y3;
+    }
+}
+
+/// `B` applied along six equally long rows `v[0..6]` in place, element by element: the adjoint
+/// of [`input_transform_6`] (its matrix transposed), with the differences and sums of the rows
+/// it pairs formed once.
+#[inline(always)]
+pub(super) fn input_grad_transform_6(v: [&mut [f32]; TILE]) {
+    let n = v[0].len();
+    let [v0, v1, v2, v3, v4, v5] = v.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (a0, a5) = (v0[k], v5[k]);
+        let (s12, d21) = (v1[k] + v2[k], v2[k] - v1[k]);
+        let (s34, d43) = (v3[k] + v4[k], v4[k] - v3[k]);
+        v0[k] = 4.0 * a0;
+        v1[k] = 4.0 * (d21 + a5) + 2.0 * d43;
+        v2[k] = -5.0 * a0 - 4.0 * s12 - s34;
+        v3[k] = -d21 - 2.0 * d43 - 5.0 * a5;
+        v4[k] = a0 + s12 + s34;
     }
 }
 
@@ -1026,5 +1059,15 @@ pub(super) mod tests {
         for (a, b) in a.iter().zip(&b) {
             assert!((a - b).abs() / scale < 5e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn the_input_gradient_transform_is_the_adjoint_of_the_input_transform() {
+        crate::winograd_f2_oracle::tests::assert_adjoint(
+            "B dV B^T",
+            POSITIONS,
+            |v, columns| input_transform_tiles(v, columns),
+            |v, columns| input_grad_transform_tiles(v, columns),
+        );
     }
 }

@@ -83,6 +83,20 @@ pub(super) fn input_transform_tiles(v: &mut [f32], columns: usize) {
     }
 }
 
+/// `dD = B dV B^T` in place for each of the `columns` tiles of `v` (`64 x columns`, element
+/// `(i, j)` of every tile in row `8i + j`): the adjoint of [`input_transform_tiles`], which takes
+/// the input gradient from the transformed one ([`input_grad_transform_8`] along the columns,
+/// then along the rows).
+#[inline(always)]
+pub(super) fn input_grad_transform_tiles(v: &mut [f32], columns: usize) {
+    for i in 0..TILE {
+        input_grad_transform_8(rows_of(v, columns, i * TILE, 1));
+    }
+    for j in 0..TILE {
+        input_grad_transform_8(rows_of(v, columns, j, TILE));
+    }
+}
+
 /// `dM = A dY A^T` in place for each of the `columns` 6x6 blocks of `m` (`64 x columns`,
 /// element `(r, c)` of every block in row `8r + c`): each block row's six values expanded to
 /// eight, then each of the eight columns.
@@ -148,6 +162,27 @@ fn input_transform_8(d: [&mut [f32]; TILE]) {
         let (p, q) = (a6 + 4.0 * a2 - 5.0 * a4, 2.0 * a1 - 2.5 * a3 + 0.5 * a5);
         d5[k] = p + q;
         d6[k] = p - q;
+    }
+}
+
+/// `B` applied along eight equally long rows `v[0..8]` in place, element by element: the
+/// adjoint of [`input_transform_8`] (its matrix transposed), from the sums and differences of
+/// the pairs of rows it weighs alike.
+#[inline(always)]
+fn input_grad_transform_8(v: [&mut [f32]; TILE]) {
+    let n = v[0].len();
+    let [v0, v1, v2, v3, v4, v5, v6, v7] = v.map(|s| &mut s[..n]);
+    for k in 0..n {
+        let (a0, a7) = (v0[k], v7[k]);
+        let (s12, d12) = (v1[k] + v2[k], v1[k] - v2[k]);
+        let (s34, d34) = (v3[k] + v4[k], v3[k] - v4[k]);
+        let (s56, d56) = (v5[k] + v6[k], v5[k] - v6[k]);
+        v1[k] = d12 + 0.5 * d34 + 2.0 * d56 - a7;
+        v2[k] = s12 + 0.25 * s34 + 4.0 * s56 - 5.25 * a0;
+        v3[k] = 5.25 * a7 - 4.25 * d12 - 2.5 * (d34 + d56);
+        v4[k] = 5.25 * a0 - 4.25 * s12 - 1.25 * s34 - 5.0 * s56;
+        v5[k] = d12 + 2.0 * d34 + 0.5 * d56 - 5.25 * a7;
+        v6[k] = s12 + s34 + s56 - a0;
     }
 }
 
@@ -286,5 +321,15 @@ mod tests {
             .map(|(a, b)| a * b)
             .sum();
         assert!((left - right).abs() < 1e-12, "{left} vs {right}");
+    }
+
+    #[test]
+    fn the_input_gradient_transform_is_the_adjoint_of_the_input_transform() {
+        crate::winograd_f2_oracle::tests::assert_adjoint(
+            "B dV B^T",
+            POSITIONS,
+            |v, columns| input_transform_tiles(v, columns),
+            |v, columns| input_grad_transform_tiles(v, columns),
+        );
     }
 }

@@ -24,7 +24,7 @@ mod geometry;
 mod tests;
 
 pub(crate) use backward::backward;
-pub(crate) use backward::backward_from;
+pub(crate) use backward::{backward_from, KeptTransforms};
 pub(crate) use forward::forward;
 pub(crate) use forward::{forward_image, forward_rows};
 pub(crate) use geometry::{ConvGeometry, WinogradBatch};
