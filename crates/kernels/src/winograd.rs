@@ -1,7 +1,9 @@
 //! What the Winograd convolutions share: the per-thread buffers, the per-position GEMM, the
 //! geometry and the flipped, channel-swapped kernel of the input gradient. The input gradient of
 //! a 3x3 stride-1 convolution is the same convolution of the output gradient with the kernel
-//! flipped and its channels swapped ([`KernelOrder::FlippedSwapped`], [`Winograd::transposed`]).
+//! flipped and its channels swapped ([`KernelOrder::FlippedSwapped`], [`Winograd::transposed`]),
+//! which the image-by-image path runs; the batched path takes the transpose of its forward
+//! instead (`TiledWinograd::batch_weight_grad`).
 //! The algorithms that run are [`super::winograd_f4`]'s F(4x4, 3x3) and, over several images
 //! at once on the planes where it needs fewer products, [`super::winograd_f6`]'s F(6x6, 3x3)
 //! ([`Tiling`]); F(2x2, 3x3), a third algorithm the tests compare them with, is in
@@ -38,15 +40,18 @@ impl Tiling {
     }
 
     /// The tiling a training step takes for an `h x w` plane: [`Self::for_plane`]'s on planes of
-    /// 13 to 24 pixels a side, F(4x4, 3x3) elsewhere. A step transforms the changed weights three
-    /// times (forward, input gradient, weight gradient) and its weight gradient's GEMMs write one
+    /// 13 to 24 pixels a side, F(4x4, 3x3) elsewhere. A step transforms the changed weights (in
+    /// the forward, and the weight gradient back) and its weight gradient's GEMMs write one
     /// `c_out x c_in` matrix per tile position, weight-sized work that F(6x6, 3x3)'s 64
     /// positions make 1.78 times larger; only on the middle planes does its fifth fewer products
     /// outweigh that. Training steps alternating F(6x6, 3x3) with F(4x4, 3x3) in one process,
     /// time over time (medians of 20-60 pairs, 2 threads): on an Intel Xeon with AVX-512, 0.956,
     /// 0.965 and 0.968 at 96 px (conv2b at 23x23) and 0.969 for the paper variant (24x24), but
     /// 1.07 at 48 px (11x11 and 12x12, both variants) and 1.02 at 224 px (27x27, 8 pairs); on an
-    /// AMD EPYC Zen 3 with AVX2, 1.00 at 48 px and 1.00-1.02 at 96 px.
+    /// AMD EPYC Zen 3 with AVX2, 1.00 at 48 px and 1.00-1.02 at 96 px. (Those steps also
+    /// transformed the flipped weights for the input gradient; since it takes the forward's
+    /// transform, F(6x6, 3x3) everywhere measured 1.003 and 1.014 at 48 px, 40 and 80 pairs, on
+    /// the Intel Xeon: no gain, so the choice stands.)
     pub(crate) fn for_training(h: usize, w: usize) -> Self {
         if (13..=24).contains(&h.min(w)) && h.max(w) <= 24 {
             Self::for_plane(h, w)
