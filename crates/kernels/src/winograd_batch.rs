@@ -309,10 +309,10 @@ impl TiledWinograd {
     /// `dv`, `positions x c_in x columns`), from the forward's transformed weights `u` and the
     /// transformed output gradient `dm` (`c_out x positions x columns`, as the weight gradient
     /// has it), then per input channel `B dV B^T` for every tile, each tile element added to the
-    /// input pixel the forward's gather read it from. Beside the convolution of the output
-    /// gradient with the flipped kernel that it replaced, no weights are transformed again and
-    /// the output gradient is neither gathered nor transformed again (about a tenth of a 48 px
-    /// training step), and the transforms run over `c_in` channels instead of `c_out`. Each
+    /// input pixel the forward's gather read it from. Against the convolution of the output
+    /// gradient with the flipped kernel that it replaced, no weights are transformed again, the
+    /// output gradient is neither gathered nor transformed again, and the transforms run over
+    /// `c_in` channels instead of `c_out` (a 48 px training step 1.09-1.10 times faster). Each
     /// channel's tiles are added in a fixed order by one job, so the result does not depend on
     /// the thread count.
     fn batch_input_grad(

@@ -1066,8 +1066,8 @@ pub(super) mod tests {
         crate::winograd_f2_oracle::tests::assert_adjoint(
             "B dV B^T",
             POSITIONS,
-            |v, columns| input_transform_tiles(v, columns),
-            |v, columns| input_grad_transform_tiles(v, columns),
+            input_transform_tiles,
+            input_grad_transform_tiles,
         );
     }
 }
